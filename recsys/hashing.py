@@ -1,0 +1,157 @@
+"""The project's one hash function family, shared by data conversion, training and serving.
+
+Two functions, both pinned by golden-value tests (``tests/unit/test_hashing.py``):
+
+* ``hash64_strings``: the stable 64-bit id of a raw categorical value. FNV-1a (64 bit) over
+  the value's UTF-8 bytes, then the MurmurHash3 ``fmix64`` finaliser. The empty string is the
+  *missing* value. Identical on every machine; never Python's ``hash()``.
+* ``mix64`` / ``mix64_np``: a salted 64-bit mixer for ids that are already integers,
+  ``fmix64(id XOR salt)``; hashing methods map an id into ``B`` rows as
+  ``mix64(id, salt) mod B`` (non-negative). ``salt_for(name)`` derives a salt from a name, so
+  salts depend on feature names, never on feature order.
+
+All 64-bit values are stored as ``int64`` (two's-complement view of the unsigned value).
+
+Example:
+    >>> int(hash64_strings(["68fd1e64"])[0]) == hash64_str("68fd1e64")
+    True
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+FNV_OFFSET = 0xCBF29CE484222325
+FNV_PRIME = 0x100000001B3
+_M1 = 0xFF51AFD7ED558CCD
+_M2 = 0xC4CEB9FE1A85EC53
+_MASK64 = (1 << 64) - 1
+HASH_NAME = "fnv1a64+fmix64"
+
+
+def _fmix64_int(h: int) -> int:
+    h ^= h >> 33
+    h = (h * _M1) & _MASK64
+    h ^= h >> 33
+    h = (h * _M2) & _MASK64
+    h ^= h >> 33
+    return h
+
+
+def _to_signed(h: int) -> int:
+    return h - (1 << 64) if h >= (1 << 63) else h
+
+
+def hash64_str(value: str) -> int:
+    """Reference (scalar) implementation of ``hash64_strings`` for one value."""
+    h = FNV_OFFSET
+    for b in value.encode("utf-8"):
+        h = ((h ^ b) * FNV_PRIME) & _MASK64
+    return _to_signed(_fmix64_int(h))
+
+
+def _fmix64_np(h: np.ndarray) -> np.ndarray:
+    h = h ^ (h >> np.uint64(33))
+    h = h * np.uint64(_M1)
+    h = h ^ (h >> np.uint64(33))
+    h = h * np.uint64(_M2)
+    return h ^ (h >> np.uint64(33))
+
+
+def hash64_strings(values: pa.Array | pa.ChunkedArray | Sequence[str | None]) -> np.ndarray:
+    """Vectorised ``hash64_str`` over a string array; nulls hash like the empty string.
+
+    Distinct values are hashed once (Arrow dictionary encoding), then gathered.
+    """
+    arr = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values, pa.string())
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
+    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        arr = pc.cast(arr, pa.string())
+    arr = pc.fill_null(arr, "")
+    if len(arr) <= 1024:
+        return _hash64_plain(arr)
+    encoded = pc.dictionary_encode(arr)
+    return _hash64_plain(encoded.dictionary)[encoded.indices.to_numpy(zero_copy_only=False)]
+
+
+def _hash64_plain(arr: pa.Array) -> np.ndarray:
+    """One numpy pass per byte position over Arrow's buffers: no Python per value."""
+    n = len(arr)
+    h = np.full(n, FNV_OFFSET, dtype=np.uint64)
+    if n == 0:
+        return h.view(np.int64)
+    offset_type = np.int64 if pa.types.is_large_string(arr.type) else np.int32
+    _, offsets_buf, data_buf = arr.buffers()
+    offsets = np.frombuffer(offsets_buf, dtype=offset_type)[arr.offset : arr.offset + n + 1].astype(np.int64)
+    data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
+    starts = offsets[:-1]
+    lengths = offsets[1:] - starts
+    prime = np.uint64(FNV_PRIME)
+    active = np.arange(n)
+    pos = 0
+    with np.errstate(over="ignore"):
+        while active.size:
+            active = active[lengths[active] > pos]
+            if not active.size:
+                break
+            byte = data[starts[active] + pos].astype(np.uint64)
+            h[active] = (h[active] ^ byte) * prime
+            pos += 1
+        return _fmix64_np(h).view(np.int64)
+
+
+def salt_for(name: str) -> int:
+    """A 64-bit salt (as signed int64) derived from a name, e.g. ``salt_for("C1#0")``."""
+    return hash64_str(name)
+
+
+def mix64_np(ids: np.ndarray, salt: int = 0) -> np.ndarray:
+    """``fmix64(ids XOR salt)`` in numpy; ``ids`` is int64, returns int64."""
+    x = ids.astype(np.int64, copy=False).view(np.uint64) ^ np.uint64(salt & _MASK64)
+    with np.errstate(over="ignore"):
+        return _fmix64_np(x).view(np.int64)
+
+
+def _shr(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Logical right shift of int64 values (torch's ``>>`` is arithmetic)."""
+    return (x >> k) & ((1 << (64 - k)) - 1)
+
+
+def _signed_const(c: int) -> int:
+    return _to_signed(c & _MASK64)
+
+
+def mix64(ids: torch.Tensor, salt: int = 0) -> torch.Tensor:
+    """``fmix64(ids XOR salt)`` on int64 tensors, bit-identical to ``mix64_np``."""
+    x = ids.to(torch.int64) ^ _signed_const(salt)
+    x = x ^ _shr(x, 33)
+    x = x * _signed_const(_M1)
+    x = x ^ _shr(x, 33)
+    x = x * _signed_const(_M2)
+    return x ^ _shr(x, 33)
+
+
+def bucket(ids: torch.Tensor, salt: int, num_buckets: int) -> torch.Tensor:
+    """Row of each id in a table of ``num_buckets`` rows: ``mix64(ids, salt) mod num_buckets``.
+
+    The unsigned value is reduced without overflow: ``(hi * 2^32 + lo) mod B`` computed from
+    the 32-bit halves, so the result equals the unsigned 64-bit modulo.
+    """
+    if not 0 < num_buckets < 2**31:
+        raise ValueError(f"num_buckets must be in [1, 2**31), got {num_buckets}")
+    h = mix64(ids, salt)
+    hi = _shr(h, 32)
+    lo = h & 0xFFFFFFFF
+    b = int(num_buckets)
+    return ((hi % b) * ((1 << 32) % b) + lo) % b
+
+
+def bucket_np(ids: np.ndarray, salt: int, num_buckets: int) -> np.ndarray:
+    """numpy twin of ``bucket``: ``uint64(mix64) mod num_buckets``."""
+    return (mix64_np(ids, salt).view(np.uint64) % np.uint64(num_buckets)).astype(np.int64)
