@@ -1,0 +1,186 @@
+"""Typed experiment configuration, loaded from YAML with clear errors.
+
+An experiment file has four sections, each either inline or a path to a YAML file holding the
+section (relative to the experiment file, or to ``configs/``)::
+
+    data: data/quickstart.yaml
+    model: {name: dlrm, embedding_dim: 16}
+    embedding: {method: hash, compression: 10}
+    training: {epochs: 2, batch_size: 2048}
+
+``load_config(path, overrides=["training.epochs=3"])`` applies ``--set`` overrides (values
+parsed as YAML) and validates; errors name the file and the key path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Strict):
+    path: str = Field("data/quickstart", description="dataset folder (holds dataset.json)")
+    max_train_rows: int | None = Field(None, ge=1, description="use only the first N train rows")
+    max_eval_rows: int | None = Field(None, ge=1, description="use only the first N rows of valid/test")
+
+
+class ModelConfig(_Strict):
+    name: Literal["dlrm", "dcnv2", "deepfm"] = Field("dlrm", description="CTR model")
+    embedding_dim: int = Field(16, ge=1, description="embedding width D of every feature")
+    dense_arch: list[int] = Field([64, 32], description="bottom MLP hidden sizes (DLRM/DCNv2 append D)")
+    over_arch: list[int] = Field([128, 64], description="top MLP hidden sizes (a final 1-unit logit layer is added)")
+    dcn_num_layers: int = Field(3, ge=1, description="DCNv2 cross layers")
+    dcn_low_rank_dim: int = Field(16, ge=1, description="DCNv2 low-rank dimension")
+    deep_layers: list[int] = Field([256, 128], description="DeepFM deep component hidden sizes")
+
+
+class EmbeddingConfig(_Strict):
+    method: str = Field("full", description="registered method name (see `recsys methods`)")
+    compression: float | None = Field(None, ge=1, description="budget as a ratio: full fp32 bytes / budget")
+    budget_bytes: int | None = Field(None, ge=1, description="budget in bytes (instead of compression)")
+    options: dict[str, Any] = Field(default_factory=dict, description="method-specific options")
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> "EmbeddingConfig":
+        if self.compression is not None and self.budget_bytes is not None:
+            raise ValueError("set either compression or budget_bytes, not both")
+        from recsys.embeddings import get_method, parse_options
+
+        try:
+            get_method(self.method)
+        except KeyError as exc:
+            raise ValueError(str(exc.args[0])) from None
+        parse_options(self.method, self.options)
+        return self
+
+
+class TrainingConfig(_Strict):
+    epochs: int = Field(1, ge=1)
+    batch_size: int = Field(2048, ge=1)
+    eval_batch_size: int = Field(8192, ge=1)
+    seed: int = 0
+    dense_optimizer: Literal["adam", "adagrad"] = "adam"
+    dense_lr: float = Field(1e-3, gt=0)
+    sparse_optimizer: Literal["sgd", "adagrad", "rowwise_adagrad"] = "rowwise_adagrad"
+    sparse_lr: float = Field(0.05, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    patience: int = Field(2, ge=0, description="epochs without valid AUC gain before stopping")
+    max_steps_per_epoch: int | None = Field(None, ge=1)
+    workers: int = Field(1, ge=1, description="Ray Train workers (1 = in-process)")
+    progress: bool = True
+    log_every: int = Field(50, ge=1, description="steps between logged train loss/throughput")
+
+
+class TrackingConfig(_Strict):
+    enabled: bool = True
+    tracking_uri: str | None = Field(None, description="default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
+    experiment: str = "recsys"
+    run_name: str | None = None
+
+
+class ExperimentConfig(_Strict):
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    embedding: EmbeddingConfig = EmbeddingConfig()
+    training: TrainingConfig = TrainingConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+
+class ConfigError(ValueError):
+    """A config problem, with the file and key named."""
+
+
+SECTIONS = tuple(ExperimentConfig.model_fields)
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+
+
+def _resolve_include(value: str, base: Path) -> Path:
+    for candidate in (base.parent / value, CONFIG_ROOT / value):
+        if candidate.exists():
+            return candidate
+    raise ConfigError(f"{base}: included file '{value}' not found (looked next to it and in {CONFIG_ROOT})")
+
+
+def load_raw(path: str | Path) -> dict[str, Any]:
+    """Read an experiment YAML with section includes resolved (no validation)."""
+    path = Path(path)
+    raw = _read_yaml(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections ({', '.join(SECTIONS)})")
+    for section, value in list(raw.items()):
+        if isinstance(value, str):
+            sub = _resolve_include(value, path)
+            raw[section] = _read_yaml(sub)
+            if not isinstance(raw[section], dict):
+                raise ConfigError(f"{sub}: section '{section}' must be a mapping")
+    return raw
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply ``key.path=value`` (value parsed as YAML) to a raw config dict in place."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected key.path=value")
+    key, value = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {key}: '{part}' is not a section")
+    node[parts[-1]] = yaml.safe_load(value) if value != "" else None
+
+
+def _format_errors(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid config"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        lines.append(f"  {loc}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def validate_config(raw: dict[str, Any], source: str = "<config>") -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, source)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Load, override and validate an experiment config."""
+    raw = load_raw(path) if path is not None else {}
+    for assignment in overrides or []:
+        apply_override(raw, assignment)
+    return validate_config(raw, str(path) if path is not None else "<defaults>")
+
+
+def flatten(cfg: BaseModel, prefix: str = "") -> dict[str, Any]:
+    """Flat ``a.b.c -> value`` view of a config (for MLflow params)."""
+    out: dict[str, Any] = {}
+    for key, value in cfg.model_dump(mode="json").items():
+        _flatten_into(out, f"{prefix}{key}", value)
+    return out
+
+
+def _flatten_into(out: dict[str, Any], key: str, value: Any) -> None:
+    if isinstance(value, dict) and value:
+        for k, v in value.items():
+            _flatten_into(out, f"{key}.{k}", v)
+    else:
+        out[key] = value

@@ -1,0 +1,17 @@
+"""Embedding methods behind one interface; importing this package registers the built-in ones."""
+
+from recsys.embeddings.base import EmbeddingMethod, FeatureInfo, MethodContext, MethodOptions, table_bytes
+from recsys.embeddings.registry import available_methods, build_method, get_method, parse_options, register_method
+
+__all__ = [
+    "EmbeddingMethod",
+    "FeatureInfo",
+    "MethodContext",
+    "MethodOptions",
+    "available_methods",
+    "build_method",
+    "get_method",
+    "parse_options",
+    "register_method",
+    "table_bytes",
+]

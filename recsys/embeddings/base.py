@@ -1,0 +1,170 @@
+"""The interface every embedding method implements, and the one memory-accounting rule.
+
+A method is an ``nn.Module`` that TorchRec models use in place of an
+``EmbeddingBagCollection``: ``forward(KeyedJaggedTensor) -> KeyedTensor`` with one key per
+sparse feature, plus ``embedding_bag_configs()`` and ``is_weighted()``. Methods hold their
+tables in stock ``EmbeddingBagCollection`` children (never a subclass), so TorchRec's sharder
+and fbgemm's fused kernels do the lookups; the method only rewrites the ids going in and the
+pooled vectors coming out.
+
+Accounting rule (``memory_bytes``), the same for all methods: the bytes needed to serve the
+method in fp32 = Σ over tables rows × dim × 4, plus every index/remap/mask structure the
+lookup needs (at their stored dtype). ``full_bytes`` of a context is the collisionless fp32
+cost Σ_f cardinality_f × dim × 4; ``compression = full_bytes / memory_bytes``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
+
+from recsys.features import DatasetSpec
+
+BYTES_PER_WEIGHT = 4
+IdScheme = Literal["index", "raw"]
+
+
+def table_bytes(rows: int, dim: int, bytes_per_weight: int = BYTES_PER_WEIGHT) -> int:
+    """Bytes of a dense ``rows × dim`` table."""
+    return int(rows) * int(dim) * bytes_per_weight
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    """What a method needs to know about one sparse feature."""
+
+    name: str
+    cardinality: int  # rows of a collisionless table (vocabulary + reserved rows)
+    num_distinct: int | None = None
+    multi_valued: bool = False
+    weighted: bool = False
+    pooling: PoolingType = PoolingType.SUM
+
+
+@dataclass(frozen=True)
+class MethodContext:
+    """Everything a method is built from besides its own options."""
+
+    features: tuple[FeatureInfo, ...]
+    embedding_dim: int
+    budget_bytes: int | None = None  # the method's sizes must fit this, when given
+
+    @classmethod
+    def from_spec(
+        cls, spec: DatasetSpec, embedding_dim: int, compression: float | None = None, budget_bytes: int | None = None
+    ) -> "MethodContext":
+        """Context for a dataset; ``compression`` (×) or ``budget_bytes`` sets the budget."""
+        features = tuple(
+            FeatureInfo(
+                name=f.name,
+                cardinality=int(f.cardinality or 0),
+                num_distinct=f.num_distinct,
+                multi_valued=f.multi_valued,
+                weighted=f.weighted,
+                pooling=PoolingType.MEAN if f.multi_valued else PoolingType.SUM,
+            )
+            for f in spec.sparse_fields
+        )
+        ctx = cls(features, embedding_dim)
+        return ctx.with_budget(compression=compression, budget_bytes=budget_bytes)
+
+    def with_budget(self, compression: float | None = None, budget_bytes: int | None = None) -> "MethodContext":
+        if compression is not None and budget_bytes is not None:
+            raise ValueError("give either compression or budget_bytes, not both")
+        if compression is not None:
+            if compression < 1:
+                raise ValueError(f"compression must be >= 1 (times smaller than full), got {compression}")
+            budget_bytes = math.floor(self.full_bytes / compression)
+        if budget_bytes is not None and budget_bytes <= 0:
+            raise ValueError(f"budget_bytes must be positive, got {budget_bytes}")
+        return MethodContext(self.features, self.embedding_dim, budget_bytes)
+
+    @property
+    def full_bytes(self) -> int:
+        """fp32 bytes of collisionless tables at ``embedding_dim``: the compression baseline."""
+        return sum(table_bytes(f.cardinality, self.embedding_dim) for f in self.features)
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+    @property
+    def any_weighted(self) -> bool:
+        return any(f.weighted for f in self.features)
+
+
+class MethodOptions(BaseModel):
+    """Base of every method's options model (unknown keys are errors)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class EmbeddingMethod(nn.Module):
+    """Base class of every embedding method. Subclasses set ``name``, ``Options``, ``id_scheme``.
+
+    Subclasses implement ``forward`` and ``memory_bytes``; they may override the hooks
+    ``aux_loss`` (extra loss term), ``on_train_step`` (called after each optimizer step) and
+    ``output_dims`` (per-feature output width when not ``embedding_dim``).
+    """
+
+    name: ClassVar[str]
+    Options: ClassVar[type[MethodOptions]] = MethodOptions
+    id_scheme: ClassVar[IdScheme] = "index"
+
+    def __init__(self, ctx: MethodContext, options: MethodOptions) -> None:
+        super().__init__()
+        self.ctx = ctx
+        self.options = options
+
+    def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def memory_bytes(self) -> int:  # pragma: no cover - abstract
+        """Bytes to store/serve this method by the shared accounting rule."""
+        raise NotImplementedError
+
+    def output_dims(self) -> dict[str, int]:
+        """Width of each feature's output vector."""
+        return {f.name: self.ctx.embedding_dim for f in self.ctx.features}
+
+    def embedding_bag_configs(self) -> list[EmbeddingBagConfig]:
+        """The EBC view TorchRec models read: one config per feature with its output width."""
+        dims = self.output_dims()
+        return [
+            EmbeddingBagConfig(
+                name=f"out_{f.name}", num_embeddings=max(f.cardinality, 1), embedding_dim=dims[f.name],
+                feature_names=[f.name], pooling=f.pooling,
+            )
+            for f in self.ctx.features
+        ]
+
+    def is_weighted(self) -> bool:
+        return self.ctx.any_weighted
+
+    def aux_loss(self) -> torch.Tensor | None:
+        """Extra loss term added to the task loss (e.g. a regulariser); None when there is none."""
+        return None
+
+    def on_train_step(self, step: int) -> None:
+        """Called after every optimizer step with the global step number."""
+
+    def compression_ratio(self) -> float:
+        return self.ctx.full_bytes / max(self.memory_bytes(), 1)
+
+    def check_budget(self) -> None:
+        """Raise if the achieved bytes exceed the context's budget."""
+        budget = self.ctx.budget_bytes
+        if budget is not None and self.memory_bytes() > budget:
+            raise ValueError(f"method '{self.name}' needs {self.memory_bytes()} bytes, over the budget of {budget}")
+
+
+def keyed_tensor(keys: list[str], tensors: list[torch.Tensor]) -> KeyedTensor:
+    """A KeyedTensor of per-key ``[B, d_k]`` tensors, in ``keys`` order."""
+    return KeyedTensor(keys=keys, length_per_key=[int(t.shape[1]) for t in tensors], values=torch.cat(tensors, dim=1))
