@@ -1,0 +1,163 @@
+"""The ``recsys`` command line: data conversion and generation, training, the quickstart.
+
+Heavy modules are imported inside each command, so ``recsys --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _split(text: str) -> tuple[float, float, float]:
+    try:
+        parts = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--split {text!r}: expected three numbers like 0.8,0.1,0.1") from None
+    if len(parts) != 3 or any(p < 0 for p in parts) or abs(sum(parts) - 1.0) > 1e-6:
+        raise argparse.ArgumentTypeError(f"--split {text!r}: expected three non-negative fractions summing to 1")
+    return parts  # type: ignore[return-value]
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from recsys.data.convert import convert
+
+    spec = convert(
+        args.format, Path(args.input), Path(args.out), schema_path=Path(args.schema) if args.schema else None,
+        min_count=args.min_count, split=args.split, on_bad_row=args.on_bad_row, seed=args.seed,
+        overwrite=args.overwrite,
+    )
+    _print_summary(spec, Path(args.out))
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from recsys.data.synthetic import generate
+
+    spec = generate(Path(args.out), rows=args.rows, profile=args.profile, seed=args.seed, scale=args.scale, overwrite=args.overwrite)
+    _print_summary(spec, Path(args.out))
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from recsys.features import load_dataset_spec
+
+    _print_summary(load_dataset_spec(args.dataset), Path(args.dataset))
+    return 0
+
+
+def _print_summary(spec, folder: Path) -> None:  # type: ignore[no-untyped-def]
+    print(f"dataset {spec.name} ({spec.source}) at {folder}")
+    for name, split in spec.splits.items():
+        oracle = f", oracle AUC {split.oracle.auc:.4f} logloss {split.oracle.logloss:.4f}" if split.oracle else ""
+        print(f"  {name:5s} {split.rows:>10,} rows, label rate {split.label_rate:.4f}{oracle}")
+    sparse = spec.sparse_fields
+    print(f"  {len(spec.dense_fields)} dense fields, {len(sparse)} sparse fields")
+    for f in sparse:
+        print(f"    {f.name:16s} cardinality {f.cardinality:>10,}" + (" (multi-valued)" if f.multi_valued else ""))
+    if spec.bad_rows:
+        print(f"  bad rows skipped: {spec.bad_rows} {spec.bad_rows_by_reason}")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from recsys.config import load_config
+    from training.run import train_experiment
+
+    overrides = list(args.set or [])
+    if args.workers is not None:
+        overrides.append(f"training.workers={args.workers}")
+    cfg = load_config(args.config, overrides)
+    out = Path(args.out or f"runs/{cfg.model.name}-{cfg.embedding.method}")
+    metrics = train_experiment(cfg, out)
+    width = max(len(k) for k in metrics)
+    for key, value in metrics.items():
+        print(f"{key:{width}s}  {value:.6g}" if isinstance(value, float) else f"{key:{width}s}  {value}")
+    print(f"wrote {out / 'metrics.json'}")
+    return 0
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from training.quickstart import quickstart
+
+    quickstart(rows=args.rows, data_dir=Path(args.data), out_dir=Path(args.out), config=Path(args.config))
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from recsys.embeddings import available_methods, get_method
+
+    for name in available_methods():
+        cls = get_method(name)
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        print(f"{name:10s} ids={cls.id_scheme:5s} {doc}")
+        for key, field in cls.Options.model_fields.items():
+            print(f"    {key}: {field.annotation} = {field.default!r}  {field.description or ''}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recsys", description="Compressed embedding tables for TorchRec CTR models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="convert raw logs or generate synthetic data").add_subparsers(dest="data_command", required=True)
+    conv = data.add_parser("convert", help="convert raw Criteo/Avazu/libFM/CSV logs to Parquet (streaming)")
+    conv.add_argument("--format", required=True, choices=["criteo", "avazu", "libfm", "csv"])
+    conv.add_argument("--input", required=True, help="raw input file")
+    conv.add_argument("--schema", help="schema YAML (required for --format csv)")
+    conv.add_argument("--out", required=True, help="output dataset folder")
+    conv.add_argument("--min-count", type=int, default=1, help="values seen fewer times in train map to OOV")
+    conv.add_argument("--split", type=_split, default=(0.8, 0.1, 0.1), help="train,valid,test fractions")
+    conv.add_argument("--on-bad-row", choices=["error", "skip"], default="error")
+    conv.add_argument("--seed", type=int, default=0, help="seed of the split assignment")
+    conv.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
+    conv.set_defaults(func=cmd_convert)
+
+    synth = data.add_parser("synth", help="generate a synthetic dataset with planted ground truth")
+    synth.add_argument("--out", required=True)
+    synth.add_argument("--rows", type=int, default=1_000_000)
+    synth.add_argument("--profile", default="criteo", choices=["criteo", "small"])
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--scale", type=float, default=1.0, help="multiplies the large cardinalities")
+    synth.add_argument("--overwrite", action="store_true")
+    synth.set_defaults(func=cmd_synth)
+
+    info = data.add_parser("info", help="summarise a dataset folder")
+    info.add_argument("dataset")
+    info.set_defaults(func=cmd_info)
+
+    train = sub.add_parser("train", help="train one experiment from a YAML config")
+    train.add_argument("--config", required=True, help="experiment YAML (see configs/)")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. training.epochs=3")
+    train.add_argument("--out", help="run folder (default runs/<model>-<method>)")
+    train.add_argument("--workers", type=int, help="Ray Train workers (sets training.workers)")
+    train.set_defaults(func=cmd_train)
+
+    qs = sub.add_parser("quickstart", help="synthetic data, then DLRM with full and hash@10x, and a summary table")
+    qs.add_argument("--rows", type=int, default=300_000)
+    qs.add_argument("--data", default="data/quickstart")
+    qs.add_argument("--out", default="runs/quickstart")
+    qs.add_argument("--config", default="configs/quickstart.yaml")
+    qs.set_defaults(func=cmd_quickstart)
+
+    methods = sub.add_parser("methods", help="list the registered embedding methods and their options")
+    methods.set_defaults(func=cmd_methods)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.func
+    try:
+        return handler(args)
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

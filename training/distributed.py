@@ -1,0 +1,74 @@
+"""Process-group set-up and TorchRec sharding of a model with fused sparse optimizers."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torchrec import EmbeddingBagCollection
+from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.optim import RowWiseAdagrad
+from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
+from torchrec.optim.optimizers import in_backward_optimizer_filter
+
+from recsys.config import TrainingConfig
+
+SPARSE_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "sgd": torch.optim.SGD,
+    "adagrad": torch.optim.Adagrad,
+    "rowwise_adagrad": RowWiseAdagrad,
+}
+DENSE_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ensure_process_group() -> bool:
+    """Start a one-process gloo group when none exists; returns True if this call started it."""
+    if dist.is_initialized():
+        return False
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ["MASTER_PORT"] = str(free_port())
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    return True
+
+
+def embedding_collections(module: nn.Module) -> list[EmbeddingBagCollection]:
+    """Every stock EBC inside ``module`` (the tables that TorchRec shards and fuses)."""
+    return [m for m in module.modules() if type(m) is EmbeddingBagCollection]
+
+
+@dataclass
+class ShardedModel:
+    """A model wrapped by DMP, with the optimizer over fused sparse and dense parameters."""
+
+    module: DistributedModelParallel
+    optimizer: CombinedOptimizer
+
+
+def shard(model: nn.Module, embedding: nn.Module, cfg: TrainingConfig, device: torch.device | None = None) -> ShardedModel:
+    """Fuse the sparse optimizer into the backward of ``embedding``'s tables and shard with DMP.
+
+    Sparse tables use fbgemm's fused optimizers (on CPU: exact SGD / Adagrad / row-wise
+    Adagrad); all other parameters use ``cfg.dense_optimizer``.
+    """
+    device = device or torch.device("cpu")
+    sparse_params = [p for ebc in embedding_collections(embedding) for p in ebc.parameters()]
+    sparse_kwargs: dict[str, float] = {"lr": cfg.sparse_lr}
+    if cfg.weight_decay and cfg.sparse_optimizer != "sgd":
+        sparse_kwargs["weight_decay"] = cfg.weight_decay
+    apply_optimizer_in_backward(SPARSE_OPTIMIZERS[cfg.sparse_optimizer], sparse_params, sparse_kwargs)
+    dmp = DistributedModelParallel(model, device=device)
+    dense_cls = DENSE_OPTIMIZERS[cfg.dense_optimizer]
+    dense_params = dict(in_backward_optimizer_filter(dmp.named_parameters()))
+    dense = KeyedOptimizerWrapper(dense_params, lambda params: dense_cls(params, lr=cfg.dense_lr, weight_decay=cfg.weight_decay))
+    return ShardedModel(dmp, CombinedOptimizer([dmp.fused_optimizer, dense]))

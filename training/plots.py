@@ -1,0 +1,34 @@
+"""Learning-curve figure (PNG) of a training run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from training.loop import FitResult  # noqa: E402
+
+
+def learning_curve(result: FitResult, path: Path, title: str, oracle_auc: float | None = None) -> Path:
+    """Train loss by step (left) and validation AUC by epoch (right)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    if result.step_losses:
+        steps, losses = zip(*result.step_losses)
+        left.plot(steps, losses)
+    left.set_xlabel("step")
+    left.set_ylabel("train loss (BCE)")
+    epochs = [e.epoch + 1 for e in result.epochs]
+    right.plot(epochs, [e.valid.auc for e in result.epochs], marker="o", label="valid AUC")
+    if oracle_auc is not None:
+        right.axhline(oracle_auc, color="gray", linestyle="--", label="oracle AUC")
+    right.set_xlabel("epoch")
+    right.set_ylabel("AUC")
+    right.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
