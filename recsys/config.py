@@ -88,11 +88,11 @@ class TrackingConfig(_Strict):
 
 
 class ExperimentConfig(_Strict):
-    data: DataConfig = DataConfig()
-    model: ModelConfig = ModelConfig()
-    embedding: EmbeddingConfig = EmbeddingConfig()
-    training: TrainingConfig = TrainingConfig()
-    tracking: TrackingConfig = TrackingConfig()
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
 
 class ConfigError(ValueError):
