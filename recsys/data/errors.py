@@ -1,0 +1,118 @@
+"""Conversion errors and bad-row bookkeeping shared by the converters.
+
+A bad row is found by a vectorised check that yields an ``Issue``: a boolean mask over the
+rows of a chunk, a reason key (as counted in ``dataset.json``'s ``bad_rows_by_reason``), the
+field it concerns and, for messages, the offending raw values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+
+BadRowMode = Literal["error", "skip"]
+
+
+class ConversionError(ValueError):
+    """Raw data (or a schema) that cannot be converted; names the file, line and field."""
+
+    def __init__(self, file: str | Path, message: str, *, line: int | None = None, field: str | None = None) -> None:
+        self.file = str(file)
+        self.line = line
+        self.field = field
+        self.reason = message
+        where = self.file
+        if line is not None:
+            where += f", line {line}"
+        if field is not None:
+            where += f", field '{field}'"
+        super().__init__(f"{where}: {message}")
+
+
+@dataclass
+class Issue:
+    """Rows of a chunk that fail one check."""
+
+    mask: np.ndarray
+    reason: str
+    field: str | None
+    message: str
+    values: pa.Array | None = None
+
+    def describe(self, row: int) -> str:
+        """The message for one offending row, with its raw value when known."""
+        if self.values is None:
+            return self.message
+        value = self.values[row].as_py()
+        return f"{self.message} {value!r}"
+
+
+@dataclass(frozen=True)
+class RaggedRow:
+    """A line with the wrong number of columns (reported by the CSV parser)."""
+
+    line: int
+    expected: int
+    actual: int
+
+
+@dataclass
+class BadRowLog:
+    """Raises on the first bad row (mode ``error``) or counts dropped rows by reason (``skip``)."""
+
+    path: Path
+    mode: BadRowMode
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def ragged(self, rows: list[RaggedRow]) -> None:
+        """Record rows that the parser already dropped."""
+        if not rows:
+            return
+        if self.mode == "error":
+            self.raise_ragged(min(rows, key=lambda r: r.line))
+        self.counts["wrong_column_count"] = self.counts.get("wrong_column_count", 0) + len(rows)
+
+    def raise_ragged(self, row: RaggedRow) -> None:
+        raise ConversionError(
+            self.path, f"expected {row.expected} columns, found {row.actual}", line=row.line, field="(row)"
+        )
+
+    def resolve(self, issues: list[Issue], lines: np.ndarray, ragged: list[RaggedRow]) -> np.ndarray | None:
+        """Rows to keep (``None``: all), after raising or counting.
+
+        ``ragged`` are the parser-dropped rows up to the end of this chunk; in ``error`` mode
+        the first bad row by line number, among both kinds, is raised.
+        """
+        issues = [i for i in issues if i.mask.any()]
+        if self.mode == "error":
+            self._raise_first(issues, lines, ragged)
+        self.ragged(ragged)
+        if not issues:
+            return None
+        bad = np.zeros(len(lines), dtype=bool)
+        for issue in issues:
+            new = issue.mask & ~bad
+            self.counts[issue.reason] = self.counts.get(issue.reason, 0) + int(new.sum())
+            bad |= issue.mask
+        return ~bad
+
+    def _raise_first(self, issues: list[Issue], lines: np.ndarray, ragged: list[RaggedRow]) -> None:
+        first_ragged = min(ragged, key=lambda r: r.line) if ragged else None
+        best: tuple[int, Issue, int] | None = None
+        for issue in issues:
+            row = int(np.argmax(issue.mask))
+            if best is None or lines[row] < best[0]:
+                best = (int(lines[row]), issue, row)
+        if first_ragged is not None and (best is None or first_ragged.line < best[0]):
+            self.raise_ragged(first_ragged)
+        if best is not None:
+            line, issue, row = best
+            raise ConversionError(self.path, issue.describe(row), line=line, field=issue.field)
