@@ -1,28 +1,23 @@
-"""CTR models over embedding methods: shapes, gradients, projection, no-dense, loss, learning, DMP."""
+"""CTR models over embedding methods: shapes, gradients, projection, no-dense, loss, learning.
+
+The stand-in method and batches defined here are reused by ``test_models_dmp.py``.
+"""
 
 from __future__ import annotations
 
-import copy
 import itertools
-import socket
 from typing import Iterator
 
 import pytest
 import torch
-import torch.distributed as dist
 from sklearn.metrics import roc_auc_score
-from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
-from torchrec.distributed.model_parallel import DistributedModelParallel
-from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
-from torchrec.optim import RowWiseAdagrad
-from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from recsys.config import ModelConfig
 from recsys.data.batch import Batch
-from recsys.embeddings import EmbeddingMethod, FeatureInfo, MethodContext, MethodOptions, table_bytes
+from recsys.embeddings import EmbeddingMethod, FeatureInfo, MethodContext, MethodOptions, build_method, table_bytes
 from recsys.models import DLRM, DCNv2, DeepFM, FMInteraction, LearnedConstant, ProjectionArch, SparseArch, TrainModel
 from recsys.models import available_models, build_model
 from recsys.models.reference import ReferenceDLRM
@@ -41,7 +36,7 @@ class StandInMethod(EmbeddingMethod):
 
     name = "stand_in"
 
-    def __init__(self, ctx: MethodContext, dims: dict[str, int] | None = None, aux: torch.Tensor | None = None) -> None:
+    def __init__(self, ctx: MethodContext, dims: dict[str, int] | None, aux: torch.Tensor | None) -> None:
         super().__init__(ctx, MethodOptions())
         self.dims = dims or {f.name: ctx.embedding_dim for f in ctx.features}
         self.aux = aux
@@ -73,6 +68,7 @@ def one_thread() -> Iterator[None]:
 
 
 def stand_in(dims: dict[str, int] | None = None, aux: torch.Tensor | None = None) -> StandInMethod:
+    """The stand-in over ``FEATURES`` at width ``D``."""
     return StandInMethod(MethodContext(FEATURES, D), dims, aux)
 
 
@@ -119,9 +115,8 @@ def test_shape_finite_and_gradients_reach_every_parameter(name: str, num_dense: 
     assert logits.shape == (32,) and torch.isfinite(logits).all()
     loss.backward()
     assert_all_grads(model)
-    assert {n for n, _ in model.named_parameters() if n.startswith("embedding.ebc.")} == {
-        f"embedding.ebc.embedding_bags.t_{f.name}.weight" for f in FEATURES
-    }
+    tables = {n for n, _ in model.named_parameters() if n.startswith("embedding.ebc.")}
+    assert tables == {f"embedding.ebc.embedding_bags.t_{f.name}.weight" for f in FEATURES}
 
 
 @pytest.mark.parametrize("name", ["dlrm", "dcnv2"])
@@ -150,8 +145,7 @@ def test_projection_maps_only_the_other_widths() -> None:
     arch = SparseArch({"a": D, "b": 4}, D)
     a, b = torch.randn(2, D), torch.randn(2, 4)
     fields = arch(KeyedTensor.from_tensor_list(["a", "b"], [a, b]))
-    assert fields.shape == (2, 2, D)
-    assert torch.equal(fields[:, 0], a)
+    assert fields.shape == (2, 2, D) and torch.equal(fields[:, 0], a)
     assert torch.allclose(fields[:, 1], b @ arch.projection.projections[0].weight.T)
 
 
@@ -160,8 +154,7 @@ def test_sparse_arch_orders_fields_by_config_not_by_output() -> None:
     tensors = {k: torch.randn(3, D) for k in "abc"}
     ordered = arch(KeyedTensor.from_tensor_list(list("abc"), [tensors[k] for k in "abc"]))
     shuffled = arch(KeyedTensor.from_tensor_list(list("cab"), [tensors[k] for k in "cab"]))
-    assert torch.equal(ordered, shuffled)
-    assert torch.equal(ordered[:, 2], tensors["c"])
+    assert torch.equal(ordered, shuffled) and torch.equal(ordered[:, 2], tensors["c"])
 
 
 def test_fm_interaction_equals_explicit_pairwise_sum() -> None:
@@ -181,11 +174,21 @@ def test_train_model_loss_is_bce_plus_aux(aux: torch.Tensor | None) -> None:
     assert TrainModel(model).embedding is model.embedding
 
 
+@pytest.mark.parametrize("method,name", itertools.product(["full", "hash"], MODEL_NAMES))
+def test_registered_methods_drive_every_model(method: str, name: str) -> None:
+    torch.manual_seed(0)
+    ctx = MethodContext(FEATURES, D).with_budget(compression=1 if method == "full" else 2)
+    model = build_model(small_config(name), build_method(method, ctx), 3)
+    loss, logits = TrainModel(model)(make_batch(16, 3))
+    assert logits.shape == (16,) and model.sparse_arch.projection is None
+    loss.backward()
+    assert_all_grads(model)
+
+
 def planted_batch(batch_size: int, g: torch.Generator, positive_ids: torch.Tensor) -> Batch:
     """Label = (id of "a" in a fixed set), flipped with probability 0.1; b, c and dense are noise."""
     batch = make_batch(batch_size, 2, seed=int(torch.randint(0, 2**31, (1,), generator=g)))
-    a_ids = batch.sparse_features["a"].values()
-    labels = torch.isin(a_ids, positive_ids).float()
+    labels = torch.isin(batch.sparse_features["a"].values(), positive_ids).float()
     flip = torch.rand(batch_size, generator=g) < 0.1
     batch.labels = torch.where(flip, 1 - labels, labels)
     return batch
@@ -207,55 +210,6 @@ def test_learns_a_planted_rule(name: str) -> None:
     with torch.no_grad():
         _, logits = train_model(test)
     assert roc_auc_score(test.labels.numpy(), logits.numpy()) > 0.75
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _plain(value: torch.Tensor) -> torch.Tensor:
-    """A one-process ShardedTensor (or a tensor) as a plain tensor copy."""
-    shards = value.local_shards() if hasattr(value, "local_shards") else None
-    return (shards[0].tensor if shards else value).detach().clone()
-
-
-@pytest.mark.parametrize("sharding_type", [None, "table_wise"])
-def test_dlrm_under_distributed_model_parallel(monkeypatch: pytest.MonkeyPatch, sharding_type: str | None) -> None:
-    """Default plan (tiny tables: data_parallel, dense kernel) and table-wise (fused fbgemm kernel)."""
-    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
-    dist.init_process_group("gloo", rank=0, world_size=1)
-    try:
-        torch.manual_seed(0)
-        model = DLRM(stand_in(), num_dense=4, embedding_dim=D, dense_arch=[16], over_arch=[16])
-        unsharded = copy.deepcopy(model)
-        apply_optimizer_in_backward(RowWiseAdagrad, model.embedding.ebc.parameters(), {"lr": 0.05})
-        plan = None
-        if sharding_type is not None:
-            constraints = {f"t_{f.name}": ParameterConstraints(sharding_types=[sharding_type]) for f in FEATURES}
-            planner = EmbeddingShardingPlanner(Topology(world_size=1, compute_device="cpu"), constraints=constraints)
-            plan = planner.collective_plan(model, [EmbeddingBagCollectionSharder()], dist.GroupMember.WORLD)
-        dmp = DistributedModelParallel(model, device=torch.device("cpu"), plan=plan)
-        # The sharded tables are freshly initialised, not copied: give the reference the same ones.
-        unsharded.load_state_dict({k: _plain(v) for k, v in dmp.state_dict().items()})
-        batch = make_batch(16, 4)
-        pooled = dmp.module.embedding(batch.sparse_features)
-        assert list(pooled.keys()) != [f.name for f in FEATURES]  # regrouped by pooling: a, c, b
-        logits = dmp(batch.dense_features, batch.sparse_features)
-        torch.testing.assert_close(logits, unsharded(batch.dense_features, batch.sparse_features))
-        tables = [k for k in dmp.state_dict() if ".ebc." in k]
-        before = {k: _plain(dmp.state_dict()[k]) for k in tables}
-        logits.sum().backward()
-        assert len(tables) == len(FEATURES)
-        if sharding_type is None:  # data_parallel + dense kernel ignores the in-backward optimizer: plain grads
-            grads = [p.grad for n, p in dmp.named_parameters() if ".ebc." in n]
-            assert len(grads) == len(FEATURES) and all(g is not None and g.abs().sum() > 0 for g in grads)
-        else:  # the fused kernel applies RowWiseAdagrad inside backward
-            assert all(not torch.equal(before[k], _plain(dmp.state_dict()[k])) for k in tables)
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.parametrize("num_dense", [4, 0])
