@@ -75,6 +75,7 @@ class TrainingConfig(_Strict):
     weight_decay: float = Field(0.0, ge=0)
     patience: int = Field(2, ge=0, description="epochs without valid AUC gain before stopping")
     max_steps_per_epoch: int | None = Field(None, ge=1)
+    sharding: Literal["table_wise", "column_wise"] = Field("table_wise", description="TorchRec sharding of every table (fused kernel)")
     workers: int = Field(1, ge=1, description="Ray Train workers (1 = in-process)")
     progress: bool = True
     log_every: int = Field(50, ge=1, description="steps between logged train loss/throughput")

@@ -2,21 +2,34 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torchrec import EmbeddingBagCollection
-from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.distributed.embedding_types import EmbeddingComputeKernel
+from torchrec.distributed.model_parallel import DistributedModelParallel, get_default_sharders
+from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
+from torchrec.distributed.types import ShardingPlan
 from torchrec.optim import RowWiseAdagrad
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from recsys.config import TrainingConfig
+from training.checkpoint import load_plain_state_dict, plain_state_dict
+
+def quiet_torchrec() -> None:
+    """Silence TorchRec's planner warnings about CPU topologies (they do not apply here)."""
+    for name in ("torchrec.distributed.planner", "torchrec.distributed.planner.types", "torchrec.distributed.planner.storage_reservations", "root"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torchrec\..*")
+
 
 SPARSE_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD,
@@ -47,6 +60,24 @@ def embedding_collections(module: nn.Module) -> list[EmbeddingBagCollection]:
     return [m for m in module.modules() if type(m) is EmbeddingBagCollection]
 
 
+def plan_sharding(model: nn.Module, sharding_type: str, world_size: int) -> ShardingPlan:
+    """A plan that puts every table on fbgemm's fused kernel with ``sharding_type``.
+
+    Left alone, the planner makes small tables data-parallel with the dense kernel, which
+    silently drops the fused sparse optimizer; every table is constrained here instead.
+    """
+    constraints = {
+        cfg.name: ParameterConstraints(sharding_types=[sharding_type], compute_kernels=[EmbeddingComputeKernel.FUSED.value])
+        for ebc in embedding_collections(model)
+        for cfg in ebc.embedding_bag_configs()
+    }
+    planner = EmbeddingShardingPlanner(topology=Topology(world_size=world_size, compute_device="cpu"), constraints=constraints, debug=False)
+    sharders = get_default_sharders()
+    if world_size > 1:
+        return planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
+    return planner.plan(model, sharders)
+
+
 @dataclass
 class ShardedModel:
     """A model wrapped by DMP, with the optimizer over fused sparse and dense parameters."""
@@ -61,13 +92,17 @@ def shard(model: nn.Module, embedding: nn.Module, cfg: TrainingConfig, device: t
     Sparse tables use fbgemm's fused optimizers (on CPU: exact SGD / Adagrad / row-wise
     Adagrad); all other parameters use ``cfg.dense_optimizer``.
     """
+    quiet_torchrec()
     device = device or torch.device("cpu")
+    initial = plain_state_dict(model)
     sparse_params = [p for ebc in embedding_collections(embedding) for p in ebc.parameters()]
     sparse_kwargs: dict[str, float] = {"lr": cfg.sparse_lr}
     if cfg.weight_decay and cfg.sparse_optimizer != "sgd":
         sparse_kwargs["weight_decay"] = cfg.weight_decay
     apply_optimizer_in_backward(SPARSE_OPTIMIZERS[cfg.sparse_optimizer], sparse_params, sparse_kwargs)
-    dmp = DistributedModelParallel(model, device=device)
+    plan = plan_sharding(model, cfg.sharding, dist.get_world_size())
+    dmp = DistributedModelParallel(model, device=device, plan=plan)
+    load_plain_state_dict(dmp, initial)  # DMP re-initialises sharded tables; keep the method's own init
     dense_cls = DENSE_OPTIMIZERS[cfg.dense_optimizer]
     dense_params = dict(in_backward_optimizer_filter(dmp.named_parameters()))
     dense = KeyedOptimizerWrapper(dense_params, lambda params: dense_cls(params, lr=cfg.dense_lr, weight_decay=cfg.weight_decay))
