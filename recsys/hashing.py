@@ -8,7 +8,8 @@ Two functions, both pinned by golden-value tests (``tests/unit/test_hashing.py``
 * ``mix64`` / ``mix64_np``: a salted 64-bit mixer for ids that are already integers,
   ``fmix64(id XOR salt)``; hashing methods map an id into ``B`` rows as
   ``mix64(id, salt) mod B`` (non-negative). ``salt_for(name)`` derives a salt from a name, so
-  salts depend on feature names, never on feature order.
+  salts depend on feature names, never on feature order. ``bucket_per_value`` is ``bucket``
+  with a salt and a size per value, to hash many features' ids in one pass.
 
 All 64-bit values are stored as ``int64`` (two's-complement view of the unsigned value).
 
@@ -155,3 +156,23 @@ def bucket(ids: torch.Tensor, salt: int, num_buckets: int) -> torch.Tensor:
 def bucket_np(ids: np.ndarray, salt: int, num_buckets: int) -> np.ndarray:
     """numpy twin of ``bucket``: ``uint64(mix64) mod num_buckets``."""
     return (mix64_np(ids, salt).view(np.uint64) % np.uint64(num_buckets)).astype(np.int64)
+
+
+def bucket_per_value(ids: torch.Tensor, salts: torch.Tensor, num_buckets: torch.Tensor) -> torch.Tensor:
+    """``bucket`` with a salt and a table size per value, in one vectorised pass.
+
+    ``salts`` (int64, the signed view of each 64-bit salt, e.g. ``salt_for(name)``) and
+    ``num_buckets`` (int64, each in ``[1, 2**31)``) broadcast against ``ids``. Bit-identical to
+    calling ``bucket(ids[i], salts[i], num_buckets[i])`` value by value; used when one flat
+    tensor holds the ids of several features, each hashed with its own salt and size.
+    """
+    x = ids.to(torch.int64) ^ salts.to(torch.int64)
+    x = x ^ _shr(x, 33)
+    x = x * _signed_const(_M1)
+    x = x ^ _shr(x, 33)
+    x = x * _signed_const(_M2)
+    h = x ^ _shr(x, 33)
+    b = num_buckets.to(torch.int64)
+    hi = _shr(h, 32)
+    lo = h & 0xFFFFFFFF
+    return ((hi % b) * ((1 << 32) % b) + lo) % b

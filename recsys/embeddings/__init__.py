@@ -3,6 +3,8 @@
 from recsys.embeddings.base import EmbeddingMethod, FeatureInfo, MethodContext, MethodOptions, table_bytes
 from recsys.embeddings.registry import available_methods, build_method, get_method, parse_options, register_method
 
+from recsys.embeddings import full, hashing, qr  # noqa: F401  (importing registers the built-in methods)
+
 __all__ = [
     "EmbeddingMethod",
     "FeatureInfo",

@@ -1,0 +1,183 @@
+"""Contract tests run on every registered embedding method.
+
+A method may declare, as class attributes, ``contract_options`` (a dict of options used here)
+and ``contract_compression`` (the compression its behavioural tests run at; default: no
+budget). Methods that cannot reach a compression must raise a ``ValueError`` naming the budget.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torchrec.modules.embedding_configs import PoolingType
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
+
+from recsys.embeddings import EmbeddingMethod, FeatureInfo, MethodContext, available_methods, build_method, get_method
+
+DIM = 16
+CTX = MethodContext(
+    features=(
+        FeatureInfo("C1", 3),
+        FeatureInfo("C2", 50, multi_valued=True, pooling=PoolingType.MEAN),
+        FeatureInfo("C3", 1000),
+        FeatureInfo("C4", 20000),
+    ),
+    embedding_dim=DIM,
+)
+METHODS = available_methods()
+
+
+def contract_ctx(name: str) -> MethodContext:
+    compression = getattr(get_method(name), "contract_compression", None)
+    return CTX.with_budget(compression=compression) if compression else CTX
+
+
+def make(name: str, seed: int = 0, ctx: MethodContext | None = None) -> EmbeddingMethod:
+    torch.manual_seed(seed)
+    return build_method(name, ctx or contract_ctx(name), dict(getattr(get_method(name), "contract_options", {})))
+
+
+def random_kjt(name: str, batch: int, seed: int = 0, ctx: MethodContext = CTX) -> KeyedJaggedTensor:
+    """Valid ids for the method's id scheme: indices below the cardinality, or any int64 (raw)."""
+    gen = torch.Generator().manual_seed(seed)
+    raw = get_method(name).id_scheme == "raw"
+    lengths, values = [], []
+    for f in ctx.features:
+        lens = torch.randint(0, 4, (batch,), generator=gen) if f.multi_valued else torch.ones(batch, dtype=torch.int64)
+        n = int(lens.sum())
+        if raw:
+            ids = torch.randint(-(2**63), 2**63 - 1, (n,), dtype=torch.int64, generator=gen)
+        else:
+            ids = torch.randint(0, f.cardinality, (n,), generator=gen)
+        lengths.append(lens)
+        values.append(ids)
+    lengths_all = torch.cat(lengths).to(torch.int32)
+    return KeyedJaggedTensor(keys=ctx.feature_names, values=torch.cat(values), lengths=lengths_all)
+
+
+def tables(method: EmbeddingMethod) -> list[EmbeddingBagCollection]:
+    return [m for m in method.modules() if type(m) is EmbeddingBagCollection]
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_output_keys_and_widths(name: str) -> None:
+    method = make(name)
+    out = method(random_kjt(name, 8))
+    assert isinstance(out, KeyedTensor)
+    dims = method.output_dims()
+    assert out.keys() == CTX.feature_names
+    assert out.length_per_key() == [dims[n] for n in CTX.feature_names]
+    assert out.values().shape == (8, sum(dims.values()))
+    assert out.values().dtype == torch.float32
+    for n, t in out.to_dict().items():
+        assert t.shape == (8, dims[n])
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_embedding_bag_configs_agree_with_output_dims(name: str) -> None:
+    method = make(name)
+    configs = method.embedding_bag_configs()
+    assert [c.feature_names for c in configs] == [[n] for n in CTX.feature_names]
+    assert {c.feature_names[0]: c.embedding_dim for c in configs} == method.output_dims()
+    assert method.is_weighted() is False
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_tables_are_stock_ebcs_counted_in_memory(name: str) -> None:
+    method = make(name)
+    ebcs = tables(method)
+    assert ebcs, "a method holds its tables in stock EmbeddingBagCollection children"
+    table_bytes = sum(c.num_embeddings * c.embedding_dim * 4 for e in ebcs for c in e.embedding_bag_configs())
+    assert method.memory_bytes() >= table_bytes
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_gradients_reach_every_table_and_are_finite(name: str) -> None:
+    method = make(name)
+    out = method(random_kjt(name, 64))
+    out.values().sum().backward()
+    for p in method.parameters():
+        if p.grad is not None:
+            assert torch.isfinite(p.grad).all()
+    for ebc in tables(method):
+        for table, p in ebc.named_parameters():
+            assert p.grad is not None, f"{table} got no gradient"
+            assert p.grad.abs().sum() > 0, f"{table} got an all-zero gradient"
+
+
+@pytest.mark.parametrize("compression", [1, 10, 100])
+@pytest.mark.parametrize("name", METHODS)
+def test_memory_within_budget(name: str, compression: int) -> None:
+    ctx = CTX.with_budget(compression=compression)
+    budget = ctx.budget_bytes
+    assert budget is not None
+    try:
+        method = make(name, ctx=ctx)
+    except ValueError as exc:
+        assert compression > 1, f"every method must fit compression 1: {exc}"
+        message = str(exc)
+        assert "budget" in message and str(budget) in message, f"unclear error: {message}"
+        return
+    assert 0 < method.memory_bytes() <= budget
+    assert method.compression_ratio() >= compression * (1 - 1e-9)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_state_dict_round_trip(name: str) -> None:
+    trained = make(name, seed=0)
+    fresh = make(name, seed=1)
+    kjt = random_kjt(name, 32)
+    assert not torch.equal(trained(kjt).values(), fresh(kjt).values())
+    state = trained.state_dict()
+    assert state, "a method's tables belong in its state_dict"
+    fresh.load_state_dict(state)
+    assert torch.equal(trained(kjt).values(), fresh(kjt).values())
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_deterministic(name: str) -> None:
+    a, b = make(name, seed=7), make(name, seed=7)
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    kjt = random_kjt(name, 32, seed=3)
+    first = a(kjt).values()
+    assert torch.equal(first, a(kjt).values())
+    assert torch.equal(first, b(kjt).values())
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_empty_batch(name: str) -> None:
+    method = make(name)
+    out = method(random_kjt(name, 0))
+    assert out.keys() == CTX.feature_names
+    assert out.values().shape == (0, sum(method.output_dims().values()))
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_zero_length_bags_give_zeros(name: str) -> None:
+    method = make(name)
+    batch = 4
+    kjt = random_kjt(name, batch)
+    f = len(CTX.features)
+    lengths = kjt.lengths().view(f, batch).clone()
+    lengths[:, 1] = 0
+    lengths[1, :] = 0
+    keep = torch.repeat_interleave(torch.ones(f * batch, dtype=torch.bool), kjt.lengths().long())
+    segments = torch.repeat_interleave(torch.arange(f * batch), kjt.lengths().long())
+    keep &= (lengths.flatten() > 0)[segments]
+    sparse = KeyedJaggedTensor(keys=kjt.keys(), values=kjt.values()[keep], lengths=lengths.flatten())
+    out = method(sparse)
+    for n, t in out.to_dict().items():
+        assert torch.equal(t[1], torch.zeros_like(t[1])), f"{n}: an empty bag must pool to zeros"
+    assert torch.equal(out.to_dict()["C2"], torch.zeros(batch, method.output_dims()["C2"]))
+    assert out.to_dict()["C4"][0].abs().sum() > 0
+
+
+def test_unknown_method_lists_available() -> None:
+    with pytest.raises(KeyError) as info:
+        build_method("x", CTX)
+    assert info.value.args[0] == f"unknown method 'x'; available: {', '.join(available_methods())}"
+    for name in ("full", "hash", "qr"):
+        assert name in METHODS
