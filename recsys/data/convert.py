@@ -23,6 +23,7 @@ import math
 import os
 import shutil
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal, Sequence
 
@@ -36,6 +37,7 @@ from recsys.data.stages import (
     PartWriter,
     StageWriter,
     assign_splits,
+    dictionary_columns,
     final_schema,
     final_table,
     read_staged,
@@ -48,7 +50,8 @@ from recsys.features import DATASET_FILE, DatasetSpec, FieldSpec, IdScheme, Spli
 
 __all__ = ["ConversionError", "convert"]
 
-BLOCK_SIZE = 1 << 20
+BLOCK_SIZE = 4 << 20
+PARSE_THREADS = 2
 DENSE_TRANSFORM = "slog1p"
 VOCAB_DIR = "vocab"
 _STAGE_DIR = "_stage"
@@ -155,13 +158,7 @@ def _build(layout: InputFormat, input_path: Path, root: Path, name: str, opts: _
     if sum(stage.rows.values()) == 0:
         detail = f" ({log.total} bad rows skipped)" if log.total else ""
         raise ConversionError(input_path, f"empty input: no data rows{detail}")
-    (root / VOCAB_DIR).mkdir()
-    vocabs = []
-    for src, counter in zip(layout.sparse, counters):
-        vocab = Vocabulary.from_counts(*counter.result(), opts.min_count)
-        vocab.write(root / VOCAB_DIR / f"{src.name}.parquet")
-        vocabs.append(vocab)
-    del counters
+    vocabs = _build_vocabularies(layout.sparse, counters, root, opts.min_count)
     splits = _second_pass(layout, stage, vocabs, root, opts)
     shutil.rmtree(root / _STAGE_DIR)
     spec = DatasetSpec(
@@ -177,6 +174,22 @@ def _build(layout: InputFormat, input_path: Path, root: Path, name: str, opts: _
     return spec
 
 
+def _build_vocabularies(
+    sparse: Sequence[SparseSource], counters: list[FrequencyCounter], root: Path, min_count: int
+) -> list[Vocabulary]:
+    """Vocabularies from the train counts (each counter is released once used), written to ``vocab/``."""
+    (root / VOCAB_DIR).mkdir()
+
+    def build(i: int) -> Vocabulary:
+        vocab = Vocabulary.from_counts(*counters[i].result(), min_count)
+        counters[i] = FrequencyCounter()
+        vocab.write(root / VOCAB_DIR / f"{sparse[i].name}.parquet")
+        return vocab
+
+    with ThreadPoolExecutor(PARSE_THREADS) as pool:
+        return list(pool.map(build, range(len(sparse))))
+
+
 def _first_pass(
     layout: InputFormat, input_path: Path, stage: StageWriter, log: BadRowLog, opts: _Options
 ) -> list[FrequencyCounter]:
@@ -189,9 +202,9 @@ def _first_pass(
             input_path, layout.text, layout.columns, opts.chunk_rows, block_size=BLOCK_SIZE,
             on_bytes=lambda pos: bar.update(max(0, min(pos, size) - bar.n)),
         )
-        with contextlib.closing(chunks), Background() as background:
+        with contextlib.closing(chunks), Background() as background, ThreadPoolExecutor(PARSE_THREADS) as pool:
             for chunk in chunks:
-                parsed, issues = layout.parse(chunk.table, chunk.lines)
+                parsed, issues = layout.parse(chunk.table, chunk.lines, pool)
                 keep = log.resolve(issues, parsed.lines, chunk.ragged)
                 if keep is not None:
                     parsed = parsed.take(keep)
@@ -209,23 +222,39 @@ def _first_pass(
 def _second_pass(
     layout: InputFormat, stage: StageWriter, vocabs: list[Vocabulary], root: Path, opts: _Options
 ) -> dict[str, SplitSpec]:
-    """Add vocabulary indices to the staged rows and write the Parquet parts of each split."""
+    """Add vocabulary indices to the staged rows and write the Parquet parts of each split.
+
+    Train runs beside valid and test (two threads), so both cores stay busy.
+    """
     schema = final_schema(layout.dense, layout.sparse)
-    splits: dict[str, SplitSpec] = {}
+    dictionary = dictionary_columns(layout.dense, layout.sparse, vocabs)
     total = sum(stage.rows.values())
     with tqdm(total=total, unit="row", unit_scale=True, desc="write parquet", disable=not opts.progress,
               file=sys.stderr) as bar:
-        for split in SPLITS:
-            writer = PartWriter(root, split, schema, opts.rows_per_file, opts.chunk_rows)
-            with Background() as background:
-                for batch in read_staged(stage.paths[split]):
-                    background.submit(writer.write, final_table(batch, schema, layout.dense, layout.sparse, vocabs))
-                    bar.update(batch.num_rows)
-            files = writer.close()
-            stage.paths[split].unlink()
-            rows = stage.rows[split]
-            splits[split] = SplitSpec(rows=rows, files=files, label_rate=stage.clicks[split] / rows if rows else 0.0)
-    return splits
+
+        def write(names: Sequence[str]) -> dict[str, list[str]]:
+            files = {}
+            for split in names:
+                writer = PartWriter(root, split, schema, opts.rows_per_file, opts.chunk_rows, dictionary)
+                with Background() as background:
+                    for batch in read_staged(stage.paths[split]):
+                        background.submit(writer.write, final_table(batch, schema, layout.dense, layout.sparse, vocabs))
+                        bar.update(batch.num_rows)
+                files[split] = writer.close()
+                stage.paths[split].unlink()
+            return files
+
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            jobs = [pool.submit(write, names) for names in (SPLITS[:1], SPLITS[1:])]
+            files = {k: v for job in jobs for k, v in job.result().items()}
+    return {
+        split: SplitSpec(
+            rows=stage.rows[split],
+            files=files[split],
+            label_rate=stage.clicks[split] / stage.rows[split] if stage.rows[split] else 0.0,
+        )
+        for split in SPLITS
+    }
 
 
 def _field_specs(layout: InputFormat, vocabs: Sequence[Vocabulary]) -> list[FieldSpec]:

@@ -12,9 +12,11 @@ Blank lines are skipped (they are not bad rows); line numbers count them.
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -82,34 +84,45 @@ class InputFormat:
     sparse: list[SparseSource] = field(default_factory=list)
     label_values: tuple[float, ...] = (0.0, 1.0)
 
-    def parse(self, table: pa.Table, lines: np.ndarray) -> tuple[ParsedChunk, list[Issue]]:
-        """Parse one chunk; rows failing a check are reported as issues, not removed."""
+    def parse(
+        self, table: pa.Table, lines: np.ndarray, pool: Executor | None = None
+    ) -> tuple[ParsedChunk, list[Issue]]:
+        """Parse one chunk (columns in parallel on ``pool``); failing rows become issues."""
         table, lines = _drop_blank(table, lines)
         if self.name == "libfm":
             return _parse_libfm(self, table, lines)
-        issues: list[Issue] = []
         label_col = as_array(table.column(self.label))
         label, bad = parse_labels(label_col, self.label_values)
-        issues.append(Issue(bad, "bad_label", self.label, "label must be 0 or 1, found", label_col))
-        dense = []
-        for name in self.dense:
-            col = as_array(table.column(name))
-            values, bad = parse_floats(col)
-            issues.append(Issue(bad, "bad_dense", name, "non-numeric dense value", col))
-            dense.append(slog1p(values))
-        sparse = [self._sparse(table, src, issues) for src in self.sparse]
+        issues = [Issue(bad, "bad_label", self.label, "label must be 0 or 1, found", label_col)]
+        tasks: list[Callable[[], tuple[Any, Issue | None]]] = [partial(_dense, table, n) for n in self.dense]
+        tasks += [partial(_sparse, table, src) for src in self.sparse]
+        results = list(pool.map(_call, tasks) if pool is not None else map(_call, tasks))
+        issues += [issue for _, issue in results if issue is not None]
+        dense = [values for values, _ in results[: len(self.dense)]]
+        sparse = [values for values, _ in results[len(self.dense) :]]
         return ParsedChunk(lines, label, dense, sparse), issues
 
-    def _sparse(self, table: pa.Table, src: SparseSource, issues: list[Issue]) -> SparseValues:
-        col = as_array(table.column(src.column))
-        if src.kind == "multi":
-            return hash_multi(col, src.separator or "")
-        if src.kind in ("hour_of_day", "weekday"):
-            values, bad = derive_hour(col, src.kind)
-            if src.kind == "hour_of_day":
-                issues.append(Issue(bad, "bad_hour", src.column, "hour must be YYMMDDHH, found", col))
-            return values
-        return hash_single(col)
+
+def _call(task: Callable[[], tuple[Any, Issue | None]]) -> tuple[Any, Issue | None]:
+    return task()
+
+
+def _dense(table: pa.Table, name: str) -> tuple[np.ndarray, Issue]:
+    col = as_array(table.column(name))
+    values, bad = parse_floats(col)
+    return slog1p(values), Issue(bad, "bad_dense", name, "non-numeric dense value", col)
+
+
+def _sparse(table: pa.Table, src: SparseSource) -> tuple[SparseValues, Issue | None]:
+    col = as_array(table.column(src.column))
+    if src.kind == "multi":
+        return hash_multi(col, src.separator or ""), None
+    if src.kind in ("hour_of_day", "weekday"):
+        values, bad = derive_hour(col, src.kind)
+        if src.kind == "hour_of_day":
+            return values, Issue(bad, "bad_hour", src.column, "hour must be YYMMDDHH, found", col)
+        return values, None
+    return hash_single(col), None
 
 
 def _drop_blank(table: pa.Table, lines: np.ndarray) -> tuple[pa.Table, np.ndarray]:

@@ -28,11 +28,12 @@ def _hour_parts(col: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     hh = uniq % 100
     dates = pd.to_datetime(pd.Series(uniq // 100).map("{:06d}".format), format="%y%m%d", errors="coerce")
     good = (hh < 24) & dates.notna().to_numpy()
-    wd = dates.dt.weekday.fillna(0).to_numpy().astype(np.int64)
+    wd = dates.dt.day_of_week.fillna(0).to_numpy().astype(np.int64)
     rows = np.flatnonzero(ok)
     hours[rows] = hh[inverse]
     weekdays[rows] = wd[inverse]
     ok[rows] = good[inverse]
+    hours[~ok] = 0
     return hours, weekdays, bad | ~ok
 
 

@@ -21,7 +21,8 @@ from recsys.features import LABEL_COLUMN, id_column, weight_column
 from recsys.hashing import mix64_np, salt_for
 
 SPLITS = ("train", "valid", "test")
-PARQUET_COMPRESSION = "zstd"
+PARQUET_COMPRESSION = "snappy"
+DICTIONARY_MAX_CARDINALITY = 100_000
 _IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
 
 
@@ -135,11 +136,31 @@ def final_table(
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
+def dictionary_columns(dense: Sequence[str], sparse: Sequence[SparseSource], vocabs: Sequence[Vocabulary]) -> list[str]:
+    """Columns worth Parquet dictionary encoding: label, dense, and sparse fields of few values."""
+    columns = [LABEL_COLUMN, *dense]
+    for src, vocab in zip(sparse, vocabs):
+        if vocab.cardinality <= DICTIONARY_MAX_CARDINALITY:
+            columns.append(src.name)
+        if vocab.num_distinct <= DICTIONARY_MAX_CARDINALITY:
+            columns.append(id_column(src.name))
+    return columns
+
+
 class PartWriter:
     """Parquet parts ``<split>/part-XXXXX.parquet`` of at most ``rows_per_file`` rows."""
 
-    def __init__(self, root: Path, split: str, schema: pa.Schema, rows_per_file: int, row_group_rows: int) -> None:
+    def __init__(
+        self,
+        root: Path,
+        split: str,
+        schema: pa.Schema,
+        rows_per_file: int,
+        row_group_rows: int,
+        dictionary_columns: list[str],
+    ) -> None:
         self.root = root
+        self.dictionary_columns = dictionary_columns
         self.split = split
         self.schema = schema
         self.rows_per_file = rows_per_file
@@ -154,7 +175,9 @@ class PartWriter:
     def _open(self) -> None:
         name = f"{self.split}/part-{len(self.files):05d}.parquet"
         self.files.append(name)
-        self._writer = pq.ParquetWriter(str(self.root / name), self.schema, compression=PARQUET_COMPRESSION)
+        self._writer = pq.ParquetWriter(
+            str(self.root / name), self.schema, compression=PARQUET_COMPRESSION, use_dictionary=self.dictionary_columns
+        )
         self._rows_in_file = 0
 
     def write(self, table: pa.Table) -> None:

@@ -68,12 +68,14 @@ class Vocabulary:
         self.counts = counts
         self.num_distinct = num_distinct
         self._index = pd.Index(ids)
+        self._index.get_indexer(ids[:1])  # build the hash table now, not concurrently in lookups
 
     @classmethod
     def from_counts(cls, ids: np.ndarray, counts: np.ndarray, min_count: int) -> "Vocabulary":
+        """From ids sorted ascending (as ``FrequencyCounter.result`` gives them) and their counts."""
         keep = (counts >= min_count) & (ids != MISSING_ID)
         kept_ids, kept_counts = ids[keep], counts[keep]
-        order = np.lexsort((kept_ids, -kept_counts))
+        order = np.argsort(-kept_counts, kind="stable")
         return cls(kept_ids[order], kept_counts[order], int(np.count_nonzero(ids != MISSING_ID)))
 
     @property
@@ -91,4 +93,4 @@ class Vocabulary:
     def write(self, path: Path) -> None:
         """``id``, ``count`` columns; row r is index r + 2."""
         table = pa.table({"id": pa.array(self.ids, pa.int64()), "count": pa.array(self.counts, pa.int64())})
-        pq.write_table(table, path)
+        pq.write_table(table, path, use_dictionary=["count"])
