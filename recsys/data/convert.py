@@ -24,6 +24,7 @@ import os
 import shutil
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Sequence
 
@@ -86,9 +87,9 @@ def convert(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
+    opts = _Options(min_count, split, on_bad_row, seed, chunk_rows, rows_per_file, progress)
     try:
-        spec = _build(layout, input_path, tmp, out_dir.name, _Options(min_count, split, on_bad_row, seed,
-                                                                       chunk_rows, rows_per_file, progress))
+        spec = _build(layout, input_path, tmp, out_dir.name, opts)
         _install(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -96,22 +97,22 @@ def convert(
     return spec
 
 
+@dataclass(frozen=True)
 class _Options:
-    """The tuning and policy arguments of ``convert``."""
+    """The policy and tuning arguments of ``convert``."""
 
-    def __init__(self, min_count: int, split: Sequence[float], on_bad_row: BadRowMode, seed: int,
-                 chunk_rows: int, rows_per_file: int, progress: bool) -> None:
-        self.min_count = min_count
-        self.split = tuple(float(f) for f in split)
-        self.on_bad_row = on_bad_row
-        self.seed = seed
-        self.chunk_rows = chunk_rows
-        self.rows_per_file = rows_per_file
-        self.progress = progress
+    min_count: int
+    split: tuple[float, float, float]
+    on_bad_row: BadRowMode
+    seed: int
+    chunk_rows: int
+    rows_per_file: int
+    progress: bool
 
 
-def _check_args(path: Path, min_count: int, split: Sequence[float], on_bad_row: str, chunk_rows: int,
-                rows_per_file: int) -> None:
+def _check_args(
+    path: Path, min_count: int, split: Sequence[float], on_bad_row: str, chunk_rows: int, rows_per_file: int
+) -> None:
     if min_count < 1:
         raise ConversionError(path, f"min_count must be >= 1, got {min_count}", field="min_count")
     if len(split) != 3 or any(f < 0 for f in split) or not math.isclose(sum(split), 1.0, abs_tol=1e-6):

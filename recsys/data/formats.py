@@ -159,7 +159,8 @@ def open_format(fmt: str, input_path: Path, schema_path: Path | None) -> InputFo
     if fmt != "csv" and schema_path is not None:
         raise ConversionError(schema_path, f"a schema is only used with format 'csv', not '{fmt}'", field="schema")
     if not input_path.is_file():
-        raise ConversionError(input_path, "cannot read input: no such file")
+        problem = "not a file" if input_path.exists() else "no such file"
+        raise ConversionError(input_path, f"cannot read input: {problem}")
     if fmt == "criteo":
         return _criteo()
     if fmt == "avazu":

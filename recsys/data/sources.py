@@ -14,7 +14,6 @@ from recsys.hashing import hash64_strings
 
 HOURS = [str(h) for h in range(24)]
 WEEKDAYS = [str(d) for d in range(7)]
-_TOKEN = r"^(?P<idx>[^:]+):(?P<val>.+)$"
 
 
 def _hour_parts(col: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -45,6 +44,28 @@ def derive_hour(col: pa.Array, kind: Literal["hour_of_day", "weekday"]) -> tuple
     return constant_values(WEEKDAYS, weekdays), bad
 
 
+def _split_tokens(text: pa.Array) -> tuple[pa.Array, pa.Array, np.ndarray]:
+    """(first token of each line, the other tokens flat, the line of each other token)."""
+    tokens = pc.ascii_split_whitespace(text)
+    flat = tokens.flatten()
+    starts = tokens.offsets.to_numpy()[:-1] - tokens.offsets[0].as_py()
+    is_first = np.zeros(len(flat), dtype=bool)
+    is_first[starts] = True
+    parents = pc.list_parent_indices(tokens).to_numpy(zero_copy_only=False).astype(np.int64)
+    rest = pa.array(~is_first)
+    return flat.take(pa.array(starts)), flat.filter(rest), parents[~is_first]
+
+
+def _split_pairs(flat: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """``idx:val`` tokens to (idx, val); val is null where a token has no ':'."""
+    parts = pc.split_pattern(flat, ":", max_splits=1)
+    offsets = parts.offsets.to_numpy() - parts.offsets[0].as_py()
+    values = parts.flatten()
+    has_val = np.diff(offsets) == 2
+    val_pos = np.where(has_val, offsets[:-1] + 1, 0)
+    return values.take(pa.array(offsets[:-1])), values.take(pa.array(val_pos, mask=~has_val))
+
+
 def parse_libfm_lines(text: pa.Array) -> tuple[pa.Array, SparseValues, np.ndarray, pa.Array]:
     """Split non-blank, trimmed libFM lines.
 
@@ -52,18 +73,14 @@ def parse_libfm_lines(text: pa.Array) -> tuple[pa.Array, SparseValues, np.ndarra
     the mask of rows with a malformed token, and each row's first malformed token (or null).
     """
     n = len(text)
-    tokens = pc.utf8_split_whitespace(text)
-    label = pc.list_element(tokens, 0)
-    feats = pc.list_slice(tokens, 1)
-    flat = feats.flatten()
-    parents = pc.list_parent_indices(feats).to_numpy(zero_copy_only=False).astype(np.int64)
-    parts = pc.extract_regex(flat, _TOKEN)
-    idx, val = parts.flatten()
+    label, flat, parents = _split_tokens(text)
+    idx, val = _split_pairs(flat)
     weights, bad_val = parse_floats(val)
-    bad_tok = bad_val | np.asarray(parts.is_null().to_numpy(zero_copy_only=False)) | np.isnan(weights)
+    empty_idx = pc.equal(idx, "").to_numpy(zero_copy_only=False)
+    bad_tok = bad_val | np.isnan(weights) | empty_idx
     offsets = np.zeros(n + 1, np.int64)
     np.cumsum(np.bincount(parents, minlength=n), out=offsets[1:])
-    values = SparseValues(hash64_strings(pc.fill_null(idx, "")), offsets, np.nan_to_num(weights).astype(np.float32))
+    values = SparseValues(hash64_strings(idx), offsets, np.nan_to_num(weights).astype(np.float32))
     bad_rows = np.zeros(n, dtype=bool)
     first = np.full(n, -1, np.int64)
     if bad_tok.any():

@@ -46,7 +46,7 @@ class LineChunk:
 def read_header(path: Path, fmt: TextFormat) -> list[str]:
     """Column names from the first line of ``path``."""
     try:
-        with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
             first = f.readline()
     except OSError as exc:
         raise ConversionError(path, f"cannot read input: {exc.strerror or exc}") from exc

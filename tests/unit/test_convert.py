@@ -13,7 +13,9 @@ import pytest
 import recsys.data.convert as convert_module
 from recsys.data.batch import BatchLayout, ParquetBatchReader
 from recsys.data.convert import convert
+from recsys.data.stages import assign_splits
 from recsys.data.textreader import TextFormat, read_chunks
+from recsys.data.vocab import FrequencyCounter
 from recsys.features import load_dataset_spec
 from recsys.hashing import hash64_str, hash64_strings
 
@@ -250,3 +252,21 @@ def test_progress_bar_on_stderr(tmp_path: Path, capsys: pytest.CaptureFixture[st
     src = write_criteo(tmp_path / "in.txt", criteo_rows(20))
     convert("criteo", src, tmp_path / "o", progress=True)
     assert "in.txt" in capsys.readouterr().err
+
+
+def test_frequency_counter_merges_like_unique() -> None:
+    rng = np.random.default_rng(0)
+    counter = FrequencyCounter(merge_at=500)
+    batches = [rng.integers(-50, 3000, 700) for _ in range(40)]
+    for batch in batches:
+        counter.add(*np.unique(batch, return_counts=True))
+    ids, counts = counter.result()
+    want_ids, want_counts = np.unique(np.concatenate(batches), return_counts=True)
+    np.testing.assert_array_equal(ids, want_ids)
+    np.testing.assert_array_equal(counts, want_counts)
+
+
+def test_split_fractions_are_respected() -> None:
+    splits = assign_splits(np.arange(1, 200_001), seed=3, fractions=(0.7, 0.2, 0.1))
+    np.testing.assert_allclose(np.bincount(splits) / len(splits), [0.7, 0.2, 0.1], atol=0.005)
+    assert (assign_splits(np.arange(1, 1000), seed=3, fractions=(1.0, 0.0, 0.0)) == 0).all()
