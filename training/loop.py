@@ -146,6 +146,10 @@ class Trainer:
         and leave them loaded in the model at the end."""
         result = FitResult()
         best_auc, bad_epochs = -1.0, 0
+        per_epoch = len(self.train_reader)
+        if self.cfg.max_steps_per_epoch:
+            per_epoch = min(per_epoch, self.cfg.max_steps_per_epoch)
+        self.method.on_train_begin(per_epoch * self.cfg.epochs)
         for epoch in range(self.cfg.epochs):
             loss, rate, steps = self._train_epoch(epoch, result)
             valid = self.evaluate(self.valid_reader)

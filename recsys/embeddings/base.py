@@ -110,8 +110,9 @@ class EmbeddingMethod(nn.Module):
     """Base class of every embedding method. Subclasses set ``name``, ``Options``, ``id_scheme``.
 
     Subclasses implement ``forward`` and ``memory_bytes``; they may override the hooks
-    ``aux_loss`` (extra loss term), ``on_train_step`` (called after each optimizer step) and
-    ``output_dims`` (per-feature output width when not ``embedding_dim``).
+    ``aux_loss`` (extra loss term), ``on_train_begin`` / ``on_train_step`` (before training
+    and after each optimizer step) and ``output_dims`` (per-feature output width when not
+    ``embedding_dim``).
     """
 
     name: ClassVar[str]
@@ -152,8 +153,11 @@ class EmbeddingMethod(nn.Module):
         """Extra loss term added to the task loss (e.g. a regulariser); None when there is none."""
         return None
 
+    def on_train_begin(self, total_steps: int) -> None:
+        """Called once before training with the number of optimizer steps planned."""
+
     def on_train_step(self, step: int) -> None:
-        """Called after every optimizer step with the global step number."""
+        """Called after every optimizer step with the global step number (0-based)."""
 
     def compression_ratio(self) -> float:
         return self.ctx.full_bytes / max(self.memory_bytes(), 1)
