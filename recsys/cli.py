@@ -72,9 +72,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides.append(f"training.workers={args.workers}")
     cfg = load_config(args.config, overrides)
     out = Path(args.out or f"runs/{cfg.model.name}-{cfg.embedding.method}")
-    metrics = train_experiment(cfg, out)
+    metrics = train_experiment(cfg, out, resume=args.resume)
     width = max(len(k) for k in metrics)
     for key, value in metrics.items():
+        if isinstance(value, dict):
+            continue
         print(f"{key:{width}s}  {value:.6g}" if isinstance(value, float) else f"{key:{width}s}  {value}")
     print(f"wrote {out / 'metrics.json'}")
     return 0
@@ -134,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. training.epochs=3")
     train.add_argument("--out", help="run folder (default runs/<model>-<method>)")
     train.add_argument("--workers", type=int, help="Ray Train workers (sets training.workers)")
+    train.add_argument("--resume", action="store_true", help="skip the phases already finished in --out")
     train.set_defaults(func=cmd_train)
 
     qs = sub.add_parser("quickstart", help="synthetic data, then DLRM with full and hash@10x, and a summary table")

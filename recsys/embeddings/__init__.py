@@ -1,6 +1,6 @@
 """Embedding methods behind one interface; importing this package registers the built-in ones."""
 
-from recsys.embeddings.base import EmbeddingMethod, FeatureInfo, MethodContext, MethodOptions, table_bytes
+from recsys.embeddings.base import EmbeddingMethod, FeatureInfo, MethodContext, MethodOptions, Phase, table_bytes
 from recsys.embeddings.registry import available_methods, build_method, get_method, parse_options, register_method
 
 from recsys.embeddings import full, hashing, qr  # noqa: F401  (importing registers the built-in methods)
@@ -10,6 +10,7 @@ __all__ = [
     "FeatureInfo",
     "MethodContext",
     "MethodOptions",
+    "Phase",
     "available_methods",
     "build_method",
     "get_method",

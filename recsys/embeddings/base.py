@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, Callable, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -100,6 +100,25 @@ class MethodContext:
         return any(f.weighted for f in self.features)
 
 
+@dataclass(frozen=True)
+class Phase:
+    """One stage of a method's training, run in order by ``recsys train``.
+
+    ``kind="train"`` runs the train/eval loop (``epochs`` overrides ``training.epochs``);
+    ``kind="search"`` calls ``method.search(evaluate)`` with the model frozen, where
+    ``evaluate()`` returns the validation AUC on at most ``eval_rows`` rows. ``weights`` says
+    where the phase starts: ``"continue"`` from the previous phase's best weights,
+    ``"initial"`` from the weights the run started with (a rewind). Whatever the method keeps
+    in ``phase_state()`` is carried into the next phase either way.
+    """
+
+    name: str
+    kind: Literal["train", "search"] = "train"
+    weights: Literal["continue", "initial"] = "continue"
+    epochs: int | None = None
+    eval_rows: int | None = None
+
+
 class MethodOptions(BaseModel):
     """Base of every method's options model (unknown keys are errors)."""
 
@@ -158,6 +177,24 @@ class EmbeddingMethod(nn.Module):
 
     def on_train_step(self, step: int) -> None:
         """Called after every optimizer step with the global step number (0-based)."""
+
+    def phases(self) -> list[Phase]:
+        """The method's training stages; most methods train in one phase."""
+        return [Phase("train")]
+
+    def enter_phase(self, phase: Phase) -> None:
+        """Called on a freshly built method, before sharding, when ``phase`` starts."""
+
+    def phase_state(self) -> dict[str, torch.Tensor]:
+        """Decisions carried from one phase to the next (e.g. searched dimensions)."""
+        return {}
+
+    def load_phase_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore what ``phase_state`` returned (after the phase's weights are loaded)."""
+
+    def search(self, evaluate: Callable[[], float]) -> dict[str, Any]:
+        """Run a ``search`` phase; returns a JSON-able summary."""
+        raise NotImplementedError(f"method '{self.name}' has no search phase")
 
     def compression_ratio(self) -> float:
         return self.ctx.full_bytes / max(self.memory_bytes(), 1)
