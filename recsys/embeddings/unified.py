@@ -148,11 +148,11 @@ class UnifiedEmbedding(EmbeddingMethod):
             (f"unified_{t}", self.rows, self.chunk_dim, [probe_key(n, j) for (n, j), s in self.table_of.items() if s == t])
             for t in range(k)
         ] + [(f"exact_{n}", r, self.chunks[n] * self.chunk_dim, [n]) for n, r in sorted(self.exact.items())]
-        configs = [
+        self.tables = [
             EmbeddingBagConfig(name=t, num_embeddings=r, embedding_dim=d, feature_names=keys, pooling=PoolingType.SUM)
             for t, r, d, keys in tables
         ]
-        self.ebc = EmbeddingBagCollection(tables=configs, is_weighted=ctx.any_weighted)
+        self.ebc = EmbeddingBagCollection(tables=self.tables, is_weighted=ctx.any_weighted)
         self._plans: dict[tuple[tuple[str, ...], torch.device], _Plan] = {}
         self._gathers: dict[tuple[tuple[str, ...], torch.device], torch.Tensor | None] = {}
 
@@ -239,19 +239,16 @@ class UnifiedEmbedding(EmbeddingMethod):
         return KeyedTensor(keys=self.ctx.feature_names, length_per_key=widths, values=slots.reshape(batch, -1))
 
     def memory_bytes(self) -> int:
-        return sum(table_bytes(t.num_embeddings, t.embedding_dim) for t in self.ebc.embedding_bag_configs())
+        """Bytes of every table (kept from construction: a sharded ``ebc`` no longer lists them)."""
+        return sum(table_bytes(t.num_embeddings, t.embedding_dim) for t in self.tables)
 
     @torch.no_grad()
     def collision_stats(self, vocab_ids: dict[str, np.ndarray]) -> dict:
-        """Row sharing among the given raw ids (e.g. each feature's train vocabulary).
-
-        Per feature: ``values``, ``rows_occupied`` (distinct rows over all its probes),
-        ``rows_per_probe`` against ``expected_rows_per_probe = R(1 − e^(−n/R))``, ``intra_share``
-        (lookups whose row another value of the feature hits through the same probe, expected
-        ``1 − (1 − 1/R)^(n−1)``) and ``inter_share`` (lookups whose row another feature hits).
-        ``inter_pair_rate``: the share of cross-feature lookup pairs within a sub-table that
-        land on one row (expected ``1/B``).
-        """
+        """Row sharing among raw ids (e.g. train vocabularies). Per feature: ``values``, ``rows_occupied``
+        (over all probes), ``rows_per_probe`` (expected ``R(1 − e^(−n/R))``), ``intra_share`` (lookups
+        whose row another value hits through the same probe, expected ``1 − (1 − 1/R)^(n−1)``),
+        ``inter_share`` (lookups whose row another feature hits); ``inter_pair_rate``: share of
+        cross-feature lookup pairs in a sub-table that land on one row (expected ``1/B``)."""
         names = sorted(vocab_ids)
         stats: dict[str, dict] = {}
         rows_list, owner_list = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]

@@ -60,6 +60,8 @@ def _worker(rank: int, port: int, sharding: str, chunk_dim: int) -> None:
         assert kinds == {sharding}, plan
         dmp = DistributedModelParallel(model, device=torch.device("cpu"), plan=plan)
         load_plain_state_dict(dmp, {f"method.{k}": v for k, v in reference.state_dict().items()})
+        assert type(dmp.module.method.ebc).__name__ == "ShardedEmbeddingBagCollection"
+        assert dmp.module.method.memory_bytes() == reference.memory_bytes(), "accounting must survive sharding"
 
         width = sum(method.output_dims().values())
         kjts = [raw_kjt(CTX, BATCH, seed=r) for r in range(WORLD)]

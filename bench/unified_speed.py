@@ -1,0 +1,105 @@
+"""Training step time of DLRM-``unified`` against DLRM-``full`` with the same total rows, in one process.
+
+``full`` has one table per feature (Σ_f card_f rows of width D); ``unified`` gets one shared
+table of ``B = Σ_f card_f`` rows with its default chunks (D/2 wide, 2 probes per feature, so
+twice the lookups at half the width). Both are sharded and trained exactly as ``recsys train``
+does (DMP, fused row-wise Adagrad), on the same pre-read batches (input handling excluded).
+Timing alternates the two for ``--rounds`` rounds and reports the median step time of each;
+the ratio unified / full is the number to watch (target ≤ 1.15).
+
+Usage: ``python -m bench.unified_speed [--data data/unified_bench_300k] [--rows 300000] [--steps 40]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+
+from recsys.config import ModelConfig, TrainingConfig
+from recsys.data.batch import Batch, BatchLayout, ParquetBatchReader
+from recsys.embeddings import MethodContext, build_method
+from recsys.features import DatasetSpec, load_dataset_spec
+from recsys.models import build_model
+from recsys.models.train import TrainModel
+from training.distributed import ensure_process_group, shard
+
+OUT = Path("bench_out")
+
+
+def _stepper(spec: DatasetSpec, method_name: str, options: dict[str, Any]) -> Callable[[Batch], None]:
+    """One optimizer step of a freshly built, sharded DLRM over ``method_name``."""
+    torch.manual_seed(0)
+    model_cfg = ModelConfig()
+    method = build_method(method_name, MethodContext.from_spec(spec, model_cfg.embedding_dim), options)
+    sharded = shard(TrainModel(build_model(model_cfg, method, len(spec.dense_fields))), method, TrainingConfig())
+
+    def step(batch: Batch) -> None:
+        loss, _ = sharded.module(batch)
+        sharded.optimizer.zero_grad()
+        loss.backward()
+        sharded.optimizer.step()
+
+    return step
+
+
+def _step_time(step: Callable[[Batch], None], batches: list[Batch], steps: int) -> float:
+    start = time.perf_counter()
+    for i in range(steps):
+        step(batches[i % len(batches)])
+    return (time.perf_counter() - start) / steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="data/unified_bench_300k", help="dataset folder (generated if missing)")
+    parser.add_argument("--rows", type=int, default=300_000, help="synthetic criteo rows when generating")
+    parser.add_argument("--batch", type=int, default=2048)
+    parser.add_argument("--steps", type=int, default=40, help="timed steps per method per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    data = Path(args.data)
+    if not (data / "dataset.json").exists():
+        from recsys.data.synthetic import generate
+
+        generate(data, rows=args.rows, profile="criteo", seed=0, progress=False)
+    spec = load_dataset_spec(data)
+    total_rows = sum(int(f.cardinality or 1) for f in spec.sparse_fields)
+    setups = {"full": ("full", {}, "index"), "unified": ("unified", {"rows": total_rows}, "raw")}
+    started = ensure_process_group()
+    steps, batches = {}, {}
+    for key, (name, options, scheme) in setups.items():
+        reader = ParquetBatchReader(data, "train", BatchLayout.from_spec(spec, scheme), args.batch, drop_last=True)
+        batches[key] = [b for _, b in zip(range(20), reader)]
+        steps[key] = _stepper(spec, name, options)
+        _step_time(steps[key], batches[key], 5)  # warm-up
+    times: dict[str, list[float]] = {key: [] for key in setups}
+    for _ in range(args.rounds):
+        for key in setups:
+            times[key].append(_step_time(steps[key], batches[key], args.steps))
+    if started:
+        dist.destroy_process_group()
+    median = {key: statistics.median(t) for key, t in times.items()}
+    report = {
+        "total_rows": total_rows, "batch": args.batch, "steps": args.steps, "rounds": args.rounds, "threads": args.threads,
+        "step_ms": {k: 1000 * v for k, v in median.items()},
+        "step_ms_per_round": {k: [round(1000 * x, 2) for x in v] for k, v in times.items()},
+        "ratio_unified_over_full": median["unified"] / median["full"],
+    }
+    for key, value in median.items():
+        print(f"{key:8s} {1000 * value:8.2f} ms/step  ({args.batch / value:,.0f} samples/s)")
+    print(f"ratio unified/full: {report['ratio_unified_over_full']:.3f}x (target <= 1.15)")
+    OUT.mkdir(exist_ok=True)
+    (OUT / "unified_speed.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
