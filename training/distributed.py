@@ -90,7 +90,8 @@ def shard(model: nn.Module, embedding: nn.Module, cfg: TrainingConfig, device: t
     """Fuse the sparse optimizer into the backward of ``embedding``'s tables and shard with DMP.
 
     Sparse tables use fbgemm's fused optimizers (on CPU: exact SGD / Adagrad / row-wise
-    Adagrad); all other parameters use ``cfg.dense_optimizer``.
+    Adagrad); parameters the method lists in ``separate_optimizers()`` get those optimizers;
+    all other parameters use ``cfg.dense_optimizer``.
     """
     quiet_torchrec()
     device = device or torch.device("cpu")
@@ -105,5 +106,23 @@ def shard(model: nn.Module, embedding: nn.Module, cfg: TrainingConfig, device: t
     load_plain_state_dict(dmp, initial)  # DMP re-initialises sharded tables; keep the method's own init
     dense_cls = DENSE_OPTIMIZERS[cfg.dense_optimizer]
     dense_params = dict(in_backward_optimizer_filter(dmp.named_parameters()))
-    dense = KeyedOptimizerWrapper(dense_params, lambda params: dense_cls(params, lr=cfg.dense_lr, weight_decay=cfg.weight_decay))
-    return ShardedModel(dmp, CombinedOptimizer([dmp.fused_optimizer, dense]))
+    separate = _separate_optimizers(embedding, dense_params)
+    dense = [KeyedOptimizerWrapper(dense_params, lambda params: dense_cls(params, lr=cfg.dense_lr, weight_decay=cfg.weight_decay))] if dense_params else []
+    return ShardedModel(dmp, CombinedOptimizer([dmp.fused_optimizer, *separate, *dense]))
+
+
+def _separate_optimizers(embedding: nn.Module, dense_params: dict[str, nn.Parameter]) -> list[KeyedOptimizerWrapper]:
+    """Optimizers a method asks for its own parameters (``separate_optimizers()``, optional:
+    a list of ``(parameters, optimizer factory)``, e.g. OptEmbed's plain-SGD thresholds);
+    those parameters are taken out of ``dense_params``."""
+    hook = getattr(embedding, "separate_optimizers", None)
+    wrappers = []
+    for params, factory in hook() if hook is not None else []:
+        wanted = {id(p) for p in params}
+        own = {name: p for name, p in dense_params.items() if id(p) in wanted}
+        if len(own) != len(wanted):
+            raise ValueError(f"{len(wanted) - len(own)} parameter(s) of a separate optimizer are not dense parameters of the model")
+        for name in own:
+            del dense_params[name]
+        wrappers.append(KeyedOptimizerWrapper(own, factory))
+    return wrappers

@@ -1,0 +1,305 @@
+"""``optembed``: learnable row pruning, supernet dimension search and retraining (Lyu et al., CIKM 2022).
+
+Wraps a base method (``base``, default ``full``) and runs three phases (``phases`` option):
+
+* ``supernet`` (train): each pooled feature vector ``e`` of field ``f`` is multiplied by the
+  row mask ``S(‖e‖₁ − t_f)`` (``surrogate.binary_step``: a unit step with the authors'
+  surrogate gradient) and, in training only, by a prefix mask of ``k ~ U{1..D}`` ones drawn
+  per (sample, field). ``aux_loss = α·Σ_f exp(−t_f)``. The thresholds ``t`` (init 0) are
+  trained by their own plain SGD (``threshold_lr``, no weight decay): the trainer's
+  ``shard()`` builds it from ``separate_optimizers()``. At the end, the row masks
+  ``‖row‖₁ > t_f`` are read from the live tables and travel in ``phase_state``.
+* ``search`` (search): the supernet frozen, row masks fixed, an evolutionary search
+  (``optembed_search``) picks per-field dims by validation AUC within the budget, if any.
+* ``retrain`` (train): row masks and dims fixed; weights rewound to the initial ones
+  (``retrain_weights='initial'``, the paper) or inherited (``'inherit'``, Hetu's variant).
+
+Once the masks are fixed, pruned ids are dropped from their bags before the lookup (a
+single-valued field then pools to zeros, as the authors' ``zero`` mode; a multi-valued MEAN
+bag averages its kept ids) and columns past ``d_f`` are zeroed, so the output stays ``D`` wide.
+Multi-valued features: the supernet's learned mask is applied to the pooled bag (the norm of
+the bag, not of each row: an approximation); from the search on, the mask is exact per row.
+
+Accounting: ``Σ_f rows_f × d_f × 4`` with ``rows_f`` all rows until the masks are fixed and
+the kept rows after, plus a rank bitmap per field with pruned rows (``optembed_export``).
+With a budget and no search yet, ``d_f`` is the largest common dim whose full tables fit, and
+evaluation uses it; the search then only evaluates candidates within the budget.
+
+Example:
+    >>> method = build_method("optembed", ctx, {"alpha": 1e-3})  # doctest: +SKIP
+    >>> [p.name for p in method.phases()]                        # doctest: +SKIP
+    ['supernet', 'search', 'retrain']
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any, Callable, ClassVar, Literal, Sequence
+
+import torch
+from pydantic import Field, field_validator
+from torch import nn
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
+
+from recsys.embeddings.base import BYTES_PER_WEIGHT, EmbeddingMethod, MethodContext, MethodOptions, Phase
+from recsys.embeddings.full import empty_output
+from recsys.embeddings.optembed_export import TableLayout, rank_bitmap, rank_bitmap_bytes, table_row_norms, table_weights
+from recsys.embeddings.optembed_search import EvolutionConfig, SearchSpace, evolve
+from recsys.embeddings.registry import build_method, get_method, register_method
+from recsys.embeddings.surrogate import binary_step, random_prefix_lengths
+
+PhaseName = Literal["supernet", "search", "retrain"]
+PHASE_ORDER: tuple[PhaseName, ...] = ("supernet", "search", "retrain")
+Optimizers = list[tuple[list[nn.Parameter], Callable[[list[torch.Tensor]], torch.optim.Optimizer]]]
+
+
+class OptEmbedOptions(MethodOptions):
+    """Options of ``optembed``."""
+
+    base: str = Field("full", description="the wrapped method")
+    base_options: dict[str, Any] = Field(default_factory=dict, description="options of the base method")
+    alpha: float = Field(1e-3, ge=0, description="weight of the threshold regulariser α·Σ exp(-t_f)")
+    threshold_lr: float = Field(1e-2, gt=0, description="plain-SGD learning rate of the thresholds")
+    phases: list[PhaseName] = Field(default_factory=lambda: list(PHASE_ORDER), description="phases to run, in order")
+    supernet_epochs: int | None = Field(None, ge=1, description="epochs of the supernet (default: training.epochs)")
+    retrain_epochs: int | None = Field(None, ge=1, description="epochs of the retraining (default: training.epochs)")
+    retrain_weights: Literal["initial", "inherit"] = Field("initial", description="rewind (paper) or inherit weights")
+    eval_rows: int | None = Field(20_000, ge=1, description="validation rows per search evaluation")
+    generations: int = Field(30, ge=1)
+    parents: int = Field(10, ge=1)
+    mutations: int = Field(10, ge=0)
+    crossovers: int = Field(10, ge=0)
+    mutation_prob: float = Field(0.1, gt=0, le=1)
+    seed: int = Field(0, description="seed of the dimension masks and of the search")
+
+    @field_validator("phases")
+    @classmethod
+    def _ordered(cls, phases: list[PhaseName]) -> list[PhaseName]:
+        if not phases or phases[0] != "supernet" or phases != sorted(set(phases), key=PHASE_ORDER.index):
+            raise ValueError(f"phases must start with 'supernet' and follow {list(PHASE_ORDER)}, got {phases}")
+        return phases
+
+
+@register_method
+class OptEmbed(EmbeddingMethod):
+    """Row pruning + dimension search around a base method (see the module docstring)."""
+
+    name: ClassVar[str] = "optembed"
+    Options: ClassVar[type[MethodOptions]] = OptEmbedOptions
+
+    def __init__(self, ctx: MethodContext, options: MethodOptions) -> None:
+        super().__init__(ctx, options)
+        assert isinstance(options, OptEmbedOptions)
+        self.opts = options
+        self.base = build_method(options.base, replace(ctx, budget_bytes=None), options.base_options)
+        self.id_scheme = get_method(options.base).id_scheme
+        self.names = ctx.feature_names
+        self.widths = [self.base.output_dims()[n] for n in self.names]
+        self.layout = TableLayout(self.names, self.widths, self.base.ebc.embedding_bag_configs())
+        for key, value in self.layout.columns().items():
+            self.register_buffer(key, value, persistent=False)
+        row_widths = {seg.width for seg in self.layout.segments}
+        self.row_width = row_widths.pop() if len(row_widths) == 1 else None
+        uniform = len(set(self.widths)) == 1
+        table = torch.tril(torch.ones(self.widths[0] + 1, self.widths[0]), diagonal=-1) if uniform else None
+        self.register_buffer("prefix_table", table, persistent=False)  # row k: k ones, then zeros
+        self.stage: PhaseName = "supernet"
+        self.step = 0
+        self.kept: list[int] | None = None  # kept rows per table once the masks are fixed
+        self.threshold = nn.Parameter(torch.zeros(len(self.names), 1))  # [F, 1] like the authors'
+        self.register_buffer("row_mask", None, persistent=False)  # flat over tables once fixed
+        self.register_buffer("dims", None, persistent=False)
+        self.set_dims(self._initial_dims())
+        self._hooked: int | None = None
+
+    @property
+    def ebc(self) -> nn.Module:
+        """The base's table collection (stock or sharded)."""
+        return self.base.ebc
+
+    def _initial_dims(self) -> list[int]:
+        """``w_f`` per field, or the largest common dim whose unpruned tables fit the budget."""
+        budget = self.ctx.budget_bytes
+        if budget is None:
+            return list(self.widths)
+        fits = [d for d in range(1, min(self.widths) + 1) if self.bytes_at((d,) * len(self.names)) <= budget]
+        if not fits:
+            raise ValueError(
+                f"method 'optembed' needs {self.bytes_at((1,) * len(self.names))} bytes at one dimension per row, "
+                f"over the budget of {budget} bytes"
+            )
+        return [fits[-1]] * len(self.names)
+
+    # ----- phases -------------------------------------------------------------------
+    def phases(self) -> list[Phase]:
+        o = self.opts
+        by_name = {
+            "supernet": Phase("supernet", epochs=o.supernet_epochs),
+            "search": Phase("search", kind="search", eval_rows=o.eval_rows),
+            "retrain": Phase("retrain", weights="initial" if o.retrain_weights == "initial" else "continue", epochs=o.retrain_epochs),
+        }
+        return [by_name[n] for n in o.phases]
+
+    def enter_phase(self, phase: Phase) -> None:
+        self.stage = phase.name  # type: ignore[assignment]
+        self.threshold.requires_grad_(self.stage == "supernet")
+
+    def separate_optimizers(self) -> Optimizers:
+        """Parameters with their own optimizer: the thresholds, plain SGD without weight decay."""
+        if not self.threshold.requires_grad:
+            return []
+        lr = self.opts.threshold_lr
+        return [([self.threshold], lambda params: torch.optim.SGD(params, lr=lr))]
+
+    def table_thresholds(self) -> list[float]:
+        """Threshold of each table's rows: the lowest of the fields reading it (a shared row is
+        kept when any field would keep it)."""
+        t = self.threshold.detach().cpu()[:, 0]
+        return [float(t[fs].min()) if fs else float("inf") for fs in self.layout.table_features]
+
+    def row_masks(self) -> dict[str, torch.Tensor]:
+        """Per table, which rows are kept: the fixed masks, or ``‖row‖₁ > t`` from the live tables."""
+        names = self.layout.tables
+        if self.row_mask is not None:
+            return dict(zip(names, self.row_mask.cpu().split(self.layout.rows)))
+        norms = table_row_norms(self.ebc)
+        return {n: norms[n] > t for n, t in zip(names, self.table_thresholds())}
+
+    def set_row_masks(self, masks: dict[str, torch.Tensor]) -> None:
+        flat = [masks[n].to(torch.bool).flatten() for n in self.layout.tables]
+        self.row_mask = torch.cat(flat).to(self.threshold.device)
+        self.kept = [int(m.sum()) for m in flat]
+        starts = torch.cumsum(torch.tensor([0] + self.layout.rows[:-1]), 0).tolist()
+        table_start = dict(zip(self.layout.tables, starts))
+        self.key_start = {k: table_start[c.name] for c in self.layout.configs for k in c.feature_names}
+
+    def set_dims(self, dims: Sequence[int] | torch.Tensor) -> None:
+        self.dims = torch.as_tensor(dims, dtype=torch.int64).to(self.threshold.device)
+        self.narrow = any(d < w for d, w in zip(self.dims.tolist(), self.widths))
+
+    def phase_state(self) -> dict[str, torch.Tensor]:
+        masks = self.row_masks()
+        state = {"threshold": self.threshold.detach().cpu().clone(), "dims": self.dims.cpu().clone()}
+        return state | {f"row_mask.{n}": m.to(torch.uint8) for n, m in masks.items()}
+
+    @torch.no_grad()
+    def load_phase_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.threshold.copy_(state["threshold"])
+        if self.stage != "supernet":
+            self.set_row_masks({n: state[f"row_mask.{n}"] for n in self.layout.tables})
+            self.set_dims(state["dims"])
+
+    # ----- forward ------------------------------------------------------------------
+    def _drop_pruned(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        """Forward pre-hook on the base's EBC: drop the ids of pruned rows once masks are fixed."""
+        if self.row_mask is None:
+            return None
+        kjt: KeyedJaggedTensor = args[0]
+        values, lengths, weights = kjt.values(), kjt.lengths(), kjt.weights_or_none()
+        device = values.device
+        start = torch.tensor([self.key_start[k] for k in kjt.keys()], device=device)
+        keep = self.row_mask[values + torch.repeat_interleave(start, torch.tensor(kjt.length_per_key(), device=device))]
+        bags = torch.repeat_interleave(torch.arange(lengths.numel(), device=device), lengths.long())
+        new_lengths = torch.bincount(bags[keep], minlength=lengths.numel()).to(lengths.dtype)
+        kept = KeyedJaggedTensor(
+            keys=kjt.keys(), values=values[keep], lengths=new_lengths, stride=kjt.stride(),
+            weights=weights[keep] if weights is not None else None,
+        )
+        return (kept, *args[1:])
+
+    def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
+        if features.stride() == 0:
+            return empty_output(self, features.values())
+        if self._hooked != id(self.base.ebc):  # (re)attach after DMP swaps in a sharded EBC
+            self.base.ebc.register_forward_pre_hook(self._drop_pruned)
+            self._hooked = id(self.base.ebc)
+        x = self.base(features).values()
+        if self.row_mask is None:
+            x = self._row_masked(x)
+        if self.training and self.stage == "supernet":
+            seed = self.opts.seed * 1_000_003 + self.step
+            x = self._dim_masked(x, random_prefix_lengths((x.shape[0], len(self.names)), torch.tensor(self.widths), seed))
+        elif self.narrow:
+            x = self._dim_masked(x, self.dims.unsqueeze(0))
+        return KeyedTensor(keys=self.names, length_per_key=self.widths, values=x)
+
+    def _row_masked(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` with each pooled table row multiplied by ``S(‖row‖₁ − t_f)`` of its field."""
+        t = self.threshold[self.segment_feature, 0]
+        if self.row_width:  # every row equally wide (full; unified without exact tables): a reshape
+            rows = x.view(x.shape[0], len(self.layout.segments), self.row_width)
+            return (rows * binary_step(rows.abs().sum(-1) - t).unsqueeze(-1)).view_as(x)
+        norms = torch.zeros(x.shape[0], len(t), device=x.device).index_add(1, self.col_segment, x.abs())
+        return x * binary_step(norms - t)[:, self.col_segment]
+
+    def _dim_masked(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """``x`` with the columns of field ``f`` past ``keep[:, f]`` zeroed (``keep``: ``[B or 1, F]``)."""
+        keep = keep.to(x.device)
+        if self.prefix_table is not None:  # every field equally wide: one lookup of prefix masks
+            fields = x.view(x.shape[0], len(self.names), self.widths[0])
+            return (fields * nn.functional.embedding(keep, self.prefix_table)).view_as(x)
+        return x * (self.col_offset < keep[:, self.col_feature]).to(x.dtype)
+
+    def aux_loss(self) -> torch.Tensor | None:
+        if self.stage != "supernet":
+            return None
+        return self.opts.alpha * torch.exp(-self.threshold).sum()
+
+    def on_train_step(self, step: int) -> None:
+        self.step = step + 1
+
+    def output_dims(self) -> dict[str, int]:
+        return self.base.output_dims()
+
+    # ----- accounting, search, export ------------------------------------------------
+    def bytes_at(self, dims: Sequence[int]) -> int:
+        """Bytes at per-field dims ``dims``: stored rows × stored columns × 4, plus the remaps."""
+        rows = self.kept if self.kept is not None else self.layout.rows
+        total = 0
+        for t, width in enumerate(self.layout.stored_widths(dims)):
+            if width:
+                total += rows[t] * width * BYTES_PER_WEIGHT
+                total += rank_bitmap_bytes(self.layout.rows[t]) if rows[t] < self.layout.rows[t] else 0
+        return total
+
+    def memory_bytes(self) -> int:
+        return self.bytes_at(self.dims.tolist())
+
+    def sparsity(self) -> float:
+        """``1 − Σ kept rows × stored columns / Σ rows × width`` (``1 − Σ_f kept_f·d_f / (N·D)`` for ``full``)."""
+        rows = self.kept if self.kept is not None else self.layout.rows
+        stored = sum(r * w for r, w in zip(rows, self.layout.stored_widths(self.dims.tolist())))
+        return 1.0 - stored / sum(r * w for r, w in zip(self.layout.rows, self.layout.table_width))
+
+    def search(self, evaluate: Callable[[], float]) -> dict[str, Any]:
+        """Evolutionary search of per-field dims; fitness = ``evaluate()`` (validation AUC)."""
+        o = self.opts
+        cfg = EvolutionConfig(o.generations, o.parents, o.mutations, o.crossovers, o.mutation_prob, o.seed)
+        space = SearchSpace(tuple(self.widths), self.bytes_at, self.ctx.budget_bytes)
+
+        def fitness(cand: tuple[int, ...]) -> float:
+            self.set_dims(cand)
+            return evaluate()
+
+        start = time.perf_counter()
+        result = evolve(space, fitness, cfg)
+        self.set_dims(result.best)
+        return {
+            "dims": dict(zip(self.names, result.best)), "valid_auc": result.best_fitness,
+            "memory_bytes": result.best_bytes, "sparsity": self.sparsity(), "evaluations": result.evaluations,
+            "cache_hits": result.cache_hits, "seconds": time.perf_counter() - start, "history": result.history,
+        }
+
+    def compact_state(self) -> dict[str, torch.Tensor]:
+        """Pruned rows removed and unread columns dropped, plus rank bitmaps (``optembed_export``)."""
+        weights, masks = table_weights(self.ebc), self.row_masks()
+        state: dict[str, torch.Tensor] = {"dims": self.dims.cpu().clone()}
+        for name, width in zip(self.layout.tables, self.layout.stored_widths(self.dims.tolist())):
+            keep = masks[name]
+            if width:
+                state[f"{name}.weight"] = weights[name][keep, :width].contiguous()
+                if not bool(keep.all()):
+                    state[f"{name}.bits"], state[f"{name}.rank"] = rank_bitmap(keep)
+        return state
+
