@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Literal
+from typing import Any, Callable, ClassVar, Literal, Mapping
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -34,6 +34,16 @@ IdScheme = Literal["index", "raw"]
 def table_bytes(rows: int, dim: int, bytes_per_weight: int = BYTES_PER_WEIGHT) -> int:
     """Bytes of a dense ``rows × dim`` table."""
     return int(rows) * int(dim) * bytes_per_weight
+
+
+def ebc_configs(ebc: nn.Module) -> list[EmbeddingBagConfig]:
+    """Table configs of a stock EBC, or of the sharded EBC that DMP put in its place."""
+    return list(ebc._embedding_bag_configs)
+
+
+def ebc_bytes(ebc: nn.Module) -> int:
+    """fp32 bytes of every table of a (possibly sharded) EBC."""
+    return sum(table_bytes(t.num_embeddings, t.embedding_dim) for t in ebc_configs(ebc))
 
 
 @dataclass(frozen=True)
@@ -119,6 +129,23 @@ class Phase:
     eval_rows: int | None = None
 
 
+PHASE_STATE_PREFIX = "__phase__."
+
+
+@dataclass(frozen=True)
+class ExportedMethod:
+    """A method's served form, written into the export artifact.
+
+    ``get_method(name).from_export(ctx, exported)`` rebuilds the module the lookup layer runs
+    (``forward(kjt) -> KeyedTensor`` like the method's eval forward). ``options`` is JSON-able;
+    ``state`` holds tensors only (saved as safetensors, never pickled).
+    """
+
+    name: str
+    options: dict[str, Any]
+    state: dict[str, torch.Tensor]
+
+
 class MethodOptions(BaseModel):
     """Base of every method's options model (unknown keys are errors)."""
 
@@ -130,8 +157,8 @@ class EmbeddingMethod(nn.Module):
 
     Subclasses implement ``forward`` and ``memory_bytes``; they may override the hooks
     ``aux_loss`` (extra loss term), ``on_train_begin`` / ``on_train_step`` (before training
-    and after each optimizer step) and ``output_dims`` (per-feature output width when not
-    ``embedding_dim``).
+    and after each optimizer step), ``output_dims`` (per-feature output width when not
+    ``embedding_dim``) and ``export`` / ``from_export`` (a served form unlike the trained one).
     """
 
     name: ClassVar[str]
@@ -195,6 +222,29 @@ class EmbeddingMethod(nn.Module):
     def search(self, evaluate: Callable[[], float]) -> dict[str, Any]:
         """Run a ``search`` phase; returns a JSON-able summary."""
         raise NotImplementedError(f"method '{self.name}' has no search phase")
+
+    def export(self) -> ExportedMethod:
+        """The served form: by default this method's options, ``state_dict`` and ``phase_state``.
+
+        Methods whose served form differs from the trained one (pruned or compact tables)
+        override this together with ``from_export``.
+        """
+        state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
+        state.update({PHASE_STATE_PREFIX + k: v.detach().cpu() for k, v in self.phase_state().items()})
+        return ExportedMethod(self.name, self.options.model_dump(mode="json"), state)
+
+    @classmethod
+    def from_export(cls, ctx: MethodContext, exported: ExportedMethod) -> nn.Module:
+        """The eval-mode module serving ``exported``; by default the method in its last phase
+        with ``state`` loaded (tensors assigned, not copied). The lookup layer may swap stock
+        ``EmbeddingBagCollection`` children of the result for quantized ones."""
+        method = cls(ctx, cls.Options.model_validate(exported.options))
+        method.enter_phase(method.phases()[-1])
+        weights: Mapping[str, torch.Tensor] = {k: v for k, v in exported.state.items() if not k.startswith(PHASE_STATE_PREFIX)}
+        method.load_state_dict(weights, strict=True, assign=True)
+        n = len(PHASE_STATE_PREFIX)
+        method.load_phase_state({k[n:]: v for k, v in exported.state.items() if k.startswith(PHASE_STATE_PREFIX)})
+        return method.eval()
 
     def compression_ratio(self) -> float:
         return self.ctx.full_bytes / max(self.memory_bytes(), 1)

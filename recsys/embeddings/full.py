@@ -19,7 +19,7 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
-from recsys.embeddings.base import EmbeddingMethod, MethodContext, MethodOptions, keyed_tensor, table_bytes
+from recsys.embeddings.base import EmbeddingMethod, MethodContext, MethodOptions, ebc_bytes, keyed_tensor, table_bytes
 from recsys.embeddings.registry import register_method
 
 
@@ -74,4 +74,4 @@ class FullEmbedding(EmbeddingMethod):
         return in_order(self.ebc(features), self.ctx.feature_names)
 
     def memory_bytes(self) -> int:
-        return sum(table_bytes(t.num_embeddings, t.embedding_dim) for t in self.ebc.embedding_bag_configs())
+        return ebc_bytes(self.ebc)

@@ -26,7 +26,7 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
-from recsys.embeddings.base import BYTES_PER_WEIGHT, EmbeddingMethod, MethodContext, MethodOptions, table_bytes
+from recsys.embeddings.base import BYTES_PER_WEIGHT, EmbeddingMethod, MethodContext, MethodOptions, ebc_bytes, table_bytes
 from recsys.embeddings.full import empty_output, in_order
 from recsys.embeddings.registry import register_method
 from recsys.hashing import bucket_per_value, salt_for
@@ -163,4 +163,4 @@ class HashEmbedding(EmbeddingMethod):
         return in_order(self.ebc(self.hashed(features)), self.ctx.feature_names)
 
     def memory_bytes(self) -> int:
-        return sum(table_bytes(t.num_embeddings, t.embedding_dim) for t in self.ebc.embedding_bag_configs())
+        return ebc_bytes(self.ebc)

@@ -43,7 +43,7 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
-from recsys.embeddings.base import EmbeddingMethod, MethodContext, MethodOptions, table_bytes
+from recsys.embeddings.base import EmbeddingMethod, MethodContext, MethodOptions, ebc_bytes, table_bytes
 from recsys.embeddings.full import empty_output
 from recsys.embeddings.registry import register_method
 
@@ -236,4 +236,4 @@ class QREmbedding(EmbeddingMethod):
         return KeyedTensor(keys=names, length_per_key=[dim] * len(names), values=values)
 
     def memory_bytes(self) -> int:
-        return sum(table_bytes(t.num_embeddings, t.embedding_dim) for t in self.ebc.embedding_bag_configs())
+        return ebc_bytes(self.ebc)
