@@ -5,8 +5,12 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 CONSTRAINTS := requirements/constraints.txt
 STAMP := $(VENV)/.installed
+# Where pip finds the CPU build of torch. Empty here (this machine's pip is set up for it);
+# elsewhere: make quickstart TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
+TORCH_FROM := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 
-.PHONY: install quickstart test bench clean
+.PHONY: install install-serve quickstart test bench lint-docker clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,13 +19,20 @@ $(VENV)/bin/python:
 # torch and fbgemm first (CPU builds, from the pins), then torchrec without its
 # `fbgemm-gpu` (CUDA) dependency, then the project with the rest of its dependencies.
 $(STAMP): $(VENV)/bin/python pyproject.toml $(CONSTRAINTS)
-	$(PIP) install -c $(CONSTRAINTS) torch==2.13.0 fbgemm-gpu-cpu==1.8.0
+	$(PIP) install $(TORCH_FROM) -c $(CONSTRAINTS) torch==2.13.0 fbgemm-gpu-cpu==1.8.0
 	$(PIP) install --no-deps -c $(CONSTRAINTS) torchrec==1.8.0
-	$(PIP) install -c $(CONSTRAINTS) -e '.[dev]'
+	$(PIP) install $(TORCH_FROM) -c $(CONSTRAINTS) -e '.[train,serve,dev]'
 	$(PY) scripts/check_install.py
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The lookup service only (no Ray, no training extras): what the Docker `serve` image runs.
+install-serve: $(VENV)/bin/python
+	$(PIP) install $(TORCH_FROM) -c $(CONSTRAINTS) torch==2.13.0 fbgemm-gpu-cpu==1.8.0
+	$(PIP) install --no-deps -c $(CONSTRAINTS) torchrec==1.8.0
+	$(PIP) install $(TORCH_FROM) -c $(CONSTRAINTS) -e '.[serve]'
+	$(PY) scripts/check_install.py
 
 quickstart: install
 	$(VENV)/bin/recsys quickstart
@@ -31,6 +42,9 @@ test: install
 
 bench: install
 	$(PY) -m bench.run_all
+
+lint-docker: install
+	$(VENV)/bin/hadolint Dockerfile
 
 clean:
 	rm -rf $(VENV) runs mlruns mlflow.db quickstart_out bench_out
