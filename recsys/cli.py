@@ -101,6 +101,27 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from recsys.export import export_run
+
+    manifest = export_run(Path(args.run), Path(args.out), dtype=args.dtype, data_path=args.data, overwrite=args.overwrite)
+    size = sum(f.bytes for f in manifest.files.values())
+    print(f"wrote {args.out}: method {manifest.method.name}, dtype {manifest.dtype}, {len(manifest.files)} files, {size:,} bytes")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    from serving.app import serve
+    from serving.settings import ServeSettings
+
+    given = {k: v for k, v in vars(args).items() if k in ServeSettings.model_fields and v is not None}
+    given.setdefault("token", os.environ.get("RECSYS_SERVE_TOKEN") or None)
+    serve(ServeSettings(**given))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recsys", description="Compressed embedding tables for TorchRec CTR models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -145,6 +166,27 @@ def build_parser() -> argparse.ArgumentParser:
     qs.add_argument("--out", default="runs/quickstart")
     qs.add_argument("--config", default="configs/quickstart.yaml")
     qs.set_defaults(func=cmd_quickstart)
+
+    exp = sub.add_parser("export", help="write a serving artifact (manifest, tables, vocabularies, checksums) from a run")
+    exp.add_argument("--run", required=True, help="finished run folder (holds config.yaml and phases/)")
+    exp.add_argument("--out", required=True, help="artifact folder to write")
+    exp.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "int8", "int4"], help="table storage (fbgemm row-wise quantization)")
+    exp.add_argument("--data", help="dataset folder, when not at the run's data.path")
+    exp.add_argument("--overwrite", action="store_true")
+    exp.set_defaults(func=cmd_export)
+
+    srv = sub.add_parser("serve", help="HTTP lookup service over an artifact or a registered model")
+    srv.add_argument("--model", required=True, help="artifact folder (or symlink), models:/NAME@ALIAS or models:/NAME/VERSION")
+    srv.add_argument("--host", default="127.0.0.1")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--token", help="bearer token required on /v1/* and /metrics (or env RECSYS_SERVE_TOKEN)")
+    srv.add_argument("--tracking-uri", dest="tracking_uri", help="MLflow tracking/registry URI for models:/ sources")
+    srv.add_argument("--poll-interval", dest="poll_interval_s", type=float, help="seconds between hot-reload polls (0 = off)")
+    srv.add_argument("--max-items", dest="max_items", type=int, help="pairs per /v1/embeddings request")
+    srv.add_argument("--max-requests", dest="max_requests", type=int, help="rows per /v1/score request")
+    srv.add_argument("--max-body-bytes", dest="max_body_bytes", type=int, help="larger bodies get 413")
+    srv.add_argument("--log-level", dest="log_level", default="info")
+    srv.set_defaults(func=cmd_serve)
 
     methods = sub.add_parser("methods", help="list the registered embedding methods and their options")
     methods.set_defaults(func=cmd_methods)

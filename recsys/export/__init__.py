@@ -1,0 +1,17 @@
+"""Serving artifacts: ``export_run`` writes one from a run folder, ``load_artifact`` verifies and rebuilds it."""
+
+from recsys.export.artifact import DTYPES, ArtifactError, Manifest, read_manifest, verify_files
+from recsys.export.exporter import export_run, load_run
+from recsys.export.loader import LoadedArtifact, load_artifact
+
+__all__ = [
+    "DTYPES",
+    "ArtifactError",
+    "LoadedArtifact",
+    "Manifest",
+    "export_run",
+    "load_artifact",
+    "load_run",
+    "read_manifest",
+    "verify_files",
+]

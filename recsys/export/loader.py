@@ -1,0 +1,101 @@
+"""Load a serving artifact: verify every checksum first, then rebuild the served model.
+
+The served embedding module is rebuilt by the registered method's ``from_export`` with its
+stock-EBC tables left uninitialised (no transient fp32 copy); for a quantized artifact those
+EBCs are then replaced by torchrec's quantized EBC (fbgemm IntNBit tables) and filled with the
+stored rows, one table at a time.
+
+Example:
+    >>> loaded = load_artifact("artifacts/dlrm-hash-int8")   # doctest: +SKIP
+    >>> loaded.model(dense, kjt)                              # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+from torch import nn
+
+from recsys.config import ModelConfig
+from recsys.embeddings import MethodContext, get_method
+from recsys.embeddings.base import ExportedMethod
+from recsys.export.artifact import DENSE_FILE, EMBEDDING_FILE, ArtifactError, Manifest, read_manifest, verify_files
+from recsys.export.tables import empty_quantized_tables, quantized_targets, tables_uninitialised
+from recsys.hashing import HASH_NAME
+from recsys.models import build_model
+from recsys.models.blocks import CTRModel
+
+
+@dataclass
+class LoadedArtifact:
+    """A verified artifact, rebuilt: ``model.embedding`` is the served method module."""
+
+    folder: Path
+    manifest: Manifest
+    ctx: MethodContext
+    model: CTRModel
+
+    @property
+    def embedding(self) -> nn.Module:
+        return self.model.embedding
+
+
+def _check_compatible(folder: Path, manifest: Manifest) -> None:
+    if manifest.dataset.hash != HASH_NAME:
+        raise ArtifactError(f"{folder}: ids were hashed with '{manifest.dataset.hash}', this code hashes with '{HASH_NAME}'")
+    try:
+        get_method(manifest.method.served)
+    except KeyError as exc:
+        raise ArtifactError(f"{folder}: {exc.args[0]}") from None
+    if manifest.dtype != "fp32" and not manifest.tables:
+        raise ArtifactError(f"{folder}: dtype {manifest.dtype} but no quantized tables listed")
+
+
+def _rebuild(folder: Path, manifest: Manifest, ctx: MethodContext) -> CTRModel:
+    quantized = manifest.dtype != "fp32"
+    with safe_open(str(folder / EMBEDDING_FILE), framework="pt") as f:
+        keys = list(f.keys())
+        state = {
+            k: torch.empty(manifest.tables[k].rows, manifest.tables[k].dim) if quantized and k in manifest.tables else f.get_tensor(k)
+            for k in keys
+        }
+        with tables_uninitialised():
+            served = get_method(manifest.method.served).from_export(ctx, ExportedMethod(manifest.method.served, manifest.method.options, state))
+        del state
+        if quantized:
+            served = empty_quantized_tables(served, manifest.dtype)
+            targets = quantized_targets(served)
+            if set(targets) != set(manifest.tables):
+                raise ArtifactError(f"{folder}: quantized tables {sorted(targets)} do not match the manifest's {sorted(manifest.tables)}")
+            for key, target in targets.items():
+                rows = f.get_tensor(key)
+                if rows.shape != target.shape or rows.dtype != target.dtype:
+                    raise ArtifactError(f"{folder}: table {key} is {tuple(rows.shape)} {rows.dtype}, expected {tuple(target.shape)} {target.dtype}")
+                target.copy_(rows)
+    model = build_model(ModelConfig.model_validate(manifest.model), served, manifest.num_dense)
+    result = model.load_state_dict(load_file(str(folder / DENSE_FILE)), strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith("embedding.")]
+    if missing or result.unexpected_keys:
+        raise ArtifactError(f"{folder}: dense weights do not match the model: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
+    return model.eval()
+
+
+def load_artifact(folder: str | Path, verify: bool = True) -> LoadedArtifact:
+    """Verify (unless ``verify=False``) and rebuild the artifact in ``folder``; ``ArtifactError`` if unusable."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    if verify:
+        verify_files(folder, manifest)
+    _check_compatible(folder, manifest)
+    ctx = manifest.context.context()
+    try:
+        model = _rebuild(folder, manifest, ctx)
+    except ArtifactError:
+        raise
+    except Exception as exc:  # any failure to rebuild means an incompatible artifact
+        raise ArtifactError(f"{folder}: cannot rebuild the served model: {type(exc).__name__}: {exc}") from exc
+    return LoadedArtifact(folder, manifest, ctx, model)

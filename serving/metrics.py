@@ -1,0 +1,110 @@
+"""Prometheus metrics of the lookup service, in a registry per app, and the ASGI middleware that counts requests."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Awaitable, Callable
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+ASGIApp = Callable[[dict[str, Any], Callable[[], Awaitable[dict[str, Any]]], Callable[[dict[str, Any]], Awaitable[None]]], Awaitable[None]]
+KNOWN_PATHS = ("/v1/embeddings", "/v1/score", "/v1/metadata", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json")
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class ServingMetrics:
+    """The service's counters, histograms and gauges."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("recsys_http_requests", "HTTP requests by path and status", ["path", "status"], registry=r)
+        self.latency = Histogram("recsys_http_request_seconds", "HTTP request latency", ["path"], buckets=LATENCY_BUCKETS, registry=r)
+        self.inflight = Gauge("recsys_http_inflight_requests", "requests being served", registry=r)
+        self.items = Counter("recsys_lookup_items", "looked-up items: pairs, entities, scored rows", ["kind"], registry=r)
+        self.model = Gauge("recsys_model_info", "the served model (value 1)", ["version", "method", "dtype"], registry=r)
+        self.reloads = Counter("recsys_model_reloads", "model loads by result (loaded, refused)", ["result"], registry=r)
+
+    def set_model(self, version: str, method: str, dtype: str) -> None:
+        self.model.clear()
+        self.model.labels(version=version, method=method, dtype=dtype).set(1)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MetricsMiddleware:
+    """Counts every HTTP request (validation failures included) by path and status."""
+
+    def __init__(self, app: ASGIApp, metrics: ServingMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        label = path if path in KNOWN_PATHS else "other"
+        status = {"code": 500}
+
+        async def send_wrapper(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        start = time.perf_counter()
+        self.metrics.inflight.inc()
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            self.metrics.inflight.dec()
+            self.metrics.latency.labels(path=label).observe(time.perf_counter() - start)
+            self.metrics.requests.labels(path=label, status=str(status["code"])).inc()
+
+
+class BodyLimitMiddleware:
+    """Answers 413 to bodies over ``limit`` bytes (declared or streamed), before any parsing."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("method") not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            await _reject(send, 413 if declared.isdigit() else 400, "request body too large" if declared.isdigit() else "bad Content-Length")
+            return
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > self.limit:
+                await _reject(send, 413, "request body too large")
+                return
+        body, replayed = b"".join(chunks), False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+async def _reject(send: Any, status: int, detail: str) -> None:
+    body = ('{"detail":"%s"}' % detail).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

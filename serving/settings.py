@@ -1,0 +1,28 @@
+"""Settings of the HTTP lookup service (``recsys serve`` flags; all limits configurable)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ServeSettings(BaseModel):
+    """What to serve, where, and the request limits."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="artifact folder (or a symlink to one), models:/NAME@ALIAS or models:/NAME/VERSION")
+    host: str = Field("127.0.0.1", description="bind address; loopback unless told otherwise")
+    port: int = Field(8000, ge=0, le=65535)
+    token: str | None = Field(None, description="when set, /v1/* and /metrics need 'Authorization: Bearer <token>'")
+    tracking_uri: str | None = Field(None, description="MLflow tracking/registry URI for models:/ sources")
+    cache_dir: str | None = Field(None, description="where registry versions are downloaded")
+    poll_interval_s: float = Field(30.0, ge=0, description="seconds between source polls for hot reload; 0 = never")
+    max_body_bytes: int = Field(4 << 20, ge=1024, description="larger request bodies get 413")
+    max_items: int = Field(4096, ge=1, description="(feature, value) pairs per /v1/embeddings request")
+    max_entities: int = Field(1024, ge=1, description="entities per /v1/embeddings request")
+    max_requests: int = Field(1024, ge=1, description="rows per /v1/score request")
+    max_values: int = Field(256, ge=1, description="values of one multi-valued feature in one row")
+    max_string_length: int = Field(1024, ge=1, description="characters of one raw value or feature name")
+    torch_threads: int = Field(1, ge=1, description="intra-op threads of each lookup (requests run in parallel)")
+    graceful_timeout_s: float = Field(10.0, ge=0, description="on shutdown, how long in-flight requests may finish")
+    log_level: str = "info"
