@@ -1,6 +1,6 @@
 """``optembed``: learnable row pruning, supernet dimension search and retraining (Lyu et al., CIKM 2022).
 
-Wraps a base method (``base``, default ``full``) and runs three phases (``phases`` option):
+Wraps a base method (``base``: ``full`` or ``unified``) and runs three phases (``phases``):
 
 * ``supernet`` (train): each pooled feature vector ``e`` of field ``f`` is multiplied by the
   row mask ``S(‖e‖₁ − t_f)`` (``surrogate.binary_step``: a unit step with the authors'
@@ -14,16 +14,25 @@ Wraps a base method (``base``, default ``full``) and runs three phases (``phases
 * ``retrain`` (train): row masks and dims fixed; weights rewound to the initial ones
   (``retrain_weights='initial'``, the paper) or inherited (``'inherit'``, Hetu's variant).
 
-Once the masks are fixed, pruned ids are dropped from their bags before the lookup (a
-single-valued field then pools to zeros, as the authors' ``zero`` mode; a multi-valued MEAN
-bag averages its kept ids) and columns past ``d_f`` are zeroed, so the output stays ``D`` wide.
-Multi-valued features: the supernet's learned mask is applied to the pooled bag (the norm of
-the bag, not of each row: an approximation); from the search on, the mask is exact per row.
+Rows are the rows of the base's tables (``optembed_layout``). With masks fixed, a pre-hook on
+the base's EBC drops pruned ids from the table input (a single-valued ``full`` field then
+pools to zeros, the authors' ``zero`` mode; a MEAN bag averages its kept ids) and columns
+past ``d_f`` are zeroed: outputs keep the base's widths. Multi-valued features: the supernet's
+mask is applied to the pooled bag (its norm, not each row's: an approximation); from the
+search on, masking is exact per row.
 
-Accounting: ``Σ_f rows_f × d_f × 4`` with ``rows_f`` all rows until the masks are fixed and
-the kept rows after, plus a rank bitmap per field with pruned rows (``optembed_export``).
-With a budget and no search yet, ``d_f`` is the largest common dim whose full tables fit, and
-evaluation uses it; the search then only evaluates candidates within the budget.
+On ``unified`` (shared sub-tables of ``chunk_dim``-wide rows, ``c_f`` probes per feature): the
+row mask applies per chunk row, ``S(‖chunk‖₁ − t_f)`` with the field's threshold; a shared row
+is kept when ``‖row‖₁ > min_f t_f`` over the fields probing its sub-table (kept for one field,
+kept for all); ``d_f`` is a column prefix of the concatenated chunks, so ``d_f = k·chunk_dim``
+keeps ``k`` chunks; a sub-table stores the most columns any of its probes reads (all, for a
+sub-table shared by every field; a table no field reads is dropped).
+
+Accounting: ``Σ_t rows_t × stored columns_t × 4`` with all rows until the masks are fixed and
+the kept rows after, plus a rank bitmap per table with pruned rows (``optembed_export``);
+for ``full``: ``Σ_f kept_f × d_f × 4`` + bitmaps. With a budget and no search yet, ``d_f`` is
+the largest common dim whose tables fit, and evaluation uses it; the search only evaluates
+candidates within the budget.
 
 Example:
     >>> method = build_method("optembed", ctx, {"alpha": 1e-3})  # doctest: +SKIP
@@ -42,9 +51,10 @@ from pydantic import Field, field_validator
 from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
-from recsys.embeddings.base import BYTES_PER_WEIGHT, EmbeddingMethod, MethodContext, MethodOptions, Phase
+from recsys.embeddings.base import EmbeddingMethod, ExportedMethod, MethodContext, MethodOptions, Phase
 from recsys.embeddings.full import empty_output
-from recsys.embeddings.optembed_export import TableLayout, rank_bitmap, rank_bitmap_bytes, table_row_norms, table_weights
+from recsys.embeddings.optembed_export import compact_lookup, compact_tables, table_row_norms, table_weights
+from recsys.embeddings.optembed_layout import TableLayout, drop_pruned
 from recsys.embeddings.optembed_search import EvolutionConfig, SearchSpace, evolve
 from recsys.embeddings.registry import build_method, get_method, register_method
 from recsys.embeddings.surrogate import binary_step, random_prefix_lengths
@@ -99,10 +109,7 @@ class OptEmbed(EmbeddingMethod):
         self.layout = TableLayout(self.names, self.widths, self.base.ebc.embedding_bag_configs())
         for key, value in self.layout.columns().items():
             self.register_buffer(key, value, persistent=False)
-        row_widths = {seg.width for seg in self.layout.segments}
-        self.row_width = row_widths.pop() if len(row_widths) == 1 else None
-        uniform = len(set(self.widths)) == 1
-        table = torch.tril(torch.ones(self.widths[0] + 1, self.widths[0]), diagonal=-1) if uniform else None
+        table = torch.tril(torch.ones(self.widths[0] + 1, self.widths[0]), -1) if len(set(self.widths)) == 1 else None
         self.register_buffer("prefix_table", table, persistent=False)  # row k: k ones, then zeros
         self.stage: PhaseName = "supernet"
         self.step = 0
@@ -170,9 +177,6 @@ class OptEmbed(EmbeddingMethod):
         flat = [masks[n].to(torch.bool).flatten() for n in self.layout.tables]
         self.row_mask = torch.cat(flat).to(self.threshold.device)
         self.kept = [int(m.sum()) for m in flat]
-        starts = torch.cumsum(torch.tensor([0] + self.layout.rows[:-1]), 0).tolist()
-        table_start = dict(zip(self.layout.tables, starts))
-        self.key_start = {k: table_start[c.name] for c in self.layout.configs for k in c.feature_names}
 
     def set_dims(self, dims: Sequence[int] | torch.Tensor) -> None:
         self.dims = torch.as_tensor(dims, dtype=torch.int64).to(self.threshold.device)
@@ -193,20 +197,7 @@ class OptEmbed(EmbeddingMethod):
     # ----- forward ------------------------------------------------------------------
     def _drop_pruned(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
         """Forward pre-hook on the base's EBC: drop the ids of pruned rows once masks are fixed."""
-        if self.row_mask is None:
-            return None
-        kjt: KeyedJaggedTensor = args[0]
-        values, lengths, weights = kjt.values(), kjt.lengths(), kjt.weights_or_none()
-        device = values.device
-        start = torch.tensor([self.key_start[k] for k in kjt.keys()], device=device)
-        keep = self.row_mask[values + torch.repeat_interleave(start, torch.tensor(kjt.length_per_key(), device=device))]
-        bags = torch.repeat_interleave(torch.arange(lengths.numel(), device=device), lengths.long())
-        new_lengths = torch.bincount(bags[keep], minlength=lengths.numel()).to(lengths.dtype)
-        kept = KeyedJaggedTensor(
-            keys=kjt.keys(), values=values[keep], lengths=new_lengths, stride=kjt.stride(),
-            weights=weights[keep] if weights is not None else None,
-        )
-        return (kept, *args[1:])
+        return None if self.row_mask is None else (drop_pruned(args[0], self.row_mask, self.layout.key_start), *args[1:])
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
         if features.stride() == 0:
@@ -227,8 +218,8 @@ class OptEmbed(EmbeddingMethod):
     def _row_masked(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` with each pooled table row multiplied by ``S(‖row‖₁ − t_f)`` of its field."""
         t = self.threshold[self.segment_feature, 0]
-        if self.row_width:  # every row equally wide (full; unified without exact tables): a reshape
-            rows = x.view(x.shape[0], len(self.layout.segments), self.row_width)
+        if self.layout.row_width:  # every row equally wide (full; unified without exact tables): a reshape
+            rows = x.view(x.shape[0], len(self.layout.segments), self.layout.row_width)
             return (rows * binary_step(rows.abs().sum(-1) - t).unsqueeze(-1)).view_as(x)
         norms = torch.zeros(x.shape[0], len(t), device=x.device).index_add(1, self.col_segment, x.abs())
         return x * binary_step(norms - t)[:, self.col_segment]
@@ -255,22 +246,14 @@ class OptEmbed(EmbeddingMethod):
     # ----- accounting, search, export ------------------------------------------------
     def bytes_at(self, dims: Sequence[int]) -> int:
         """Bytes at per-field dims ``dims``: stored rows × stored columns × 4, plus the remaps."""
-        rows = self.kept if self.kept is not None else self.layout.rows
-        total = 0
-        for t, width in enumerate(self.layout.stored_widths(dims)):
-            if width:
-                total += rows[t] * width * BYTES_PER_WEIGHT
-                total += rank_bitmap_bytes(self.layout.rows[t]) if rows[t] < self.layout.rows[t] else 0
-        return total
+        return self.layout.stored_bytes(dims, self.kept)
 
     def memory_bytes(self) -> int:
         return self.bytes_at(self.dims.tolist())
 
     def sparsity(self) -> float:
-        """``1 − Σ kept rows × stored columns / Σ rows × width`` (``1 − Σ_f kept_f·d_f / (N·D)`` for ``full``)."""
-        rows = self.kept if self.kept is not None else self.layout.rows
-        stored = sum(r * w for r, w in zip(rows, self.layout.stored_widths(self.dims.tolist())))
-        return 1.0 - stored / sum(r * w for r, w in zip(self.layout.rows, self.layout.table_width))
+        """``1 − Σ_f kept_f·d_f / (N·D)`` (for ``unified``: over stored rows × columns of its tables)."""
+        return self.layout.sparsity(self.dims.tolist(), self.kept)
 
     def search(self, evaluate: Callable[[], float]) -> dict[str, Any]:
         """Evolutionary search of per-field dims; fitness = ``evaluate()`` (validation AUC)."""
@@ -293,13 +276,22 @@ class OptEmbed(EmbeddingMethod):
 
     def compact_state(self) -> dict[str, torch.Tensor]:
         """Pruned rows removed and unread columns dropped, plus rank bitmaps (``optembed_export``)."""
-        weights, masks = table_weights(self.ebc), self.row_masks()
-        state: dict[str, torch.Tensor] = {"dims": self.dims.cpu().clone()}
-        for name, width in zip(self.layout.tables, self.layout.stored_widths(self.dims.tolist())):
-            keep = masks[name]
-            if width:
-                state[f"{name}.weight"] = weights[name][keep, :width].contiguous()
-                if not bool(keep.all()):
-                    state[f"{name}.bits"], state[f"{name}.rank"] = rank_bitmap(keep)
-        return state
+        dims = self.dims.tolist()
+        state = compact_tables(table_weights(self.ebc), self.row_masks(), dict(zip(self.layout.tables, self.layout.stored_widths(dims))))
+        return state | {"dims": self.dims.cpu().clone()}
 
+    def export(self) -> ExportedMethod:
+        """The served form: the compact tables and dims (see ``compact_state``)."""
+        return ExportedMethod(self.name, self.options.model_dump(mode="json"), self.compact_state())
+
+    @classmethod
+    def from_export(cls, ctx: MethodContext, exported: ExportedMethod) -> nn.Module:
+        opts = OptEmbedOptions.model_validate(exported.options)
+        return compact_lookup(ctx, opts.base, opts.base_options, exported.state).eval()
+
+    def diagnostics(self) -> dict[str, Any]:
+        """Stage, dims, thresholds, kept rows per table, sparsity and bytes."""
+        kept = self.kept if self.kept is not None else [int(m.sum()) for m in self.row_masks().values()]
+        by_table = {t: {"rows": r, "kept": k} for t, r, k in zip(self.layout.tables, self.layout.rows, kept)}
+        by_field = {n: {"dim": d, "threshold": t} for n, d, t in zip(self.names, self.dims.tolist(), self.threshold.detach()[:, 0].tolist())}
+        return {"stage": self.stage, "fields": by_field, "tables": by_table, "sparsity": self.sparsity(), "memory_bytes": self.memory_bytes()}

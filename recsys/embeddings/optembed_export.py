@@ -17,7 +17,7 @@ the table's width; the base's own id rewriting and output assembly run unchanged
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -114,73 +114,18 @@ def rank_lookup(bits: torch.Tensor, rank: torch.Tensor, ids: torch.Tensor) -> to
     return torch.where(present == 1, rank.to(torch.int64)[block] + before, torch.full_like(ids, -1))
 
 
-@dataclass(frozen=True)
-class Segment:
-    """One pooled table row inside a feature's output: columns ``start .. start+width``."""
-
-    key: str  # the table-input key (``f`` or ``f#probe``)
-    table: int
-    feature: int
-    start: int
-    width: int
-
-
-def _owner(key: str, names: set[str]) -> tuple[str, int]:
-    """``(feature, probe)`` of a table-input key: ``f`` (probe 0) or ``f#<probe>``."""
-    if key in names:
-        return key, 0
-    name, sep, probe = key.rpartition("#")
-    if sep and probe.isdigit() and name in names:
-        return name, int(probe)
-    raise ValueError(f"optembed: table key '{key}' names no feature; the base's keys must be 'f' or 'f#probe'")
-
-
-class TableLayout:
-    """Which table rows make up each feature's output, read from a base's EBC configs.
-
-    A supported base outputs, per feature, the concatenation (in probe order) of the pooled
-    rows of its table-input keys: ``full`` (one key per feature) and ``unified`` (one key per
-    probe, or one exact table) do; a base whose widths do not add up is rejected.
-    """
-
-    def __init__(self, names: list[str], widths: list[int], configs: Sequence[EmbeddingBagConfig]) -> None:
-        self.configs = list(configs)
-        self.tables = [c.name for c in self.configs]
-        self.rows = [int(c.num_embeddings) for c in self.configs]
-        self.table_width = [int(c.embedding_dim) for c in self.configs]
-        owned: dict[str, list[tuple[int, str, int]]] = {n: [] for n in names}
-        for t, c in enumerate(self.configs):
-            for key in c.feature_names:
-                name, probe = _owner(key, set(names))
-                owned[name].append((probe, key, t))
-        self.segments: list[Segment] = []
-        for f, name in enumerate(names):
-            start = 0
-            for _, key, t in sorted(owned[name]):
-                self.segments.append(Segment(key, t, f, start, self.table_width[t]))
-                start += self.table_width[t]
-            if start != widths[f]:
-                raise ValueError(f"optembed: feature '{name}' is {widths[f]} wide but its table rows add up to {start}")
-        self.table_features = [sorted({s.feature for s in self.segments if s.table == t}) for t in range(len(self.tables))]
-
-    def columns(self) -> dict[str, torch.Tensor]:
-        """Per output column: its feature, its offset in the feature, its segment; per segment: its feature."""
-        col_feature, col_offset, col_segment = [], [], []
-        for i, s in enumerate(self.segments):
-            col_feature += [s.feature] * s.width
-            col_offset += list(range(s.start, s.start + s.width))
-            col_segment += [i] * s.width
-        return {
-            "col_feature": torch.tensor(col_feature), "col_offset": torch.tensor(col_offset),
-            "col_segment": torch.tensor(col_segment), "segment_feature": torch.tensor([s.feature for s in self.segments]),
-        }
-
-    def stored_widths(self, dims: Sequence[int]) -> list[int]:
-        """Columns each table must keep so every feature gets its first ``dims[f]`` columns."""
-        widths = [0] * len(self.tables)
-        for s in self.segments:
-            widths[s.table] = max(widths[s.table], min(max(dims[s.feature] - s.start, 0), s.width))
-        return widths
+def compact_tables(
+    weights: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], widths: dict[str, int]
+) -> dict[str, torch.Tensor]:
+    """Compact state of tables: kept rows and the first ``widths[t]`` columns, bitmaps where pruned."""
+    state: dict[str, torch.Tensor] = {}
+    for name, width in widths.items():
+        if width:
+            keep = masks[name]
+            state[f"{name}.weight"] = weights[name][keep, :width].contiguous()
+            if not bool(keep.all()):
+                state[f"{name}.bits"], state[f"{name}.rank"] = rank_bitmap(keep)
+    return state
 
 
 def _pool_compact(jt: JaggedTensor, state: dict[str, torch.Tensor], table: str, width: int, pooling: PoolingType) -> torch.Tensor:
@@ -215,6 +160,7 @@ class CompactTables(nn.Module):
     def __init__(self, configs: Sequence[EmbeddingBagConfig], state: dict[str, torch.Tensor]) -> None:
         super().__init__()
         self.configs = list(configs)
+        self._embedding_bag_configs = self.configs  # what ``base.ebc_configs`` reads
         self.state = state
 
     def embedding_bag_configs(self) -> list[EmbeddingBagConfig]:

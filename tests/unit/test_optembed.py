@@ -17,7 +17,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from recsys.config import TrainingConfig, load_config
 from recsys.embeddings import FeatureInfo, MethodContext, Phase, build_method
 from recsys.embeddings.optembed import OptEmbed
-from recsys.embeddings.optembed_export import compact_lookup, rank_bitmap, rank_bitmap_bytes, rank_lookup, table_row_norms
+from recsys.embeddings.optembed_export import rank_bitmap, rank_bitmap_bytes, rank_lookup, table_row_norms
 from recsys.embeddings.surrogate import binary_step, random_prefix_lengths, surrogate_grad
 from tests.unit.test_method_contract import CTX, random_kjt
 
@@ -184,6 +184,9 @@ def test_sparsity_and_bytes_follow_the_formulas() -> None:
     expected_bytes = sum(k * d * 4 + 12 * math.ceil(n / 64) for k, d, n in zip(kept, dims, cards))
     assert method.memory_bytes() == expected_bytes
     assert method.sparsity() == pytest.approx(1 - sum(k * d for k, d in zip(kept, dims)) / (sum(cards) * D))
+    facts = json.loads(json.dumps(method.diagnostics()))
+    assert [facts["tables"][f.name]["kept"] for f in SINGLE.features] == kept
+    assert [facts["fields"][f.name]["dim"] for f in SINGLE.features] == list(dims)
 
 
 def test_budget_sets_initial_dims_and_bounds_the_search() -> None:
@@ -239,11 +242,11 @@ def test_compact_export_reproduces_the_eval_forward(base: str) -> None:
     method.eval()
     kjt = kjt_for(CTX, 200, raw=base == "unified", seed=4)
     expected = method(kjt).to_dict()
-    state = method.compact_state()
+    exported = method.export()
+    state = exported.state
     stored = sum(v.numel() * v.element_size() for k, v in state.items() if k != "dims")
     assert stored == method.memory_bytes() < CTX.full_bytes
-    lookup = compact_lookup(CTX, method.opts.base, method.opts.base_options, state)
-    got = lookup(kjt).to_dict()
+    got = OptEmbed.from_export(CTX, exported)(kjt).to_dict()
     for f in CTX.features:
         if f.pooling == PoolingType.SUM:
             assert torch.equal(got[f.name], expected[f.name]), f.name  # single-valued: bit-exact
