@@ -1,0 +1,267 @@
+"""The real HTTP service on 127.0.0.1 (a uvicorn subprocess): equality with the in-process layer,
+fuzzing, hot swap under load, a corrupted artifact refused, graceful shutdown, no `training` import."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from recsys.export import export_run, load_artifact
+from serving.store import Store
+from tests.serving_support import ROOT, ensure_runs
+
+MAX_ITEMS = 1024
+MAX_BODY = 256 * 1024
+WRAPPER = """
+import json, sys, threading, time
+out = sys.argv.pop(1)
+
+def report():
+    while True:
+        with open(out + ".tmp", "w") as f:
+            f.write(json.dumps(sorted(m for m in list(sys.modules) if m.split(".")[0] == "training")))
+        __import__("os").replace(out + ".tmp", out)
+        time.sleep(0.3)
+
+threading.Thread(target=report, daemon=True).start()
+from recsys.cli import main
+sys.exit(main(sys.argv[1:]))
+"""  # the service, plus a thread reporting which `training` modules it has imported
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _label(folder: Path) -> str:
+    return hashlib.sha256((folder / "manifest.json").read_bytes()).hexdigest()[:12]
+
+
+def _point(link: Path, target: Path) -> None:
+    """Atomically repoint the ``current`` symlink (how a new artifact is published)."""
+    tmp = link.with_name(link.name + ".new")
+    if tmp.is_symlink():
+        tmp.unlink()
+    tmp.symlink_to(target)
+    os.replace(tmp, link)
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    base = tmp_path_factory.getbasetemp() / "serving-runs"
+    _, runs = ensure_runs(base)
+    root = tmp_path_factory.mktemp("served")
+    a, b = root / "a-hash-fp32", root / "b-full-int8"
+    export_run(runs["hash"], a, dtype="fp32")
+    export_run(runs["full"], b, dtype="int8")
+    corrupt = root / "c-corrupt"
+    shutil.copytree(a, corrupt)
+    raw = bytearray((corrupt / "dense.safetensors").read_bytes())
+    raw[-3] ^= 0x55
+    (corrupt / "dense.safetensors").write_bytes(bytes(raw))
+    link = root / "current"
+    _point(link, a)
+    port, modules = _free_port(), root / "training-modules.json"
+    cmd = [sys.executable, "-c", WRAPPER, str(modules), "serve", "--model", str(link), "--port", str(port),
+           "--poll-interval", "0.2", "--max-items", str(MAX_ITEMS), "--max-body-bytes", str(MAX_BODY), "--log-level", "info"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.2)
+    stores = {_label(p): Store(load_artifact(p), _label(p)) for p in (a, b)}
+    yield {"url": url, "proc": proc, "link": link, "a": a, "b": b, "corrupt": corrupt, "stores": stores, "modules": modules}
+    proc.send_signal(signal.SIGTERM)
+    try:
+        output = proc.communicate(timeout=30)[0]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    assert proc.returncode in (0, -signal.SIGTERM), output  # uvicorn re-raises the signal once shut down
+    assert "Finished server process" in output, output  # graceful shutdown completed
+    assert json.loads(modules.read_text()) == [], "the service imported training modules"
+
+
+def _items(store: Store, n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    return [{"feature": rng.choice(store.features), "value": rng.choice([f"C{rng.randint(1, 8)}_{rng.randint(0, 50)}", "unseen", None, rng.randint(0, 99)])} for _ in range(n)]
+
+
+def test_endpoints_equal_the_in_process_layer(service):
+    url, store = service["url"], service["stores"][_label(service["a"])]
+    with httpx.Client(base_url=url, timeout=10) as client:
+        items = _items(store, 64, seed=0)
+        r = client.post("/v1/embeddings", json={"items": items})
+        assert r.status_code == 200 and r.json()["version"] == store.version
+        expected = store.embeddings([(i["feature"], i["value"]) for i in items])
+        np.testing.assert_array_equal(np.array(r.json()["vectors"], np.float32), expected)
+        binary = client.post("/v1/embeddings", json={"items": items}, headers={"accept": "application/octet-stream"})
+        np.testing.assert_array_equal(np.frombuffer(binary.content, "<f4").reshape(expected.shape), expected)
+        entities = [{"C1": "C1_1", "C5": "C5_3"}, {"C8": "unseen"}]
+        r = client.post("/v1/embeddings", json={"entities": entities})
+        for got, want in zip(r.json()["entities"], store.entities(entities)):
+            assert set(got) == set(want)
+            for k in got:
+                np.testing.assert_array_equal(np.array(got[k], np.float32), want[k])
+        requests = [{"dense": {"I1": 3, "I2": None, "I3": -2.5}, "sparse": {"C1": "C1_0", "C4": "unseen"}}, {}]
+        r = client.post("/v1/score", json={"requests": requests})
+        np.testing.assert_array_equal(np.array(r.json()["scores"], np.float32), store.score(requests))
+        meta = client.get("/v1/metadata").json()
+        assert meta["method"] == "hash" and meta["dtype"] == "fp32" and meta["version"] == store.version
+        assert client.get("/healthz").json() == {"status": "ok"}
+        assert client.get("/openapi.json").status_code == 200 and client.get("/docs").status_code == 200
+        assert 'recsys_http_requests_total{path="/v1/embeddings",status="200"}' in client.get("/metrics").text
+
+
+def _malformed(rng: random.Random, features: list[str]) -> tuple[str, bytes | str, str]:
+    """(path, body, content type) of one request that must be refused with a 4xx."""
+    f = rng.choice(features)
+    junk = rng.choice([1.5, True, [1, 2], {"a": 1}, {"nested": [None, {}]}, "x" * 2000, -(2**70) * 1.0])
+    cases = [
+        ("/v1/embeddings", {"items": [{"feature": "nope", "value": "v"}]}),
+        ("/v1/embeddings", {"items": [{"feature": f, "value": junk}]}),
+        ("/v1/embeddings", {"items": [{"feature": junk, "value": "v"}]}),
+        ("/v1/embeddings", {"items": [{"feature": f}]}),
+        ("/v1/embeddings", {"items": [{"feature": f, "value": "v", "extra": 1}]}),
+        ("/v1/embeddings", {"items": [{"feature": f, "value": "v"}] * (MAX_ITEMS + rng.randint(1, 50))}),
+        ("/v1/embeddings", {"items": [], "entities": []}),
+        ("/v1/embeddings", {"entities": [{f: ["a", "b"]}]}),
+        ("/v1/embeddings", {"entities": [{"unknown": "a"}]}),
+        ("/v1/embeddings", {"entities": junk}),
+        ("/v1/score", {"requests": []}),
+        ("/v1/score", {"requests": [{"dense": {"I1": "3"}}]}),
+        ("/v1/score", {"requests": [{"dense": {"nope": 1.0}}]}),
+        ("/v1/score", {"requests": [{"sparse": {f: junk}}]}),
+        ("/v1/score", {"requests": [{"sparse": {f: [f"{i}" for i in range(rng.randint(2, 300))]}}]}),
+        ("/v1/score", {"requests": junk}),
+        ("/v1/score", {"rows": [{}]}),
+        (rng.choice(["/v1/score", "/v1/embeddings"]), junk),
+    ]
+    path, body = rng.choice(cases)
+    raw = rng.random()
+    if raw < 0.08:
+        return "/v1/score", '{"requests": [{"dense": {"I1": %s}}]}' % rng.choice(["NaN", "Infinity", "-Infinity", "1e999"]), "application/json"
+    if raw < 0.14:
+        return rng.choice(["/v1/score", "/v1/embeddings"]), rng.choice(["{", "", "null", "[1,", '{"items": [}', "\x00\xff"]), "application/json"
+    if raw < 0.17:
+        return "/v1/embeddings", b'{"items": [' + b'{"feature": "C1", "value": "v"},' * 12000 + b"]}", "application/json"
+    return path, json.dumps(body), rng.choice(["application/json", "application/json", "text/plain"])
+
+
+def test_fuzz_malformed_requests_get_only_4xx(service):
+    rng = random.Random(1234)
+    features = service["stores"][_label(service["a"])].features
+    statuses: dict[int, int] = {}
+    with httpx.Client(base_url=service["url"], timeout=30) as client:
+        for _ in range(1200):
+            path, body, ctype = _malformed(rng, features)
+            r = client.post(path, content=body, headers={"content-type": ctype})
+            statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+            assert 400 <= r.status_code < 500, (path, str(body)[:300], r.status_code, r.text[:300])
+        assert client.get("/healthz").status_code == 200
+    assert service["proc"].poll() is None
+    assert {413, 422} <= set(statuses)
+
+
+def test_hot_swap_under_load_loses_no_request(service):
+    url, stores = service["url"], service["stores"]
+    old, new = _label(service["a"]), _label(service["b"])
+    items = _items(stores[old], 32, seed=7)
+    pairs = [(i["feature"], i["value"]) for i in items]
+    expected = {v: s.embeddings(pairs) for v, s in stores.items()}
+    seen: dict[str, int] = {}
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            while not stop.is_set():
+                try:
+                    r = client.post("/v1/embeddings", json={"items": items})
+                except httpx.HTTPError as exc:
+                    failures.append(repr(exc))
+                    continue
+                if r.status_code != 200:
+                    failures.append(f"{r.status_code} {r.text[:200]}")
+                    continue
+                body = r.json()
+                if not np.array_equal(np.array(body["vectors"], np.float32), expected[body["version"]]):
+                    failures.append(f"wrong vectors for version {body['version']}")
+                seen[body["version"]] = seen.get(body["version"], 0) + 1
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    _point(service["link"], service["b"])
+    deadline = time.time() + 60
+    while seen.get(new, 0) < 20 and time.time() < deadline and not failures:
+        time.sleep(0.1)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not failures, failures[:5]
+    assert seen.get(old, 0) > 0 and seen.get(new, 0) >= 20, seen
+
+
+def test_corrupted_artifact_is_refused_and_old_keeps_serving(service):
+    url, current = service["url"], _label(service["b"])
+    _point(service["link"], service["b"])
+    with httpx.Client(base_url=url, timeout=30) as client:
+        deadline = time.time() + 60
+        while client.get("/v1/metadata").json()["version"] != current and time.time() < deadline:
+            time.sleep(0.1)
+        _point(service["link"], service["corrupt"])
+        deadline = time.time() + 60
+        refused = 0.0
+        while refused < 1 and time.time() < deadline:
+            time.sleep(0.2)
+            for line in client.get("/metrics").text.splitlines():
+                if line.startswith('recsys_model_reloads_total{result="refused"}'):
+                    refused = float(line.split()[-1])
+        assert refused >= 1
+        assert client.get("/v1/metadata").json()["version"] == current
+        r = client.post("/v1/score", json={"requests": [{"sparse": {"C1": "C1_0"}}]})
+        assert r.status_code == 200 and r.json()["version"] == current
+        assert client.get("/readyz").json()["version"] == current
+
+
+def test_bearer_token_guards_the_api(service):
+    from fastapi.testclient import TestClient
+
+    from serving.app import create_app
+    from serving.reload import ModelHolder
+    from serving.settings import ServeSettings
+    from serving.source import LocalSource
+
+    holder = ModelHolder(LocalSource(service["a"]), poll_interval_s=0)
+    holder.load_initial()
+    app = create_app(ServeSettings(model=str(service["a"]), token="s3cret", poll_interval_s=0), holder=holder)
+    with TestClient(app) as client:
+        assert client.get("/v1/metadata").status_code == 401
+        assert client.get("/v1/metadata", headers={"authorization": "Bearer wrong"}).status_code == 401
+        assert client.get("/v1/metadata", headers={"authorization": "Bearer s3cret"}).status_code == 200
+        assert client.get("/metrics").status_code == 401
+        assert client.get("/healthz").status_code == 200

@@ -1,0 +1,89 @@
+"""Tiny trained runs shared by the export and serving tests (built once per pytest session)."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from recsys.config import ExperimentConfig, load_config
+from recsys.data.batch import Batch, BatchLayout, ParquetBatchReader
+from recsys.data.synthetic import PROFILES, generate
+from recsys.embeddings import MethodContext, build_method
+from recsys.features import load_dataset_spec
+from recsys.hashing import hash64_strings
+from recsys.models import build_model
+from recsys.models.train import TrainModel
+
+ROOT = Path(__file__).resolve().parents[1]
+ROWS = 8000
+RUNS = {"full": [], "hash": ["embedding.compression=4"]}
+
+
+def ensure_runs(base: Path) -> tuple[Path, dict[str, Path]]:
+    """``(dataset folder, method -> run folder)``: synthetic data and one short training run per method."""
+    from training.run import train_experiment
+
+    base.mkdir(parents=True, exist_ok=True)
+    data, runs = base / "data", {m: base / f"run-{m}" for m in RUNS}
+    with open(base / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (base / "done").exists():
+            generate(data, rows=ROWS, profile="small", seed=5, progress=False, overwrite=True)
+            for method, extra in RUNS.items():
+                cfg = load_config(ROOT / "configs/quickstart.yaml", [
+                    f"data.path={data}", f"embedding.method={method}", "tracking.enabled=false", "training.epochs=1",
+                    "training.batch_size=256", "training.max_steps_per_epoch=12", "training.progress=false", *extra,
+                ])
+                train_experiment(cfg, runs[method])
+            (base / "done").write_text("ok")
+    return data, runs
+
+
+def test_batches(data: Path, id_scheme: str, batch_size: int = 512) -> list[Batch]:
+    spec = load_dataset_spec(data)
+    return list(ParquetBatchReader(data, "test", BatchLayout.from_spec(spec, id_scheme), batch_size))
+
+
+test_batches.__test__ = False  # type: ignore[attr-defined]  (a helper, not a test)
+
+
+def reference_model(run: Path) -> TrainModel:
+    """The run's model rebuilt the way training builds it (unsharded), last phase's weights loaded."""
+    from training.checkpoint import load_weights
+
+    cfg = ExperimentConfig.model_validate(yaml.safe_load((run / "config.yaml").read_text()))
+    spec = load_dataset_spec(cfg.data.path)
+    e = cfg.embedding
+    ctx = MethodContext.from_spec(spec, cfg.model.embedding_dim, e.compression, e.budget_bytes)
+    method = build_method(e.method, ctx, e.options)
+    phase = method.phases()[-1]
+    method.enter_phase(phase)
+    model = TrainModel(build_model(cfg.model, method, len(spec.dense_fields)))
+    load_weights(model, run / "phases" / phase.name / "weights.safetensors")
+    method.load_phase_state(load_file(str(run / "phases" / phase.name / "state.safetensors")))
+    return model.eval()
+
+
+@torch.no_grad()
+def reference_probs(model: TrainModel, batches: list[Batch]) -> np.ndarray:
+    return np.concatenate([torch.sigmoid(model(b)[1]).numpy() for b in batches])
+
+
+def raw_strings(data: Path) -> dict[str, dict[int, str]]:
+    """Per sparse field, raw id -> the synthetic raw value (``<field>_<n>``) it hashes from."""
+    spec = load_dataset_spec(data)
+    out = {}
+    for f, n in zip(spec.sparse_fields, PROFILES["small"].cardinalities):
+        values = [f"{f.name}_{k}" for k in range(n)]
+        out[f.name] = dict(zip(hash64_strings(values).tolist(), values))
+    return out
+
+
+def metadata_of(run: Path) -> dict:
+    return json.loads((run / "metrics.json").read_text())
