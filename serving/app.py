@@ -74,14 +74,14 @@ def create_app(settings: ServeSettings, holder: ModelHolder | None = None, metri
 
     app = FastAPI(title="recsys lookup service", version="1", lifespan=lifespan)
 
-    def authorised(request: Request) -> None:
+    async def authorised(request: Request) -> None:
         if settings.token is None:
             return
         given = request.headers.get("authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {settings.token}".encode()):
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
-    def store() -> Store:
+    async def store() -> Store:
         return holder.store
 
     @app.exception_handler(RequestError)

@@ -86,6 +86,8 @@ class Encoder:
         if bad:
             raise ArtifactError(f"{folder}: unknown dense transforms {bad}; this code knows {DENSE_TRANSFORMS}")
         self.any_weighted = any(f.weighted for f in manifest.context.features)
+        self.position = {n: i for i, n in enumerate(self.sparse)}
+        self.multi_valued = np.array([f.multi_valued for f in manifest.context.features], bool)
         self.id_scheme = id_scheme
         self.vocab: dict[str, Vocabulary] = {}
         if id_scheme == "index":
@@ -135,6 +137,35 @@ class Encoder:
                 else:
                     self._empty(col)
         return self._build(cols, len(rows))
+
+    def pairs(self, pairs: Sequence[tuple[str, Any]]) -> tuple[KeyedJaggedTensor, np.ndarray]:
+        """KJT with one row per ``(feature, raw value)`` pair (a bag in its feature only) and each
+        pair's feature position; vectorised over the pairs (one hash call, one lookup per feature)."""
+        position = self.position
+        try:
+            feature = np.fromiter((position[f] for f, _ in pairs), np.int64, len(pairs))
+        except (KeyError, TypeError):
+            bad = next(f for f, _ in pairs if not isinstance(f, str) or f not in position)
+            raise RequestError(f"unknown sparse feature {bad!r}; features: {', '.join(self.sparse)}") from None
+        texts = [_text(f, v) for f, v in pairs]
+        raw = hash64_strings(texts)
+        n, rows = len(pairs), np.arange(len(pairs))
+        present = np.ones(n, bool)
+        if self.multi_valued.any():
+            present = ~(self.multi_valued[feature] & (raw == MISSING_ID))
+        lengths = np.zeros((len(self.sparse), n), np.int32)
+        lengths[feature[present], rows[present]] = 1
+        order = np.lexsort((rows, feature))
+        order = order[present[order]]
+        values = raw[order]
+        if self.id_scheme == "index":
+            bounds = np.searchsorted(feature[order], np.arange(len(self.sparse) + 1))
+            for j, name in enumerate(self.sparse):
+                if bounds[j + 1] > bounds[j]:
+                    values[bounds[j] : bounds[j + 1]] = self.vocab[name].lookup(values[bounds[j] : bounds[j + 1]])
+        weights = torch.ones(len(values)) if self.any_weighted else None
+        kjt = KeyedJaggedTensor(keys=self.sparse, values=torch.from_numpy(values), lengths=torch.from_numpy(lengths.ravel()), weights=weights, stride=n)
+        return kjt, feature
 
     def _build(self, cols: dict[str, _Column], batch: int) -> KeyedJaggedTensor:
         texts = [t for c in cols.values() for t in c.texts]

@@ -45,6 +45,7 @@ class Store:
         self.dense_features = list(self.encoder.dense)
         self.widths = {n: int(c.embedding_dim) for c in self.embedding.embedding_bag_configs() for n in c.feature_names}
         self.width = max(self.widths.values())
+        self.uniform = len(set(self.widths.values())) == 1
         self.loaded_at = time.time()
 
     @classmethod
@@ -60,16 +61,18 @@ class Store:
 
     def embeddings(self, pairs: Sequence[tuple[str, Any]]) -> np.ndarray:
         """``[n, D]`` vectors of ``(feature, raw value)`` pairs (zero-padded when widths differ)."""
-        rows = [{self._feature(f): v} for f, v in pairs]
-        if not rows:
+        if not pairs:
             return np.zeros((0, self.width), np.float32)
-        by_feature = self.pooled(self.encoder.kjt(rows, fill_missing=False))
-        out = np.zeros((len(rows), self.width), np.float32)
-        names = np.array([f for f, _ in pairs])
-        for name, vectors in by_feature.items():
-            idx = np.flatnonzero(names == name)
-            if idx.size:
-                out[idx, : vectors.shape[1]] = vectors.numpy()[idx]
+        kjt, feature = self.encoder.pairs(pairs)
+        with torch.inference_mode():
+            pooled = _pooled(self.embedding(kjt))
+        rows = np.arange(len(pairs))
+        if self.uniform and pooled.keys() == self.features:
+            return pooled.values().view(len(pairs), len(self.features), self.width).numpy()[rows, feature]
+        out = np.zeros((len(pairs), self.width), np.float32)
+        for name, vectors in pooled.to_dict().items():
+            idx = np.flatnonzero(feature == self.encoder.position[name])
+            out[idx, : vectors.shape[1]] = vectors.numpy()[idx]
         return out
 
     def entities(self, items: Sequence[Row]) -> list[dict[str, np.ndarray]]:

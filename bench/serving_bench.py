@@ -1,0 +1,222 @@
+"""Serving benchmark: quantization quality, in-process lookups vs fbgemm's raw TBE, HTTP vs Redis, memory.
+
+1. Quality: short DLRM runs (``full``, ``hash`` at 10x) on synthetic data, exported at
+   fp32/fp16/int8/int4; test AUC of each artifact and its change against fp32.
+2. In-process: ``Store.embeddings`` (raw strings -> hash -> vocabulary -> quantized EBC) and
+   the method forward on pre-encoded ids, against the same fbgemm ``IntNBit`` TBE called
+   directly with the same indices (lookups/s and the ratio), on a Criteo-sized ``full`` table.
+3. HTTP vs Redis: ``recsys serve`` on 127.0.0.1 and a ``redis-server`` started here holding
+   the same vectors (MGET), driven by ``bench.serving_load`` in a second process; requests of
+   1, 64 and 512 ids at concurrency 1 and 8: throughput, p50/p99 latency.
+4. Memory: peak RSS of a process that loads each artifact, against the artifact's size.
+
+Usage: ``python -m bench.serving_bench [--out bench_out/serving] [--duration 6] [--skip-quality]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+
+from bench.serving_fixture import fake_dataset, fake_run, key_pool
+from recsys.export import export_run, load_artifact
+from serving.store import Store
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def quality(out: Path) -> list[dict]:
+    from recsys.config import load_config
+    from recsys.data.synthetic import generate
+    from recsys.metrics import auc
+    from tests.serving_support import test_batches
+    from training.run import train_experiment
+
+    data = out / "quality-data"
+    generate(data, rows=120_000, profile="small", seed=11, progress=False, overwrite=True)
+    rows = []
+    for method, extra in (("full", []), ("hash", ["embedding.compression=10"])):
+        cfg = load_config(ROOT / "configs/quickstart.yaml", [f"data.path={data}", f"embedding.method={method}", "tracking.enabled=false",
+                                                            "training.epochs=1", "training.batch_size=1024", "training.progress=false", *extra])
+        run = out / f"quality-{method}"
+        train_experiment(cfg, run)
+        base = None
+        for dtype in ("fp32", "fp16", "int8", "int4"):
+            art = out / f"quality-{method}-{dtype}"
+            export_run(run, art, dtype=dtype, overwrite=True)
+            store = Store(load_artifact(art))
+            batches = test_batches(data, store.manifest.method.id_scheme, 8192)
+            scores = np.concatenate([store.score_batch(b.dense_features, b.sparse_features) for b in batches])
+            value = auc(np.concatenate([b.labels.numpy() for b in batches]), scores)
+            base = value if base is None else base
+            rows.append({"method": method, "dtype": dtype, "test_auc": value, "delta_auc": value - base,
+                         "embedding_bytes": (art / "embedding.safetensors").stat().st_size})
+    return rows
+
+
+def _rate(fn, seconds: float = 2.0) -> float:
+    fn()
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        fn()
+        n += 1
+    return n / (time.perf_counter() - start)
+
+
+def in_process(stores: dict[str, Store], pool: list[tuple[str, str]]) -> list[dict]:
+    from recsys.export.tables import quantize_tables
+    from torchrec.quant.embedding_modules import EmbeddingBagCollection as QEBC
+
+    rows = []
+    for dtype, store in stores.items():
+        ebc = store.embedding.ebc
+        tbe_owner = ebc if isinstance(ebc, QEBC) else quantize_tables(store.embedding.ebc, "fp32")[0]
+        (tbe,) = tbe_owner._emb_modules
+        for n in (64, 512):
+            pairs = pool[:n]
+            kjt, _ = store.encoder.pairs(pairs)
+            indices, offsets = kjt.values().int(), kjt.offsets().int()
+            with torch.inference_mode():
+                full = _rate(lambda: store.embeddings(pairs))
+                method = _rate(lambda: store.pooled(kjt))
+                raw = _rate(lambda: tbe(indices, offsets))
+            rows.append({"dtype": dtype, "ids": n, "store_lookups_per_s": full * n, "method_lookups_per_s": method * n,
+                         "raw_tbe_lookups_per_s": raw * n, "store_vs_raw": full / raw, "method_vs_raw": method / raw})
+    return rows
+
+
+RSS_PROBE = """
+import json, sys, torch
+torch.set_num_threads(1)
+from serving.store import Store
+
+def status():
+    return {l.split(":")[0]: int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith(("VmRSS", "VmHWM"))}
+
+Store  # imports done; reset the peak (VmHWM) to the current RSS so it covers the load only
+open("/proc/self/clear_refs", "w").write("5")
+base = status()["VmRSS"]
+store = Store.open(sys.argv[1])
+store.embeddings([(store.features[0], "x")])
+after = status()
+print(json.dumps({"baseline_rss": base, "peak_rss": after["VmHWM"], "rss_after_load": after["VmRSS"]}))
+"""
+
+
+def memory(artifacts: dict[str, Path]) -> list[dict]:
+    rows = []
+    for dtype, art in artifacts.items():
+        out = subprocess.run([sys.executable, "-c", RSS_PROBE, str(art)], cwd=ROOT, capture_output=True, text=True, check=True)
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        size = _size(art)
+        rows.append({"dtype": dtype, "artifact_bytes": size, **r, "process_peak_over_artifact": r["peak_rss"] / size,
+                     "load_peak_over_artifact": (r["peak_rss"] - r["baseline_rss"]) / size,
+                     "resident_over_artifact": (r["rss_after_load"] - r["baseline_rss"]) / size})
+    return rows
+
+
+def _wait(url: str, proc: subprocess.Popen, what: str) -> None:
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited: {proc.stdout.read() if proc.stdout else ''}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.3)
+    raise TimeoutError(what)
+
+
+def http_vs_redis(art: Path, store: Store, pool: list[tuple[str, str]], out: Path, duration: float) -> tuple[list[dict], dict]:
+    import redis
+
+    keys = out / "keys.json"
+    keys.write_text(json.dumps(pool))
+    http_port, redis_port = _port(), _port()
+    server = subprocess.Popen([sys.executable, "-m", "recsys.cli", "serve", "--model", str(art), "--port", str(http_port), "--poll-interval", "0",
+                               "--max-items", "4096", "--log-level", "warning"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    rserver = subprocess.Popen([shutil.which("redis-server") or "redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+                                "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait(f"http://127.0.0.1:{http_port}/readyz", server, "recsys serve")
+        client = redis.Redis(host="127.0.0.1", port=redis_port)
+        for _ in range(100):
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.1)
+        vectors = store.embeddings(pool)
+        for i in range(0, len(pool), 10_000):
+            client.mset({f"{f}:{v}": vectors[j].tobytes() for j, (f, v) in enumerate(pool[i : i + 10_000], start=i)})
+        rows = []
+        for ids in (1, 64, 512):
+            for concurrency in (1, 8):
+                for target, port, extra in (("http", http_port, []), ("redis", redis_port, [])) + ((("http", http_port, ["--binary"]),) if ids == 512 else ()):
+                    cmd = [sys.executable, "-m", "bench.serving_load", "--target", target, "--port", str(port), "--keys", str(keys),
+                           "--ids", str(ids), "--concurrency", str(concurrency), "--duration", str(duration), *extra]
+                    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
+                    rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+                    print(json.dumps(rows[-1]), flush=True)
+        status = {l.split(":")[0]: int(l.split()[1]) * 1024 for l in open(f"/proc/{server.pid}/status") if l.startswith(("VmHWM", "VmRSS"))}
+        return rows, {"server_peak_rss": status["VmHWM"], "server_rss": status["VmRSS"], "artifact_bytes": _size(art)}
+    finally:
+        server.terminate()
+        rserver.terminate()
+        server.wait(30)
+        rserver.wait(30)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="bench_out/serving")
+    p.add_argument("--duration", type=float, default=6.0, help="seconds per load-generator run")
+    p.add_argument("--scale", type=float, default=0.5, help="Criteo cardinalities >= 100k are multiplied by this")
+    p.add_argument("--skip-quality", action="store_true")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict = {}
+    if not args.skip_quality:
+        results["quality"] = quality(out)
+        print(json.dumps(results["quality"], indent=1), flush=True)
+    spec = fake_dataset(out / "criteo-data", args.scale)
+    run = fake_run(out / "criteo-data", out / "criteo-run")
+    artifacts = {d: out / f"criteo-full-{d}" for d in ("fp32", "int8")}
+    for dtype, art in artifacts.items():
+        export_run(run, art, dtype=dtype, overwrite=True)
+    stores = {d: Store.open(a) for d, a in artifacts.items()}
+    pool = key_pool(spec, 50_000)
+    results["in_process"] = in_process(stores, pool)
+    print(json.dumps(results["in_process"], indent=1), flush=True)
+    results["memory"] = memory(artifacts)
+    print(json.dumps(results["memory"], indent=1), flush=True)
+    results["http_vs_redis"], results["server_memory"] = http_vs_redis(artifacts["int8"], stores["int8"], pool, out, args.duration)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main()

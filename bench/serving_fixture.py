@@ -1,0 +1,68 @@
+"""Bench fixtures for serving: a Criteo-sized dataset contract and an untrained run, without data.
+
+``fake_dataset`` writes ``dataset.json`` and vocabularies whose raw values are ``<field>_<k>``
+(so requests can name real vocabulary values); ``fake_run`` writes a run folder (config,
+randomly initialised weights) that ``recsys export`` accepts. Tables are what matters for
+lookup speed and memory; the weights' values do not.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import yaml
+from safetensors.torch import save_file
+
+from recsys.config import ExperimentConfig
+from recsys.data.synthetic import PROFILES
+from recsys.embeddings import MethodContext, build_method
+from recsys.features import NUM_RESERVED, DatasetSpec, FieldSpec, save_dataset_spec
+from recsys.hashing import hash64_strings
+from recsys.models import build_model
+from recsys.models.train import TrainModel
+
+
+def fake_dataset(out: Path, scale: float = 0.5) -> DatasetSpec:
+    """Criteo-profile cardinalities (large ones times ``scale``), 13 dense fields, vocabularies."""
+    cards = PROFILES["criteo"].scaled_cardinalities(scale)
+    (out / "vocab").mkdir(parents=True, exist_ok=True)
+    fields = [FieldSpec(name=f"I{i + 1}", kind="dense", transform="slog1p") for i in range(13)]
+    for i, n in enumerate(cards):
+        name = f"C{i + 1}"
+        ids = hash64_strings([f"{name}_{k}" for k in range(n)])
+        pq.write_table(pa.table({"id": ids, "count": np.ones(n, np.int64)}), out / "vocab" / f"{name}.parquet")
+        fields.append(FieldSpec(name=name, kind="sparse", cardinality=n + NUM_RESERVED, vocabulary=f"vocab/{name}.parquet", num_distinct=n))
+    spec = DatasetSpec(name="bench-criteo", source="synthetic", fields=fields, splits={})
+    save_dataset_spec(spec, out)
+    return spec
+
+
+def fake_run(data: Path, out: Path, method: str = "full", options: dict | None = None, compression: float | None = None) -> Path:
+    """A run folder with randomly initialised weights for ``method`` over ``data``."""
+    cfg = ExperimentConfig.model_validate({
+        "data": {"path": str(data)}, "embedding": {"method": method, "options": options or {}, "compression": compression},
+        "tracking": {"enabled": False},
+    })
+    spec = DatasetSpec.model_validate_json((data / "dataset.json").read_text())
+    torch.manual_seed(0)
+    ctx = MethodContext.from_spec(spec, cfg.model.embedding_dim, compression)
+    model = TrainModel(build_model(cfg.model, build_method(method, ctx, options), len(spec.dense_fields)))
+    (out / "phases" / "train").mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "phases/train/weights.safetensors"))
+    save_file({}, str(out / "phases/train/state.safetensors"))
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    (out / "metrics.json").write_text(json.dumps({}))
+    return out
+
+
+def key_pool(spec: DatasetSpec, n: int, seed: int = 0) -> list[tuple[str, str]]:
+    """``n`` random ``(feature, raw value)`` pairs, uniform over features then over each vocabulary."""
+    rng = np.random.default_rng(seed)
+    sparse = spec.sparse_fields
+    feats = rng.integers(0, len(sparse), n)
+    return [(sparse[f].name, f"{sparse[f].name}_{rng.integers(0, sparse[f].num_distinct)}") for f in feats]
