@@ -70,6 +70,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = list(args.set or [])
     if args.workers is not None:
         overrides.append(f"training.workers={args.workers}")
+    if args.tracking_uri:
+        overrides.append(f"tracking.tracking_uri={args.tracking_uri}")
+    if args.address:
+        import os
+
+        os.environ["RAY_ADDRESS"] = args.address
     cfg = load_config(args.config, overrides)
     out = Path(args.out or f"runs/{cfg.model.name}-{cfg.embedding.method}")
     metrics = train_experiment(cfg, out, resume=args.resume)
@@ -79,6 +85,22 @@ def cmd_train(args: argparse.Namespace) -> int:
             continue
         print(f"{key:{width}s}  {value:.6g}" if isinstance(value, float) else f"{key:{width}s}  {value}")
     print(f"wrote {out / 'metrics.json'}")
+    return 0
+
+
+def cmd_mlflow_server(args: argparse.Namespace) -> int:
+    from training.mlflow_server import run_server
+
+    return run_server(args.port, args.backend_store_uri, args.artifacts_destination)
+
+
+def cmd_mlflow_replay(args: argparse.Namespace) -> int:
+    from training.tracking import replay_folder
+
+    if not replay_folder(Path(args.run), args.tracking_uri):
+        print(f"error: MLflow still unreachable; the spool stays in {args.run}", file=sys.stderr)
+        return 1
+    print(f"replayed the tracking calls spooled in {args.run}")
     return 0
 
 
@@ -157,8 +179,21 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. training.epochs=3")
     train.add_argument("--out", help="run folder (default runs/<model>-<method>)")
     train.add_argument("--workers", type=int, help="Ray Train workers (sets training.workers)")
-    train.add_argument("--resume", action="store_true", help="skip the phases already finished in --out")
+    train.add_argument("--resume", action="store_true", help="skip the phases already finished in --out (with Ray: continue from the last checkpoint)")
+    train.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local cluster)")
+    train.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     train.set_defaults(func=cmd_train)
+
+    server = sub.add_parser("mlflow-server", help="run an MLflow tracking server on 127.0.0.1 (sqlite store, proxied artifacts)")
+    server.add_argument("--port", type=int, default=5000)
+    server.add_argument("--backend-store-uri", default="sqlite:///mlflow.db")
+    server.add_argument("--artifacts-destination", default="./mlartifacts")
+    server.set_defaults(func=cmd_mlflow_server)
+
+    replay = sub.add_parser("mlflow-replay", help="send the tracking calls a run spooled while MLflow was unreachable")
+    replay.add_argument("run", help="run folder (holds mlflow_spool*.jsonl)")
+    replay.add_argument("--tracking-uri", help="default: the URI the run was logging to")
+    replay.set_defaults(func=cmd_mlflow_replay)
 
     qs = sub.add_parser("quickstart", help="synthetic data, then DLRM with full and hash@10x, and a summary table")
     qs.add_argument("--rows", type=int, default=300_000)
@@ -198,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     handler: Handler = args.func
     try:
         return handler(args)
-    except (ValueError, KeyError, FileNotFoundError) as exc:
+    except (ValueError, KeyError, FileNotFoundError, ConnectionError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         print(f"error: {message}", file=sys.stderr)
         return 2

@@ -77,6 +77,8 @@ class TrainingConfig(_Strict):
     max_steps_per_epoch: int | None = Field(None, ge=1)
     sharding: Literal["table_wise", "column_wise"] = Field("table_wise", description="TorchRec sharding of every table (fused kernel)")
     workers: int = Field(1, ge=1, description="Ray Train workers (1 = in-process)")
+    checkpoint_every: int | None = Field(None, ge=1, description="steps between Ray Train checkpoints (besides one per epoch)")
+    max_failures: int = Field(2, ge=-1, description="Ray Train restarts from the last checkpoint after worker failures (-1: unlimited)")
     progress: bool = True
     log_every: int = Field(50, ge=1, description="steps between logged train loss/throughput")
 
@@ -86,6 +88,10 @@ class TrackingConfig(_Strict):
     tracking_uri: str | None = Field(None, description="default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
     experiment: str = "recsys"
     run_name: str | None = None
+    required: bool = Field(False, description="stop at start-up when the tracking server is unreachable (else spool locally)")
+    system_metrics: bool = Field(True, description="log CPU/memory/disk/network of the training node")
+    register_as: str | None = Field(None, description="register the trained model under this MLflow model name")
+    alias: str = Field("champion", description="alias of the registered version (models:/NAME@ALIAS)")
 
 
 class ExperimentConfig(_Strict):

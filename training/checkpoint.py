@@ -1,7 +1,9 @@
 """Model weights to and from safetensors (no pickle), for sharded (DMP) or plain modules.
 
-``plain_state_dict`` gathers every ShardedTensor of a one-process DMP into a full tensor;
-``load_plain_state_dict`` copies full tensors back into the (possibly sharded) module in place.
+``plain_state_dict`` gathers every ShardedTensor into a full tensor (with several ranks: on
+rank 0, a collective every rank must call); ``load_plain_state_dict`` copies full tensors back
+into the (possibly sharded) module in place. ``save_weights`` writes on rank 0 and waits for
+it on every rank, so each rank can ``load_weights`` the file right after.
 """
 
 from __future__ import annotations
@@ -13,8 +15,15 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 
+from training.collectives import barrier, world
 
-def _gather(value: ShardedTensor) -> torch.Tensor:
+
+def _gather(value: ShardedTensor) -> torch.Tensor | None:
+    rank, size = world()
+    if size > 1:
+        out = torch.zeros(value.size(), dtype=value.dtype) if rank == 0 else None
+        value.gather(dst=0, out=out)
+        return out
     full = torch.zeros(value.size(), dtype=value.dtype)
     for shard in value.local_shards():
         index = tuple(slice(o, o + s) for o, s in zip(shard.metadata.shard_offsets, shard.metadata.shard_sizes))
@@ -23,11 +32,14 @@ def _gather(value: ShardedTensor) -> torch.Tensor:
 
 
 def plain_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
-    """Full tensors of every entry of ``module.state_dict()`` (one process holds all shards)."""
+    """Full tensors of every entry of ``module.state_dict()`` (with several ranks, sharded
+    entries are complete on rank 0 only and absent elsewhere)."""
     out: dict[str, torch.Tensor] = {}
     for key, value in module.state_dict().items():
         if isinstance(value, ShardedTensor):
-            out[key] = _gather(value)
+            full = _gather(value)
+            if full is not None:
+                out[key] = full
         elif isinstance(value, torch.Tensor):
             out[key] = value.detach().cpu().clone()
     return out
@@ -53,10 +65,13 @@ def load_plain_state_dict(module: nn.Module, state: dict[str, torch.Tensor]) -> 
 
 def save_weights(module: nn.Module, path: str | Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file({k: v.contiguous() for k, v in plain_state_dict(module).items()}, str(tmp))
-    tmp.replace(path)
+    state = plain_state_dict(module)
+    if world()[0] == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
+        tmp.replace(path)
+    barrier()
     return path
 
 

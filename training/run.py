@@ -7,6 +7,11 @@ decisions of earlier phases (``phase_state``), then trains or searches. A finish
 leaves ``<out>/phases/<name>/`` with ``weights.safetensors``, ``state.safetensors`` and
 ``summary.json``; with ``resume=True`` finished phases are skipped.
 
+With ``training.workers > 1`` ``train_experiment`` hands the run to ``training.ray_trainer``,
+whose workers run the same ``Experiment`` and phases with Ray Data readers and a
+``Checkpointer`` (the phase in progress resumes from its last checkpoint). With several ranks,
+files are written by rank 0 and phase decisions are broadcast from it.
+
 Example:
     >>> cfg = load_config("configs/quickstart.yaml", ["embedding.method=hash"])  # doctest: +SKIP
     >>> metrics = train_experiment(cfg, Path("runs/hash"))                       # doctest: +SKIP
@@ -18,7 +23,7 @@ import json
 import random
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
@@ -33,10 +38,20 @@ from recsys.features import load_dataset_spec
 from recsys.models import build_model
 from recsys.models.train import TrainModel
 from training.checkpoint import load_weights, save_weights
+from training.collectives import barrier, broadcast_tensors, is_main
 from training.distributed import ShardedModel, ensure_process_group, shard
-from training.loop import FitResult, Trainer
+from training.loop import FitResult, LoopState, Reader, Trainer
 from training.plots import learning_curve
-from training.tracking import Tracker, make_tracker
+from training.tracking import Tracker, make_tracker, start_system_metrics
+
+ReaderFactory = Callable[[str, BatchLayout, int | None], Reader]  # (split, layout, max rows)
+
+
+class Checkpointer(Protocol):
+    """Mid-phase checkpoints of a train phase (the Ray path; none in-process)."""
+
+    def restore(self, phase: Phase, sharded: ShardedModel) -> LoopState | None: ...
+    def save(self, phase: Phase, sharded: ShardedModel, state: LoopState) -> None: ...
 
 
 def seed_everything(seed: int) -> None:
@@ -48,13 +63,22 @@ def seed_everything(seed: int) -> None:
 class Experiment:
     """The pieces of one run that every phase rebuilds from the config."""
 
-    def __init__(self, cfg: ExperimentConfig, out_dir: Path, tracker: Tracker) -> None:
+    def __init__(
+        self, cfg: ExperimentConfig, out_dir: Path, tracker: Tracker, readers: ReaderFactory | None = None,
+        checkpointer: Checkpointer | None = None,
+    ) -> None:
         self.cfg = cfg
         self.out = out_dir
         self.tracker = tracker
+        self.readers = readers
+        self.checkpointer = checkpointer
+        self.step_hook: Callable[[str, int], None] | None = None  # (phase, step) at every logged step
         self.spec = load_dataset_spec(cfg.data.path)
         e = cfg.embedding
         self.ctx = MethodContext.from_spec(self.spec, cfg.model.embedding_dim, e.compression, e.budget_bytes)
+
+    def phases(self) -> list[Phase]:
+        return build_method(self.cfg.embedding.method, self.ctx, self.cfg.embedding.options).phases()
 
     def build(self, phase: Phase | None) -> tuple[EmbeddingMethod, ShardedModel]:
         """Seeded method + model (identical initial weights every time), entered into ``phase``, sharded."""
@@ -65,23 +89,39 @@ class Experiment:
         model = TrainModel(build_model(self.cfg.model, method, len(self.spec.dense_fields)))
         return method, shard(model, method, self.cfg.training)
 
-    def reader(self, split: str, method: EmbeddingMethod, max_rows: int | None = None) -> ParquetBatchReader:
+    def reader(self, split: str, method: EmbeddingMethod, max_rows: int | None = None) -> Reader:
         t, d = self.cfg.training, self.cfg.data
         layout = BatchLayout.from_spec(self.spec, method.id_scheme)
+        rows = row_limit(self.cfg, split, max_rows)
+        if self.readers is not None:
+            return self.readers(split, layout, rows)
         if split == "train":
-            return ParquetBatchReader(d.path, split, layout, t.batch_size, shuffle=True, seed=t.seed, max_rows=d.max_train_rows)
-        rows = min(x for x in (max_rows, d.max_eval_rows) if x is not None) if (max_rows or d.max_eval_rows) else None
+            return ParquetBatchReader(d.path, split, layout, t.batch_size, shuffle=True, seed=t.seed, max_rows=rows)
         return ParquetBatchReader(d.path, split, layout, t.eval_batch_size, max_rows=rows)
 
     def trainer(self, method: EmbeddingMethod, sharded: ShardedModel, phase: Phase, eval_rows: int | None = None) -> Trainer:
         prefix = "" if phase.name == "train" else f"{phase.name}/"
         cfg = self.cfg.training if phase.epochs is None else self.cfg.training.model_copy(update={"epochs": phase.epochs})
         log = self.tracker.log_metrics
+
+        def on_step(step: int, loss: float, rate: float) -> None:
+            log({f"{prefix}train_loss": loss, f"{prefix}train_samples_per_s": rate}, step)
+            if self.step_hook is not None:
+                self.step_hook(phase.name, step)
+
         return Trainer(
             sharded, method, self.reader("train", method), self.reader("valid", method, eval_rows), cfg,
-            on_step=lambda step, loss, rate: log({f"{prefix}train_loss": loss, f"{prefix}train_samples_per_s": rate}, step),
+            on_step=on_step,
             on_epoch=lambda e: log({f"{prefix}valid_auc": e.valid.auc, f"{prefix}valid_logloss": e.valid.logloss, f"{prefix}epoch_train_loss": e.train_loss}, e.epoch),
         )
+
+
+def row_limit(cfg: ExperimentConfig, split: str, max_rows: int | None = None) -> int | None:
+    """Rows of ``split`` a reader uses: ``data.max_*_rows`` and a phase's ``eval_rows``."""
+    if split == "train":
+        return cfg.data.max_train_rows
+    limits = [x for x in (max_rows, cfg.data.max_eval_rows) if x is not None]
+    return min(limits) if limits else None
 
 
 def _phase_dir(out: Path, phase: Phase) -> Path:
@@ -91,7 +131,9 @@ def _phase_dir(out: Path, phase: Phase) -> Path:
 def _run_phase(exp: Experiment, phase: Phase, previous: Path | None) -> tuple[EmbeddingMethod, Trainer, dict[str, Any]]:
     method, sharded = exp.build(phase)
     start = exp.out / "initial.safetensors" if phase.weights == "initial" or previous is None else previous / "weights.safetensors"
-    if not start.exists():
+    exists = start.exists()
+    barrier()  # every rank decides before rank 0 writes
+    if not exists:
         save_weights(sharded.module, start)
     load_weights(sharded.module, start)
     if previous is not None:
@@ -101,15 +143,23 @@ def _run_phase(exp: Experiment, phase: Phase, previous: Path | None) -> tuple[Em
     trainer = exp.trainer(method, sharded, phase, phase.eval_rows)
     summary: dict[str, Any] = {"phase": asdict(phase)}
     if phase.kind == "train":
-        result = trainer.fit(folder / "weights.safetensors")
+        ckpt = exp.checkpointer
+        state = ckpt.restore(phase, sharded) if ckpt is not None else None
+        save = (lambda s: ckpt.save(phase, sharded, s)) if ckpt is not None else None
+        result = trainer.fit(folder / "weights.safetensors", state, save)
         summary.update(fit=_fit_summary(result))
-        learning_curve(result, folder / "learning_curve.png", f"{exp.cfg.model.name} / {exp.cfg.embedding.method}: {phase.name}", _oracle(exp, "valid"))
+        if is_main():
+            learning_curve(result, folder / "learning_curve.png", f"{exp.cfg.model.name} / {exp.cfg.embedding.method}: {phase.name}", _oracle(exp, "valid"))
     else:
         summary.update(search=method.search(lambda: trainer.evaluate(trainer.valid_reader).auc))
         save_weights(sharded.module, folder / "weights.safetensors")
+    decided = broadcast_tensors(method.phase_state())  # identical decisions on every rank
+    method.load_phase_state(decided)
     summary["memory_bytes"] = method.memory_bytes()
-    save_file({k: v.contiguous() for k, v in method.phase_state().items()}, str(folder / "state.safetensors"))
-    (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    if is_main():
+        save_file({k: v.contiguous() for k, v in decided.items()}, str(folder / "state.safetensors"))
+        (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    barrier()
     return method, trainer, summary
 
 
@@ -138,37 +188,57 @@ def _oracle(exp: Experiment, split: str) -> float | None:
 
 def train_experiment(cfg: ExperimentConfig, out_dir: Path, resume: bool = False) -> dict[str, Any]:
     """Train, evaluate and record one experiment; returns what ``metrics.json`` holds."""
+    if cfg.training.workers > 1:
+        from training.ray_trainer import train_distributed
+
+        return train_distributed(cfg, Path(out_dir), resume)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     started_group = ensure_process_group()
-    tracker = make_tracker(cfg.tracking, tags={"method": cfg.embedding.method, "model": cfg.model.name})
+    tracker = make_tracker(cfg.tracking, tags=run_tags(cfg), run_dir=out_dir)
+    stop_system_metrics = start_system_metrics(tracker) if cfg.tracking.system_metrics else (lambda: None)
     status = "FAILED"
     try:
         exp = Experiment(cfg, out_dir, tracker)
         tracker.log_params(flatten(cfg))
         metrics = _run_phases(exp, resume)
-        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-        tracker.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
-        top = [out_dir / name for name in ("metrics.json", "config.yaml", "learning_curve.png") if (out_dir / name).exists()]
-        for path in [*top, *sorted(out_dir.glob("phases/*/*.png")), *sorted(out_dir.glob("phases/*/summary.json"))]:
-            tracker.log_artifact(path, None if path.parent == out_dir else f"phases/{path.parent.name}")
+        finish_run(cfg, out_dir, tracker, metrics)
         status = "FINISHED"
         return metrics
     finally:
+        stop_system_metrics()
         tracker.close(status)
         if started_group:
             dist.destroy_process_group()
 
 
+def run_tags(cfg: ExperimentConfig) -> dict[str, str]:
+    return {"method": cfg.embedding.method, "model": cfg.model.name, "workers": str(cfg.training.workers)}
+
+
+def finish_run(cfg: ExperimentConfig, out_dir: Path, tracker: Tracker, metrics: dict[str, Any]) -> None:
+    """Write ``metrics.json``/``config.yaml``, log final metrics, artifacts and method diagnostics,
+    and register the model when ``tracking.register_as`` is set."""
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    tracker.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
+    top = [out_dir / name for name in ("metrics.json", "config.yaml", "learning_curve.png", "diagnostics.json") if (out_dir / name).exists()]
+    for path in [*top, *sorted(out_dir.glob("phases/*/*.png")), *sorted(out_dir.glob("phases/*/summary.json"))]:
+        tracker.log_artifact(path, None if path.parent == out_dir else f"phases/{path.parent.name}")
+    register = getattr(tracker, "register", None)
+    if cfg.tracking.register_as and register is not None:
+        register(out_dir, cfg.tracking.register_as, cfg.tracking.alias)
+
+
 def _run_phases(exp: Experiment, resume: bool) -> dict[str, Any]:
-    phases = build_method(exp.cfg.embedding.method, exp.ctx, exp.cfg.embedding.options).phases()
+    phases = exp.phases()
     previous: Path | None = None
     summaries: dict[str, dict[str, Any]] = {}
     last: tuple[EmbeddingMethod, Trainer] | None = None
-    for i, phase in enumerate(phases):
+    finished = [(_phase_dir(exp.out, p) / "summary.json").exists() and (_phase_dir(exp.out, p) / "state.safetensors").exists() for p in phases]
+    barrier()  # every rank sees the same finished phases
+    for phase, done in zip(phases, finished):
         folder = _phase_dir(exp.out, phase)
-        done = (folder / "summary.json").exists() and (folder / "state.safetensors").exists()
         if resume and done:
             print(f"phase '{phase.name}' already finished in {folder}; skipping it")
             summaries[phase.name] = json.loads((folder / "summary.json").read_text())
@@ -183,6 +253,7 @@ def _run_phases(exp: Experiment, resume: bool) -> dict[str, Any]:
     metrics: dict[str, Any] = {
         "test_auc": test.auc,
         "test_logloss": test.logloss,
+        "test_rows": test.rows,
         "valid_auc": fits[-1]["valid_auc"] if fits else float("nan"),
         "valid_logloss": fits[-1]["valid_logloss"] if fits else float("nan"),
         "embedding_bytes": method_bytes,
@@ -200,6 +271,10 @@ def _run_phases(exp: Experiment, resume: bool) -> dict[str, Any]:
     if len(phases) > 1:
         metrics["phases"] = {name: {k: v for k, v in s.items() if k != "phase"} for name, s in summaries.items()}
     plot = _phase_dir(exp.out, phases[-1]) / "learning_curve.png"
-    if plot.exists():
-        (exp.out / "learning_curve.png").write_bytes(plot.read_bytes())
+    diagnostics = method.diagnostics()
+    if is_main():
+        if plot.exists():
+            (exp.out / "learning_curve.png").write_bytes(plot.read_bytes())
+        if diagnostics:
+            (exp.out / "diagnostics.json").write_text(json.dumps(diagnostics, indent=2, default=str) + "\n")
     return metrics

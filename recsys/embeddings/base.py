@@ -219,6 +219,10 @@ class EmbeddingMethod(nn.Module):
     def load_phase_state(self, state: dict[str, torch.Tensor]) -> None:
         """Restore what ``phase_state`` returned (after the phase's weights are loaded)."""
 
+    def diagnostics(self) -> dict[str, Any]:
+        """JSON-able facts about the trained method (e.g. chosen dims, densities), logged as an artifact."""
+        return {}
+
     def search(self, evaluate: Callable[[], float]) -> dict[str, Any]:
         """Run a ``search`` phase; returns a JSON-able summary."""
         raise NotImplementedError(f"method '{self.name}' has no search phase")

@@ -1,0 +1,176 @@
+"""The MLflow tracker survives an unreachable server: retries, spools to JSONL, replays in order."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+import training.tracking as tracking
+from recsys.config import TrackingConfig
+from training.tracking import MlflowTracker, TrackingUnavailable, make_tracker, replay_folder
+from training.tracking_spool import PENDING, Spool
+
+
+class FakeClient:
+    """An MLflow client whose server is down while ``down`` is True."""
+
+    def __init__(self) -> None:
+        self.down = False
+        self.runs: dict[str, dict] = {}
+        self.calls: list[str] = []
+
+    def _check(self, name: str) -> None:
+        self.calls.append(name)
+        if self.down:
+            raise MlflowException("API request to http://127.0.0.1:1/api failed with exception ConnectionRefused")
+
+    def get_experiment_by_name(self, name):  # type: ignore[no-untyped-def]
+        self._check("get_experiment")
+        return SimpleNamespace(experiment_id="1")
+
+    def create_run(self, experiment_id, run_name=None, tags=None):  # type: ignore[no-untyped-def]
+        self._check("create_run")
+        run_id = f"run{len(self.runs)}"
+        self.runs[run_id] = {"metrics": [], "params": {}, "artifacts": [], "status": "RUNNING", "tags": tags}
+        return SimpleNamespace(info=SimpleNamespace(run_id=run_id))
+
+    def log_batch(self, run_id, metrics=(), params=()):  # type: ignore[no-untyped-def]
+        self._check("log_batch")
+        for p in params:
+            if p.key == "bad":
+                raise MlflowException("invalid value", error_code=INVALID_PARAMETER_VALUE)
+            self.runs[run_id]["params"][p.key] = p.value
+        self.runs[run_id]["metrics"] += [(m.key, m.value, m.step, m.timestamp) for m in metrics]
+
+    def log_artifact(self, run_id, path, folder=None):  # type: ignore[no-untyped-def]
+        self._check("log_artifact")
+        self.runs[run_id]["artifacts"].append((Path(path).name, folder))
+
+    def set_terminated(self, run_id, status="FINISHED"):  # type: ignore[no-untyped-def]
+        self._check("set_terminated")
+        self.runs[run_id]["status"] = status
+
+
+@pytest.fixture
+def client(monkeypatch) -> FakeClient:
+    fake = FakeClient()
+    import mlflow
+
+    monkeypatch.setattr(mlflow, "MlflowClient", lambda tracking_uri=None: fake)
+    monkeypatch.setattr(tracking, "BACKOFF_S", (0.0, 0.0))
+    return fake
+
+
+def _cfg(**kw) -> TrackingConfig:
+    return TrackingConfig(tracking_uri="http://127.0.0.1:1", **kw)
+
+
+def test_server_down_mid_run_spools_then_replays_in_order(client, tmp_path):
+    tracker = make_tracker(_cfg(), run_dir=tmp_path)
+    tracker.log_metrics({"loss": 1.0}, step=1)
+    client.down = True
+    with pytest.warns(RuntimeWarning, match="unreachable"):
+        tracker.log_metrics({"loss": 0.9}, step=2)
+    tracker.log_metrics({"loss": 0.8}, step=3)
+    spool = Spool(tmp_path / "mlflow_spool.jsonl")
+    assert [r["step"] for r in spool.read()] == [2, 3]
+    client.down = False
+    tracker.close()
+    run = client.runs["run0"]
+    assert [(k, s) for k, _, s, _ in run["metrics"]] == [("loss", 1), ("loss", 2), ("loss", 3)]
+    assert run["status"] == "FINISHED"
+    assert not spool.path.exists()
+
+
+def test_probe_replays_at_the_next_call_once_the_server_is_back(client, tmp_path, monkeypatch):
+    monkeypatch.setattr(tracking, "PROBE_EVERY_S", 0.0)
+    tracker = make_tracker(_cfg(), run_dir=tmp_path)
+    client.down = True
+    with pytest.warns(RuntimeWarning):
+        tracker.log_metrics({"loss": 0.5}, step=5)
+    assert tracker.offline
+    client.down = False
+    tracker.log_metrics({"loss": 0.4}, step=6)
+    assert not tracker.offline
+    assert [s for _, _, s, _ in client.runs["run0"]["metrics"]] == [5, 6]
+
+
+def test_unreachable_at_start_creates_the_run_on_replay(client, tmp_path):
+    client.down = True
+    with pytest.warns(RuntimeWarning):
+        tracker = make_tracker(_cfg(), tags={"method": "hash"}, run_dir=tmp_path)
+    assert tracker.run_id.startswith(PENDING)
+    tracker.log_params({"a": 1})
+    tracker.log_metrics({"auc": 0.7}, step=0)
+    (tmp_path / "metrics.json").write_text("{}")
+    tracker.log_artifact(tmp_path / "metrics.json")
+    with pytest.warns(RuntimeWarning, match="mlflow-replay"):
+        tracker.close()
+    assert client.runs == {}
+    client.down = False
+    assert replay_folder(tmp_path)
+    (run,) = client.runs.values()
+    assert run["params"] == {"a": "1"} and run["metrics"][0][:3] == ("auc", 0.7, 0)
+    assert run["artifacts"] == [("metrics.json", None)] and run["status"] == "FINISHED"
+    assert run["tags"] == {"method": "hash"}
+
+
+def test_worker_spool_of_a_pending_run_is_replayed_by_the_driver(client, tmp_path):
+    client.down = True
+    with pytest.warns(RuntimeWarning):
+        driver = make_tracker(_cfg(), run_dir=tmp_path)
+        worker = make_tracker(_cfg(), run_dir=tmp_path, run_id=driver.run_id)
+        worker.log_metrics({"train_loss": 0.3}, step=10)
+    with pytest.warns(RuntimeWarning, match="still unreachable"):
+        worker.close()  # attached: never ends the run
+    client.down = False
+    driver.close("FINISHED", others=[tmp_path / "mlflow_spool.rank0.jsonl"])
+    (run,) = client.runs.values()
+    assert run["metrics"][0][:3] == ("train_loss", 0.3, 10) and run["status"] == "FINISHED"
+    assert not list(tmp_path.glob("mlflow_spool*.jsonl"))
+
+
+def test_leftover_spool_of_a_crashed_process_is_replayed(client, tmp_path):
+    tracker = make_tracker(_cfg(), run_dir=tmp_path)
+    Spool(tmp_path / "mlflow_spool.rank0.jsonl").append({"op": "metrics", "run": tracker.run_id, "metrics": {"x": 1.0}, "step": 7, "ts": 1})
+    again = make_tracker(_cfg(), run_dir=tmp_path, run_id=tracker.run_id)
+    assert again.offline
+    again.close()
+    assert client.runs["run0"]["metrics"] == [("x", 1.0, 7, 1)]
+
+
+def test_rejected_call_is_dropped_with_a_warning(client, tmp_path):
+    tracker = make_tracker(_cfg(), run_dir=tmp_path)
+    with pytest.warns(RuntimeWarning, match="rejected"):
+        tracker.log_params({"bad": 1})
+    assert not tracker.offline and not (tmp_path / "mlflow_spool.jsonl").exists()
+
+
+def test_required_tracking_fails_fast_against_a_closed_port(tmp_path, monkeypatch):
+    monkeypatch.setattr(tracking, "BACKOFF_S", (0.1,))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = time.monotonic()
+    with pytest.raises(TrackingUnavailable, match=f"127.0.0.1:{port}.*tracking.required"):
+        MlflowTracker(TrackingConfig(tracking_uri=f"http://127.0.0.1:{port}", required=True), spool=tmp_path / "s.jsonl")
+    assert time.monotonic() - start < 20
+    assert not (tmp_path / "s.jsonl").exists()
+
+
+def test_spool_ignores_a_line_cut_short_by_a_crash(tmp_path):
+    spool = Spool(tmp_path / "s.jsonl")
+    spool.append({"op": "metrics", "step": 1})
+    with spool.path.open("a") as f:
+        f.write('{"op": "metr')
+    assert spool.read() == [{"op": "metrics", "step": 1}]
+    spool.rewrite([])
+    assert not spool.path.exists()
+    assert json.loads(json.dumps(spool.read())) == []
