@@ -1,0 +1,260 @@
+"""The planted click model ("teacher") of ``recsys.data.synthetic``; its docstring describes it.
+
+``build_teacher(profile, seed, scale)`` draws every parameter from ``seed`` and calibrates it on
+a pilot sample; ``Teacher.ranks`` / ``Teacher.dense`` draw rows and ``Teacher.logits`` scores them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import BaseModel, ConfigDict
+
+from recsys.hashing import hash64_strings
+
+__all__ = ["PROFILES", "SparseTeacher", "SynthProfile", "Teacher", "build_teacher", "sigmoid"]
+
+PILOT_ROWS = 1 << 16
+KAPPA_STDS = 1.5
+# Random streams: numpy generators are seeded with [seed, stream] or [seed, stream, block].
+STREAM_TEACHER, STREAM_VALUES, STREAM_DENSE, STREAM_LABELS, STREAM_PILOT = 0, 1, 2, 3, 4
+
+
+class SynthProfile(BaseModel):
+    """Shape of a synthetic dataset and strength of its teacher."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cardinalities: list[int]
+    num_dense: int
+    latent_dim: int = 8
+    interaction_max_cardinality: int | None = None
+    zipf_exponent: float = 1.1
+    zipf_jitter: float = 0.15
+    target_ctr: float = 0.22
+    target_auc: float = 0.80
+    signal_ref_prob: float = 1e-3
+    signal_tail_power: float = 0.5
+    signal_min_amplitude: float = 0.05
+    shares: tuple[float, float, float, float] = (0.45, 0.35, 0.12, 0.08)
+    dense_missing_max: float = 0.4
+    scale_from: int = 100_000
+
+    def scaled_cardinalities(self, scale: float) -> list[int]:
+        """Cardinalities with those of at least ``scale_from`` multiplied by ``scale``."""
+        return [max(2, round(c * scale)) if c >= self.scale_from else c for c in self.cardinalities]
+
+
+PROFILES: dict[str, SynthProfile] = {
+    "criteo": SynthProfile(
+        cardinalities=[1460, 583, 1_000_000, 500_000, 305, 24, 12517, 633, 3, 93145, 5683, 800_000, 3194,
+                       27, 14992, 600_000, 10, 5652, 2173, 4, 900_000, 18, 15, 286181, 105, 142572],
+        num_dense=13,
+    ),
+    "small": SynthProfile(
+        cardinalities=[3, 12, 40, 150, 600, 1500, 3000, 5000], num_dense=4, latent_dim=4, target_auc=0.78,
+        signal_ref_prob=5e-3, scale_from=1000,
+    ),
+}
+
+
+def _rank_probs(n: int, s: float) -> np.ndarray:
+    """``P(rank)`` of the discretised power law over ``n`` ranks."""
+    edges = np.arange(1, n + 2, dtype=np.float64)
+    if abs(s - 1.0) < 1e-9:
+        return np.diff(np.log(edges)) / math.log(n + 1)
+    return np.diff(edges ** (1 - s)) / ((n + 1) ** (1 - s) - 1)
+
+
+def _sample_ranks(u: np.ndarray, n: int, s: float) -> np.ndarray:
+    """Inverse CDF of the power law: uniforms to ranks in ``[0, n)``."""
+    if abs(s - 1.0) < 1e-9:
+        x = np.exp(u * math.log(n + 1))
+    else:
+        x = (1.0 + u * ((n + 1) ** (1 - s) - 1)) ** (1.0 / (1 - s))
+    return np.minimum(x.astype(np.int64) - 1, n - 1)
+
+
+@dataclass
+class SparseTeacher:
+    """One sparse field: value distribution and per-value parameters (rows ``head`` = tail, zero)."""
+
+    name: str
+    cardinality: int
+    exponent: float
+    perm: np.ndarray  # value number of each rank
+    first: np.ndarray  # [head + 1] float32
+    latent: np.ndarray  # [head + 1, k] float32
+    sqnorm: np.ndarray  # [head + 1] float32, squared norms of ``latent``
+
+    @property
+    def head(self) -> int:
+        return len(self.first) - 1
+
+    def param_rows(self, ranks: np.ndarray) -> np.ndarray:
+        return np.minimum(ranks, self.head)
+
+    def raw_ids(self, ranks: np.ndarray) -> np.ndarray:
+        """``hash64_strings("<name>_<value number>")`` of each rank."""
+        numbers = pc.cast(pa.array(self.perm[ranks]), pa.string())
+        return hash64_strings(pc.binary_join_element_wise(pa.scalar(f"{self.name}_"), numbers, ""))
+
+
+@dataclass
+class Teacher:
+    """The planted click model; ``logits(ranks, dense)`` is exact for any rows it generated."""
+
+    sparse: list[SparseTeacher]
+    dense_mu: np.ndarray
+    dense_sigma: np.ndarray
+    dense_missing: np.ndarray
+    dense_beta: np.ndarray
+    pair: tuple[int, int]
+    kappa: float = 1.0
+    scales: np.ndarray | None = None
+    alpha: float = 1.0
+    bias: float = 0.0
+
+    def ranks(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """``[F, n]`` popularity ranks of ``n`` rows."""
+        return np.stack([_sample_ranks(rng.random(n), f.cardinality, f.exponent) for f in self.sparse])
+
+    def dense(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """``[D, n]`` transformed dense values (``log1p`` of counts; missing -> 0)."""
+        d = len(self.dense_mu)
+        noise = rng.standard_normal((d, n), np.float32)
+        logs = self.dense_mu[:, None].astype(np.float32) + self.dense_sigma[:, None].astype(np.float32) * noise
+        counts = np.floor(np.exp(np.minimum(logs, np.float32(30.0))))
+        present = rng.random((d, n), np.float32) >= self.dense_missing[:, None].astype(np.float32)
+        return np.where(present, np.log1p(counts), np.float32(0.0))
+
+    def parts(self, ranks: np.ndarray, dense: np.ndarray) -> np.ndarray:
+        """``[4, n]`` unscaled parts: first order, FM pairs, dense linear, non-linear."""
+        n = ranks.shape[1]
+        first = np.zeros(n, np.float32)
+        total = np.zeros((n, self.sparse[0].latent.shape[1]), np.float32)
+        squares = np.zeros(n, np.float32)
+        for i, f in enumerate(self.sparse):
+            rows = f.param_rows(ranks[i])
+            first += f.first[rows]
+            total += np.take(f.latent, rows, axis=0)
+            squares += f.sqnorm[rows]
+        pairs = 0.5 * (np.einsum("ij,ij->i", total, total) - squares)
+        dense_part = self.dense_beta @ dense if len(dense) else np.zeros(n, np.float32)
+        return np.stack([first, pairs, dense_part, np.tanh(self.kappa * self.cross(ranks))]).astype(np.float64)
+
+    def cross(self, ranks: np.ndarray) -> np.ndarray:
+        """``<v_a, v_b>`` of the non-linear pair of fields."""
+        (a, fa), (b, fb) = ((i, self.sparse[i]) for i in self.pair)
+        va = np.take(fa.latent, fa.param_rows(ranks[a]), axis=0)
+        return np.einsum("ij,ij->i", va, np.take(fb.latent, fb.param_rows(ranks[b]), axis=0))
+
+    def logits(self, ranks: np.ndarray, dense: np.ndarray) -> np.ndarray:
+        assert self.scales is not None, "teacher is not calibrated"
+        return self.bias + self.alpha * (self.scales @ self.parts(ranks, dense))
+
+
+def _sparse_teacher(
+    rng: np.random.Generator, name: str, n: int, profile: SynthProfile, interacts: bool
+) -> SparseTeacher:
+    exponent = profile.zipf_exponent + profile.zipf_jitter * rng.uniform(-1, 1)
+    importance = rng.uniform(0.2, 1.0)
+    perm = rng.permutation(n).astype(np.int64)
+    probs = _rank_probs(n, exponent)
+    amplitude = np.minimum(1.0, probs / profile.signal_ref_prob) ** profile.signal_tail_power
+    head = int(np.count_nonzero(amplitude >= profile.signal_min_amplitude))
+    amp = amplitude[:head].astype(np.float32)
+    k = profile.latent_dim
+    first = np.zeros(head + 1, np.float32)
+    latent = np.zeros((head + 1, k), np.float32)
+    first[:head] = importance * amp * rng.standard_normal(head, np.float32)
+    noise = rng.standard_normal((head, k), np.float32)
+    if interacts:
+        latent[:head] = math.sqrt(importance / k) * amp[:, None] * noise
+    return SparseTeacher(name, n, exponent, perm, first, latent, np.einsum("ij,ij->i", latent, latent))
+
+
+def build_teacher(profile: SynthProfile, seed: int, scale: float = 1.0) -> Teacher:
+    """The teacher of ``(profile, seed, scale)``, calibrated on a pilot sample."""
+    rng = np.random.default_rng([seed, STREAM_TEACHER])
+    cards = profile.scaled_cardinalities(scale)
+    limit = profile.interaction_max_cardinality
+    sparse = [_sparse_teacher(rng, f"C{i + 1}", n, profile, limit is None or n <= limit) for i, n in enumerate(cards)]
+    d = profile.num_dense
+    teacher = Teacher(
+        sparse=sparse,
+        dense_mu=rng.uniform(0.0, 4.0, d),
+        dense_sigma=rng.uniform(0.5, 1.5, d),
+        dense_missing=rng.uniform(0.0, profile.dense_missing_max, d),
+        dense_beta=rng.standard_normal(d).astype(np.float32),
+        pair=_strongest_pair(sparse),
+    )
+    _calibrate(teacher, profile, seed)
+    return teacher
+
+
+def _strongest_pair(sparse: Sequence[SparseTeacher]) -> tuple[int, int]:
+    """The two fields with the most latent mass (weighted by their values' popularity)."""
+    mass = [float(np.dot(_rank_probs(f.cardinality, f.exponent)[: f.head], (f.latent[:-1] ** 2).sum(1)))
+            for f in sparse]
+    a, b = np.argsort(mass)[::-1][:2]
+    return int(min(a, b)), int(max(a, b))
+
+
+def _calibrate(teacher: Teacher, profile: SynthProfile, seed: int) -> None:
+    """Part scales, ``alpha`` and ``bias`` from a pilot sample (see the module docstring)."""
+    rng = np.random.default_rng([seed, STREAM_PILOT])
+    ranks, dense = teacher.ranks(rng, PILOT_ROWS), teacher.dense(rng, PILOT_ROWS)
+    teacher.kappa = KAPPA_STDS / max(float(np.std(teacher.cross(ranks))), 1e-12)
+    parts = teacher.parts(ranks, dense)
+    var = parts.var(axis=1)
+    shares = np.asarray(profile.shares, np.float64)
+    teacher.scales = np.where(var > 0, np.sqrt(shares / np.maximum(var, 1e-300)), 0.0)
+    z = teacher.scales @ parts
+    teacher.alpha, teacher.bias = _fit_alpha_bias(z, profile.target_ctr, profile.target_auc)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _bias_for(z: np.ndarray, alpha: float, ctr: float) -> float:
+    """Bias making the mean of ``sigmoid(bias + alpha z)`` equal ``ctr`` (Newton inside a bracket)."""
+    lo, hi = -40.0, 40.0
+    b = math.log(ctr / (1 - ctr)) - alpha * float(z.mean())
+    for _ in range(100):
+        p = sigmoid(b + alpha * z)
+        gap = float(p.mean()) - ctr
+        if abs(gap) < 1e-12:
+            break
+        lo, hi = (b, hi) if gap < 0 else (lo, b)
+        step = b - gap / max(float(np.mean(p * (1 - p))), 1e-300)
+        b = step if lo < step < hi else 0.5 * (lo + hi)
+    return b
+
+
+def _expected_auc(z_sorted: np.ndarray, starts: np.ndarray, p: np.ndarray) -> float:
+    """AUC expected when labels are drawn from ``p`` (rows sorted by score; ties count half)."""
+    pos, neg = np.add.reduceat(p, starts), np.add.reduceat(1 - p, starts)
+    self_pairs = float(np.dot(p, 1 - p))
+    below = np.cumsum(neg) - neg
+    numerator = float(np.dot(pos, below) + 0.5 * (np.dot(pos, neg) - self_pairs))
+    return numerator / (p.sum() * (1 - p).sum() - self_pairs)
+
+
+def _fit_alpha_bias(z: np.ndarray, ctr: float, target_auc: float) -> tuple[float, float]:
+    """``alpha`` (bisection on the expected AUC, which grows with it) and its ``bias``."""
+    z = np.sort(z)
+    starts = np.flatnonzero(np.r_[True, z[1:] != z[:-1]])
+    lo, hi = 0.0, 20.0
+    for _ in range(24):
+        mid = 0.5 * (lo + hi)
+        p = sigmoid(_bias_for(z, mid, ctr) + mid * z)
+        lo, hi = (mid, hi) if _expected_auc(z, starts, p) < target_auc else (lo, mid)
+    alpha = 0.5 * (lo + hi)
+    return alpha, _bias_for(z, alpha, ctr)

@@ -1,0 +1,243 @@
+"""The synthetic generator (``recsys.data.synthetic``): format, determinism, vocabularies, oracle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import recsys.data.synthetic as synthetic
+from recsys.data.batch import BatchLayout, ParquetBatchReader
+from recsys.data.synthetic import PROFILES, generate
+from recsys.features import load_dataset_spec
+from recsys.hashing import hash64_str
+from recsys.metrics import auc, logloss
+
+ROWS = 20_000
+SPLITS = ("train", "valid", "test")
+
+
+def read_split(folder: Path, split: str) -> pa.Table:
+    spec = load_dataset_spec(folder)
+    return pa.concat_tables([pq.read_table(folder / f) for f in spec.splits[split].files])
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("synth") / "small"
+    generate(out, rows=ROWS, profile="small", seed=0, progress=False)
+    return out
+
+
+@pytest.fixture
+def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks of 4096 rows, so that a small dataset spans several blocks and chunks."""
+    monkeypatch.setattr(synthetic, "BLOCK_ROWS", 4096)
+
+
+def test_schema_and_spec(small: Path) -> None:
+    spec = load_dataset_spec(small)
+    profile = PROFILES["small"]
+    assert spec.source == "synthetic"
+    assert [f.name for f in spec.dense_fields] == [f"I{i + 1}" for i in range(profile.num_dense)]
+    assert [f.name for f in spec.sparse_fields] == [f"C{i + 1}" for i in range(len(profile.cardinalities))]
+    assert all(f.transform == "slog1p" for f in spec.dense_fields)
+    assert {k: spec.synthetic[k] for k in ("profile", "rows", "seed", "scale")} == {
+        "profile": "small", "rows": ROWS, "seed": 0, "scale": 1.0
+    }
+    assert sum(s.rows for s in spec.splits.values()) == ROWS
+    assert abs(spec.splits["train"].rows / ROWS - 0.8) < 0.02
+    table = read_split(small, "train")
+    expected = ["label", *(f.name for f in spec.dense_fields)]
+    for f in spec.sparse_fields:
+        expected += [f.name, f"{f.name}__id"]
+    assert table.column_names == [*expected, "__prob"]
+    for name in table.column_names:
+        want = pa.int64() if name.startswith("C") else pa.float32()
+        assert table.schema.field(name).type == want, name
+    labels = table.column("label").to_numpy()
+    assert set(np.unique(labels)) == {0.0, 1.0}
+    probs = table.column("__prob").to_numpy()
+    assert np.all((probs > 0) & (probs < 1))
+    dense = np.stack([table.column(f.name).to_numpy() for f in spec.dense_fields])
+    assert np.all(dense >= 0) and np.any(dense == 0) and np.all(np.isfinite(dense))
+
+
+def test_label_rate_and_oracle_range(small: Path) -> None:
+    spec = load_dataset_spec(small)
+    rows = sum(s.rows for s in spec.splits.values())
+    rate = sum(s.label_rate * s.rows for s in spec.splits.values()) / rows
+    assert abs(rate - PROFILES["small"].target_ctr) < 0.015
+    assert spec.has_oracle
+    for split in spec.splits.values():
+        assert split.oracle is not None
+        assert 0.72 < split.oracle.auc < 0.85
+        assert 0.3 < split.oracle.logloss < 0.5
+
+
+def test_oracle_metrics_recomputed_from_probs(small: Path) -> None:
+    spec = load_dataset_spec(small)
+    for name in SPLITS:
+        table = read_split(small, name)
+        labels, probs = table.column("label").to_numpy(), table.column("__prob").to_numpy()
+        split = spec.splits[name]
+        assert split.rows == len(labels)
+        assert split.label_rate == pytest.approx(labels.mean(), abs=1e-12)
+        assert split.oracle is not None
+        assert split.oracle.auc == pytest.approx(auc(labels, probs), abs=1e-12)
+        assert split.oracle.logloss == pytest.approx(logloss(labels, probs), abs=1e-12)
+
+
+def test_vocabularies_match_train_counts(small: Path) -> None:
+    spec = load_dataset_spec(small)
+    tables = {s: read_split(small, s) for s in SPLITS}
+    for field in spec.sparse_fields:
+        assert field.vocabulary is not None and field.cardinality is not None
+        vocab = pq.read_table(small / field.vocabulary)
+        ids, counts = vocab.column("id").to_numpy(), vocab.column("count").to_numpy()
+        assert field.cardinality == len(ids) + 2 and field.num_distinct == len(ids)
+        assert np.all(np.diff(counts) <= 0)
+        ties = np.diff(counts) == 0
+        assert np.all((ids[1:] > ids[:-1])[ties]), "equal counts are ordered by id"
+        train_ids = tables["train"].column(f"{field.name}__id").to_numpy()
+        uniq, train_counts = np.unique(train_ids, return_counts=True)
+        order = np.argsort(ids)
+        np.testing.assert_array_equal(ids[order], uniq)
+        np.testing.assert_array_equal(counts[order], train_counts)
+        position = {int(v): i + 2 for i, v in enumerate(ids)}
+        for table in tables.values():
+            index = table.column(field.name).to_numpy()
+            raw = table.column(f"{field.name}__id").to_numpy()
+            expected = np.array([position.get(int(v), 1) for v in raw], np.int64)
+            np.testing.assert_array_equal(index, expected)
+        assert np.all(tables["train"].column(field.name).to_numpy() >= 2)
+
+
+def test_raw_ids_hash_value_strings(small: Path) -> None:
+    vocab = pq.read_table(small / "vocab" / "C1.parquet")
+    expected = {hash64_str(f"C1_{v}") for v in range(PROFILES["small"].cardinalities[0])}
+    assert set(vocab.column("id").to_pylist()) == expected
+
+
+def test_unseen_values_are_oov_in_valid_and_test(tmp_path: Path) -> None:
+    out = tmp_path / "criteo"
+    spec = generate(out, rows=5000, profile="criteo", seed=1, scale=0.01, progress=False)
+    valid = read_split(out, "valid")
+    big = max(spec.sparse_fields, key=lambda f: f.cardinality or 0)
+    index = valid.column(big.name).to_numpy()
+    assert np.any(index == 1) and np.any(index >= 2) and not np.any(index == 0)
+
+
+def test_deterministic_bytes(tmp_path: Path, small_blocks: None) -> None:
+    a = generate(tmp_path / "a" / "d", rows=ROWS, profile="small", seed=3, chunk_rows=8192, progress=False)
+    b = generate(tmp_path / "b" / "d", rows=ROWS, profile="small", seed=3, chunk_rows=8192, progress=False)
+    assert a == b
+    assert folder_bytes(tmp_path / "a" / "d") == folder_bytes(tmp_path / "b" / "d")
+    c = generate(tmp_path / "c" / "d", rows=ROWS, profile="small", seed=4, chunk_rows=8192, progress=False)
+    assert not read_split(tmp_path / "c" / "d", "train").equals(read_split(tmp_path / "a" / "d", "train"))
+    assert c.splits["train"].oracle != a.splits["train"].oracle
+
+
+def test_independent_of_chunk_rows(tmp_path: Path, small_blocks: None) -> None:
+    one = generate(tmp_path / "one" / "d", rows=ROWS, profile="small", seed=5, chunk_rows=4096, progress=False)
+    three = generate(tmp_path / "three" / "d", rows=ROWS, profile="small", seed=5, chunk_rows=12_288,
+                     rows_per_file=7000, progress=False)
+    assert one.fields == three.fields and one.synthetic == three.synthetic
+    assert len(three.splits["train"].files) > 1
+    for split in SPLITS:
+        assert one.splits[split].oracle == three.splits[split].oracle
+        assert read_split(tmp_path / "one" / "d", split).equals(read_split(tmp_path / "three" / "d", split))
+    for f in one.sparse_fields:
+        assert f.vocabulary is not None
+        a = pq.read_table(tmp_path / "one" / "d" / f.vocabulary)
+        assert a.equals(pq.read_table(tmp_path / "three" / "d" / f.vocabulary))
+
+
+@pytest.mark.parametrize("id_scheme", ["index", "raw"])
+def test_batch_reader_reads_it(small: Path, id_scheme: str) -> None:
+    spec = load_dataset_spec(small)
+    layout = BatchLayout.from_spec(spec, id_scheme)  # type: ignore[arg-type]
+    batches = list(ParquetBatchReader(small, "valid", layout, batch_size=512))
+    assert sum(len(b) for b in batches) == spec.splits["valid"].rows
+    table = read_split(small, "valid")
+    first = batches[0]
+    assert first.dense_features.shape == (512, len(spec.dense_fields))
+    assert first.probs is not None
+    np.testing.assert_array_equal(first.probs.numpy(), table.column("__prob").to_numpy()[:512])
+    jagged = first.sparse_features.to_dict()
+    for f in spec.sparse_fields:
+        column = f.name if id_scheme == "index" else f"{f.name}__id"
+        np.testing.assert_array_equal(jagged[f.name].values().numpy(), table.column(column).to_numpy()[:512])
+
+
+def test_criteo_profile_shape(tmp_path: Path) -> None:
+    spec = generate(tmp_path / "c", rows=8000, profile="criteo", seed=0, scale=0.01, progress=False)
+    profile = PROFILES["criteo"]
+    assert [f.name for f in spec.dense_fields] == [f"I{i}" for i in range(1, 14)]
+    assert [f.name for f in spec.sparse_fields] == [f"C{i}" for i in range(1, 27)]
+    cards = spec.synthetic["teacher"]["cardinalities"]
+    assert cards["C3"] == round(profile.cardinalities[2] * 0.01) and cards["C9"] == profile.cardinalities[8]
+    assert min(profile.cardinalities) <= 4 and max(profile.cardinalities) >= 500_000
+    assert 0.74 < spec.splits["train"].oracle.auc < 0.86  # type: ignore[union-attr]
+
+
+def test_refuses_to_overwrite(tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="holds no dataset"):
+        generate(other, rows=100, profile="small", progress=False, overwrite=True)
+    assert (other / "keep.txt").read_text() == "mine"
+    out = tmp_path / "d"
+    generate(out, rows=1000, profile="small", seed=0, progress=False)
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        generate(out, rows=2000, profile="small", progress=False)
+    assert load_dataset_spec(out).synthetic["rows"] == 1000  # type: ignore[index]
+    generate(out, rows=2000, profile="small", progress=False, overwrite=True)
+    assert load_dataset_spec(out).synthetic["rows"] == 2000  # type: ignore[index]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "other"]
+
+
+def test_failure_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "d"
+    generate(out, rows=1000, profile="small", seed=0, progress=False)
+    before = folder_bytes(out)
+
+    def boom(*args: object) -> None:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(synthetic, "_write_splits", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        generate(out, rows=3000, profile="small", progress=False, overwrite=True)
+    assert folder_bytes(out) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["d"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"profile": "nope"}, "unknown profile"),
+        ({"rows": 0}, "rows"),
+        ({"split": (0.5, 0.2, 0.2)}, "split"),
+        ({"split": (0.0, 0.5, 0.5)}, "train fraction"),
+        ({"scale": 0.0}, "scale"),
+    ],
+)
+def test_bad_arguments(tmp_path: Path, kwargs: dict, message: str) -> None:
+    args = {"rows": 100, "profile": "small", "progress": False, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        generate(tmp_path / "d", **args)
+    assert not (tmp_path / "d").exists()
+
+
+def test_progress_bar_on_stderr(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    generate(tmp_path / "d", rows=500, profile="small", progress=True)
+    captured = capsys.readouterr()
+    assert "synth" in captured.err and captured.out == ""
