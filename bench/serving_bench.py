@@ -8,7 +8,8 @@
 3. HTTP vs Redis: ``recsys serve`` on 127.0.0.1 and a ``redis-server`` started here holding
    the same vectors (MGET), driven by ``bench.serving_load`` in a second process; requests of
    1, 64 and 512 ids at concurrency 1 and 8: throughput, p50/p99 latency.
-4. Memory: peak RSS of a process that loads each artifact, against the artifact's size.
+4. Memory: peak RSS of a process that loads each artifact, against the artifact's size (the
+   process total, and the load alone: the peak over the RSS before it, imports warmed up).
 
 Usage: ``python -m bench.serving_bench [--out bench_out/serving] [--duration 6] [--skip-quality]``
 """
@@ -106,15 +107,19 @@ def in_process(stores: dict[str, Store], pool: list[tuple[str, str]]) -> list[di
 
 
 RSS_PROBE = """
-import json, sys, torch
+import ctypes, gc, json, sys, torch
 torch.set_num_threads(1)
 from serving.store import Store
 
 def status():
     return {l.split(":")[0]: int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith(("VmRSS", "VmHWM"))}
 
-Store  # imports done; reset the peak (VmHWM) to the current RSS so it covers the load only
-open("/proc/self/clear_refs", "w").write("5")
+warm = Store.open(sys.argv[1])  # a first load pulls in the lazily imported libraries
+warm.embeddings([(warm.features[0], "x")])
+del warm
+gc.collect()
+ctypes.CDLL("libc.so.6").malloc_trim(0)
+open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS: it covers the load only
 base = status()["VmRSS"]
 store = Store.open(sys.argv[1])
 store.embeddings([(store.features[0], "x")])

@@ -6,6 +6,9 @@ Endpoints: ``POST /v1/embeddings``, ``POST /v1/score``, ``GET /v1/metadata``, ``
 the limit) are 4xx with a ``detail`` message. ``/v1/embeddings`` answers raw little-endian
 float32 rows instead of JSON when asked with ``Accept: application/octet-stream``.
 
+Lookups run inline on the event loop (one torch thread, no thread-pool hop): they are short
+and CPU-bound, so this is the fastest way through one worker on a few cores.
+
 Example:
     $ recsys serve --model artifacts/dlrm-hash-int8 --port 8000
     $ curl -s localhost:8000/v1/score -d '{"requests": [{"dense": {"I1": 3}, "sparse": {"C1": "68fd1e64"}}]}'
@@ -94,7 +97,7 @@ def create_app(settings: ServeSettings, holder: ModelHolder | None = None, metri
         return JSONResponse({"detail": errors}, status_code=422)
 
     @app.post("/v1/embeddings", dependencies=[Depends(authorised)], responses={200: {"model": EmbeddingsResponse}})
-    def embeddings(body: EmbeddingsRequest, request: Request, s: Store = Depends(store)) -> Response:  # type: ignore[valid-type]
+    async def embeddings(body: EmbeddingsRequest, request: Request, s: Store = Depends(store)) -> Response:  # type: ignore[valid-type]
         """Vectors of ``items`` (feature, raw value) or of ``entities`` (feature -> raw value(s))."""
         if body.items is not None:
             vectors = s.embeddings([(i.feature, i.value) for i in body.items])
@@ -109,7 +112,7 @@ def create_app(settings: ServeSettings, holder: ModelHolder | None = None, metri
         return _json({"version": s.version, "dim": s.width, "entities": entities})
 
     @app.post("/v1/score", dependencies=[Depends(authorised)], responses={200: {"model": ScoreResponse}})
-    def score(body: ScoreRequest, s: Store = Depends(store)) -> Response:  # type: ignore[valid-type]
+    async def score(body: ScoreRequest, s: Store = Depends(store)) -> Response:  # type: ignore[valid-type]
         """Click probabilities of full requests (dense + sparse raw values)."""
         scores = s.score(dump_rows(body.requests))
         metrics.items.labels(kind="scored").inc(len(scores))

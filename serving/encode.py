@@ -39,9 +39,9 @@ class Vocabulary:
     """Raw id -> vocabulary index over an id-sorted, memory-mapped Arrow file."""
 
     def __init__(self, path: Path) -> None:
-        table = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
-        self.ids = table.column("id").to_numpy()
-        self.index = table.column("index").to_numpy()
+        batch = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all().combine_chunks().to_batches()
+        self.ids = batch[0].column("id").to_numpy() if batch else np.zeros(0, np.int64)  # zero-copy views of the map
+        self.index = batch[0].column("index").to_numpy() if batch else np.zeros(0, np.int32)
 
     def lookup(self, ids: np.ndarray) -> np.ndarray:
         """Index of each raw id: 2.. in the vocabulary, ``OOV_INDEX`` unseen, ``MISSING_INDEX`` missing."""

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +56,28 @@ def _check_compatible(folder: Path, manifest: Manifest) -> None:
         raise ArtifactError(f"{folder}: dtype {manifest.dtype} but no quantized tables listed")
 
 
+def _read_tables(path: Path, targets: dict[str, torch.Tensor]) -> None:
+    """Read each table's stored rows straight into its TBE storage (no transient copy).
+
+    safetensors layout: 8-byte little-endian header size, JSON header
+    ``{key: {dtype, shape, data_offsets}}``, then the data.
+    """
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        for key, target in targets.items():
+            entry = header.get(key, {})
+            if entry.get("dtype") != "U8" or tuple(entry.get("shape", ())) != tuple(target.shape):
+                raise ArtifactError(f"{path}: table {key} is {entry.get('dtype')} {entry.get('shape')}, expected U8 {list(target.shape)}")
+            begin, end = entry["data_offsets"]
+            f.seek(8 + size + begin)
+            if target.is_contiguous():
+                if f.readinto(memoryview(target.numpy()).cast("B")) != end - begin:
+                    raise ArtifactError(f"{path}: table {key} is truncated")
+            else:
+                target.copy_(torch.frombuffer(bytearray(f.read(end - begin)), dtype=torch.uint8).view(target.shape))
+
+
 def _rebuild(folder: Path, manifest: Manifest, ctx: MethodContext) -> CTRModel:
     quantized = manifest.dtype != "fp32"
     with safe_open(str(folder / EMBEDDING_FILE), framework="pt") as f:
@@ -71,11 +94,7 @@ def _rebuild(folder: Path, manifest: Manifest, ctx: MethodContext) -> CTRModel:
             targets = quantized_targets(served)
             if set(targets) != set(manifest.tables):
                 raise ArtifactError(f"{folder}: quantized tables {sorted(targets)} do not match the manifest's {sorted(manifest.tables)}")
-            for key, target in targets.items():
-                rows = f.get_tensor(key)
-                if rows.shape != target.shape or rows.dtype != target.dtype:
-                    raise ArtifactError(f"{folder}: table {key} is {tuple(rows.shape)} {rows.dtype}, expected {tuple(target.shape)} {target.dtype}")
-                target.copy_(rows)
+            _read_tables(folder / EMBEDDING_FILE, targets)
     model = build_model(ModelConfig.model_validate(manifest.model), served, manifest.num_dense)
     result = model.load_state_dict(load_file(str(folder / DENSE_FILE)), strict=False)
     missing = [k for k in result.missing_keys if not k.startswith("embedding.")]

@@ -159,22 +159,31 @@ def test_cli_export_and_quantized_refusal(runs, tmp_path):
     assert main(["export", "--run", str(tmp_path), "--out", str(tmp_path / "b")]) == 2
 
 
-def test_pyfunc_loads_from_a_local_registry(artifacts, tmp_path, monkeypatch):
+def test_pyfunc_and_registry_source_with_alias_moves(artifacts, tmp_path, monkeypatch):
+    """A logged pyfunc loads from a sqlite registry; ``models:/NAME@ALIAS`` is served and followed when the alias moves."""
     import mlflow
 
     from serving.pyfunc import log_model
+    from serving.reload import ModelHolder
+    from serving.source import make_source
 
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     mlflow.set_tracking_uri(uri)
     try:
         log_model(artifacts["hash", "int8"], "model", registered_model_name="ctr")
-        mlflow.MlflowClient().set_registered_model_alias("ctr", "champion", "1")
+        client = mlflow.MlflowClient()
+        client.set_registered_model_alias("ctr", "champion", "1")
         model = mlflow.pyfunc.load_model("models:/ctr@champion")
-        frame = pd.DataFrame([{"I1": 3.0, "C1": "C1_0", "C5": "C5_2"}, {"I1": None, "C1": "unseen", "C5": None}])
-        store = Store.open("models:/ctr@champion", cache_dir=tmp_path / "cache")
+        holder = ModelHolder(make_source("models:/ctr@champion", tmp_path / "cache", uri), poll_interval_s=0)
+        store = holder.load_initial()
+        log_model(artifacts["full", "fp32"], "model", registered_model_name="ctr")
+        client.set_registered_model_alias("ctr", "champion", "2")
+        assert holder.poll_once() and not holder.poll_once()
     finally:
         mlflow.set_tracking_uri(None)
-    assert store.version == "ctr/1"
+    frame = pd.DataFrame([{"I1": 3.0, "C1": "C1_0", "C5": "C5_2"}, {"I1": None, "C1": "unseen", "C5": None}])
     expected = store.score([{"dense": {"I1": 3.0}, "sparse": {"C1": "C1_0", "C5": "C5_2"}}, {"sparse": {"C1": "unseen"}}])
     np.testing.assert_array_equal(model.predict(frame), expected)
+    assert store.version == "ctr/1" and holder.store.version == "ctr/2" and holder.store.manifest.method.name == "full"
+    assert not (tmp_path / "cache" / "ctr-v1").exists()  # the old version's download is released
