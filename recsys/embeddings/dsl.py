@@ -1,34 +1,34 @@
 """``dsl``: Dynamic Sparse Learning (Wang et al., WSDM 2024) on the tables of any base method.
 
-The base method (``base``: ``full``, ``hash``, ``unified``, ...) keeps its id rewriting and
-stock ``EmbeddingBagCollection`` tables; every table gets a bool mask ``masks.<path>__<table>``
-(in the state_dict) with exactly ``floor(density · rows · dim)`` active weights, seeded.
+The base method (``base``: ``full``, ``hash``, ``unified``, ...; one training phase) keeps its
+id rewriting and stock EBC tables, built without a budget (or at ``base_compression``). Each
+table gets a bool mask ``masks.<path>__<table>`` (in the state_dict) with exactly
+``floor(density · rows · dim)`` active weights, seeded; with a budget and no ``density``, the
+density is the largest whose served form fits.
 
-* Training: a forward hook on each (stock or sharded) EBC of the base multiplies the pooled
-  output by the OR of the looked-up rows' masks over each bag. The value is unchanged (inactive
-  weights are 0), but the gradient reaching the fused kernel is masked: for a bag of one id
-  (every single-valued feature) an inactive weight gets exactly 0 and does not move, nor does
-  its optimizer state. In a longer bag a coordinate inactive in one row but active in another
-  still receives gradient; ``on_train_step`` re-masks the rows the step looked up (the only
-  rows a sparse optimizer moves), so ``W = W ⊙ M`` holds after every step regardless.
-* Regrowth signal without ``.grad``: a backward hook on the same output scatter-adds each
-  value's gradient (``g_bag · weight · 1/len`` for MEAN tables) into a per-table accumulator by
-  row, summed over the interval (``regrow='accumulated'``) or over the update step's batch only
-  (``'batch'``); a row read by several keys (unified) accumulates every read.
-* Every ``update_every`` steps (``⌊T/ΔT⌋`` updates for ``T`` steps) with ζ from
-  ``update_ratio``: per table (or over all tables with ``global_budget``) the ``ceil(ζ·active)``
-  smallest ``|w|`` are pruned and as many inactive weights (just-pruned included) with the
-  largest ``|accumulated gradient|`` regrown. A weight pruned and regrown at once keeps its
-  value and state; a newly active one starts at 0 with its optimizer state reset: per-weight
-  state (``adagrad``) at that weight, per-row state (``rowwise_adagrad``) only for rows that had
-  no active weight before (resetting a live row would disturb its active weights' step size).
-* The update is a deterministic function of weights, masks, accumulators, ``seed`` and the
-  update count (ties broken by a seeded permutation of the index), so ranks holding identical
-  state decide identical masks; no collectives are issued.
+* Forward masking: a hook on each (stock or sharded) EBC multiplies the pooled output by the
+  OR of the bag's rows' masks. Values are unchanged (inactive weights are 0), but the gradient
+  the fused kernel applies is masked: in a one-value bag (every single-valued feature) an
+  inactive weight gets exactly 0, so with SGD / Adagrad / row-wise Adagrad neither it nor its
+  optimizer state moves. Rows read by longer bags can get gradient on coordinates inactive in
+  them; ``on_train_step`` re-masks exactly those rows, so ``W = W ⊙ M`` after every step.
+* Regrowth signal without ``.grad``: a hook on the same output's gradient scatter-adds each
+  value's share (``g_bag · weight``, ``/len`` under MEAN) to its row, into fp32 accumulators of
+  the tables' size: the signed sum over the interval (``regrow='accumulated'``) or the update
+  step's batch (``'batch'``, the paper's dense gradient); a row read by several keys (unified)
+  gets every read.
+* Every ``update_every`` steps (``⌊T/ΔT⌋`` updates), ζ from ``update_ratio``: per table (or over
+  all tables, ``global_budget``) the ``ceil(ζ·active)`` smallest ``|w|`` are pruned and as many
+  inactive weights (just-pruned included) with the largest ``|gradient|`` regrown, exact counts
+  (``sparse_ops.prune_regrow``). A weight pruned and regrown at once keeps its value and state;
+  a newly active one starts at 0 with its optimizer state reset: per-weight state (``adagrad``)
+  there, per-row state (``rowwise_adagrad``) only in rows with no active weight before (a live
+  row's state serves its active weights).
+* Decisions depend only on weights, masks, accumulators, ``seed`` and the step, so ranks with
+  identical state (all-reduced accumulators) decide identically; no collectives are issued.
 
-Served form (``compact_state``): each table as CSR (``sparse_ops``) or, when not smaller,
-dense. ``memory_bytes`` = the base's bytes − its dense tables + the served tables. With a
-budget and no ``density``, the density is the largest whose CSR form fits the budget.
+Served form (``sparse_serving``): each table as CSR or, where not larger, dense;
+``memory_bytes`` = the base's other bytes + the served tables.
 
 Example:
     >>> method = build_method("dsl", ctx, {"density": 0.1, "base": "hash"})  # doctest: +SKIP
@@ -44,18 +44,20 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import Field
 from torch import nn
-from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+from torchrec.modules.embedding_configs import PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
-from recsys.embeddings.base import EmbeddingMethod, MethodContext, MethodOptions, Phase, table_bytes
+from recsys.embeddings.base import EmbeddingMethod, ExportedMethod, MethodContext, MethodOptions, table_bytes
 from recsys.embeddings.registry import build_method, register_method
 from recsys.embeddings.sparse_ops import (
-    Piece, bag_lookups, csr_bytes, gather, index_dtype, optimizer_views, prune_regrow, random_mask, remask, reset_state,
-    scatter_gradient, serve, served_bytes, served_table, table_views, update_ratio,
+    KeyGroup, Piece, Reads, Scratch, gather, key_groups, new_masks, optimizer_views, random_mask, read, remask, reset_state,
+    scatter, split_rows, stack_offsets, update_ratio,
 )
+from recsys.embeddings.sparse_serving import fit_density, serve, served_bytes, served_table
 
 DEFAULT_DENSITY = 0.5
+TABLES, BASE = "tables.", "base."
 
 
 class DSLOptions(MethodOptions):
@@ -86,13 +88,6 @@ class _Table:
         return f"{self.path}__{self.name}".replace(".", "_")
 
 
-class _Cache(dict):
-    """Views into one module's tables; a copy of the method starts empty and rebuilds its own."""
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> "_Cache":
-        return _Cache()
-
-
 def _base_ctx(ctx: MethodContext, options: DSLOptions) -> MethodContext:
     return MethodContext(ctx.features, ctx.embedding_dim).with_budget(compression=options.base_compression)
 
@@ -111,6 +106,8 @@ class DSLEmbedding(EmbeddingMethod):
         self.opts = options
         self.base = build_method(options.base, _base_ctx(ctx, options), options.base_options)
         self.id_scheme = self.base.id_scheme  # type: ignore[misc]
+        if len(self.base.phases()) != 1:
+            raise ValueError(f"dsl: the base method '{options.base}' trains in several phases; dsl supports one-phase bases")
         ebcs = [(p, m) for p, m in self.base.named_modules() if type(m) is EmbeddingBagCollection]
         self._tables = [_Table(p, c.name, c.num_embeddings, c.embedding_dim) for p, m in ebcs for c in m.embedding_bag_configs()]
         index = {(t.path, t.name): i for i, t in enumerate(self._tables)}
@@ -118,6 +115,8 @@ class DSLEmbedding(EmbeddingMethod):
             p: {f: (index[p, c.name], c.pooling == PoolingType.MEAN) for c in m.embedding_bag_configs() for f in c.feature_names}
             for p, m in ebcs
         }
+        self._offset, self._by_dim = stack_offsets([(t.rows, t.dim) for t in self._tables])
+        self._dims = [t.dim for t in self._tables]
         self._extra_bytes = self.base.memory_bytes() - sum(table_bytes(t.rows, t.dim) for t in self._tables)
         self.masks = nn.Module()
         for i, (t, active) in enumerate(zip(self._tables, self._active_counts())):
@@ -126,26 +125,19 @@ class DSLEmbedding(EmbeddingMethod):
         self.updates = 0
         self._next_step = 0
         self._hooked: dict[str, nn.Module] = {}
-        self._acc: dict[int, torch.Tensor] = {}
-        self._touched: dict[int, list[torch.Tensor]] = {}
-        self._view_cache = _Cache()
+        self._acc: dict[int, torch.Tensor] = {}  # per width: accumulated gradient of the stacked rows
+        self._touched: dict[int, list[torch.Tensor]] = {}  # per width: stacked rows read by multi-value bags
+        self._groups: dict[tuple[str, tuple[str, ...], tuple[str, ...]], tuple[list[KeyGroup], torch.Tensor | None]] = {}
+        self._scratch = Scratch()
         for i in range(len(self._tables)):
             remask(self._views(i), self.mask(i))
 
     def _active_counts(self) -> list[int]:
         """Active weights per table: ``floor(density · size)``, the density given or fitted to the budget."""
-        budget, density, sizes = self.ctx.budget_bytes, self.opts.density, [t.rows * t.dim for t in self._tables]
+        budget, density, shapes = self.ctx.budget_bytes, self.opts.density, [(t.rows, t.dim) for t in self._tables]
         if density is None and budget is not None:
-            cols = [index_dtype(t.dim - 1).itemsize for t in self._tables]
-            cols = [max(cols)] * len(cols) if self.opts.global_budget else cols
-            fixed = self._extra_bytes + sum(csr_bytes(t.rows, t.dim, 0) for t in self._tables)
-            if budget <= fixed:
-                raise ValueError(
-                    f"method 'dsl' cannot fit the budget of {budget} bytes: row offsets and the base's other "
-                    f"structures alone need {fixed} bytes"
-                )
-            density = min(1.0, (budget - fixed) / sum(n * (4 + c) for n, c in zip(sizes, cols)))
-        return [math.floor((density or DEFAULT_DENSITY) * n) for n in sizes]
+            density = fit_density(budget, self._extra_bytes, shapes, self.opts.global_budget)
+        return [math.floor((density or DEFAULT_DENSITY) * rows * dim) for rows, dim in shapes]
 
     def mask(self, i: int) -> torch.Tensor:
         """The live mask of table ``i``."""
@@ -155,15 +147,24 @@ class DSLEmbedding(EmbeddingMethod):
         return [int(self.mask(i).sum()) for i in range(len(self._tables))]
 
     def _views(self, i: int) -> list[Piece]:
-        t = self._tables[i]
-        module = self.base.get_submodule(t.path)
-        cached = self._view_cache.get(t.path)
-        if cached is None or cached[0] is not module:
-            cached = self._view_cache[t.path] = (module, table_views(module))
-        return cached[1][t.name]
+        return self._scratch.views(self.base.get_submodule(self._tables[i].path))[self._tables[i].name]
+
+    def _stacked_mask(self, dim: int) -> torch.Tensor:
+        """The masks of the tables of width ``dim`` stacked, as 0/1 floats (rebuilt when any changes)."""
+        masks = [self.masks._buffers[self._tables[i].buffer] for i in self._by_dim[dim]]
+        stamp = tuple((m.data_ptr(), m._version) for m in masks)
+        cached = self._scratch.get(("mask", dim))
+        if cached is None or cached[0] != stamp:
+            cached = self._scratch["mask", dim] = (stamp, torch.cat(masks).float())
+        return cached[1]
+
+    def accumulated(self, i: int) -> torch.Tensor | None:
+        """Table ``i``'s accumulated gradient since the last update (None before any)."""
+        t, acc = self._tables[i], self._acc.get(self._tables[i].dim)
+        return None if acc is None else acc[self._offset[i] : self._offset[i] + t.rows]
 
     def full_weight(self, i: int) -> torch.Tensor:
-        """A copy of table ``i``'s live weights, gathered from its local shards."""
+        """Table ``i``'s live weights (gathered from its local shards when split); read only."""
         return gather(self._views(i), self._tables[i].rows, self._tables[i].dim)
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
@@ -175,28 +176,40 @@ class DSLEmbedding(EmbeddingMethod):
                 self._hooked[path] = module
         return self.base(features)
 
-    def _capturing(self) -> bool:
-        every = self.opts.update_every
-        return self.opts.mode == "dynamic" and (self.opts.regrow == "accumulated" or (self._next_step + 1) % every == 0)
-
     def _on_pooled(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> KeyedTensor | None:
         """Forward hook of an EBC: mask the pooled output, record rows read, hook its gradient."""
         if not (self.training and torch.is_grad_enabled()):
             return None
         path = next(p for p, m in self._hooked.items() if m is module)
-        pooled = output if isinstance(output, KeyedTensor) else output.wait()
-        lookups, factor = bag_lookups(args[0], pooled, self._keys[path], self.mask)
-        for lk in lookups:
-            self._touched.setdefault(lk.table, []).append(lk.ids)
-        masked = pooled.values() * factor
-        if self._capturing() and masked.requires_grad:
-            masked.register_hook(lambda grad: scatter_gradient(grad, lookups, self._accumulator))
+        pooled, kjt = output if isinstance(output, KeyedTensor) else output.wait(), args[0]
+        keys, reads, blocks, whole = kjt.keys(), [], {}, None
+        cached = self._groups.get((path, tuple(keys), tuple(pooled.keys())))
+        if cached is None:  # keys grouped by table width; slots when one width fills the output
+            groups = key_groups([self._keys[path][k] for k in keys], self._dims, self._offset)
+            slots = torch.tensor([keys.index(k) for k in pooled.keys()]) if len(groups) == 1 else None
+            cached = self._groups[path, tuple(keys), tuple(pooled.keys())] = (groups, slots)
+        for group in cached[0]:
+            r, factor = read(kjt, group, self._stacked_mask(group.dim), cached[1])
+            reads.append(r)
+            if r.batch_major:
+                whole = factor
+            blocks.update({} if r.batch_major else {keys[p]: factor[j] for j, p in enumerate(group.positions)})
+            if r.pooled_rows.numel():
+                self._touched.setdefault(group.dim, []).append(r.pooled_rows)
+        masked = pooled.values() * (whole if whole is not None else torch.cat([blocks[k] for k in pooled.keys()], dim=1))
+        every, regrow = self.opts.update_every, self.opts.regrow
+        if self.opts.mode == "dynamic" and (regrow == "accumulated" or (self._next_step + 1) % every == 0) and masked.requires_grad:
+            starts = dict(zip(pooled.keys(), pooled.offset_per_key()))
+            masked.register_hook(lambda grad: self._scatter(grad, reads, keys, starts))
         return KeyedTensor(keys=pooled.keys(), length_per_key=pooled.length_per_key(), values=masked)
 
-    def _accumulator(self, i: int) -> torch.Tensor:
-        if i not in self._acc:
-            self._acc[i] = torch.zeros(self.mask(i).shape, device=self.mask(i).device)
-        return self._acc[i]
+    def _scatter(self, grad: torch.Tensor, reads: list[Reads], keys: list[str], starts: dict[str, int]) -> None:
+        for r in reads:
+            dim = r.group.dim
+            if dim not in self._acc:
+                self._acc[dim] = torch.zeros(self._stacked_mask(dim).shape, device=grad.device)
+            blocks = grad if r.batch_major else torch.stack([grad[:, starts[keys[p]] : starts[keys[p]] + dim] for p in r.group.positions])
+            scatter(blocks, r, self._acc[dim])
 
     def on_train_begin(self, total_steps: int) -> None:
         self.base.on_train_begin(total_steps)
@@ -205,35 +218,28 @@ class DSLEmbedding(EmbeddingMethod):
     def on_train_step(self, step: int) -> None:
         """Re-mask the rows this step looked up, then update the masks every ``update_every`` steps."""
         self.base.on_train_step(step)
-        for i, ids in self._touched.items():
-            remask(self._views(i), self.mask(i), torch.unique(torch.cat(ids)))
+        for dim, rows in self._touched.items():
+            for i, mine in split_rows(torch.cat(rows), self._by_dim[dim], self._offset, [t.rows for t in self._tables]):
+                remask(self._views(i), self.mask(i), mine)
         self._touched = {}
         if self.opts.mode == "dynamic" and (step + 1) % self.opts.update_every == 0:
             if self.total_steps is None:
                 raise RuntimeError("dsl: on_train_begin(total_steps) must be called before training")
-            self.update(update_ratio(step + 1, self.total_steps, self.opts.zeta0, self.opts.zeta_min))
+            self.update(update_ratio(step + 1, self.total_steps, self.opts.zeta0, self.opts.zeta_min), step + 1)
         self._next_step = step + 1
 
     @torch.no_grad()
-    def update(self, zeta: float) -> None:
-        """One prune/regrow at ratio ``zeta`` from the live weights and the accumulated gradients."""
+    def update(self, zeta: float, step: int = 0) -> None:
+        """One prune/regrow at ratio ``zeta`` from the live weights and the accumulated gradients;
+        ``step`` salts the tie-breaking (so a resumed run decides as the uninterrupted one)."""
         old = [self.mask(i).clone() for i in range(len(self._tables))]
-        mags = [self.full_weight(i).abs().view(-1) for i in range(len(old))]
-        grads = [self._acc.get(i, torch.zeros(m.shape)).abs().view(-1) for i, m in enumerate(old)]
-        salt = self.opts.seed * 7919 + self.updates * 1_000_003
-        if self.opts.global_budget:
-            k = math.ceil(zeta * sum(int(m.sum()) for m in old))
-            flat = prune_regrow(torch.cat([m.view(-1) for m in old]), torch.cat(mags), torch.cat(grads), k, salt)
-            new = [part.view(m.shape) for part, m in zip(flat.split([m.numel() for m in old]), old)]
-        else:
-            new = [
-                prune_regrow(m.view(-1), w, g, math.ceil(zeta * int(m.sum())), salt + 31 * i).view(m.shape)
-                for i, (m, w, g) in enumerate(zip(old, mags, grads))
-            ]
+        weights = [self.full_weight(i) for i in range(len(old))]
+        grads = [None if a is None else a.reshape(-1) for a in map(self.accumulated, range(len(old)))]
+        salt = self.opts.seed * 7919 + step * 1_000_003
+        new = new_masks(old, weights, grads, zeta, salt, self.opts.global_budget)
+        states = {path: optimizer_views(self.base.get_submodule(path)) for path in self._keys}
         for i, (before, after) in enumerate(zip(old, new)):
-            t = self._tables[i]
-            states = (piece for name, piece in optimizer_views(self.base.get_submodule(t.path)) if name == t.name)
-            reset_state(states, before, after & ~before)
+            reset_state(states[self._tables[i].path].get(self._tables[i].name, []), before, after & ~before)
             self.mask(i).copy_(after)
             remask(self._views(i), after)
         self._acc = {}
@@ -252,38 +258,32 @@ class DSLEmbedding(EmbeddingMethod):
             for part, v in served_table(self.full_weight(i), self.mask(i)).items()
         }
 
-    def compact_module(self, compact: dict[str, torch.Tensor]) -> nn.Module:
-        """A fresh base method in eval mode whose tables read ``compact`` (pure torch)."""
-        return serve(build_method(self.opts.base, _base_ctx(self.ctx, self.opts), self.opts.base_options), compact)
+    def export(self, compact: dict[str, torch.Tensor] | None = None) -> ExportedMethod:
+        """Options, the served tables (``tables.*``; ``compact`` or this method's) and the base's other state (``base.*``)."""
+        state = {TABLES + k: v for k, v in (self.compact_state() if compact is None else compact).items()}
+        ebcs = tuple(f"{path}." for path in self._keys)
+        state.update({BASE + k: v.detach().cpu() for k, v in self.base.state_dict().items() if not k.startswith(ebcs)})
+        return ExportedMethod(self.name, self.opts.model_dump(mode="json"), state)
+
+    @classmethod
+    def from_export(cls, ctx: MethodContext, exported: ExportedMethod) -> nn.Module:
+        """A fresh base method in eval mode whose tables read the served form (pure torch)."""
+        options = DSLOptions.model_validate(exported.options)
+        part = {p: {k[len(p) :]: v for k, v in exported.state.items() if k.startswith(p)} for p in (TABLES, BASE)}
+        served = serve(build_method(options.base, _base_ctx(ctx, options), options.base_options), part[TABLES])
+        served.load_state_dict(part[BASE], strict=True)
+        return served.eval()
 
     @torch.no_grad()
     def compact_lookup(self, compact: dict[str, torch.Tensor], features: KeyedJaggedTensor) -> KeyedTensor:
-        """The eval-mode forward computed from the served form alone."""
-        return self.compact_module(compact)(features)
+        """The eval-mode forward computed from ``compact`` (a ``compact_state``) alone."""
+        return self.from_export(self.ctx, self.export(compact))(features)
 
     def output_dims(self) -> dict[str, int]:
         return self.base.output_dims()
 
-    def embedding_bag_configs(self) -> list[EmbeddingBagConfig]:
-        return self.base.embedding_bag_configs()
-
-    def is_weighted(self) -> bool:
-        return self.base.is_weighted()
-
     def aux_loss(self) -> torch.Tensor | None:
         return self.base.aux_loss()
-
-    def phases(self) -> list[Phase]:
-        return self.base.phases()
-
-    def enter_phase(self, phase: Phase) -> None:
-        self.base.enter_phase(phase)
-
-    def phase_state(self) -> dict[str, torch.Tensor]:
-        return self.base.phase_state()
-
-    def load_phase_state(self, state: dict[str, torch.Tensor]) -> None:
-        self.base.load_phase_state(state)
 
     @property
     def ebc(self) -> nn.Module:

@@ -1,4 +1,4 @@
-"""Tensor logic of sparse embedding tables: masks, prune/regrow, live weights, the CSR served form.
+"""Tensor logic of sparse embedding tables: masks, prune/regrow, live weights, masked lookups.
 
 * ``update_ratio``: the cosine-decayed share of active weights replaced at an update.
 * ``random_mask`` / ``prune_regrow``: exact-count masks. Selection ranks unique int64 keys
@@ -7,26 +7,24 @@
 * ``table_views`` / ``optimizer_views``: the live weights and optimizer states of a stock or a
   TorchRec-sharded ``EmbeddingBagCollection`` as ``(slices, tensor)`` pieces of each table;
   writing into a piece writes the table the kernel trains.
-* CSR: ``crow`` (int32 row offsets; int64 past 2^31 entries), ``col`` (uint8 for widths up to
-  256, else int16 / int32), ``val`` (fp32); ``CSRBagCollection`` pools from it in pure torch.
+* ``read`` / ``scatter``: the rows an EBC input reads (keys grouped by table width, tables of a
+  width stacked), the mask factor of each bag, and the scatter-add of pooled gradients to rows.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torchrec.modules.embedding_configs import PoolingType
-from torchrec.modules.embedding_modules import EmbeddingBagCollection
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 Piece = tuple[tuple[slice, ...], torch.Tensor]
 _LOW31 = (1 << 31) - 1
 _GOLDEN = 0x9E3779B1  # odd, so ``index ↦ index · _GOLDEN mod 2^31`` is a bijection
+_SAMPLE = 1 << 16
 PREFIX, SUFFIX = "embedding_bags.", ".weight"
 
 
@@ -52,57 +50,67 @@ def _keys(score: torch.Tensor, index: torch.Tensor, salt: int) -> torch.Tensor:
     return (bits << 31) | tie
 
 
-def prune_regrow(mask: torch.Tensor, magnitude: torch.Tensor, growth: torch.Tensor, k: int, salt: int) -> torch.Tensor:
-    """New flat mask: drop the ``k`` active entries of smallest ``magnitude``, then activate the
-    ``k`` inactive entries (just-dropped included) of largest ``growth``; the count is unchanged."""
+def _top(keys: torch.Tensor, k: int, largest: bool) -> torch.Tensor:
+    """Positions of the ``k`` largest (smallest) of the unique ``keys``, in no particular order."""
+    if k >= keys.numel():
+        return torch.arange(keys.numel())
+    if k * 8 < keys.numel():
+        return torch.topk(keys, k, largest=largest).indices
+    kth = torch.kthvalue(keys, keys.numel() - k + 1 if largest else k).values  # keys are unique: exactly k pass
+    return ((keys >= kth) if largest else (keys <= kth)).nonzero().squeeze(1)
+
+
+def _select(score: torch.Tensor, k: int, available: int, salt: int, largest: bool) -> torch.Tensor:
+    """Flat positions of the ``k`` largest (smallest) eligible scores ``≥ 0``, ties broken by a
+    salted permutation of the position; ineligible entries hold -1 (largest) or +inf (smallest).
+
+    A strided sample bounds the k-th score, so the exact ranking only runs over the entries past
+    the bound (all entries when the bound lets fewer than ``k`` through)."""
+    eligible = (lambda x: x >= 0) if largest else (lambda x: x < math.inf)
+    sample = score[:: max(1, score.numel() // _SAMPLE)]
+    sample = sample[eligible(sample)]
+    pool = None
+    if k < available and sample.numel():
+        j = min(sample.numel(), math.ceil(1.25 * k * sample.numel() / available) + 16)
+        bound = torch.topk(sample, j, largest=largest).values[-1]
+        pool = ((score >= bound) if largest else (score <= bound)).nonzero().squeeze(1)
+    if pool is None or pool.numel() < k:
+        pool = eligible(score).nonzero().squeeze(1)
+    return pool[_top(_keys(score[pool], pool, salt), k, largest)]
+
+
+def prune_regrow(mask: torch.Tensor, weight: torch.Tensor, growth: torch.Tensor | None, k: int, salt: int) -> torch.Tensor:
+    """New flat mask: drop the ``k`` active entries of smallest ``|weight|``, then activate the
+    ``k`` inactive entries (just-dropped included) of largest ``|growth|`` (None: all zero);
+    the count is unchanged."""
     new = mask.clone()
-    active = mask.nonzero().squeeze(1)
-    k = min(k, active.numel())
+    active = int(mask.sum())
+    k = min(k, active)
     if k == 0:
         return new
-    drop = torch.topk(_keys(magnitude[active], active, salt), k, largest=False).indices
-    new[active[drop]] = False
-    inactive = (~new).nonzero().squeeze(1)
-    grow = torch.topk(_keys(growth[inactive], inactive, salt + 1), k).indices
-    new[inactive[grow]] = True
+    new[_select(weight.abs().masked_fill_(~mask, math.inf), k, active, salt, largest=False)] = False
+    score = torch.zeros(mask.numel()) if growth is None else growth.abs()
+    new[_select(score.masked_fill_(new, -1.0), k, mask.numel() - active + k, salt + 1, largest=True)] = True
     return new
 
 
-def index_dtype(limit: int) -> torch.dtype:
-    """Smallest stored dtype holding integers ``0..limit`` (uint8 for column numbers < 256)."""
-    for dtype, top in ((torch.uint8, 255), (torch.int16, 2**15 - 1), (torch.int32, 2**31 - 1)):
-        if limit <= top:
-            return dtype
-    return torch.int64
-
-
-def csr_bytes(rows: int, dim: int, nnz: int) -> int:
-    """Bytes of the CSR form: row offsets, column numbers and fp32 values."""
-    ptr = 4 if nnz < 2**31 else 8
-    return (rows + 1) * ptr + nnz * (index_dtype(dim - 1).itemsize + 4)
-
-
-def to_csr(weight: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-    """``crow``, ``col``, ``val`` of the active entries of ``weight``, row-major."""
-    nz = mask.nonzero()
-    nnz, (rows, dim) = int(nz.shape[0]), mask.shape
-    ptr = torch.int32 if nnz < 2**31 else torch.int64
-    crow = torch.zeros(rows + 1, dtype=torch.int64)
-    crow[1:] = torch.cumsum(mask.sum(1), 0)
-    return {"crow": crow.to(ptr), "col": nz[:, 1].to(index_dtype(dim - 1)), "val": weight[mask].float().contiguous()}
-
-
-def csr_rows(crow: torch.Tensor, col: torch.Tensor, val: torch.Tensor, ids: torch.Tensor, dim: int) -> torch.Tensor:
-    """The dense ``len(ids) × dim`` rows ``ids`` of a CSR table."""
-    start = crow[ids].long()
-    counts = crow[ids + 1].long() - start
-    total = int(counts.sum())
-    owner = torch.repeat_interleave(torch.arange(ids.numel()), counts, output_size=total)
-    first = torch.repeat_interleave(start - (torch.cumsum(counts, 0) - counts), counts, output_size=total)
-    pos = torch.arange(total) + first
-    out = torch.zeros(ids.numel(), dim, dtype=val.dtype)
-    out[owner, col[pos].long()] = val[pos]
-    return out
+def new_masks(
+    masks: list[torch.Tensor], weights: list[torch.Tensor], growth: list[torch.Tensor | None], zeta: float, salt: int, together: bool
+) -> list[torch.Tensor]:
+    """``prune_regrow`` at ratio ``zeta`` of every tensor's active count, or (``together``) of
+    the total over all tensors as one, so that counts may move between tensors."""
+    if not together:
+        return [
+            prune_regrow(m.view(-1), w.reshape(-1), g, math.ceil(zeta * int(m.sum())), salt + 31 * i).view(m.shape)
+            for i, (m, w, g) in enumerate(zip(masks, weights, growth))
+        ]
+    starts = [0, *torch.tensor([m.numel() for m in masks]).cumsum(0).tolist()]
+    flat_growth = None
+    if any(g is not None for g in growth):
+        flat_growth = torch.cat([torch.zeros(m.numel()) if g is None else g for g, m in zip(growth, masks)])
+    k = math.ceil(zeta * sum(int(m.sum()) for m in masks))
+    flat = prune_regrow(torch.cat([m.view(-1) for m in masks]), torch.cat([w.reshape(-1) for w in weights]), flat_growth, k, salt)
+    return [flat[a:b].view(m.shape) for a, b, m in zip(starts, starts[1:], masks)]
 
 
 def _pieces(value: Any) -> list[Piece]:
@@ -116,6 +124,20 @@ def _pieces(value: Any) -> list[Piece]:
     ]
 
 
+class Scratch(dict):
+    """Derived tensors (live views, stacked masks); a deep copy starts empty and rebuilds its own."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> "Scratch":
+        return Scratch()
+
+    def views(self, ebc: nn.Module) -> dict[str, list[Piece]]:
+        """``table_views(ebc)``, kept while that module is alive."""
+        cached = self.get(id(ebc))
+        if cached is None or cached[0] is not ebc:
+            cached = self[id(ebc)] = (ebc, table_views(ebc))
+        return cached[1]
+
+
 def table_views(ebc: nn.Module) -> dict[str, list[Piece]]:
     """Live weight pieces of every table of a stock or sharded EBC (views, not copies)."""
     return {
@@ -125,67 +147,117 @@ def table_views(ebc: nn.Module) -> dict[str, list[Piece]]:
     }
 
 
-def optimizer_views(ebc: nn.Module) -> Iterator[tuple[str, Piece]]:
-    """``(table, piece)`` of every optimizer-state tensor of the tables: a sharded EBC's fused
-    optimizer, or the in-backward optimizers of a stock EBC's parameters."""
+def optimizer_views(ebc: nn.Module) -> dict[str, list[Piece]]:
+    """Pieces of every optimizer-state tensor of each table: a sharded EBC's fused optimizer,
+    or the in-backward optimizers of a stock EBC's parameters."""
     fused = getattr(ebc, "fused_optimizer", None)
     if fused is not None:
-        owners = [(name, fused.state.get(p, {})) for name, p in fused.params.items()]
+        state = fused.state  # built anew on every access
+        owners = [(name, state.get(p, {})) for name, p in fused.params.items()]
     else:
         owners = [
             (name, opt.state.get(p, {})) for name, p in ebc.named_parameters() for opt in getattr(p, "_in_backward_optimizers", [])
         ]
-    for name, state in owners:
-        table = name[len(PREFIX) : -len(SUFFIX)]
-        for value in state.values():
-            if isinstance(value, torch.Tensor) and value.dim() > 0:
-                for piece in _pieces(value):
-                    yield table, piece
+    views: dict[str, list[Piece]] = {}
+    for name, values in owners:
+        table = views.setdefault(name[len(PREFIX) : -len(SUFFIX)], [])
+        table += [piece for v in values.values() if isinstance(v, torch.Tensor) and v.dim() > 0 for piece in _pieces(v)]
+    return views
+
+
+@dataclass(frozen=True)
+class KeyGroup:
+    """The keys of one EBC input whose tables have width ``dim``. Tables of a width are stacked
+    into one row space: group row = the table's offset + id."""
+
+    dim: int
+    positions: list[int]  # positions of the keys in the KJT
+    offsets: torch.Tensor  # per key: first group row of its table
+    mean: torch.Tensor  # per key: MEAN-pooled (bool)
+
+
+def stack_offsets(shapes: list[tuple[int, int]]) -> tuple[list[int], dict[int, list[int]]]:
+    """Tables of one width stacked row-wise: each table's first row, and the tables of each width."""
+    offsets, by_dim = [], {}
+    for i, (rows, dim) in enumerate(shapes):
+        offsets.append(sum(shapes[j][0] for j in by_dim.setdefault(dim, [])))
+        by_dim[dim].append(i)
+    return offsets, by_dim
+
+
+def split_rows(rows: torch.Tensor, tables: list[int], offsets: list[int], sizes: list[int]) -> Iterator[tuple[int, torch.Tensor]]:
+    """``(table, its distinct local rows)`` for stacked ``rows`` of the given tables."""
+    rows = torch.unique(rows)
+    for i in tables:
+        mine = rows[(rows >= offsets[i]) & (rows < offsets[i] + sizes[i])]
+        if mine.numel():
+            yield i, mine - offsets[i]
+
+
+def key_groups(tables: list[tuple[int, bool]], dims: list[int], offsets: list[int]) -> list[KeyGroup]:
+    """Group the keys of an EBC input, given each key's ``(table, MEAN-pooled)``, by table width."""
+    return [
+        KeyGroup(
+            dim, [j for j, (i, _) in enumerate(tables) if dims[i] == dim],
+            torch.tensor([offsets[i] for i, _ in tables if dims[i] == dim]),
+            torch.tensor([mean for i, mean in tables if dims[i] == dim]),
+        )
+        for dim in sorted({dims[i] for i, _ in tables})
+    ]
 
 
 @dataclass
-class Lookup:
-    """One key's lookups in a batch: table, rows read, bag of each value, gradient scale, output column."""
+class Reads:
+    """What a group's keys read in one batch (values key-major, as in the KJT)."""
 
-    table: int
-    ids: torch.Tensor
-    bag: torch.Tensor
-    scale: torch.Tensor | None
-    start: int
-
-
-def bag_lookups(
-    kjt: KeyedJaggedTensor, pooled: KeyedTensor, tables: dict[str, tuple[int, bool]], mask: Callable[[int], torch.Tensor]
-) -> tuple[list[Lookup], torch.Tensor]:
-    """The lookups behind each key of ``pooled`` (``tables``: key → (table, MEAN-pooled)), and the
-    factor on ``pooled``: per bag, the OR of its rows' masks (``mask(table)``)."""
-    batch, lengths, values, weights = kjt.stride(), kjt.lengths(), kjt.values(), kjt.weights_or_none()
-    position, offsets = {k: i for i, k in enumerate(kjt.keys())}, kjt.offset_per_key()
-    lookups, factors = [], []
-    for key, start in zip(pooled.keys(), pooled.offset_per_key()):
-        (table, mean), j = tables[key], position[key]
-        ids = values[offsets[j] : offsets[j + 1]].long()
-        lens = lengths[j * batch : (j + 1) * batch].long()
-        bag = torch.repeat_interleave(torch.arange(batch, device=ids.device), lens, output_size=ids.numel())
-        m = mask(table)
-        factors.append(torch.zeros(batch, m.shape[1], device=m.device).index_add_(0, bag, m[ids].float()).clamp_(max=1.0))
-        scale = None if weights is None else weights[offsets[j] : offsets[j + 1]].float()
-        if mean:
-            scale = (1.0 if scale is None else scale) / lens[bag].clamp(min=1).float()
-        lookups.append(Lookup(table, ids, bag, scale, start))
-    return lookups, torch.cat(factors, dim=1)
+    group: KeyGroup
+    rows: torch.Tensor  # group row of each value
+    bag: torch.Tensor | None  # key-major bag of each value; None: value i is bag i
+    scale: torch.Tensor | None  # gradient scale of each value (weight, 1/len under MEAN)
+    pooled_rows: torch.Tensor  # rows read by bags of several values
+    batch_major: bool = False  # values ordered like the pooled output's rows (one per bag, b·keys + slot)
 
 
-def scatter_gradient(grad: torch.Tensor, lookups: list[Lookup], accumulator: Callable[[int], torch.Tensor]) -> None:
-    """Add each looked-up value's gradient (its bag's pooled gradient × scale) to its table row."""
-    for lk in lookups:
-        acc = accumulator(lk.table)
-        per_value = grad[:, lk.start : lk.start + acc.shape[1]].index_select(0, lk.bag)
-        acc.index_add_(0, lk.ids, per_value if lk.scale is None else per_value * lk.scale[:, None])
+def read(
+    kjt: KeyedJaggedTensor, group: KeyGroup, mask: torch.Tensor, slots: torch.Tensor | None = None
+) -> tuple[Reads, torch.Tensor]:
+    """The group's reads, and the factor ``[keys, B, dim]``: per bag, the OR of its rows' masks
+    (``mask``: the group's stacked masks as 0/1 floats). ``slots``: the group key in each
+    ``dim``-wide slot of the pooled output, when the group fills it; unweighted one-value bags
+    then give batch-major reads and the factor laid out as the output ``[B, keys · dim]``."""
+    sub = kjt if group.positions == list(range(len(kjt.keys()))) else kjt.permute(group.positions)
+    batch, values, lengths, weights = sub.stride(), sub.values(), sub.lengths(), sub.weights_or_none()
+    n, bags, device = values.numel(), len(group.positions) * batch, values.device
+    counts = torch.tensor(sub.length_per_key(), device=device)
+    rows = values.long() + torch.repeat_interleave(group.offsets, counts, output_size=n)
+    scale = None if weights is None else weights.float()
+    if n == bags and int(lengths.max()) == 1:  # one value per bag: its row's mask is the factor
+        if slots is not None and scale is None:
+            rows = rows.view(-1, batch).index_select(0, slots).t().reshape(-1)
+            return Reads(group, rows, None, None, rows[:0], True), mask.index_select(0, rows).view(batch, -1)
+        return Reads(group, rows, None, scale, rows[:0]), mask.index_select(0, rows).view(-1, batch, group.dim)
+    lens = lengths.long()
+    bag = torch.repeat_interleave(torch.arange(bags, device=device), lens, output_size=n)
+    factor = torch.zeros(bags, group.dim, device=device).index_add_(0, bag, mask.index_select(0, rows)).clamp_(max=1.0)
+    if bool(group.mean.any()):
+        mean = torch.repeat_interleave(group.mean, counts, output_size=n)
+        inverse = torch.where(mean, 1.0 / lens.index_select(0, bag).clamp(min=1).float(), 1.0)
+        scale = inverse if scale is None else scale * inverse
+    return Reads(group, rows, bag, scale, rows[lens.index_select(0, bag) > 1]), factor.view(-1, batch, group.dim)
+
+
+def scatter(grad: torch.Tensor, reads: Reads, acc: torch.Tensor) -> None:
+    """Add each value's gradient (its bag's row of ``grad`` ``[keys, B, dim]``, or of the pooled
+    gradient for batch-major reads, × scale) to its row of ``acc``."""
+    flat = grad.reshape(-1, reads.group.dim)
+    per_value = flat if reads.bag is None else flat.index_select(0, reads.bag)
+    acc.index_add_(0, reads.rows, per_value if reads.scale is None else per_value * reads.scale[:, None])
 
 
 def gather(pieces: list[Piece], rows: int, dim: int) -> torch.Tensor:
-    """A full ``rows × dim`` copy of a table from its pieces."""
+    """A table from its pieces: the piece itself when it is the whole table, else a copy."""
+    if len(pieces) == 1 and pieces[0][1].shape == (rows, dim):
+        return pieces[0][1]
     out = torch.zeros(rows, dim)
     for sl, piece in pieces:
         out[sl] = piece
@@ -205,7 +277,7 @@ def remask(pieces: list[Piece], mask: torch.Tensor, rows: torch.Tensor | None = 
 
 
 @torch.no_grad()
-def reset_state(pieces: Iterator[Piece], before: torch.Tensor, grown: torch.Tensor) -> None:
+def reset_state(pieces: list[Piece], before: torch.Tensor, grown: torch.Tensor) -> None:
     """Zero optimizer state of newly active weights: per-weight state at ``grown``, per-row state
     only in rows without an active weight ``before`` (a live row's state serves its active weights)."""
     revived = grown.any(1) & ~before.any(1)
@@ -216,60 +288,3 @@ def reset_state(pieces: Iterator[Piece], before: torch.Tensor, grown: torch.Tens
             state[revived[sl[0]]] = 0
 
 
-def served_bytes(rows: int, dim: int, nnz: int) -> int:
-    """Bytes of a table's served form: CSR, or dense where that is not larger."""
-    return min(rows * dim * 4, csr_bytes(rows, dim, nnz))
-
-
-def served_table(weight: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The served form of ``weight ⊙ mask``: ``{crow, col, val}`` or ``{weight}`` (see ``served_bytes``)."""
-    rows, dim = mask.shape
-    if rows * dim * 4 <= csr_bytes(rows, dim, int(mask.sum())):
-        return {"weight": weight * mask}
-    return to_csr(weight, mask)
-
-
-def serve(method: nn.Module, compact: dict[str, torch.Tensor]) -> nn.Module:
-    """``method`` (untrained) with every stock EBC replaced by a ``CSRBagCollection`` reading
-    ``compact`` (keys ``<ebc path>.<table>.<part>``), in eval mode."""
-    for path, ebc in [(p, m) for p, m in method.named_modules() if type(m) is EmbeddingBagCollection]:
-        tables = {
-            c.name: {k[len(f"{path}.{c.name}.") :]: v for k, v in compact.items() if k.startswith(f"{path}.{c.name}.")}
-            for c in ebc.embedding_bag_configs()
-        }
-        parent, _, leaf = path.rpartition(".")
-        setattr(method.get_submodule(parent), leaf, CSRBagCollection(ebc, tables))
-    return method.eval()
-
-
-class CSRBagCollection(nn.Module):
-    """Pure-torch stand-in for a stock EBC whose tables are stored as CSR (or dense) tensors.
-
-    Pools like ``nn.EmbeddingBag`` (``include_last_offset``), so on the same rows it gives the
-    stock EBC's output bit for bit.
-    """
-
-    def __init__(self, ebc: EmbeddingBagCollection, tables: dict[str, dict[str, torch.Tensor]]) -> None:
-        super().__init__()
-        configs = ebc.embedding_bag_configs()
-        self.tables = tables
-        self.dims = {c.name: c.embedding_dim for c in configs}
-        self.table_of = {f: c.name for c in configs for f in c.feature_names}
-        self.mode = {f: "mean" if c.pooling == PoolingType.MEAN else "sum" for c in configs for f in c.feature_names}
-        self.weighted = ebc.is_weighted()
-
-    def rows(self, table: str, ids: torch.Tensor) -> torch.Tensor:
-        t = self.tables[table]
-        if "weight" in t:
-            return t["weight"][ids]
-        return csr_rows(t["crow"], t["col"], t["val"], ids, self.dims[table])
-
-    def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
-        pooled = []
-        for key, jt in features.to_dict().items():
-            ids = jt.values().long()
-            rows = self.rows(self.table_of[key], ids)
-            weights = jt.weights() if self.weighted else None
-            offsets = jt.offsets().long()
-            pooled.append(F.embedding_bag(torch.arange(ids.numel()), rows, offsets, mode=self.mode[key], per_sample_weights=weights, include_last_offset=True))
-        return KeyedTensor(keys=features.keys(), length_per_key=[int(p.shape[1]) for p in pooled], values=torch.cat(pooled, dim=1))

@@ -25,7 +25,8 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys.embeddings import FeatureInfo, MethodContext, available_methods, build_method
 from recsys.embeddings.dsl import DSLEmbedding
-from recsys.embeddings.sparse_ops import csr_bytes, prune_regrow, random_mask, remask, table_views, update_ratio
+from recsys.embeddings.sparse_ops import _select, prune_regrow, random_mask, remask, table_views, update_ratio
+from recsys.embeddings.sparse_serving import csr_bytes
 from tests.unit.test_method_contract import random_kjt
 from training.checkpoint import load_plain_state_dict, plain_state_dict
 from training.distributed import embedding_collections, plan_sharding, quiet_torchrec
@@ -127,8 +128,23 @@ def test_prune_regrow_exact_with_ties() -> None:
     new = prune_regrow(mask, equal, growth, 10, salt=3)
     assert new[[0, 1, 2]].all() and int(new.sum()) == int(mask.sum())
     magnitude = torch.arange(200, dtype=torch.float32)
-    new = prune_regrow(mask, magnitude, torch.zeros(200), 5, salt=0)
+    new = prune_regrow(mask, magnitude, None, 5, salt=0)
     assert (mask & ~new).nonzero().squeeze(1).tolist() != [] and int(new.sum()) == int(mask.sum())
+
+
+
+@pytest.mark.parametrize("largest", [False, True])
+@pytest.mark.parametrize("k", [1, 37, 900, 2999])
+def test_selection_is_the_exact_ranking(k: int, largest: bool) -> None:
+    """The sampled bound only narrows the pool: the result is the sort by (score, tie-break)."""
+    gen = torch.Generator().manual_seed(k)
+    score = torch.randint(0, 50, (300_000,), generator=gen).float()  # many ties
+    eligible = random_mask(300_000, 1, 3000, seed=k).view(-1)
+    score[~eligible] = -1.0 if largest else math.inf
+    chosen = _select(score, k, 3000, salt=9, largest=largest)
+    tie = (((torch.arange(300_000) * 0x9E3779B1) & (2**31 - 1)) + 9) & (2**31 - 1)
+    ranked = sorted(eligible.nonzero().squeeze(1).tolist(), key=lambda i: (float(score[i]), int(tie[i])), reverse=largest)
+    assert sorted(chosen.tolist()) == sorted(ranked[:k])
 
 
 def test_masks_exact_seeded_and_applied() -> None:
@@ -176,10 +192,27 @@ def test_hook_gradient_equals_dense_gradient(density: float) -> None:
     for i, t in enumerate(method._tables):
         grad = method.base.ebc.embedding_bags[t.name].weight.grad
         if density == 1.0:
-            torch.testing.assert_close(method._acc[i], grad, rtol=1e-6, atol=1e-7)
+            torch.testing.assert_close(method.accumulated(i), grad, rtol=1e-6, atol=1e-7)
         elif t.name != "B":
-            torch.testing.assert_close(method._acc[i] * method.mask(i), grad, rtol=1e-6, atol=1e-7)
-            assert method._acc[i][~method.mask(i)].abs().sum() > 0, "inactive weights have a regrowth signal"
+            torch.testing.assert_close(method.accumulated(i) * method.mask(i), grad, rtol=1e-6, atol=1e-7)
+            assert method.accumulated(i)[~method.mask(i)].abs().sum() > 0, "inactive weights have a regrowth signal"
+
+
+def test_hook_gradient_single_valued_sharded_and_plain(process_group: None) -> None:
+    """One-value bags (the batch-major fast path): the same accumulator unsharded and under DMP,
+    equal to the dense gradient at density 1."""
+    ctx = MethodContext(tuple(FeatureInfo(n, c) for n, c in (("Z", 30), ("A", 40), ("M", 25))), D)
+    features = random_kjt("full", 32, seed=3, ctx=ctx)
+    target = torch.randn(32, 3 * D, generator=torch.Generator().manual_seed(1))
+    plain, sharded = dsl(ctx=ctx, density=1.0), dsl(ctx=ctx, density=1.0)
+    plain.train()
+    (plain(features).values() * target).sum().backward()
+    dmp = shard(sharded, torch.optim.SGD)
+    (dmp(features) * target).sum().backward()
+    for i, t in enumerate(plain._tables):
+        grad = plain.base.ebc.embedding_bags[t.name].weight.grad
+        torch.testing.assert_close(plain.accumulated(i), grad, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(sharded.accumulated(i), grad, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("sharding", ["table_wise", "column_wise"])
@@ -204,11 +237,12 @@ def test_remask_on_split_shards(monkeypatch: pytest.MonkeyPatch) -> None:
     full = {t: e.weight.detach() for t, e in method.base.ebc.embedding_bags.items()}
 
     def pieces(module: nn.Module) -> dict[str, list[tuple[tuple[slice, ...], torch.Tensor]]]:
-        cuts = [(slice(0, 7), slice(0, 3)), (slice(0, 7), slice(3, D)), (slice(7, None), slice(None))]
-        return {t: [((sl[0] if sl[0].stop else slice(7, w.shape[0]), sl[1]), w[sl]) for sl in cuts] for t, w in full.items()}
+        rows = {t: w.shape[0] for t, w in full.items()}
+        cuts = {t: [(slice(0, 7), slice(0, 3)), (slice(0, 7), slice(3, D)), (slice(7, n), slice(0, D))] for t, n in rows.items()}
+        return {t: [(sl, full[t][sl]) for sl in cuts[t]] for t in full}
 
-    monkeypatch.setattr("recsys.embeddings.dsl.table_views", pieces)
-    method._view_cache.clear()
+    monkeypatch.setattr("recsys.embeddings.sparse_ops.table_views", pieces)
+    method._scratch.clear()
     with torch.no_grad():
         for w in full.values():
             w.fill_(1.0)
@@ -344,6 +378,10 @@ def test_compact_lookup_equals_eval_forward(process_group: None, base: str) -> N
         sharded_out = dmp(features)
     served = method.compact_lookup(compact, features)
     torch.testing.assert_close(served.values(), sharded_out, rtol=0, atol=1e-6)
+    exported = method.export()
+    assert {k for k in exported.state if k.startswith("tables.")} == {f"tables.{k}" for k in compact}
+    with torch.no_grad():
+        assert torch.equal(DSLEmbedding.from_export(CTX, exported)(features).values(), served.values())
     load_plain_state_dict(Holder(reference), plain_state_dict(dmp))  # the same state, unsharded (stock EBCs)
     reference.eval()
     with torch.no_grad():
@@ -358,7 +396,24 @@ def test_unified_shared_rows_accumulate_every_read(process_group: None) -> None:
     out = method(kjt("unified", seed=5)).values()
     (out * torch.randn(out.shape, generator=torch.Generator().manual_seed(0))).sum().backward()
     grad = method.base.ebc.embedding_bags["unified_0"].weight.grad
-    torch.testing.assert_close(method._acc[0], grad, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(method.accumulated(0), grad, rtol=1e-6, atol=1e-7)
+
+
+def test_multi_phase_base_is_refused() -> None:
+    if "optembed" not in available_methods():
+        pytest.skip("optembed is not registered")
+    with pytest.raises(ValueError, match="one-phase bases"):
+        dsl(base="optembed")
+
+
+def test_loaded_masks_are_used() -> None:
+    """A checkpoint copied into the masks in place (as ``load_plain_state_dict`` does) reaches the stacked copy."""
+    a, b = dsl(density=0.3), dsl(density=0.3, seed=1)
+    b.train()
+    b(kjt("full", seed=0))  # builds b's stacked masks
+    load_plain_state_dict(b, plain_state_dict(a))
+    stacked = torch.cat([b.mask(i) for i in range(3)]).float()
+    assert torch.equal(b._stacked_mask(D), stacked) and torch.equal(stacked, torch.cat([a.mask(i) for i in range(3)]).float())
 
 
 def test_hooks_follow_copies_and_require_begin() -> None:
