@@ -119,7 +119,7 @@ def _speed(args: argparse.Namespace, spec: DatasetSpec) -> dict[str, Any]:
 
 
 def _markdown(rows: list[dict[str, Any]], speed: dict[str, Any] | None) -> str:
-    lines = ["| run | test AUC | test logloss | served bytes | compression | wall s |", "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| run | test AUC | test logloss | served bytes | compression | wall s |", "|---|---:|---:|---:|---:|---:|"] if rows else []
     lines += [
         f"| {r['run']} | {r['test_auc']:.4f} | {r['test_logloss']:.4f} | {r['embedding_bytes']:,} | {r['compression_ratio']:.2f}× | {r.get('wall_s', float('nan')):.0f} |"
         for r in rows
