@@ -88,7 +88,8 @@ def test_method_under_dmp(process_group: None, name: str, optimizer: type[torch.
         KeyedOptimizerWrapper(dense, lambda params: optimizer(params, lr=LR)).step()
     after = {k: _local(v) for k, v in model.state_dict().items()}
     for k in before:
-        assert not torch.equal(before[k], after[k]), f"{k} did not change after a step"
+        if before[k].is_floating_point():  # weights; integer/bool buffers (e.g. dsl's masks) may stay
+            assert not torch.equal(before[k], after[k]), f"{k} did not change after a step"
 
     if optimizer is torch.optim.SGD:
         (expected * target).sum().backward()
