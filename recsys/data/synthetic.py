@@ -8,22 +8,36 @@ jitter). Ranks are permuted into value numbers, so the raw value of rank ``r`` i
 (index 0 is never used). Dense fields are non-negative counts ``floor(exp(mu + sigma N))``,
 missing with a per-field probability, stored as ``slog1p`` (missing -> 0), float32.
 
-Teacher. Each value of rank ``r`` has an amplitude ``a_f(r) = min(1, P(r) / p_ref)^gamma``;
-values with ``a < a_min`` (the rare tail) carry no signal. Per value: a first-order weight
-``w_f(r) = g_f a_f(r) N(0, 1)`` and a latent vector ``v_f(r) = sqrt(g_f) a_f(r) N(0, I_k / k)``
-(``g_f`` a per-field importance). The logit is ``bias + alpha * z`` with
-``z = c1 sum_f w_f + c2 sum_{f<g} <v_f, v_g> + c3 beta . dense + c4 tanh(kappa <v_a, v_b>)``
-(FM pairs, a linear dense term, and a saturating copy of the interaction of the two most
-important fields ``a, b``). On a pilot sample, ``c1..c4`` give the four parts the profile's
-variance shares, ``alpha`` is set by bisection so the expected oracle AUC hits the profile's
-target, and ``bias`` so the mean click probability hits the target rate. ``__prob`` holds
-``sigmoid(logit)`` as float32; ``label = u < __prob``.
+Teacher (``recsys.data.teacher``). Each value of rank ``r`` has an amplitude
+``a_f(r) = min(1, P(r) / p_ref)^gamma``, so popular values carry full signal and rare ones
+little; values with ``a < a_min`` (the tail) carry none. Per value: a first-order weight
+``w_f(r) = g_f a_f(r) N(0, 1)`` and, in fields that interact, a latent vector
+``v_f(r) = sqrt(g_f / k) a_f(r) N(0, I_k)`` (``g_f ~ U(0.2, 1)`` a field importance). The logit
+is ``bias + alpha * z`` with
+
+    z = c1 sum_f w_f + c2 sum_{(f,g) in P} <v_f, v_g> + c3 beta . dense + c4 tanh(kappa <v_a, v_b>)
+
+where ``P`` is a few (``interaction_pairs``) field pairs drawn among the fields of at most
+``interaction_max_cardinality`` values (low-rank, field-aware FM interactions, which a DLRM's
+dot interaction can represent), ``beta . dense`` is linear in the stored dense values and
+``(a, b)`` is the first pair of ``P`` (a saturating non-linearity, ``kappa`` = 1.5 / std of
+the dot). On a pilot sample, ``c1..c4`` give the four parts the profile's variance ``shares``,
+``alpha`` is set by bisection so the expected oracle AUC meets ``target_auc``, and ``bias`` so
+the mean click probability meets ``target_ctr``. ``__prob`` is ``sigmoid(logit)`` as float32
+and ``label = (u < __prob)``, ``u`` uniform.
+
+Profiles (``PROFILES``): ``criteo``, 26 sparse fields C1..C26 of 3 to 10^6 values (those of
+``scale_from`` = 10^5 or more are multiplied by ``scale``) and 13 dense I1..I13, 8 pairs among
+the fields of at most 2000 values; ``small``, 8 sparse fields of 3..5000 values and 4 dense.
+Both target a 22% click rate; oracle AUC about 0.80 (``criteo``) and 0.78 (``small``).
 
 Generation runs in blocks of ``BLOCK_ROWS`` rows, each from its own seeded streams, so the data
-depend on ``(profile, rows, seed, scale, split)`` only, never on ``chunk_rows``. Pass 1 draws the
-sparse values and counts them (train counts give the vocabularies); pass 2 redraws the same
-values and writes everything. Memory: the teacher (``O(sum n_f)`` ids and counts, latent vectors
-for the head only), one chunk, and 5 bytes per row for the exact oracle AUC.
+depend on ``(profile, rows, seed, scale, split)`` only, never on ``chunk_rows`` (which only sets
+row groups); the same arguments give byte-identical files. Pass 1 draws the sparse values and
+counts them (train counts give the vocabularies, ``min_count`` 1; values first seen in valid or
+test are OOV there); pass 2 redraws the same values and writes everything. Memory: the teacher
+(ids, counts and vocabulary indices per value, ``O(sum n_f)``; parameters for the head only),
+a few chunks of rows, and 5 bytes per row for the exact oracle AUC.
 
 Example:
     >>> spec = generate(Path("data/synth"), rows=1_000_000, profile="criteo", seed=0)  # doctest: +SKIP
@@ -129,7 +143,7 @@ def generate(
     out_dir: Path,
     *,
     rows: int,
-    profile: str = "criteo",
+    profile: str | SynthProfile = "criteo",
     seed: int = 0,
     split: tuple[float, float, float] = (0.8, 0.1, 0.1),
     chunk_rows: int = 200_000,
@@ -138,10 +152,13 @@ def generate(
     overwrite: bool = False,
     rows_per_file: int = 1_000_000,
 ) -> DatasetSpec:
-    """Generate ``rows`` rows of ``profile`` into the dataset folder ``out_dir``; returns its spec.
+    """Generate ``rows`` rows of ``profile`` (a name in ``PROFILES`` or a ``SynthProfile``) into
+    the dataset folder ``out_dir``; returns its ``dataset.json``.
 
     The folder is built beside ``out_dir`` and renamed into place at the end. An existing
     dataset is replaced only with ``overwrite``; any other non-empty folder is refused.
+    ``chunk_rows`` (rounded to whole blocks of ``BLOCK_ROWS``) only sets the work and row-group
+    size; ``rows_per_file`` caps the rows of each Parquet part.
     """
     out_dir = Path(out_dir)
     run = _make_run(profile, rows, seed, split, chunk_rows, scale, rows_per_file, progress)
@@ -160,13 +177,19 @@ def generate(
 
 
 def _make_run(
-    profile: str, rows: int, seed: int, split: Sequence[float], chunk_rows: int, scale: float,
+    profile: str | SynthProfile, rows: int, seed: int, split: Sequence[float], chunk_rows: int, scale: float,
     rows_per_file: int, progress: bool,
 ) -> _Run:
-    if profile not in PROFILES:
+    if isinstance(profile, SynthProfile):
+        name, settings = "custom", profile
+    elif profile in PROFILES:
+        name, settings = profile, PROFILES[profile]
+    else:
         raise ValueError(f"unknown profile '{profile}'; profiles: {', '.join(PROFILES)}")
     if rows < 1 or chunk_rows < 1 or rows_per_file < 1:
         raise ValueError("rows, chunk_rows and rows_per_file must be >= 1")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
     if not scale > 0:
         raise ValueError(f"scale must be > 0, got {scale}")
     if len(split) != 3 or any(f < 0 for f in split) or not math.isclose(sum(split), 1.0, abs_tol=1e-6):
@@ -175,7 +198,7 @@ def _make_run(
         raise ValueError("the train fraction must be > 0 (vocabularies come from train)")
     fractions = (float(split[0]), float(split[1]), float(split[2]))
     blocks = max(1, round(chunk_rows / BLOCK_ROWS))
-    return _Run(profile, PROFILES[profile], rows, seed, scale, fractions, blocks, rows_per_file, progress)
+    return _Run(name, settings, rows, seed, scale, fractions, blocks, rows_per_file, progress)
 
 
 def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
@@ -211,15 +234,26 @@ def _build(run: _Run, root: Path, name: str) -> DatasetSpec:
         counts.clear()
         seen.clear()
         splits = _write_splits(run, teacher, lookups, root, pool)
-    fields = [FieldSpec(name=f"I{i + 1}", kind="dense", transform=DENSE_TRANSFORM) for i in range(run.profile.num_dense)]
-    fields += [
-        FieldSpec(name=f.name, kind="sparse", cardinality=lk.vocab.cardinality, vocabulary=f"{VOCAB_DIR}/{f.name}.parquet",
-                  num_distinct=lk.vocab.num_distinct)
-        for f, lk in zip(teacher.sparse, lookups)
-    ]
-    spec = DatasetSpec(name=name, source="synthetic", fields=fields, splits=splits, synthetic=_settings(run, teacher))
+    spec = DatasetSpec(
+        name=name, source="synthetic", fields=_fields(run, teacher, lookups), splits=splits,
+        synthetic=_settings(run, teacher),
+    )
     save_dataset_spec(spec, root)
     return spec
+
+
+def _fields(run: _Run, teacher: Teacher, lookups: Sequence[_Lookup]) -> list[FieldSpec]:
+    fields = [FieldSpec(name=n, kind="dense", transform=DENSE_TRANSFORM) for n in _dense_names(run)]
+    for f, lk in zip(teacher.sparse, lookups):
+        fields.append(FieldSpec(
+            name=f.name, kind="sparse", cardinality=lk.vocab.cardinality,
+            vocabulary=f"{VOCAB_DIR}/{f.name}.parquet", num_distinct=lk.vocab.num_distinct,
+        ))
+    return fields
+
+
+def _dense_names(run: _Run) -> list[str]:
+    return [f"I{i + 1}" for i in range(run.profile.num_dense)]
 
 
 def _settings(run: _Run, teacher: Teacher) -> dict:
@@ -228,8 +262,9 @@ def _settings(run: _Run, teacher: Teacher) -> dict:
         "generator": "recsys.data.synthetic", "profile": run.profile_name, "rows": run.rows, "seed": run.seed,
         "scale": run.scale, "split": list(run.split), "profile_settings": run.profile.model_dump(mode="json"),
         "teacher": {
-            "alpha": teacher.alpha, "bias": teacher.bias, "part_scales": teacher.scales.tolist(), "kappa": teacher.kappa,
-            "nonlinear_pair": [teacher.sparse[i].name for i in teacher.pair],
+            "alpha": teacher.alpha, "bias": teacher.bias, "kappa": teacher.kappa,
+            "part_scales": teacher.scales.tolist(),
+            "pairs": [[teacher.sparse[a].name, teacher.sparse[b].name] for a, b in teacher.pairs],
             "cardinalities": {f.name: f.cardinality for f in teacher.sparse},
             "head_sizes": {f.name: f.head for f in teacher.sparse},
             "zipf_exponents": {f.name: round(f.exponent, 6) for f in teacher.sparse},
@@ -279,7 +314,7 @@ def _lookup(field: SparseTeacher, counts: np.ndarray, seen: np.ndarray, root: Pa
 
 def _schema(run: _Run, teacher: Teacher) -> tuple[pa.Schema, list[str]]:
     """Columns of the Parquet parts, and those worth dictionary encoding."""
-    dense = [f"I{i + 1}" for i in range(run.profile.num_dense)]
+    dense = _dense_names(run)
     fields = [pa.field(LABEL_COLUMN, pa.float32())] + [pa.field(n, pa.float32()) for n in dense]
     dictionary = [LABEL_COLUMN, *dense]
     for f in teacher.sparse:
@@ -290,23 +325,27 @@ def _schema(run: _Run, teacher: Teacher) -> tuple[pa.Schema, list[str]]:
     return pa.schema(fields), dictionary
 
 
-def _block_table(
+def _block_tables(
     run: _Run, teacher: Teacher, lookups: Sequence[_Lookup], schema: pa.Schema, b: int
-) -> tuple[pa.Table, list[int]]:
-    """Pass 2: all columns of block ``b``, rows grouped by split (train, valid, test), and group sizes."""
+) -> list[pa.Table]:
+    """Pass 2: the rows of block ``b`` as one table per split (train, valid, test).
+
+    Each table owns its buffers, so a split whose rows wait for a full row group holds only them.
+    """
     rng, n, splits = run.block(b)
     ranks = teacher.ranks(rng, n)
     dense = teacher.dense(np.random.default_rng([run.seed, STREAM_DENSE, b]), n)
     prob = sigmoid(teacher.logits(ranks, dense)).astype(np.float32)
     label = (np.random.default_rng([run.seed, STREAM_LABELS, b]).random(n) < prob).astype(np.float32)
-    order = np.argsort(splits, kind="stable")
-    ranks = ranks[:, order]
-    arrays = [pa.array(label[order])] + [pa.array(d[order]) for d in dense]
-    for i, lk in enumerate(lookups):
-        arrays += [pa.array(lk.index[ranks[i]]), pa.array(lk.ids[ranks[i]])]
-    arrays.append(pa.array(prob[order]))
-    sizes = np.bincount(splits, minlength=len(SPLITS)).tolist()
-    return pa.Table.from_arrays(arrays, schema=schema), sizes
+    tables = []
+    for s in range(len(SPLITS)):
+        rows = np.flatnonzero(splits == s)
+        arrays = [pa.array(label[rows])] + [pa.array(d[rows]) for d in dense]
+        for field_ranks, lk in zip(ranks[:, rows], lookups):
+            arrays += [pa.array(lk.index[field_ranks]), pa.array(lk.ids[field_ranks])]
+        arrays.append(pa.array(prob[rows]))
+        tables.append(pa.Table.from_arrays(arrays, schema=schema))
+    return tables
 
 
 def _write_splits(
@@ -320,23 +359,20 @@ def _write_splits(
     labels: list[list[np.ndarray]] = [[] for _ in SPLITS]
     with run.bar("synth: write parquet") as bar, Background() as background:
         for chunk in run.chunks():
-            for table, sizes in pool.map(lambda b: _block_table(run, teacher, lookups, schema, b), chunk):
-                start = 0
-                for s, writer in enumerate(writers):
-                    part = table.slice(start, sizes[s])
-                    start += sizes[s]
-                    probs[s].append(part.column(PROB_COLUMN).to_numpy())
-                    labels[s].append(part.column(LABEL_COLUMN).to_numpy())
-                    background.submit(writer.write, part)
-                bar.update(table.num_rows)
+            for tables in pool.map(lambda b: _block_tables(run, teacher, lookups, schema, b), chunk):
+                for s, (writer, table) in enumerate(zip(writers, tables)):
+                    probs[s].append(table.column(PROB_COLUMN).to_numpy())
+                    labels[s].append(table.column(LABEL_COLUMN).to_numpy() == 1)
+                    background.submit(writer.write, table)
+                bar.update(sum(t.num_rows for t in tables))
     files = [w.close() for w in writers]
     return {s: _split_spec(files[i], probs[i], labels[i]) for i, s in enumerate(SPLITS)}
 
 
 def _split_spec(files: list[str], probs: list[np.ndarray], labels: list[np.ndarray]) -> SplitSpec:
+    """Rows, exact label rate and oracle metrics of one split (no oracle with a single class)."""
     p = np.concatenate(probs) if probs else np.zeros(0, np.float32)
-    y = np.concatenate(labels) if labels else np.zeros(0, np.float32)
-    oracle = None
-    if 0 < y.sum() < len(y):
-        oracle = OracleMetrics(auc=auc(y, p), logloss=logloss(y, p))
-    return SplitSpec(rows=len(y), files=files, label_rate=float(y.mean()) if len(y) else 0.0, oracle=oracle)
+    y = np.concatenate(labels) if labels else np.zeros(0, np.bool_)
+    clicks = int(np.count_nonzero(y))
+    oracle = OracleMetrics(auc=auc(y, p), logloss=logloss(y, p)) if 0 < clicks < len(y) else None
+    return SplitSpec(rows=len(y), files=files, label_rate=clicks / len(y) if len(y) else 0.0, oracle=oracle)

@@ -6,14 +6,16 @@ a pilot sample; ``Teacher.ranks`` / ``Teacher.dense`` draw rows and ``Teacher.lo
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from recsys.hashing import hash64_strings
 
@@ -26,23 +28,29 @@ STREAM_TEACHER, STREAM_VALUES, STREAM_DENSE, STREAM_LABELS, STREAM_PILOT = 0, 1,
 
 
 class SynthProfile(BaseModel):
-    """Shape of a synthetic dataset and strength of its teacher."""
+    """Shape of a synthetic dataset and strength of its teacher (see ``recsys.data.synthetic``).
+
+    ``signal_ref_prob`` / ``signal_tail_power`` / ``signal_min_amplitude`` set how the per-value
+    signal fades with popularity; ``shares`` are the variance shares of the first-order, pair,
+    dense and non-linear parts; ``scale_from``: cardinalities at least this big follow ``scale``.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    cardinalities: list[int]
-    num_dense: int
-    latent_dim: int = 8
+    cardinalities: list[Annotated[int, Field(ge=2)]] = Field(min_length=2)
+    num_dense: int = Field(ge=0)
+    latent_dim: int = Field(4, ge=1)
+    interaction_pairs: int = Field(8, ge=1)
     interaction_max_cardinality: int | None = None
-    zipf_exponent: float = 1.1
-    zipf_jitter: float = 0.15
-    target_ctr: float = 0.22
-    target_auc: float = 0.80
-    signal_ref_prob: float = 1e-3
-    signal_tail_power: float = 0.5
-    signal_min_amplitude: float = 0.05
-    shares: tuple[float, float, float, float] = (0.45, 0.35, 0.12, 0.08)
-    dense_missing_max: float = 0.4
+    zipf_exponent: float = Field(1.1, gt=0)
+    zipf_jitter: float = Field(0.15, ge=0)
+    target_ctr: float = Field(0.22, gt=0, lt=1)
+    target_auc: float = Field(0.80, gt=0.5, lt=1)
+    signal_ref_prob: float = Field(5e-3, gt=0)
+    signal_tail_power: float = Field(1.0, ge=0)
+    signal_min_amplitude: float = Field(0.05, ge=0)
+    shares: tuple[float, float, float, float] = (0.6, 0.2, 0.12, 0.08)
+    dense_missing_max: float = Field(0.4, ge=0, lt=1)
     scale_from: int = 100_000
 
     def scaled_cardinalities(self, scale: float) -> list[int]:
@@ -55,10 +63,11 @@ PROFILES: dict[str, SynthProfile] = {
         cardinalities=[1460, 583, 1_000_000, 500_000, 305, 24, 12517, 633, 3, 93145, 5683, 800_000, 3194,
                        27, 14992, 600_000, 10, 5652, 2173, 4, 900_000, 18, 15, 286181, 105, 142572],
         num_dense=13,
+        interaction_max_cardinality=2000,
     ),
     "small": SynthProfile(
-        cardinalities=[3, 12, 40, 150, 600, 1500, 3000, 5000], num_dense=4, latent_dim=4, target_auc=0.78,
-        signal_ref_prob=5e-3, scale_from=1000,
+        cardinalities=[3, 12, 40, 150, 600, 1500, 3000, 5000], num_dense=4, interaction_pairs=4, target_auc=0.78,
+        scale_from=1000,
     ),
 }
 
@@ -82,15 +91,14 @@ def _sample_ranks(u: np.ndarray, n: int, s: float) -> np.ndarray:
 
 @dataclass
 class SparseTeacher:
-    """One sparse field: value distribution and per-value parameters (rows ``head`` = tail, zero)."""
+    """One sparse field: value distribution and per-value parameters (row ``head`` = the tail, zero)."""
 
     name: str
     cardinality: int
     exponent: float
     perm: np.ndarray  # value number of each rank
     first: np.ndarray  # [head + 1] float32
-    latent: np.ndarray  # [head + 1, k] float32
-    sqnorm: np.ndarray  # [head + 1] float32, squared norms of ``latent``
+    latent: np.ndarray  # [head + 1, k] float32 ([1, k] zeros for a field in no pair)
 
     @property
     def head(self) -> int:
@@ -99,10 +107,18 @@ class SparseTeacher:
     def param_rows(self, ranks: np.ndarray) -> np.ndarray:
         return np.minimum(ranks, self.head)
 
+    def vectors(self, ranks: np.ndarray) -> np.ndarray:
+        """``[n, k]`` latent vectors of ``ranks``."""
+        return np.take(self.latent, np.minimum(ranks, len(self.latent) - 1), axis=0)
+
     def raw_ids(self, ranks: np.ndarray) -> np.ndarray:
         """``hash64_strings("<name>_<value number>")`` of each rank."""
         numbers = pc.cast(pa.array(self.perm[ranks]), pa.string())
         return hash64_strings(pc.binary_join_element_wise(pa.scalar(f"{self.name}_"), numbers, ""))
+
+
+def _rowdot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.einsum("ij,ij->i", a, b)
 
 
 @dataclass
@@ -114,7 +130,7 @@ class Teacher:
     dense_sigma: np.ndarray
     dense_missing: np.ndarray
     dense_beta: np.ndarray
-    pair: tuple[int, int]
+    pairs: list[tuple[int, int]]  # interacting field pairs; the first is also the non-linear one
     kappa: float = 1.0
     scales: np.ndarray | None = None
     alpha: float = 1.0
@@ -134,25 +150,22 @@ class Teacher:
         return np.where(present, np.log1p(counts), np.float32(0.0))
 
     def parts(self, ranks: np.ndarray, dense: np.ndarray) -> np.ndarray:
-        """``[4, n]`` unscaled parts: first order, FM pairs, dense linear, non-linear."""
+        """``[4, n]`` unscaled parts: first order, pair interactions, dense linear, non-linear."""
         n = ranks.shape[1]
         first = np.zeros(n, np.float32)
-        total = np.zeros((n, self.sparse[0].latent.shape[1]), np.float32)
-        squares = np.zeros(n, np.float32)
         for i, f in enumerate(self.sparse):
-            rows = f.param_rows(ranks[i])
-            first += f.first[rows]
-            total += np.take(f.latent, rows, axis=0)
-            squares += f.sqnorm[rows]
-        pairs = 0.5 * (np.einsum("ij,ij->i", total, total) - squares)
+            first += f.first[f.param_rows(ranks[i])]
+        vectors = {i: self.sparse[i].vectors(ranks[i]) for pair in self.pairs for i in pair}
+        crosses = [_rowdot(vectors[a], vectors[b]) for a, b in self.pairs]
+        pairs = np.sum(crosses, axis=0) if crosses else np.zeros(n, np.float32)
+        nonlinear = np.tanh(self.kappa * crosses[0]) if crosses else np.zeros(n, np.float32)
         dense_part = self.dense_beta @ dense if len(dense) else np.zeros(n, np.float32)
-        return np.stack([first, pairs, dense_part, np.tanh(self.kappa * self.cross(ranks))]).astype(np.float64)
+        return np.stack([first, pairs, dense_part, nonlinear]).astype(np.float64)
 
     def cross(self, ranks: np.ndarray) -> np.ndarray:
-        """``<v_a, v_b>`` of the non-linear pair of fields."""
-        (a, fa), (b, fb) = ((i, self.sparse[i]) for i in self.pair)
-        va = np.take(fa.latent, fa.param_rows(ranks[a]), axis=0)
-        return np.einsum("ij,ij->i", va, np.take(fb.latent, fb.param_rows(ranks[b]), axis=0))
+        """``<v_a, v_b>`` of the non-linear pair ``(a, b)``."""
+        a, b = self.pairs[0]
+        return _rowdot(self.sparse[a].vectors(ranks[a]), self.sparse[b].vectors(ranks[b]))
 
     def logits(self, ranks: np.ndarray, dense: np.ndarray) -> np.ndarray:
         assert self.scales is not None, "teacher is not calibrated"
@@ -162,29 +175,38 @@ class Teacher:
 def _sparse_teacher(
     rng: np.random.Generator, name: str, n: int, profile: SynthProfile, interacts: bool
 ) -> SparseTeacher:
+    """Popularity law, value numbering and per-value parameters of one field."""
     exponent = profile.zipf_exponent + profile.zipf_jitter * rng.uniform(-1, 1)
     importance = rng.uniform(0.2, 1.0)
     perm = rng.permutation(n).astype(np.int64)
-    probs = _rank_probs(n, exponent)
-    amplitude = np.minimum(1.0, probs / profile.signal_ref_prob) ** profile.signal_tail_power
+    amplitude = np.minimum(1.0, _rank_probs(n, exponent) / profile.signal_ref_prob) ** profile.signal_tail_power
     head = int(np.count_nonzero(amplitude >= profile.signal_min_amplitude))
     amp = amplitude[:head].astype(np.float32)
     k = profile.latent_dim
     first = np.zeros(head + 1, np.float32)
-    latent = np.zeros((head + 1, k), np.float32)
     first[:head] = importance * amp * rng.standard_normal(head, np.float32)
-    noise = rng.standard_normal((head, k), np.float32)
+    latent = np.zeros((head + 1 if interacts else 1, k), np.float32)
     if interacts:
-        latent[:head] = math.sqrt(importance / k) * amp[:, None] * noise
-    return SparseTeacher(name, n, exponent, perm, first, latent, np.einsum("ij,ij->i", latent, latent))
+        latent[:head] = math.sqrt(importance / k) * amp[:, None] * rng.standard_normal((head, k), np.float32)
+    return SparseTeacher(name, n, exponent, perm, first, latent)
+
+
+def _choose_pairs(rng: np.random.Generator, cards: Sequence[int], profile: SynthProfile) -> list[tuple[int, int]]:
+    """``interaction_pairs`` distinct field pairs, among fields of at most ``interaction_max_cardinality``."""
+    limit = profile.interaction_max_cardinality
+    fields = [i for i, n in enumerate(cards) if limit is None or n <= limit]
+    candidates = list(itertools.combinations(fields, 2))
+    chosen = rng.choice(len(candidates), min(profile.interaction_pairs, len(candidates)), replace=False)
+    return [candidates[int(c)] for c in chosen]
 
 
 def build_teacher(profile: SynthProfile, seed: int, scale: float = 1.0) -> Teacher:
     """The teacher of ``(profile, seed, scale)``, calibrated on a pilot sample."""
     rng = np.random.default_rng([seed, STREAM_TEACHER])
     cards = profile.scaled_cardinalities(scale)
-    limit = profile.interaction_max_cardinality
-    sparse = [_sparse_teacher(rng, f"C{i + 1}", n, profile, limit is None or n <= limit) for i, n in enumerate(cards)]
+    pairs = _choose_pairs(rng, cards, profile)
+    interacting = {i for pair in pairs for i in pair}
+    sparse = [_sparse_teacher(rng, f"C{i + 1}", n, profile, i in interacting) for i, n in enumerate(cards)]
     d = profile.num_dense
     teacher = Teacher(
         sparse=sparse,
@@ -192,25 +214,18 @@ def build_teacher(profile: SynthProfile, seed: int, scale: float = 1.0) -> Teach
         dense_sigma=rng.uniform(0.5, 1.5, d),
         dense_missing=rng.uniform(0.0, profile.dense_missing_max, d),
         dense_beta=rng.standard_normal(d).astype(np.float32),
-        pair=_strongest_pair(sparse),
+        pairs=pairs,
     )
     _calibrate(teacher, profile, seed)
     return teacher
-
-
-def _strongest_pair(sparse: Sequence[SparseTeacher]) -> tuple[int, int]:
-    """The two fields with the most latent mass (weighted by their values' popularity)."""
-    mass = [float(np.dot(_rank_probs(f.cardinality, f.exponent)[: f.head], (f.latent[:-1] ** 2).sum(1)))
-            for f in sparse]
-    a, b = np.argsort(mass)[::-1][:2]
-    return int(min(a, b)), int(max(a, b))
 
 
 def _calibrate(teacher: Teacher, profile: SynthProfile, seed: int) -> None:
     """Part scales, ``alpha`` and ``bias`` from a pilot sample (see the module docstring)."""
     rng = np.random.default_rng([seed, STREAM_PILOT])
     ranks, dense = teacher.ranks(rng, PILOT_ROWS), teacher.dense(rng, PILOT_ROWS)
-    teacher.kappa = KAPPA_STDS / max(float(np.std(teacher.cross(ranks))), 1e-12)
+    if teacher.pairs:
+        teacher.kappa = KAPPA_STDS / max(float(np.std(teacher.cross(ranks))), 1e-12)
     parts = teacher.parts(ranks, dense)
     var = parts.var(axis=1)
     shares = np.asarray(profile.shares, np.float64)
@@ -220,6 +235,7 @@ def _calibrate(teacher: Teacher, profile: SynthProfile, seed: int) -> None:
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
+    """The logistic function."""
     return 1.0 / (1.0 + np.exp(-x))
 
 

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import recsys.data.synthetic as synthetic
+from recsys.data import synthetic
 from recsys.data.batch import BatchLayout, ParquetBatchReader
 from recsys.data.synthetic import PROFILES, generate
 from recsys.features import load_dataset_spec
@@ -89,7 +89,7 @@ def test_oracle_metrics_recomputed_from_probs(small: Path) -> None:
         labels, probs = table.column("label").to_numpy(), table.column("__prob").to_numpy()
         split = spec.splits[name]
         assert split.rows == len(labels)
-        assert split.label_rate == pytest.approx(labels.mean(), abs=1e-12)
+        assert split.label_rate == pytest.approx(labels.astype(np.float64).mean(), abs=1e-12)
         assert split.oracle is not None
         assert split.oracle.auc == pytest.approx(auc(labels, probs), abs=1e-12)
         assert split.oracle.logloss == pytest.approx(logloss(labels, probs), abs=1e-12)
@@ -241,3 +241,28 @@ def test_progress_bar_on_stderr(tmp_path: Path, capsys: pytest.CaptureFixture[st
     generate(tmp_path / "d", rows=500, profile="small", progress=True)
     captured = capsys.readouterr()
     assert "synth" in captured.err and captured.out == ""
+
+
+def test_custom_profile_and_tiny_dataset(tmp_path: Path) -> None:
+    profile = PROFILES["small"].model_copy(update={"cardinalities": [2, 5, 9], "num_dense": 0, "interaction_pairs": 1})
+    spec = generate(tmp_path / "d", rows=3, profile=profile, seed=0, progress=False)
+    assert spec.synthetic is not None and spec.synthetic["profile"] == "custom"
+    assert [f.name for f in spec.fields] == ["C1", "C2", "C3"]
+    assert sum(s.rows for s in spec.splits.values()) == 3
+    for name, split in spec.splits.items():
+        assert len(split.files) == 1
+        table = read_split(tmp_path / "d", name)
+        assert table.num_rows == split.rows and "__prob" in table.column_names
+    empty = [s for s in spec.splits.values() if s.rows == 0]
+    assert all(s.oracle is None and s.label_rate == 0.0 for s in empty)
+
+
+def test_teacher_is_deterministic_and_calibrated() -> None:
+    a = synthetic.build_teacher(PROFILES["small"], seed=7)
+    b = synthetic.build_teacher(PROFILES["small"], seed=7)
+    assert (a.alpha, a.bias, a.pairs) == (b.alpha, b.bias, b.pairs)
+    rng = np.random.default_rng(0)
+    ranks, dense = a.ranks(rng, 50_000), a.dense(rng, 50_000)
+    probs = 1 / (1 + np.exp(-a.logits(ranks, dense)))
+    assert abs(probs.mean() - PROFILES["small"].target_ctr) < 0.01
+    assert all(f.latent.shape[0] in (1, f.head + 1) for f in a.sparse)
