@@ -4,8 +4,9 @@
 table of ``B = Σ_f card_f`` rows with its default chunks (D/2 wide, 2 probes per feature, so
 twice the lookups at half the width). Both are sharded and trained exactly as ``recsys train``
 does (DMP, fused row-wise Adagrad), on the same pre-read batches (input handling excluded).
-Timing alternates the two for ``--rounds`` rounds and reports the median step time of each;
-the ratio unified / full is the number to watch (target ≤ 1.15).
+Timing alternates the two for ``--rounds`` short rounds and reports the median and the minimum
+round of each (the minimum is the robust figure on a shared, busy machine); the ratio
+unified / full is the number to watch (target ≤ 1.15).
 
 Usage: ``python -m bench.unified_speed [--data data/unified_bench_300k] [--rows 300000] [--steps 40]``
 """
@@ -61,8 +62,8 @@ def main() -> None:
     parser.add_argument("--data", default="data/unified_bench_300k", help="dataset folder (generated if missing)")
     parser.add_argument("--rows", type=int, default=300_000, help="synthetic criteo rows when generating")
     parser.add_argument("--batch", type=int, default=2048)
-    parser.add_argument("--steps", type=int, default=40, help="timed steps per method per round")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per method per round")
+    parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -88,15 +89,19 @@ def main() -> None:
     if started:
         dist.destroy_process_group()
     median = {key: statistics.median(t) for key, t in times.items()}
+    best = {key: min(t) for key, t in times.items()}
     report = {
         "total_rows": total_rows, "batch": args.batch, "steps": args.steps, "rounds": args.rounds, "threads": args.threads,
-        "step_ms": {k: 1000 * v for k, v in median.items()},
+        "step_ms_median": {k: 1000 * v for k, v in median.items()},
+        "step_ms_min": {k: 1000 * v for k, v in best.items()},
         "step_ms_per_round": {k: [round(1000 * x, 2) for x in v] for k, v in times.items()},
-        "ratio_unified_over_full": median["unified"] / median["full"],
+        "ratio_unified_over_full_median": median["unified"] / median["full"],
+        "ratio_unified_over_full_min": best["unified"] / best["full"],
     }
-    for key, value in median.items():
-        print(f"{key:8s} {1000 * value:8.2f} ms/step  ({args.batch / value:,.0f} samples/s)")
-    print(f"ratio unified/full: {report['ratio_unified_over_full']:.3f}x (target <= 1.15)")
+    for key in setups:
+        print(f"{key:8s} median {1000 * median[key]:8.2f} ms/step, min {1000 * best[key]:8.2f} ms/step")
+    print(f"ratio unified/full: median {report['ratio_unified_over_full_median']:.3f}x, "
+          f"min {report['ratio_unified_over_full_min']:.3f}x (target <= 1.15)")
     OUT.mkdir(exist_ok=True)
     (OUT / "unified_speed.json").write_text(json.dumps(report, indent=2) + "\n")
 
