@@ -43,7 +43,7 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
-from recsys.embeddings.base import BYTES_PER_WEIGHT, EmbeddingMethod, MethodContext, MethodOptions, table_bytes
+from recsys.embeddings.base import BYTES_PER_WEIGHT, EmbeddingMethod, MethodContext, MethodOptions, ebc_bytes, table_bytes
 from recsys.embeddings.full import empty_output
 from recsys.embeddings.hashing import MAX_ROWS
 from recsys.embeddings.registry import register_method
@@ -148,11 +148,11 @@ class UnifiedEmbedding(EmbeddingMethod):
             (f"unified_{t}", self.rows, self.chunk_dim, [probe_key(n, j) for (n, j), s in self.table_of.items() if s == t])
             for t in range(k)
         ] + [(f"exact_{n}", r, self.chunks[n] * self.chunk_dim, [n]) for n, r in sorted(self.exact.items())]
-        self.tables = [
+        configs = [
             EmbeddingBagConfig(name=t, num_embeddings=r, embedding_dim=d, feature_names=keys, pooling=PoolingType.SUM)
             for t, r, d, keys in tables
         ]
-        self.ebc = EmbeddingBagCollection(tables=self.tables, is_weighted=ctx.any_weighted)
+        self.ebc = EmbeddingBagCollection(tables=configs, is_weighted=ctx.any_weighted)
         self._plans: dict[tuple[tuple[str, ...], torch.device], _Plan] = {}
         self._gathers: dict[tuple[tuple[str, ...], torch.device], torch.Tensor | None] = {}
 
@@ -239,8 +239,7 @@ class UnifiedEmbedding(EmbeddingMethod):
         return KeyedTensor(keys=self.ctx.feature_names, length_per_key=widths, values=slots.reshape(batch, -1))
 
     def memory_bytes(self) -> int:
-        """Bytes of every table (kept from construction: a sharded ``ebc`` no longer lists them)."""
-        return sum(table_bytes(t.num_embeddings, t.embedding_dim) for t in self.tables)
+        return ebc_bytes(self.ebc)
 
     @torch.no_grad()
     def collision_stats(self, vocab_ids: dict[str, np.ndarray]) -> dict:
