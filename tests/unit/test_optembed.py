@@ -292,3 +292,48 @@ def test_phases_resume_without_redoing_finished_ones(tmp_path: Path) -> None:
     assert json.loads((phases / "retrain" / "summary.json").read_text())["memory_bytes"] == second["embedding_bytes"]
     assert second["phases"]["search"] == first["phases"]["search"]
     assert second["test_auc"] == pytest.approx(first["test_auc"], abs=1e-6)
+
+
+@pytest.mark.parametrize("base", ["full", "unified"])
+def test_fixed_masks_apply_to_the_sharded_tables(process_group: None, base: str) -> None:
+    from torchrec.distributed.model_parallel import DistributedModelParallel
+    from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+
+    class Holder(nn.Module):  # a dense parameter besides the frozen thresholds, as in every model
+        def __init__(self, method: OptEmbed) -> None:
+            super().__init__()
+            self.method, self.scale = method, nn.Parameter(torch.ones(()))
+
+        def forward(self, kjt: KeyedJaggedTensor) -> torch.Tensor:
+            return self.method(kjt).values() * self.scale
+
+    options = UNIFIED if base == "unified" else {}
+    supernet = make(**options)
+    prune_some(supernet, 0.5)
+    method = entered(supernet, "retrain", **options)
+    method.set_dims((16, 5, 8, 3))
+    reference = entered(supernet, "retrain", **options)
+    reference.set_dims((16, 5, 8, 3))
+    apply_optimizer_in_backward(torch.optim.SGD, method.ebc.parameters(), {"lr": 0.01})
+    model = DistributedModelParallel(Holder(method), device=torch.device("cpu"))
+    model.load_state_dict({f"method.{k}": v for k, v in reference.state_dict().items()} | {"scale": torch.ones(())})
+    kjt = kjt_for(CTX, 64, raw=base == "unified", seed=9)
+    torch.testing.assert_close(model(kjt), reference(kjt).values(), rtol=0, atol=1e-6)
+    assert method.row_masks().keys() == reference.row_masks().keys()
+    assert (reference(kjt).to_dict()["C4"].abs().sum(1) == 0).any()
+
+
+def test_fields_of_different_widths_get_their_own_prefixes() -> None:
+    options = {"base": "unified", "base_options": {"chunks": "auto", "chunk_dim": 4}}
+    method = make(**options)
+    widths = [method.output_dims()[n] for n in CTX.feature_names]
+    assert len(set(widths)) > 1 and method.prefix_table is None
+    kjt = kjt_for(CTX, 2000, raw=True)
+    out = method(kjt).to_dict()
+    for n, w in zip(CTX.feature_names, widths):
+        kept = (out[n] != 0).sum(1)
+        assert kept.max() <= w and kept.float().mean() < 0.75 * w
+    method.eval()
+    method.set_dims([max(1, w // 2) for w in widths])
+    for n, w in zip(CTX.feature_names, widths):
+        assert (method(kjt).to_dict()[n][:, max(1, w // 2):] == 0).all()
