@@ -5,7 +5,8 @@ Every run is ``training.run.train_experiment`` on ``configs/quickstart.yaml`` wi
 folder with ``resume=True``: ``[supernet]`` (the supernet alone), then ``+ search``, then
 ``+ retrain``; each resumed run skips the finished phases. The budget-aware point
 (``embedding.compression``) reuses the supernet phase of the unbudgeted run (supernet training
-does not depend on the budget), then searches and retrains within the budget. The step-time
+does not depend on the budget), then searches and retrains within the budget; a variant
+retrains from the supernet's weights instead of the initial ones. The step-time
 overhead is measured in one process, alternating training steps of ``full`` and of the supernet.
 
 Writes ``<out>/results.json`` and ``<out>/results.md``; run folders live under ``<out>/runs``.
@@ -26,12 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from safetensors.torch import load_file
 
 from recsys.config import load_config
 from recsys.embeddings import Phase
 from recsys.embeddings.optembed_export import rank_bitmap_bytes
 from recsys.features import load_dataset_spec
+from training.distributed import ensure_process_group
 from training.run import Experiment, train_experiment
 from training.tracking import make_tracker
 
@@ -93,6 +96,7 @@ def staged(data: Path, out: Path, options: dict[str, Any], extra: list[str], ful
 
 def step_times(data: Path, extra: list[str], steps: int = 40) -> dict[str, float]:
     """Median train-step seconds of ``full`` and of the supernet, alternating in one process."""
+    started = ensure_process_group()
     built = {}
     for method, phase in (("full", None), ("optembed", Phase("supernet"))):
         cfg = load_config(ROOT / "configs/quickstart.yaml", _overrides(data, method, {}, extra))
@@ -111,15 +115,23 @@ def step_times(data: Path, extra: list[str], steps: int = 40) -> dict[str, float
             sharded.optimizer.step()
             m.on_train_step(i)
             times[k].append(time.perf_counter() - start)
+    if started:
+        dist.destroy_process_group()
     med = {k: statistics.median(v[5:]) for k, v in times.items()}
     return {"full_step_s": med["full"], "supernet_step_s": med["optembed"], "ratio": med["optembed"] / med["full"]}
 
 
-def bench(data: Path, out: Path, options: dict[str, Any], extra: list[str], compression: float | None) -> dict[str, Any]:
+def bench(data: Path, out: Path, options: dict[str, Any], extra: list[str], compressions: list[float]) -> dict[str, Any]:
     full = run(data, out / "runs/full", "full", {}, extra, resume=True)
     rows = [_row("full", full, full)]
     rows += staged(data, out / "runs/optembed", options, extra, full, "optembed")
-    if compression:
+    inherit_dir = out / "runs/optembed_inherit"  # retrain from the supernet's weights (Hetu's variant)
+    for phase in ("supernet", "search"):
+        shutil.copytree(out / f"runs/optembed/phases/{phase}", inherit_dir / f"phases/{phase}", dirs_exist_ok=True)
+    shutil.copy(out / "runs/optembed/initial.safetensors", inherit_dir / "initial.safetensors")
+    m = run(data, inherit_dir, "optembed", options | {"retrain_weights": "inherit"}, extra, resume=True)
+    rows.append(_row("optembed: after retrain (inherited weights)", m, full))
+    for compression in compressions:
         budget_dir = out / f"runs/optembed_{compression:g}x"
         shutil.copytree(out / "runs/optembed/phases/supernet", budget_dir / "phases/supernet", dirs_exist_ok=True)
         shutil.copy(out / "runs/optembed/initial.safetensors", budget_dir / "initial.safetensors")
@@ -149,7 +161,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=300_000, help="rows to generate when --data is missing")
     parser.add_argument("--criteo-sample", type=Path, default=None, help="Criteo TSV sample to convert and run too")
     parser.add_argument("--out", type=Path, default=Path("bench_out/optembed"))
-    parser.add_argument("--compression", type=float, default=10.0, help="budget of the budget-aware point (0: none)")
+    parser.add_argument("--compression", type=float, nargs="*", default=[10.0], help="budgets of the budget-aware points")
     parser.add_argument("--options", type=json.loads, default={}, help="optembed options (JSON)")
     parser.add_argument("--set", nargs="*", default=[], help="extra config overrides")
     args = parser.parse_args()
@@ -158,14 +170,14 @@ def main() -> None:
         from recsys.data.synthetic import generate
 
         generate(args.data, rows=args.rows, profile="criteo", seed=0, progress=False)
-    results = {f"synthetic criteo ({args.data.name})": bench(args.data, args.out / "synthetic", args.options, args.set, args.compression or None)}
+    results = {f"synthetic criteo ({args.data.name})": bench(args.data, args.out / "synthetic", args.options, args.set, args.compression)}
     if args.criteo_sample is not None and args.criteo_sample.exists():
         from recsys.data.convert import convert
 
         sample = args.out / "criteo_sample_data"
         if not (sample / "dataset.json").exists():
             convert("criteo", args.criteo_sample, sample, progress=False)
-        results["Criteo sample"] = bench(sample, args.out / "criteo_sample", args.options, args.set, args.compression or None)
+        results["Criteo sample"] = bench(sample, args.out / "criteo_sample", args.options, args.set, args.compression)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (args.out / "results.md").write_text(_markdown(results) + "\n")
