@@ -4,10 +4,11 @@ Every run is ``training.run.train_experiment`` on ``configs/quickstart.yaml`` wi
 (tracking off). OptEmbed's stages are measured by growing the ``phases`` option in one run
 folder with ``resume=True``: ``[supernet]`` (the supernet alone), then ``+ search``, then
 ``+ retrain``; each resumed run skips the finished phases. The budget-aware point
-(``embedding.compression``) reuses the supernet phase of the unbudgeted run (supernet training
-does not depend on the budget), then searches and retrains within the budget; a variant
-retrains from the supernet's weights instead of the initial ones. The step-time
-overhead is measured in one process, alternating training steps of ``full`` and of the supernet.
+(``embedding.compression`` below 16×, else the ``search_compression`` option: a context budget
+must fit the unpruned tables at one dimension, D = 16) reuses the supernet phase of the
+unbudgeted run (supernet training does not depend on the budget), then searches and retrains
+within the budget; a variant retrains from the supernet's weights instead of the initial ones.
+The step-time overhead is measured in one process, alternating steps of ``full`` and the supernet.
 
 Writes ``<out>/results.json`` and ``<out>/results.md``; run folders live under ``<out>/runs``.
 
@@ -135,7 +136,14 @@ def bench(data: Path, out: Path, options: dict[str, Any], extra: list[str], comp
         budget_dir = out / f"runs/optembed_{compression:g}x"
         shutil.copytree(out / "runs/optembed/phases/supernet", budget_dir / "phases/supernet", dirs_exist_ok=True)
         shutil.copy(out / "runs/optembed/initial.safetensors", budget_dir / "initial.safetensors")
-        m = run(data, budget_dir, "optembed", options, [*extra, f"embedding.compression={compression}"], resume=True)
+        by_ctx = compression < 16  # a context budget must fit the unpruned tables at one dimension (D = 16)
+        budget = [f"embedding.compression={compression}"] if by_ctx else []
+        opts = options if by_ctx else options | {"search_compression": compression}
+        try:
+            m = run(data, budget_dir, "optembed", opts, [*extra, *budget], resume=True)
+        except ValueError as exc:  # the kept rows at one dimension are over the budget
+            print(f"{compression:g}x budget: {exc}")
+            continue
         s = m["phases"]["search"]["search"]
         rows.append(_row(f"optembed {compression:g}x budget: after retrain", m, full, search_seconds=s["seconds"],
                          dims=s["dims"], budget_bytes=int(full["embedding_bytes"] / compression)))

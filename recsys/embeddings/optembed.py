@@ -29,7 +29,8 @@ sub-table shared by every field; a table no field reads is dropped).
 Accounting: ``Σ_t rows_t × stored columns_t × 4`` (all rows until the masks are fixed, kept
 rows after) plus a rank bitmap per pruned table; for ``full``: ``Σ_f kept_f·d_f·4`` + bitmaps.
 With a budget and no search yet, ``d_f`` is the largest common dim that fits (evaluation uses
-it); the search only evaluates candidates within the budget.
+it); the search only evaluates candidates within it, or within ``search_compression`` (which,
+unlike the context's budget, may lie beyond what unpruned tables reach at one dimension).
 
 Defaults ``α = 1e-3, threshold_lr = 20``: without task gradient ``t`` grows by
 ``lr_t·α·e^(−t)`` per step, so pruning is set by ``lr_t·α`` × steps. The authors' values
@@ -85,6 +86,7 @@ class OptEmbedOptions(MethodOptions):
     crossovers: int = Field(10, ge=0)
     mutation_prob: float = Field(0.1, gt=0, le=1)
     seed: int = Field(0, description="seed of the dimension masks and of the search")
+    search_compression: float | None = Field(None, ge=1, description="search budget as full bytes / budget (with the context's)")
 
     @field_validator("phases")
     @classmethod
@@ -134,13 +136,10 @@ class OptEmbed(EmbeddingMethod):
             return list(self.widths)
         fits = [d for d in range(1, min(self.widths) + 1) if self.bytes_at((d,) * len(self.names)) <= budget]
         if not fits:
-            raise ValueError(
-                f"method 'optembed' needs {self.bytes_at((1,) * len(self.names))} bytes at one dimension per row, "
-                f"over the budget of {budget} bytes"
-            )
+            raise ValueError(f"method 'optembed' needs {self.bytes_at((1,) * len(self.names))} bytes unpruned at one "
+                             f"dimension per row, over the budget of {budget} bytes; use option 'search_compression'")
         return [fits[-1]] * len(self.names)
 
-    # ----- phases -------------------------------------------------------------------
     def phases(self) -> list[Phase]:
         o = self.opts
         by_name = {
@@ -261,7 +260,8 @@ class OptEmbed(EmbeddingMethod):
         """Evolutionary search of per-field dims; fitness = ``evaluate()`` (validation AUC)."""
         o = self.opts
         cfg = EvolutionConfig(o.generations, o.parents, o.mutations, o.crossovers, o.mutation_prob, o.seed)
-        space = SearchSpace(tuple(self.widths), self.bytes_at, self.ctx.budget_bytes)
+        budgets = [self.ctx.budget_bytes, int(self.ctx.full_bytes / o.search_compression) if o.search_compression else None]
+        space = SearchSpace(tuple(self.widths), self.bytes_at, min((b for b in budgets if b is not None), default=None))
 
         def fitness(cand: tuple[int, ...]) -> float:
             self.set_dims(cand)

@@ -337,3 +337,14 @@ def test_fields_of_different_widths_get_their_own_prefixes() -> None:
     method.set_dims([max(1, w // 2) for w in widths])
     for n, w in zip(CTX.feature_names, widths):
         assert (method(kjt).to_dict()[n][:, max(1, w // 2):] == 0).all()
+
+
+def test_search_compression_targets_budgets_beyond_unpruned_tables() -> None:
+    with pytest.raises(ValueError, match="search_compression"):
+        make(SINGLE.with_budget(compression=40))
+    supernet = make(SINGLE, search_compression=40)
+    assert supernet.memory_bytes() == SINGLE.full_bytes  # the supernet itself is unbudgeted
+    prune_some(supernet, 0.9)
+    search = entered(supernet, "search", SINGLE, search_compression=40, generations=3)
+    summary = search.search(lambda: float(search.dims.sum()))
+    assert summary["memory_bytes"] == search.memory_bytes() <= SINGLE.full_bytes / 40
