@@ -6,8 +6,10 @@
 2. ``input``: rows/s of one pass over the train split as ``Batch`` objects, in-process
    (``ParquetBatchReader``, shuffled) against Ray Data (``read_parquet`` → ``EqualSplit`` →
    ``RayShardReader``, one shard); and whether two passes of an epoch give the same batches.
-3. ``mlflow``: the time of one ``log_metrics`` call (embedded sqlite store and a local
-   ``mlflow server``) as a share of the training time between two logged steps.
+3. ``mlflow``: in-process DMP training steps with step metrics logged every ``--log-every``
+   steps (embedded sqlite store; a local ``mlflow server``) against no tracking, interleaved
+   rounds: the slowdown, the training thread's cost per call (an enqueue), and what a
+   synchronous call would cost (``*_sync_overhead_pct``).
 
 Usage: ``python -m bench.ray_bench [--rows 200000] [--batch 1024] [--log-every 50]``
 (results in ``bench_out/ray_bench.json``).
@@ -16,13 +18,14 @@ Usage: ``python -m bench.ray_bench [--rows 200000] [--batch 1024] [--log-every 5
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from recsys.config import TrackingConfig, load_config
 from recsys.data.batch import BatchLayout, ParquetBatchReader
@@ -87,31 +90,72 @@ def _input(data: Path, batch: int) -> dict[str, Any]:
     }
 
 
-def _log_cost(uri: str, calls: int = 100) -> float:
-    from training.tracking import MlflowTracker
+def _steps(data: Path, batch: int) -> tuple[Callable[[int], float], list[Any]]:
+    """One in-process DMP training step of DLRM-``full`` on pre-built batches, and the batches."""
+    from recsys.config import ModelConfig, TrainingConfig
+    from recsys.embeddings import MethodContext, build_method
+    from recsys.models import build_model
+    from recsys.models.train import TrainModel
+    from training.distributed import ensure_process_group, shard
 
-    tracker = MlflowTracker(TrackingConfig(tracking_uri=uri, experiment="bench"))
-    tracker.log_metrics({"warm": 0.0}, 0)
-    start = time.perf_counter()
-    for step in range(calls):
-        tracker.log_metrics({"train_loss": 0.5, "train_samples_per_s": 1e4}, step)
-    tracker.close()
-    return (time.perf_counter() - start) / calls
+    ensure_process_group()
+    spec = load_dataset_spec(data)
+    method = build_method("full", MethodContext.from_spec(spec, 16))
+    sharded = shard(TrainModel(build_model(ModelConfig(), method, len(spec.dense_fields))), method, TrainingConfig())
+    batches = list(itertools.islice(iter(ParquetBatchReader(data, "train", BatchLayout.from_spec(spec, "index"), batch)), 20))
+
+    def step(i: int) -> float:
+        loss, _ = sharded.module(batches[i % len(batches)])
+        sharded.optimizer.zero_grad()
+        loss.backward()
+        sharded.optimizer.step()
+        return float(loss.detach())
+
+    return step, batches
 
 
-def _mlflow(work: Path, step_s: float, log_every: int) -> dict[str, float]:
+def _mlflow(data: Path, work: Path, batch: int, log_every: int, steps: int = 600, rounds: int = 3) -> dict[str, Any]:
+    """Training time with metrics logged every ``log_every`` steps against none (A/B, interleaved),
+    and the cost of one call on the training thread (enqueue) and in the background sender."""
     from training.distributed import free_port
     from training.mlflow_server import LocalServer
+    from training.tracking import MlflowTracker, NullTracker
 
+    step, _ = _steps(data, batch)
+    for i in range(20):
+        step(i)
     server = LocalServer(free_port(), work / "server.db").start()
+    out: dict[str, Any] = {"log_every": log_every, "steps": steps}
     try:
-        costs = {"sqlite": _log_cost(f"sqlite:///{work}/log.db"), "server": _log_cost(server.uri)}
+        uris = {"sqlite": f"sqlite:///{work}/log.db", "server": server.uri}
+        times: dict[str, list[float]] = {"none": [], **{k: [] for k in uris}}
+        for _ in range(rounds):
+            for name in times:
+                tracker = NullTracker() if name == "none" else MlflowTracker(TrackingConfig(tracking_uri=uris[name], experiment="bench"))
+                start = time.perf_counter()
+                enqueue = 0.0
+                for i in range(steps):
+                    loss = step(i)
+                    if (i + 1) % log_every == 0:
+                        t = time.perf_counter()
+                        tracker.log_metrics({"train_loss": loss, "train_samples_per_s": 1.0}, i + 1)
+                        enqueue += time.perf_counter() - t
+                times[name].append(time.perf_counter() - start)
+                out.setdefault(f"{name}_enqueue_ms", 1000 * enqueue / (steps // log_every))
+                if isinstance(tracker, MlflowTracker):
+                    t = time.perf_counter()
+                    for i in range(20):
+                        tracker._submit({"op": "metrics", "run": tracker.run_id, "metrics": {"x": 1.0}, "step": i, "ts": 0})
+                    out.setdefault(f"{name}_send_ms", 1000 * (time.perf_counter() - t) / 20)
+                tracker.close()
     finally:
         server.stop()
-    out: dict[str, float] = {"step_s": step_s, "log_every": log_every}
-    for name, cost in costs.items():
-        out[f"{name}_call_ms"] = 1000 * cost
-        out[f"{name}_overhead_pct"] = 100 * cost / (log_every * step_s)
+    base = statistics.median(times["none"])
+    out["step_ms"] = 1000 * base / steps
+    for name in uris:
+        out[f"{name}_overhead_pct"] = 100 * (statistics.median(times[name]) - base) / base
+        out[f"{name}_sync_overhead_pct"] = 100 * out[f"{name}_send_ms"] / (log_every * out["step_ms"])
+    out["round_spread_pct"] = 100 * (max(times["none"]) - min(times["none"])) / base
     return out
 
 
@@ -133,7 +177,7 @@ def main() -> None:
         results["input"] = _input(data, args.batch)
         one, two = _scaling(data, 1, args.batch, work), _scaling(data, 2, args.batch, work)
         results["scaling"] = {"1_worker": one, "2_workers": two, "ratio": two["samples_per_s"] / one["samples_per_s"]}
-        results["mlflow"] = _mlflow(work, args.batch / one["compute_samples_per_s"], args.log_every)
+        results["mlflow"] = _mlflow(data, work, args.batch, args.log_every)
     (OUT / "ray_bench.json").write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
     print(f"scaling 1→2 workers: {results['scaling']['ratio']:.2f}x; Ray input / in-process: {results['input']['ray_vs_in_process']:.2f}; "

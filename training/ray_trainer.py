@@ -10,7 +10,8 @@ over the Ray-created process group and reads its shard of each split through Ray
 Checkpoints (``training.sharded_checkpoint`` folders plus ``loop.json``: phase, step, epoch and
 loop state) are reported every epoch and every ``training.checkpoint_every`` steps. After a
 worker failure Ray restarts the group (up to ``training.max_failures`` times) and the phase in
-progress resumes from the last checkpoint; finished phases are skipped. ``--resume`` does the
+progress resumes from the last checkpoint (rank 0 waits until Ray has registered each
+checkpoint, at most its 2 s poll, so that is the last one written); finished phases are skipped. ``--resume`` does the
 same for a run that stopped: Ray restores the last checkpoint of ``<out>/ray/train``.
 ``<out>/progress.jsonl`` records starts, resumes and checkpoints.
 
@@ -176,7 +177,7 @@ class RayCheckpointer:
 
     def save(self, phase: Phase, sharded: Any, state: LoopState) -> None:
         import ray.train
-        from ray.train import Checkpoint
+        from ray.train import Checkpoint, CheckpointConsistencyMode
 
         with tempfile.TemporaryDirectory() as folder:
             save_sharded(folder, training_state(sharded.module, sharded.optimizer), self.rank)
@@ -184,6 +185,8 @@ class RayCheckpointer:
                 (Path(folder) / "loop.json").write_text(json.dumps({"phase": phase.name, "world": self.world, "state": state.to_json()}))
                 _event(self.out, event="checkpoint", phase=phase.name, step=state.step, epoch=state.epoch)
             ray.train.report({"phase": phase.name, "step": state.step, "epoch": state.epoch}, checkpoint=Checkpoint.from_directory(folder))
+        if self.rank == 0:  # wait until Ray registered it: a failure from here on resumes from it
+            ray.train.get_all_reported_checkpoints(consistency_mode=CheckpointConsistencyMode.COMMITTED)
 
 
 def _fail_hook(spec: str | None, rank: int, out: Path) -> Any:

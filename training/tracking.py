@@ -11,11 +11,16 @@ call to a JSONL spool in the run folder and, at most every ``PROBE_EVERY_S`` sec
 ``close``, replays the spool in order; once a replay succeeds it is online again. Calls the
 server rejects (bad values) are dropped with a warning. Training never stops for tracking,
 except at start-up with ``tracking.required: true`` (``TrackingUnavailable``).
+
+Step metrics are sent by a background thread (``log_metrics`` only enqueues), so the training
+thread never waits for the store or the network; every other call first waits for the queue.
 """
 
 from __future__ import annotations
 
 import os
+import queue
+import threading
 import time
 import uuid
 import warnings
@@ -100,6 +105,8 @@ class MlflowTracker:
         self._pending: dict[str, str] = {}
         self._offline = self._spool is not None and self._spool.count() > 0  # calls left by a crashed process
         self._last_probe = 0.0
+        self._queue: queue.Queue[Record | None] = queue.Queue()
+        self._sender: threading.Thread | None = None
         self.run_id = run_id
         self._owns_run = run_id is None  # an attached tracker leaves ending the run to its owner
         if run_id is None:
@@ -209,23 +216,48 @@ class MlflowTracker:
         self._offline = False
         return True
 
+    def _send_queued(self) -> None:
+        while True:
+            record = self._queue.get()
+            try:
+                if record is None:
+                    return
+                self._submit(record)
+            finally:
+                self._queue.task_done()
+
+    def wait(self) -> None:
+        """Block until every queued metric went to MLflow (or to the spool)."""
+        self._queue.join()
+
     def log_params(self, params: dict[str, Any]) -> None:
+        self.wait()
         self._submit({"op": "params", "run": self.run_id, "params": {k: str(v)[:6000] for k, v in params.items()}})
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """Queue metrics for the background sender (returns at once)."""
+        if self._sender is None:
+            self._sender = threading.Thread(target=self._send_queued, name="mlflow-metrics", daemon=True)
+            self._sender.start()
         values = {k: float(v) for k, v in metrics.items() if v is not None}
-        self._submit({"op": "metrics", "run": self.run_id, "metrics": values, "step": step or 0, "ts": int(time.time() * 1000)})
+        self._queue.put({"op": "metrics", "run": self.run_id, "metrics": values, "step": step or 0, "ts": int(time.time() * 1000)})
 
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
+        self.wait()
         self._submit({"op": "artifact", "run": self.run_id, "path": str(Path(path).resolve()), "folder": folder})
 
     def register(self, run_dir: Path, name: str, alias: str) -> None:
         """Export the finished run folder, log it as a pyfunc model, register it as ``models:/name@alias``."""
+        self.wait()
         self._submit({"op": "register", "run": self.run_id, "run_dir": str(Path(run_dir).resolve()), "name": name, "alias": alias})
 
     def close(self, status: str = "FINISHED", others: list[Path] | None = None) -> None:
         """End the run (if this tracker created it); replays what is spooled (also ``others``:
         the workers' spools) first."""
+        if self._sender is not None:
+            self._queue.put(None)
+            self._sender.join()
+            self._sender = None
         if self._offline or others:
             self.flush(extra=others)
         if self._owns_run:

@@ -83,8 +83,6 @@ def progress(out: Path) -> list[dict[str, Any]]:
 
 
 KNOWN_FAILING = {
-    "test_mlflow_server.py::test_run_is_logged_to_the_server_and_registered_by_alias": "issue 7 in progress: registry via the MLflow server",
-    "test_mlflow_server.py::test_server_dying_mid_run_spools_and_replays": "issue 7 in progress: spool replay against a restarted server",
     "test_ray_train.py::test_resume_skips_the_finished_phase_and_continues_the_next": "issue 7 in progress: phase resume under Ray",
 }
 

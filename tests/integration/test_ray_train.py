@@ -43,10 +43,10 @@ def test_killed_worker_resumes_from_the_last_checkpoint(ray_run, small_data, tmp
     assert kinds.count("injected_failure") == 1 and kinds[0] == "start"
     failure = kinds.index("injected_failure")
     resumed = events[failure + 1]
-    assert resumed["event"] == "resume" and resumed["step"] == 20  # last checkpoint before step 25, not 0
     before = [e["step"] for e in events[:failure] if e["event"] == "checkpoint"]
     after = [e["step"] for e in events[failure:] if e["event"] == "checkpoint"]
-    assert before[-1] == 20 and after[0] == 30 and after[-1] == ray_run["progress"][-1]["step"]
+    assert resumed["event"] == "resume" and resumed["step"] == before[-1] == 20  # the last checkpoint, not step 0
+    assert after[0] == 30 and after[-1] == ray_run["progress"][-1]["step"]
     assert abs(metrics["test_auc"] - ray_run["metrics"]["test_auc"]) < 0.01, (metrics, ray_run["metrics"])
 
     import mlflow
@@ -65,6 +65,7 @@ def test_resume_skips_the_finished_phase_and_continues_the_next(small_data, ray_
     out = tmp_path / "run"
     cfg = experiment(
         small_data, "training.workers=2", "training.epochs=1", "training.max_failures=0", "tracking.enabled=false",
+        "data.max_train_rows=8000", "data.max_eval_rows=2000",  # 16 steps per phase and worker
         "embedding.method=optembed", "embedding.options={phases: [supernet, retrain]}",
     )
     monkeypatch.setenv(FAIL_ENV, f"0:retrain:15:{tmp_path / 'failed-once'}")  # rank 0 dies in the retrain phase

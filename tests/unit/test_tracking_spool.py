@@ -75,10 +75,13 @@ def _cfg(**kw) -> TrackingConfig:
 def test_server_down_mid_run_spools_then_replays_in_order(client, tmp_path):
     tracker = make_tracker(_cfg(), run_dir=tmp_path)
     tracker.log_metrics({"loss": 1.0}, step=1)
+    tracker.wait()
     client.down = True
     with pytest.warns(RuntimeWarning, match="unreachable"):
         tracker.log_metrics({"loss": 0.9}, step=2)
+        tracker.wait()
     tracker.log_metrics({"loss": 0.8}, step=3)
+    tracker.wait()
     spool = Spool(tmp_path / "mlflow_spool.jsonl")
     assert [r["step"] for r in spool.read()] == [2, 3]
     client.down = False
@@ -95,9 +98,11 @@ def test_probe_replays_at_the_next_call_once_the_server_is_back(client, tmp_path
     client.down = True
     with pytest.warns(RuntimeWarning):
         tracker.log_metrics({"loss": 0.5}, step=5)
+        tracker.wait()
     assert tracker.offline
     client.down = False
     tracker.log_metrics({"loss": 0.4}, step=6)
+    tracker.wait()
     assert not tracker.offline
     assert [s for _, _, s, _ in client.runs["run0"]["metrics"]] == [5, 6]
 
@@ -128,6 +133,7 @@ def test_worker_spool_of_a_pending_run_is_replayed_by_the_driver(client, tmp_pat
         driver = make_tracker(_cfg(), run_dir=tmp_path)
         worker = make_tracker(_cfg(), run_dir=tmp_path, run_id=driver.run_id)
         worker.log_metrics({"train_loss": 0.3}, step=10)
+        worker.wait()
     with pytest.warns(RuntimeWarning, match="still unreachable"):
         worker.close()  # attached: never ends the run
     client.down = False
