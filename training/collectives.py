@@ -59,13 +59,28 @@ def gather_rows(values: np.ndarray) -> np.ndarray:
 
 
 def replicated_mismatches(tensors: dict[str, torch.Tensor]) -> list[str]:
-    """Keys of tensors that should be identical on all ranks but are not (compared by checksum)."""
-    if world()[1] == 1 or not tensors:
+    """Keys of tensors that should be identical on all ranks but are not: each rank's SHA-256
+    of every tensor's bytes (dtype and shape included), compared exactly through one
+    ``all_gather``; a key missing on some rank counts as a mismatch."""
+    if world()[1] == 1:
         return []
     keys = sorted(tensors)
-    sums = torch.tensor([float(tensors[k].detach().double().sum()) + 1e-3 * float(tensors[k].detach().double().abs().sum()) for k in keys], dtype=torch.float64)
-    gathered = [torch.empty_like(sums) for _ in range(world()[1])]
-    dist.all_gather(gathered, sums)
-    stacked = torch.stack(gathered)
-    differs = (stacked.max(0).values - stacked.min(0).values) > 1e-6 * (1 + stacked.abs().max(0).values)
+    digests = torch.tensor([_digest(k, tensors[k]) for k in keys] or [0], dtype=torch.int64)
+    count = torch.tensor([len(keys)], dtype=torch.int64)
+    counts = [torch.zeros_like(count) for _ in range(world()[1])]
+    dist.all_gather(counts, count)
+    if len({int(c) for c in counts}) > 1:
+        return keys or ["<keys>"]
+    gathered = [torch.empty_like(digests) for _ in range(world()[1])]
+    dist.all_gather(gathered, digests)
+    differs = (torch.stack(gathered) != digests).any(0)
     return [k for k, d in zip(keys, differs.tolist()) if d]
+
+
+def _digest(key: str, value: torch.Tensor) -> int:
+    import hashlib
+
+    t = value.detach().cpu().contiguous()
+    h = hashlib.sha256(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return int.from_bytes(h.digest()[:8], "little", signed=True)

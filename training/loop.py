@@ -198,6 +198,8 @@ class Trainer:
         if self.cfg.max_steps_per_epoch:
             per_epoch = min(per_epoch, self.cfg.max_steps_per_epoch)
         self.method.on_train_begin(per_epoch * self.cfg.epochs)
+        if state.step:
+            self.method.on_train_resume(state.step)
         while state.epoch < self.cfg.epochs and not result.stopped_early:
             epoch = state.epoch
             loss, rate, steps = self._train_epoch(epoch, on_checkpoint)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import random
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -38,7 +39,7 @@ from recsys.features import load_dataset_spec
 from recsys.models import build_model
 from recsys.models.train import TrainModel
 from training.checkpoint import load_weights, save_weights
-from training.collectives import barrier, broadcast_tensors, is_main
+from training.collectives import barrier, broadcast_tensors, is_main, replicated_mismatches, world
 from training.distributed import ShardedModel, ensure_process_group, shard
 from training.loop import FitResult, LoopState, Reader, Trainer
 from training.plots import learning_curve
@@ -153,6 +154,7 @@ def _run_phase(exp: Experiment, phase: Phase, previous: Path | None) -> tuple[Em
     else:
         summary.update(search=method.search(lambda: trainer.evaluate(trainer.valid_reader).auc))
         save_weights(sharded.module, folder / "weights.safetensors")
+    summary["rank_mismatches"] = _rank_mismatches(method)
     decided = broadcast_tensors(method.phase_state())  # identical decisions on every rank
     method.load_phase_state(decided)
     summary["memory_bytes"] = method.memory_bytes()
@@ -161,6 +163,22 @@ def _run_phase(exp: Experiment, phase: Phase, previous: Path | None) -> tuple[Em
         (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     barrier()
     return method, trainer, summary
+
+
+def _rank_mismatches(method: EmbeddingMethod) -> list[str]:
+    """Names of the method's replicated state (``phase_state()`` and every tensor of its
+    ``state_dict`` that is not a shard: thresholds, masks, dims) that differ between ranks at
+    the end of a phase, before rank 0's decisions are broadcast; ``[]`` in one process. A
+    mismatch means training let the ranks drift apart: it is warned about and recorded in the
+    phase's ``summary.json``."""
+    if world()[1] == 1:
+        return []
+    state = {f"phase_state/{k}": v for k, v in method.phase_state().items()}
+    state |= {f"state_dict/{k}": v for k, v in method.state_dict().items() if type(v) is torch.Tensor or isinstance(v, torch.nn.Parameter)}
+    mismatches = replicated_mismatches({k: v.detach().cpu() for k, v in state.items()})
+    if mismatches and is_main():
+        warnings.warn(f"method '{method.name}': state differs between ranks: {mismatches[:5]}", RuntimeWarning, stacklevel=2)
+    return mismatches
 
 
 def _restore(exp: Experiment, phase: Phase, folder: Path | None) -> tuple[EmbeddingMethod, Trainer]:

@@ -205,6 +205,11 @@ class EmbeddingMethod(nn.Module):
     def on_train_step(self, step: int) -> None:
         """Called after every optimizer step with the global step number (0-based)."""
 
+    def on_train_resume(self, steps: int) -> None:
+        """Called after ``on_train_begin`` when a fit resumes from a checkpoint taken after
+        ``steps`` optimizer steps (weights and optimizer state already restored): set any step
+        counter as if those steps had just been taken, without redoing their side effects."""
+
     def phases(self) -> list[Phase]:
         """The method's training stages; most methods train in one phase."""
         return [Phase("train")]

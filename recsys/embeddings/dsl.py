@@ -215,6 +215,10 @@ class DSLEmbedding(EmbeddingMethod):
         self.base.on_train_begin(total_steps)
         self.total_steps, self._next_step = total_steps, 0
 
+    def on_train_resume(self, steps: int) -> None:
+        self.base.on_train_resume(steps)
+        self._next_step = steps  # which steps record the regrowth gradient
+
     def on_train_step(self, step: int) -> None:
         """Re-mask the rows this step looked up, then update the masks every ``update_every`` steps."""
         self.base.on_train_step(step)

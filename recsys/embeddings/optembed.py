@@ -241,6 +241,9 @@ class OptEmbed(EmbeddingMethod):
     def on_train_step(self, step: int) -> None:
         self.step = step + 1
 
+    def on_train_resume(self, steps: int) -> None:
+        self.step = steps  # the supernet's dimension masks are seeded by the step
+
     def output_dims(self) -> dict[str, int]:
         return self.base.output_dims()
 

@@ -81,16 +81,3 @@ def progress(out: Path) -> list[dict[str, Any]]:
     path = out / "progress.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
-
-KNOWN_FAILING = {
-    "test_ray_train.py::test_resume_skips_the_finished_phase_and_continues_the_next": "issue 7 in progress: phase resume under Ray",
-}
-
-
-def pytest_collection_modifyitems(config, items):
-    import pytest
-
-    for item in items:
-        for suffix, reason in KNOWN_FAILING.items():
-            if item.nodeid.endswith(suffix):
-                item.add_marker(pytest.mark.xfail(reason=reason, strict=False))
