@@ -34,7 +34,7 @@ import torch
 
 from recsys.config import ExperimentConfig, flatten, validate_config
 from recsys.data.batch import BatchLayout
-from recsys.embeddings import Phase, get_method
+from recsys.embeddings import Phase, build_method
 from training.loop import LoopState
 from training.ray_data import RayShardReader, make_data_config, read_split, split_rows
 from training.run import Experiment, ReaderFactory, _run_phases, finish_run, row_limit, run_tags
@@ -73,7 +73,8 @@ def dataset_key(split: str, rows: int | None) -> str:
 def _datasets(exp: Experiment) -> tuple[dict[str, Any], dict[str, int]]:
     """Ray datasets of every (split, row limit) the phases read, and their row counts."""
     cfg = exp.cfg
-    layout = BatchLayout.from_spec(exp.spec, get_method(cfg.embedding.method).id_scheme)
+    # the instance's id scheme: a wrapper (dsl, optembed) reads the ids its base reads
+    layout = BatchLayout.from_spec(exp.spec, build_method(cfg.embedding.method, exp.ctx, cfg.embedding.options).id_scheme)
     wanted = {(s, row_limit(cfg, s)) for s in ("train", "valid", "test")}
     wanted |= {("valid", row_limit(cfg, "valid", p.eval_rows)) for p in exp.phases()}
     datasets, rows = {}, {}

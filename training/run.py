@@ -143,6 +143,15 @@ def _run_phase(exp: Experiment, phase: Phase, previous: Path | None) -> tuple[Em
     folder.mkdir(parents=True, exist_ok=True)
     trainer = exp.trainer(method, sharded, phase, phase.eval_rows)
     summary: dict[str, Any] = {"phase": asdict(phase)}
+    mismatches: set[str] = set()
+    log_epoch = trainer.on_epoch
+
+    def on_epoch(result: Any) -> None:  # compared after every epoch: the end of a fit reloads rank 0's best weights
+        mismatches.update(_rank_mismatches(method))
+        if log_epoch is not None:
+            log_epoch(result)
+
+    trainer.on_epoch = on_epoch
     if phase.kind == "train":
         ckpt = exp.checkpointer
         state = ckpt.restore(phase, sharded) if ckpt is not None else None
@@ -154,7 +163,7 @@ def _run_phase(exp: Experiment, phase: Phase, previous: Path | None) -> tuple[Em
     else:
         summary.update(search=method.search(lambda: trainer.evaluate(trainer.valid_reader).auc))
         save_weights(sharded.module, folder / "weights.safetensors")
-    summary["rank_mismatches"] = _rank_mismatches(method)
+    summary["rank_mismatches"] = sorted(mismatches.union(_rank_mismatches(method)))
     decided = broadcast_tensors(method.phase_state())  # identical decisions on every rank
     method.load_phase_state(decided)
     summary["memory_bytes"] = method.memory_bytes()
@@ -289,10 +298,27 @@ def _run_phases(exp: Experiment, resume: bool) -> dict[str, Any]:
     if len(phases) > 1:
         metrics["phases"] = {name: {k: v for k, v in s.items() if k != "phase"} for name, s in summaries.items()}
     plot = _phase_dir(exp.out, phases[-1]) / "learning_curve.png"
-    diagnostics = method.diagnostics()
+    diagnostics = method.diagnostics()  # on every rank: it may gather sharded tables
     if is_main():
+        diagnostics = _with_collisions(exp, method, diagnostics)
         if plot.exists():
             (exp.out / "learning_curve.png").write_bytes(plot.read_bytes())
         if diagnostics:
             (exp.out / "diagnostics.json").write_text(json.dumps(diagnostics, indent=2, default=str) + "\n")
     return metrics
+
+
+def _with_collisions(exp: Experiment, method: EmbeddingMethod, diagnostics: dict[str, Any]) -> dict[str, Any]:
+    """``diagnostics`` plus, for a hashing method that reports them (``collision_stats``, e.g.
+    ``unified``, also wrapped by ``dsl``/``optembed``), the collision statistics of the train
+    vocabularies' raw ids."""
+    inner: Any = method
+    while inner is not None and not hasattr(inner, "collision_stats"):
+        inner = getattr(inner, "base", None)
+    if inner is None:
+        return diagnostics
+    import pyarrow.parquet as pq
+
+    folder = Path(exp.cfg.data.path)
+    ids = {f.name: pq.read_table(folder / f.vocabulary, columns=["id"]).column("id").to_numpy() for f in exp.spec.sparse_fields if f.vocabulary}
+    return diagnostics | {"collisions": inner.collision_stats(ids)}

@@ -24,8 +24,11 @@ density is the largest whose served form fits.
   a newly active one starts at 0 with its optimizer state reset: per-weight state (``adagrad``)
   there, per-row state (``rowwise_adagrad``) only in rows with no active weight before (a live
   row's state serves its active weights).
-* Decisions depend only on weights, masks, accumulators, ``seed`` and the step, so ranks with
-  identical state (all-reduced accumulators) decide identically; no collectives are issued.
+* Decisions depend only on weights, masks, accumulators, ``seed`` and the step. With tables
+  sharded over several ranks (DMP table- or column-wise), each rank holds only its pieces and
+  sees only its batch, so an update first sums the zero-filled weights and the accumulators
+  over the ranks, and every step re-masks the rows any rank read: every rank then decides the
+  same masks (in one process no collectives are issued).
 
 Served form (``sparse_serving``): each table as CSR or, where not larger, dense;
 ``memory_bytes`` = the base's other bytes + the served tables.
@@ -42,6 +45,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
+import torch.distributed as dist
 from pydantic import Field
 from torch import nn
 from torchrec.modules.embedding_configs import PoolingType
@@ -123,6 +127,7 @@ class DSLEmbedding(EmbeddingMethod):
             self.masks.register_buffer(t.buffer, random_mask(t.rows, t.dim, active, options.seed * 1_000_003 + i))
         self.total_steps: int | None = None
         self.updates = 0
+        self.history: list[dict[str, Any]] = []  # one entry per update: step, ζ, density and regrown weights per table
         self._next_step = 0
         self._hooked: dict[str, nn.Module] = {}
         self._acc: dict[int, torch.Tensor] = {}  # per width: accumulated gradient of the stacked rows
@@ -219,10 +224,52 @@ class DSLEmbedding(EmbeddingMethod):
         self.base.on_train_resume(steps)
         self._next_step = steps  # which steps record the regrowth gradient
 
+    def _sharded_over_ranks(self) -> bool:
+        """True when DMP split the tables over several ranks: each rank then holds only its
+        pieces of the weights and sees only its own batch (hence the collectives below)."""
+        return (
+            dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+            and any(type(self.base.get_submodule(p)) is not EmbeddingBagCollection for p in self._keys)
+        )
+
+    def _all_touched(self) -> dict[int, list[torch.Tensor]]:
+        """Every rank's touched rows, per width: a table's owner applies the gradient of rows
+        that other ranks' batches read, so it must re-mask those rows too."""
+        out: dict[int, list[torch.Tensor]] = {}
+        world = dist.get_world_size()
+        for dim in sorted(self._by_dim):
+            mine = torch.cat(self._touched[dim]).unique() if self._touched.get(dim) else torch.zeros(0, dtype=torch.int64)
+            count = torch.tensor([mine.numel()], dtype=torch.int64)
+            counts = [torch.zeros_like(count) for _ in range(world)]
+            dist.all_gather(counts, count)
+            longest = max(int(c) for c in counts)
+            if longest == 0:
+                continue
+            padded = torch.zeros(longest, dtype=torch.int64)
+            padded[: mine.numel()] = mine.to(torch.int64)
+            parts = [torch.empty_like(padded) for _ in range(world)]
+            dist.all_gather(parts, padded)
+            out[dim] = [part[: int(c)] for part, c in zip(parts, counts)]
+        return out
+
+    def _all_reduce_accumulators(self) -> None:
+        """Sum every rank's accumulated gradient (each saw its own batch), so that all ranks
+        regrow from the same global signal; a width no rank accumulated stays absent."""
+        dims = sorted(self._by_dim)
+        present = torch.tensor([float(d in self._acc) for d in dims])
+        dist.all_reduce(present, op=dist.ReduceOp.MAX)
+        for dim, flag in zip(dims, present.tolist()):
+            if flag:
+                acc = self._acc.get(dim)
+                if acc is None:
+                    acc = self._acc[dim] = torch.zeros(self._stacked_mask(dim).shape)
+                dist.all_reduce(acc)
+
     def on_train_step(self, step: int) -> None:
         """Re-mask the rows this step looked up, then update the masks every ``update_every`` steps."""
         self.base.on_train_step(step)
-        for dim, rows in self._touched.items():
+        sharded = self._sharded_over_ranks()
+        for dim, rows in (self._all_touched() if sharded else self._touched).items():
             for i, mine in split_rows(torch.cat(rows), self._by_dim[dim], self._offset, [t.rows for t in self._tables]):
                 remask(self._views(i), self.mask(i), mine)
         self._touched = {}
@@ -238,16 +285,35 @@ class DSLEmbedding(EmbeddingMethod):
         ``step`` salts the tie-breaking (so a resumed run decides as the uninterrupted one)."""
         old = [self.mask(i).clone() for i in range(len(self._tables))]
         weights = [self.full_weight(i) for i in range(len(old))]
+        if self._sharded_over_ranks():  # every rank decides from the whole tables and the global gradient
+            weights = [w.clone() for w in weights]  # (a rank's own whole table is the live tensor)
+            for w in weights:
+                dist.all_reduce(w)  # table- or column-wise: each weight is held by exactly one rank
+            self._all_reduce_accumulators()
         grads = [None if a is None else a.reshape(-1) for a in map(self.accumulated, range(len(old)))]
         salt = self.opts.seed * 7919 + step * 1_000_003
         new = new_masks(old, weights, grads, zeta, salt, self.opts.global_budget)
         states = {path: optimizer_views(self.base.get_submodule(path)) for path in self._keys}
+        regrown: dict[str, int] = {}
         for i, (before, after) in enumerate(zip(old, new)):
             reset_state(states[self._tables[i].path].get(self._tables[i].name, []), before, after & ~before)
             self.mask(i).copy_(after)
             remask(self._views(i), after)
+            regrown[self._tables[i].buffer] = int((after & ~before).sum())
         self._acc = {}
         self.updates += 1
+        self.history.append({"step": step, "zeta": zeta, "density": self._densities(), "regrown": regrown})
+
+    def _densities(self) -> dict[str, float]:
+        return {t.buffer: n / (t.rows * t.dim) for t, n in zip(self._tables, self.active_counts())}
+
+    def diagnostics(self) -> dict[str, Any]:
+        """Density per table now and after every prune/regrow update of this fit (``history``;
+        a resumed fit lists the updates since its checkpoint), and the base's own diagnostics."""
+        tables = {t.buffer: {"rows": t.rows, "dim": t.dim, "active": n} for t, n in zip(self._tables, self.active_counts())}
+        out: dict[str, Any] = {"density": self._densities(), "tables": tables, "updates": self.updates, "history": self.history}
+        base = self.base.diagnostics()
+        return out | ({"base": base} if base else {})
 
     def memory_bytes(self) -> int:
         """The base's bytes with each table counted in its served form (CSR or dense)."""

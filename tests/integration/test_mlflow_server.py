@@ -30,7 +30,7 @@ def test_run_is_logged_to_the_server_and_registered_by_alias(ray_run, mlflow_ser
     assert run.data.metrics["test_auc"] == pytest.approx(ray_run["metrics"]["test_auc"])
     assert [m.step for m in client.get_metric_history(run_id, "valid_auc")][:2] == [0, 1]  # per epoch, then the final
     losses = [m.step for m in client.get_metric_history(run_id, "train_loss")]
-    assert losses[0] == 5 and losses == sorted(losses)
+    assert losses[0] == 5 and losses == sorted(set(losses))  # rank 0 logs, once per logged step
     assert any(key.startswith("system/") for key in run.data.metrics), sorted(run.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert {"metrics.json", "config.yaml", "learning_curve.png", "phases"} <= artifacts

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -85,3 +86,40 @@ def test_resume_skips_the_finished_phase_and_continues_the_next(small_data, ray_
     assert metrics["test_auc"] > 0.6
     # OptEmbed's thresholds (trained in the supernet), masks and dims were identical on both ranks
     assert metrics["phases"]["supernet"]["rank_mismatches"] == metrics["phases"]["retrain"]["rank_mismatches"] == []
+    fields = json.loads((out / "diagnostics.json").read_text())["fields"]  # thresholds and chosen dims per field
+    assert set(fields) == {f.name for f in load_dataset_spec(small_data).sparse_fields}
+    assert all(math.isfinite(f["threshold"]) and f["dim"] >= 1 for f in fields.values())
+
+
+def test_dsl_masks_stay_identical_on_both_ranks_and_diagnostics_are_logged(small_data, ray_cluster, tmp_path):
+    """DSL over unified tables, sharded table-wise: every rank holds half the tables and sees
+    half the batch, yet both must decide the same masks at every update."""
+    import mlflow
+
+    from training.run import train_experiment
+
+    out, uri = tmp_path / "run", f"sqlite:///{tmp_path}/mlflow.db"
+    cfg = experiment(
+        small_data, "training.workers=2", "training.epochs=1", "data.max_train_rows=8000", "data.max_eval_rows=2000",
+        "embedding.method=dsl", "embedding.compression=4", "embedding.options={update_every: 4, base: unified}",
+        f"tracking.tracking_uri={uri}", "tracking.experiment=dsl",
+    )
+    train_experiment(cfg, out)
+    assert json.loads((out / "phases" / "train" / "summary.json").read_text())["rank_mismatches"] == []
+    diagnostics = json.loads((out / "diagnostics.json").read_text())
+    steps = math.ceil(8000 // 2 / 256)
+    assert [h["step"] for h in diagnostics["history"]] == list(range(4, steps + 1, 4))  # density per table over time
+    assert all(set(h["density"]) == set(diagnostics["density"]) for h in diagnostics["history"])
+    assert sum(sum(h["regrown"].values()) for h in diagnostics["history"]) > 0
+    collisions = diagnostics["collisions"]  # unified's collision statistics of the train vocabularies
+    assert set(collisions["features"]) == {f.name for f in load_dataset_spec(small_data).sparse_fields}
+    assert 0 <= collisions["inter_pair_rate"] <= 1
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("dsl").experiment_id])
+    assert "diagnostics.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    (tmp_path / "dl").mkdir()
+    logged = client.download_artifacts(run.info.run_id, "diagnostics.json", str(tmp_path / "dl"))
+    assert json.loads(Path(logged).read_text()) == diagnostics
+    losses = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
+    assert losses == list(range(5, steps + 1, 5))  # logged by rank 0 only: each step once
