@@ -95,7 +95,7 @@ def in_process(stores: dict[str, Store], pool: list[tuple[str, str]]) -> list[di
         (tbe,) = tbe_owner._emb_modules
         for n in (64, 512):
             pairs = pool[:n]
-            kjt, _ = store.encoder.pairs(pairs)
+            kjt = store.encoder.pairs(pairs)[0]
             indices, offsets = kjt.values().int(), kjt.offsets().int()
             with torch.inference_mode():
                 full = _rate(lambda: store.embeddings(pairs))

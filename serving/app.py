@@ -3,11 +3,21 @@
 Endpoints: ``POST /v1/embeddings``, ``POST /v1/score``, ``GET /v1/metadata``, ``GET /healthz``,
 ``GET /readyz``, ``GET /metrics`` (Prometheus text), OpenAPI docs at ``/docs``. Client errors
 (malformed JSON, wrong types, unknown features, too many items, non-finite numbers, bodies over
-the limit) are 4xx with a ``detail`` message. ``/v1/embeddings`` answers raw little-endian
-float32 rows instead of JSON when asked with ``Accept: application/octet-stream``.
+the limit, non-JSON content types) are 4xx with a ``detail`` message.
 
-Lookups run inline on the event loop (one torch thread, no thread-pool hop): they are short
-and CPU-bound, so this is the fastest way through one worker on a few cores.
+Fast path of ``/v1/embeddings``: the body is decoded once (``json.loads``) and a well-formed
+``items`` list is checked in a few C-speed passes instead of building one pydantic object per
+item; anything else goes through the pydantic model, which gives the detailed 422. Vectors go
+out as JSON written in bulk by numpy (9 significant digits, exact for float32; see
+``serving.wire``) or, with ``Accept: application/octet-stream``, as raw little-endian float32
+rows (``n x dim x 4`` bytes, row i = item i) with the shape and version in the headers
+``X-Embedding-Count``, ``X-Embedding-Dim``, ``X-Model-Version``.
+
+Small lookups run inline on the event loop (one torch thread; a thread-pool hop would cost more
+than the lookup); requests with at least ``offload_items`` items run in a worker thread so the
+loop keeps reading and answering other connections meanwhile. ``workers > 1`` runs that many
+processes (uvicorn's supervisor, one listening socket), each loading the artifact itself and
+polling for reloads on its own; ``/metrics`` then describes the process that answered.
 
 Example:
     $ recsys serve --model artifacts/dlrm-hash-int8 --port 8000
@@ -17,14 +27,18 @@ Example:
 import hmac
 import json
 import logging
+import os
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
 import numpy as np
 import torch
+from anyio import to_thread
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ValidationError
 
 from serving.encode import RequestError
 from serving.metrics import BodyLimitMiddleware, MetricsMiddleware, ServingMetrics
@@ -33,13 +47,54 @@ from serving.schemas import EmbeddingsResponse, ScoreResponse, dump_rows, reques
 from serving.settings import ServeSettings
 from serving.source import make_source
 from serving.store import Store
+from serving.wire import fast_pairs, float32_json
 
 log = logging.getLogger("serving.app")
 BINARY = "application/octet-stream"
+SETTINGS_ENV = "RECSYS_SERVE_SETTINGS"  # how `serve` hands its settings to worker processes
+_SMALL_JSON = 128  # fewer numbers than this: plain json.dumps is quicker than the bulk formatter
+BINARY_DOC = (
+    "With `Accept: application/octet-stream` (items only): the vectors as raw little-endian float32, "
+    "`count x dim x 4` bytes, row i = item i; headers `X-Embedding-Count`, `X-Embedding-Dim` and "
+    "`X-Model-Version` give the shape and the model version. "
+    "Read with `numpy.frombuffer(body, '<f4').reshape(count, dim)`."
+)
 
 
 def _json(payload: dict[str, Any]) -> Response:
     return Response(json.dumps(payload, separators=(",", ":")), media_type="application/json")
+
+
+def _vectors_json(version: str, vectors: np.ndarray) -> Response:
+    if vectors.size < _SMALL_JSON:
+        return _json({"version": version, "dim": int(vectors.shape[1]), "vectors": vectors.tolist()})
+    head = json.dumps({"version": version, "dim": int(vectors.shape[1])}, separators=(",", ":"))[:-1]
+    return Response(head.encode() + b',"vectors":' + float32_json(vectors) + b"}", media_type="application/json")
+
+
+class _Invalid(Exception):
+    """A request body the model refuses; answered 422 like FastAPI's validation errors."""
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        self.errors = errors
+
+
+def _validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
+    return [{"loc": ["body", *e.get("loc", ())], "msg": e.get("msg", "")} for e in exc.errors()[:20]]
+
+
+async def _body(request: Request) -> bytes:
+    ctype = request.headers.get("content-type")
+    if ctype is not None and ctype.split(";")[0].strip().lower() not in ("application/json", ""):
+        raise HTTPException(415, f"request bodies are JSON (Content-Type: application/json), got {ctype[:100]!r}")
+    return await request.body()
+
+
+def _validate(model: type[BaseModel], raw: bytes) -> BaseModel:
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise _Invalid(_validation_errors(exc)) from None
 
 
 def make_holder(settings: ServeSettings) -> ModelHolder:
@@ -77,44 +132,77 @@ def create_app(settings: ServeSettings, holder: ModelHolder | None = None, metri
 
     app = FastAPI(title="recsys lookup service", version="1", lifespan=lifespan)
 
-    async def authorised(request: Request) -> None:
+    def check_token(request: Request) -> None:
         if settings.token is None:
             return
         given = request.headers.get("authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {settings.token}".encode()):
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
+    async def authorised(request: Request) -> None:
+        check_token(request)
+
     async def store() -> Store:
         return holder.store
+
+    async def run(n: int, fn: Any, *args: Any) -> Any:
+        """``fn(*args)``: inline when small, else in a worker thread (the event loop stays free)."""
+        if n >= settings.offload_items:
+            return await to_thread.run_sync(fn, *args)
+        return fn(*args)
 
     @app.exception_handler(RequestError)
     async def request_error(request: Request, exc: RequestError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.exception_handler(_Invalid)
+    async def invalid(request: Request, exc: _Invalid) -> JSONResponse:
+        return JSONResponse({"detail": exc.errors}, status_code=422)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()[:20]]
         return JSONResponse({"detail": errors}, status_code=422)
 
-    @app.post("/v1/embeddings", dependencies=[Depends(authorised)], responses={200: {"model": EmbeddingsResponse}})
-    async def embeddings(body: EmbeddingsRequest, request: Request, s: Store = Depends(store)) -> Response:  # type: ignore[valid-type]
-        """Vectors of ``items`` (feature, raw value) or of ``entities`` (feature -> raw value(s))."""
-        if body.items is not None:
-            vectors = s.embeddings([(i.feature, i.value) for i in body.items])
-            metrics.items.labels(kind="pairs").inc(len(body.items))
-            if BINARY in request.headers.get("accept", ""):
-                headers = {"X-Model-Version": s.version, "X-Embedding-Dim": str(vectors.shape[1])}
-                return Response(np.ascontiguousarray(vectors, "<f4").tobytes(), media_type=BINARY, headers=headers)
-            return _json({"version": s.version, "dim": int(vectors.shape[1]), "vectors": vectors.tolist()})
-        found = s.entities(body.entities)
-        metrics.items.labels(kind="entities").inc(len(found))
-        entities = [{k: v.tolist() for k, v in e.items()} for e in found]
-        return _json({"version": s.version, "dim": s.width, "entities": entities})
+    embeddings_doc = {200: {"model": EmbeddingsResponse, "description": "JSON vectors, or raw float32 rows (see the description)",
+                            "content": {BINARY: {"schema": {"type": "string", "format": "binary"}}}},
+                      415: {"description": "body not sent as application/json"}, 422: {"description": "invalid request"}}
 
-    @app.post("/v1/score", dependencies=[Depends(authorised)], responses={200: {"model": ScoreResponse}})
-    async def score(body: ScoreRequest, s: Store = Depends(store)) -> Response:  # type: ignore[valid-type]
+    @app.post("/v1/embeddings", responses=embeddings_doc, description=(
+        "Vectors of `items` (feature, raw value) or of `entities` (feature -> raw value(s)). " + BINARY_DOC))
+    async def embeddings(request: Request) -> Response:
+        check_token(request)
+        raw = await _body(request)
+        s = holder.store
+        pairs = None
+        try:
+            pairs = fast_pairs(json.loads(raw), settings.max_items, settings.max_string_length)
+        except (ValueError, RecursionError):  # not JSON (bad UTF-8 included) or absurdly nested: the model reports it
+            pass
+        if pairs is None:
+            body = _validate(EmbeddingsRequest, raw)
+            if body.items is not None:
+                pairs = [(i.feature, i.value) for i in body.items]
+            else:
+                found = await run(len(body.entities), s.entities, body.entities)
+                metrics.items.labels(kind="entities").inc(len(found))
+                entities = [{k: v.tolist() for k, v in e.items()} for e in found]
+                return _json({"version": s.version, "dim": s.width, "entities": entities})
+        vectors = await run(len(pairs), s.embeddings, pairs)
+        metrics.items.labels(kind="pairs").inc(len(pairs))
+        if BINARY in request.headers.get("accept", ""):
+            headers = {"X-Model-Version": s.version, "X-Embedding-Dim": str(vectors.shape[1]), "X-Embedding-Count": str(vectors.shape[0])}
+            return Response(np.ascontiguousarray(vectors, "<f4").tobytes(), media_type=BINARY, headers=headers)
+        return _vectors_json(s.version, vectors)
+
+    @app.post("/v1/score", responses={200: {"model": ScoreResponse}, 415: {"description": "body not sent as application/json"},
+                                      422: {"description": "invalid request"}})
+    async def score(request: Request) -> Response:
         """Click probabilities of full requests (dense + sparse raw values)."""
-        scores = s.score(dump_rows(body.requests))
+        check_token(request)
+        body = _validate(ScoreRequest, await _body(request))
+        s = holder.store
+        scores = await run(len(body.requests), s.score, dump_rows(body.requests))
         metrics.items.labels(kind="scored").inc(len(scores))
         return _json({"version": s.version, "scores": scores.tolist()})
 
@@ -140,6 +228,21 @@ def create_app(settings: ServeSettings, holder: ModelHolder | None = None, metri
         """Prometheus text exposition."""
         return Response(metrics.render(), media_type=metrics.content_type)
 
+    def openapi() -> dict[str, Any]:
+        """The generated schema plus the request bodies the two POST endpoints parse themselves."""
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, routes=app.routes, description=app.description)
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for path, model in (("/v1/embeddings", EmbeddingsRequest), ("/v1/score", ScoreRequest)):
+                js = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(js.pop("$defs", {}))
+                components[model.__name__] = js
+                schema["paths"][path]["post"]["requestBody"] = {
+                    "required": True, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.state.holder = holder
@@ -147,12 +250,28 @@ def create_app(settings: ServeSettings, holder: ModelHolder | None = None, metri
     return app
 
 
+def worker_app() -> FastAPI:
+    """The app of one worker process (``serve`` with ``workers > 1``): settings come from the environment."""
+    settings = ServeSettings.model_validate_json(os.environ[SETTINGS_ENV])
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return create_app(settings)
+
+
 def serve(settings: ServeSettings) -> None:
-    """Run the service until SIGINT/SIGTERM; in-flight requests finish (graceful shutdown)."""
+    """Run the service until SIGINT/SIGTERM; in-flight requests finish (graceful shutdown).
+
+    uvicorn uses uvloop and httptools when they are installed (its "auto" choices), else asyncio and h11.
+    """
     import uvicorn
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    common = dict(host=settings.host, port=settings.port, log_level=settings.log_level,
+                  timeout_graceful_shutdown=settings.graceful_timeout_s, access_log=False)
+    if settings.workers > 1:
+        os.environ[SETTINGS_ENV] = settings.model_dump_json()
+        log.info("listening on http://%s:%d with %d worker processes", settings.host, settings.port, settings.workers)
+        uvicorn.run("serving.app:worker_app", factory=True, workers=settings.workers, **common)
+        return
     app = create_app(settings)
     log.info("listening on http://%s:%d", settings.host, settings.port)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                timeout_graceful_shutdown=settings.graceful_timeout_s, access_log=False)
+    uvicorn.run(app, **common)

@@ -29,6 +29,7 @@ from recsys.hashing import hash64_str, hash64_strings
 MISSING_ID = hash64_str("")
 DENSE_TRANSFORMS = (None, "slog1p", "none")
 RawValue = str | int | None
+_SCALAR_HASH_MAX = 24
 
 
 class RequestError(ValueError):
@@ -45,13 +46,21 @@ class Vocabulary:
 
     def lookup(self, ids: np.ndarray) -> np.ndarray:
         """Index of each raw id: 2.. in the vocabulary, ``OOV_INDEX`` unseen, ``MISSING_INDEX`` missing."""
-        out = np.full(len(ids), OOV_INDEX, np.int64)
-        if len(self.ids):
-            pos = np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)
-            hit = self.ids[pos] == ids
-            out[hit] = self.index[pos[hit]]
+        if not len(self.ids):
+            out = np.full(len(ids), OOV_INDEX, np.int64)
+        else:
+            pos = self.ids.searchsorted(ids)
+            np.minimum(pos, len(self.ids) - 1, out=pos)
+            out = np.where(self.ids[pos] == ids, self.index[pos], np.int64(OOV_INDEX))
         out[ids == MISSING_ID] = MISSING_INDEX
         return out
+
+
+def _hash(texts: list[str]) -> np.ndarray:
+    """``hash64_strings`` of ``texts``; a few values are hashed in Python (cheaper than building an Arrow array)."""
+    if len(texts) <= _SCALAR_HASH_MAX:
+        return np.array([hash64_str(t) for t in texts], np.int64)
+    return hash64_strings(texts)
 
 
 def _text(feature: str, value: Any) -> str:
@@ -138,38 +147,51 @@ class Encoder:
                     self._empty(col)
         return self._build(cols, len(rows))
 
-    def pairs(self, pairs: Sequence[tuple[str, Any]]) -> tuple[KeyedJaggedTensor, np.ndarray]:
-        """KJT with one row per ``(feature, raw value)`` pair (a bag in its feature only) and each
-        pair's feature position; vectorised over the pairs (one hash call, one lookup per feature)."""
+    def pairs(self, pairs: Sequence[tuple[str, Any]]) -> tuple[KeyedJaggedTensor, np.ndarray, np.ndarray]:
+        """KJT holding each ``(feature, raw value)`` pair as one bag of its feature, and each pair's
+        ``(feature position, batch slot)``; vectorised over the pairs (one hash call, one lookup per
+        feature present).
+
+        Pairs are packed per feature: the k-th pair of a feature is bag k of that feature, so the
+        batch size is the largest count of one feature (not the number of pairs) and the method
+        pools ``features x that`` bags, most of them non-empty. The vector of pair i is row
+        ``slot[i]`` of feature ``feature[i]``'s pooled output.
+        """
         position = self.position
+        n = len(pairs)
         try:
-            feature = np.fromiter((position[f] for f, _ in pairs), np.int64, len(pairs))
+            feature = np.fromiter((position[f] for f, _ in pairs), np.int64, n)
         except (KeyError, TypeError):
             bad = next(f for f, _ in pairs if not isinstance(f, str) or f not in position)
             raise RequestError(f"unknown sparse feature {bad!r}; features: {', '.join(self.sparse)}") from None
         texts = [_text(f, v) for f, v in pairs]
-        raw = hash64_strings(texts)
-        n, rows = len(pairs), np.arange(len(pairs))
+        raw = _hash(texts)
+        order = np.argsort(feature, kind="stable")  # feature-major, request order within a feature
+        counts = np.bincount(feature, minlength=len(self.sparse))
+        starts = np.zeros(len(self.sparse) + 1, np.int64)
+        np.cumsum(counts, out=starts[1:])
+        slot = np.empty(n, np.int64)
+        slot[order] = np.arange(n) - starts[feature[order]]
+        stride = max(int(counts.max()), 1)
         present = np.ones(n, bool)
         if self.multi_valued.any():
-            present = ~(self.multi_valued[feature] & (raw == MISSING_ID))
-        lengths = np.zeros((len(self.sparse), n), np.int32)
-        lengths[feature[present], rows[present]] = 1
-        order = np.lexsort((rows, feature))
-        order = order[present[order]]
+            present = ~(self.multi_valued[feature] & (raw == MISSING_ID))  # a missing multi-valued value: an empty bag
+        lengths = np.zeros((len(self.sparse), stride), np.int32)
+        lengths[feature[present], slot[present]] = 1
         values = raw[order]
         if self.id_scheme == "index":
-            bounds = np.searchsorted(feature[order], np.arange(len(self.sparse) + 1))
-            for j, name in enumerate(self.sparse):
-                if bounds[j + 1] > bounds[j]:
-                    values[bounds[j] : bounds[j + 1]] = self.vocab[name].lookup(values[bounds[j] : bounds[j + 1]])
+            for j in np.flatnonzero(counts):
+                a, b = starts[j], starts[j + 1]
+                values[a:b] = self.vocab[self.sparse[j]].lookup(values[a:b])
+        if not present.all():
+            values = values[present[order]]
         weights = torch.ones(len(values)) if self.any_weighted else None
-        kjt = KeyedJaggedTensor(keys=self.sparse, values=torch.from_numpy(values), lengths=torch.from_numpy(lengths.ravel()), weights=weights, stride=n)
-        return kjt, feature
+        kjt = KeyedJaggedTensor(keys=self.sparse, values=torch.from_numpy(values), lengths=torch.from_numpy(lengths.ravel()), weights=weights, stride=stride)
+        return kjt, feature, slot
 
     def _build(self, cols: dict[str, _Column], batch: int) -> KeyedJaggedTensor:
         texts = [t for c in cols.values() for t in c.texts]
-        raw = hash64_strings(texts) if texts else np.zeros(0, np.int64)
+        raw = _hash(texts)
         parts, start = [], 0
         for name, col in cols.items():
             ids = raw[start : start + len(col.texts)]

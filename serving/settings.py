@@ -24,5 +24,7 @@ class ServeSettings(BaseModel):
     max_values: int = Field(256, ge=1, description="values of one multi-valued feature in one row")
     max_string_length: int = Field(1024, ge=1, description="characters of one raw value or feature name")
     torch_threads: int = Field(1, ge=1, description="intra-op threads of each lookup (requests run in parallel)")
+    offload_items: int = Field(512, ge=1, description="requests with at least this many items/rows run in a worker thread, smaller ones inline")
+    workers: int = Field(1, ge=1, description="server processes sharing the port, each with its own copy of the model")
     graceful_timeout_s: float = Field(10.0, ge=0, description="on shutdown, how long in-flight requests may finish")
     log_level: str = "info"

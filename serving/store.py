@@ -60,19 +60,18 @@ class Store:
         return _pooled(self.embedding(kjt)).to_dict()
 
     def embeddings(self, pairs: Sequence[tuple[str, Any]]) -> np.ndarray:
-        """``[n, D]`` vectors of ``(feature, raw value)`` pairs (zero-padded when widths differ)."""
+        """``[n, D]`` float32 vectors of ``(feature, raw value)`` pairs (zero-padded when widths differ)."""
         if not pairs:
             return np.zeros((0, self.width), np.float32)
-        kjt, feature = self.encoder.pairs(pairs)
+        kjt, feature, slot = self.encoder.pairs(pairs)
         with torch.inference_mode():
             pooled = _pooled(self.embedding(kjt))
-        rows = np.arange(len(pairs))
         if self.uniform and pooled.keys() == self.features:
-            return pooled.values().view(len(pairs), len(self.features), self.width).numpy()[rows, feature]
+            return pooled.values().view(-1, len(self.features), self.width).numpy()[slot, feature]
         out = np.zeros((len(pairs), self.width), np.float32)
         for name, vectors in pooled.to_dict().items():
             idx = np.flatnonzero(feature == self.encoder.position[name])
-            out[idx, : vectors.shape[1]] = vectors.numpy()[idx]
+            out[idx, : vectors.shape[1]] = vectors.numpy()[slot[idx]]
         return out
 
     def entities(self, items: Sequence[Row]) -> list[dict[str, np.ndarray]]:
