@@ -5,13 +5,17 @@
 2. In-process: ``Store.embeddings`` (raw strings -> hash -> vocabulary -> quantized EBC) and
    the method forward on pre-encoded ids, against the same fbgemm ``IntNBit`` TBE called
    directly with the same indices (lookups/s and the ratio), on a Criteo-sized ``full`` table.
-3. HTTP vs Redis: ``recsys serve`` on 127.0.0.1 and a ``redis-server`` started here holding
-   the same vectors (MGET), driven by ``bench.serving_load`` in a second process; requests of
-   1, 64 and 512 ids at concurrency 1 and 8: throughput, p50/p99 latency.
+3. HTTP vs Redis: ``recsys serve`` on 127.0.0.1 (1 and 2 worker processes) and a
+   ``redis-server`` started here holding the same vectors (MGET), driven by ``bench.serving_load``
+   in a separate process per run (pre-encoded requests on raw connections for both targets);
+   requests of 1, 64 and 512 ids, JSON and binary responses, closed loop at 1 and 8 connections
+   (peak throughput, latency); moderate load: an open loop at half the binary endpoint's peak
+   request rate for 64 ids, the same rate against Redis; and the usual Python clients (httpx,
+   redis-py) for reference. The load average is recorded before and after (shared machines).
 4. Memory: peak RSS of a process that loads each artifact, against the artifact's size (the
    process total, and the load alone: the peak over the RSS before it, imports warmed up).
 
-Usage: ``python -m bench.serving_bench [--out bench_out/serving] [--duration 6] [--skip-quality]``
+Usage: ``python -m bench.serving_bench [--out bench_out/serving] [--duration 6] [--skip-quality] [--http-only] [--workers 1,2]``
 """
 
 from __future__ import annotations
@@ -153,18 +157,46 @@ def _wait(url: str, proc: subprocess.Popen, what: str) -> None:
     raise TimeoutError(what)
 
 
-def http_vs_redis(art: Path, store: Store, pool: list[tuple[str, str]], out: Path, duration: float) -> tuple[list[dict], dict]:
+def _start_server(art: Path, port: int, workers: int) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "recsys.cli", "serve", "--model", str(art), "--port", str(port), "--poll-interval", "0",
+                             "--max-items", "4096", "--log-level", "warning", "--workers", str(workers)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _rss(pid: int) -> dict[str, int]:
+    """VmHWM/VmRSS of a process and its children (the worker processes when workers > 1)."""
+    pids = [pid] + [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    total = {"VmHWM": 0, "VmRSS": 0}
+    for p in pids:
+        for line in open(f"/proc/{p}/status"):
+            key = line.split(":")[0]
+            if key in total:
+                total[key] += int(line.split()[1]) * 1024
+    return total
+
+
+def _load(target: str, port: int, keys: Path, ids: int, concurrency: int, duration: float, *extra: str) -> dict:
+    cmd = [sys.executable, "-m", "bench.serving_load", "--target", target, "--port", str(port), "--keys", str(keys),
+           "--ids", str(ids), "--concurrency", str(concurrency), "--duration", str(duration), *extra]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
+    row = json.loads(res.stdout.strip().splitlines()[-1])
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def http_vs_redis(art: Path, store: Store, pool: list[tuple[str, str]], out: Path, duration: float,
+                  workers: list[int], sizes: list[int]) -> tuple[list[dict], dict]:
+    """Each load generator run is its own process (``bench.serving_load``); HTTP and Redis rows alternate."""
     import redis
 
     keys = out / "keys.json"
     keys.write_text(json.dumps(pool))
-    http_port, redis_port = _port(), _port()
-    server = subprocess.Popen([sys.executable, "-m", "recsys.cli", "serve", "--model", str(art), "--port", str(http_port), "--poll-interval", "0",
-                               "--max-items", "4096", "--log-level", "warning"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    redis_port = _port()
     rserver = subprocess.Popen([shutil.which("redis-server") or "redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
                                 "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rows: list[dict] = []
+    memory: dict = {"artifact_bytes": _size(art)}
     try:
-        _wait(f"http://127.0.0.1:{http_port}/readyz", server, "recsys serve")
         client = redis.Redis(host="127.0.0.1", port=redis_port)
         for _ in range(100):
             try:
@@ -175,22 +207,41 @@ def http_vs_redis(art: Path, store: Store, pool: list[tuple[str, str]], out: Pat
         vectors = store.embeddings(pool)
         for i in range(0, len(pool), 10_000):
             client.mset({f"{f}:{v}": vectors[j].tobytes() for j, (f, v) in enumerate(pool[i : i + 10_000], start=i)})
-        rows = []
-        for ids in (1, 64, 512):
-            for concurrency in (1, 8):
-                for target, port, extra in (("http", http_port, []), ("redis", redis_port, [])) + ((("http", http_port, ["--binary"]),) if ids == 512 else ()):
-                    cmd = [sys.executable, "-m", "bench.serving_load", "--target", target, "--port", str(port), "--keys", str(keys),
-                           "--ids", str(ids), "--concurrency", str(concurrency), "--duration", str(duration), *extra]
-                    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
-                    rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
-                    print(json.dumps(rows[-1]), flush=True)
-        status = {l.split(":")[0]: int(l.split()[1]) * 1024 for l in open(f"/proc/{server.pid}/status") if l.startswith(("VmHWM", "VmRSS"))}
-        return rows, {"server_peak_rss": status["VmHWM"], "server_rss": status["VmRSS"], "artifact_bytes": _size(art)}
+        assert client.dbsize() == len(set(map(tuple, pool))), "redis does not hold every key"
+        for n_workers in workers:
+            http_port = _port()
+            server = _start_server(art, http_port, n_workers)
+            try:
+                _wait(f"http://127.0.0.1:{http_port}/readyz", server, "recsys serve")
+                tag = {"workers": n_workers}
+                for ids in sizes:
+                    for concurrency in ((1, 8) if n_workers == 1 else (8,)):
+                        for target, port, extra in (("http", http_port, []), ("http", http_port, ["--binary"]), ("redis", redis_port, [])):
+                            if target == "redis" and n_workers != workers[0]:
+                                continue
+                            rows.append({**_load(target, port, keys, ids, concurrency, duration, *extra), **tag})
+                # moderate load: open loop at half the binary endpoint's closed-loop peak for 64 ids, the same rate for Redis
+                peak = max((r["requests_per_s"] for r in rows if r["target"] == "http-binary" and r["ids"] == 64 and r["workers"] == n_workers), default=0)
+                if peak:
+                    rate = f"{0.5 * peak:.0f}"
+                    for target, port, extra in (("http", http_port, []), ("http", http_port, ["--binary"]), ("redis", redis_port, [])):
+                        rows.append({**_load(target, port, keys, 64, 8, duration, "--rate", rate, *extra), **tag})
+                if n_workers == workers[0]:  # the usual Python clients (httpx, redis-py), for reference
+                    for target, port in (("http", http_port), ("redis", redis_port)):
+                        rows.append({**_load(target, port, keys, 64, 1, duration, "--client", "lib"), **tag})
+                rss = _rss(server.pid)
+                memory[f"server_workers_{n_workers}"] = {"peak_rss": rss["VmHWM"], "rss": rss["VmRSS"]}
+            finally:
+                server.terminate()
+                server.wait(30)
+        return rows, memory
     finally:
-        server.terminate()
         rserver.terminate()
-        server.wait(30)
         rserver.wait(30)
+
+
+def _uptime() -> str:
+    return open("/proc/loadavg").read().strip()
 
 
 def main() -> None:
@@ -199,6 +250,9 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=6.0, help="seconds per load-generator run")
     p.add_argument("--scale", type=float, default=0.5, help="Criteo cardinalities >= 100k are multiplied by this")
     p.add_argument("--skip-quality", action="store_true")
+    p.add_argument("--http-only", action="store_true", help="only the HTTP vs Redis part (artifacts from an earlier run are reused)")
+    p.add_argument("--workers", default="1,2", help="server process counts to measure, comma-separated")
+    p.add_argument("--sizes", default="1,64,512", help="ids per request, comma-separated")
     args = p.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -208,19 +262,26 @@ def main() -> None:
         results["quality"] = quality(out)
         print(json.dumps(results["quality"], indent=1), flush=True)
     spec = fake_dataset(out / "criteo-data", args.scale)
-    run = fake_run(out / "criteo-data", out / "criteo-run")
     artifacts = {d: out / f"criteo-full-{d}" for d in ("fp32", "int8")}
-    for dtype, art in artifacts.items():
-        export_run(run, art, dtype=dtype, overwrite=True)
+    if not (args.http_only and all((a / "manifest.json").exists() for a in artifacts.values())):
+        run = fake_run(out / "criteo-data", out / "criteo-run")
+        for dtype, art in artifacts.items():
+            export_run(run, art, dtype=dtype, overwrite=True)
     stores = {d: Store.open(a) for d, a in artifacts.items()}
     pool = key_pool(spec, 50_000)
-    results["in_process"] = in_process(stores, pool)
-    print(json.dumps(results["in_process"], indent=1), flush=True)
-    results["memory"] = memory(artifacts)
-    print(json.dumps(results["memory"], indent=1), flush=True)
-    results["http_vs_redis"], results["server_memory"] = http_vs_redis(artifacts["int8"], stores["int8"], pool, out, args.duration)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {out / 'results.json'}")
+    if not args.http_only:
+        results["in_process"] = in_process(stores, pool)
+        print(json.dumps(results["in_process"], indent=1), flush=True)
+        results["memory"] = memory(artifacts)
+        print(json.dumps(results["memory"], indent=1), flush=True)
+    results["load_before"] = _uptime()
+    results["http_vs_redis"], results["server_memory"] = http_vs_redis(
+        artifacts["int8"], stores["int8"], pool, out, args.duration, [int(w) for w in args.workers.split(",")], [int(n) for n in args.sizes.split(",")])
+    results["load_after"] = _uptime()
+    print("load average before/after the HTTP runs:", results["load_before"], "/", results["load_after"])
+    path = out / ("results_http.json" if args.http_only else "results.json")
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
