@@ -3,16 +3,17 @@
 1. ``scaling``: end-to-end training samples/s (wall clock of the logged windows, input
    included; rank 0's windows × workers) of DLRM-``full`` with 1 and 2 Ray Train workers,
    the same per-worker batch; the ratio is the scaling.
-2. ``input``: rows/s of one pass over the train split as ``Batch`` objects, in-process
+2. ``input``: epoch time of the train split as ``Batch`` objects, in-process
    (``ParquetBatchReader``, shuffled) against Ray Data (``read_parquet`` → ``EqualSplit`` →
-   ``RayShardReader``, one shard); and whether two passes of an epoch give the same batches.
+   ``RayShardReader``, one shard); whether a fresh reader with the same seed gives the same
+   batches (SHA-256 of every batch) and the next epoch a different order.
 3. ``mlflow``: in-process DMP training steps with step metrics logged every ``--log-every``
    steps (embedded sqlite store; a local ``mlflow server``) against no tracking, interleaved
    rounds: the slowdown, the training thread's cost per call (an enqueue), and what a
    synchronous call would cost (``*_sync_overhead_pct``).
 
 Usage: ``python -m bench.ray_bench [--rows 200000] [--batch 1024] [--log-every 50]``
-(results in ``bench_out/ray_bench.json``).
+(results in ``bench_out/ray_bench.json`` and ``bench_out/ray_bench.md``, with the load average).
 """
 
 from __future__ import annotations
@@ -65,28 +66,58 @@ def _scaling(data: Path, workers: int, batch: int, work: Path) -> dict[str, floa
     }
 
 
+def _digest(batches: Any) -> tuple[str, float]:
+    """SHA-256 of every batch's labels, dense and sparse values in order, and the seconds the pass took."""
+    import hashlib
+
+    h = hashlib.sha256()
+    start = time.perf_counter()
+    for b in batches:
+        kjt = b.sparse_features
+        for t in (b.labels, b.dense_features, kjt.lengths(), kjt.values()):
+            h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest(), time.perf_counter() - start
+
+
 def _input(data: Path, batch: int) -> dict[str, Any]:
+    """Epoch time of the train split as ``Batch`` objects: the in-process reader against Ray
+    Data (one shard of ``EqualSplit``, ``RayShardReader``), both shuffled with seed 0; and
+    whether the shuffle is reproducible (a fresh reader with the same seed yields the same
+    batches) and changes with the epoch."""
     from training.ray_data import RayShardReader, make_data_config, read_split, split_rows
 
     spec = load_dataset_spec(data)
     layout = BatchLayout.from_spec(spec, "index")
-    reader = ParquetBatchReader(data, "train", layout, batch, shuffle=True, seed=0)
-    start = time.perf_counter()
-    rows = sum(len(b) for b in reader)
-    local = rows / (time.perf_counter() - start)
     n = split_rows(spec, "train", None)
-    start = time.perf_counter()
-    (shard,) = [parts["train"] for parts in make_data_config({"train": n}, {"train"}, 0).configure({"train": read_split(data, spec, "train", layout, None)}, 1, None, None)]
-    split_s = time.perf_counter() - start
-    ray_reader = RayShardReader(shard, layout, batch, n, 0, 1, train=True, seed=0)
-    passes = []
-    for _ in range(2):
-        start = time.perf_counter()
-        sums = [float(b.labels.sum()) + float(b.dense_features[:, 0].sum()) for b in ray_reader]
-        passes.append((n / (time.perf_counter() - start), sums))
+
+    def local_reader(epoch: int) -> ParquetBatchReader:
+        reader = ParquetBatchReader(data, "train", layout, batch, shuffle=True, seed=0)
+        reader.set_epoch(epoch)
+        return reader
+
+    def ray_reader(epoch: int) -> tuple[RayShardReader, float]:
+        start = time.perf_counter()  # a fresh dataset each time: read, seeded block order, split
+        parts = make_data_config({"train": n}, {"train"}, 0).configure({"train": read_split(data, spec, "train", layout, None)}, 1, None, None)
+        reader = RayShardReader(parts[0]["train"], layout, batch, n, 0, 1, train=True, seed=0)
+        reader.set_epoch(epoch)
+        return reader, time.perf_counter() - start
+
+    _digest(local_reader(0))  # warm the page cache
+    local = [_digest(local_reader(0)) for _ in range(3)]
+    local_next = _digest(local_reader(1))[0]
+    first, split_s = ray_reader(0)
+    ray_passes = [_digest(first) for _ in range(3)]  # the first pass includes streaming the materialised blocks once
+    again, _ = ray_reader(0)
+    ray_again = _digest(again)[0]
+    ray_next = _digest(ray_reader(1)[0])[0]
+    local_s = statistics.median(t for _, t in local)
+    ray_s = statistics.median(t for _, t in ray_passes[1:])
     return {
-        "in_process_rows_per_s": local, "ray_rows_per_s": passes[1][0], "ray_first_pass_rows_per_s": passes[0][0],
-        "ray_split_s": split_s, "ray_vs_in_process": passes[1][0] / local, "reproducible": passes[0][1] == passes[1][1],
+        "rows": n, "batch": batch, "in_process_epoch_s": local_s, "ray_epoch_s": ray_s, "ray_first_epoch_s": ray_passes[0][1],
+        "ray_split_s": split_s, "ray_over_in_process": ray_s / local_s,
+        "in_process_rows_per_s": n / local_s, "ray_rows_per_s": n / ray_s,
+        "in_process_reproducible": len({d for d, _ in local}) == 1, "in_process_epochs_differ": local_next != local[0][0],
+        "ray_reproducible": len({d for d, _ in ray_passes} | {ray_again}) == 1, "ray_epochs_differ": ray_next != ray_again,
     }
 
 
@@ -122,15 +153,16 @@ def _mlflow(data: Path, work: Path, batch: int, log_every: int, steps: int = 600
     from training.tracking import MlflowTracker, NullTracker
 
     step, _ = _steps(data, batch)
-    for i in range(20):
+    for i in range(100):  # warm-up
         step(i)
     server = LocalServer(free_port(), work / "server.db").start()
-    out: dict[str, Any] = {"log_every": log_every, "steps": steps}
+    out: dict[str, Any] = {"log_every": log_every, "steps": steps, "rounds": rounds}
     try:
         uris = {"sqlite": f"sqlite:///{work}/log.db", "server": server.uri}
         times: dict[str, list[float]] = {"none": [], **{k: [] for k in uris}}
-        for _ in range(rounds):
-            for name in times:
+        names = list(times)
+        for r in range(rounds):
+            for name in names[r % len(names):] + names[: r % len(names)]:  # rotated: no variant always runs first
                 tracker = NullTracker() if name == "none" else MlflowTracker(TrackingConfig(tracking_uri=uris[name], experiment="bench"))
                 start = time.perf_counter()
                 enqueue = 0.0
@@ -154,6 +186,7 @@ def _mlflow(data: Path, work: Path, batch: int, log_every: int, steps: int = 600
     out["step_ms"] = 1000 * base / steps
     for name in uris:
         out[f"{name}_overhead_pct"] = 100 * (statistics.median(times[name]) - base) / base
+        out[f"{name}_enqueue_pct"] = 100 * out[f"{name}_enqueue_ms"] / (log_every * out["step_ms"])
         out[f"{name}_sync_overhead_pct"] = 100 * out[f"{name}_send_ms"] / (log_every * out["step_ms"])
     out["round_spread_pct"] = 100 * (max(times["none"]) - min(times["none"])) / base
     return out
@@ -171,17 +204,72 @@ def main() -> None:
     OUT.mkdir(exist_ok=True)
     data = _data(args.rows)
     init_ray()
-    results: dict[str, Any] = {"cpus": os.cpu_count(), "rows": args.rows, "batch_per_worker": args.batch}
+    results: dict[str, Any] = {"cpus": os.cpu_count(), "rows": args.rows, "batch_per_worker": args.batch, "load": {"start": _load()}}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         results["input"] = _input(data, args.batch)
-        one, two = _scaling(data, 1, args.batch, work), _scaling(data, 2, args.batch, work)
-        results["scaling"] = {"1_worker": one, "2_workers": two, "ratio": two["samples_per_s"] / one["samples_per_s"]}
+        results["load"]["after_input"] = _load()
+        one = _scaling(data, 1, args.batch, work)
+        results["load"]["after_1_worker"] = _load()
+        two = _scaling(data, 2, args.batch, work)
+        results["load"]["after_2_workers"] = _load()
+        import ray
+
+        ray.shutdown()  # the idle cluster's processes would share the CPUs with the MLflow rounds
+        results["scaling"] = {"1_worker": one, "2_workers": two, "ratio": two["samples_per_s"] / one["samples_per_s"],
+                              "compute_ratio": two["compute_samples_per_s"] / one["compute_samples_per_s"]}
         results["mlflow"] = _mlflow(data, work, args.batch, args.log_every)
+        results["load"]["end"] = _load()
     (OUT / "ray_bench.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
-    print(f"scaling 1→2 workers: {results['scaling']['ratio']:.2f}x; Ray input / in-process: {results['input']['ray_vs_in_process']:.2f}; "
-          f"MLflow overhead: sqlite {results['mlflow']['sqlite_overhead_pct']:.2f}%, server {results['mlflow']['server_overhead_pct']:.2f}%")
+    (OUT / "ray_bench.md").write_text(report(results))
+    print(report(results))
+
+
+def _load() -> list[float]:
+    """The 1, 5 and 15 minute load averages (the machine may be shared)."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def report(r: dict[str, Any]) -> str:
+    """The results as a Markdown page."""
+    i, sc, m = r["input"], r["scaling"], r["mlflow"]
+    one, two = sc["1_worker"], sc["2_workers"]
+    loads = ", ".join(f"{k}: {' / '.join(map(str, v))}" for k, v in r["load"].items())
+    return f"""# Ray Train benchmark (`python -m bench.ray_bench`)
+
+{r['cpus']} CPUs, synthetic `small` profile, {r['rows']:,} rows, {r['batch_per_worker']} rows per worker step.
+Load average (1 / 5 / 15 min) {loads}.
+
+## Scaling: DLRM-full, 1 epoch, 1 vs 2 Ray Train workers
+
+| workers | samples/s (wall, input included) | samples/s (compute only) | run wall s | test AUC |
+|---|---:|---:|---:|---:|
+| 1 | {one['samples_per_s']:,.0f} | {one['compute_samples_per_s']:,.0f} | {one['wall_s']:.1f} | {one['test_auc']:.4f} |
+| 2 | {two['samples_per_s']:,.0f} | {two['compute_samples_per_s']:,.0f} | {two['wall_s']:.1f} | {two['test_auc']:.4f} |
+
+Scaling ratio 1→2 workers: **{sc['ratio']:.2f}×** wall (target ≥ 1.6×), {sc['compute_ratio']:.2f}× compute only.
+
+## Input: one epoch of the train split ({i['rows']:,} rows, batches of {i['batch']}), shuffled, seed 0
+
+| path | epoch s | rows/s |
+|---|---:|---:|
+| in-process `ParquetBatchReader` | {i['in_process_epoch_s']:.2f} | {i['in_process_rows_per_s']:,.0f} |
+| Ray Data `EqualSplit` → `RayShardReader` | {i['ray_epoch_s']:.2f} | {i['ray_rows_per_s']:,.0f} |
+
+Ray Data / in-process epoch time: **{i['ray_over_in_process']:.2f}×** (must stay under 3×); first Ray epoch
+{i['ray_first_epoch_s']:.2f} s, read + split (materialise) {i['ray_split_s']:.2f} s once per run.
+Same seed → same batches: in-process {i['in_process_reproducible']}, Ray {i['ray_reproducible']};
+epoch 1 differs from epoch 0: in-process {i['in_process_epochs_differ']}, Ray {i['ray_epochs_differ']}.
+
+## MLflow logging overhead (in-process DMP steps, metrics every {m['log_every']} steps, {m['steps']} steps × {m['rounds']} rounds, order rotated)
+
+Step time without tracking {m['step_ms']:.2f} ms (round-to-round spread {m['round_spread_pct']:.1f}%).
+
+| store | slowdown of training % | training-thread cost per call ms (% of step time) | synchronous call ms (% if it blocked) |
+|---|---:|---:|---:|
+| embedded sqlite | {m['sqlite_overhead_pct']:.2f} | {m['sqlite_enqueue_ms']:.3f} ({m['sqlite_enqueue_pct']:.3f}%) | {m['sqlite_send_ms']:.1f} ({m['sqlite_sync_overhead_pct']:.2f}%) |
+| `mlflow server` on 127.0.0.1 | {m['server_overhead_pct']:.2f} | {m['server_enqueue_ms']:.3f} ({m['server_enqueue_pct']:.3f}%) | {m['server_send_ms']:.1f} ({m['server_sync_overhead_pct']:.2f}%) |
+"""
 
 
 if __name__ == "__main__":
