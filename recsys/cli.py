@@ -124,9 +124,14 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from recsys.export import export_run
+    from recsys.export import RunNotFound, export_run, resolve_run
 
-    manifest = export_run(Path(args.run), Path(args.out), dtype=args.dtype, data_path=args.data, overwrite=args.overwrite)
+    try:
+        with resolve_run(args.run, args.tracking_uri) as (run_dir, source):
+            manifest = export_run(run_dir, Path(args.out), dtype=args.dtype, data_path=args.data, overwrite=args.overwrite, source=source)
+    except RunNotFound as exc:
+        print(f"recsys export: {exc}", file=sys.stderr)
+        return 2
     size = sum(f.bytes for f in manifest.files.values())
     print(f"wrote {args.out}: method {manifest.method.name}, dtype {manifest.dtype}, {len(manifest.files)} files, {size:,} bytes")
     return 0
@@ -203,7 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     qs.set_defaults(func=cmd_quickstart)
 
     exp = sub.add_parser("export", help="write a serving artifact (manifest, tables, vocabularies, checksums) from a run")
-    exp.add_argument("--run", required=True, help="finished run folder (holds config.yaml and phases/)")
+    exp.add_argument("--run", required=True, help="finished run folder (holds config.yaml and phases/), or an MLflow run id whose artifacts hold its checkpoint")
+    exp.add_argument("--tracking-uri", dest="tracking_uri", help="MLflow tracking URI for a run id (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     exp.add_argument("--out", required=True, help="artifact folder to write")
     exp.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "int8", "int4"], help="table storage (fbgemm row-wise quantization)")
     exp.add_argument("--data", help="dataset folder, when not at the run's data.path")
@@ -220,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--max-items", dest="max_items", type=int, help="pairs per /v1/embeddings request")
     srv.add_argument("--max-requests", dest="max_requests", type=int, help="rows per /v1/score request")
     srv.add_argument("--max-body-bytes", dest="max_body_bytes", type=int, help="larger bodies get 413")
+    srv.add_argument("--workers", type=int, help="server processes (each loads the model; default 1)")
+    srv.add_argument("--offload-items", dest="offload_items", type=int, help="requests this large run in a worker thread (default 512)")
     srv.add_argument("--log-level", dest="log_level", default="info")
     srv.set_defaults(func=cmd_serve)
 

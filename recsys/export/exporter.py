@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 import torch
 import yaml
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from recsys.config import ExperimentConfig
 from recsys.embeddings import MethodContext, build_method, get_method
@@ -86,8 +87,34 @@ def _scalar_metrics(run_dir: Path) -> dict[str, float]:
     return {k: float(v) for k, v in data.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path, dtype: str = "fp32", data_path: str | Path | None = None, overwrite: bool = False) -> Manifest:
-    """Write the serving artifact of ``run_dir`` to ``out_dir``; returns its manifest."""
+def supported_dtypes(served: nn.Module, state: dict[str, torch.Tensor]) -> tuple[str, ...]:
+    """The dtypes a served module can be exported at: all of ``DTYPES`` when every table it keeps is
+    a stock EBC table (quantized by fbgemm), else only ``fp32``."""
+    served_tables = table_shapes(served)
+    shapes = {k: s for k, s in served_tables.items() if k in state and tuple(state[k].shape) == s}
+    return DTYPES if shapes and len(shapes) == len(served_tables) else ("fp32",)
+
+
+def quantizable_tables(name: str, served: nn.Module, state: dict[str, torch.Tensor], dtype: str) -> dict[str, tuple[int, int]]:
+    """``key -> (rows, dim)`` of the served stock-EBC tables stored in ``state``; raises
+    ``ArtifactError`` naming the method and its supported dtypes when ``dtype`` is not one of them
+    (OptEmbed's compact tables and DSL's sparse rows are stored outside stock EBCs: fp32 only)."""
+    supported = supported_dtypes(served, state)
+    if dtype not in supported:
+        raise ArtifactError(
+            f"method '{name}' cannot be exported as {dtype}: its served tables ({type(served).__name__}) are not stock "
+            f"EmbeddingBagCollections, which fbgemm's quantized tables need; supported dtypes for '{name}': {', '.join(supported)}")
+    served_tables = table_shapes(served)
+    return {k: s for k, s in served_tables.items() if k in state and tuple(state[k].shape) == s}
+
+
+def export_run(run_dir: str | Path, out_dir: str | Path, dtype: str = "fp32", data_path: str | Path | None = None, overwrite: bool = False,
+               source: str | None = None) -> Manifest:
+    """Write the serving artifact of ``run_dir`` to ``out_dir``; returns its manifest.
+
+    ``source`` is what the manifest names as the run (default: ``run_dir``'s absolute path;
+    ``mlflow-run:<id>`` for a run resolved through MLflow, see ``recsys.export.mlflow_run``).
+    """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got '{dtype}'")
@@ -98,11 +125,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path, dtype: str = "fp32", da
     exported = method.export()
     served = get_method(exported.name).from_export(method.ctx, exported)
     state = {k: v.detach().cpu().contiguous() for k, v in exported.state.items()}
-    served_tables = table_shapes(served)
-    shapes = {k: s for k, s in served_tables.items() if k in state and tuple(state[k].shape) == s}
+    shapes = quantizable_tables(method.name, served, state, dtype)
     if dtype != "fp32":
-        if not shapes or len(shapes) != len(served_tables):
-            raise ArtifactError(f"method '{method.name}' serves tables outside stock EmbeddingBagCollections; export it with dtype fp32")
         _, quantized = quantize_tables(served, dtype)
         state.update({k: quantized[k] for k in shapes})
     dense = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not k.startswith("embedding.")}
@@ -114,7 +138,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, dtype: str = "fp32", da
         vocab = _write_vocab(spec, data_dir, tmp) if method.id_scheme == "index" else {}
         manifest = Manifest(
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            source_run=str(run_dir.resolve()),
+            source_run=source or str(run_dir.resolve()),
             dataset=DatasetContract(name=spec.name, fields=spec.fields, id_scheme=spec.id_scheme, hash=HASH_NAME, vocabularies=vocab),
             method=MethodEntry(name=method.name, served=exported.name, options=exported.options,
                                id_scheme=method.id_scheme, memory_bytes=method.memory_bytes()),
