@@ -21,7 +21,8 @@ def test_two_workers_match_one_process_on_the_same_data(ray_run, small_data, tmp
     cfg = experiment(small_data, "training.batch_size=512", f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db")
     single = train_experiment(cfg, tmp_path / "single")
     sharded = ray_run["metrics"]
-    assert sharded["test_rows"] == single["test_rows"]  # every test row, gathered from both workers
+    spec = load_dataset_spec(small_data)
+    assert sharded["test_rows"] == single["test_rows"] == spec.splits["test"].rows  # every test row, gathered from both workers
     assert sharded["test_auc"] > 0.65
     assert abs(sharded["test_auc"] - single["test_auc"]) < 0.03, (sharded, single)
     assert abs(sharded["test_logloss"] - single["test_logloss"]) < 0.03
@@ -29,7 +30,7 @@ def test_two_workers_match_one_process_on_the_same_data(ray_run, small_data, tmp
     events = ray_run["progress"]
     assert [e["event"] for e in events][0] == "start" and events[0]["world"] == 2
     steps = [e["step"] for e in events if e["event"] == "checkpoint"]
-    rows = load_dataset_spec(small_data).splits["train"].rows // 2  # per worker
+    rows = spec.splits["train"].rows // 2  # per worker
     assert steps == sorted(steps) and steps[-1] == 2 * math.ceil(rows / 256)
 
 
