@@ -46,14 +46,17 @@ class Vocabulary:
 
     def lookup(self, ids: np.ndarray) -> np.ndarray:
         """Index of each raw id: 2.. in the vocabulary, ``OOV_INDEX`` unseen, ``MISSING_INDEX`` missing."""
-        if not len(self.ids):
-            out = np.full(len(ids), OOV_INDEX, np.int64)
-        else:
-            pos = self.ids.searchsorted(ids)
-            np.minimum(pos, len(self.ids) - 1, out=pos)
-            out = np.where(self.ids[pos] == ids, self.index[pos], np.int64(OOV_INDEX))
+        out = self.lookup_present(ids)
         out[ids == MISSING_ID] = MISSING_INDEX
         return out
+
+    def lookup_present(self, ids: np.ndarray) -> np.ndarray:
+        """``lookup`` for ids known not to be the missing value (five numpy calls, whatever the count)."""
+        if not len(self.ids):
+            return np.full(len(ids), OOV_INDEX, np.int64)
+        pos = self.ids.searchsorted(ids)
+        found = self.ids.take(pos, mode="clip") == ids
+        return np.where(found, self.index.take(pos, mode="clip"), np.int64(OOV_INDEX))
 
 
 def _hash(texts: list[str]) -> np.ndarray:
@@ -180,9 +183,11 @@ class Encoder:
         lengths[feature[present], slot[present]] = 1
         values = raw[order]
         if self.id_scheme == "index":
-            for j in np.flatnonzero(counts):
-                a, b = starts[j], starts[j + 1]
-                values[a:b] = self.vocab[self.sparse[j]].lookup(values[a:b])
+            missing = values == MISSING_ID
+            vocab, names = self.vocab, self.sparse
+            for j, a, b in zip(np.flatnonzero(counts).tolist(), starts[:-1][counts > 0].tolist(), starts[1:][counts > 0].tolist()):
+                values[a:b] = vocab[names[j]].lookup_present(values[a:b])
+            values[missing] = MISSING_INDEX
         if not present.all():
             values = values[present[order]]
         weights = torch.ones(len(values)) if self.any_weighted else None

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+_VALUE_TYPES = {str, int, type(None)}  # exact types: bool and float are refused (pydantic explains)
 _DIGITS = 9
 _POW10 = 10.0 ** np.arange(-60, 61)  # exact for the exponents used below (|k| <= 60 covers float32)
 _WIDTH = 15  # sign, d, '.', 8 digits, 'e', sign, 2 digits
@@ -86,14 +87,20 @@ def fast_pairs(doc: Any, max_items: int, max_length: int) -> list[tuple[str, Any
     items = doc.get("items")
     if type(items) is not list or len(items) > max_items:
         return None
+    if not items:
+        return []
+    if set(map(type, items)) != {dict} or set(map(len, items)) != {2}:
+        return None
     try:
-        if not all(type(i) is dict and len(i) == 2 for i in items):
-            return None
-        pairs = [(i["feature"], i["value"]) for i in items]
+        features = [i["feature"] for i in items]
+        values = [i["value"] for i in items]
     except KeyError:
         return None
-    if not all(type(f) is str and 0 < len(f) <= max_length for f, _ in pairs):
+    if set(map(type, features)) != {str} or min(map(len, features)) == 0 or max(map(len, features)) > max_length:
         return None
-    if not all(v is None or type(v) is int or (type(v) is str and len(v) <= max_length) for _, v in pairs):
+    kinds = set(map(type, values))
+    if not kinds <= _VALUE_TYPES:
         return None
-    return pairs
+    if str in kinds and max(len(v) for v in values if type(v) is str) > max_length:
+        return None
+    return list(zip(features, values))

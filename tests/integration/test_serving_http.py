@@ -118,7 +118,16 @@ def test_endpoints_equal_the_in_process_layer(service):
         expected = store.embeddings([(i["feature"], i["value"]) for i in items])
         np.testing.assert_array_equal(np.array(r.json()["vectors"], np.float32), expected)
         binary = client.post("/v1/embeddings", json={"items": items}, headers={"accept": "application/octet-stream"})
-        np.testing.assert_array_equal(np.frombuffer(binary.content, "<f4").reshape(expected.shape), expected)
+        assert (binary.headers["content-type"], binary.headers["x-model-version"]) == ("application/octet-stream", store.version)
+        shape = (int(binary.headers["x-embedding-count"]), int(binary.headers["x-embedding-dim"]))
+        np.testing.assert_array_equal(np.frombuffer(binary.content, "<f4").reshape(shape), expected)
+        big = _items(store, 700, seed=3)  # the bulk JSON formatter: exact float32 too
+        r = client.post("/v1/embeddings", json={"items": big})
+        np.testing.assert_array_equal(np.array(r.json()["vectors"], np.float32), store.embeddings([(i["feature"], i["value"]) for i in big]))
+        r = client.post("/v1/embeddings", json={"items": [{"feature": "C1", "value": "a"}, {"feature": "nope", "value": "b"}]})
+        assert r.status_code == 422 and "unknown sparse feature 'nope'" in r.json()["detail"]
+        r = client.post("/v1/embeddings", content=json.dumps({"items": items}), headers={"content-type": "text/plain"})
+        assert r.status_code == 415
         entities = [{"C1": "C1_1", "C5": "C5_3"}, {"C8": "unseen"}]
         r = client.post("/v1/embeddings", json={"entities": entities})
         for got, want in zip(r.json()["entities"], store.entities(entities)):
@@ -264,4 +273,42 @@ def test_bearer_token_guards_the_api(service):
         assert client.get("/v1/metadata", headers={"authorization": "Bearer wrong"}).status_code == 401
         assert client.get("/v1/metadata", headers={"authorization": "Bearer s3cret"}).status_code == 200
         assert client.get("/metrics").status_code == 401
+        items = {"items": [{"feature": "C1", "value": "a"}]}
+        assert client.post("/v1/embeddings", json=items).status_code == 401
+        assert client.post("/v1/embeddings", json=items, headers={"authorization": "Bearer wrong"}).status_code == 401
+        assert client.post("/v1/embeddings", json=items, headers={"authorization": "Bearer s3cret"}).status_code == 200
         assert client.get("/healthz").status_code == 200
+
+
+def test_several_worker_processes_answer_without_nagle_delays(service):
+    """``--workers 2``: both processes serve the artifact; responses are not held back by Nagle's
+    algorithm waiting for delayed ACKs (~40 ms each), and SIGTERM stops them gracefully."""
+    port = _free_port()
+    cmd = [sys.executable, "-m", "recsys.cli", "serve", "--model", str(service["a"]), "--port", str(port), "--workers", "2",
+           "--poll-interval", "0", "--log-level", "info"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url, store = f"http://127.0.0.1:{port}", service["stores"][_label(service["a"])]
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, proc.stdout.read()
+            time.sleep(0.3)
+        items = _items(store, 8, seed=11)
+        expected = store.embeddings([(i["feature"], i["value"]) for i in items])
+        took = []
+        with httpx.Client(base_url=url, timeout=10) as client:
+            for _ in range(30):
+                start = time.perf_counter()
+                r = client.post("/v1/embeddings", json={"items": items})
+                took.append(time.perf_counter() - start)
+                np.testing.assert_array_equal(np.array(r.json()["vectors"], np.float32), expected)
+        assert sorted(took)[len(took) // 2] < 0.03, took
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=60)[0]
+    assert output.count("Finished server process") == 2, output
