@@ -9,8 +9,8 @@
    ``redis-server`` started here holding the same vectors (MGET), driven by ``bench.serving_load``
    in a separate process per run (pre-encoded requests on raw connections for both targets);
    requests of 1, 64 and 512 ids, JSON and binary responses, closed loop at 1 and 8 connections
-   (peak throughput, latency); moderate load: an open loop at half the binary endpoint's peak
-   request rate for 64 ids, the same rate against Redis; and the usual Python clients (httpx,
+   (peak throughput, latency); moderate load: an open loop at 25% and 50% of the binary
+   endpoint's peak request rate for 64 ids, the same rates against Redis; and the usual Python clients (httpx,
    redis-py) for reference. The load average is recorded before and after (shared machines).
 4. Memory: peak RSS of a process that loads each artifact, against the artifact's size (the
    process total, and the load alone: the peak over the RSS before it, imports warmed up).
@@ -220,12 +220,12 @@ def http_vs_redis(art: Path, store: Store, pool: list[tuple[str, str]], out: Pat
                             if target == "redis" and n_workers != workers[0]:
                                 continue
                             rows.append({**_load(target, port, keys, ids, concurrency, duration, *extra), **tag})
-                # moderate load: open loop at half the binary endpoint's closed-loop peak for 64 ids, the same rate for Redis
+                # moderate load: open loop at a quarter and half of the binary endpoint's closed-loop peak for 64 ids, the same rate for Redis
                 peak = max((r["requests_per_s"] for r in rows if r["target"] == "http-binary" and r["ids"] == 64 and r["workers"] == n_workers), default=0)
-                if peak:
-                    rate = f"{0.5 * peak:.0f}"
+                for fraction in (0.25, 0.5) if peak else ():
+                    rate = f"{fraction * peak:.0f}"
                     for target, port, extra in (("http", http_port, []), ("http", http_port, ["--binary"]), ("redis", redis_port, [])):
-                        rows.append({**_load(target, port, keys, 64, 8, duration, "--rate", rate, *extra), **tag})
+                        rows.append({**_load(target, port, keys, 64, 8, duration, "--rate", rate, *extra), **tag, "fraction_of_peak": fraction})
                 if n_workers == workers[0]:  # the usual Python clients (httpx, redis-py), for reference
                     for target, port in (("http", http_port), ("redis", redis_port)):
                         rows.append({**_load(target, port, keys, 64, 1, duration, "--client", "lib"), **tag})
@@ -238,6 +238,16 @@ def http_vs_redis(art: Path, store: Store, pool: list[tuple[str, str]], out: Pat
     finally:
         rserver.terminate()
         rserver.wait(30)
+
+
+def http_markdown(rows: list[dict], load_before: str, load_after: str) -> str:
+    """The HTTP vs Redis rows as a Markdown table."""
+    lines = [f"Load average (1/5/15 min) before / after: {load_before} / {load_after}", "",
+             "| workers | target | ids | load | conns | vectors/s | p50 ms | p99 ms | errors |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['workers']} | {r['target']} | {r['ids']} | {r['load']} | {r['concurrency']} | {r['vectors_per_s']:,.0f} | "
+                     f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} |")
+    return "\n".join(lines) + "\n"
 
 
 def _uptime() -> str:
@@ -279,6 +289,7 @@ def main() -> None:
         artifacts["int8"], stores["int8"], pool, out, args.duration, [int(w) for w in args.workers.split(",")], [int(n) for n in args.sizes.split(",")])
     results["load_after"] = _uptime()
     print("load average before/after the HTTP runs:", results["load_before"], "/", results["load_after"])
+    (out / "http.md").write_text(http_markdown(results["http_vs_redis"], results["load_before"], results["load_after"]))
     path = out / ("results_http.json" if args.http_only else "results.json")
     path.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {path}")
