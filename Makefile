@@ -40,8 +40,11 @@ quickstart: install
 test: install
 	$(PY) -m pytest -q tests
 
+# One speed report (bench_out/speed/speed.{json,md}); e.g. make bench BENCH_ARGS=--serving.
+# The individual scripts: $(PY) -m bench.run_all; quality at equal bytes: recsys bench quality.
+BENCH_ARGS ?=
 bench: install
-	$(PY) -m bench.run_all
+	$(VENV)/bin/recsys bench speed $(BENCH_ARGS)
 
 lint-docker: install
 	$(VENV)/bin/hadolint Dockerfile

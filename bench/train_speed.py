@@ -82,6 +82,32 @@ def _plain_step(spec, model_cfg: ModelConfig, sparse: bool) -> Callable[[Batch],
     return step
 
 
+def measure(data: Path, batch: int = 2048, steps: int = 60, rows: int = 200_000) -> dict:
+    """TorchRec DLRM-``full`` against the plain-PyTorch DLRMs on ``data`` (generated if missing): samples/s and ratios."""
+    if not (data / "dataset.json").exists():
+        from recsys.data.synthetic import generate
+
+        generate(data, rows=rows, profile="criteo", seed=0)
+    spec = load_dataset_spec(data)
+    batches = list(ParquetBatchReader(data, "train", BatchLayout.from_spec(spec, "index"), batch, drop_last=True))[:30]
+    model_cfg = ModelConfig()
+    started = ensure_process_group()
+    results = {
+        "torchrec_fused": _time(_torchrec_step(spec, model_cfg), batches, steps),
+        "plain_adam_dense_grads": _time(_plain_step(spec, model_cfg, sparse=False), batches, steps),
+        "plain_sparse_adam": _time(_plain_step(spec, model_cfg, sparse=True), batches, steps),
+    }
+    if started:
+        dist.destroy_process_group()
+    return {
+        "rows": spec.splits["train"].rows, "batch": batch, "steps": steps, "threads": torch.get_num_threads(),
+        "samples_per_s": results,
+        "ratio_vs_plain_adam": results["torchrec_fused"] / results["plain_adam_dense_grads"],
+        "ratio_vs_plain_sparse_adam": results["torchrec_fused"] / results["plain_sparse_adam"],
+        "full_table_mb": MethodContext.from_spec(spec, model_cfg.embedding_dim).full_bytes / 2**20,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="data/bench_speed", help="dataset folder (generated if missing)")
@@ -91,30 +117,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    data = Path(args.data)
-    if not (data / "dataset.json").exists():
-        from recsys.data.synthetic import generate
-
-        generate(data, rows=args.rows, profile="criteo", seed=0)
-    spec = load_dataset_spec(data)
-    batches = list(ParquetBatchReader(data, "train", BatchLayout.from_spec(spec, "index"), args.batch, drop_last=True))[:30]
-    model_cfg = ModelConfig()
-    started = ensure_process_group()
-    results = {
-        "torchrec_fused": _time(_torchrec_step(spec, model_cfg), batches, args.steps),
-        "plain_adam_dense_grads": _time(_plain_step(spec, model_cfg, sparse=False), batches, args.steps),
-        "plain_sparse_adam": _time(_plain_step(spec, model_cfg, sparse=True), batches, args.steps),
-    }
-    if started:
-        dist.destroy_process_group()
-    report = {
-        "rows": spec.splits["train"].rows, "batch": args.batch, "steps": args.steps, "threads": args.threads,
-        "samples_per_s": results,
-        "ratio_vs_plain_adam": results["torchrec_fused"] / results["plain_adam_dense_grads"],
-        "ratio_vs_plain_sparse_adam": results["torchrec_fused"] / results["plain_sparse_adam"],
-        "full_table_mb": MethodContext.from_spec(spec, model_cfg.embedding_dim).full_bytes / 2**20,
-    }
-    for name, rate in results.items():
+    report = measure(Path(args.data), args.batch, args.steps, args.rows)
+    for name, rate in report["samples_per_s"].items():
         print(f"{name:24s} {rate:>10,.0f} samples/s")
     print(f"ratio torchrec/plain (Adam, dense grads): {report['ratio_vs_plain_adam']:.2f}x")
     print(f"ratio torchrec/plain (SparseAdam):        {report['ratio_vs_plain_sparse_adam']:.2f}x")

@@ -15,46 +15,31 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from recsys.config import ModelConfig, TrainingConfig
-from recsys.data.batch import Batch, BatchLayout, ParquetBatchReader
+from recsys.data.batch import BatchLayout, ParquetBatchReader
 from recsys.embeddings import MethodContext, build_method
 from recsys.features import DatasetSpec, load_dataset_spec
 from recsys.models import build_model
 from recsys.models.train import TrainModel
+from bench.step_times import Step, alternate, sharded_step
 from training.distributed import ensure_process_group, shard
 
 OUT = Path("bench_out")
 
 
-def _stepper(spec: DatasetSpec, method_name: str, options: dict[str, Any]) -> Callable[[Batch], None]:
+def _stepper(spec: DatasetSpec, method_name: str, options: dict[str, Any]) -> Step:
     """One optimizer step of a freshly built, sharded DLRM over ``method_name``."""
     torch.manual_seed(0)
     model_cfg = ModelConfig()
     method = build_method(method_name, MethodContext.from_spec(spec, model_cfg.embedding_dim), options)
     sharded = shard(TrainModel(build_model(model_cfg, method, len(spec.dense_fields))), method, TrainingConfig())
-
-    def step(batch: Batch) -> None:
-        loss, _ = sharded.module(batch)
-        sharded.optimizer.zero_grad()
-        loss.backward()
-        sharded.optimizer.step()
-
-    return step
-
-
-def _step_time(step: Callable[[Batch], None], batches: list[Batch], steps: int) -> float:
-    start = time.perf_counter()
-    for i in range(steps):
-        step(batches[i % len(batches)])
-    return (time.perf_counter() - start) / steps
+    return sharded_step(sharded, method, total_steps=10_000)
 
 
 def main() -> None:
@@ -81,25 +66,17 @@ def main() -> None:
         reader = ParquetBatchReader(data, "train", BatchLayout.from_spec(spec, scheme), args.batch, drop_last=True)
         batches[key] = [b for _, b in zip(range(20), reader)]
         steps[key] = _stepper(spec, name, options)
-        _step_time(steps[key], batches[key], 5)  # warm-up
-    times: dict[str, list[float]] = {key: [] for key in setups}
-    for _ in range(args.rounds):
-        for key in setups:
-            times[key].append(_step_time(steps[key], batches[key], args.steps))
+    timing = alternate({k: (steps[k], batches[k]) for k in setups}, args.steps, args.rounds, baseline="full")
     if started:
         dist.destroy_process_group()
-    median = {key: statistics.median(t) for key, t in times.items()}
-    best = {key: min(t) for key, t in times.items()}
     report = {
         "total_rows": total_rows, "batch": args.batch, "steps": args.steps, "rounds": args.rounds, "threads": args.threads,
-        "step_ms_median": {k: 1000 * v for k, v in median.items()},
-        "step_ms_min": {k: 1000 * v for k, v in best.items()},
-        "step_ms_per_round": {k: [round(1000 * x, 2) for x in v] for k, v in times.items()},
-        "ratio_unified_over_full_median": median["unified"] / median["full"],
-        "ratio_unified_over_full_min": best["unified"] / best["full"],
+        "step_ms_median": timing["step_ms_median"], "step_ms_min": timing["step_ms_min"],
+        "ratio_unified_over_full_median": timing["ratio_median"]["unified"],
+        "ratio_unified_over_full_min": timing["ratio_min"]["unified"],
     }
     for key in setups:
-        print(f"{key:8s} median {1000 * median[key]:8.2f} ms/step, min {1000 * best[key]:8.2f} ms/step")
+        print(f"{key:8s} median {timing['step_ms_median'][key]:8.2f} ms/step, min {timing['step_ms_min'][key]:8.2f} ms/step")
     print(f"ratio unified/full: median {report['ratio_unified_over_full_median']:.3f}x, "
           f"min {report['ratio_unified_over_full_min']:.3f}x (target <= 1.15)")
     OUT.mkdir(exist_ok=True)

@@ -98,7 +98,7 @@ def markdown(rows: list[dict[str, Any]], title: str = "") -> str:
         budget = "1× (uncompressed)" if r["budget_bytes"] is None else f"{r['budget']:g}× ({r['budget_bytes']:,} B)"
         auc = f"{_fmt(r['auc_mean'], '.4f')} ± {_fmt(r['auc_std'], '.4f')}" if r["seeds_ok"] else "—"
         lines.append(
-            f"| {r['method']} | {budget} | {_fmt(r['bytes'], ',')} | {_fmt(r['compression'], '.1f')}× | {auc} "
+            f"| {r['method']} | {budget} | {_fmt(r['bytes'], ',')} | {_fmt(r['compression'], '.1f')}{'×' if r['seeds_ok'] else ''} | {auc} "
             f"| {_fmt(r['logloss_mean'], '.4f')} | {_fmt(r['oracle_gap'], '.4f')} | {_fmt(r['train_samples_per_s'], ',.0f')} "
             f"| {r['seeds_ok']}/{r['seeds']} | {status} |"
         )
@@ -128,16 +128,18 @@ def pareto_plot(rows: list[dict[str, Any]], path: Path, title: str, oracle_auc: 
     import matplotlib.pyplot as plt
 
     done = [r for r in rows if r["seeds_ok"]]
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    fig, ax = plt.subplots(figsize=(10, 5.5))
     markers = "osD^v<>Xph*"
+    colors = [plt.cm.tab10(i) for i in (0, 1, 2, 3, 4, 5, 6, 8, 9)]  # tab10 without its grey (the front is grey)
     for i, method in enumerate(dict.fromkeys(r["method"] for r in done)):
         series = sorted((r for r in done if r["method"] == method), key=lambda r: r["bytes"])
         ax.errorbar([r["bytes"] for r in series], [r["auc_mean"] for r in series], yerr=[r["auc_std"] for r in series],
-                    marker=markers[i % len(markers)], linestyle="-", linewidth=0.8, capsize=3, label=method)
+                    marker=markers[i % len(markers)], color=colors[i % len(colors)], linestyle="-", linewidth=0.8,
+                    markersize=7, capsize=3, label=method, zorder=3)
     front = pareto_front([(r["bytes"], r["auc_mean"]) for r in done])
     if front:
         xs, ys = zip(*front)
-        ax.step(xs, ys, where="post", color="black", linewidth=1.5, alpha=0.5, label="Pareto front")
+        ax.step(xs, ys, where="post", color="dimgrey", linewidth=4, alpha=0.35, label="Pareto front", zorder=2)
     full = [r for r in done if r["budget_bytes"] is None]
     if full:
         ax.axhline(full[0]["auc_mean"], color="grey", linestyle="--", linewidth=1, label=f"full ({full[0]['auc_mean']:.4f})")
@@ -148,7 +150,7 @@ def pareto_plot(rows: list[dict[str, Any]], path: Path, title: str, oracle_auc: 
     ax.set_ylabel("test AUC")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
