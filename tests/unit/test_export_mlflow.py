@@ -20,7 +20,7 @@ def runs(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> tuple[str, "object"]:
+def store(tmp_path_factory):
     import mlflow
 
     uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
@@ -74,6 +74,5 @@ def test_run_without_a_checkpoint_names_what_is_missing(store, tmp_path):
     run_id = client.create_run(experiment, run_name="metrics-only").info.run_id
     (tmp_path / "metrics.json").write_text("{}")
     client.log_artifact(run_id, str(tmp_path / "metrics.json"))
-    with pytest.raises(RunNotFound, match="has no checkpoint among its artifacts.*log_checkpoint"):
-        with resolve_run(run_id, uri):
-            pass
+    with pytest.raises(RunNotFound, match="has no checkpoint among its artifacts.*log_checkpoint"), resolve_run(run_id, uri):
+        pass
