@@ -17,12 +17,12 @@ from training.bench.report import markdown, pareto_front, read_csv, summarise, P
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("bench") / "tiny"
-    generate(out, rows=6000, profile="small", seed=5, progress=False)
+    generate(out, rows=3000, profile="small", seed=5, progress=False)
     return out
 
 
 def _settings(tiny: Path, tmp: Path, **kw) -> SweepSettings:
-    defaults = dict(dataset=tiny, methods=["full", "hash", "dsl"], budgets=[10.0, 100.0], quick=True, out=tmp / "sweep",
+    defaults = dict(dataset=tiny, methods=["full", "hash", "dsl"], budgets=[20.0], quick=True, out=tmp / "sweep",
                     tracking_uri=f"sqlite:///{tmp}/mlflow.db", experiment="bench-test", progress=False,
                     sets=["training.batch_size=512"])
     return SweepSettings(**(defaults | kw))
@@ -51,10 +51,10 @@ def test_quick_sweep_tables_plot_mlflow_and_resume(tiny: Path, tmp_path: Path, m
     rows = run_sweep(settings)
     out = settings.out
     table = {(r["method"], float(r["budget"])): r for r in read_csv(out / "results.csv")}
-    assert set(table) == {("full", 1.0), ("hash", 10.0), ("hash", 100.0), ("dsl", 10.0), ("dsl", 100.0)}
-    assert len(rows) == 5
+    assert set(table) == {("full", 1.0), ("hash", 20.0), ("dsl", 20.0)}  # full once, uncompressed
+    assert len(rows) == 3
     for key, r in table.items():
-        if key == ("dsl", 100.0):  # CSR row offsets alone are 1/16 of full: the method cannot meet 100x
+        if key == ("dsl", 20.0):  # on full, CSR row offsets alone are 1/16 of full: DSL cannot meet 20x
             assert r["status"] == "failed" and "cannot fit the budget" in r["error"]
             continue
         assert r["status"] == "ok", r
@@ -63,7 +63,7 @@ def test_quick_sweep_tables_plot_mlflow_and_resume(tiny: Path, tmp_path: Path, m
         if r["budget_bytes"]:
             assert int(r["bytes"]) <= int(r["budget_bytes"])
     md = (out / "results.md").read_text()
-    assert "| hash | 10×" in md and "failed: ValueError: method 'dsl' cannot fit the budget" in md
+    assert "| hash | 20×" in md and "| full | 1× (uncompressed)" in md and "failed: ValueError: method 'dsl' cannot fit the budget" in md
     assert (out / "pareto.png").stat().st_size > 10_000
 
     client = mlflow.MlflowClient(tracking_uri=settings.tracking_uri)
@@ -72,36 +72,35 @@ def test_quick_sweep_tables_plot_mlflow_and_resume(tiny: Path, tmp_path: Path, m
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
-    assert sorted(r.info.run_name for r in children) == sorted(
-        ["full_seed0", "hash_10x_seed0", "hash_100x_seed0", "dsl_10x_seed0", "dsl_100x_seed0"])
+    assert sorted(r.info.run_name for r in children) == ["dsl_20x_seed0", "full_seed0", "hash_20x_seed0"]
     by_name = {r.info.run_name: r for r in children}
-    assert by_name["dsl_100x_seed0"].info.status == "FAILED" and "cannot fit" in by_name["dsl_100x_seed0"].data.tags["error"]
-    assert 0 < by_name["hash_10x_seed0"].data.metrics["test_auc"] < 1
-    assert by_name["hash_10x_seed0"].data.params["embedding.method"] == "hash"
+    assert by_name["dsl_20x_seed0"].info.status == "FAILED" and "cannot fit" in by_name["dsl_20x_seed0"].data.tags["error"]
+    assert 0 < by_name["hash_20x_seed0"].data.metrics["test_auc"] < 1
+    assert by_name["hash_20x_seed0"].data.params["embedding.method"] == "hash"
     artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
     assert {"results.csv", "results.md", "pareto.png"} <= artifacts
 
     # Resume: finished points are read back, not retrained; the failed one is tried again.
     finished = sorted(out.glob("points/*/metrics.json"))
-    assert len(finished) == 4
+    assert len(finished) == 2
     mtimes = {p: p.stat().st_mtime_ns for p in finished}
     again = run_sweep(settings)
     assert {p: p.stat().st_mtime_ns for p in finished} == mtimes
     assert [r["auc_mean"] for r in again if r["seeds_ok"]] == [r["auc_mean"] for r in rows if r["seeds_ok"]]
     runs = client.search_runs([experiment.experiment_id], filter_string="tags.resumed = 'true'")
-    assert len(runs) == 4
+    assert len(runs) == 2
 
 
 def test_changed_config_retrains_and_rerun(tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    settings = _settings(tiny, tmp_path, methods=["hash"], budgets=[10.0])
+    settings = _settings(tiny, tmp_path, methods=["hash"])
     run_sweep(settings)
-    metrics = settings.out / "points/hash_10x_seed0/metrics.json"
+    metrics = settings.out / "points/hash_20x_seed0/metrics.json"
     first = metrics.stat().st_mtime_ns
-    run_sweep(_settings(tiny, tmp_path, methods=["hash"], budgets=[10.0], rerun=True))
+    run_sweep(_settings(tiny, tmp_path, methods=["hash"], rerun=True))
     second = metrics.stat().st_mtime_ns
     assert second > first
-    run_sweep(_settings(tiny, tmp_path, methods=["hash"], budgets=[10.0], sets=["training.batch_size=256"]))
+    run_sweep(_settings(tiny, tmp_path, methods=["hash"], sets=["training.batch_size=256"]))
     assert metrics.stat().st_mtime_ns > second  # another config: retrained
 
 

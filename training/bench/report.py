@@ -18,7 +18,7 @@ from typing import Any
 
 COLUMNS = [
     "method", "budget", "budget_bytes", "status", "seeds", "seeds_ok", "bytes", "compression", "auc_mean", "auc_std",
-    "logloss_mean", "oracle_gap", "train_samples_per_s", "wall_s", "error",
+    "logloss_mean", "oracle_gap", "train_samples_per_s", "wall_s", "cpu_s", "error",
 ]
 
 
@@ -33,6 +33,7 @@ class PointResult:
     metrics: dict[str, Any] | None = None
     error: str | None = None
     wall_s: float | None = None
+    cpu_s: float | None = None
     resumed: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -65,7 +66,7 @@ def summarise(results: list[PointResult]) -> list[dict[str, Any]]:
             "auc_mean": _mean(aucs), "auc_std": statistics.stdev(aucs) if len(aucs) > 1 else (0.0 if aucs else math.nan),
             "logloss_mean": _mean([m["test_logloss"] for m in done]), "oracle_gap": _mean(gaps),
             "train_samples_per_s": _mean([m["train_samples_per_s"] for m in done]),
-            "wall_s": sum(p.wall_s or 0.0 for p in points), "error": errors[0] if errors else "",
+            "wall_s": sum(p.wall_s or 0.0 for p in points), "cpu_s": sum(p.cpu_s or 0.0 for p in points), "error": errors[0] if errors else "",
         })
     return rows
 
