@@ -38,7 +38,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_synth(args: argparse.Namespace) -> int:
     from recsys.data.synthetic import generate
 
-    spec = generate(Path(args.out), rows=args.rows, profile=args.profile, seed=args.seed, scale=args.scale, overwrite=args.overwrite)
+    spec = generate(
+        Path(args.out), rows=args.rows, profile=args.profile, seed=args.seed, scale=args.scale,
+        min_count=args.min_count, overwrite=args.overwrite,
+    )
     _print_summary(spec, Path(args.out))
     return 0
 
@@ -219,6 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--profile", default="criteo", choices=["criteo", "small"])
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--scale", type=float, default=1.0, help="multiplies the large cardinalities")
+    synth.add_argument(
+        "--min-count", type=int, default=1,
+        help="train values seen fewer times map to OOV (criteo at >= 300k rows: 50 drops only values that carry no planted signal)",
+    )
     synth.add_argument("--overwrite", action="store_true")
     synth.set_defaults(func=cmd_synth)
 

@@ -9,16 +9,22 @@ from recsys.features import load_dataset_spec
 from training.run import train_experiment
 
 RUNS = (("full", None), ("hash", 10.0))
+# Train values seen fewer times share the OOV row. In the criteo profile at a few hundred
+# thousand rows these carry no planted signal (see recsys.data.synthetic), so the oracle is
+# unchanged while the model cannot memorise them: DLRM's test AUC rises by about 0.01.
+MIN_COUNT = 50
 
 
 def quickstart(rows: int, data_dir: Path, out_dir: Path, config: Path) -> list[dict]:
     """Generate (or reuse) the dataset, train each run, print and return the rows of the table."""
     from recsys.data.synthetic import generate
 
-    if (data_dir / "dataset.json").exists() and load_dataset_spec(data_dir).synthetic.get("rows") == rows:
+    wanted = {"rows": rows, "min_count": MIN_COUNT}
+    existing = load_dataset_spec(data_dir).synthetic if (data_dir / "dataset.json").exists() else {}
+    if all(existing.get(k) == v for k, v in wanted.items()):
         print(f"reusing synthetic dataset at {data_dir}")
     else:
-        generate(data_dir, rows=rows, profile="criteo", seed=0, overwrite=True)
+        generate(data_dir, rows=rows, profile="criteo", seed=0, min_count=MIN_COUNT, overwrite=True)
     table = []
     for method, compression in RUNS:
         overrides = [f"data.path={data_dir}", f"embedding.method={method}"]

@@ -34,8 +34,8 @@ Both target a 22% click rate; oracle AUC about 0.80 (``criteo``) and 0.78 (``sma
 Generation runs in blocks of ``BLOCK_ROWS`` rows, each from its own seeded streams, so the data
 depend on ``(profile, rows, seed, scale, split)`` only, never on ``chunk_rows`` (which only sets
 row groups); the same arguments give byte-identical files. Pass 1 draws the sparse values and
-counts them (train counts give the vocabularies, ``min_count`` 1; values first seen in valid or
-test are OOV there); pass 2 redraws the same values and writes everything. Memory: the teacher
+counts them (train values seen at least ``min_count`` times give the vocabularies; rarer values,
+and values first seen in valid or test, are OOV); pass 2 redraws the same values and writes everything. Memory: the teacher
 (ids, counts and vocabulary indices per value, ``O(sum n_f)``; parameters for the head only),
 a few chunks of rows, and 5 bytes per row for the exact oracle AUC.
 
@@ -85,6 +85,7 @@ from recsys.features import (
     PROB_COLUMN,
     DatasetSpec,
     FieldSpec,
+    IdScheme,
     OracleMetrics,
     SplitSpec,
     id_column,
@@ -113,6 +114,7 @@ class _Run:
     chunk_blocks: int
     rows_per_file: int
     progress: bool
+    min_count: int = 1
 
     def chunks(self) -> list[range]:
         """Block numbers, grouped into chunks."""
@@ -151,6 +153,7 @@ def generate(
     progress: bool = True,
     overwrite: bool = False,
     rows_per_file: int = 1_000_000,
+    min_count: int = 1,
 ) -> DatasetSpec:
     """Generate ``rows`` rows of ``profile`` (a name in ``PROFILES`` or a ``SynthProfile``) into
     the dataset folder ``out_dir``; returns its ``dataset.json``.
@@ -158,10 +161,11 @@ def generate(
     The folder is built beside ``out_dir`` and renamed into place at the end. An existing
     dataset is replaced only with ``overwrite``; any other non-empty folder is refused.
     ``chunk_rows`` (rounded to whole blocks of ``BLOCK_ROWS``) only sets the work and row-group
-    size; ``rows_per_file`` caps the rows of each Parquet part.
+    size; ``rows_per_file`` caps the rows of each Parquet part. Train values seen fewer than
+    ``min_count`` times share the OOV row, as in the usual Criteo preprocessing (``min_count`` 10).
     """
     out_dir = Path(out_dir)
-    run = _make_run(profile, rows, seed, split, chunk_rows, scale, rows_per_file, progress)
+    run = _make_run(profile, rows, seed, split, chunk_rows, scale, rows_per_file, progress, min_count)
     _check_out_dir(out_dir, overwrite)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     if tmp.exists():
@@ -178,7 +182,7 @@ def generate(
 
 def _make_run(
     profile: str | SynthProfile, rows: int, seed: int, split: Sequence[float], chunk_rows: int, scale: float,
-    rows_per_file: int, progress: bool,
+    rows_per_file: int, progress: bool, min_count: int = 1,
 ) -> _Run:
     if isinstance(profile, SynthProfile):
         name, settings = "custom", profile
@@ -190,6 +194,8 @@ def _make_run(
         raise ValueError("rows, chunk_rows and rows_per_file must be >= 1")
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
+    if min_count < 1:
+        raise ValueError(f"min_count must be >= 1, got {min_count}")
     if not scale > 0:
         raise ValueError(f"scale must be > 0, got {scale}")
     if len(split) != 3 or any(f < 0 for f in split) or not math.isclose(sum(split), 1.0, abs_tol=1e-6):
@@ -198,7 +204,7 @@ def _make_run(
         raise ValueError("the train fraction must be > 0 (vocabularies come from train)")
     fractions = (float(split[0]), float(split[1]), float(split[2]))
     blocks = max(1, round(chunk_rows / BLOCK_ROWS))
-    return _Run(name, settings, rows, seed, scale, fractions, blocks, rows_per_file, progress)
+    return _Run(name, settings, rows, seed, scale, fractions, blocks, rows_per_file, progress, min_count)
 
 
 def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
@@ -230,13 +236,13 @@ def _build(run: _Run, root: Path, name: str) -> DatasetSpec:
     with ThreadPoolExecutor(THREADS) as pool:
         counts, seen = _count_values(run, teacher, pool)
         (root / VOCAB_DIR).mkdir()
-        lookups = list(pool.map(_lookup, teacher.sparse, counts, seen, [root] * len(counts)))
+        lookups = list(pool.map(_lookup, teacher.sparse, counts, seen, [root] * len(counts), [run.min_count] * len(counts)))
         counts.clear()
         seen.clear()
         splits = _write_splits(run, teacher, lookups, root, pool)
     spec = DatasetSpec(
         name=name, source="synthetic", fields=_fields(run, teacher, lookups), splits=splits,
-        synthetic=_settings(run, teacher),
+        synthetic=_settings(run, teacher), id_scheme=IdScheme(min_count=run.min_count),
     )
     save_dataset_spec(spec, root)
     return spec
@@ -260,7 +266,7 @@ def _settings(run: _Run, teacher: Teacher) -> dict:
     assert teacher.scales is not None
     return {
         "generator": "recsys.data.synthetic", "profile": run.profile_name, "rows": run.rows, "seed": run.seed,
-        "scale": run.scale, "split": list(run.split), "profile_settings": run.profile.model_dump(mode="json"),
+        "scale": run.scale, "split": list(run.split), "min_count": run.min_count, "profile_settings": run.profile.model_dump(mode="json"),
         "teacher": {
             "alpha": teacher.alpha, "bias": teacher.bias, "kappa": teacher.kappa,
             "part_scales": teacher.scales.tolist(),
@@ -297,17 +303,19 @@ def _add_counts(counts: np.ndarray, seen: np.ndarray, ranks: np.ndarray, train: 
     seen[ranks] = True
 
 
-def _lookup(field: SparseTeacher, counts: np.ndarray, seen: np.ndarray, root: Path) -> _Lookup:
-    """Vocabulary (train values by decreasing count, then id), written to ``vocab/``, and rank maps."""
+def _lookup(field: SparseTeacher, counts: np.ndarray, seen: np.ndarray, root: Path, min_count: int) -> _Lookup:
+    """Vocabulary (train values seen ``min_count`` times or more, by decreasing count, then id),
+    written to ``vocab/``, and rank maps."""
     ids = np.zeros(field.cardinality, np.int64)
     seen_ranks = np.flatnonzero(seen)
     ids[seen_ranks] = field.raw_ids(seen_ranks)
-    train_ranks = np.flatnonzero(counts)
+    num_distinct = int(np.count_nonzero(counts))
+    train_ranks = np.flatnonzero(counts >= min_count)
     train_ids, train_counts = ids[train_ranks], counts[train_ranks]
     order = np.lexsort((train_ids, -train_counts))
     index = np.full(field.cardinality, OOV_INDEX, np.int64)
     index[train_ranks[order]] = np.arange(len(order), dtype=np.int64) + NUM_RESERVED
-    vocab = Vocabulary(train_ids[order], train_counts[order], len(train_ranks))
+    vocab = Vocabulary(train_ids[order], train_counts[order], num_distinct)
     vocab.write(root / VOCAB_DIR / f"{field.name}.parquet")
     return _Lookup(index, ids, vocab)
 

@@ -120,6 +120,29 @@ def test_vocabularies_match_train_counts(small: Path) -> None:
         assert np.all(tables["train"].column(field.name).to_numpy() >= 2)
 
 
+def test_min_count_maps_rare_train_values_to_oov(small: Path, tmp_path: Path) -> None:
+    out = tmp_path / "mc"
+    spec = generate(out, rows=ROWS, profile="small", seed=0, progress=False, min_count=20)
+    base = load_dataset_spec(small)
+    assert spec.id_scheme.min_count == 20 and spec.synthetic["min_count"] == 20
+    train, base_train = read_split(out, "train"), read_split(small, "train")
+    np.testing.assert_array_equal(train.column("label").to_numpy(), base_train.column("label").to_numpy())
+    assert spec.splits["test"].oracle == base.splits["test"].oracle, "the rows and the teacher do not depend on min_count"
+    shrunk = 0
+    for field, base_field in zip(spec.sparse_fields, base.sparse_fields):
+        counts = pq.read_table(out / field.vocabulary).column("count").to_numpy()
+        assert np.all(counts >= 20)
+        assert field.num_distinct == base_field.num_distinct, "num_distinct counts every distinct train value"
+        raw = train.column(f"{field.name}__id").to_numpy()
+        uniq, n = np.unique(raw, return_counts=True)
+        rare = np.isin(raw, uniq[n < 20])
+        index = train.column(field.name).to_numpy()
+        assert np.all(index[rare] == 1) and np.all(index[~rare] >= 2)
+        assert field.cardinality == int(np.count_nonzero(n >= 20)) + 2
+        shrunk += base_field.cardinality - field.cardinality
+    assert shrunk > 0
+
+
 def test_raw_ids_hash_value_strings(small: Path) -> None:
     vocab = pq.read_table(small / "vocab" / "C1.parquet")
     expected = {hash64_str(f"C1_{v}") for v in range(PROFILES["small"].cardinalities[0])}
@@ -228,6 +251,7 @@ def test_failure_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.Monke
         ({"split": (0.5, 0.2, 0.2)}, "split"),
         ({"split": (0.0, 0.5, 0.5)}, "train fraction"),
         ({"scale": 0.0}, "scale"),
+        ({"min_count": 0}, "min_count"),
     ],
 )
 def test_bad_arguments(tmp_path: Path, kwargs: dict, message: str) -> None:
