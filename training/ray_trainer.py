@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 import time
 import warnings
@@ -37,9 +36,27 @@ from recsys.data.batch import BatchLayout
 from recsys.embeddings import Phase, build_method
 from training.loop import LoopState
 from training.ray_data import RayShardReader, make_data_config, read_split, split_rows
-from training.run import Experiment, ReaderFactory, _run_phases, finish_run, row_limit, run_tags
-from training.sharded_checkpoint import init_optimizer_state, load_sharded, save_sharded, training_state
-from training.tracking import MlflowTracker, NullTracker, make_tracker, start_system_metrics
+from training.run import (
+    Experiment,
+    ReaderFactory,
+    _run_phases,
+    clear_previous_run,
+    finish_run,
+    row_limit,
+    run_tags,
+)
+from training.sharded_checkpoint import (
+    init_optimizer_state,
+    load_sharded,
+    save_sharded,
+    training_state,
+)
+from training.tracking import (
+    MlflowTracker,
+    NullTracker,
+    make_tracker,
+    start_system_metrics,
+)
 from training.tracking_spool import MAIN_NAME, spool_files
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,8 +121,7 @@ def train_distributed(cfg: ExperimentConfig, out_dir: Path, resume: bool = False
 
     out = Path(out_dir).resolve()
     if not resume:
-        for stale in ("phases", "ray", "initial.safetensors", "progress.jsonl", WORKER_METRICS):
-            shutil.rmtree(out / stale, ignore_errors=True) if (out / stale).is_dir() else (out / stale).unlink(missing_ok=True)
+        clear_previous_run(out, ("ray", "progress.jsonl", WORKER_METRICS))
     out.mkdir(parents=True, exist_ok=True)
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"path": str(Path(cfg.data.path).resolve())})})
     started = init_ray()

@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -39,7 +41,13 @@ from recsys.features import load_dataset_spec
 from recsys.models import build_model
 from recsys.models.train import TrainModel
 from training.checkpoint import load_weights, save_weights
-from training.collectives import barrier, broadcast_tensors, is_main, replicated_mismatches, world
+from training.collectives import (
+    barrier,
+    broadcast_tensors,
+    is_main,
+    replicated_mismatches,
+    world,
+)
 from training.distributed import ShardedModel, ensure_process_group, shard
 from training.loop import FitResult, LoopState, Reader, Trainer
 from training.plots import learning_curve
@@ -213,6 +221,19 @@ def _oracle(exp: Experiment, split: str) -> float | None:
     return oracle.auc if oracle else None
 
 
+RUN_OUTPUTS = ("phases", "initial.safetensors", "metrics.json", "diagnostics.json", "learning_curve.png")
+
+
+def clear_previous_run(out: Path, extra: tuple[str, ...] = ()) -> None:
+    """Remove what an earlier run left in ``out`` (its weights would otherwise seed this run)."""
+    for name in (*RUN_OUTPUTS, *extra):
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
 def train_experiment(cfg: ExperimentConfig, out_dir: Path, resume: bool = False) -> dict[str, Any]:
     """Train, evaluate and record one experiment; returns what ``metrics.json`` holds."""
     if cfg.training.workers > 1:
@@ -222,6 +243,9 @@ def train_experiment(cfg: ExperimentConfig, out_dir: Path, resume: bool = False)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     started_group = ensure_process_group()
+    if not resume and is_main():
+        clear_previous_run(out_dir)
+    barrier()  # no rank looks at the folder before it is cleared
     tracker = make_tracker(cfg.tracking, tags=run_tags(cfg), run_dir=out_dir)
     stop_system_metrics = start_system_metrics(tracker) if cfg.tracking.system_metrics else (lambda: None)
     status = "FAILED"

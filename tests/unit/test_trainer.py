@@ -99,3 +99,29 @@ def test_checkpoint_round_trip_through_dmp(small_data, tmp_path):
     finally:
         if started:
             dist.destroy_process_group()
+
+
+def test_a_new_run_in_a_used_folder_starts_from_its_own_weights(small_data, tmp_path, monkeypatch):
+    """Without --resume, what an earlier run left in the folder (other tables, other weights) is not reused."""
+    from training.run import train_experiment
+
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    first = _cfg(small_data, tmp_path, "tracking.enabled=false", "training.epochs=1", "data.max_train_rows=2048")
+    train_experiment(first, run)
+    before = plain_state_dict_of(run / "initial.safetensors")
+    other = _cfg(
+        small_data, tmp_path, "tracking.enabled=false", "training.epochs=1", "data.max_train_rows=2048",
+        "embedding.method=hash", "embedding.compression=4",
+    )
+    metrics = train_experiment(other, run)
+    after = plain_state_dict_of(run / "initial.safetensors")
+    assert metrics["compression_ratio"] >= 4
+    assert {k: v.shape for k, v in before.items()} != {k: v.shape for k, v in after.items()}
+    assert json.loads((run / "metrics.json").read_text())["embedding_bytes"] == metrics["embedding_bytes"]
+
+
+def plain_state_dict_of(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
