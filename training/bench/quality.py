@@ -28,7 +28,7 @@ import json
 import shutil
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -276,6 +276,8 @@ def run_sweep(settings: SweepSettings) -> list[dict[str, Any]]:
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
     sweep = Sweep(settings)
+    if settings.tracking_uri is None:  # else the base config's, else MLFLOW_TRACKING_URI / sqlite:///mlflow.db
+        settings = replace(settings, tracking_uri=sweep.base_config().tracking.tracking_uri)
     points = plan(settings)
     _write_json(out / "sweep.json", {"settings": asdict(settings), "points": [p.name for p in points], "full_bytes": sweep.full_bytes})
     tracking = TrackingConfig(tracking_uri=settings.tracking_uri, experiment=settings.experiment,
