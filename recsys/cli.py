@@ -290,9 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
         "quality", help="every method at every budget: results table, AUC-vs-bytes Pareto plot, MLflow parent run",
         description="Train every method at every memory budget (full once per seed, uncompressed), write results.csv, "
         "results.md and pareto.png to --out, log a parent MLflow run with a child per (method, budget, seed). An "
-        "interrupted sweep resumes: finished points are read back. Defaults (8 methods x 3 budgets, 2 seeds, 1 epoch on "
-        "the first 400k train rows) take about 50 minutes on 2 idle CPU cores for the synthetic criteo profile at 1M rows "
-        "(a hash/qr/unified point about 35 s, dsl about 60 s, optembed 60-120 s); --quick takes a few minutes.",
+        "interrupted sweep resumes: finished points are read back. Defaults: 8 methods x 3 budgets (22 points per seed; "
+        "dsl on full below ~16x and qr at 1000x fail fast as over budget), 2 seeds, 1 epoch on the first 400k train rows, 50k valid/test rows. Measured on 2 idle "
+        "CPU cores, synthetic criteo at 1M rows: a full point 7 s, unified at 10x 23 s, an OptEmbed search 11 s; estimate "
+        "for the defaults about 20 minutes (10 per seed). On cores shared with other torch jobs a point took 3-5 minutes "
+        "instead. --quick (20k train rows, 1 seed) took 6 minutes on the shared machine.",
     )
     quality.add_argument("--dataset", required=True, help="dataset folder (holds dataset.json)")
     quality.add_argument("--methods", type=_comma_list, default=None, help="comma-separated, from: full,hash,qr,unified,optembed,dsl,unified+optembed,unified+dsl (default: all)")

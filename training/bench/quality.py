@@ -40,7 +40,7 @@ from training.bench.report import PointResult, markdown, pareto_plot, summarise,
 from training.tracking import Tracker, make_tracker
 
 DEFAULT_BUDGETS = (10.0, 100.0, 1000.0)
-# Defaults measured on 2 shared CPU cores, synthetic criteo, 1M rows (800k train): see the CLI help.
+# Defaults: about 10 minutes per seed on 2 idle CPU cores for synthetic criteo at 1M rows (measurements: the CLI help).
 DEFAULT_OVERRIDES = ("training.epochs=1", "data.max_train_rows=400000", "data.max_eval_rows=50000")
 QUICK_OVERRIDES = ("training.epochs=1", "data.max_train_rows=20000", "data.max_eval_rows=5000", "training.log_every=5")
 ALWAYS = ("tracking.enabled=false", "training.progress=false")
