@@ -1,7 +1,8 @@
-"""``make bench``: every speed/memory benchmark, one after another, each in its own process.
+"""Every speed/memory benchmark script, one after another, each in its own process.
 
-Each script prints its report and writes JSON under ``bench_out/``. Quality sweeps (AUC at
-equal bytes, several seeds) take longer and are run on their own:
+Each script prints its report and writes JSON under ``bench_out/``. ``make bench`` runs
+``recsys bench speed`` instead (``bench.speed_report``: one report from these scripts'
+functions). Quality at equal bytes: ``recsys bench quality``; the per-method studies
 ``python -m bench.unified_quality``, ``bench.optembed_quality``, ``bench.dsl_quality``.
 
 Usage: ``python -m bench.run_all [--only convert_bench,train_speed]``

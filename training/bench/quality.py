@@ -140,8 +140,8 @@ class Sweep:
             return self._failed(result, folder, None, exc)
         dump = cfg.model_dump(mode="json")
         record = _read_json(folder / "point.json")
-        if self.s.rerun or (record is not None and record.get("config") != dump):
-            shutil.rmtree(folder, ignore_errors=True)  # retrained from scratch: asked to, or the config changed
+        if self.s.rerun or (record is None and folder.exists()) or (record is not None and record.get("config") != dump):
+            shutil.rmtree(folder, ignore_errors=True)  # from scratch: asked to, a folder not a sweep's, or another config
         elif (folder / "metrics.json").exists() and record is not None:
             result.metrics = json.loads((folder / "metrics.json").read_text())
             result.wall_s, result.cpu_s, result.resumed = record.get("wall_s"), record.get("cpu_s"), True
