@@ -50,7 +50,7 @@ class EmbeddingConfig(_Strict):
     options: dict[str, Any] = Field(default_factory=dict, description="method-specific options")
 
     @model_validator(mode="after")
-    def _one_budget(self) -> "EmbeddingConfig":
+    def _one_budget(self) -> EmbeddingConfig:
         if self.compression is not None and self.budget_bytes is not None:
             raise ValueError("set either compression or budget_bytes, not both")
         from recsys.embeddings import get_method, parse_options
@@ -90,6 +90,7 @@ class TrackingConfig(_Strict):
     run_name: str | None = None
     required: bool = Field(False, description="stop at start-up when the tracking server is unreachable (else spool locally)")
     system_metrics: bool = Field(True, description="log CPU/memory/disk/network of the training node")
+    log_checkpoint: bool = Field(True, description="log the trained weights (phases/*/*.safetensors), so `recsys export --run RUN_ID` works")
     register_as: str | None = Field(None, description="register the trained model under this MLflow model name")
     alias: str = Field("champion", description="alias of the registered version (models:/NAME@ALIAS)")
 

@@ -37,6 +37,7 @@ from safetensors.torch import load_file, save_file
 from recsys.config import ExperimentConfig, flatten
 from recsys.data.batch import BatchLayout, ParquetBatchReader
 from recsys.embeddings import EmbeddingMethod, MethodContext, Phase, build_method
+from recsys.export.mlflow_run import CHECKPOINT_FILES
 from recsys.features import load_dataset_spec
 from recsys.models import build_model
 from recsys.models.train import TrainModel
@@ -274,7 +275,10 @@ def finish_run(cfg: ExperimentConfig, out_dir: Path, tracker: Tracker, metrics: 
     (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     tracker.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
     top = [out_dir / name for name in ("metrics.json", "config.yaml", "learning_curve.png", "diagnostics.json") if (out_dir / name).exists()]
-    for path in [*top, *sorted(out_dir.glob("phases/*/*.png")), *sorted(out_dir.glob("phases/*/summary.json"))]:
+    phase_files = [*sorted(out_dir.glob("phases/*/*.png")), *sorted(out_dir.glob("phases/*/summary.json"))]
+    if cfg.tracking.log_checkpoint:
+        phase_files += [p for name in CHECKPOINT_FILES for p in sorted(out_dir.glob(f"phases/*/{name}"))]
+    for path in [*top, *phase_files]:
         tracker.log_artifact(path, None if path.parent == out_dir else f"phases/{path.parent.name}")
     register = getattr(tracker, "register", None)
     if cfg.tracking.register_as and register is not None:

@@ -125,3 +125,23 @@ def plain_state_dict_of(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(str(path))
+
+
+def test_a_tracked_run_logs_its_checkpoint_and_exports_by_run_id(small_data, tmp_path, monkeypatch):
+    import mlflow
+
+    from recsys.cli import main
+    from recsys.export import read_manifest
+    from training.run import train_experiment
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg = _cfg(small_data, tmp_path, "training.epochs=1", "data.max_train_rows=2048", "tracking.system_metrics=false")
+    train_experiment(cfg, tmp_path / "run")
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("quickstart").experiment_id])
+    logged = {a.path for a in client.list_artifacts(run.info.run_id, "phases/train")}
+    assert {"phases/train/weights.safetensors", "phases/train/state.safetensors"} <= logged
+    out = tmp_path / "artifact"
+    assert main(["export", "--run", run.info.run_id, "--tracking-uri", uri, "--out", str(out), "--data", str(small_data)]) == 0
+    assert read_manifest(out).metrics["test_auc"] == pytest.approx(json.loads((tmp_path / "run" / "metrics.json").read_text())["test_auc"])
