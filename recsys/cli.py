@@ -126,6 +126,16 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config_reference(args: argparse.Namespace) -> int:
+    from recsys.config_reference import render_reference, write_reference
+
+    if args.out:
+        print(f"wrote {write_reference(args.out)}")
+    else:
+        sys.stdout.write(render_reference())
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from recsys.export import RunNotFound, export_run, resolve_run
 
@@ -318,6 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     methods = sub.add_parser("methods", help="list the registered embedding methods and their options")
     methods.set_defaults(func=cmd_methods)
+
+    ref = sub.add_parser("config-reference", help="print the configuration reference (every key, type, default, description; method options) as Markdown")
+    ref.add_argument("--out", help="write it to this file (e.g. docs/configuration.md) instead of stdout")
+    ref.set_defaults(func=cmd_config_reference)
     return parser
 
 

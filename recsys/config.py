@@ -64,30 +64,32 @@ class EmbeddingConfig(_Strict):
 
 
 class TrainingConfig(_Strict):
-    epochs: int = Field(1, ge=1)
-    batch_size: int = Field(2048, ge=1)
-    eval_batch_size: int = Field(8192, ge=1)
-    seed: int = 0
-    dense_optimizer: Literal["adam", "adagrad"] = "adam"
-    dense_lr: float = Field(1e-3, gt=0)
-    sparse_optimizer: Literal["sgd", "adagrad", "rowwise_adagrad"] = "rowwise_adagrad"
-    sparse_lr: float = Field(0.05, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
+    epochs: int = Field(1, ge=1, description="passes over the train split per train phase (a method's phase may set its own)")
+    batch_size: int = Field(2048, ge=1, description="train rows per step (per worker with Ray Train)")
+    eval_batch_size: int = Field(8192, ge=1, description="rows per batch when evaluating valid/test")
+    seed: int = Field(0, description="seed of the initial weights and of the train shuffle")
+    dense_optimizer: Literal["adam", "adagrad"] = Field("adam", description="optimizer of the dense layers (MLPs, and any method parameters outside the tables)")
+    dense_lr: float = Field(1e-3, gt=0, description="learning rate of the dense optimizer")
+    sparse_optimizer: Literal["sgd", "adagrad", "rowwise_adagrad"] = Field(
+        "rowwise_adagrad", description="fbgemm fused optimizer of the embedding tables"
+    )
+    sparse_lr: float = Field(0.05, gt=0, description="learning rate of the sparse (table) optimizer")
+    weight_decay: float = Field(0.0, ge=0, description="weight decay of the dense optimizer and of the sparse one (except sgd)")
     patience: int = Field(2, ge=0, description="epochs without valid AUC gain before stopping")
-    max_steps_per_epoch: int | None = Field(None, ge=1)
+    max_steps_per_epoch: int | None = Field(None, ge=1, description="cap on train steps per epoch (default: the whole train split)")
     sharding: Literal["table_wise", "column_wise"] = Field("table_wise", description="TorchRec sharding of every table (fused kernel)")
     workers: int = Field(1, ge=1, description="Ray Train workers (1 = in-process)")
     checkpoint_every: int | None = Field(None, ge=1, description="steps between Ray Train checkpoints (besides one per epoch)")
     max_failures: int = Field(2, ge=-1, description="Ray Train restarts from the last checkpoint after worker failures (-1: unlimited)")
-    progress: bool = True
+    progress: bool = Field(True, description="show a tqdm progress bar per epoch")
     log_every: int = Field(50, ge=1, description="steps between logged train loss/throughput")
 
 
 class TrackingConfig(_Strict):
-    enabled: bool = True
+    enabled: bool = Field(True, description="log the run to MLflow (false: no tracking at all)")
     tracking_uri: str | None = Field(None, description="default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
-    experiment: str = "recsys"
-    run_name: str | None = None
+    experiment: str = Field("recsys", description="MLflow experiment name (created when missing)")
+    run_name: str | None = Field(None, description="MLflow run name (default: MLflow picks one)")
     required: bool = Field(False, description="stop at start-up when the tracking server is unreachable (else spool locally)")
     system_metrics: bool = Field(True, description="log CPU/memory/disk/network of the training node")
     log_checkpoint: bool = Field(True, description="log the trained weights (phases/*/*.safetensors), so `recsys export --run RUN_ID` works")
@@ -96,11 +98,11 @@ class TrackingConfig(_Strict):
 
 
 class ExperimentConfig(_Strict):
-    data: DataConfig = Field(default_factory=DataConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
-    training: TrainingConfig = Field(default_factory=TrainingConfig)
-    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    data: DataConfig = Field(default_factory=DataConfig, description="the dataset and how many of its rows to use")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="the CTR model around the embeddings")
+    embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig, description="the embedding method and its memory budget")
+    training: TrainingConfig = Field(default_factory=TrainingConfig, description="optimizers, batches, epochs, Ray Train")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow tracking and model registry")
 
 
 class ConfigError(ValueError):
