@@ -183,7 +183,7 @@ def cmd_bench_quality(args: argparse.Namespace) -> int:
     settings = SweepSettings(
         dataset=Path(args.dataset), methods=args.methods or list(DEFAULT_METHODS), budgets=args.budgets, seeds=args.seeds, model=args.model,
         config=Path(args.config) if args.config else None, sets=list(args.set or []), out=Path(args.out), quick=args.quick,
-        rerun=args.rerun, tracking_uri=args.tracking_uri, experiment=args.experiment,
+        rerun=args.rerun, tracking_uri=args.tracking_uri, experiment=args.experiment, threads=args.threads or None,
     )
     rows = run_sweep(settings)
     print((Path(args.out) / "results.md").read_text())
@@ -301,10 +301,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train every method at every memory budget (full once per seed, uncompressed), write results.csv, "
         "results.md and pareto.png to --out, log a parent MLflow run with a child per (method, budget, seed). An "
         "interrupted sweep resumes: finished points are read back. Defaults: 8 methods x 3 budgets (22 points per seed; "
-        "dsl on full below ~16x and qr at 1000x fail fast as over budget), 2 seeds, 1 epoch on the first 400k train rows, 50k valid/test rows. Measured on 2 idle "
-        "CPU cores, synthetic criteo at 1M rows: a full point 7 s, unified at 10x 23 s, an OptEmbed search 11 s; estimate "
-        "for the defaults about 20 minutes (10 per seed). On cores shared with other torch jobs a point took 3-5 minutes "
-        "instead. --quick (20k train rows, 1 seed) took 6 minutes on the shared machine.",
+        "dsl on full below ~16x, qr and optembed at 1000x fail fast as over budget), 2 seeds, 1 epoch on every train row, "
+        "50k valid/test rows, 1 torch thread. Measured on 2 CPU cores shared with other jobs, synthetic criteo at 1M rows "
+        "with 400k train rows: a full, hash, qr or unified point 7-10 s, dsl 11 s, optembed 27-38 s, unified+optembed "
+        "50 s, one seed of all 22 points 5m49s; with every train row (800k) about 11 minutes per seed, so about 25 "
+        "minutes for the defaults. --quick (20k train rows, 1 seed) took 2.5 minutes.",
     )
     quality.add_argument("--dataset", required=True, help="dataset folder (holds dataset.json)")
     quality.add_argument("--methods", type=_comma_list, default=None, help="comma-separated, from: full,hash,qr,unified,optembed,dsl,unified+optembed,unified+dsl (default: all)")
@@ -318,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     quality.add_argument("--rerun", action="store_true", help="retrain points that already finished")
     quality.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     quality.add_argument("--experiment", default="bench-quality", help="MLflow experiment name")
+    quality.add_argument("--threads", type=int, default=1, help="torch threads (default 1: on shared cores 2 threads per job made steps ~50x slower; 0: torch's default)")
     quality.set_defaults(func=cmd_bench_quality)
     speed = bench.add_parser(
         "speed", help="step-time ratios against full, TorchRec vs plain PyTorch, conversion/batch throughput (and serving)",

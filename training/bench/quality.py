@@ -40,8 +40,9 @@ from training.bench.report import PointResult, markdown, pareto_plot, summarise,
 from training.tracking import Tracker, make_tracker
 
 DEFAULT_BUDGETS = (10.0, 100.0, 1000.0)
-# Defaults: about 10 minutes per seed on 2 idle CPU cores for synthetic criteo at 1M rows (measurements: the CLI help).
-DEFAULT_OVERRIDES = ("training.epochs=1", "data.max_train_rows=400000", "data.max_eval_rows=50000")
+# Defaults: every train row, 1 epoch, 50k valid/test rows; about 11 minutes per seed at 1M synthetic criteo rows on
+# 2 CPU cores with one torch thread (measured at 400k train rows: 5m49s per seed; see the CLI help).
+DEFAULT_OVERRIDES = ("training.epochs=1", "data.max_eval_rows=50000")
 QUICK_OVERRIDES = ("training.epochs=1", "data.max_train_rows=20000", "data.max_eval_rows=5000", "training.log_every=5")
 ALWAYS = ("tracking.enabled=false", "training.progress=false")
 
@@ -63,6 +64,7 @@ class SweepSettings:
     tracking_uri: str | None = None
     experiment: str = "bench-quality"
     progress: bool = True
+    threads: int | None = 1  # torch intra-op threads (None: torch's default); see run_sweep
 
 
 @dataclass(frozen=True)
@@ -275,6 +277,12 @@ def run_sweep(settings: SweepSettings) -> list[dict[str, Any]]:
 
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
+    if settings.threads is not None:
+        # One thread by default: DLRM-sized steps gain little from a second one on 2 cores, and on cores
+        # shared with other torch jobs oversubscribed intra-op threads made steps ~50x slower (measured).
+        import torch
+
+        torch.set_num_threads(settings.threads)
     sweep = Sweep(settings)
     if settings.tracking_uri is None:  # else the base config's, else MLFLOW_TRACKING_URI / sqlite:///mlflow.db
         settings = replace(settings, tracking_uri=sweep.base_config().tracking.tracking_uri)
@@ -285,7 +293,8 @@ def run_sweep(settings: SweepSettings) -> list[dict[str, Any]]:
     parent = make_tracker(tracking, tags={"bench": "quality", "model": settings.model}, run_dir=out)
     parent.log_params({"dataset": str(settings.dataset), "methods": ",".join(settings.methods), "model": settings.model,
                        "budgets": ",".join(f"{b:g}" for b in settings.budgets), "seeds": 1 if settings.quick else settings.seeds,
-                       "quick": settings.quick, "set": " ".join(settings.sets), "points": len(points)})
+                       "quick": settings.quick, "set": " ".join(settings.sets), "points": len(points),
+                       "threads": settings.threads})
     status, results = "KILLED", []
     try:
         bar = tqdm(points, desc="bench quality", unit="point", disable=not settings.progress)
