@@ -74,7 +74,7 @@ class TrainingConfig(_Strict):
         "rowwise_adagrad", description="fbgemm fused optimizer of the embedding tables"
     )
     sparse_lr: float = Field(0.05, gt=0, description="learning rate of the sparse (table) optimizer")
-    weight_decay: float = Field(0.0, ge=0, description="weight decay of the dense optimizer and of the sparse one (except sgd)")
+    weight_decay: float = Field(0.0, ge=0, description="L2 weight decay of the dense optimizer (the fused embedding optimizers take none)")
     patience: int = Field(2, ge=0, description="epochs without valid AUC gain before stopping")
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap on train steps per epoch (default: the whole train split)")
     sharding: Literal["table_wise", "column_wise"] = Field("table_wise", description="TorchRec sharding of every table (fused kernel)")
