@@ -304,8 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
         "dsl on full below ~16x, qr and optembed at 1000x fail fast as over budget), 2 seeds, 1 epoch on every train row, "
         "50k valid/test rows, 1 torch thread. Measured on 2 CPU cores shared with other jobs, synthetic criteo at 1M rows "
         "with 400k train rows: a full, hash, qr or unified point 7-10 s, dsl 11 s, optembed 27-38 s, unified+optembed "
-        "50 s, one seed of all 22 points 5m49s; with every train row (800k) about 11 minutes per seed, so about 25 "
-        "minutes for the defaults. --quick (20k train rows, 1 seed) took 2.5 minutes.",
+        "50 s, one seed of all 22 points 5m49s; with every train row (800k, the default) one seed took 10m21s, so "
+        "about 21 minutes for the defaults. --quick (20k train rows, 1 seed) took 2.5 minutes.",
     )
     quality.add_argument("--dataset", required=True, help="dataset folder (holds dataset.json)")
     quality.add_argument("--methods", type=_comma_list, default=None, help="comma-separated, from: full,hash,qr,unified,optembed,dsl,unified+optembed,unified+dsl (default: all)")
