@@ -28,6 +28,7 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
+from bench.step_times import sharded_step
 from recsys.config import ModelConfig, TrainingConfig, load_config
 from recsys.data.batch import Batch, BatchLayout, ParquetBatchReader
 from recsys.embeddings import MethodContext, build_method
@@ -78,18 +79,7 @@ def _stepper(spec: DatasetSpec, method_name: str, options: dict[str, Any], total
     model_cfg = ModelConfig()
     method = build_method(method_name, MethodContext.from_spec(spec, model_cfg.embedding_dim), options)
     sharded = shard(TrainModel(build_model(model_cfg, method, len(spec.dense_fields))), method, TrainingConfig())
-    method.on_train_begin(total)
-    count = [0]
-
-    def step(batch: Batch) -> None:
-        loss, _ = sharded.module(batch)
-        sharded.optimizer.zero_grad()
-        loss.backward()
-        sharded.optimizer.step()
-        method.on_train_step(count[0])
-        count[0] += 1
-
-    return step
+    return sharded_step(sharded, method, total)
 
 
 def _speed(args: argparse.Namespace, spec: DatasetSpec) -> dict[str, Any]:
