@@ -43,7 +43,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 
 from serving.encode import RequestError
-from serving.metrics import BodyLimitMiddleware, MetricsMiddleware, ServingMetrics
+from serving.metrics import BodyLimitMiddleware, MetricsMiddleware, ServingMetrics, replay_receive
 from serving.reload import Listener, ModelHolder
 from serving.schemas import EmbeddingsResponse, ScoreResponse, dump_rows, request_models
 from serving.settings import ServeSettings
@@ -104,16 +104,7 @@ class ItemsFastPath:
         raw = b"".join(chunks)
         answer = await self.handler(scope, raw)
         if answer is None:
-            replayed = False
-
-            async def replay() -> dict[str, Any]:
-                nonlocal replayed
-                if not replayed:
-                    replayed = True
-                    return {"type": "http.request", "body": raw, "more_body": False}
-                return await receive()
-
-            await self.app(scope, replay, send)
+            await self.app(scope, replay_receive(raw, receive), send)
             return
         status, body, media_type, extra = answer
         headers = [(b"content-type", media_type.encode()), (b"content-length", str(len(body)).encode())]

@@ -91,16 +91,21 @@ class BodyLimitMiddleware:
             if size > self.limit:
                 await _reject(send, 413, "request body too large")
                 return
-        body, replayed = b"".join(chunks), False
+        await self.app(scope, replay_receive(b"".join(chunks), receive), send)
 
-        async def replay() -> dict[str, Any]:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
 
-        await self.app(scope, replay, send)
+def replay_receive(body: bytes, receive: Any) -> Callable[[], Awaitable[dict[str, Any]]]:
+    """An ASGI ``receive`` that gives an already read ``body`` once, then defers to ``receive``."""
+    replayed = False
+
+    async def replay() -> dict[str, Any]:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
 
 
 async def _reject(send: Any, status: int, detail: str) -> None:

@@ -49,6 +49,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _wait_ready(url: str, proc: subprocess.Popen, timeout: float, interval: float) -> None:
+    """Poll ``/readyz`` until it answers 200 (the loop ends at ``timeout``; a dead server fails at once)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(interval)
+
+
 def _label(folder: Path) -> str:
     return hashlib.sha256((folder / "manifest.json").read_bytes()).hexdigest()[:12]
 
@@ -82,15 +95,7 @@ def service(tmp_path_factory):
            "--poll-interval", "0.2", "--max-items", str(MAX_ITEMS), "--max-body-bytes", str(MAX_BODY), "--log-level", "info"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert proc.poll() is None, proc.stdout.read()
-        time.sleep(0.2)
+    _wait_ready(url, proc, timeout=120, interval=0.2)
     stores = {_label(p): Store(load_artifact(p), _label(p)) for p in (a, b)}
     yield {"url": url, "proc": proc, "link": link, "a": a, "b": b, "corrupt": corrupt, "stores": stores, "modules": modules}
     proc.send_signal(signal.SIGTERM)
@@ -289,15 +294,7 @@ def test_several_worker_processes_answer_without_nagle_delays(service):
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url, store = f"http://127.0.0.1:{port}", service["stores"][_label(service["a"])]
     try:
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, proc.stdout.read()
-            time.sleep(0.3)
+        _wait_ready(url, proc, timeout=180, interval=0.3)
         items = _items(store, 8, seed=11)
         expected = store.embeddings([(i["feature"], i["value"]) for i in items])
         took = []
