@@ -313,7 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     quality.add_argument("--seeds", type=int, default=2, help="seeds per point (default 2; --quick: 1)")
     quality.add_argument("--model", default="dlrm", choices=["dlrm", "dcnv2", "deepfm"])
     quality.add_argument("--config", help="base experiment YAML (default: the built-in config defaults)")
-    quality.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key of every point, e.g. training.epochs=2")
+    quality.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key of every point, e.g. training.epochs=2; "
+                         "METHOD:KEY=VALUE only of that method's points, e.g. unified:embedding.options.chunk_dim=4")
     quality.add_argument("--out", default="bench_out/quality", help="output folder (points/, results.*, pareto.png)")
     quality.add_argument("--quick", action="store_true", help="20k train rows, 1 epoch, 1 seed, short OptEmbed search: a few minutes")
     quality.add_argument("--rerun", action="store_true", help="retrain points that already finished")

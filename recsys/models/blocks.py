@@ -40,18 +40,19 @@ def feature_dims(embedding: nn.Module) -> dict[str, int]:
 class ProjectionArch(nn.Module):
     """Per-feature ``Linear(d_f, D)`` for the features whose width ``d_f`` is not ``D``.
 
-    Features already ``D`` wide pass through unchanged.
+    Features already ``D`` wide pass through unchanged unless ``project_all``.
 
     Args:
         in_dims: width of each feature, in field order.
         out_dim: the common width ``D``.
+        project_all: give every feature its own ``Linear(d_f, D)``, also those ``D`` wide.
     """
 
-    def __init__(self, in_dims: dict[str, int], out_dim: int) -> None:
+    def __init__(self, in_dims: dict[str, int], out_dim: int, project_all: bool = False) -> None:
         super().__init__()
         self.feature_names = list(in_dims)
         self.out_dim = out_dim
-        self.projected = [name for name, dim in in_dims.items() if dim != out_dim]
+        self.projected = [name for name, dim in in_dims.items() if project_all or dim != out_dim]
         self.projections = nn.ModuleList(nn.Linear(in_dims[name], out_dim, bias=False) for name in self.projected)
 
     def forward(self, pooled: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -66,21 +67,23 @@ class SparseArch(nn.Module):
     """Turns a method's pooled ``KeyedTensor`` into fields ``[B, F, D]``.
 
     Holds no tables (the model owns the method as ``model.embedding``, so TorchRec sees
-    each table once); a ``ProjectionArch`` is built only when some width differs from ``D``.
+    each table once); a ``ProjectionArch`` is built when some width differs from ``D`` or
+    ``project_all`` asks for a per-field map on every feature.
 
     Args:
         dims: width of each feature, in field order (see ``feature_dims``).
         embedding_dim: the common width ``D`` of the fields.
+        project_all: project every field through its own ``Linear(d_f, D)``.
     """
 
-    def __init__(self, dims: dict[str, int], embedding_dim: int) -> None:
+    def __init__(self, dims: dict[str, int], embedding_dim: int, project_all: bool = False) -> None:
         super().__init__()
         if not dims:
             raise ValueError("the embedding method has no sparse features")
         self.feature_names = list(dims)
         self.embedding_dim = embedding_dim
-        needs_projection = any(dim != embedding_dim for dim in dims.values())
-        self.projection = ProjectionArch(dims, embedding_dim) if needs_projection else None
+        needs_projection = project_all or any(dim != embedding_dim for dim in dims.values())
+        self.projection = ProjectionArch(dims, embedding_dim, project_all) if needs_projection else None
 
     @property
     def num_features(self) -> int:
@@ -183,12 +186,14 @@ class CTRModel(nn.Module):
     Args:
         embedding: the embedding method (or any EBC-like module).
         embedding_dim: the field width ``D`` of the interactions.
+        field_projection: a learned ``Linear(d_f, D)`` per field before the interaction (see
+            ``ModelConfig.field_projection``).
     """
 
-    def __init__(self, embedding: nn.Module, embedding_dim: int) -> None:
+    def __init__(self, embedding: nn.Module, embedding_dim: int, field_projection: bool = False) -> None:
         super().__init__()
         self.embedding = embedding
-        self.sparse_arch = SparseArch(feature_dims(embedding), embedding_dim)
+        self.sparse_arch = SparseArch(feature_dims(embedding), embedding_dim, field_projection)
 
     @property
     def num_sparse(self) -> int:

@@ -28,6 +28,7 @@ class DCNv2(DLRM):
         over_arch: top MLP hidden sizes (a 1-unit logit layer is appended).
         dcn_num_layers: cross layers.
         dcn_low_rank_dim: rank of each cross layer's weight.
+        field_projection: a learned ``Linear(d_f, D)`` per field before the interaction.
     """
 
     def __init__(
@@ -39,12 +40,14 @@ class DCNv2(DLRM):
         over_arch: list[int],
         dcn_num_layers: int,
         dcn_low_rank_dim: int,
+        field_projection: bool = False,
     ) -> None:
         interaction = dcn_interaction(dcn_num_layers, dcn_low_rank_dim)
-        super().__init__(embedding, num_dense, embedding_dim, dense_arch, over_arch, interaction)
+        super().__init__(embedding, num_dense, embedding_dim, dense_arch, over_arch, interaction, field_projection)
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, embedding: nn.Module, num_dense: int) -> "DCNv2":
         """Build from a ``ModelConfig``."""
         layers, rank = cfg.dcn_num_layers, cfg.dcn_low_rank_dim
-        return cls(embedding, num_dense, cfg.embedding_dim, cfg.dense_arch, cfg.over_arch, layers, rank)
+        return cls(embedding, num_dense, cfg.embedding_dim, cfg.dense_arch, cfg.over_arch, layers, rank,
+                   cfg.field_projection)

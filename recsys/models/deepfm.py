@@ -32,10 +32,13 @@ class DeepFM(CTRModel):
         num_dense: number of dense features (0: no dense field, no dense linear term).
         embedding_dim: field width ``D``.
         deep_layers: hidden sizes of the deep component (a 1-unit logit layer is appended).
+        field_projection: a learned ``Linear(d_f, D)`` per field before the FM and deep parts.
     """
 
-    def __init__(self, embedding: nn.Module, num_dense: int, embedding_dim: int, deep_layers: list[int]) -> None:
-        super().__init__(embedding, embedding_dim)
+    def __init__(
+        self, embedding: nn.Module, num_dense: int, embedding_dim: int, deep_layers: list[int], field_projection: bool = False
+    ) -> None:
+        super().__init__(embedding, embedding_dim, field_projection)
         flat = self.num_sparse * embedding_dim + num_dense
         self.first_order = nn.Linear(flat, 1)
         self.dense_field = nn.Linear(num_dense, embedding_dim, bias=False) if num_dense > 0 else None
@@ -45,7 +48,7 @@ class DeepFM(CTRModel):
     @classmethod
     def from_config(cls, cfg: ModelConfig, embedding: nn.Module, num_dense: int) -> "DeepFM":
         """Build from a ``ModelConfig`` (uses ``deep_layers``; ``dense_arch``/``over_arch`` are not used)."""
-        return cls(embedding, num_dense, cfg.embedding_dim, cfg.deep_layers)
+        return cls(embedding, num_dense, cfg.embedding_dim, cfg.deep_layers, cfg.field_projection)
 
     def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
         """Args: dense_features: ``[B, num_dense]``; sparse_features: KJT. Returns logits ``[B]``."""

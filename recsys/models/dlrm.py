@@ -30,6 +30,7 @@ class DLRM(CTRModel):
         dense_arch: bottom MLP hidden sizes (``D`` is appended).
         over_arch: top MLP hidden sizes (a 1-unit logit layer is appended).
         interaction: builds ``(module, output width)`` from ``(F, D)``; DLRM's dot interaction by default.
+        field_projection: a learned ``Linear(d_f, D)`` per field before the interaction.
     """
 
     def __init__(
@@ -40,8 +41,9 @@ class DLRM(CTRModel):
         dense_arch: list[int],
         over_arch: list[int],
         interaction: InteractionBuilder = dot_interaction,
+        field_projection: bool = False,
     ) -> None:
-        super().__init__(embedding, embedding_dim)
+        super().__init__(embedding, embedding_dim, field_projection)
         self.dense_arch = make_dense_arch(num_dense, dense_arch, embedding_dim)
         self.inter_arch, width = interaction(self.num_sparse, embedding_dim)
         self.over_arch = LogitHead(width, over_arch)
@@ -49,7 +51,8 @@ class DLRM(CTRModel):
     @classmethod
     def from_config(cls, cfg: ModelConfig, embedding: nn.Module, num_dense: int) -> "DLRM":
         """Build from a ``ModelConfig``."""
-        return cls(embedding, num_dense, cfg.embedding_dim, cfg.dense_arch, cfg.over_arch)
+        return cls(embedding, num_dense, cfg.embedding_dim, cfg.dense_arch, cfg.over_arch,
+                   field_projection=cfg.field_projection)
 
     def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
         """Args: dense_features: ``[B, num_dense]``; sparse_features: KJT. Returns logits ``[B]``."""

@@ -43,6 +43,17 @@ def test_every_method_gets_a_valid_config_and_budget(tiny: Path, tmp_path: Path)
             assert built.memory_bytes() <= sweep.full_bytes // 4
 
 
+def test_method_scoped_sets_reach_only_that_methods_points(tiny: Path, tmp_path: Path) -> None:
+    sets = ["training.batch_size=512", "unified:embedding.options.chunk_dim=2", "unified+dsl:training.epochs=3"]
+    sweep = Sweep(_settings(tiny, tmp_path, methods=["full", "unified", "unified+dsl"], sets=sets))
+    unified, full = sweep.config(Point("unified", 20.0, 0)), sweep.config(Point("full", None, 0))
+    assert unified.embedding.options["chunk_dim"] == 2 and unified.training.batch_size == 512
+    assert full.embedding.options == {} and full.training.batch_size == 512 and full.training.epochs == 1
+    assert sweep.config(Point("unified+dsl", 20.0, 0)).training.epochs == 3
+    with pytest.raises(KeyError, match="unknown benchmark method 'unifed'"):
+        Sweep(_settings(tiny, tmp_path, sets=["unifed:embedding.options.chunk_dim=2"]))
+
+
 def test_quick_sweep_tables_plot_mlflow_and_resume(tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import mlflow
 

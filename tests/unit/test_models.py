@@ -149,6 +149,23 @@ def test_projection_maps_only_the_other_widths() -> None:
     assert torch.allclose(fields[:, 1], b @ arch.projection.projections[0].weight.T)
 
 
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_field_projection_maps_every_field_on_its_own(name: str) -> None:
+    torch.manual_seed(0)
+    cfg = small_config(name).model_copy(update={"field_projection": True})
+    model = build_model(cfg, stand_in({"a": D, "b": 4, "c": D}), num_dense=3)
+    projection = model.sparse_arch.projection
+    assert isinstance(projection, ProjectionArch) and projection.projected == ["a", "b", "c"]
+    same = torch.randn(2, D)  # one shared row read by two features: each reads it through its own map
+    fields = model.sparse_arch(KeyedTensor.from_tensor_list(["a", "b", "c"], [same, torch.randn(2, 4), same]))
+    weights = dict(zip(projection.projected, (linear.weight for linear in projection.projections)))
+    assert torch.allclose(fields[:, 0], same @ weights["a"].T) and torch.allclose(fields[:, 2], same @ weights["c"].T)
+    assert not torch.allclose(fields[:, 0], fields[:, 2])
+    loss, _ = TrainModel(model)(make_batch(16, 3))
+    loss.backward()
+    assert_all_grads(model)
+
+
 def test_sparse_arch_orders_fields_by_config_not_by_output() -> None:
     arch = SparseArch({"a": D, "b": D, "c": D}, D)
     tensors = {k: torch.randn(3, D) for k in "abc"}

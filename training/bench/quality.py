@@ -79,6 +79,22 @@ class Point:
         return f"{self.method}{budget}_seed{self.seed}"
 
 
+def scoped_set(assignment: str) -> tuple[str, str] | None:
+    """``(method, "KEY=VALUE")`` of a method-scoped set ``METHOD:KEY=VALUE``; None for a plain one.
+
+    >>> scoped_set("unified:embedding.options.chunk_dim=4")
+    ('unified', 'embedding.options.chunk_dim=4')
+    >>> scoped_set("training.epochs=2") is None
+    True
+    """
+    key = assignment.split("=", 1)[0]
+    if ":" not in key:
+        return None
+    method, rest = assignment.split(":", 1)
+    sweep_method(method)  # an unknown method is an error naming the known ones
+    return method, rest
+
+
 def plan(settings: SweepSettings) -> list[Point]:
     """Every point, method by method; ``full`` (no budget function) once per seed."""
     seeds = range(1 if settings.quick else settings.seeds)
@@ -103,7 +119,12 @@ class Sweep:
 
     def _common(self) -> list[str]:
         mode = QUICK_OVERRIDES if self.s.quick else DEFAULT_OVERRIDES
-        return [f"data.path={self.s.dataset}", f"model.name={self.s.model}", *mode, *self.s.sets, *ALWAYS]
+        common = [s for s in self.s.sets if scoped_set(s) is None]
+        return [f"data.path={self.s.dataset}", f"model.name={self.s.model}", *mode, *common, *ALWAYS]
+
+    def _scoped(self, method: str) -> list[str]:
+        """The ``METHOD:KEY=VALUE`` sets of ``method``, as plain overrides."""
+        return [scoped[1] for scoped in map(scoped_set, self.s.sets) if scoped is not None and scoped[0] == method]
 
     def base_config(self) -> ExperimentConfig:
         return self._validate(self._common())
@@ -126,7 +147,8 @@ class Sweep:
     def config(self, point: Point) -> ExperimentConfig:
         entry = sweep_method(point.method)
         quick = list(entry.quick) if self.s.quick else []
-        return self._validate([*self._common(), *entry.overrides, *quick, *self.budget_overrides(point), f"training.seed={point.seed}"])
+        return self._validate([*self._common(), *entry.overrides, *quick, *self.budget_overrides(point),
+                               *self._scoped(point.method), f"training.seed={point.seed}"])
 
     def folder(self, point: Point) -> Path:
         return self.root / point.name
