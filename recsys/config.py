@@ -41,9 +41,10 @@ class ModelConfig(_Strict):
     dcn_num_layers: int = Field(3, ge=1, description="DCNv2 cross layers")
     dcn_low_rank_dim: int = Field(16, ge=1, description="DCNv2 low-rank dimension")
     deep_layers: list[int] = Field([256, 128], description="DeepFM deep component hidden sizes")
-    field_projection: bool = Field(
-        False, description="a learned D×D linear map per field before the interaction (dense weights, not embedding "
-        "bytes); lets dot-product models (DLRM, DeepFM) tell apart features that share rows, as in `unified`",
+    field_projection: bool | None = Field(
+        None, description="a learned D×D linear map per field before the interaction (dense weights, not embedding "
+        "bytes), so that dot-product models (DLRM, DeepFM) can tell apart features that share table rows; "
+        "default (null): on when the method shares rows between features (`unified`, OptEmbed/DSL over it)",
     )
 
 

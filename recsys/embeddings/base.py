@@ -195,6 +195,11 @@ class EmbeddingMethod(nn.Module):
     def is_weighted(self) -> bool:
         return self.ctx.any_weighted
 
+    def shares_rows_across_features(self) -> bool:
+        """Whether one table row serves several features; models then map each field through
+        its own projection by default (``ModelConfig.field_projection``)."""
+        return False
+
     def aux_loss(self) -> torch.Tensor | None:
         """Extra loss term added to the task loss (e.g. a regulariser); None when there is none."""
         return None

@@ -76,7 +76,10 @@ class DSLOptions(MethodOptions):
     zeta0: float = Field(0.5, ge=0, le=1, description="ζ_0: update ratio at step 0")
     zeta_min: float = Field(0.005, ge=0, le=1, description="ζ_min: update ratio at step T")
     regrow: Literal["accumulated", "batch"] = Field("accumulated", description="gradient over the interval or the last batch")
-    global_budget: bool = Field(False, description="prune/regrow over all tables together")
+    global_budget: bool = Field(
+        True, description="prune/regrow over all tables together, so the budget moves between tables; false: "
+        "a fixed share per table (the paper's code)",
+    )
     seed: int = Field(0, description="seed of the initial masks and of tie-breaking")
 
 
@@ -348,6 +351,9 @@ class DSLEmbedding(EmbeddingMethod):
     def compact_lookup(self, compact: dict[str, torch.Tensor], features: KeyedJaggedTensor) -> KeyedTensor:
         """The eval-mode forward computed from ``compact`` (a ``compact_state``) alone."""
         return self.from_export(self.ctx, self.export(compact))(features)
+
+    def shares_rows_across_features(self) -> bool:
+        return self.base.shares_rows_across_features()
 
     def output_dims(self) -> dict[str, int]:
         return self.base.output_dims()

@@ -244,6 +244,9 @@ class OptEmbed(EmbeddingMethod):
     def on_train_resume(self, steps: int) -> None:
         self.step = steps  # the supernet's dimension masks are seeded by the step
 
+    def shares_rows_across_features(self) -> bool:
+        return self.base.shares_rows_across_features()
+
     def output_dims(self) -> dict[str, int]:
         return self.base.output_dims()
 

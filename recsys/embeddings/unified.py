@@ -171,6 +171,12 @@ class UnifiedEmbedding(EmbeddingMethod):
     def output_dims(self) -> dict[str, int]:
         return {n: self.chunks[n] * self.chunk_dim for n in self.ctx.feature_names}
 
+    def shares_rows_across_features(self) -> bool:
+        readers: dict[int, set[str]] = {}
+        for (name, _), table in self.table_of.items():
+            readers.setdefault(table, set()).add(name)
+        return any(len(names) > 1 for names in readers.values())
+
     def _virtual(self, name: str) -> list[tuple[str, int, int]]:
         """(virtual key, salt, rows) of each lookup of feature ``name``."""
         if name in self.exact:

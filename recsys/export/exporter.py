@@ -35,7 +35,7 @@ from recsys.export.artifact import (
 from recsys.export.tables import quantize_tables, table_shapes
 from recsys.features import NUM_RESERVED, DatasetSpec, load_dataset_spec
 from recsys.hashing import HASH_NAME
-from recsys.models import build_model
+from recsys.models import build_model, resolve_model_config
 from recsys.models.blocks import CTRModel
 
 MODEL_PREFIX = "model."
@@ -143,7 +143,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, dtype: str = "fp32", da
             method=MethodEntry(name=method.name, served=exported.name, options=exported.options,
                                id_scheme=method.id_scheme, memory_bytes=method.memory_bytes()),
             context=ContextEntry.of(method.ctx),
-            model=cfg.model.model_dump(mode="json"),
+            model=resolve_model_config(cfg.model, method).model_dump(mode="json"),  # as built: the served form may not say
             num_dense=len(spec.dense_fields),
             dtype=dtype,
             tables={k: TableEntry(rows=r, dim=d, dtype=dtype) for k, (r, d) in shapes.items()},

@@ -32,11 +32,25 @@ def available_models() -> list[str]:
     return sorted(MODELS)
 
 
+def resolve_model_config(cfg: ModelConfig, method: nn.Module) -> ModelConfig:
+    """``cfg`` with its defaults that depend on the method decided (``field_projection``).
+
+    Example:
+        >>> resolve_model_config(ModelConfig(), unified_method).field_projection  # doctest: +SKIP
+        True
+    """
+    if cfg.field_projection is not None:
+        return cfg
+    shares = getattr(method, "shares_rows_across_features", None)
+    return cfg.model_copy(update={"field_projection": bool(shares()) if callable(shares) else False})
+
+
 def build_model(cfg: ModelConfig, method: nn.Module, num_dense: int) -> CTRModel:
     """Build ``cfg.name`` over an embedding method.
 
     Args:
-        cfg: the model section of the experiment config.
+        cfg: the model section of the experiment config (method-dependent defaults are
+            resolved by ``resolve_model_config``).
         method: the embedding method (any ``EmbeddingMethod``, or an EBC-like module).
         num_dense: number of dense features (0 allowed).
     """
@@ -44,7 +58,7 @@ def build_model(cfg: ModelConfig, method: nn.Module, num_dense: int) -> CTRModel
         builder = MODELS[cfg.name]
     except KeyError:
         raise KeyError(f"unknown model '{cfg.name}'; available: {', '.join(available_models())}") from None
-    return builder(cfg, method, num_dense)
+    return builder(resolve_model_config(cfg, method), method, num_dense)
 
 
 __all__ = [
@@ -58,6 +72,7 @@ __all__ = [
     "ProjectionArch",
     "SparseArch",
     "TrainModel",
+    "resolve_model_config",
     "available_models",
     "build_model",
 ]

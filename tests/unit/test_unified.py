@@ -266,3 +266,20 @@ def test_same_rows_and_outputs_in_another_process() -> None:
     rows, checksum = result.stdout.strip().splitlines()[-2:]
     assert rows == str(method.multiplexed(kjt).values().tolist())
     assert checksum == repr(float(method(kjt).values().double().sum()))
+
+
+def test_models_map_each_field_on_its_own_when_rows_are_shared() -> None:
+    from recsys.config import ModelConfig
+    from recsys.models import build_model, resolve_model_config
+
+    shared, auto = unified(CTX.with_budget(compression=10)), ModelConfig()
+    assert shared.shares_rows_across_features() and resolve_model_config(auto, shared).field_projection is True
+    assert build_model(auto, shared, num_dense=3).sparse_arch.projection.projected == ["C1", "C2", "C3", "C4"]
+    off = ModelConfig(field_projection=False)
+    assert build_model(off, shared, num_dense=3).sparse_arch.projection is None
+    alone = unified(MethodContext(CTX.features[:1], D), chunks=1, chunk_dim=D)  # one feature: nothing shared
+    assert not alone.shares_rows_across_features() and resolve_model_config(auto, alone).field_projection is False
+    full = build_method("full", CTX, {})
+    assert resolve_model_config(auto, full).field_projection is False
+    for wrapper in ("optembed", "dsl"):
+        assert build_method(wrapper, CTX, {"base": "unified"}).shares_rows_across_features()
