@@ -65,7 +65,14 @@ def plan_sharding(model: nn.Module, sharding_type: str, world_size: int) -> Shar
 
     Left alone, the planner makes small tables data-parallel with the dense kernel, which
     silently drops the fused sparse optimizer; every table is constrained here instead.
+    Table widths must be multiples of 4 (TorchRec's sharding asserts it); others are refused
+    here, by name, before the planner fails deep inside.
     """
+    narrow = [f"'{cfg.name}' ({cfg.embedding_dim})" for ebc in embedding_collections(model)
+              for cfg in ebc.embedding_bag_configs() if cfg.embedding_dim % 4]
+    if narrow:
+        raise ValueError(f"TorchRec shards only tables whose width is a multiple of 4; not {', '.join(narrow)}: "
+                         "change model.embedding_dim or the method's widths (e.g. embedding.options.chunk_dim)")
     constraints = {
         cfg.name: ParameterConstraints(sharding_types=[sharding_type], compute_kernels=[EmbeddingComputeKernel.FUSED.value])
         for ebc in embedding_collections(model)

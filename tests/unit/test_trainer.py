@@ -145,3 +145,12 @@ def test_a_tracked_run_logs_its_checkpoint_and_exports_by_run_id(small_data, tmp
     out = tmp_path / "artifact"
     assert main(["export", "--run", run.info.run_id, "--tracking-uri", uri, "--out", str(out), "--data", str(small_data)]) == 0
     assert read_manifest(out).metrics["test_auc"] == pytest.approx(json.loads((tmp_path / "run" / "metrics.json").read_text())["test_auc"])
+
+
+def test_tables_too_narrow_to_shard_are_named_before_training(small_data, tmp_path):
+    from training.run import train_experiment
+
+    cfg = _cfg(small_data, tmp_path, "embedding.method=unified", "embedding.compression=4",
+               "embedding.options={\"chunk_dim\": 2}", "tracking.enabled=false")
+    with pytest.raises(ValueError, match=r"multiple of 4; not 'unified_0' \(2\).*embedding.options.chunk_dim"):
+        train_experiment(cfg, tmp_path / "run")
