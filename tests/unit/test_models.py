@@ -164,6 +164,13 @@ def test_field_projection_maps_every_field_on_its_own(name: str) -> None:
     loss, _ = TrainModel(model)(make_batch(16, 3))
     loss.backward()
     assert_all_grads(model)
+    uniform = build_model(cfg, stand_in(), num_dense=3).sparse_arch  # one width: the batched path
+    assert uniform.projection.uniform and not projection.uniform
+    vectors = {k: torch.randn(5, D) for k in "abc"}
+    maps = dict(zip(uniform.projection.projected, (linear.weight for linear in uniform.projection.projections)))
+    expected = torch.stack([vectors[k] @ maps[k].T for k in "abc"], dim=1)
+    assert torch.allclose(uniform(KeyedTensor.from_tensor_list(list("abc"), [vectors[k] for k in "abc"])), expected, atol=1e-6)
+    assert torch.allclose(uniform(KeyedTensor.from_tensor_list(list("cab"), [vectors[k] for k in "cab"])), expected, atol=1e-6)
 
 
 def test_sparse_arch_orders_fields_by_config_not_by_output() -> None:
