@@ -24,12 +24,13 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys.export.artifact import ArtifactError, Manifest
 from recsys.features import MISSING_INDEX, OOV_INDEX
-from recsys.hashing import hash64_str, hash64_strings
+from recsys.hashing import FNV_OFFSET, FNV_PRIME, hash64_str, hash64_strings, mix64_np
 
 MISSING_ID = hash64_str("")
 DENSE_TRANSFORMS = (None, "slog1p", "none")
 RawValue = str | int | None
-_SCALAR_HASH_MAX = 24
+_SCALAR_HASH_MAX = 24  # up to this many values: hashed in Python
+_COLUMN_HASH_MAX_BYTES = 48  # longest value hashed column by column
 
 
 class RequestError(ValueError):
@@ -51,19 +52,36 @@ class Vocabulary:
         return out
 
     def lookup_present(self, ids: np.ndarray) -> np.ndarray:
-        """``lookup`` for ids known not to be the missing value (five numpy calls, whatever the count)."""
+        """``lookup`` for ids known not to be the missing value (a few numpy calls, whatever the count)."""
         if not len(self.ids):
             return np.full(len(ids), OOV_INDEX, np.int64)
         pos = self.ids.searchsorted(ids)
-        found = self.ids.take(pos, mode="clip") == ids
-        return np.where(found, self.index.take(pos, mode="clip"), np.int64(OOV_INDEX))
+        out = self.index.take(pos, mode="clip").astype(np.int64)
+        out[self.ids.take(pos, mode="clip") != ids] = OOV_INDEX
+        return out
 
 
 def _hash(texts: list[str]) -> np.ndarray:
-    """``hash64_strings`` of ``texts``; a few values are hashed in Python (cheaper than building an Arrow array)."""
+    """``hash64_strings`` of ``texts``: a few values in Python, short ones byte column by byte column
+    over a fixed-width array (no Arrow array to build), long ones by ``hash64_strings``."""
     if len(texts) <= _SCALAR_HASH_MAX:
         return np.array([hash64_str(t) for t in texts], np.int64)
-    return hash64_strings(texts)
+    data = [t.encode() for t in texts]
+    lengths = np.fromiter(map(len, data), np.int64, len(data))
+    width = int(lengths.max())
+    if width > _COLUMN_HASH_MAX_BYTES or width == 0:
+        return hash64_strings(texts)
+    matrix = np.array(data, f"S{width}").view(np.uint8).reshape(len(data), width)  # zero-padded
+    h = np.full(len(data), FNV_OFFSET, np.uint64)
+    prime = np.uint64(FNV_PRIME)
+    shortest = int(lengths.min())
+    for j in range(width):
+        if j < shortest:
+            np.bitwise_xor(h, matrix[:, j], out=h)
+            np.multiply(h, prime, out=h)
+        else:
+            h = np.where(lengths > j, (h ^ matrix[:, j]) * prime, h)
+    return mix64_np(h.view(np.int64))
 
 
 def _text(feature: str, value: Any) -> str:
@@ -150,6 +168,17 @@ class Encoder:
                     self._empty(col)
         return self._build(cols, len(rows))
 
+    def raw_pairs(self, pairs: Sequence[tuple[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+        """``(feature position, raw id)`` of each ``(feature, raw value)`` pair; unknown features and
+        values of the wrong type are ``RequestError``."""
+        position = self.position
+        try:
+            feature = np.fromiter((position[f] for f, _ in pairs), np.int64, len(pairs))
+        except (KeyError, TypeError):
+            bad = next(f for f, _ in pairs if not isinstance(f, str) or f not in position)
+            raise RequestError(f"unknown sparse feature {bad!r}; features: {', '.join(self.sparse)}") from None
+        return feature, _hash([_text(f, v) for f, v in pairs])
+
     def pairs(self, pairs: Sequence[tuple[str, Any]]) -> tuple[KeyedJaggedTensor, np.ndarray, np.ndarray]:
         """KJT holding each ``(feature, raw value)`` pair as one bag of its feature, and each pair's
         ``(feature position, batch slot)``; vectorised over the pairs (one hash call, one lookup per
@@ -160,15 +189,8 @@ class Encoder:
         pools ``features x that`` bags, most of them non-empty. The vector of pair i is row
         ``slot[i]`` of feature ``feature[i]``'s pooled output.
         """
-        position = self.position
         n = len(pairs)
-        try:
-            feature = np.fromiter((position[f] for f, _ in pairs), np.int64, n)
-        except (KeyError, TypeError):
-            bad = next(f for f, _ in pairs if not isinstance(f, str) or f not in position)
-            raise RequestError(f"unknown sparse feature {bad!r}; features: {', '.join(self.sparse)}") from None
-        texts = [_text(f, v) for f, v in pairs]
-        raw = _hash(texts)
+        feature, raw = self.raw_pairs(pairs)
         order = np.argsort(feature, kind="stable")  # feature-major, request order within a feature
         counts = np.bincount(feature, minlength=len(self.sparse))
         starts = np.zeros(len(self.sparse) + 1, np.int64)

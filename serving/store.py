@@ -20,6 +20,7 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from recsys.export.loader import LoadedArtifact, load_artifact
+from serving.direct import DirectLookup
 from serving.encode import Encoder, RequestError
 from serving.source import resolve_source
 
@@ -46,6 +47,7 @@ class Store:
         self.widths = {n: int(c.embedding_dim) for c in self.embedding.embedding_bag_configs() for n in c.feature_names}
         self.width = max(self.widths.values())
         self.uniform = len(set(self.widths.values())) == 1
+        self.direct = DirectLookup.build(self.embedding, self.encoder)  # None: every lookup runs the module
         self.loaded_at = time.time()
 
     @classmethod
@@ -63,6 +65,12 @@ class Store:
         """``[n, D]`` float32 vectors of ``(feature, raw value)`` pairs (zero-padded when widths differ)."""
         if not pairs:
             return np.zeros((0, self.width), np.float32)
+        if self.direct is not None:
+            return self.direct(pairs)
+        return self.module_embeddings(pairs)
+
+    def module_embeddings(self, pairs: Sequence[tuple[str, Any]]) -> np.ndarray:
+        """``embeddings`` computed by the method's module (what ``self.direct`` must equal)."""
         kjt, feature, slot = self.encoder.pairs(pairs)
         with torch.inference_mode():
             pooled = _pooled(self.embedding(kjt))
