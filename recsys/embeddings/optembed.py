@@ -87,6 +87,8 @@ class OptEmbedOptions(MethodOptions):
     mutation_prob: float = Field(0.1, gt=0, le=1)
     seed: int = Field(0, description="seed of the dimension masks and of the search")
     search_compression: float | None = Field(None, ge=1, description="search budget as full bytes / budget (with the context's)")
+    search_fill: bool = Field(False, description="with a search budget: scale every candidate up to about the budget, "
+                              "so the search shares the budget between fields instead of also shrinking it")
 
     @field_validator("phases")
     @classmethod
@@ -267,7 +269,8 @@ class OptEmbed(EmbeddingMethod):
         o = self.opts
         cfg = EvolutionConfig(o.generations, o.parents, o.mutations, o.crossovers, o.mutation_prob, o.seed)
         budgets = [self.ctx.budget_bytes, int(self.ctx.full_bytes / o.search_compression) if o.search_compression else None]
-        space = SearchSpace(tuple(self.widths), self.bytes_at, min((b for b in budgets if b is not None), default=None))
+        space = SearchSpace(tuple(self.widths), self.bytes_at, min((b for b in budgets if b is not None), default=None),
+                            o.search_fill)
 
         def fitness(cand: tuple[int, ...]) -> float:
             self.set_dims(cand)

@@ -43,6 +43,7 @@ class SearchSpace:
     max_dims: tuple[int, ...]
     cost: Callable[[Candidate], int]
     budget_bytes: int | None = None
+    fill: bool = False  # also scale fitting candidates up towards the budget (see ``repair``)
 
     def __post_init__(self) -> None:
         if not self.max_dims or min(self.max_dims) < 1:
@@ -72,15 +73,24 @@ class SearchSpace:
             )
 
     def repair(self, cand: Candidate) -> Candidate:
-        """``cand`` if it fits, else its dims scaled by the largest common factor that fits."""
-        if self.fits(cand):
+        """``cand`` if it fits, else its dims scaled by the largest common factor that fits.
+
+        With ``fill`` (and a budget) a fitting candidate is scaled up instead, by the largest
+        common factor that still fits (each dim capped at its maximum): every candidate then
+        spends about the budget, and the search only decides how to share it between fields.
+        """
+        fits = self.fits(cand)
+        if fits and not (self.fill and self.budget_bytes is not None):
             return cand
-        self.check_feasible()
+        if not fits:
+            self.check_feasible()
 
         def scaled(s: float) -> Candidate:
-            return tuple(max(1, math.floor(d * s)) for d in cand)
+            return tuple(min(m, max(1, math.floor(d * s))) for d, m in zip(cand, self.max_dims))
 
-        low, high = 0.0, 1.0
+        low, high = (1.0, max(m / d for d, m in zip(cand, self.max_dims))) if fits else (0.0, 1.0)
+        if fits and self.fits(scaled(high)):
+            return scaled(high)
         for _ in range(60):
             mid = (low + high) / 2
             low, high = (mid, high) if self.fits(scaled(mid)) else (low, mid)

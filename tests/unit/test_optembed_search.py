@@ -72,6 +72,22 @@ def test_repair_fits_the_budget_and_leaves_fitting_candidates_alone() -> None:
         SearchSpace(SPACE.max_dims, SPACE.cost, 10).repair(big)
 
 
+def test_fill_scales_fitting_candidates_up_to_the_budget() -> None:
+    budget = SPACE.bytes((8,) * len(UNITS))
+    space = SearchSpace(SPACE.max_dims, SPACE.cost, budget, fill=True)
+    small = (1, 2, 3, 1, 2, 3)
+    grown = space.repair(small)
+    assert space.bytes(grown) <= budget and all(g >= s for g, s in zip(grown, small))
+    assert space.bytes(grown) > space.bytes(tuple(2 * d for d in small))  # scaled by more than 2x
+    bigger = tuple(min(16, d + 1) for d in grown)
+    assert not space.fits(bigger)  # no common step up is left within the budget
+    assert space.repair((16,) * len(UNITS)) == SearchSpace(SPACE.max_dims, SPACE.cost, budget).repair((16,) * len(UNITS))
+    assert space.repair((8,) * len(UNITS)) == (8,) * len(UNITS)  # exactly at the budget: kept
+    capped = SearchSpace(SPACE.max_dims, SPACE.cost, SPACE.bytes((16,) * len(UNITS)), fill=True)
+    assert capped.repair(small) == (16,) * len(UNITS)  # the budget holds every field at its maximum
+    assert SearchSpace(SPACE.max_dims, SPACE.cost, None, fill=True).repair(small) == small  # no budget: unchanged
+
+
 def test_evolve_finds_a_separable_optimum_and_caches_fitness() -> None:
     target = (3, 16, 1, 8, 2, 12)
     calls: list[tuple[int, ...]] = []
