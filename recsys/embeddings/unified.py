@@ -144,8 +144,11 @@ class UnifiedEmbedding(EmbeddingMethod):
         exact_bytes = sum(table_bytes(r, self.chunks[n] * self.chunk_dim) for n, r in self.exact.items())
         self.rows = options.rows or self._derive_rows(ctx, k, exact_bytes)
         self.table_of = {key: i % k for i, key in enumerate(shared)}
+        # a sub-table lists its probes in context order (the order ``multiplexed`` emits them), so with
+        # one sub-table the sharded EBC needs no input permute and the output no gather
+        in_order = [(n, j) for n in ctx.feature_names if n not in self.exact for j in range(self.chunks[n])]
         tables = [
-            (f"unified_{t}", self.rows, self.chunk_dim, [probe_key(n, j) for (n, j), s in self.table_of.items() if s == t])
+            (f"unified_{t}", self.rows, self.chunk_dim, [probe_key(n, j) for n, j in in_order if self.table_of[(n, j)] == t])
             for t in range(k)
         ] + [(f"exact_{n}", r, self.chunks[n] * self.chunk_dim, [n]) for n, r in sorted(self.exact.items())]
         configs = [

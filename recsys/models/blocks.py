@@ -69,7 +69,7 @@ class ProjectionArch(nn.Module):
         """Args: fields ``[B, F, d]`` in field order, when every field is projected from one
         width (``uniform``). Returns ``[B, F, D]``; one batched matmul, no per-field copies."""
         weights = torch.stack(list(self.projections.parameters()))  # [F, D, d]
-        return torch.bmm(fields.transpose(0, 1), weights.transpose(1, 2)).transpose(0, 1)
+        return torch.bmm(fields.transpose(0, 1), weights.transpose(1, 2)).transpose(0, 1).contiguous()
 
     def forward(self, pooled: dict[str, torch.Tensor]) -> torch.Tensor:
         """Args: pooled: ``name -> [B, d_f]``. Returns ``[B, F, D]`` in field order."""
