@@ -301,11 +301,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train every method at every memory budget (full once per seed, uncompressed), write results.csv, "
         "results.md and pareto.png to --out, log a parent MLflow run with a child per (method, budget, seed). An "
         "interrupted sweep resumes: finished points are read back. Defaults: 8 methods x 3 budgets (22 points per seed; "
-        "dsl on full below ~16x, qr and optembed at 1000x fail fast as over budget), 2 seeds, 1 epoch on every train row, "
-        "50k valid/test rows, 1 torch thread. Measured on 2 CPU cores shared with other jobs, synthetic criteo at 1M rows "
-        "with 400k train rows: a full, hash, qr or unified point 7-10 s, dsl 11 s, optembed 27-38 s, unified+optembed "
-        "50 s, one seed of all 22 points 5m49s; with every train row (800k, the default) one seed took 10m21s, so "
-        "about 21 minutes for the defaults. --quick (20k train rows, 1 seed) took 2.5 minutes.",
+        "dsl on full below ~16x, qr and optembed at 1000x fail fast as over budget), 2 seeds, up to 3 epochs with early "
+        "stopping on every train row, 50k valid/test rows, 1 torch thread. Measured on 2 CPU cores shared with 1-3 other "
+        "jobs, synthetic criteo at 1M rows: full,hash,unified,dsl x 3 budgets x 2 seeds took 11 minutes with DLRM and 24 "
+        "with DCNv2 (a point 40-60 s, or 2-3 minutes when the cores were oversubscribed); at one epoch, all 22 points of "
+        "one seed took 10m21s. --quick (20k train rows, 1 epoch, 1 seed) took 2.5 minutes.",
     )
     quality.add_argument("--dataset", required=True, help="dataset folder (holds dataset.json)")
     quality.add_argument("--methods", type=_comma_list, default=None, help="comma-separated, from: full,hash,qr,unified,optembed,dsl,unified+optembed,unified+dsl (default: all)")
