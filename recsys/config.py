@@ -44,7 +44,8 @@ class ModelConfig(_Strict):
     field_projection: bool | None = Field(
         None, description="a learned D×D linear map per field before the interaction (dense weights, not embedding "
         "bytes), so that dot-product models (DLRM, DeepFM) can tell apart features that share table rows; "
-        "default (null): on when the method shares rows between features (`unified`, OptEmbed/DSL over it)",
+        "default (null): on when the method shares rows between features (`unified`, OptEmbed/DSL over it) and the "
+        "model's interaction has no weights of its own per field (DLRM, DeepFM; not DCNv2)",
     )
 
 

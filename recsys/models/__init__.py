@@ -41,8 +41,11 @@ def resolve_model_config(cfg: ModelConfig, method: nn.Module) -> ModelConfig:
     """
     if cfg.field_projection is not None:
         return cfg
+    builder = MODELS.get(cfg.name)
+    model_class = getattr(builder, "__self__", None)
     shares = getattr(method, "shares_rows_across_features", None)
-    return cfg.model_copy(update={"field_projection": bool(shares()) if callable(shares) else False})
+    needed = callable(shares) and bool(shares()) and not getattr(model_class, "weighs_each_field", False)
+    return cfg.model_copy(update={"field_projection": needed})
 
 
 def build_model(cfg: ModelConfig, method: nn.Module, num_dense: int) -> CTRModel:

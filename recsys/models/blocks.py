@@ -16,7 +16,7 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 from torch import nn
@@ -208,12 +208,17 @@ class FMInteraction(nn.Module):
 class CTRModel(nn.Module):
     """Common interface: ``embedding`` (the method) and ``forward(dense, sparse) -> logits [B]``.
 
+    ``weighs_each_field``: whether the interaction already has its own weights per field
+    column (then a method that shares rows between features needs no per-field projection).
+
     Args:
         embedding: the embedding method (or any EBC-like module).
         embedding_dim: the field width ``D`` of the interactions.
         field_projection: a learned ``Linear(d_f, D)`` per field before the interaction (see
             ``ModelConfig.field_projection``).
     """
+
+    weighs_each_field: ClassVar[bool] = False
 
     def __init__(self, embedding: nn.Module, embedding_dim: int, field_projection: bool = False) -> None:
         super().__init__()

@@ -20,6 +20,9 @@ from recsys.models.dlrm import DLRM
 class DCNv2(DLRM):
     """DLRM whose interaction is TorchRec's ``InteractionDCNArch`` over a ``LowRankCrossNet``.
 
+    The cross layers weigh each field's columns separately, so rows shared between features
+    need no per-field projection here (``weighs_each_field``).
+
     Args:
         embedding: the embedding method.
         num_dense: number of dense features (0 allowed).
@@ -30,6 +33,8 @@ class DCNv2(DLRM):
         dcn_low_rank_dim: rank of each cross layer's weight.
         field_projection: a learned ``Linear(d_f, D)`` per field before the interaction.
     """
+
+    weighs_each_field = True
 
     def __init__(
         self,

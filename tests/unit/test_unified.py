@@ -275,6 +275,9 @@ def test_models_map_each_field_on_its_own_when_rows_are_shared() -> None:
     shared, auto = unified(CTX.with_budget(compression=10)), ModelConfig()
     assert shared.shares_rows_across_features() and resolve_model_config(auto, shared).field_projection is True
     assert build_model(auto, shared, num_dense=3).sparse_arch.projection.projected == ["C1", "C2", "C3", "C4"]
+    dcn = ModelConfig(name="dcnv2")  # its cross layers weigh each field already
+    assert resolve_model_config(dcn, shared).field_projection is False
+    assert build_model(dcn.model_copy(update={"field_projection": True}), shared, 3).sparse_arch.projection is not None
     off = ModelConfig(field_projection=False)
     assert build_model(off, shared, num_dense=3).sparse_arch.projection is None
     alone = unified(MethodContext(CTX.features[:1], D), chunks=1, chunk_dim=D)  # one feature: nothing shared
