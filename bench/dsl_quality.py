@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
+import yaml
 
 from bench.step_times import sharded_step
 from recsys.config import ModelConfig, TrainingConfig, load_config
@@ -57,17 +58,24 @@ def _runs(args: argparse.Namespace, spec: DatasetSpec) -> list[Run]:
     return runs
 
 
+def _same_config(folder: Path, config: dict[str, Any]) -> bool:
+    """Whether the run in ``folder`` was trained with ``config`` (another seed, dataset or option retrains)."""
+    written = folder / "config.yaml"
+    return written.exists() and yaml.safe_load(written.read_text()) == config
+
+
 def _train(args: argparse.Namespace, run: Run) -> dict[str, Any]:
     label, method, options, budget = run
     folder = OUT / "dsl_quality" / label.replace(" ", "_").replace("=", "")
-    if (folder / "metrics.json").exists() and not args.rerun:
-        return json.loads((folder / "metrics.json").read_text())
     overrides = [f"data.path={args.data}", f"embedding.method={method}", "tracking.enabled=false", "training.progress=false", *args.set]
     overrides += [f"embedding.options.{k}={v}" for k, v in options.items()]
     if budget is not None:
         overrides.append(f"embedding.budget_bytes={budget}")
+    cfg = load_config(args.config, overrides)
+    if (folder / "metrics.json").exists() and not args.rerun and _same_config(folder, cfg.model_dump(mode="json")):
+        return json.loads((folder / "metrics.json").read_text())
     start = time.perf_counter()
-    metrics = train_experiment(load_config(args.config, overrides), folder)
+    metrics = train_experiment(cfg, folder)  # a new run in a used folder clears the old one first
     metrics["wall_s"] = time.perf_counter() - start
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
