@@ -158,6 +158,13 @@ def bucket_np(ids: np.ndarray, salt: int, num_buckets: int) -> np.ndarray:
     return (mix64_np(ids, salt).view(np.uint64) % np.uint64(num_buckets)).astype(np.int64)
 
 
+def bucket_per_value_np(ids: np.ndarray, salts: np.ndarray, num_buckets: np.ndarray) -> np.ndarray:
+    """numpy twin of ``bucket_per_value``: a salt (signed int64) and a table size per id."""
+    x = ids.astype(np.int64, copy=False).view(np.uint64) ^ salts.astype(np.int64, copy=False).view(np.uint64)
+    with np.errstate(over="ignore"):
+        return (_fmix64_np(x) % num_buckets.astype(np.uint64)).astype(np.int64)
+
+
 def bucket_per_value(ids: torch.Tensor, salts: torch.Tensor, num_buckets: torch.Tensor) -> torch.Tensor:
     """``bucket`` with a salt and a table size per value, in one vectorised pass.
 

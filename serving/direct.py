@@ -30,7 +30,7 @@ from torchrec.quant.embedding_modules import (
 from recsys.embeddings.full import FullEmbedding
 from recsys.embeddings.hashing import HashEmbedding
 from recsys.features import MISSING_INDEX
-from recsys.hashing import mix64_np, salt_for
+from recsys.hashing import bucket_per_value_np, salt_for
 from serving.encode import MISSING_ID, Encoder
 
 _POOLINGS = (PoolingType.SUM, PoolingType.MEAN)  # of one row: the row itself
@@ -98,8 +98,8 @@ class DirectLookup:
         self.hashed = isinstance(module, HashEmbedding)
         names = encoder.sparse
         if self.hashed:
-            self.salts = np.array([salt_for(n) for n in names], np.int64).view(np.uint64)
-            self.num_rows = np.array([module.rows[n] for n in names], np.uint64)
+            self.salts = np.array([salt_for(n) for n in names], np.int64)
+            self.num_rows = np.array([module.rows[n] for n in names], np.int64)
         self.gather_dtype = tables[0].dtype if layout.bits == 0 else np.uint8
         self.row_width = tables[0].shape[1]
 
@@ -130,15 +130,6 @@ class DirectLookup:
             return None
         return cls(encoder, module, ordered, layout, dim)
 
-    def rows(self, feature: np.ndarray, raw: np.ndarray) -> np.ndarray:
-        """The table row each pair's id selects (hashed: its bucket; else its vocabulary index)."""
-        order = _sorted_by_feature(feature)
-        if order is None:
-            return self._rows(feature, raw)
-        row = np.empty(len(raw), np.int64)
-        row[order] = self._rows(feature[order], raw[order])
-        return row
-
     def vectors(self, feature: np.ndarray, row: np.ndarray, present: np.ndarray) -> np.ndarray:
         """The decoded rows ``tables[feature[i]][row[i]]`` (zeros where not ``present``)."""
         order = _sorted_by_feature(feature)
@@ -149,10 +140,9 @@ class DirectLookup:
         return self._decode(stored, present)
 
     def _rows(self, feature: np.ndarray, raw: np.ndarray) -> np.ndarray:
-        """``rows`` of pairs sorted by feature."""
+        """The table row each pair's id selects (hashed: its bucket; else its vocabulary index), pairs sorted by feature."""
         if self.hashed:
-            h = mix64_np((raw.view(np.uint64) ^ self.salts[feature]).view(np.int64)).view(np.uint64)
-            return (h % self.num_rows[feature]).astype(np.int64)
+            return bucket_per_value_np(raw, self.salts[feature], self.num_rows[feature])
         row = np.empty(len(raw), np.int64)
         names, vocab = self.encoder.sparse, self.encoder.vocab
         for j, part in _runs(feature):

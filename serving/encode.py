@@ -24,13 +24,12 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys.export.artifact import ArtifactError, Manifest
 from recsys.features import MISSING_INDEX, OOV_INDEX
-from recsys.hashing import FNV_OFFSET, FNV_PRIME, hash64_str, hash64_strings, mix64_np
+from recsys.hashing import hash64_str, hash64_strings
 
 MISSING_ID = hash64_str("")
 DENSE_TRANSFORMS = (None, "slog1p", "none")
 RawValue = str | int | None
 _SCALAR_HASH_MAX = 24  # up to this many values: hashed in Python
-_COLUMN_HASH_MAX_BYTES = 48  # longest value hashed column by column
 
 
 class RequestError(ValueError):
@@ -62,26 +61,10 @@ class Vocabulary:
 
 
 def _hash(texts: list[str]) -> np.ndarray:
-    """``hash64_strings`` of ``texts``: a few values in Python, short ones byte column by byte column
-    over a fixed-width array (no Arrow array to build), long ones by ``hash64_strings``."""
+    """``hash64_strings`` of ``texts``; a few values are hashed in Python (cheaper than building an Arrow array)."""
     if len(texts) <= _SCALAR_HASH_MAX:
         return np.array([hash64_str(t) for t in texts], np.int64)
-    data = [t.encode() for t in texts]
-    lengths = np.fromiter(map(len, data), np.int64, len(data))
-    width = int(lengths.max())
-    if width > _COLUMN_HASH_MAX_BYTES or width == 0:
-        return hash64_strings(texts)
-    matrix = np.array(data, f"S{width}").view(np.uint8).reshape(len(data), width)  # zero-padded
-    h = np.full(len(data), FNV_OFFSET, np.uint64)
-    prime = np.uint64(FNV_PRIME)
-    shortest = int(lengths.min())
-    for j in range(width):
-        if j < shortest:
-            np.bitwise_xor(h, matrix[:, j], out=h)
-            np.multiply(h, prime, out=h)
-        else:
-            h = np.where(lengths > j, (h ^ matrix[:, j]) * prime, h)
-    return mix64_np(h.view(np.int64))
+    return hash64_strings(texts)
 
 
 def _text(feature: str, value: Any) -> str:

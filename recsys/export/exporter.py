@@ -87,12 +87,18 @@ def _scalar_metrics(run_dir: Path) -> dict[str, float]:
     return {k: float(v) for k, v in data.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+def _stock_tables(served: nn.Module, state: dict[str, torch.Tensor]) -> tuple[dict[str, tuple[int, int]], bool]:
+    """``key -> (rows, dim)`` of the served stock-EBC tables stored in ``state``, and whether those
+    are all the tables the served module keeps (then fbgemm can quantize every one)."""
+    served_tables = table_shapes(served)
+    shapes = {k: s for k, s in served_tables.items() if k in state and tuple(state[k].shape) == s}
+    return shapes, bool(shapes) and len(shapes) == len(served_tables)
+
+
 def supported_dtypes(served: nn.Module, state: dict[str, torch.Tensor]) -> tuple[str, ...]:
     """The dtypes a served module can be exported at: all of ``DTYPES`` when every table it keeps is
     a stock EBC table (quantized by fbgemm), else only ``fp32``."""
-    served_tables = table_shapes(served)
-    shapes = {k: s for k, s in served_tables.items() if k in state and tuple(state[k].shape) == s}
-    return DTYPES if shapes and len(shapes) == len(served_tables) else ("fp32",)
+    return DTYPES if _stock_tables(served, state)[1] else ("fp32",)
 
 
 def quantizable_tables(name: str, served: nn.Module, state: dict[str, torch.Tensor], dtype: str) -> dict[str, tuple[int, int]]:
@@ -104,8 +110,7 @@ def quantizable_tables(name: str, served: nn.Module, state: dict[str, torch.Tens
         raise ArtifactError(
             f"method '{name}' cannot be exported as {dtype}: its served tables ({type(served).__name__}) are not stock "
             f"EmbeddingBagCollections, which fbgemm's quantized tables need; supported dtypes for '{name}': {', '.join(supported)}")
-    served_tables = table_shapes(served)
-    return {k: s for k, s in served_tables.items() if k in state and tuple(state[k].shape) == s}
+    return _stock_tables(served, state)[0]
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path, dtype: str = "fp32", data_path: str | Path | None = None, overwrite: bool = False,

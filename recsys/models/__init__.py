@@ -8,8 +8,6 @@ Example:
 
 from __future__ import annotations
 
-from typing import Callable
-
 from torch import nn
 
 from recsys.config import ModelConfig
@@ -19,13 +17,7 @@ from recsys.models.deepfm import DeepFM
 from recsys.models.dlrm import DLRM
 from recsys.models.train import TrainModel
 
-ModelBuilder = Callable[[ModelConfig, nn.Module, int], CTRModel]
-
-MODELS: dict[str, ModelBuilder] = {
-    "dlrm": DLRM.from_config,
-    "dcnv2": DCNv2.from_config,
-    "deepfm": DeepFM.from_config,
-}
+MODELS: dict[str, type[CTRModel]] = {"dlrm": DLRM, "dcnv2": DCNv2, "deepfm": DeepFM}
 
 
 def available_models() -> list[str]:
@@ -41,10 +33,8 @@ def resolve_model_config(cfg: ModelConfig, method: nn.Module) -> ModelConfig:
     """
     if cfg.field_projection is not None:
         return cfg
-    builder = MODELS.get(cfg.name)
-    model_class = getattr(builder, "__self__", None)
-    shares = getattr(method, "shares_rows_across_features", None)
-    needed = callable(shares) and bool(shares()) and not getattr(model_class, "weighs_each_field", False)
+    shares = getattr(method, "shares_rows_across_features", None)  # a stock EBC shares nothing
+    needed = callable(shares) and bool(shares()) and not MODELS[cfg.name].weighs_each_field
     return cfg.model_copy(update={"field_projection": needed})
 
 
@@ -58,10 +48,10 @@ def build_model(cfg: ModelConfig, method: nn.Module, num_dense: int) -> CTRModel
         num_dense: number of dense features (0 allowed).
     """
     try:
-        builder = MODELS[cfg.name]
+        model_class = MODELS[cfg.name]
     except KeyError:
         raise KeyError(f"unknown model '{cfg.name}'; available: {', '.join(available_models())}") from None
-    return builder(resolve_model_config(cfg, method), method, num_dense)
+    return model_class.from_config(resolve_model_config(cfg, method), method, num_dense)
 
 
 __all__ = [

@@ -16,7 +16,7 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Callable, ClassVar
+from typing import TYPE_CHECKING, Callable, ClassVar
 
 import torch
 from torch import nn
@@ -24,6 +24,9 @@ from torchrec.models.dlrm import DenseArch, InteractionArch, InteractionDCNArch,
 from torchrec.modules.crossnet import LowRankCrossNet
 from torchrec.modules.mlp import MLP
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
+
+if TYPE_CHECKING:
+    from recsys.config import ModelConfig
 
 InteractionBuilder = Callable[[int, int], tuple[nn.Module, int]]
 
@@ -54,34 +57,21 @@ class ProjectionArch(nn.Module):
         self.out_dim = out_dim
         self.projected = [name for name, dim in in_dims.items() if project_all or dim != out_dim]
         self.projections = nn.ModuleList(nn.Linear(in_dims[name], out_dim, bias=False) for name in self.projected)
-        by_width: dict[int, list[int]] = {}
-        for i, name in enumerate(self.projected):
-            by_width.setdefault(in_dims[name], []).append(i)
-        self.groups = list(by_width.values())  # the projections of one input width run as one batched matmul
-        self.passed = [name for name in self.feature_names if name not in set(self.projected)]
-        computed = [self.projected[i] for group in self.groups for i in group] + self.passed
-        order = [computed.index(name) for name in self.feature_names]
-        self.reorder = None if order == list(range(len(order))) else order
-        self.register_buffer("order", torch.tensor(order, dtype=torch.int64), persistent=False)
-        self.uniform = len(self.groups) == 1 and not self.passed and self.reorder is None
+        # every field projected from one width: one batched matmul over the stacked fields
+        self.uniform = len(self.projected) == len(self.feature_names) and len({in_dims[n] for n in self.projected}) == 1
 
     def project_stacked(self, fields: torch.Tensor) -> torch.Tensor:
         """Args: fields ``[B, F, d]`` in field order, when every field is projected from one
-        width (``uniform``). Returns ``[B, F, D]``; one batched matmul, no per-field copies."""
+        width ``d`` (``uniform``). Returns ``[B, F, D]``; no per-field copies."""
         weights = torch.stack(list(self.projections.parameters()))  # [F, D, d]
         return torch.bmm(fields.transpose(0, 1), weights.transpose(1, 2)).transpose(0, 1).contiguous()
 
     def forward(self, pooled: dict[str, torch.Tensor]) -> torch.Tensor:
         """Args: pooled: ``name -> [B, d_f]``. Returns ``[B, F, D]`` in field order."""
-        parts = []
-        for group in self.groups:
-            inputs = torch.stack([pooled[self.projected[i]] for i in group])  # [n, B, d]
-            weights = torch.stack([self.projections[i].weight for i in group])  # [n, D, d]
-            parts.append(torch.bmm(inputs, weights.transpose(1, 2)))  # [n, B, D]
-        if self.passed:
-            parts.append(torch.stack([pooled[name] for name in self.passed]))
-        fields = (torch.cat(parts) if len(parts) > 1 else parts[0]).transpose(0, 1)  # [B, F, D], computed order
-        return fields if self.reorder is None else fields.index_select(1, self.order)
+        fields = dict(pooled)
+        for name, linear in zip(self.projected, self.projections):
+            fields[name] = linear(fields[name])
+        return torch.stack([fields[name] for name in self.feature_names], dim=1)
 
 
 class SparseArch(nn.Module):
@@ -103,7 +93,6 @@ class SparseArch(nn.Module):
             raise ValueError("the embedding method has no sparse features")
         self.feature_names = list(dims)
         self.embedding_dim = embedding_dim
-        self.dims = list(dims.values())
         needs_projection = project_all or any(dim != embedding_dim for dim in dims.values())
         self.projection = ProjectionArch(dims, embedding_dim, project_all) if needs_projection else None
 
@@ -117,7 +106,8 @@ class SparseArch(nn.Module):
             if self.projection is None:
                 return pooled.values().reshape(-1, self.num_features, self.embedding_dim)
             if self.projection.uniform:
-                return self.projection.project_stacked(pooled.values().reshape(-1, self.num_features, self.dims[0]))
+                width = self.projection.projections[0].in_features
+                return self.projection.project_stacked(pooled.values().reshape(-1, self.num_features, width))
         by_name = pooled.to_dict()
         if self.projection is not None:
             return self.projection(by_name)
@@ -224,6 +214,11 @@ class CTRModel(nn.Module):
         super().__init__()
         self.embedding = embedding
         self.sparse_arch = SparseArch(feature_dims(embedding), embedding_dim, field_projection)
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, embedding: nn.Module, num_dense: int) -> CTRModel:  # pragma: no cover - abstract
+        """Build from a ``ModelConfig`` (each model reads the keys it uses)."""
+        raise NotImplementedError
 
     @property
     def num_sparse(self) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from recsys.hashing import bucket, bucket_np, bucket_per_value, salt_for
+from recsys.hashing import bucket, bucket_np, bucket_per_value, bucket_per_value_np, salt_for
 
 IDS = [0, 1, -1, 2**63 - 1, -(2**63), 123456789, -987654321012]
 SALT_NAMES = ["C1", "C1", "C2", "C2", None, "site_id", "C1#0"]
@@ -33,6 +33,7 @@ def test_equals_bucket_value_by_value() -> None:
     assert out.tolist() == expected
     expected_np = [int(bucket_np(ids[i : i + 1].numpy(), int(salts[i]), int(sizes[i]))[0]) for i in range(500)]
     assert out.tolist() == expected_np
+    assert bucket_per_value_np(ids.numpy(), salts.numpy(), sizes.numpy()).tolist() == expected
 
 
 def test_segments_equal_bucket_per_key() -> None:
