@@ -3,7 +3,9 @@
 ``config_stepper`` builds the method and model of an experiment config (its first phase, e.g.
 OptEmbed's supernet), sharded by DMP with the fused sparse optimizer, and returns one optimizer
 step with the method's hooks (``on_train_begin`` once, ``on_train_step`` after each step, so
-DSL's prune/regrow is amortised) plus the pre-read train batches of the method's id scheme.
+DSL's prune/regrow is amortised) plus the pre-read train batches of the method's id scheme,
+passed through the method's ``prepare`` as the training loader does on its own thread (that
+cost, e.g. Unified Embedding's hashing, is timed separately: ``prepare_ms``).
 ``alternate`` times several steppers in short alternating rounds (load on a shared machine hits
 all alike) and reports the median and minimum round per stepper and their ratios to a baseline.
 """
@@ -13,11 +15,12 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from recsys.config import ExperimentConfig
-from recsys.data.batch import Batch
+from recsys.data.batch import Batch, prepared
 
 Step = Callable[[Batch], None]
 
@@ -38,18 +41,31 @@ def sharded_step(sharded: Any, method: Any, total_steps: int) -> Step:
     return step
 
 
-def config_stepper(cfg: ExperimentConfig, batches: int = 20, total_steps: int = 10_000) -> tuple[Step, list[Batch], int]:
-    """(step, pre-read train batches, embedding bytes) of the experiment's first phase (call in a process group)."""
+@dataclass
+class Stepper:
+    """A method's train step, its batches (already ``prepare``d, as the loader thread hands them
+    over), its embedding bytes and the loader-thread cost of ``prepare`` per batch."""
+
+    step: Step
+    batches: list[Batch]
+    embedding_bytes: int
+    prepare_ms: float
+
+
+def config_stepper(cfg: ExperimentConfig, batches: int = 20, total_steps: int = 10_000) -> Stepper:
+    """The experiment's first phase as ``recsys train`` steps it (call in a process group)."""
     from training.run import Experiment
     from training.tracking import NullTracker
 
     exp = Experiment(cfg, Path(tempfile.gettempdir()) / "recsys_step_times", NullTracker())
     phase = exp.phases()[0]
     method, sharded = exp.build(phase)
-    reader = exp.reader("train", method)
-    pre_read = [b for _, b in zip(range(batches), reader)]
+    raw = [b for _, b in zip(range(batches), exp.reader("train", method).reader)]
+    start = time.perf_counter()
+    pre_read = [prepared(method, b) for b in raw]
+    prepare_ms = 1000 * (time.perf_counter() - start) / max(len(raw), 1)
     sharded.module.train()
-    return sharded_step(sharded, method, total_steps), pre_read, method.memory_bytes()
+    return Stepper(sharded_step(sharded, method, total_steps), pre_read, method.memory_bytes(), prepare_ms)
 
 
 def timed_steps(step: Step, batches: list[Batch], steps: int, start_at: int = 0) -> float:

@@ -25,6 +25,7 @@ import shutil
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,7 +36,8 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from recsys.config import ExperimentConfig, flatten
-from recsys.data.batch import BatchLayout, ParquetBatchReader
+from recsys.data.batch import BatchLayout, ParquetBatchReader, prepared
+from recsys.data.prefetch import Prefetched
 from recsys.embeddings import EmbeddingMethod, MethodContext, Phase, build_method
 from recsys.export.mlflow_run import CHECKPOINT_FILES
 from recsys.features import load_dataset_spec
@@ -100,14 +102,17 @@ class Experiment:
         return method, shard(model, method, self.cfg.training)
 
     def reader(self, split: str, method: EmbeddingMethod, max_rows: int | None = None) -> Reader:
+        """Batches of ``split`` for ``method``, read and ``prepare``d on a background thread."""
         t, d = self.cfg.training, self.cfg.data
         layout = BatchLayout.from_spec(self.spec, method.id_scheme)
         rows = row_limit(self.cfg, split, max_rows)
         if self.readers is not None:
-            return self.readers(split, layout, rows)
-        if split == "train":
-            return ParquetBatchReader(d.path, split, layout, t.batch_size, shuffle=True, seed=t.seed, max_rows=rows)
-        return ParquetBatchReader(d.path, split, layout, t.eval_batch_size, max_rows=rows)
+            source = self.readers(split, layout, rows)
+        elif split == "train":
+            source = ParquetBatchReader(d.path, split, layout, t.batch_size, shuffle=True, seed=t.seed, max_rows=rows)
+        else:
+            source = ParquetBatchReader(d.path, split, layout, t.eval_batch_size, max_rows=rows)
+        return Prefetched(source, partial(prepared, method))
 
     def trainer(self, method: EmbeddingMethod, sharded: ShardedModel, phase: Phase, eval_rows: int | None = None) -> Trainer:
         prefix = "" if phase.name == "train" else f"{phase.name}/"

@@ -12,9 +12,9 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Iterator, Literal, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -46,6 +46,17 @@ class Batch:
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+
+class Preparer(Protocol):
+    """What ``prepared`` needs of an embedding method: its id-only input transform."""
+
+    def prepare(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor: ...
+
+
+def prepared(method: Preparer, batch: Batch) -> Batch:
+    """``batch`` with its sparse features through ``method.prepare`` (see ``EmbeddingMethod.prepare``)."""
+    return replace(batch, sparse_features=method.prepare(batch.sparse_features))
 
 
 @dataclass(frozen=True)

@@ -156,7 +156,7 @@ class EmbeddingMethod(nn.Module):
     """Base class of every embedding method. Subclasses set ``name``, ``Options``, ``id_scheme``.
 
     Subclasses implement ``forward`` and ``memory_bytes``; they may override the hooks
-    ``aux_loss`` (extra loss term), ``on_train_begin`` / ``on_train_step`` (before training
+    ``prepare`` (id-only input work the loader runs ahead of the step), ``aux_loss`` (extra loss term), ``on_train_begin`` / ``on_train_step`` (before training
     and after each optimizer step), ``output_dims`` (per-feature output width when not
     ``embedding_dim``) and ``export`` / ``from_export`` (a served form unlike the trained one).
     """
@@ -172,6 +172,17 @@ class EmbeddingMethod(nn.Module):
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def prepare(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
+        """Work on the ids alone (e.g. hashing) that the data loader runs on its own thread,
+        ahead of the step. ``forward`` takes the result as well as raw features, with the same
+        output; preparing twice is preparing once. Default: nothing to do.
+
+        Example:
+            >>> method(method.prepare(kjt)).values().equal(method(kjt).values())  # doctest: +SKIP
+            True
+        """
+        return features
 
     def memory_bytes(self) -> int:  # pragma: no cover - abstract
         """Bytes to store/serve this method by the shared accounting rule."""

@@ -175,6 +175,9 @@ class DSLEmbedding(EmbeddingMethod):
         """Table ``i``'s live weights (gathered from its local shards when split); read only."""
         return gather(self._views(i), self._tables[i].rows, self._tables[i].dim)
 
+    def prepare(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
+        return self.base.prepare(features)
+
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
         """The base's forward; the hooks mask and record its tables' lookups while training."""
         for path in self._keys:

@@ -202,6 +202,9 @@ class OptEmbed(EmbeddingMethod):
         """Forward pre-hook on the base's EBC: drop the ids of pruned rows once masks are fixed."""
         return None if self.row_mask is None else (drop_pruned(args[0], self.row_mask, self.layout.key_start), *args[1:])
 
+    def prepare(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
+        return self.base.prepare(features)
+
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
         if features.stride() == 0:
             return empty_output(self, features.values())

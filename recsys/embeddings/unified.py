@@ -106,15 +106,23 @@ def _chunks(ctx: MethodContext, options: UnifiedOptions, chunk_dim: int) -> dict
 
 @dataclass(frozen=True)
 class _Plan:
-    """How one input key order maps onto the virtual keys and back."""
+    """How one input key order maps onto the virtual keys."""
 
     permute: list[int]  # input key of each virtual key
     permute_tensor: torch.Tensor
     keys: list[str]  # virtual keys
     salts: torch.Tensor  # per virtual key
     rows: torch.Tensor  # per virtual key
-    slot_source: torch.Tensor  # input key of each output chunk slot (context order)
-    mean_keys: torch.Tensor  # input keys pooled by MEAN
+
+
+@dataclass(frozen=True)
+class _Output:
+    """How one virtual key order maps onto the output: the ``index_select`` of chunk slots into
+    context order (None when already in order) and the MEAN scaling."""
+
+    gather: torch.Tensor | None
+    slot_source: torch.Tensor  # virtual key of each output chunk slot (context order)
+    mean_keys: torch.Tensor  # virtual keys of features pooled by MEAN
 
 
 @register_method
@@ -156,8 +164,12 @@ class UnifiedEmbedding(EmbeddingMethod):
             for t, r, d, keys in tables
         ]
         self.ebc = EmbeddingBagCollection(tables=configs, is_weighted=ctx.any_weighted)
+        self.feature_of = {v: n for n in ctx.feature_names for v, _, _ in self._virtual(n)}
+        clash = sorted(v for v, n in self.feature_of.items() if v != n and v in self.chunks)
+        if clash:
+            raise ValueError(f"unified: feature names {clash} are also probe keys of other features; rename them")
         self._plans: dict[tuple[tuple[str, ...], torch.device], _Plan] = {}
-        self._gathers: dict[tuple[tuple[str, ...], torch.device], torch.Tensor | None] = {}
+        self._outputs: dict[tuple[tuple[str, ...], tuple[str, ...], torch.device], _Output] = {}
 
     def _derive_rows(self, ctx: MethodContext, k: int, exact_bytes: int) -> int:
         """``B`` from the budget (largest that fits) or, without one, the bytes of ``full``."""
@@ -191,15 +203,19 @@ class UnifiedEmbedding(EmbeddingMethod):
         if (tuple(keys), device) not in self._plans:
             permute, lookups = zip(*[(i, v) for i, k in enumerate(keys) for v in self._virtual(k)])
             virtual, salts, rows = zip(*lookups)
-            position, pooling = {k: i for i, k in enumerate(keys)}, {f.name: f.pooling for f in self.ctx.features}
-            source = [position[n] for n in self.ctx.feature_names for _ in range(self.chunks[n])]
-            means = [i for i, k in enumerate(keys) if pooling[k] == PoolingType.MEAN]
             tensor = partial(torch.tensor, dtype=torch.int64, device=device)
             self._plans[(tuple(keys), device)] = _Plan(
                 list(permute), tensor(permute, dtype=torch.int32), list(virtual), tensor(salts), tensor(rows),
-                tensor(source), tensor(means),
             )
         return self._plans[(tuple(keys), device)]
+
+    def is_multiplexed(self, features: KeyedJaggedTensor) -> bool:
+        """Whether ``features`` holds table rows under virtual keys (``multiplexed``'s output)."""
+        return any(k not in self.chunks for k in features.keys())
+
+    def prepare(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
+        """``multiplexed``: the probes' hashing, run by the loader ahead of the step."""
+        return features if self.is_multiplexed(features) else self.multiplexed(features)
 
     def multiplexed(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
         """The KJT of table rows: each feature's bags once per probe (one ``bucket_per_value``)."""
@@ -216,34 +232,42 @@ class UnifiedEmbedding(EmbeddingMethod):
             lengths=dup.lengths(), stride=dup.stride(), length_per_key=length_per_key,
         )
 
-    def _gather(self, pooled: KeyedTensor) -> torch.Tensor | None:
-        """Chunk slots of ``pooled`` in context order (None when already in order)."""
-        cache_key = (tuple(pooled.keys()), pooled.values().device)
-        if cache_key not in self._gathers:
+    def _output(self, pooled: KeyedTensor, virtual: list[str]) -> _Output:
+        """The cached output plan of pooled keys ``pooled.keys()`` from a KJT with keys ``virtual``."""
+        device = pooled.values().device
+        cache_key = (tuple(pooled.keys()), tuple(virtual), device)
+        if cache_key not in self._outputs:
             start = {k: o // self.chunk_dim for k, o in zip(pooled.keys(), pooled.offset_per_key())}
             names = self.ctx.feature_names
             slots = [start[n] + j if n in self.exact else start[probe_key(n, j)] for n in names for j in range(self.chunks[n])]
+            position = {k: i for i, k in enumerate(virtual)}
+            source = [position[n if n in self.exact else probe_key(n, j)] for n in names for j in range(self.chunks[n])]
+            pooling = {f.name: f.pooling for f in self.ctx.features}
+            means = [i for i, k in enumerate(virtual) if pooling[self.feature_of[k]] == PoolingType.MEAN]
             identity = slots == list(range(len(slots)))
-            self._gathers[cache_key] = None if identity else torch.tensor(slots, device=pooled.values().device)
-        return self._gathers[cache_key]
+            tensor = partial(torch.tensor, dtype=torch.int64, device=device)
+            self._outputs[cache_key] = _Output(None if identity else tensor(slots), tensor(source), tensor(means))
+        return self._outputs[cache_key]
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
-        """Concatenated chunk vectors of each feature, keyed by feature name in context order."""
+        """Concatenated chunk vectors of each feature, keyed by feature name in context order.
+
+        ``features``: raw ids under feature names, or ``prepare``'s output (already hashed)."""
         if features.stride() == 0:
             return empty_output(self, features.values())
-        plan = self._plan(features.keys(), features.values().device)
-        pooled = self.ebc(self.multiplexed(features))
+        rows = features if self.is_multiplexed(features) else self.multiplexed(features)
+        pooled = self.ebc(rows)
         values = pooled.values()
         batch = values.shape[0]
+        out = self._output(pooled, rows.keys())
         slots = values.view(batch, -1, self.chunk_dim)
-        gather = self._gather(pooled)
-        if gather is not None:
-            slots = slots.index_select(1, gather)
-        if plan.mean_keys.numel():
-            lengths = features.lengths().view(-1, batch).to(values.dtype)
+        if out.gather is not None:
+            slots = slots.index_select(1, out.gather)
+        if out.mean_keys.numel():
+            lengths = rows.lengths().view(-1, batch).to(values.dtype)
             scale = torch.ones_like(lengths)
-            scale[plan.mean_keys] = 1.0 / lengths[plan.mean_keys].clamp(min=1.0)
-            slots = slots * scale.index_select(0, plan.slot_source).t().unsqueeze(-1)
+            scale[out.mean_keys] = 1.0 / lengths[out.mean_keys].clamp(min=1.0)
+            slots = slots * scale.index_select(0, out.slot_source).t().unsqueeze(-1)
         widths = list(self.output_dims().values())
         return KeyedTensor(keys=self.ctx.feature_names, length_per_key=widths, values=slots.reshape(batch, -1))
 

@@ -41,14 +41,17 @@ def feature_dims(embedding: nn.Module) -> dict[str, int]:
 
 
 class ProjectionArch(nn.Module):
-    """Per-feature ``Linear(d_f, D)`` for the features whose width ``d_f`` is not ``D``.
+    """Per-feature ``Linear(d_f, D)`` (no bias) for the features whose width ``d_f`` is not ``D``.
 
-    Features already ``D`` wide pass through unchanged unless ``project_all``.
+    Features already ``D`` wide pass through unchanged unless ``project_all``. When every
+    feature is projected from one width (``uniform``) the maps are one ``[F, D, d]`` parameter
+    ``weight`` applied by one batched matmul (one tensor for the optimizer and DDP, no
+    per-field stacking); otherwise each projected feature has its own ``nn.Linear``.
 
     Args:
         in_dims: width of each feature, in field order.
         out_dim: the common width ``D``.
-        project_all: give every feature its own ``Linear(d_f, D)``, also those ``D`` wide.
+        project_all: give every feature its own map, also those ``D`` wide.
     """
 
     def __init__(self, in_dims: dict[str, int], out_dim: int, project_all: bool = False) -> None:
@@ -56,18 +59,34 @@ class ProjectionArch(nn.Module):
         self.feature_names = list(in_dims)
         self.out_dim = out_dim
         self.projected = [name for name, dim in in_dims.items() if project_all or dim != out_dim]
-        self.projections = nn.ModuleList(nn.Linear(in_dims[name], out_dim, bias=False) for name in self.projected)
-        # every field projected from one width: one batched matmul over the stacked fields
         self.uniform = len(self.projected) == len(self.feature_names) and len({in_dims[n] for n in self.projected}) == 1
+        if self.uniform:
+            width = in_dims[self.projected[0]]
+            bound = 1.0 / math.sqrt(width)  # nn.Linear's default initialisation
+            self.weight = nn.Parameter(torch.empty(len(self.projected), out_dim, width).uniform_(-bound, bound))
+            self.projections = nn.ModuleList()
+        else:
+            self.projections = nn.ModuleList(nn.Linear(in_dims[name], out_dim, bias=False) for name in self.projected)
+
+    @property
+    def in_width(self) -> int:
+        """``d`` of a ``uniform`` projection."""
+        return int(self.weight.shape[2])
+
+    def maps(self) -> dict[str, torch.Tensor]:
+        """``name -> [D, d_f]`` map of each projected feature (``y = x @ map.T``)."""
+        if self.uniform:
+            return dict(zip(self.projected, self.weight.unbind(0)))
+        return {name: linear.weight for name, linear in zip(self.projected, self.projections)}
 
     def project_stacked(self, fields: torch.Tensor) -> torch.Tensor:
-        """Args: fields ``[B, F, d]`` in field order, when every field is projected from one
-        width ``d`` (``uniform``). Returns ``[B, F, D]``; no per-field copies."""
-        weights = torch.stack(list(self.projections.parameters()))  # [F, D, d]
-        return torch.bmm(fields.transpose(0, 1), weights.transpose(1, 2)).transpose(0, 1).contiguous()
+        """Args: fields ``[B, F, d]`` in field order (``uniform`` only). Returns ``[B, F, D]``."""
+        return torch.bmm(fields.transpose(0, 1), self.weight.transpose(1, 2)).transpose(0, 1).contiguous()
 
     def forward(self, pooled: dict[str, torch.Tensor]) -> torch.Tensor:
         """Args: pooled: ``name -> [B, d_f]``. Returns ``[B, F, D]`` in field order."""
+        if self.uniform:
+            return self.project_stacked(torch.stack([pooled[name] for name in self.feature_names], dim=1))
         fields = dict(pooled)
         for name, linear in zip(self.projected, self.projections):
             fields[name] = linear(fields[name])
@@ -106,8 +125,7 @@ class SparseArch(nn.Module):
             if self.projection is None:
                 return pooled.values().reshape(-1, self.num_features, self.embedding_dim)
             if self.projection.uniform:
-                width = self.projection.projections[0].in_features
-                return self.projection.project_stacked(pooled.values().reshape(-1, self.num_features, width))
+                return self.projection.project_stacked(pooled.values().reshape(-1, self.num_features, self.projection.in_width))
         by_name = pooled.to_dict()
         if self.projection is not None:
             return self.projection(by_name)

@@ -149,6 +149,28 @@ def test_deterministic(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", METHODS)
+def test_prepared_features_give_the_same_outputs_and_gradients(name: str) -> None:
+    kjt = random_kjt(name, 32, seed=5)
+    raw_path, prepared_path = make(name, seed=2), make(name, seed=2)
+    prepared = prepared_path.prepare(kjt)
+    again = prepared_path.prepare(prepared)
+    assert again.keys() == prepared.keys() and torch.equal(again.values(), prepared.values())
+    assert torch.equal(again.lengths(), prepared.lengths())
+    out, out_prepared = raw_path(kjt), prepared_path(prepared)
+    assert out_prepared.keys() == out.keys() and torch.equal(out_prepared.values(), out.values())
+    weights = torch.randn_like(out.values())
+    (out.values() * weights).sum().backward()
+    (out_prepared.values() * weights).sum().backward()
+    grads = {k: p.grad for k, p in raw_path.named_parameters() if p.grad is not None}
+    assert grads, "the raw path trains some parameter"
+    for k, p in prepared_path.named_parameters():
+        assert (p.grad is None) == (k not in grads), k
+        assert p.grad is None or torch.equal(p.grad, grads[k]), k
+    raw_path.eval(), prepared_path.eval()
+    assert torch.equal(raw_path(kjt).values(), prepared_path(prepared_path.prepare(kjt)).values())
+
+
+@pytest.mark.parametrize("name", METHODS)
 def test_empty_batch(name: str) -> None:
     method = make(name)
     out = method(random_kjt(name, 0))

@@ -146,7 +146,7 @@ def test_projection_maps_only_the_other_widths() -> None:
     a, b = torch.randn(2, D), torch.randn(2, 4)
     fields = arch(KeyedTensor.from_tensor_list(["a", "b"], [a, b]))
     assert fields.shape == (2, 2, D) and torch.equal(fields[:, 0], a)
-    assert torch.allclose(fields[:, 1], b @ arch.projection.projections[0].weight.T)
+    assert torch.allclose(fields[:, 1], b @ arch.projection.maps()["b"].T)
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
@@ -158,7 +158,7 @@ def test_field_projection_maps_every_field_on_its_own(name: str) -> None:
     assert isinstance(projection, ProjectionArch) and projection.projected == ["a", "b", "c"]
     same = torch.randn(2, D)  # one shared row read by two features: each reads it through its own map
     fields = model.sparse_arch(KeyedTensor.from_tensor_list(["a", "b", "c"], [same, torch.randn(2, 4), same]))
-    weights = dict(zip(projection.projected, (linear.weight for linear in projection.projections)))
+    weights = projection.maps()
     assert torch.allclose(fields[:, 0], same @ weights["a"].T) and torch.allclose(fields[:, 2], same @ weights["c"].T)
     assert not torch.allclose(fields[:, 0], fields[:, 2])
     loss, _ = TrainModel(model)(make_batch(16, 3))
@@ -167,7 +167,7 @@ def test_field_projection_maps_every_field_on_its_own(name: str) -> None:
     uniform = build_model(cfg, stand_in(), num_dense=3).sparse_arch  # one width: the batched path
     assert uniform.projection.uniform and not projection.uniform
     vectors = {k: torch.randn(5, D) for k in "abc"}
-    maps = dict(zip(uniform.projection.projected, (linear.weight for linear in uniform.projection.projections)))
+    maps = uniform.projection.maps()
     expected = torch.stack([vectors[k] @ maps[k].T for k in "abc"], dim=1)
     assert torch.allclose(uniform(KeyedTensor.from_tensor_list(list("abc"), [vectors[k] for k in "abc"])), expected, atol=1e-6)
     assert torch.allclose(uniform(KeyedTensor.from_tensor_list(list("cab"), [vectors[k] for k in "cab"])), expected, atol=1e-6)
