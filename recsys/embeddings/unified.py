@@ -20,6 +20,9 @@ chunk vectors are concatenated (width ``c_f × chunk_dim``). Ids are raw 64-bit 
   probabilistic: ``R_f = ⌈card_f (card_f − 1) / (2·exact_pairs)⌉`` rows make the expected
   number of colliding value pairs ``≤ exact_pairs`` (default 0.01: collision-free with
   probability ≥ 99%). The cost is quadratic in ``card_f``: meant for vocabularies of tens.
+* Hashing runs in ``prepare`` (``multiplexed``: the ids under virtual keys ``f#j``, one per
+  probe), which the training loader calls on its own thread ahead of the step; ``forward``
+  takes raw ids or that output.
 * Pooling: every table SUM-pools; MEAN features are divided by their bag length afterwards,
   so one sub-table can serve SUM, MEAN and weighted features (weighted MEAN = Σ w·x / len).
 
