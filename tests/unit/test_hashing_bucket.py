@@ -62,3 +62,15 @@ def test_broadcasts_and_accepts_int32_ids() -> None:
 def test_empty() -> None:
     empty = torch.zeros(0, dtype=torch.int64)
     assert bucket_per_value(empty, empty, empty).numel() == 0
+
+
+def test_torch_path_equals_the_numpy_path_used_on_cpu() -> None:
+    """Non-CPU tensors hash with torch's signed int64 ops; both paths give the same rows."""
+    from recsys.hashing import _bucket_per_value_torch
+
+    gen = torch.Generator().manual_seed(2)
+    ids = torch.randint(-(2**63), 2**63 - 1, (10_000,), dtype=torch.int64, generator=gen)
+    salts = _salts([f"f{i % 7}#{i % 3}" for i in range(10_000)])
+    sizes = torch.randint(1, 2**31 - 1, (10_000,), dtype=torch.int64, generator=gen)
+    assert torch.equal(_bucket_per_value_torch(ids, salts, sizes), bucket_per_value(ids, salts, sizes))
+    assert _bucket_per_value_torch(torch.tensor(IDS), _salts(SALT_NAMES), torch.tensor(NUM_BUCKETS)).tolist() == GOLDEN
