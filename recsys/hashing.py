@@ -119,9 +119,14 @@ def _fnv_starts(k: int) -> np.ndarray:
     return table
 
 
+_ALIGNED_CELLS = 1 << 18  # the most bytes (padding included) hashed right-aligned: a few MiB of temporaries
+
+
 def _aligned(n: int, longest: int, total: int) -> bool:
-    """Whether ``n`` strings of ``total`` bytes, the longest ``longest``, hash right-aligned (lengths alike)."""
-    return n * longest <= 4 * total + 1024
+    """Whether ``n`` strings of ``total`` bytes, the longest ``longest``, hash right-aligned: lengths
+    alike and the padded matrix small (large arrays, such as a dataset's dictionaries, take the narrowing loop)."""
+    cells = n * longest
+    return cells <= _ALIGNED_CELLS and cells <= 4 * total + 1024
 
 
 def _hash64_aligned(columns: np.ndarray, pad: np.ndarray) -> np.ndarray:

@@ -2,8 +2,9 @@
 
 Sparse values: a string (an int is taken as its decimal string) is hashed by
 ``recsys.hashing.hash64_strings`` into its raw id; ``None`` and ``""`` are the missing value.
-Index methods then look the raw id up in the artifact's vocabulary (a binary search over the
-memory-mapped, id-sorted Arrow file): unseen ids give the OOV index 1, missing gives 0.
+Index methods then look the raw id up in the artifact's vocabularies (one binary search over all
+features' ids, copied at load from the id-sorted Arrow files): unseen ids give the OOV index 1,
+missing gives 0.
 Single-valued fields take one value (missing: index 0 / the id of ``""``); multi-valued fields
 take a list (a scalar is a list of one; missing elements are dropped) or, when weighted, an
 object ``{value: weight}``. Dense values are raw numbers, transformed like the data
@@ -29,35 +30,108 @@ from recsys.hashing import hash64_str, hash64_strings
 MISSING_ID = hash64_str("")
 DENSE_TRANSFORMS = (None, "slog1p", "none")
 RawValue = str | int | None
-_SCALAR_HASH_MAX = 24  # up to this many values: hashed in Python
+_SORTED_SEARCH = 48  # from this many ids, the vocabulary search runs over them sorted
+_SCALAR_HASH_MAX = 16  # up to this many values: hashed in Python (measured break-even ~18)
 
 
 class RequestError(ValueError):
     """A request the model cannot answer (unknown feature, wrong type, bad value): a client error."""
 
 
-class Vocabulary:
-    """Raw id -> vocabulary index over an id-sorted, memory-mapped Arrow file."""
+def _read_vocabulary(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids, index)`` of an id-sorted vocabulary file (views of its memory map)."""
+    batch = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all().combine_chunks().to_batches()
+    if not batch:
+        return np.zeros(0, np.int64), np.zeros(0, np.int32)
+    return batch[0].column("id").to_numpy(), batch[0].column("index").to_numpy()
 
-    def __init__(self, path: Path) -> None:
-        batch = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all().combine_chunks().to_batches()
-        self.ids = batch[0].column("id").to_numpy() if batch else np.zeros(0, np.int64)  # zero-copy views of the map
-        self.index = batch[0].column("index").to_numpy() if batch else np.zeros(0, np.int32)
 
-    def lookup(self, ids: np.ndarray) -> np.ndarray:
-        """Index of each raw id: 2.. in the vocabulary, ``OOV_INDEX`` unseen, ``MISSING_INDEX`` missing."""
-        out = self.lookup_present(ids)
+def _longest_run(values: np.ndarray) -> int:
+    """The most equal values in a row of a sorted array (1 when all differ)."""
+    if len(values) < 2 or not (values[1:] == values[:-1]).any():
+        return 1
+    starts = np.flatnonzero(np.concatenate([[True], values[1:] != values[:-1]]))
+    return int(np.diff(starts, append=len(values)).max())
+
+
+class Vocabularies:
+    """Every feature's vocabulary in one sorted array: ``(feature position, raw id) -> index`` for a
+    whole request in one binary search, whatever the features.
+
+    An entry's key is ``(feature << (64 - b)) | (id >> b)`` (the id as unsigned, ``b`` bits for the
+    feature) with the id's low ``b`` bits beside it; keys sort by feature, then id, and key plus low
+    bits give back the pair exactly. In memory: 8 + 1 + 4 bytes an entry (the files' maps are not kept).
+    """
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        parts = [_read_vocabulary(p) for p in reversed(paths)]  # maps, not read yet; popped (and let go) once copied
+        self.bits = max(1, (len(paths) - 1).bit_length())
+        self.shift = np.uint64(64 - self.bits)
+        self.low_mask = np.uint64((1 << self.bits) - 1)
+        total = sum(len(ids) for ids, _ in parts)
+        self.keys = np.empty(total, np.uint64)
+        self.low = np.empty(total, np.min_scalar_type((1 << self.bits) - 1))
+        self.index = np.empty(total, np.int32)
+        self.run = 1  # the most entries sharing one key (ids equal but for their low bits)
+        self.max_index: list[int] = []  # the largest index of each feature (-1: an empty vocabulary)
+        start = 0
+        for f in range(len(paths)):
+            ids, index = parts.pop()
+            n, split = len(ids), int(ids.searchsorted(0))  # signed order -> unsigned: the negative ids go last
+            u, idx = self.keys[start : start + n], self.index[start : start + n]
+            u[: n - split], u[n - split :] = ids[split:].view(np.uint64), ids[:split].view(np.uint64)
+            idx[: n - split], idx[n - split :] = index[split:], index[:split]
+            np.bitwise_and(u, self.low_mask, out=self.low[start : start + n], casting="unsafe")
+            u >>= np.uint64(self.bits)
+            u |= np.uint64(f) << self.shift
+            self.run = max(self.run, _longest_run(u))
+            self.max_index.append(int(idx.max()) if n else -1)
+            start += n
+            del ids, index
+
+    def lookup_present(self, feature: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """Index of each ``(feature position, raw id)``: 2.. in the vocabulary, ``OOV_INDEX`` unseen
+        (ids known not to be the missing value; a few numpy calls for the whole request)."""
+        out = np.full(len(ids), OOV_INDEX, np.int64)
+        if not len(self.keys) or not len(ids):
+            return out
+        u = np.ascontiguousarray(ids, np.int64).view(np.uint64)
+        key = (feature.astype(np.uint64) << self.shift) | (u >> np.uint64(self.bits))
+        low = (u & self.low_mask).astype(self.low.dtype)
+        if len(key) < _SORTED_SEARCH:
+            pos = self.keys.searchsorted(key)
+        else:  # ascending queries reuse the previous search's bounds: fewer cache misses in a large array
+            order = key.argsort()
+            pos = np.empty(len(key), np.int64)
+            pos[order] = self.keys.searchsorted(key[order])
+        last = len(self.keys) - 1
+        for k in range(self.run):
+            at = np.minimum(pos + k, last) if k else np.minimum(pos, last, out=pos)
+            hit = (self.keys.take(at) == key) & (self.low.take(at) == low)
+            out[hit] = self.index.take(at[hit])
+        return out
+
+    def lookup(self, feature: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """``lookup_present`` with the missing value mapped to ``MISSING_INDEX``."""
+        out = self.lookup_present(feature, ids)
         out[ids == MISSING_ID] = MISSING_INDEX
         return out
 
+
+class Vocabulary:
+    """One feature's raw id -> vocabulary index (a view of the shared ``Vocabularies``)."""
+
+    def __init__(self, table: Vocabularies, position: int) -> None:
+        self.table = table
+        self.position = position
+
+    def lookup(self, ids: np.ndarray) -> np.ndarray:
+        """Index of each raw id: 2.. in the vocabulary, ``OOV_INDEX`` unseen, ``MISSING_INDEX`` missing."""
+        return self.table.lookup(np.full(len(ids), self.position, np.int64), ids)
+
     def lookup_present(self, ids: np.ndarray) -> np.ndarray:
-        """``lookup`` for ids known not to be the missing value (a few numpy calls, whatever the count)."""
-        if not len(self.ids):
-            return np.full(len(ids), OOV_INDEX, np.int64)
-        pos = self.ids.searchsorted(ids)
-        out = self.index.take(pos, mode="clip").astype(np.int64)
-        out[self.ids.take(pos, mode="clip") != ids] = OOV_INDEX
-        return out
+        """``lookup`` for ids known not to be the missing value."""
+        return self.table.lookup_present(np.full(len(ids), self.position, np.int64), ids)
 
 
 def _hash(texts: list[str]) -> np.ndarray:
@@ -103,11 +177,13 @@ class Encoder:
         self.multi_valued = np.array([f.multi_valued for f in manifest.context.features], bool)
         self.id_scheme = id_scheme
         self.vocab: dict[str, Vocabulary] = {}
+        self.vocabularies: Vocabularies | None = None  # index methods: all features' vocabularies, by position
         if id_scheme == "index":
             missing = [n for n in self.sparse if n not in manifest.dataset.vocabularies]
             if missing:
                 raise ArtifactError(f"{folder}: index method without vocabularies for {missing}")
-            self.vocab = {n: Vocabulary(folder / manifest.dataset.vocabularies[n]) for n in self.sparse}
+            self.vocabularies = Vocabularies([folder / manifest.dataset.vocabularies[n] for n in self.sparse])
+            self.vocab = {n: Vocabulary(self.vocabularies, i) for i, n in enumerate(self.sparse)}
 
     def _append(self, col: _Column, feature: str, value: Any) -> None:
         info = self.sparse_info[feature]
@@ -155,12 +231,17 @@ class Encoder:
         """``(feature position, raw id)`` of each ``(feature, raw value)`` pair; unknown features and
         values of the wrong type are ``RequestError``."""
         position = self.position
+        if not pairs:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        features, values = zip(*pairs)
         try:
-            feature = np.fromiter((position[f] for f, _ in pairs), np.int64, len(pairs))
+            feature = np.fromiter(map(position.__getitem__, features), np.int64, len(features))
         except (KeyError, TypeError):
-            bad = next(f for f, _ in pairs if not isinstance(f, str) or f not in position)
+            bad = next(f for f in features if not isinstance(f, str) or f not in position)
             raise RequestError(f"unknown sparse feature {bad!r}; features: {', '.join(self.sparse)}") from None
-        return feature, _hash([_text(f, v) for f, v in pairs])
+        if set(map(type, values)) == {str}:
+            return feature, _hash(list(values))
+        return feature, _hash([_text(f, v) for f, v in zip(features, values)])
 
     def pairs(self, pairs: Sequence[tuple[str, Any]]) -> tuple[KeyedJaggedTensor, np.ndarray, np.ndarray]:
         """KJT holding each ``(feature, raw value)`` pair as one bag of its feature, and each pair's
@@ -187,12 +268,8 @@ class Encoder:
         lengths = np.zeros((len(self.sparse), stride), np.int32)
         lengths[feature[present], slot[present]] = 1
         values = raw[order]
-        if self.id_scheme == "index":
-            missing = values == MISSING_ID
-            vocab, names = self.vocab, self.sparse
-            for j, a, b in zip(np.flatnonzero(counts).tolist(), starts[:-1][counts > 0].tolist(), starts[1:][counts > 0].tolist()):
-                values[a:b] = vocab[names[j]].lookup_present(values[a:b])
-            values[missing] = MISSING_INDEX
+        if self.vocabularies is not None:
+            values = self.vocabularies.lookup(feature[order], values)
         if not present.all():
             values = values[present[order]]
         weights = torch.ones(len(values)) if self.any_weighted else None

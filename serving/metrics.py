@@ -41,6 +41,8 @@ class MetricsMiddleware:
     def __init__(self, app: ASGIApp, metrics: ServingMetrics) -> None:
         self.app = app
         self.metrics = metrics
+        self._latency: dict[str, Any] = {}  # path label -> its histogram child (a label lookup takes a lock)
+        self._requests: dict[tuple[str, int], Any] = {}  # (path label, status) -> its counter child
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -61,8 +63,16 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             self.metrics.inflight.dec()
-            self.metrics.latency.labels(path=label).observe(time.perf_counter() - start)
-            self.metrics.requests.labels(path=label, status=str(status["code"])).inc()
+            elapsed = time.perf_counter() - start
+            latency = self._latency.get(label)
+            if latency is None:
+                latency = self._latency[label] = self.metrics.latency.labels(path=label)
+            latency.observe(elapsed)
+            key = (label, status["code"])
+            counter = self._requests.get(key)
+            if counter is None:
+                counter = self._requests[key] = self.metrics.requests.labels(path=label, status=str(key[1]))
+            counter.inc()
 
 
 class BodyLimitMiddleware:

@@ -101,6 +101,8 @@ def fast_pairs(doc: Any, max_items: int, max_length: int) -> list[tuple[str, Any
     kinds = set(map(type, values))
     if not kinds <= _VALUE_TYPES:
         return None
-    if str in kinds and max(len(v) for v in values if type(v) is str) > max_length:
+    if kinds == {str} and max(map(len, values)) > max_length:
+        return None
+    if str in kinds and len(kinds) > 1 and max(len(v) for v in values if type(v) is str) > max_length:
         return None
     return list(zip(features, values))

@@ -50,6 +50,21 @@ def test_vectorised_equals_scalar_including_dictionary_path():
     assert hash64_strings(pa.array(values[:10])).tolist() == [hash64_str(v) for v in values[:10]]
 
 
+@pytest.mark.parametrize("lengths", [[0], [0, 0], [1, 4, 9, 10], [3, 40], [1, 1, 900], [0, 2, 2000, 5, 7]], ids=str)
+def test_right_aligned_and_narrowing_kernels_equal_the_scalar(lengths):
+    """Python lists (bytes padded in front), Arrow arrays (alike lengths right-aligned, else narrowed) and
+    strings holding zero bytes and multi-byte characters all hash like ``hash64_str``."""
+    rng = np.random.default_rng(len(lengths))
+    alphabet = np.array(list("ab\x00\x01é€😀 9"))
+    values = ["".join(rng.choice(alphabet, n)) for n in lengths for _ in range(7)]
+    expected = [hash64_str(v) for v in values]
+    assert hash64_strings(values).tolist() == expected
+    assert hash64_strings(tuple(values)).tolist() == expected
+    assert hash64_strings(pa.array(values)).tolist() == expected
+    assert hash64_strings(pa.array(["x", *values]).slice(1)).tolist() == expected
+    assert hash64_strings([*values[:3], None]).tolist() == [*expected[:3], GOLDEN[""]]
+
+
 def test_nulls_hash_like_missing_and_sliced_arrays_work():
     arr = pa.array(["a", None, "", "b", "c"]).slice(1, 3)
     assert hash64_strings(arr).tolist() == [GOLDEN[""], GOLDEN[""], hash64_str("b")]
