@@ -96,7 +96,11 @@ def fast_pairs(doc: Any, max_items: int, max_length: int) -> list[tuple[str, Any
         values = [i["value"] for i in items]
     except KeyError:
         return None
-    if set(map(type, features)) != {str} or min(map(len, features)) == 0 or max(map(len, features)) > max_length:
+    try:
+        names = set(features)  # a request names few features: check each once
+    except TypeError:  # an unhashable feature (list, object)
+        return None
+    if set(map(type, names)) != {str} or min(map(len, names)) == 0 or max(map(len, names)) > max_length:
         return None
     kinds = set(map(type, values))
     if not kinds <= _VALUE_TYPES:

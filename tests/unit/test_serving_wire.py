@@ -45,6 +45,8 @@ def test_fast_pairs_accepts_only_well_formed_items():
     {"items": [{"feature": "C1"}]}, {"items": [{"feature": "C1", "x": 1}]}, {"items": [{"feature": 1, "value": "a"}]},
     {"items": [["C1", "a"]]}, {"items": [{"feature": "C1", "value": "a"}] * 11}, {"items": None},
     {"items": [], "entities": []}, [], {"entities": []}, {"items": [{"feature": "C1", "value": ["a"]}]},
+    {"items": [{"feature": ["C1"], "value": "a"}]}, {"items": [{"feature": "C1", "value": "a"}, {"feature": True, "value": "a"}]},
+    {"items": [{"feature": "C1", "value": "a"}, {"feature": "C123456", "value": "a"}]},
 ])
 def test_fast_pairs_declines_anything_else(body):
     assert fast_pairs(body, 10, 5) is None
