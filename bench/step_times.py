@@ -52,6 +52,17 @@ class Stepper:
     prepare_ms: float
 
 
+def prepared_batches(method: Any, raw: list[Batch]) -> tuple[list[Batch], float]:
+    """``raw`` through ``method.prepare`` (an ``EmbeddingMethod``), and its cost in ms per batch
+    (the method's cached plans built before timing)."""
+    if not raw:
+        return [], 0.0
+    prepared(method, raw[0])
+    start = time.perf_counter()
+    out = [prepared(method, b) for b in raw]
+    return out, 1000 * (time.perf_counter() - start) / len(raw)
+
+
 def config_stepper(cfg: ExperimentConfig, batches: int = 20, total_steps: int = 10_000) -> Stepper:
     """The experiment's first phase as ``recsys train`` steps it (call in a process group)."""
     from training.run import Experiment
@@ -60,11 +71,7 @@ def config_stepper(cfg: ExperimentConfig, batches: int = 20, total_steps: int = 
     exp = Experiment(cfg, Path(tempfile.gettempdir()) / "recsys_step_times", NullTracker())
     phase = exp.phases()[0]
     method, sharded = exp.build(phase)
-    raw = [b for _, b in zip(range(batches), exp.reader("train", method).reader)]
-    prepared(method, raw[0])  # builds the method's cached plans
-    start = time.perf_counter()
-    pre_read = [prepared(method, b) for b in raw]
-    prepare_ms = 1000 * (time.perf_counter() - start) / max(len(raw), 1)
+    pre_read, prepare_ms = prepared_batches(method, [b for _, b in zip(range(batches), exp.reader("train", method).reader)])
     sharded.module.train()
     return Stepper(sharded_step(sharded, method, total_steps), pre_read, method.memory_bytes(), prepare_ms)
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +24,12 @@ import torch
 import torch.distributed as dist
 
 from recsys.config import ModelConfig, TrainingConfig
-from recsys.data.batch import BatchLayout, ParquetBatchReader, prepared
+from recsys.data.batch import BatchLayout, ParquetBatchReader
 from recsys.embeddings import EmbeddingMethod, MethodContext, build_method
 from recsys.features import DatasetSpec, load_dataset_spec
 from recsys.models import build_model
 from recsys.models.train import TrainModel
-from bench.step_times import Step, alternate, sharded_step
+from bench.step_times import Step, alternate, prepared_batches, sharded_step
 from training.distributed import ensure_process_group, shard
 
 OUT = Path("bench_out")
@@ -67,12 +66,8 @@ def main() -> None:
     steps, batches, prepare_ms = {}, {}, {}
     for key, (name, options, scheme) in setups.items():
         reader = ParquetBatchReader(data, "train", BatchLayout.from_spec(spec, scheme), args.batch, drop_last=True)
-        raw = [b for _, b in zip(range(20), reader)]
         steps[key], method = _stepper(spec, name, options)
-        prepared(method, raw[0])  # builds the method's cached plans
-        start = time.perf_counter()
-        batches[key] = [prepared(method, b) for b in raw]
-        prepare_ms[key] = 1000 * (time.perf_counter() - start) / len(raw)
+        batches[key], prepare_ms[key] = prepared_batches(method, [b for _, b in zip(range(20), reader)])
     timing = alternate({k: (steps[k], batches[k]) for k in setups}, args.steps, args.rounds, baseline="full")
     if started:
         dist.destroy_process_group()

@@ -156,8 +156,9 @@ class EmbeddingMethod(nn.Module):
     """Base class of every embedding method. Subclasses set ``name``, ``Options``, ``id_scheme``.
 
     Subclasses implement ``forward`` and ``memory_bytes``; they may override the hooks
-    ``prepare`` (id-only input work the loader runs ahead of the step), ``aux_loss`` (extra loss term), ``on_train_begin`` / ``on_train_step`` (before training
-    and after each optimizer step), ``output_dims`` (per-feature output width when not
+    ``prepare`` (id-only input work the loader runs ahead of the step), ``aux_loss`` (extra
+    loss term), ``on_train_begin`` / ``on_train_step`` (before training and after each
+    optimizer step), ``output_dims`` (per-feature output width when not
     ``embedding_dim``) and ``export`` / ``from_export`` (a served form unlike the trained one).
     """
 

@@ -258,7 +258,7 @@ class UnifiedEmbedding(EmbeddingMethod):
         ``features``: raw ids under feature names, or ``prepare``'s output (already hashed)."""
         if features.stride() == 0:
             return empty_output(self, features.values())
-        rows = features if self.is_multiplexed(features) else self.multiplexed(features)
+        rows = self.prepare(features)
         pooled = self.ebc(rows)
         values = pooled.values()
         batch = values.shape[0]
