@@ -83,6 +83,7 @@ def _worker(rank: int, port: int, sharding: str, chunk_dim: int) -> None:
         dist.all_reduce(held)
         assert int(held[0]) >= len(stepped), "every table must be held by some rank"
         assert (int(held[1]) > 0) == (sharding == "column_wise"), "column-wise must split some table's columns"
+        dist.barrier()  # neither rank tears its gloo connections down while the other still uses them
     finally:
         dist.destroy_process_group()
 
