@@ -80,6 +80,12 @@ class TrainingConfig(_Strict):
         "rowwise_adagrad", description="fbgemm fused optimizer of the embedding tables"
     )
     sparse_lr: float = Field(0.05, gt=0, description="learning rate of the sparse (table) optimizer")
+    sparse_eps: float = Field(
+        1e-2,
+        gt=0,
+        description="ε of the Adagrad step lr·g/(√Σg² + ε) (adagrad, rowwise_adagrad): a row whose few gradients are small against ε "
+        "moves in proportion to them; with fbgemm's default 1e-8 a value seen once moves a whole lr step, as far as a frequent one",
+    )
     weight_decay: float = Field(0.0, ge=0, description="L2 weight decay of the dense optimizer (the fused embedding optimizers take none)")
     patience: int = Field(2, ge=0, description="epochs without valid AUC gain before stopping")
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap on train steps per epoch (default: the whole train split)")

@@ -36,6 +36,7 @@ SPARSE_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adagrad": torch.optim.Adagrad,
     "rowwise_adagrad": RowWiseAdagrad,
 }
+ADAPTIVE_SPARSE_OPTIMIZERS = frozenset({"adagrad", "rowwise_adagrad"})  # take ``sparse_eps``
 DENSE_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad}
 
 
@@ -108,6 +109,8 @@ def shard(model: nn.Module, embedding: nn.Module, cfg: TrainingConfig, device: t
     # with the L2 mode the CPU kernels left a quickstart run bit-identical; rare rows are instead
     # kept out by the vocabulary's min_count
     sparse_kwargs: dict[str, float] = {"lr": cfg.sparse_lr}
+    if cfg.sparse_optimizer in ADAPTIVE_SPARSE_OPTIMIZERS:
+        sparse_kwargs["eps"] = cfg.sparse_eps
     apply_optimizer_in_backward(SPARSE_OPTIMIZERS[cfg.sparse_optimizer], sparse_params, sparse_kwargs)
     plan = plan_sharding(model, cfg.sharding, dist.get_world_size())
     dmp = DistributedModelParallel(model, device=device, plan=plan)

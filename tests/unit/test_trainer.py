@@ -154,3 +154,44 @@ def test_tables_too_narrow_to_shard_are_named_before_training(small_data, tmp_pa
                "embedding.options={\"chunk_dim\": 2}", "tracking.enabled=false")
     with pytest.raises(ValueError, match=r"multiple of 4; not 'unified_0' \(2\).*embedding.options.chunk_dim"):
         train_experiment(cfg, tmp_path / "run")
+
+
+@pytest.mark.parametrize(("optimizer", "eps"), [("rowwise_adagrad", 1e-2), ("rowwise_adagrad", 1e-8), ("adagrad", 1e-3)])
+def test_sparse_eps_reaches_the_fused_adagrad_step(small_data, tmp_path, optimizer, eps):
+    """One step on one row with gradient g per column moves it by lr·g/(|g| + eps): a small gradient
+    against eps moves the row little, against fbgemm's default 1e-8 a whole lr step."""
+    from torch import nn
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    from recsys.embeddings import MethodContext, build_method
+    from recsys.features import load_dataset_spec
+    from training.distributed import ensure_process_group, shard
+
+    import torch.distributed as dist
+
+    class Holder(nn.Module):
+        def __init__(self, method: nn.Module) -> None:
+            super().__init__()
+            self.method = method
+
+        def forward(self, features: KeyedJaggedTensor) -> torch.Tensor:
+            return self.method(features).values()
+
+    spec = load_dataset_spec(small_data)
+    cfg = _cfg(small_data, tmp_path, f"training.sparse_optimizer={optimizer}", f"training.sparse_eps={eps}").training
+    started = ensure_process_group()
+    try:
+        torch.manual_seed(0)
+        method = build_method("full", MethodContext.from_spec(spec, 4))
+        dmp = shard(Holder(method), method, cfg).module
+        names = [f.name for f in spec.sparse_fields]
+        row, g = 3, 1e-4
+        features = KeyedJaggedTensor.from_lengths_sync(names, torch.tensor([row]), torch.tensor([1] + [0] * (len(names) - 1)))
+        first = f"method.ebc.embedding_bags.{names[0]}.weight"
+        before = plain_state_dict(dmp)[first][row].clone()
+        (dmp(features).sum() * g).backward()
+        moved = plain_state_dict(dmp)[first][row] - before
+        assert torch.allclose(moved, torch.full_like(moved, -cfg.sparse_lr * g / (g + eps)), rtol=1e-3)
+    finally:
+        if started:
+            dist.destroy_process_group()
