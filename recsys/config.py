@@ -81,7 +81,7 @@ class TrainingConfig(_Strict):
     )
     sparse_lr: float = Field(0.05, gt=0, description="learning rate of the sparse (table) optimizer")
     sparse_eps: float = Field(
-        1e-2,
+        1e-3,
         gt=0,
         description="ε of the Adagrad step lr·g/(√Σg² + ε) (adagrad, rowwise_adagrad): a row whose few gradients are small against ε "
         "moves in proportion to them; with fbgemm's default 1e-8 a value seen once moves a whole lr step, as far as a frequent one",
