@@ -178,7 +178,8 @@ def main() -> None:
         from recsys.data.synthetic import generate
 
         generate(args.data, rows=args.rows, profile="criteo", seed=0, progress=False)
-    results = {f"synthetic criteo ({args.data.name})": bench(args.data, args.out / "synthetic", args.options, args.set, args.compression)}
+    source = json.loads((args.data / "dataset.json").read_text()).get("source", "synthetic")
+    results = {f"{source} ({args.data.name})": bench(args.data, args.out / "synthetic", args.options, args.set, args.compression)}
     if args.criteo_sample is not None and args.criteo_sample.exists():
         from recsys.data.convert import convert
 
