@@ -160,22 +160,14 @@ def test_tables_too_narrow_to_shard_are_named_before_training(small_data, tmp_pa
 def test_sparse_eps_reaches_the_fused_adagrad_step(small_data, tmp_path, optimizer, eps):
     """One step on one row with gradient g per column moves it by lr·g/(|g| + eps): a small gradient
     against eps moves the row little, against fbgemm's default 1e-8 a whole lr step."""
-    from torch import nn
     from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
     from recsys.embeddings import MethodContext, build_method
     from recsys.features import load_dataset_spec
+    from tests.unit.test_dsl import Holder
     from training.distributed import ensure_process_group, shard
 
     import torch.distributed as dist
-
-    class Holder(nn.Module):
-        def __init__(self, method: nn.Module) -> None:
-            super().__init__()
-            self.method = method
-
-        def forward(self, features: KeyedJaggedTensor) -> torch.Tensor:
-            return self.method(features).values()
 
     spec = load_dataset_spec(small_data)
     cfg = _cfg(small_data, tmp_path, f"training.sparse_optimizer={optimizer}", f"training.sparse_eps={eps}").training
