@@ -60,8 +60,13 @@ def hash64_str(value: str) -> int:
 _U33, _UM1, _UM2 = np.uint64(33), np.uint64(_M1), np.uint64(_M2)
 
 
-def _fmix64_np(h: np.ndarray) -> np.ndarray:
-    h = h ^ (h >> _U33)  # a new array: the rest works in place
+def _fmix64_np(h: np.ndarray, overwrite: bool = False) -> np.ndarray:
+    """fmix64 of uint64 ``h``, in place on a new array (``overwrite``: on ``h`` itself, a fresh
+    array the caller gives up)."""
+    if overwrite:
+        h ^= h >> _U33
+    else:
+        h = h ^ (h >> _U33)
     h *= _UM1
     h ^= h >> _U33
     h *= _UM2
@@ -240,13 +245,8 @@ def bucket_per_value_np(ids: np.ndarray, salts: np.ndarray | int, num_buckets: n
     which have no unsigned shift."""
     x = np.bitwise_xor(np.asarray(ids).astype(np.int64, copy=False).view(np.uint64),
                        np.asarray(salts, dtype=np.int64).view(np.uint64))
-    shift = np.uint64(33)
     with np.errstate(over="ignore"):
-        x ^= x >> shift
-        x *= np.uint64(_M1)
-        x ^= x >> shift
-        x *= np.uint64(_M2)
-        x ^= x >> shift
+        x = _fmix64_np(x, overwrite=True)
     x %= np.asarray(num_buckets, dtype=np.int64).view(np.uint64)
     return x.view(np.int64)
 

@@ -118,22 +118,6 @@ class Vocabularies:
         return out
 
 
-class Vocabulary:
-    """One feature's raw id -> vocabulary index (a view of the shared ``Vocabularies``)."""
-
-    def __init__(self, table: Vocabularies, position: int) -> None:
-        self.table = table
-        self.position = position
-
-    def lookup(self, ids: np.ndarray) -> np.ndarray:
-        """Index of each raw id: 2.. in the vocabulary, ``OOV_INDEX`` unseen, ``MISSING_INDEX`` missing."""
-        return self.table.lookup(np.full(len(ids), self.position, np.int64), ids)
-
-    def lookup_present(self, ids: np.ndarray) -> np.ndarray:
-        """``lookup`` for ids known not to be the missing value."""
-        return self.table.lookup_present(np.full(len(ids), self.position, np.int64), ids)
-
-
 def _hash(texts: list[str]) -> np.ndarray:
     """``hash64_strings`` of ``texts``; a few values are hashed in Python (cheaper than building an Arrow array)."""
     if len(texts) <= _SCALAR_HASH_MAX:
@@ -176,14 +160,12 @@ class Encoder:
         self.position = {n: i for i, n in enumerate(self.sparse)}
         self.multi_valued = np.array([f.multi_valued for f in manifest.context.features], bool)
         self.id_scheme = id_scheme
-        self.vocab: dict[str, Vocabulary] = {}
         self.vocabularies: Vocabularies | None = None  # index methods: all features' vocabularies, by position
         if id_scheme == "index":
             missing = [n for n in self.sparse if n not in manifest.dataset.vocabularies]
             if missing:
                 raise ArtifactError(f"{folder}: index method without vocabularies for {missing}")
             self.vocabularies = Vocabularies([folder / manifest.dataset.vocabularies[n] for n in self.sparse])
-            self.vocab = {n: Vocabulary(self.vocabularies, i) for i, n in enumerate(self.sparse)}
 
     def _append(self, col: _Column, feature: str, value: Any) -> None:
         info = self.sparse_info[feature]
@@ -278,13 +260,10 @@ class Encoder:
 
     def _build(self, cols: dict[str, _Column], batch: int) -> KeyedJaggedTensor:
         texts = [t for c in cols.values() for t in c.texts]
-        raw = _hash(texts)
-        parts, start = [], 0
-        for name, col in cols.items():
-            ids = raw[start : start + len(col.texts)]
-            start += len(col.texts)
-            parts.append(self.vocab[name].lookup(ids) if self.id_scheme == "index" else ids)
-        values = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        values = _hash(texts).astype(np.int64, copy=False)
+        if self.vocabularies is not None:
+            feature = np.repeat(np.array([self.position[n] for n in cols], np.int64), [len(c.texts) for c in cols.values()])
+            values = self.vocabularies.lookup(feature, values)
         lengths = np.array([n for c in cols.values() for n in c.lengths], np.int32)
         weights = torch.tensor([w for c in cols.values() for w in c.weights], dtype=torch.float32) if self.any_weighted else None
         return KeyedJaggedTensor(keys=list(cols), values=torch.from_numpy(values), lengths=torch.from_numpy(lengths), weights=weights, stride=batch)
