@@ -9,8 +9,14 @@ Resilience: a call that fails for a transport reason (server down, timeout, 5xx)
 with back-off (``BACKOFF_S``); if it still fails the tracker goes offline: it appends every
 call to a JSONL spool in the run folder and, at most every ``PROBE_EVERY_S`` seconds and at
 ``close``, replays the spool in order; once a replay succeeds it is online again. Calls the
-server rejects (bad values) are dropped with a warning. Training never stops for tracking,
-except at start-up with ``tracking.required: true`` (``TrackingUnavailable``).
+server rejects (bad values) are dropped with a warning, except a call to a run the store does
+not hold (``RESOURCE_DOES_NOT_EXIST``: a worker pointed at another store), which is spooled like
+an outage so that the driver replays it into its own store at the end. Training never stops for
+tracking, except at start-up with ``tracking.required: true`` (``TrackingUnavailable``).
+
+A relative local store (``sqlite:///mlflow.db``, ``./mlruns``) is made absolute against the
+working directory (``absolute_uri``), so that Ray workers, which run in Ray's session folder,
+open the driver's store and not an empty one of their own.
 
 Step metrics are sent by a background thread (``log_metrics`` only enqueues), so the training
 thread never waits for the store or the network; every other call first waits for the queue.
@@ -33,6 +39,7 @@ from training.tracking_spool import MAIN_NAME, PENDING, Record, Spool, spool_fil
 DEFAULT_URI = "sqlite:///mlflow.db"
 BACKOFF_S = (0.5, 1.0, 2.0)  # waits between the attempts of one call
 PROBE_EVERY_S = 30.0  # while offline: how often a call tries to replay the spool
+RUN_OPS = ("params", "metrics", "artifact", "terminate")  # calls into an existing run
 
 
 class TrackingUnavailable(ConnectionError):
@@ -72,16 +79,43 @@ class NullTracker:
 
 
 def tracking_uri(cfg: TrackingConfig) -> str:
-    return cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    """The store a run logs to (config, then ``MLFLOW_TRACKING_URI``, then the default), absolute."""
+    return absolute_uri(cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI)
 
 
-def _is_transient(exc: BaseException) -> bool:
+def absolute_uri(uri: str, cwd: Path | None = None) -> str:
+    """``uri`` with a relative local store resolved against ``cwd`` (default: the working directory).
+
+    ``sqlite:///mlflow.db`` becomes ``sqlite:////abs/mlflow.db``; a file store given as a path
+    (``mlruns``, ``./mlruns``) or a relative ``file:`` URI becomes ``file:///abs/mlruns``. Servers,
+    databases and absolute or in-memory stores are returned unchanged.
+    """
+    base = Path.cwd() if cwd is None else Path(cwd)
+    if uri.startswith("sqlite:///"):
+        path, sep, query = uri[len("sqlite:///"):].partition("?")
+        if path and not path.startswith("/") and path != ":memory:":
+            return f"sqlite:///{(base / path).resolve()}{sep}{query}"
+        return uri
+    if uri.startswith("file:"):
+        rest = uri[len("file:"):]
+        if rest.startswith("//"):  # file://host/abs or file:///abs
+            return uri
+        return (base / rest).resolve().as_uri() if not rest.startswith("/") else Path(rest).as_uri()
+    plain = "://" not in uri and ":" not in uri.split("/", 1)[0] and not uri.startswith(("/", "databricks")) and uri != "uc"
+    return (base / uri).resolve().as_uri() if plain else uri  # a relative plain path is a file store
+
+
+def _is_transient(exc: BaseException, record: Record | None = None) -> bool:
+    """Worth retrying and spooling: the transport failed, or (``record`` given) the call names a
+    run this store does not hold (a worker on another store than its driver's)."""
     from mlflow.exceptions import MlflowException
 
     if isinstance(exc, (OSError, TimeoutError)):
         return True
     if isinstance(exc, MlflowException):
         text = str(exc)
+        if record is not None and record.get("op") in RUN_OPS and exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return True
         return "API request to" in text or exc.error_code in ("TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED")
     return type(exc).__module__.startswith(("requests", "urllib3"))
 
@@ -164,7 +198,7 @@ class MlflowTracker:
             try:
                 return self._execute(record)
             except Exception as exc:  # noqa: BLE001 - sorted into transient or rejected below
-                if not _is_transient(exc):
+                if not _is_transient(exc, record):
                     raise
                 if wait is None:
                     raise _Transient(str(exc).splitlines()[0][:300]) from None
@@ -176,7 +210,7 @@ class MlflowTracker:
         self._offline = True
         self._last_probe = time.monotonic()
         where = f"spooling calls to {self._spool.path}" if self._spool is not None else "dropping calls (no spool)"
-        warnings.warn(f"MLflow at {self.uri} unreachable ({exc}); training goes on, {where} until it is back", RuntimeWarning, stacklevel=3)
+        warnings.warn(f"MLflow at {self.uri} unreachable or without the run ({exc}); training goes on, {where} until it is back", RuntimeWarning, stacklevel=3)
         if self._spool is not None:
             self._spool.append(record)
 

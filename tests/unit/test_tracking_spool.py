@@ -10,11 +10,11 @@ from types import SimpleNamespace
 
 import pytest
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST
 
 import training.tracking as tracking
 from recsys.config import TrackingConfig
-from training.tracking import MlflowTracker, TrackingUnavailable, make_tracker, replay_folder
+from training.tracking import MlflowTracker, TrackingUnavailable, absolute_uri, make_tracker, replay_folder, tracking_uri
 from training.tracking_spool import PENDING, Spool
 
 
@@ -43,6 +43,8 @@ class FakeClient:
 
     def log_batch(self, run_id, metrics=(), params=()):  # type: ignore[no-untyped-def]
         self._check("log_batch")
+        if run_id not in self.runs:  # what a store answers for a run it does not hold
+            raise MlflowException(f"Run with id={run_id} not found", error_code=RESOURCE_DOES_NOT_EXIST)
         for p in params:
             if p.key == "bad":
                 raise MlflowException("invalid value", error_code=INVALID_PARAMETER_VALUE)
@@ -180,3 +182,52 @@ def test_spool_ignores_a_line_cut_short_by_a_crash(tmp_path):
     spool.rewrite([])
     assert not spool.path.exists()
     assert json.loads(json.dumps(spool.read())) == []
+
+
+def test_call_to_a_run_the_store_lacks_is_spooled_and_replayed_by_the_driver(tmp_path, monkeypatch):
+    """A worker whose store is not the driver's (an empty one): its calls are spooled, not dropped."""
+    import mlflow
+
+    stores: dict[str, FakeClient] = {}
+    monkeypatch.setattr(mlflow, "MlflowClient", lambda tracking_uri=None: stores.setdefault(tracking_uri, FakeClient()))
+    monkeypatch.setattr(tracking, "BACKOFF_S", (0.0,))
+    driver = make_tracker(_cfg(), run_dir=tmp_path)
+    worker = make_tracker(TrackingConfig(tracking_uri="http://127.0.0.1:2"), run_dir=tmp_path, run_id=driver.run_id)
+    with pytest.warns(RuntimeWarning, match=f"Run with id={driver.run_id} not found"):
+        worker.log_metrics({"train_loss": 0.3}, step=5)
+        worker.wait()
+    assert [r["step"] for r in Spool(tmp_path / "mlflow_spool.rank0.jsonl").read()] == [5]
+    with pytest.warns(RuntimeWarning, match="mlflow-replay"):
+        worker.close()
+    driver.close("FINISHED", others=[tmp_path / "mlflow_spool.rank0.jsonl"])
+    assert stores["http://127.0.0.1:1"].runs["run0"]["metrics"][0][:3] == ("train_loss", 0.3, 5)
+    assert not list(tmp_path.glob("mlflow_spool*.jsonl"))
+
+
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        ("sqlite:///mlflow.db", "sqlite:////work/dir/mlflow.db"),
+        ("sqlite:///sub/m.db?timeout=5", "sqlite:////work/dir/sub/m.db?timeout=5"),
+        ("sqlite:////abs/m.db", "sqlite:////abs/m.db"),
+        ("sqlite://", "sqlite://"),
+        ("mlruns", "file:///work/dir/mlruns"),
+        ("./runs/../mlruns", "file:///work/dir/mlruns"),
+        ("file:mlruns", "file:///work/dir/mlruns"),
+        ("file:///abs/mlruns", "file:///abs/mlruns"),
+        ("/abs/mlruns", "/abs/mlruns"),
+        ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
+        ("postgresql://u@db/mlflow", "postgresql://u@db/mlflow"),
+        ("databricks", "databricks"),
+    ],
+)
+def test_relative_local_stores_are_made_absolute(uri, expected):
+    assert absolute_uri(uri, Path("/work/dir")) == expected
+
+
+def test_default_store_is_the_working_directorys_mlflow_db(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert tracking_uri(TrackingConfig()) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///other.db")
+    assert tracking_uri(TrackingConfig()) == f"sqlite:///{tmp_path.resolve()}/other.db"
