@@ -67,7 +67,8 @@ def _print_summary(spec, folder: Path) -> None:  # type: ignore[no-untyped-def]
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from recsys.config import load_config
+    from recsys.config import ConfigError, load_experiment
+    from recsys.features import load_dataset_spec
     from training.run import train_experiment
 
     overrides = list(args.set or [])
@@ -79,7 +80,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         import os
 
         os.environ["RAY_ADDRESS"] = args.address
-    cfg = load_config(args.config, overrides)
+    loaded = load_experiment(args.config, overrides)
+    cfg = loaded.config
+    try:  # before any run folder or MLflow run exists
+        load_dataset_spec(cfg.data.path)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError(f"{loaded.source_of('data.path')}: data.path: {exc}") from None
     out = Path(args.out or f"runs/{cfg.model.name}-{cfg.embedding.method}")
     metrics = train_experiment(cfg, out, resume=args.resume)
     width = max(len(k) for k in metrics)

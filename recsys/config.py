@@ -9,16 +9,18 @@ section (relative to the experiment file, or to ``configs/``)::
     training: {epochs: 2, batch_size: 2048}
 
 ``load_config(path, overrides=["training.epochs=3"])`` applies ``--set`` overrides (values
-parsed as YAML) and validates; errors name the file and the key path.
+parsed as YAML) and validates; each error is one line naming the key path and where it was set:
+the experiment file, the included section file, or the ``--set`` argument.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
 
@@ -55,17 +57,30 @@ class EmbeddingConfig(_Strict):
     budget_bytes: int | None = Field(None, ge=1, description="budget in bytes (instead of compression)")
     options: dict[str, Any] = Field(default_factory=dict, description="method-specific options")
 
+    @field_validator("method")
+    @classmethod
+    def _registered(cls, method: str) -> str:
+        from recsys.embeddings import get_method
+
+        try:
+            get_method(method)
+        except KeyError as exc:
+            raise ValueError(str(exc.args[0])) from None
+        return method
+
+    @field_validator("options")
+    @classmethod
+    def _method_options(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        from recsys.embeddings import parse_options
+
+        if "method" in info.data:  # else the method itself is the error
+            parse_options(info.data["method"], options)
+        return options
+
     @model_validator(mode="after")
     def _one_budget(self) -> EmbeddingConfig:
         if self.compression is not None and self.budget_bytes is not None:
             raise ValueError("set either compression or budget_bytes, not both")
-        from recsys.embeddings import get_method, parse_options
-
-        try:
-            get_method(self.method)
-        except KeyError as exc:
-            raise ValueError(str(exc.args[0])) from None
-        parse_options(self.method, self.options)
         return self
 
 
@@ -122,6 +137,15 @@ class ConfigError(ValueError):
 
 
 SECTIONS = tuple(ExperimentConfig.model_fields)
+Key = tuple[str, ...]
+Sources = dict[Key, str]  # key path (a prefix of pydantic's error location) -> where it was set
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error on one line: the problem and its line/column."""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else problem
 
 
 def _read_yaml(path: Path) -> Any:
@@ -130,7 +154,7 @@ def _read_yaml(path: Path) -> Any:
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+        raise ConfigError(f"{path}: invalid YAML: {_yaml_problem(exc)}") from None
 
 
 def _resolve_include(value: str, base: Path) -> Path:
@@ -140,56 +164,109 @@ def _resolve_include(value: str, base: Path) -> Path:
     raise ConfigError(f"{base}: included file '{value}' not found (looked next to it and in {CONFIG_ROOT})")
 
 
-def load_raw(path: str | Path) -> dict[str, Any]:
-    """Read an experiment YAML with section includes resolved (no validation)."""
-    path = Path(path)
+def _load(path: Path) -> tuple[dict[str, Any], Sources]:
     raw = _read_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections ({', '.join(SECTIONS)})")
+    sources: Sources = {(): str(path)}
     for section, value in list(raw.items()):
         if isinstance(value, str):
             sub = _resolve_include(value, path)
             raw[section] = _read_yaml(sub)
             if not isinstance(raw[section], dict):
                 raise ConfigError(f"{sub}: section '{section}' must be a mapping")
-    return raw
+            _record(sources, raw[section], (str(section),), str(sub))
+        else:
+            _record(sources, value, (str(section),), str(path))
+    return raw, sources
 
 
-def apply_override(raw: dict[str, Any], assignment: str) -> None:
-    """Apply ``key.path=value`` (value parsed as YAML) to a raw config dict in place."""
-    if "=" not in assignment:
-        raise ConfigError(f"--set {assignment!r}: expected key.path=value")
-    key, value = assignment.split("=", 1)
+def load_raw(path: str | Path) -> dict[str, Any]:
+    """Read an experiment YAML with section includes resolved (no validation)."""
+    return _load(Path(path))[0]
+
+
+def apply_override(raw: dict[str, Any], assignment: str, sources: Sources | None = None) -> None:
+    """Apply ``key.path=value`` (value parsed as YAML) to a raw config dict in place; ``sources``
+    records that the key was set by this ``--set``."""
+    key, eq, value = assignment.partition("=")
     parts = key.strip().split(".")
+    if not eq or not all(parts):
+        raise ConfigError(f"--set {assignment!r}: expected key.path=value")
     node = raw
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"--set {key}: '{part}' is not a section")
-    node[parts[-1]] = yaml.safe_load(value) if value != "" else None
+            raise ConfigError(f"--set {assignment}: '{part}' is not a section")
+    try:
+        node[parts[-1]] = yaml.safe_load(value) if value != "" else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {assignment}: invalid YAML value: {_yaml_problem(exc)}") from None
+    if sources is not None:
+        for k in [k for k in sources if k[: len(parts)] == tuple(parts)]:
+            del sources[k]  # replaced, with whatever was below it
+        _record(sources, node[parts[-1]], tuple(parts), f"--set {assignment}")
 
 
-def _format_errors(exc: ValidationError, source: str) -> str:
-    lines = [f"{source}: invalid config"]
+def _record(sources: Sources, node: Any, key: Key, source: str) -> None:
+    """Note ``source`` for every leaf key under ``node`` (and for ``key`` itself)."""
+    sources[key] = source
+    if isinstance(node, dict):
+        for k, v in node.items():
+            _record(sources, v, (*key, str(k)), source)
+
+
+def _source_of(loc: Key, sources: Sources, default: str) -> str:
+    """Where the value at ``loc`` came from: the ``--set`` or file that set it (or the nearest
+    section above it); for a check over a whole section, the sources of the keys inside it."""
+    inside = [sources[k] for k in sources if len(k) > len(loc) and k[: len(loc)] == loc]
+    above = max((k for k in sources if loc[: len(k)] == k), key=len, default=None)
+    found = inside or ([sources[above]] if above is not None else [])
+    return ", ".join(dict.fromkeys(found)) or default
+
+
+def _format_errors(exc: ValidationError, source: str, sources: Sources | None = None) -> str:
+    """One line per problem: ``SOURCE: key.path: message``."""
+    lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
-        lines.append(f"  {loc}: {err['msg']}")
+        loc = tuple(str(p) for p in err["loc"])
+        where = _source_of(loc, sources, source) if sources else source
+        message = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{where}: {'.'.join(loc) or '(root)'}: {message}")
     return "\n".join(lines)
 
 
-def validate_config(raw: dict[str, Any], source: str = "<config>") -> ExperimentConfig:
+def validate_config(raw: dict[str, Any], source: str = "<config>", sources: Sources | None = None) -> ExperimentConfig:
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc, source)) from None
+        raise ConfigError(_format_errors(exc, source, sources)) from None
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A validated config and where each of its keys was set (file, included file, ``--set``)."""
+
+    config: ExperimentConfig
+    sources: Sources
+
+    def source_of(self, key: str) -> str:
+        """The file or ``--set`` argument that set ``key`` (``a.b.c``), or ``<defaults>``."""
+        return _source_of(tuple(key.split(".")), self.sources, "<defaults>")
+
+
+def load_experiment(path: str | Path | None = None, overrides: list[str] | None = None) -> LoadedConfig:
+    """Load, override and validate an experiment config, keeping the source of every key;
+    errors name the file, included file or ``--set`` argument that holds the bad key."""
+    raw, sources = _load(Path(path)) if path is not None else ({}, {})
+    for assignment in overrides or []:
+        apply_override(raw, assignment, sources)
+    return LoadedConfig(validate_config(raw, str(path) if path is not None else "<defaults>", sources), sources)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
     """Load, override and validate an experiment config."""
-    raw = load_raw(path) if path is not None else {}
-    for assignment in overrides or []:
-        apply_override(raw, assignment)
-    return validate_config(raw, str(path) if path is not None else "<defaults>")
+    return load_experiment(path, overrides).config
 
 
 def flatten(cfg: BaseModel, prefix: str = "") -> dict[str, Any]:

@@ -34,6 +34,7 @@ import torch
 from recsys.config import ExperimentConfig, flatten, validate_config
 from recsys.data.batch import BatchLayout
 from recsys.embeddings import Phase, build_method
+from recsys.features import load_dataset_spec
 from training.loop import LoopState
 from training.ray_data import RayShardReader, make_data_config, read_split, split_rows
 from training.run import (
@@ -120,6 +121,7 @@ def train_distributed(cfg: ExperimentConfig, out_dir: Path, resume: bool = False
     from ray.train.torch import TorchConfig, TorchTrainer
 
     out = Path(out_dir).resolve()
+    load_dataset_spec(cfg.data.path)  # a missing dataset fails before a folder or an MLflow run exists
     if not resume:
         clear_previous_run(out, ("ray", "progress.jsonl", WORKER_METRICS))
     out.mkdir(parents=True, exist_ok=True)

@@ -247,6 +247,7 @@ def train_experiment(cfg: ExperimentConfig, out_dir: Path, resume: bool = False)
 
         return train_distributed(cfg, Path(out_dir), resume)
     out_dir = Path(out_dir)
+    load_dataset_spec(cfg.data.path)  # a missing dataset fails before a folder or an MLflow run exists
     out_dir.mkdir(parents=True, exist_ok=True)
     started_group = ensure_process_group()
     if not resume and is_main():

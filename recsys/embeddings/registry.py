@@ -45,7 +45,8 @@ def parse_options(name: str, options: MethodOptions | dict[str, Any] | None) -> 
     try:
         return cls.Options.model_validate(options or {})
     except ValidationError as exc:
-        raise ValueError(f"invalid options for method '{name}': {exc}") from exc
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(options)'}: {e['msg']}" for e in exc.errors())
+        raise ValueError(f"invalid options for method '{name}': {problems}") from exc
 
 
 def build_method(name: str, ctx: MethodContext, options: MethodOptions | dict[str, Any] | None = None) -> EmbeddingMethod:
