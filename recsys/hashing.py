@@ -180,12 +180,24 @@ def hash64_utf8(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np
     pos = 0
     while active.size:
         active = active[lengths[active] > pos]
-        if not active.size:
+        if active.size <= _FEW_LEFT:  # a few long strings (a 9 MB value): one Python loop each is ~20x faster
+            for i in active:
+                h[i] = _fnv1a_bytes(int(h[i]), data[starts[i] + pos : starts[i] + lengths[i]].tobytes())
             break
         byte = data[starts[active] + pos].astype(np.uint64)
         h[active] = (h[active] ^ byte) * prime
         pos += 1
     return _fmix64_np(h).view(np.int64)
+
+
+_FEW_LEFT = 8  # strings still going below which the narrowing loop finishes them one by one
+
+
+def _fnv1a_bytes(h: int, data: bytes) -> int:
+    """FNV-1a 64 state ``h`` continued over ``data``."""
+    for b in data:
+        h = ((h ^ b) * FNV_PRIME) & _MASK64
+    return h
 
 
 def salt_for(name: str) -> int:

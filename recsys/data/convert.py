@@ -10,7 +10,8 @@ Two passes with bounded memory (besides the vocabularies):
    staged rows back, add vocabulary indices and write the Parquet parts and ``dataset.json``.
 
 Everything is written to a hidden sibling folder that is renamed to ``out_dir`` at the end;
-on failure it is removed and ``out_dir`` is untouched.
+on failure it is removed and ``out_dir`` is untouched. Such folders left by a killed conversion
+are removed by the next one (``recsys.data.tmpdirs``).
 
 Example:
     >>> spec = convert("criteo", Path("train.txt"), Path("data/criteo"), min_count=10)  # doctest: +SKIP
@@ -47,6 +48,7 @@ from recsys.data.stages import (
     staged_schema,
 )
 from recsys.data.textreader import read_chunks
+from recsys.data.tmpdirs import clean_stale, temp_folder
 from recsys.data.vocab import FrequencyCounter, Vocabulary
 from recsys.features import DATASET_FILE, DatasetSpec, FieldSpec, IdScheme, SplitSpec, save_dataset_spec
 
@@ -83,8 +85,9 @@ def convert(
     input_path, out_dir = Path(input_path), Path(out_dir)
     _check_args(input_path, min_count, split, on_bad_row, chunk_rows, rows_per_file)
     layout = open_format(fmt, input_path, None if schema_path is None else Path(schema_path))
+    clean_stale(out_dir)
     _check_out_dir(out_dir, overwrite)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    tmp = temp_folder(out_dir)
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
@@ -165,7 +168,7 @@ def _install(tmp: Path, out_dir: Path) -> None:
     if not out_dir.exists():
         tmp.rename(out_dir)
         return
-    old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+    old = temp_folder(out_dir, "old")
     out_dir.rename(old)
     tmp.rename(out_dir)
     shutil.rmtree(old)

@@ -14,6 +14,8 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 
+from recsys.data.excerpt import excerpt
+
 BadRowMode = Literal["error", "skip"]
 
 
@@ -47,17 +49,20 @@ class Issue:
         """The message for one offending row, with its raw value when known."""
         if self.values is None:
             return self.message
-        value = self.values[row].as_py()
-        return f"{self.message} {value!r}"
+        value = self.values[row]
+        raw = value.cast(pa.binary()).as_py() if pa.types.is_string(value.type) or pa.types.is_large_string(value.type) else value.as_py()
+        return f"{self.message} {excerpt(raw) if isinstance(raw, (bytes, str)) else repr(raw)}"
 
 
 @dataclass(frozen=True)
 class RaggedRow:
-    """A line with the wrong number of columns (reported by the CSV parser)."""
+    """A line the CSV parser dropped: the wrong number of columns, or too long to parse."""
 
     line: int
     expected: int
     actual: int
+    reason: str = "wrong_column_count"
+    message: str | None = None  # default: "expected N columns, found M"
 
 
 @dataclass
@@ -78,12 +83,12 @@ class BadRowLog:
             return
         if self.mode == "error":
             self.raise_ragged(min(rows, key=lambda r: r.line))
-        self.counts["wrong_column_count"] = self.counts.get("wrong_column_count", 0) + len(rows)
+        for row in rows:
+            self.counts[row.reason] = self.counts.get(row.reason, 0) + 1
 
     def raise_ragged(self, row: RaggedRow) -> None:
-        raise ConversionError(
-            self.path, f"expected {row.expected} columns, found {row.actual}", line=row.line, field="(row)"
-        )
+        message = row.message or f"expected {row.expected} columns, found {row.actual}"
+        raise ConversionError(self.path, message, line=row.line, field="(row)")
 
     def resolve(self, issues: list[Issue], lines: np.ndarray, ragged: list[RaggedRow]) -> np.ndarray | None:
         """Rows to keep (``None``: all), after raising or counting.

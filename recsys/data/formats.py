@@ -26,6 +26,7 @@ from recsys.data.errors import ConversionError, Issue
 from recsys.data.parse import SparseValues, as_array, hash_multi, hash_single, parse_floats, parse_labels, slog1p
 from recsys.data.schema import check_columns, field_name_problem, load_csv_schema
 from recsys.data.sources import derive_hour, parse_libfm_lines
+from recsys.data.textcheck import check_text_input
 from recsys.data.textreader import TextFormat, read_header
 
 FormatName = Literal["criteo", "avazu", "libfm", "csv"]
@@ -161,6 +162,7 @@ def open_format(fmt: str, input_path: Path, schema_path: Path | None) -> InputFo
     if not input_path.is_file():
         problem = "not a file" if input_path.exists() else "no such file"
         raise ConversionError(input_path, f"cannot read input: {problem}")
+    check_text_input(input_path)
     if fmt == "criteo":
         return _criteo()
     if fmt == "avazu":
