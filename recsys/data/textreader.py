@@ -231,7 +231,7 @@ class _Parser:
             mib = self.max_row_bytes / (1 << 20)
             text = f"line of {long.length:,} bytes, longer than the {mib:g} MiB limit of one row"
             skipped, after = RaggedRow(long.line, len(self.names), 0, "line_too_long", text), long.end
-        elif bad_row is not None:  # a ragged row pyarrow could not hand over: it is not UTF-8
+        elif bad_row is not None and seg.line - 1 + int(bad_row.group(1)) >= line:  # a ragged row pyarrow could not hand over: not UTF-8
             number = seg.line - 1 + int(bad_row.group(1))
             expected, actual = int(bad_row.group(2)), int(bad_row.group(3))
             text = f"expected {expected} columns, found {actual} (and the line is not valid UTF-8)"
