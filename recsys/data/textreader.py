@@ -18,6 +18,7 @@ import contextlib
 import csv as pycsv
 import queue
 import re
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,6 +143,17 @@ class _Segment:
     line: int
     end: int | None = None
     skip: int = 0
+
+
+def _quiet_undecodable(unraisable: "sys.UnraisableHookArgs") -> None:
+    """Hide what pyarrow reports on stderr when it cannot hand a non-UTF-8 ragged row to our
+    handler: the parse error that follows is recovered from and named (see ``_recover``)."""
+    if unraisable.exc_type is UnicodeDecodeError and getattr(unraisable.object, "__qualname__", "") == "_Parser._open.<locals>.on_invalid":
+        return
+    _PREVIOUS_HOOK(unraisable)
+
+
+_PREVIOUS_HOOK = sys.unraisablehook
 
 
 class _Parser:
@@ -279,6 +291,9 @@ def read_chunks(
     """
     check_text_input(path)
     _open_input(path).close()
+    if sys.unraisablehook is not _quiet_undecodable:
+        global _PREVIOUS_HOOK
+        _PREVIOUS_HOOK, sys.unraisablehook = sys.unraisablehook, _quiet_undecodable
     lines = _Lines(2 if fmt.header else 1)
     parser = _Parser(path, fmt, names, lines, block_size, MAX_ROW_BYTES if max_row_bytes is None else max_row_bytes)
     yield from _consume(path, parser, lines, chunk_rows, on_bytes, pa.schema([(n, pa.string()) for n in names]))

@@ -114,7 +114,7 @@ def test_line_numbers_stay_exact_across_long_lines(tmp_path, monkeypatch):
     assert i1_lines(converted(tmp_path / "out")) == [n for n in range(1, 61) if n != 20]
 
 
-def test_non_utf8_ragged_line_is_named_escaped_and_skippable(tmp_path, capfd):
+def test_non_utf8_ragged_line_is_named_escaped_and_skippable(tmp_path):
     rows: list[str | bytes] = [line(n) for n in range(1, 401)]  # past the 64 KiB head check
     rows[299] = b"\xff\xfe\x80\x1b[2J junk"
     src = write(tmp_path / "in.tsv", rows)
@@ -125,7 +125,14 @@ def test_non_utf8_ragged_line_is_named_escaped_and_skippable(tmp_path, capfd):
     spec = convert("criteo", src, tmp_path / "out", progress=False, on_bad_row="skip")
     assert spec.bad_rows_by_reason == {"wrong_column_count": 1}
     assert i1_lines(converted(tmp_path / "out")) == [n for n in range(1, 401) if n != 300]
-    assert "\x1b" not in capfd.readouterr().err
+    cli = subprocess.run(  # what a terminal shows: the error alone, not pyarrow's report of the undecodable row
+        [sys.executable, "-m", "recsys.cli", "data", "convert", "--format", "criteo", "--input", str(src), "--out", str(tmp_path / "o2")],
+        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}, capture_output=True,
+    )
+    assert cli.returncode == 2
+    err = cli.stderr.decode("utf-8")  # strict: no raw input bytes
+    assert err.endswith(f"error: {src}, line 300, field '(row)': expected 40 columns, found 1 (and the line is not valid UTF-8)\n")
+    assert "\x1b" not in err and "UnicodeDecodeError" not in err and "Traceback" not in err
 
 
 def test_raw_bytes_in_a_bad_value_are_escaped_in_the_message(tmp_path):
