@@ -14,9 +14,11 @@ object ``{value: weight}``. Dense values are raw numbers, transformed like the d
 from __future__ import annotations
 
 import math
+import mmap
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -24,6 +26,7 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys.export.artifact import ArtifactError, Manifest
+from recsys.export.files import artifact_path, open_regular
 from recsys.features import MISSING_INDEX, OOV_INDEX
 from recsys.hashing import hash64_str, hash64_strings
 
@@ -39,11 +42,21 @@ class RequestError(ValueError):
 
 
 def _read_vocabulary(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """``(ids, index)`` of an id-sorted vocabulary file (views of its memory map)."""
-    batch = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all().combine_chunks().to_batches()
-    if not batch:
-        return np.zeros(0, np.int64), np.zeros(0, np.int32)
-    return batch[0].column("id").to_numpy(), batch[0].column("index").to_numpy()
+    """``(ids, index)`` of an id-sorted vocabulary file (views of its memory map, opened as a
+    regular file without blocking: ``recsys.export.files``)."""
+    with open_regular(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+    try:
+        batch = pa.ipc.open_file(pa.py_buffer(data)).read_all().combine_chunks().to_batches()
+        if not batch:
+            return np.zeros(0, np.int64), np.zeros(0, np.int32)
+        ids, index = batch[0].column("id"), batch[0].column("index")
+        if not (pa.types.is_int64(ids.type) and pa.types.is_int32(index.type)):
+            raise TypeError(f"columns id {ids.type}, index {index.type}; expected int64 and int32")
+        return ids.to_numpy(), index.to_numpy()
+    except (pa.ArrowException, KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"{path}: not a vocabulary (Arrow IPC file with int64 'id' and int32 'index' columns): {exc}") from None
 
 
 def _longest_run(values: np.ndarray) -> int:
@@ -118,11 +131,28 @@ class Vocabularies:
         return out
 
 
-def _hash(texts: list[str]) -> np.ndarray:
-    """``hash64_strings`` of ``texts``; a few values are hashed in Python (cheaper than building an Arrow array)."""
-    if len(texts) <= _SCALAR_HASH_MAX:
-        return np.array([hash64_str(t) for t in texts], np.int64)
-    return hash64_strings(texts)
+def _hash(texts: list[str], feature_of: Callable[[int], str] | None = None) -> np.ndarray:
+    """``hash64_strings`` of ``texts``; a few values are hashed in Python (cheaper than building an Arrow array).
+
+    A text UTF-8 cannot encode (a lone surrogate, e.g. JSON ``"\\ud800"``) is a ``RequestError``
+    naming its feature (``feature_of(position)``)."""
+    try:
+        if len(texts) <= _SCALAR_HASH_MAX:
+            return np.array([hash64_str(t) for t in texts], np.int64)
+        return hash64_strings(texts)
+    except UnicodeEncodeError:
+        i = next(i for i, t in enumerate(texts) if not _encodable(t))
+        where = f"feature {feature_of(i)!r}: " if feature_of is not None else ""
+        raise RequestError(f"{where}value {texts[i][:64]!r} is not valid Unicode text "
+                           "(it holds a lone surrogate, which UTF-8 cannot encode)") from None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _text(feature: str, value: Any) -> str:
@@ -165,7 +195,7 @@ class Encoder:
             missing = [n for n in self.sparse if n not in manifest.dataset.vocabularies]
             if missing:
                 raise ArtifactError(f"{folder}: index method without vocabularies for {missing}")
-            self.vocabularies = Vocabularies([folder / manifest.dataset.vocabularies[n] for n in self.sparse])
+            self.vocabularies = Vocabularies([artifact_path(folder, manifest.dataset.vocabularies[n]) for n in self.sparse])
 
     def _append(self, col: _Column, feature: str, value: Any) -> None:
         info = self.sparse_info[feature]
@@ -222,8 +252,8 @@ class Encoder:
             bad = next(f for f in features if not isinstance(f, str) or f not in position)
             raise RequestError(f"unknown sparse feature {bad!r}; features: {', '.join(self.sparse)}") from None
         if set(map(type, values)) == {str}:
-            return feature, _hash(list(values))
-        return feature, _hash([_text(f, v) for f, v in zip(features, values)])
+            return feature, _hash(list(values), features.__getitem__)
+        return feature, _hash([_text(f, v) for f, v in zip(features, values)], features.__getitem__)
 
     def pairs(self, pairs: Sequence[tuple[str, Any]]) -> tuple[KeyedJaggedTensor, np.ndarray, np.ndarray]:
         """KJT holding each ``(feature, raw value)`` pair as one bag of its feature, and each pair's
@@ -260,7 +290,7 @@ class Encoder:
 
     def _build(self, cols: dict[str, _Column], batch: int) -> KeyedJaggedTensor:
         texts = [t for c in cols.values() for t in c.texts]
-        values = _hash(texts).astype(np.int64, copy=False)
+        values = _hash(texts, lambda i: [n for n, c in cols.items() for _ in c.texts][i]).astype(np.int64, copy=False)
         if self.vocabularies is not None:
             feature = np.repeat(np.array([self.position[n] for n in cols], np.int64), [len(c.texts) for c in cols.values()])
             values = self.vocabularies.lookup(feature, values)
@@ -276,7 +306,7 @@ class Encoder:
             for name, value in row.items():
                 i = position.get(name)
                 if i is None:
-                    raise RequestError(f"unknown dense feature '{name}'; dense features: {', '.join(self.dense)}")
+                    raise RequestError(f"unknown dense feature {name!r}; dense features: {', '.join(self.dense)}")
                 if value is None:
                     continue
                 out[r, i] = _number(f"dense feature '{name}'", value)

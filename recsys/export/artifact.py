@@ -12,13 +12,17 @@ Layout (no pickle anywhere)::
                              ascending) and ``index`` (int32 vocabulary index), memory-mappable
 
 ``Manifest.manifest_sha256`` covers the manifest itself (its canonical JSON without that
-field), so a corrupted manifest is refused like a corrupted table file.
+field), so a corrupted manifest is refused like a corrupted table file. Every file the loader
+reads (``required_files``) must be listed in ``files`` with its checksum, and is read only
+inside the folder, as a regular file (``recsys.export.files``). With ``RECSYS_ARTIFACT_KEY``
+set, manifests are signed and checked (``recsys.export.signing``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,6 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torchrec.modules.embedding_configs import PoolingType
 
 from recsys.embeddings.base import FeatureInfo, MethodContext
+from recsys.export.files import ArtifactError, artifact_path, open_regular, read_regular, sha256_of
+from recsys.export.signing import signature_problem, sign, signing_key
 from recsys.features import FieldSpec, IdScheme
 
 FORMAT_VERSION = 1
@@ -35,10 +41,7 @@ DENSE_FILE = "dense.safetensors"
 VOCAB_DIR = "vocab"
 Dtype = Literal["fp32", "fp16", "int8", "int4"]
 DTYPES: tuple[str, ...] = ("fp32", "fp16", "int8", "int4")
-
-
-class ArtifactError(ValueError):
-    """An artifact that cannot be served: missing, corrupted or incompatible."""
+MAX_MANIFEST_BYTES = 64 << 20
 
 
 class _Strict(BaseModel):
@@ -123,57 +126,81 @@ class Manifest(_Strict):
     metrics: dict[str, float] = Field(default_factory=dict, description="the run's scalar test/valid metrics")
     files: dict[str, FileEntry] = Field(default_factory=dict)
     manifest_sha256: str = ""
+    signature: str | None = Field(None, description="HMAC of the canonical manifest (recsys.export.signing)")
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
+def sha256_file(path: Path) -> str:
     with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+        return sha256_of(f)
 
 
 def _canonical(manifest: Manifest) -> bytes:
     data = manifest.model_dump(mode="json")
     data.pop("manifest_sha256")
+    data.pop("signature")
     return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
 
 
+def required_files(manifest: Manifest) -> list[str]:
+    """Every file the loader reads besides the manifest: tables, dense weights, vocabularies."""
+    return [EMBEDDING_FILE, DENSE_FILE, *manifest.dataset.vocabularies.values()]
+
+
 def write_manifest(folder: Path, manifest: Manifest, names: list[str]) -> Manifest:
-    """Checksum the files ``names`` (relative to ``folder``), then the manifest; write it."""
+    """Checksum the files ``names`` (relative to ``folder``), then the manifest (signed when
+    ``RECSYS_ARTIFACT_KEY`` is set); write it."""
     files = {name: FileEntry(sha256=sha256_file(folder / name), bytes=(folder / name).stat().st_size) for name in names}
-    manifest = manifest.model_copy(update={"files": files})
-    manifest = manifest.model_copy(update={"manifest_sha256": hashlib.sha256(_canonical(manifest)).hexdigest()})
-    (folder / MANIFEST).write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
+    manifest = manifest.model_copy(update={"files": files, "signature": None})
+    canonical = _canonical(manifest)
+    key = signing_key()
+    manifest = manifest.model_copy(update={"manifest_sha256": hashlib.sha256(canonical).hexdigest(),
+                                           "signature": sign(canonical, key) if key else None})
+    data = manifest.model_dump(mode="json")
+    if data["signature"] is None:
+        del data["signature"]  # unsigned manifests stay readable by loaders that predate signing
+    (folder / MANIFEST).write_text(json.dumps(data, indent=2) + "\n")
     return manifest
 
 
-def read_manifest(folder: str | Path) -> Manifest:
-    """Parse ``manifest.json`` and check its own checksum and format version."""
-    path = Path(folder) / MANIFEST
-    if not path.is_file():
+def manifest_bytes(folder: str | Path) -> bytes:
+    """The bytes of ``folder``'s manifest, read as ``recsys.export.files`` reads every artifact file."""
+    if not os.path.lexists(Path(folder) / MANIFEST):
         raise ArtifactError(f"{folder}: no {MANIFEST}; not an export artifact (make one with `recsys export`)")
+    return read_regular(artifact_path(folder, MANIFEST), MAX_MANIFEST_BYTES)
+
+
+def read_manifest(folder: str | Path) -> Manifest:
+    """Parse ``manifest.json`` and check its own checksum, signature and format version."""
+    path = Path(folder) / MANIFEST
     try:
-        manifest = Manifest.model_validate_json(path.read_bytes())
+        manifest = Manifest.model_validate_json(manifest_bytes(folder))
     except ValidationError as exc:
         raise ArtifactError(f"{path}: invalid manifest: {exc}") from None
     if manifest.format_version != FORMAT_VERSION:
         raise ArtifactError(f"{path}: format_version {manifest.format_version}, this code reads {FORMAT_VERSION}")
-    if hashlib.sha256(_canonical(manifest)).hexdigest() != manifest.manifest_sha256:
+    canonical = _canonical(manifest)
+    if hashlib.sha256(canonical).hexdigest() != manifest.manifest_sha256:
         raise ArtifactError(f"{path}: manifest checksum mismatch; the manifest is corrupted")
+    problem = signature_problem(canonical, manifest.signature, signing_key())
+    if problem:
+        raise ArtifactError(f"{path}: {problem}")
     return manifest
 
 
-def verify_files(folder: str | Path, manifest: Manifest) -> None:
-    """Raise ``ArtifactError`` unless every listed file exists with its size and sha256."""
-    root = Path(folder)
+def verify_files(folder: str | Path, manifest: Manifest) -> dict[str, Path]:
+    """Check every listed file's size and sha256, and that every file the loader reads is listed;
+    returns ``name -> real path``. ``ArtifactError`` naming the file otherwise."""
+    unlisted = [n for n in required_files(manifest) if n not in manifest.files]
+    if unlisted:
+        raise ArtifactError(f"{Path(folder) / unlisted[0]}: read by the loader but not listed in the manifest's files "
+                            f"(no checksum); refusing the artifact (unlisted: {', '.join(unlisted[:5])})")
+    paths = {}
     for name, entry in sorted(manifest.files.items()):
-        if Path(name).is_absolute() or ".." in Path(name).parts:
-            raise ArtifactError(f"{root}: file name {name!r} in the manifest points outside the artifact")
-        path = root / name
-        if not path.is_file():
-            raise ArtifactError(f"{root}: file {name} listed in the manifest is missing")
-        if path.stat().st_size != entry.bytes:
-            raise ArtifactError(f"{root}: {name} is {path.stat().st_size} bytes, the manifest says {entry.bytes}; corrupted")
-        if sha256_file(path) != entry.sha256:
-            raise ArtifactError(f"{root}: checksum mismatch for {name}; the artifact is corrupted, refusing to serve it")
+        path = paths[name] = artifact_path(folder, name)
+        with open_regular(path) as f:
+            size = os.fstat(f.fileno()).st_size
+            if size != entry.bytes:
+                raise ArtifactError(f"{Path(folder) / name}: {size} bytes, the manifest says {entry.bytes}; corrupted")
+            if sha256_of(f) != entry.sha256:
+                raise ArtifactError(f"{Path(folder) / name}: checksum mismatch for {name}; the artifact is corrupted, refusing to serve it")
+    return paths

@@ -1,5 +1,8 @@
 """Load a serving artifact: verify every checksum first, then rebuild the served model.
 
+Every file is read inside the artifact folder, as a regular file, and only when the manifest
+lists it with a checksum (``recsys.export.artifact.verify_files``, ``recsys.export.files``).
+
 The served embedding module is rebuilt by the registered method's ``from_export`` with its
 stock-EBC tables left uninitialised (no transient fp32 copy); for a quantized artifact those
 EBCs are then replaced by torchrec's quantized EBC (fbgemm IntNBit tables) and filled with the
@@ -24,7 +27,8 @@ from torch import nn
 from recsys.config import ModelConfig
 from recsys.embeddings import MethodContext, get_method
 from recsys.embeddings.base import ExportedMethod
-from recsys.export.artifact import DENSE_FILE, EMBEDDING_FILE, ArtifactError, Manifest, read_manifest, verify_files
+from recsys.export.artifact import DENSE_FILE, EMBEDDING_FILE, ArtifactError, Manifest, read_manifest, required_files, verify_files
+from recsys.export.files import artifact_path, open_regular
 from recsys.export.tables import empty_quantized_tables, quantized_targets, tables_uninitialised
 from recsys.hashing import HASH_NAME
 from recsys.models import build_model
@@ -62,7 +66,7 @@ def _read_tables(path: Path, targets: dict[str, torch.Tensor]) -> None:
     safetensors layout: 8-byte little-endian header size, JSON header
     ``{key: {dtype, shape, data_offsets}}``, then the data.
     """
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         size = int.from_bytes(f.read(8), "little")
         header = json.loads(f.read(size))
         for key, target in targets.items():
@@ -80,7 +84,8 @@ def _read_tables(path: Path, targets: dict[str, torch.Tensor]) -> None:
 
 def _rebuild(folder: Path, manifest: Manifest, ctx: MethodContext) -> CTRModel:
     quantized = manifest.dtype != "fp32"
-    with safe_open(str(folder / EMBEDDING_FILE), framework="pt") as f:
+    embedding_file, dense_file = artifact_path(folder, EMBEDDING_FILE), artifact_path(folder, DENSE_FILE)
+    with safe_open(str(embedding_file), framework="pt") as f:
         keys = list(f.keys())
         state = {
             k: torch.empty(manifest.tables[k].rows, manifest.tables[k].dim) if quantized and k in manifest.tables else f.get_tensor(k)
@@ -94,9 +99,9 @@ def _rebuild(folder: Path, manifest: Manifest, ctx: MethodContext) -> CTRModel:
             targets = quantized_targets(served)
             if set(targets) != set(manifest.tables):
                 raise ArtifactError(f"{folder}: quantized tables {sorted(targets)} do not match the manifest's {sorted(manifest.tables)}")
-            _read_tables(folder / EMBEDDING_FILE, targets)
+            _read_tables(embedding_file, targets)
     model = build_model(ModelConfig.model_validate(manifest.model), served, manifest.num_dense)
-    result = model.load_state_dict(load_file(str(folder / DENSE_FILE)), strict=False)
+    result = model.load_state_dict(load_file(str(dense_file)), strict=False)
     missing = [k for k in result.missing_keys if not k.startswith("embedding.")]
     if missing or result.unexpected_keys:
         raise ArtifactError(f"{folder}: dense weights do not match the model: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
@@ -104,11 +109,15 @@ def _rebuild(folder: Path, manifest: Manifest, ctx: MethodContext) -> CTRModel:
 
 
 def load_artifact(folder: str | Path, verify: bool = True) -> LoadedArtifact:
-    """Verify (unless ``verify=False``) and rebuild the artifact in ``folder``; ``ArtifactError`` if unusable."""
+    """Verify (checksums: unless ``verify=False``) and rebuild the artifact in ``folder``;
+    ``ArtifactError`` naming the file if unusable."""
     folder = Path(folder)
     manifest = read_manifest(folder)
     if verify:
         verify_files(folder, manifest)
+    else:
+        for name in required_files(manifest):
+            artifact_path(folder, name)
     _check_compatible(folder, manifest)
     ctx = manifest.context.context()
     try:
@@ -116,5 +125,5 @@ def load_artifact(folder: str | Path, verify: bool = True) -> LoadedArtifact:
     except ArtifactError:
         raise
     except Exception as exc:  # any failure to rebuild means an incompatible artifact
-        raise ArtifactError(f"{folder}: cannot rebuild the served model: {type(exc).__name__}: {exc}") from exc
+        raise ArtifactError(f"{folder}: cannot rebuild the served model from {EMBEDDING_FILE} and {DENSE_FILE}: {type(exc).__name__}: {exc}") from exc
     return LoadedArtifact(folder, manifest, ctx, model)
