@@ -159,12 +159,17 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import os
 
+    from recsys.export.artifact import ArtifactError
     from serving.app import serve
     from serving.settings import ServeSettings
 
     given = {k: v for k, v in vars(args).items() if k in ServeSettings.model_fields and v is not None}
     given.setdefault("token", os.environ.get("RECSYS_SERVE_TOKEN") or None)
-    serve(ServeSettings(**given))
+    try:
+        serve(ServeSettings(**given))
+    except (ArtifactError, TimeoutError) as exc:  # the model cannot be served (named file, or too slow to load)
+        print(f"recsys serve: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -293,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--token", help="bearer token required on /v1/* and /metrics (or env RECSYS_SERVE_TOKEN)")
     srv.add_argument("--tracking-uri", dest="tracking_uri", help="MLflow tracking/registry URI for models:/ sources")
     srv.add_argument("--poll-interval", dest="poll_interval_s", type=float, help="seconds between hot-reload polls (0 = off)")
+    srv.add_argument("--load-timeout", dest="load_timeout_s", type=float, help="seconds a model load may take before it is abandoned (default 120)")
+    srv.add_argument("--allow-interface-change", dest="allow_interface_change", action="store_true", default=None,
+                     help="hot-swap to a version whose features or dimension differ (refused by default)")
     srv.add_argument("--max-items", dest="max_items", type=int, help="pairs per /v1/embeddings request")
     srv.add_argument("--max-requests", dest="max_requests", type=int, help="rows per /v1/score request")
     srv.add_argument("--max-body-bytes", dest="max_body_bytes", type=int, help="larger bodies get 413")

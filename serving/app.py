@@ -44,7 +44,7 @@ from pydantic import BaseModel, ValidationError
 
 from serving.encode import RequestError
 from serving.metrics import BodyLimitMiddleware, MetricsMiddleware, ServingMetrics, replay_receive
-from serving.reload import Listener, ModelHolder
+from serving.reload import ModelHolder
 from serving.schemas import EmbeddingsResponse, ScoreResponse, dump_rows, request_models
 from serving.settings import ServeSettings
 from serving.source import make_source
@@ -140,18 +140,10 @@ def _validate(model: type[BaseModel], raw: bytes) -> BaseModel:
 
 def make_holder(settings: ServeSettings) -> ModelHolder:
     """The model holder of ``settings.model``, with its first version loaded (raises if unusable)."""
-    holder = ModelHolder(make_source(settings.model, settings.cache_dir, settings.tracking_uri), settings.poll_interval_s)
+    holder = ModelHolder(make_source(settings.model, settings.cache_dir, settings.tracking_uri), settings.poll_interval_s,
+                         load_timeout_s=settings.load_timeout_s, allow_interface_change=settings.allow_interface_change)
     holder.load_initial()
     return holder
-
-
-def _record_reloads(metrics: ServingMetrics) -> Listener:
-    def listener(result: str, store: Store | None, detail: str) -> None:
-        metrics.reloads.labels(result=result).inc()
-        if store is not None:
-            metrics.set_model(store.version, store.manifest.method.name, store.manifest.dtype)
-
-    return listener
 
 
 def create_app(settings: ServeSettings, holder: ModelHolder | None = None, metrics: ServingMetrics | None = None) -> FastAPI:
@@ -159,7 +151,7 @@ def create_app(settings: ServeSettings, holder: ModelHolder | None = None, metri
     torch.set_num_threads(settings.torch_threads)
     metrics = metrics or ServingMetrics()
     holder = holder or make_holder(settings)
-    holder.listener = _record_reloads(metrics)
+    metrics.watch(holder)
     current = holder.store
     metrics.set_model(current.version, current.manifest.method.name, current.manifest.dtype)
     models = request_models(settings)
@@ -217,8 +209,8 @@ def create_app(settings: ServeSettings, holder: ModelHolder | None = None, metri
         s = holder.store
         pairs = None
         try:
-            pairs = fast_pairs(json.loads(raw), settings.max_items, settings.max_string_length)
-        except (ValueError, RecursionError):  # not JSON (bad UTF-8 included) or absurdly nested: the model reports it
+            pairs = fast_pairs(json.loads(raw.decode()), settings.max_items, settings.max_string_length)
+        except (ValueError, RecursionError):  # not JSON (not UTF-8, a BOM) or absurdly nested: the model reports it
             pass
         if pairs is None:
             body = _validate(EmbeddingsRequest, raw)
@@ -239,14 +231,14 @@ def create_app(settings: ServeSettings, holder: ModelHolder | None = None, metri
 
     async def items_fast(scope: dict[str, Any], raw: bytes) -> tuple[int, bytes, str, dict[str, str]] | None:
         """The ``embeddings`` route for the common case (see ``ItemsFastPath``); ``None``: let the route answer."""
-        headers = dict(scope["headers"])
+        headers = dict(reversed(scope["headers"]))  # a repeated header: its first value, as the routes read it
         if settings.token is not None and not hmac.compare_digest(headers.get(b"authorization", b""), expected_auth):
             return None
         ctype = headers.get(b"content-type")
         if ctype is not None and ctype.split(b";")[0].strip().lower() not in (b"application/json", b""):
             return None
         try:
-            pairs = fast_pairs(json.loads(raw), settings.max_items, settings.max_string_length)
+            pairs = fast_pairs(json.loads(raw.decode()), settings.max_items, settings.max_string_length)
         except (ValueError, RecursionError):
             return None
         if pairs is None:
@@ -282,10 +274,11 @@ def create_app(settings: ServeSettings, holder: ModelHolder | None = None, metri
 
     @app.get("/readyz")
     def readyz() -> JSONResponse:
-        """Readiness: a verified model is loaded and the service is not shutting down."""
+        """Readiness: a verified model is loaded and the service is not shutting down; ``reload``: how
+        the last attempt to load a new version went (``state`` "failed" while one cannot be loaded)."""
         if not holder.ready:
             return JSONResponse({"status": "not ready"}, status_code=503)
-        return JSONResponse({"status": "ready", "version": holder.store.version})
+        return JSONResponse({"status": "ready", "version": holder.store.version, "reload": holder.status.as_dict()})
 
     @app.get("/metrics", dependencies=[Depends(authorised)])
     def prometheus() -> Response:
@@ -315,10 +308,16 @@ def create_app(settings: ServeSettings, holder: ModelHolder | None = None, metri
     return app
 
 
+def configure_logging(level: str) -> None:
+    """Timestamped lines at ``level`` on stderr; ``force``: importing fbgemm_gpu logs once, which
+    installs Python's default handler (WARNING, no timestamps) and would make this a no-op."""
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+
+
 def worker_app() -> FastAPI:
     """The app of one worker process (``serve`` with ``workers > 1``): settings come from the environment."""
     settings = ServeSettings.model_validate_json(os.environ[SETTINGS_ENV])
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level)
     return create_app(settings)
 
 
@@ -330,7 +329,7 @@ def serve(settings: ServeSettings) -> None:
     """
     import uvicorn
 
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level)
     from serving.transport import CoalescingHttpProtocol
 
     common = dict(host=settings.host, port=settings.port, log_level=settings.log_level, http=CoalescingHttpProtocol,

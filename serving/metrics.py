@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+if TYPE_CHECKING:
+    from serving.reload import ModelHolder
+    from serving.store import Store
 
 ASGIApp = Callable[[dict[str, Any], Callable[[], Awaitable[dict[str, Any]]], Callable[[dict[str, Any]], Awaitable[None]]], Awaitable[None]]
 KNOWN_PATHS = ("/v1/embeddings", "/v1/score", "/v1/metadata", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json")
@@ -25,7 +29,29 @@ class ServingMetrics:
         self.inflight = Gauge("recsys_http_inflight_requests", "requests being served", registry=r)
         self.items = Counter("recsys_lookup_items", "looked-up items: pairs, entities, scored rows", ["kind"], registry=r)
         self.model = Gauge("recsys_model_info", "the served model (value 1)", ["version", "method", "dtype"], registry=r)
-        self.reloads = Counter("recsys_model_reloads", "model loads by result (loaded, refused)", ["result"], registry=r)
+        self.reloads = Counter("recsys_model_reloads", "model loads by result (loaded, refused, timeout, interface, poll)", ["result"], registry=r)
+        self.reload_failures = Counter("recsys_model_reload_failures", "versions not served, by reason (refused: unusable "
+                                       "artifact, timeout, interface: another interface; poll: the source cannot be read)", ["reason"], registry=r)
+        self.reload_failing = Gauge("recsys_model_reload_failing", "1 while the source offers a version that could not be loaded", registry=r)
+        self.last_failure = Gauge("recsys_model_last_reload_failure_timestamp_seconds", "unix time of the last failed load", registry=r)
+        self.last_error = Gauge("recsys_model_last_reload_error_info", "the last failed load (value 1)", ["reason", "error"], registry=r)
+        self.abandoned = Gauge("recsys_model_abandoned_loads", "loads past their timeout still running", registry=r)
+
+    def watch(self, holder: "ModelHolder") -> None:
+        """Report ``holder``'s reloads (as its listener) and its reload status."""
+        holder.listener = self.on_reload
+        self.reload_failing.set_function(lambda: float(holder.status.state == "failed"))
+        self.abandoned.set_function(lambda: float(holder.status.abandoned))
+
+    def on_reload(self, result: str, store: "Store | None", detail: str) -> None:
+        self.reloads.labels(result=result).inc()
+        if store is not None:
+            self.set_model(store.version, store.manifest.method.name, store.manifest.dtype)
+            return
+        self.reload_failures.labels(reason=result).inc()
+        self.last_failure.set(time.time())
+        self.last_error.clear()
+        self.last_error.labels(reason=result, error=detail[:300]).set(1)
 
     def set_model(self, version: str, method: str, dtype: str) -> None:
         self.model.clear()

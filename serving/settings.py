@@ -17,6 +17,8 @@ class ServeSettings(BaseModel):
     tracking_uri: str | None = Field(None, description="MLflow tracking/registry URI for models:/ sources")
     cache_dir: str | None = Field(None, description="where registry versions are downloaded")
     poll_interval_s: float = Field(30.0, ge=0, description="seconds between source polls for hot reload; 0 = never")
+    load_timeout_s: float = Field(120.0, gt=0, description="a model load (fetch, verify, rebuild) taking longer is abandoned and refused")
+    allow_interface_change: bool = Field(False, description="hot-swap to a version with other features or dimension (refused by default)")
     max_body_bytes: int = Field(4 << 20, ge=1024, description="larger request bodies get 413")
     max_items: int = Field(4096, ge=1, description="(feature, value) pairs per /v1/embeddings request")
     max_entities: int = Field(1024, ge=1, description="entities per /v1/embeddings request")

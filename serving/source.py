@@ -20,7 +20,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from recsys.export.artifact import MANIFEST, ArtifactError
+from recsys.export.artifact import MANIFEST, ArtifactError, manifest_bytes
 
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
 
@@ -32,6 +32,11 @@ class SourceRef:
     key: str
     label: str  # a short, human-readable version
     handle: str  # what ``fetch`` needs (a resolved path, a registry version)
+    where: str = ""  # where this version lives, for logs and errors (a copy may carry another's manifest)
+
+    def describe(self) -> str:
+        """``label`` and, when it says more, where it lives: ``"3f2c9a1b0c4d at /srv/artifacts/v7"``."""
+        return f"{self.label} at {self.where}" if self.where and self.where != self.label else self.label
 
 
 class LocalSource:
@@ -42,11 +47,8 @@ class LocalSource:
 
     def current(self) -> SourceRef:
         real = os.path.realpath(self.path)
-        manifest = Path(real) / MANIFEST
-        if not manifest.is_file():
-            raise ArtifactError(f"{self.path}: no {MANIFEST}; not an export artifact (make one with `recsys export`)")
-        digest = hashlib.sha256(manifest.read_bytes()).hexdigest()[:12]
-        return SourceRef(key=f"{real}#{digest}", label=digest, handle=real)
+        digest = hashlib.sha256(manifest_bytes(real)).hexdigest()[:12]  # a regular file inside the folder, read without blocking
+        return SourceRef(key=f"{real}#{digest}", label=digest, handle=real, where=real)
 
     def fetch(self, ref: SourceRef) -> Path:
         return Path(ref.handle)

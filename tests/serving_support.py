@@ -22,11 +22,15 @@ from recsys.models.train import TrainModel
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = 8000
-RUNS = {"full": [], "hash": ["embedding.compression=4"]}
+RUNS = {  # name -> config overrides of its run
+    "full": ["embedding.method=full"],
+    "hash": ["embedding.method=hash", "embedding.compression=4"],
+    "hash-dim8": ["embedding.method=hash", "embedding.compression=4", "model.embedding_dim=8"],  # another interface
+}
 
 
 def ensure_runs(base: Path) -> tuple[Path, dict[str, Path]]:
-    """``(dataset folder, method -> run folder)``: synthetic data and one short training run per method."""
+    """``(dataset folder, name -> run folder)``: synthetic data and one short training run per ``RUNS`` entry."""
     from training.run import train_experiment
 
     base.mkdir(parents=True, exist_ok=True)
@@ -35,12 +39,12 @@ def ensure_runs(base: Path) -> tuple[Path, dict[str, Path]]:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (base / "done").exists():
             generate(data, rows=ROWS, profile="small", seed=5, progress=False, overwrite=True)
-            for method, extra in RUNS.items():
+            for name, extra in RUNS.items():
                 cfg = load_config(ROOT / "configs/quickstart.yaml", [
-                    f"data.path={data}", f"embedding.method={method}", "tracking.enabled=false", "training.epochs=1",
+                    f"data.path={data}", "tracking.enabled=false", "training.epochs=1",
                     "training.batch_size=256", "training.max_steps_per_epoch=12", "training.progress=false", *extra,
                 ])
-                train_experiment(cfg, runs[method])
+                train_experiment(cfg, runs[name])
             (base / "done").write_text("ok")
     return data, runs
 
