@@ -140,7 +140,7 @@ class ModelHolder:
         with self._lock:
             self.status.state, self.status.last_failure = "failed", Failure(reason, ref.describe(), error, time.time())
             self.status.failures += 1
-        log.error("not serving %s (%s), still serving %s: %s", ref.describe(), reason, self._ref.label if self._ref else None, error)
+        log.error("not serving %s (%s): %s; still serving version %s", ref.describe(), reason, error, self._ref.label if self._ref else None)
         self.listener(reason, None, f"{ref.describe()}: {error}")
 
     def poll_once(self) -> bool:

@@ -35,8 +35,9 @@ class SourceRef:
     where: str = ""  # where this version lives, for logs and errors (a copy may carry another's manifest)
 
     def describe(self) -> str:
-        """``label`` and, when it says more, where it lives: ``"3f2c9a1b0c4d at /srv/artifacts/v7"``."""
-        return f"{self.label} at {self.where}" if self.where and self.where != self.label else self.label
+        """Where the version lives, with its label: ``"/srv/artifacts/v7 (manifest 3f2c9a1b0c4d)"``; a
+        refused copy of a served folder carries the served manifest's id, so its place names it first."""
+        return f"{self.where} (manifest {self.label})" if self.where else self.label
 
 
 class LocalSource:

@@ -1,5 +1,6 @@
 """The real HTTP service on 127.0.0.1 (a uvicorn subprocess): equality with the in-process layer,
-fuzzing, hot swap under load, a corrupted artifact refused, graceful shutdown, no `training` import."""
+fuzzing (surrogates, BOMs, duplicate headers included), hot swap under load, corrupted, FIFO and
+other-interface artifacts refused visibly, timestamped logs, graceful shutdown, no `training` import."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -88,6 +90,12 @@ def service(tmp_path_factory):
     raw = bytearray((corrupt / "dense.safetensors").read_bytes())
     raw[-3] ^= 0x55
     (corrupt / "dense.safetensors").write_bytes(bytes(raw))
+    fifo = root / "d-fifo"  # a table file that is a FIFO: opening it for reading would block
+    shutil.copytree(a, fifo)
+    (fifo / "embedding.safetensors").unlink()
+    os.mkfifo(fifo / "embedding.safetensors")
+    dim8 = root / "e-hash-dim8"  # another interface: vectors of 8, not 16
+    export_run(runs["hash-dim8"], dim8, dtype="fp32")
     link = root / "current"
     _point(link, a)
     port, modules = _free_port(), root / "training-modules.json"
@@ -97,7 +105,8 @@ def service(tmp_path_factory):
     url = f"http://127.0.0.1:{port}"
     _wait_ready(url, proc, timeout=120, interval=0.2)
     stores = {_label(p): Store(load_artifact(p), _label(p)) for p in (a, b)}
-    yield {"url": url, "proc": proc, "link": link, "a": a, "b": b, "corrupt": corrupt, "stores": stores, "modules": modules}
+    yield {"url": url, "proc": proc, "link": link, "a": a, "b": b, "corrupt": corrupt, "fifo": fifo, "dim8": dim8,
+           "stores": stores, "modules": modules}
     proc.send_signal(signal.SIGTERM)
     try:
         output = proc.communicate(timeout=30)[0]
@@ -106,6 +115,11 @@ def service(tmp_path_factory):
         raise
     assert proc.returncode in (0, -signal.SIGTERM), output  # uvicorn re-raises the signal once shut down
     assert "Finished server process" in output, output  # graceful shutdown completed
+    stamp = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} "
+    loaded = re.findall(stamp + r"INFO serving\.reload: loaded version (\w+) ", output, re.M)  # every load, timestamped
+    assert loaded[:2] == [_label(a), _label(b)], output[-5000:]
+    refusal = re.search(stamp + r"ERROR serving\.reload: not serving (\S+) \(manifest (\w+)\) \(refused\): .*; still serving version (\w+)$", output, re.M)
+    assert refusal and refusal[1] == str(corrupt) and refusal[3] == _label(b), output[-5000:]  # named by its folder, not a's id alone
     assert json.loads(modules.read_text()) == [], "the service imported training modules"
 
 
@@ -199,6 +213,99 @@ def test_fuzz_malformed_requests_get_only_4xx(service):
     assert {413, 422} <= set(statuses)
 
 
+ENDPOINTS = [("POST", "/v1/embeddings"), ("POST", "/v1/score"), ("GET", "/v1/metadata"), ("GET", "/healthz"),
+             ("GET", "/readyz"), ("GET", "/metrics"), ("GET", "/docs"), ("GET", "/openapi.json")]
+LONE = ["\\ud800", "\\udfff", "\\udc00\\ud800", "x\\ud83d", "\\ud800\\u0041"]  # JSON escapes of lone surrogates
+RAW_LONE = [b"\xed\xa0\x80", b"\xed\xbf\xbf", b"a\xed\xb0\x80b"]  # the UTF-8-like bytes of lone surrogates
+
+
+def _surrogate_bodies(features: list[str]) -> list[tuple[str, bytes]]:
+    """``(path, body)`` pairs, each body holding a lone surrogate (escaped or raw) somewhere a string goes."""
+    f = features[0]
+    shapes = {
+        "/v1/embeddings": ['{"items": [{"feature": "%s", "value": "@"}]}' % f, '{"items": [{"feature": "@", "value": "v"}]}',
+                           '{"items": [%s{"feature": "%s", "value": "@"}]}' % ('{"feature": "%s", "value": "ok"},' % f * 20, f),
+                           '{"items": [%s{"feature": "%s", "value": "@"}]}' % ('{"feature": "%s", "value": "ok"},' % f * 300, f),
+                           '{"entities": [{"%s": "@"}]}' % f, '{"entities": [{"@": "v"}]}', '{"entities": [{"%s": ["a", "@"]}]}' % f,
+                           '{"items": [{"feature": "%s", "value": "v"}], "@": 1}' % f],
+        "/v1/score": ['{"requests": [{"sparse": {"%s": "@"}}]}' % f, '{"requests": [{"sparse": {"@": "v"}}]}',
+                      '{"requests": [{"dense": {"@": 1.0}}]}', '{"requests": [{"sparse": {"%s": ["@"]}}]}' % f],
+    }
+    out = []
+    for path, templates in shapes.items():
+        for t in templates:
+            head, tail = t.split("@")
+            out += [(path, (head + lone + tail).encode()) for lone in LONE]
+            out += [(path, head.encode() + raw + tail.encode()) for raw in RAW_LONE]
+    return out
+
+
+def _raw_http(url: str, request: bytes) -> int:
+    """Status code of one raw HTTP/1.1 request (for headers httpx would not send as given)."""
+    host, port = url.rsplit("/", 1)[-1].split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(request)
+        data = b""
+        while b"\r\n" not in data:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    return int(data.split(b" ", 2)[1])
+
+
+def test_fuzz_surrogates_boms_and_duplicate_headers_get_no_5xx(service):
+    """Lone surrogates (escaped and raw), byte-order marks, other encodings and duplicate headers on every
+    endpoint: malformed bodies get 4xx, and nothing gets a 5xx."""
+    store = service["stores"][_label(service["a"])]
+    f = store.features[0]
+    valid = {"/v1/embeddings": json.dumps({"items": [{"feature": f, "value": "v"}]}).encode(),
+             "/v1/score": json.dumps({"requests": [{"sparse": {f: "v"}}]}).encode()}
+    malformed = _surrogate_bodies(store.features)
+    for path, body in valid.items():
+        text = body.decode()
+        malformed += [(path, b"\xef\xbb\xbf" + body), (path, text.encode("utf-16")), (path, text.encode("utf-16-le")),
+                      (path, text.encode("utf-32")), (path, b"\xef\xbb\xbf"), (path, b"\xfe\xff" + text.encode("utf-16-be"))]
+    duplicated = [[("content-type", "text/plain"), ("content-type", "application/json")],
+                  [("content-type", "application/json; charset=utf-16"), ("content-type", "application/json")],
+                  [("accept", "application/octet-stream"), ("accept", "application/json")],
+                  [("authorization", "Bearer a"), ("authorization", "Bearer b")], [("x-probe", b"\xed\xa0\x80"), ("x-probe", b"\xef\xbb\xbf")]]
+    statuses: dict[int, int] = {}
+    count = 0
+
+    def check(r: httpx.Response, must_refuse: bool, what: str) -> None:
+        nonlocal count
+        count += 1
+        statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+        assert r.status_code < 500, (what, r.status_code, r.text[:300])
+        if must_refuse:
+            assert 400 <= r.status_code < 500, (what, r.status_code, r.text[:300])
+
+    with httpx.Client(base_url=service["url"], timeout=30) as client:
+        for path, body in malformed:
+            check(client.post(path, content=body, headers={"content-type": "application/json"}), True, (path, body[:200]))
+        for method, path in ENDPOINTS:
+            body = valid.get(path, b"")
+            for headers in duplicated:
+                check(client.request(method, path, content=body, headers=headers), False, (path, headers))
+            for lone in LONE + ["%ED%A0%80", "%EF%BB%BF"]:  # in the query string and the path
+                check(client.request(method, f"{path}?v={lone}", content=body, headers={"content-type": "application/json"}), False, (path, lone))
+                check(client.request(method, f"{path}/{lone}", content=body, headers={"content-type": "application/json"}), False, (path, lone))
+            if method == "GET":
+                check(client.request("GET", path, headers={"content-type": "application/json"}, content=b"\xef\xbb\xbf" + RAW_LONE[0]), False, path)
+        duplicate_length = (b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % (len(valid["/v1/embeddings"]), 3) + valid["/v1/embeddings"])
+        chunked_and_length = (b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+                              b"Content-Length: 5\r\nConnection: close\r\n\r\n0\r\n\r\n")
+        for raw in (duplicate_length, chunked_and_length):
+            status = _raw_http(service["url"], raw)
+            count += 1
+            assert 400 <= status < 500, (raw[:120], status)
+        assert client.get("/healthz").status_code == 200
+    assert service["proc"].poll() is None
+    assert count >= 250 and statuses.get(422, 0) >= len(malformed) * 0.8, statuses
+
+
 def test_hot_swap_under_load_loses_no_request(service):
     url, stores = service["url"], service["stores"]
     old, new = _label(service["a"]), _label(service["b"])
@@ -259,7 +366,55 @@ def test_corrupted_artifact_is_refused_and_old_keeps_serving(service):
         assert client.get("/v1/metadata").json()["version"] == current
         r = client.post("/v1/score", json={"requests": [{"sparse": {"C1": "C1_0"}}]})
         assert r.status_code == 200 and r.json()["version"] == current
-        assert client.get("/readyz").json()["version"] == current
+        ready = client.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["version"] == current
+        reload = ready.json()["reload"]  # the failed reload is visible, named by where the copy lives
+        assert reload["state"] == "failed" and reload["last_failure"]["reason"] == "refused"
+        assert str(service["corrupt"]) in reload["last_failure"]["source"] and "checksum mismatch" in reload["last_failure"]["error"]
+        assert _metric(client, 'recsys_model_reload_failures_total{reason="refused"}') >= 1
+        assert _metric(client, "recsys_model_reload_failing") == 1
+
+
+def _metric(client: httpx.Client, prefix: str) -> float:
+    lines = [line for line in client.get("/metrics").text.splitlines() if line.startswith(prefix)]
+    return float(lines[0].split()[-1]) if lines else 0.0
+
+
+def _wait_reload(client: httpx.Client, failures: int, timeout: float = 60) -> dict:
+    """``/readyz``'s reload status once it counts ``failures`` failed loads."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        reload = client.get("/readyz").json()["reload"]
+        if reload["failures"] >= failures:
+            return reload
+        time.sleep(0.1)
+    raise AssertionError(f"no {failures} failed reloads within {timeout} s: {reload}")
+
+
+def test_fifo_and_other_interface_are_refused_then_a_valid_version_loads(service):
+    """A FIFO table file is refused at once (it used to block the reload thread forever), a version of
+    another dimension is refused (no --allow-interface-change), and a later valid version still loads."""
+    with httpx.Client(base_url=service["url"], timeout=30) as client:
+        before = client.get("/readyz").json()
+        served, failures = before["version"], before["reload"]["failures"]
+        _point(service["link"], service["fifo"])
+        reload = _wait_reload(client, failures + 1)
+        assert reload["last_failure"]["reason"] == "refused" and "is a FIFO" in reload["last_failure"]["error"]
+        assert str(service["fifo"] / "embedding.safetensors") in reload["last_failure"]["error"]
+        _point(service["link"], service["dim8"])
+        reload = _wait_reload(client, failures + 2)
+        assert reload["last_failure"]["reason"] == "interface" and "dimension 16 -> 8" in reload["last_failure"]["error"]
+        assert _metric(client, 'recsys_model_reload_failures_total{reason="interface"}') == 1
+        r = client.post("/v1/embeddings", json={"items": [{"feature": "C1", "value": "x"}]}, headers={"accept": "application/octet-stream"})
+        assert r.headers["x-model-version"] == served and r.headers["x-embedding-dim"] == "16"
+        target = service["a"] if served != _label(service["a"]) else service["b"]
+        _point(service["link"], target)
+        deadline = time.time() + 60
+        while client.get("/readyz").json()["version"] != _label(target) and time.time() < deadline:
+            time.sleep(0.1)
+        ready = client.get("/readyz").json()
+        assert ready["version"] == _label(target) and ready["reload"]["state"] == "ok"
+        assert _metric(client, "recsys_model_reload_failing") == 0
 
 
 def test_bearer_token_guards_the_api(service):
