@@ -273,12 +273,12 @@ def create_app(settings: ServeSettings, holder: ModelHolder | None = None, metri
         return {"status": "ok"}
 
     @app.get("/readyz")
-    def readyz() -> JSONResponse:
+    def readyz() -> Response:
         """Readiness: a verified model is loaded and the service is not shutting down; ``reload``: how
         the last attempt to load a new version went (``state`` "failed" while one cannot be loaded)."""
         if not holder.ready:
             return JSONResponse({"status": "not ready"}, status_code=503)
-        return JSONResponse({"status": "ready", "version": holder.store.version, "reload": holder.status.as_dict()})
+        return _json({"status": "ready", "version": holder.store.version, "reload": holder.status.as_dict()})  # ASCII: paths may not be UTF-8
 
     @app.get("/metrics", dependencies=[Depends(authorised)])
     def prometheus() -> Response:

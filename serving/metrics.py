@@ -51,7 +51,8 @@ class ServingMetrics:
         self.reload_failures.labels(reason=result).inc()
         self.last_failure.set(time.time())
         self.last_error.clear()
-        self.last_error.labels(reason=result, error=detail[:300]).set(1)
+        error = detail[:300].encode("utf-8", "backslashreplace").decode()  # a path need not be UTF-8 (surrogate escapes)
+        self.last_error.labels(reason=result, error=error).set(1)
 
     def set_model(self, version: str, method: str, dtype: str) -> None:
         self.model.clear()

@@ -59,7 +59,7 @@ def open_regular(path: str | Path) -> BinaryIO:
     """``path`` opened for reading without blocking and without following a symlink; it must be a
     regular file when opened (a file object: close it, e.g. with ``with``)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0))
     except OSError as exc:
         raise ArtifactError(f"{path}: cannot be opened: {exc.strerror}") from None
     mode = os.fstat(fd).st_mode

@@ -179,3 +179,43 @@ def test_serve_logs_info_lines_with_timestamps():
     lines = [line for line in err.splitlines() if line.endswith("loaded version abc")]
     assert len(lines) == 1, err[-2000:]
     assert time.strftime("%Y-%m-%d") in lines[0] and " INFO serving.reload: " in lines[0], lines
+
+
+def test_serve_refuses_an_unusable_artifact_in_one_line(artifacts, tmp_path, capsys):
+    """At start-up a FIFO table file is an error naming it (it used to block for ever), not a traceback."""
+    from recsys.cli import main
+
+    fifo = shutil.copytree(artifacts["hash"], tmp_path / "fifo")
+    (fifo / "embedding.safetensors").unlink()
+    os.mkfifo(fifo / "embedding.safetensors")
+    out: list[int] = []
+    t = threading.Thread(target=lambda: out.append(main(["serve", "--model", str(fifo), "--port", "0", "--poll-interval", "0"])), daemon=True)
+    t.start()
+    t.join(60)
+    assert not t.is_alive() and out == [2]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("recsys serve: ") and str(fifo / "embedding.safetensors") in err[-1] and "is a FIFO" in err[-1]
+
+
+def test_a_refusal_under_a_non_utf8_folder_name_keeps_readyz_and_metrics_answering(artifacts, tmp_path):
+    """The refused folder's name is not UTF-8 (a surrogate escape in Python): /readyz and /metrics still answer."""
+    from fastapi.testclient import TestClient
+
+    from serving.app import create_app
+    from serving.settings import ServeSettings
+
+    bad = shutil.copytree(artifacts["hash"], tmp_path / os.fsdecode(b"bad-\xff"))
+    (bad / "dense.safetensors").unlink()
+    os.mkfifo(bad / "dense.safetensors")
+    link = tmp_path / "current"
+    link.symlink_to(artifacts["hash"])
+    holder = ModelHolder(LocalSource(link), poll_interval_s=0)
+    holder.load_initial()
+    app = create_app(ServeSettings(model=str(link), poll_interval_s=0), holder=holder)
+    _point(link, bad)
+    assert not _poll_within(holder)
+    with TestClient(app) as client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 200 and "bad-\udcff" in ready.json()["reload"]["last_failure"]["source"]
+        metrics = client.get("/metrics")
+        assert metrics.status_code == 200 and "recsys_model_last_reload_error_info" in metrics.text
