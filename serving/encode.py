@@ -25,7 +25,7 @@ import pyarrow as pa
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from recsys.export.artifact import ArtifactError, Manifest
+from recsys.export.artifact import MANIFEST, ArtifactError, Manifest
 from recsys.export.files import artifact_path, open_regular
 from recsys.features import MISSING_INDEX, OOV_INDEX
 from recsys.hashing import hash64_str, hash64_strings
@@ -185,7 +185,7 @@ class Encoder:
         self.transforms = {name: spec[name].transform for name in self.dense}
         bad = {n: t for n, t in self.transforms.items() if t not in DENSE_TRANSFORMS}
         if bad:
-            raise ArtifactError(f"{folder}: unknown dense transforms {bad}; this code knows {DENSE_TRANSFORMS}")
+            raise ArtifactError(f"{folder / MANIFEST}: unknown dense transforms {bad}; this code knows {DENSE_TRANSFORMS}")
         self.any_weighted = any(f.weighted for f in manifest.context.features)
         self.position = {n: i for i, n in enumerate(self.sparse)}
         self.multi_valued = np.array([f.multi_valued for f in manifest.context.features], bool)
@@ -194,7 +194,7 @@ class Encoder:
         if id_scheme == "index":
             missing = [n for n in self.sparse if n not in manifest.dataset.vocabularies]
             if missing:
-                raise ArtifactError(f"{folder}: index method without vocabularies for {missing}")
+                raise ArtifactError(f"{folder / MANIFEST}: index method without vocabularies for {missing}")
             self.vocabularies = Vocabularies([artifact_path(folder, manifest.dataset.vocabularies[n]) for n in self.sparse])
 
     def _append(self, col: _Column, feature: str, value: Any) -> None:

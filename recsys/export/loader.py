@@ -27,7 +27,7 @@ from torch import nn
 from recsys.config import ModelConfig
 from recsys.embeddings import MethodContext, get_method
 from recsys.embeddings.base import ExportedMethod
-from recsys.export.artifact import DENSE_FILE, EMBEDDING_FILE, ArtifactError, Manifest, read_manifest, required_files, verify_files
+from recsys.export.artifact import DENSE_FILE, EMBEDDING_FILE, MANIFEST, ArtifactError, Manifest, read_manifest, required_files, verify_files
 from recsys.export.files import artifact_path, open_regular
 from recsys.export.tables import empty_quantized_tables, quantized_targets, tables_uninitialised
 from recsys.hashing import HASH_NAME
@@ -51,13 +51,13 @@ class LoadedArtifact:
 
 def _check_compatible(folder: Path, manifest: Manifest) -> None:
     if manifest.dataset.hash != HASH_NAME:
-        raise ArtifactError(f"{folder}: ids were hashed with '{manifest.dataset.hash}', this code hashes with '{HASH_NAME}'")
+        raise ArtifactError(f"{folder / MANIFEST}: ids were hashed with '{manifest.dataset.hash}', this code hashes with '{HASH_NAME}'")
     try:
         get_method(manifest.method.served)
     except KeyError as exc:
-        raise ArtifactError(f"{folder}: {exc.args[0]}") from None
+        raise ArtifactError(f"{folder / MANIFEST}: {exc.args[0]}") from None
     if manifest.dtype != "fp32" and not manifest.tables:
-        raise ArtifactError(f"{folder}: dtype {manifest.dtype} but no quantized tables listed")
+        raise ArtifactError(f"{folder / MANIFEST}: dtype {manifest.dtype} but no quantized tables listed")
 
 
 def _read_tables(path: Path, targets: dict[str, torch.Tensor]) -> None:
@@ -98,13 +98,13 @@ def _rebuild(folder: Path, manifest: Manifest, ctx: MethodContext) -> CTRModel:
             served = empty_quantized_tables(served, manifest.dtype)
             targets = quantized_targets(served)
             if set(targets) != set(manifest.tables):
-                raise ArtifactError(f"{folder}: quantized tables {sorted(targets)} do not match the manifest's {sorted(manifest.tables)}")
+                raise ArtifactError(f"{folder / EMBEDDING_FILE}: quantized tables {sorted(targets)} do not match the manifest's {sorted(manifest.tables)}")
             _read_tables(embedding_file, targets)
     model = build_model(ModelConfig.model_validate(manifest.model), served, manifest.num_dense)
     result = model.load_state_dict(load_file(str(dense_file)), strict=False)
     missing = [k for k in result.missing_keys if not k.startswith("embedding.")]
     if missing or result.unexpected_keys:
-        raise ArtifactError(f"{folder}: dense weights do not match the model: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
+        raise ArtifactError(f"{folder / DENSE_FILE}: dense weights do not match the model: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
     return model.eval()
 
 
