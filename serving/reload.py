@@ -104,10 +104,12 @@ class ModelHolder:
                 result["store"] = self._load(ref)
             except BaseException as exc:  # handed to the waiting caller
                 result["error"] = exc
-            done.set()
-            if abandoned.is_set():
-                with self._lock:
+            with self._lock:  # done and abandoned are decided under the lock: exactly one side counts
+                done.set()
+                late = abandoned.is_set()
+                if late:
                     self.status.abandoned -= 1
+            if late:
                 log.warning("the abandoned load of %s ended after %.1f s (%s); its result is discarded",
                             ref.describe(), time.monotonic() - start, "failed" if "error" in result else "loaded")
 
@@ -115,10 +117,12 @@ class ModelHolder:
             work()
         else:
             threading.Thread(target=work, name=f"model-load-{ref.label}", daemon=True).start()
-            if not done.wait(self.load_timeout_s):
-                with self._lock:
+            done.wait(self.load_timeout_s)
+            with self._lock:
+                if not done.is_set():
                     abandoned.set()
                     self.status.abandoned += 1
+            if abandoned.is_set():
                 raise LoadTimeout(f"loading {ref.describe()} did not finish within {self.load_timeout_s:g} s "
                                   "(--load-timeout); abandoned")
         if "error" in result:
