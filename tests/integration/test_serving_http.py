@@ -24,6 +24,7 @@ import pytest
 
 from recsys.export import export_run, load_artifact
 from serving.store import Store
+from tests.fuzz_bodies import ENDPOINTS, LONE, RAW_LONE, raw_http, surrogate_bodies
 from tests.serving_support import ROOT, ensure_runs
 
 MAX_ITEMS = 1024
@@ -217,47 +218,6 @@ def test_fuzz_malformed_requests_get_only_4xx(service):
     assert {413, 422} <= set(statuses)
 
 
-ENDPOINTS = [("POST", "/v1/embeddings"), ("POST", "/v1/score"), ("GET", "/v1/metadata"), ("GET", "/healthz"),
-             ("GET", "/readyz"), ("GET", "/metrics"), ("GET", "/docs"), ("GET", "/openapi.json")]
-LONE = ["\\ud800", "\\udfff", "\\udc00\\ud800", "x\\ud83d", "\\ud800\\u0041"]  # JSON escapes of lone surrogates
-RAW_LONE = [b"\xed\xa0\x80", b"\xed\xbf\xbf", b"a\xed\xb0\x80b"]  # the UTF-8-like bytes of lone surrogates
-
-
-def _surrogate_bodies(features: list[str]) -> list[tuple[str, bytes]]:
-    """``(path, body)`` pairs, each body holding a lone surrogate (escaped or raw) somewhere a string goes."""
-    f = features[0]
-    shapes = {
-        "/v1/embeddings": ['{"items": [{"feature": "%s", "value": "@"}]}' % f, '{"items": [{"feature": "@", "value": "v"}]}',
-                           '{"items": [%s{"feature": "%s", "value": "@"}]}' % ('{"feature": "%s", "value": "ok"},' % f * 20, f),
-                           '{"items": [%s{"feature": "%s", "value": "@"}]}' % ('{"feature": "%s", "value": "ok"},' % f * 300, f),
-                           '{"entities": [{"%s": "@"}]}' % f, '{"entities": [{"@": "v"}]}', '{"entities": [{"%s": ["a", "@"]}]}' % f,
-                           '{"items": [{"feature": "%s", "value": "v"}], "@": 1}' % f],
-        "/v1/score": ['{"requests": [{"sparse": {"%s": "@"}}]}' % f, '{"requests": [{"sparse": {"@": "v"}}]}',
-                      '{"requests": [{"dense": {"@": 1.0}}]}', '{"requests": [{"sparse": {"%s": ["@"]}}]}' % f],
-    }
-    out = []
-    for path, templates in shapes.items():
-        for t in templates:
-            head, tail = t.split("@")
-            out += [(path, (head + lone + tail).encode()) for lone in LONE]
-            out += [(path, head.encode() + raw + tail.encode()) for raw in RAW_LONE]
-    return out
-
-
-def _raw_http(url: str, request: bytes) -> int:
-    """Status code of one raw HTTP/1.1 request (for headers httpx would not send as given)."""
-    host, port = url.rsplit("/", 1)[-1].split(":")
-    with socket.create_connection((host, int(port)), timeout=30) as sock:
-        sock.sendall(request)
-        data = b""
-        while b"\r\n" not in data:
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-    return int(data.split(b" ", 2)[1])
-
-
 def test_fuzz_surrogates_boms_and_duplicate_headers_get_no_5xx(service):
     """Lone surrogates (escaped and raw), byte-order marks, other encodings and duplicate headers on every
     endpoint: malformed bodies get 4xx, and nothing gets a 5xx."""
@@ -265,7 +225,7 @@ def test_fuzz_surrogates_boms_and_duplicate_headers_get_no_5xx(service):
     f = store.features[0]
     valid = {"/v1/embeddings": json.dumps({"items": [{"feature": f, "value": "v"}]}).encode(),
              "/v1/score": json.dumps({"requests": [{"sparse": {f: "v"}}]}).encode()}
-    malformed = _surrogate_bodies(store.features)
+    malformed = surrogate_bodies(store.features)
     for path, body in valid.items():
         text = body.decode()
         malformed += [(path, b"\xef\xbb\xbf" + body), (path, text.encode("utf-16")), (path, text.encode("utf-16-le")),
@@ -302,7 +262,7 @@ def test_fuzz_surrogates_boms_and_duplicate_headers_get_no_5xx(service):
         chunked_and_length = (b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
                               b"Content-Length: 5\r\nConnection: close\r\n\r\n0\r\n\r\n")
         for raw in (duplicate_length, chunked_and_length):
-            status = _raw_http(service["url"], raw)
+            status = raw_http(service["url"], raw)
             count += 1
             assert 400 <= status < 500, (raw[:120], status)
         assert client.get("/healthz").status_code == 200
