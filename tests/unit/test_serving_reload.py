@@ -219,3 +219,19 @@ def test_a_refusal_under_a_non_utf8_folder_name_keeps_readyz_and_metrics_answeri
         assert ready.status_code == 200 and "bad-\udcff" in ready.json()["reload"]["last_failure"]["source"]
         metrics = client.get("/metrics")
         assert metrics.status_code == 200 and "recsys_model_last_reload_error_info" in metrics.text
+
+
+def test_an_unreadable_source_is_reported_once_and_cleared(artifacts, tmp_path, caplog):
+    link = tmp_path / "current"
+    link.symlink_to(artifacts["hash"])
+    holder, metrics = _holder(link)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _point(link, empty)
+    with caplog.at_level(logging.WARNING, logger="serving.reload"):
+        assert not any(_poll_within(holder) for _ in range(3))
+    assert "no manifest.json" in holder.status.poll_error and holder.status.state == "ok"
+    assert sum("cannot poll the model source" in r.getMessage() for r in caplog.records) == 1  # once, not at every poll
+    assert _metric(metrics, 'recsys_model_reload_failures_total{reason="poll"}') == 1
+    _point(link, artifacts["hash"])
+    assert not _poll_within(holder) and holder.status.poll_error is None
