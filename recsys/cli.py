@@ -10,6 +10,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from recsys.cli_feast import add_feast_commands
+
 Handler = Callable[[argparse.Namespace], int]
 
 
@@ -345,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     methods = sub.add_parser("methods", help="list the registered embedding methods and their options")
     methods.set_defaults(func=cmd_methods)
+
+    add_feast_commands(sub, _split)
 
     ref = sub.add_parser("config-reference", help="print the configuration reference (every key, type, default, description; method options) as Markdown")
     ref.add_argument("--out", help="write it to this file (e.g. docs/configuration.md) instead of stdout")
