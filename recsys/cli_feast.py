@@ -4,6 +4,7 @@ and Feast offline data into a training dataset (needs the ``feast`` extra)."""
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     from serving.feast_repo import artifact_fields, init_repo
 
     store = _store(args.artifact, args.tracking_uri)  # loaded and verified: a broken artifact stops here
-    artifact = args.artifact if args.artifact.startswith("models:/") else str(Path(args.artifact).resolve())
+    artifact = args.artifact if args.artifact.startswith("models:/") else os.path.abspath(args.artifact)  # a symlink stays one (hot reload)
     out = init_repo(artifact, Path(args.out), artifact_fields(store), online=args.online_store, project=args.project,
                     redis=args.redis, poll_interval_s=args.poll_interval, tracking_uri=args.tracking_uri, overwrite=args.overwrite)
     print(f"wrote Feast repo {out} ({len(store.features)} feature views, online store {args.online_store}); next: cd {out} && feast apply")
