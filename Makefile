@@ -21,7 +21,7 @@ $(VENV)/bin/python:
 $(STAMP): $(VENV)/bin/python pyproject.toml $(CONSTRAINTS)
 	$(PIP) install $(TORCH_FROM) -c $(CONSTRAINTS) torch==2.13.0 fbgemm-gpu-cpu==1.8.0
 	$(PIP) install --no-deps -c $(CONSTRAINTS) torchrec==1.8.0
-	$(PIP) install $(TORCH_FROM) -c $(CONSTRAINTS) -e '.[train,serve,dev]'
+	$(PIP) install $(TORCH_FROM) -c $(CONSTRAINTS) -e '.[train,serve,dev,feast]'
 	$(PY) scripts/check_install.py
 	touch $(STAMP)
 

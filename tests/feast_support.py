@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import runpy
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -81,6 +82,40 @@ def feast_cli(repo: Path, *args: str, timeout: float = 300) -> subprocess.Comple
     """Run the real ``feast`` command line on ``repo``."""
     cmd = [sys.executable, "-m", "feast.cli.cli", "-c", str(repo), *args]
     return subprocess.run(cmd, cwd=repo, env=env(), capture_output=True, text=True, timeout=timeout)
+
+
+def start_feast_serve(repo: Path, port: int) -> subprocess.Popen:
+    """``feast serve`` on 127.0.0.1 in its own process group (gunicorn master and worker); ``stop_feast_serve`` ends it."""
+    cmd = [sys.executable, "-m", "feast.cli.cli", "-c", str(repo), "serve", "-h", "127.0.0.1", "-p", str(port)]
+    return subprocess.Popen(cmd, cwd=repo, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def wait_feast_serve(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
+    """Poll ``/health`` until it answers 200 (a dead server fails at once)."""
+    import httpx
+
+    deadline = time.time() + timeout
+    while True:
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            raise RuntimeError(f"feast serve at {url} did not start (exit code {proc.poll()})")
+        time.sleep(0.3)
+
+
+def stop_feast_serve(proc: subprocess.Popen) -> None:
+    """SIGINT, then the group's SIGKILL after 5 s: gunicorn waits 30 s for Feast's worker, which does not exit on its own."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def repo_objects(repo: Path) -> list:

@@ -31,7 +31,12 @@ TIMESTAMP = "event_timestamp"
 
 def historical_to_parquet(repo: str | Path, entities: str | Path, features: Sequence[str], out: str | Path) -> Path:
     """Point-in-time join of the entity table ``entities`` (Parquet with ``event_timestamp``) with
-    ``features`` (``view:feature`` references), written to ``out`` (Parquet)."""
+    ``features`` (``view:feature`` references), written to ``out`` (Parquet), one row per entity row.
+
+    Feast's file offline store keeps one row per (join keys, timestamp), so rows sharing both (two
+    impressions of a user in the same second) would be merged: the retrieval runs on the distinct
+    keys and is joined back to every row of the entity table, in its order.
+    """
     import pandas as pd
     from feast import FeatureStore
 
@@ -42,7 +47,21 @@ def historical_to_parquet(repo: str | Path, entities: str | Path, features: Sequ
     if not features:
         raise ValueError("no features to retrieve; name them as view:feature")
     fs = FeatureStore(repo_path=str(repo))
-    table = pa.Table.from_pandas(fs.get_historical_features(entity_df=entity_df, features=list(features)).to_df(), preserve_index=False)
+    keys = []
+    for ref in features:
+        view = ref.split(":", 1)[0]
+        keys += [c.name for c in fs.get_feature_view(view).entity_columns if c.name not in keys]
+    missing = [k for k in keys if k not in entity_df.columns]
+    if missing:
+        raise ValueError(f"{entities}: the entity table lacks the join key column(s) {missing} of the requested feature views")
+    entity_df[TIMESTAMP] = pd.to_datetime(entity_df[TIMESTAMP], utc=True)
+    query = entity_df[keys + [TIMESTAMP]].drop_duplicates(ignore_index=True)
+    found = fs.get_historical_features(entity_df=query, features=list(features)).to_df()
+    found[TIMESTAMP] = pd.to_datetime(found[TIMESTAMP], utc=True)
+    joined = entity_df.merge(found, on=keys + [TIMESTAMP], how="left", validate="many_to_one")
+    if len(joined) != len(entity_df):
+        raise RuntimeError(f"{entities}: the retrieval returned {len(joined)} rows for {len(entity_df)} entity rows")
+    table = pa.Table.from_pandas(joined, preserve_index=False)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     pq.write_table(table, tmp)

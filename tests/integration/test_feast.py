@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,7 +19,8 @@ from serving.feast_materialize import ValuesFileError, materialize
 from serving.feast_store import FeastViewError
 from serving.store import Store
 from tests.feast_support import (
-    apply_in_process, env, feast_cli, free_port, known_values, online_vectors, redis_server, repo_objects,
+    apply_in_process, feast_cli, free_port, known_values, online_vectors, redis_server, repo_objects, start_feast_serve,
+    stop_feast_serve, wait_feast_serve,
 )
 from tests.serving_support import ensure_runs, raw_strings
 
@@ -85,18 +83,10 @@ def test_feast_apply_and_online_features_equal_the_lookup_layer(arts, tmp_path):
     np.testing.assert_array_equal(np.array(both["C1_embedding"] + both["C2_embedding"], np.float32), want)
 
     port = free_port()  # feast serve: POST /get-online-features answers the same vectors
-    proc = subprocess.Popen([sys.executable, "-m", "feast.cli.cli", "-c", str(repo), "serve", "-h", "127.0.0.1", "-p", str(port)],
-                            cwd=repo, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = start_feast_serve(repo, port)
     try:
-        url, deadline, sample = f"http://127.0.0.1:{port}", time.time() + 180, known[:20] + unseen[:20]
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.poll() is not None else "timeout"
-            time.sleep(0.3)
+        url, sample = f"http://127.0.0.1:{port}", known[:20] + unseen[:20]
+        wait_feast_serve(url, proc)
         for field in sorted({f for f, _ in sample}):
             values = [v for f, v in sample if f == field]
             r = httpx.post(url + "/get-online-features", json={"features": [f"{field}:{field}_embedding"], "entities": {field: values}}, timeout=30)
@@ -107,12 +97,7 @@ def test_feast_apply_and_online_features_equal_the_lookup_layer(arts, tmp_path):
             assert set(result["statuses"]) == {"PRESENT"}
             np.testing.assert_array_equal(np.array(result["values"], np.float32), store.embeddings([(field, v) for v in values]))
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_feast_serve(proc)
 
 
 @pytest.fixture(scope="module")
