@@ -24,7 +24,6 @@ from tests.feast_support import (
 )
 from tests.serving_support import ensure_runs, raw_strings
 
-feast = pytest.importorskip("feast")
 
 
 @pytest.fixture(scope="module")

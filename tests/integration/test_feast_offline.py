@@ -15,7 +15,6 @@ from recsys.cli import main as recsys_main
 from recsys.data.batch import BatchLayout, ParquetBatchReader
 from recsys.features import NUM_RESERVED, load_dataset_spec
 
-pytest.importorskip("feast")
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 DEFINITIONS = '''
 from datetime import timedelta
