@@ -22,11 +22,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
+import numpy as np
 from feast import Entity, FeatureView
 from feast.infra.online_stores.online_store import OnlineStore
 from feast.infra.supported_async_methods import SupportedAsyncMethods
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
-from feast.protos.feast.types.Value_pb2 import FloatList
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.repo_config import FeastConfigBaseModel, RepoConfig
 from feast.types import Array, Float32
@@ -87,6 +87,29 @@ def check_view(view: FeatureView, store: Store) -> str:
             raise FeastViewError(f"feature view '{view.name}': feature '{f.name}' of field '{field}' has vector_length "
                                  f"{f.vector_length}, the artifact's dimension is {dim}")
     return field
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, n = n & 0x7F, n >> 7
+        out.append(low | 0x80 if n else low)
+        if not n:
+            return bytes(out)
+
+
+_FLOAT_LIST_TAG = _varint((ValueProto.DESCRIPTOR.fields_by_name["float_list_val"].number << 3) | 2)
+
+
+def float_list_values(vectors: np.ndarray) -> list[ValueProto]:
+    """A ``Value(float_list_val=...)`` per row of ``[n, d]`` float32, parsed from its wire bytes (the
+    raw little-endian floats: exact, and ~5x cheaper than building each message field by field)."""
+    n, d = vectors.shape
+    inner = b"\x0a" + _varint(4 * d)  # FloatList.val: field 1, packed
+    head = _FLOAT_LIST_TAG + _varint(len(inner) + 4 * d) + inner
+    raw, step = np.ascontiguousarray(vectors, "<f4").tobytes(), 4 * d
+    parse = ValueProto.FromString
+    return [parse(head + raw[i * step : (i + 1) * step]) for i in range(n)]
 
 
 def entity_value(key: EntityKeyProto) -> Any:
@@ -150,7 +173,7 @@ class RecsysOnlineStore(OnlineStore):
             return [(None, None)] * len(entity_keys)
         vectors = store.embeddings([(field, entity_value(k)) for k in entity_keys])[:, : store.widths[field]]
         ts = datetime.fromtimestamp(store.loaded_at, timezone.utc)
-        return [(ts, {name: ValueProto(float_list_val=FloatList(val=v))}) for v in vectors.tolist()]
+        return [(ts, {name: v}) for v in float_list_values(vectors)]
 
     async def online_read_async(
         self,

@@ -5,18 +5,19 @@ from __future__ import annotations
 import runpy
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
 from feast import Entity, FeatureView
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-from feast.protos.feast.types.Value_pb2 import Value
+from feast.protos.feast.types.Value_pb2 import FloatList, Value
 from feast.types import Array, Float32
 
 from serving.feast_materialize import ValuesFileError, read_values
 from serving.feast_repo import init_repo
-from serving.feast_store import STORE_TYPE, FeastViewError, entity_value
+from serving.feast_store import STORE_TYPE, FeastViewError, entity_value, float_list_values
 
 FIELDS = [("C1", 16), ("odd name", 8)]
 
@@ -75,3 +76,14 @@ def test_entity_values_are_strings_integers_or_missing() -> None:
     assert entity_value(key()) is None
     with pytest.raises(FeastViewError, match="entity 'C1': values must be strings or integers, got double_val"):
         entity_value(key(double_val=1.5))
+
+
+@pytest.mark.parametrize("dim", [1, 16, 40])  # 40 floats: 160 bytes, two-byte lengths
+def test_float_list_values_equal_the_messages_built_field_by_field(dim: int) -> None:
+    rng = np.random.default_rng(dim)
+    vectors = rng.standard_normal((5, dim)).astype(np.float32)
+    vectors[0, 0], vectors[1, -1] = -0.0, np.float32(3.4e38)
+    got = float_list_values(vectors[:, :dim])
+    assert got == [Value(float_list_val=FloatList(val=v)) for v in vectors.tolist()]
+    np.testing.assert_array_equal(np.array([list(v.float_list_val.val) for v in got], np.float32), vectors)
+    assert float_list_values(np.zeros((0, dim), np.float32)) == []
