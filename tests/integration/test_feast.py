@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from serving.feast_materialize import ValuesFileError, materialize
 from serving.feast_store import FeastViewError
 from serving.store import Store
 from tests.feast_support import (
-    apply_in_process, feast_cli, free_port, known_values, online_vectors, redis_server, repo_objects, start_feast_serve,
+    apply_in_process, env, feast_cli, free_port, known_values, online_vectors, redis_server, repo_objects, start_feast_serve,
     stop_feast_serve, wait_feast_serve,
 )
 from tests.serving_support import ensure_runs, raw_strings
@@ -211,3 +213,13 @@ def test_materialize_checks_the_values_file_first(arts, tmp_path, redis):
     ours = _init(arts["full"], tmp_path / "ours")
     with pytest.raises(ValueError, match="online store is RecsysOnlineStore itself"):
         materialize(store, ours, bad, progress=False)
+
+
+def test_the_store_imports_no_training_code(arts, tmp_path):
+    repo = apply_in_process(_init(arts["hash"], tmp_path / "repo")).repo_path
+    code = ("import sys; from feast import FeatureStore; fs = FeatureStore(repo_path=sys.argv[1]); "
+            "fs.get_online_features(features=['C1:C1_embedding'], entity_rows=[{'C1': 'a'}]); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('training', 'tests', 'bench')))")
+    done = subprocess.run([sys.executable, "-c", code, str(repo)], env=env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
