@@ -112,10 +112,13 @@ def stores_filled(arts, redis, tmp_path_factory):
     out = {"ours": ours}
     for kind, extra in (("sqlite", []), ("redis", ["--redis", redis.connection])):
         repo = _init(arts["full"], base / kind, "--online-store", kind, *extra)
-        fs = apply_in_process(repo)
-        report = materialize(arts["stores"]["full-int8"], repo, values, batch_size=37, progress=False)
-        assert report.total == len(known) and sum(report.skipped_oov.values()) == 10  # OOV values are not written
-        out[kind] = fs
+        out[kind] = apply_in_process(repo)
+        if kind == "sqlite":  # the command line
+            assert recsys_main(["feast", "materialize", "--artifact", str(arts["full"]), "--repo", str(repo), "--values", str(values),
+                                "--batch-size", "37", "--no-progress"]) == 0
+        else:
+            report = materialize(arts["stores"]["full-int8"], repo, values, batch_size=37, progress=False)
+            assert report.total == len(known) and sum(report.skipped_oov.values()) == 10  # OOV values are not written
     return out, known, unseen
 
 
@@ -223,3 +226,29 @@ def test_the_store_imports_no_training_code(arts, tmp_path):
     done = subprocess.run([sys.executable, "-c", code, str(repo)], env=env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_registered_model_alias_is_served_and_followed(arts, tmp_path, monkeypatch):
+    import mlflow
+
+    from serving.pyfunc import log_model
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    try:
+        log_model(arts["hash"], "model", registered_model_name="ctr")
+        client = mlflow.MlflowClient()
+        client.set_registered_model_alias("ctr", "champion", "1")
+        repo = _init("models:/ctr@champion", tmp_path / "repo", "--tracking-uri", uri, "--poll-interval", "0.2")
+        fs = apply_in_process(repo)
+        pair = ("C2", "C2_5")
+        np.testing.assert_array_equal(online_vectors(fs, [pair])[pair], arts["stores"]["hash-fp32"].embeddings([pair])[0])
+        log_model(arts["full"], "model", registered_model_name="ctr")
+        client.set_registered_model_alias("ctr", "champion", "2")
+    finally:
+        mlflow.set_tracking_uri(None)
+    want, deadline = arts["stores"]["full-int8"].embeddings([pair])[0], time.time() + 60
+    while not np.array_equal(online_vectors(fs, [pair])[pair], want):
+        assert time.time() < deadline, "the alias move was not followed"
+        time.sleep(0.2)
