@@ -11,6 +11,7 @@ nothing written), then read and written in batches of ``batch_size`` rows (bound
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -57,8 +58,8 @@ def read_values(path: Path, batch_size: int) -> Iterator[tuple[int, list[str | N
         _check_columns(path, names)
         batches: Iterator[pa.RecordBatch] = pq.ParquetFile(path).iter_batches(batch_size, columns=list(COLUMNS))
     else:
-        with open(path, encoding="utf-8") as f:
-            _check_columns(path, f.readline().rstrip("\r\n").split(","))
+        with open(path, encoding="utf-8", newline="") as f:
+            _check_columns(path, next(csv.reader(f), []))
         convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in COLUMNS}, include_columns=list(COLUMNS),
                                        strings_can_be_null=False)
         batches = pacsv.open_csv(path, convert_options=convert)

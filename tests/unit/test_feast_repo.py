@@ -51,7 +51,7 @@ def test_values_are_read_in_batches_with_row_numbers(tmp_path: Path, kind: str) 
     rows = [("C1", f"v{i}") for i in range(7)] + [("C2", "12")]
     if kind == "csv":
         path = tmp_path / "v.csv"
-        path.write_text("feature,value,extra\n" + "".join(f"{f},{v},x\n" for f, v in rows))
+        path.write_text("\"feature\",value,extra\n" + "".join(f"{f},{v},x\n" for f, v in rows))
     else:
         path = tmp_path / "v.parquet"
         pq.write_table(pa.table({"value": [v for _, v in rows], "feature": [f for f, _ in rows]}), path)
@@ -87,3 +87,14 @@ def test_float_list_values_equal_the_messages_built_field_by_field(dim: int) -> 
     assert got == [Value(float_list_val=FloatList(val=v)) for v in vectors.tolist()]
     np.testing.assert_array_equal(np.array([list(v.float_list_val.val) for v in got], np.float32), vectors)
     assert float_list_values(np.zeros((0, dim), np.float32)) == []
+
+
+def test_a_mistyped_store_key_is_an_error_naming_the_key_and_file(tmp_path: Path) -> None:
+    from feast import FeatureStore
+    from feast.repo_config import FeastConfigError
+
+    repo = init_repo("/art", tmp_path / "repo", FIELDS)
+    config = repo / "feature_store.yaml"
+    config.write_text(config.read_text().replace("poll_interval_s:", "poll_intervals:"))
+    with pytest.raises(FeastConfigError, match=r"(?s)poll_intervals.*Extra inputs are not permitted.*feature_store.yaml"):
+        FeatureStore(repo_path=str(repo)).config.online_store
