@@ -23,8 +23,11 @@ def cmd_init(args: argparse.Namespace) -> int:
 
     store = _store(args.artifact, args.tracking_uri)  # loaded and verified: a broken artifact stops here
     artifact = args.artifact if args.artifact.startswith("models:/") else os.path.abspath(args.artifact)  # a symlink stays one (hot reload)
-    out = init_repo(artifact, Path(args.out), artifact_fields(store), online=args.online_store, project=args.project,
-                    redis=args.redis, poll_interval_s=args.poll_interval, tracking_uri=args.tracking_uri, overwrite=args.overwrite)
+    try:
+        out = init_repo(artifact, Path(args.out), artifact_fields(store), online=args.online_store, project=args.project,
+                        redis=args.redis, poll_interval_s=args.poll_interval, tracking_uri=args.tracking_uri, overwrite=args.overwrite)
+    except FileExistsError as exc:
+        raise ValueError(str(exc)) from None  # a usage error: reported without a traceback
     print(f"wrote Feast repo {out} ({len(store.features)} feature views, online store {args.online_store}); next: cd {out} && feast apply")
     return 0
 

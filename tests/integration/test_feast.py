@@ -143,6 +143,7 @@ def test_bad_views_and_artifacts_are_refused(arts, tmp_path):
     from feast.types import Array, Float32
 
     repo = _init(arts["hash"], tmp_path / "repo")
+    assert recsys_main(["feast", "init", "--artifact", str(arts["hash"]), "--out", str(repo)]) == 2  # exists: not replaced
     fs = FeatureStore(repo_path=str(repo))
     src = FileSource(name="s", path=str(repo / "data/sources/field_0.parquet"), timestamp_field="event_timestamp")
 
