@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -200,6 +201,9 @@ def test_hot_reload_and_bad_reload(arts, tmp_path):
     while not np.array_equal(online_vectors(fs, [pair])[pair], want):
         assert time.time() < deadline, "the new artifact was not picked up"
         time.sleep(0.1)
+    polling = sum(t.name == "model-reload" for t in threading.enumerate())
+    fs.teardown()  # `feast teardown`: the store stops polling and lets the artifact go
+    assert sum(t.name == "model-reload" for t in threading.enumerate()) == polling - 1
 
 
 def test_materialize_checks_the_values_file_first(arts, tmp_path, redis):
