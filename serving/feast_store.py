@@ -130,7 +130,7 @@ class RecsysOnlineStore(OnlineStore):
         self._holder: ModelHolder | None = None
         self._source = ""
         self._lock = threading.Lock()
-        self._checked: dict[tuple[str, str], str] = {}  # (view, store version) -> field
+        self._checked: dict[tuple, str] = {}  # (view definition, store version) -> field
 
     @property
     def async_supported(self) -> SupportedAsyncMethods:
@@ -153,7 +153,9 @@ class RecsysOnlineStore(OnlineStore):
         return holder.store
 
     def field_of(self, view: FeatureView, store: Store) -> str:
-        key = (view.name, store.version)
+        """``check_view`` once per view definition and artifact version (a re-applied view is checked again)."""
+        key = (view.name, tuple(c.name for c in view.entity_columns),
+               tuple((f.name, str(f.dtype), f.vector_length) for f in view.features), store.version)
         field = self._checked.get(key)
         if field is None:
             field = self._checked[key] = check_view(view, store)
