@@ -32,6 +32,7 @@ from bench.serving_fixture import fake_dataset, fake_run
 from recsys.export import export_run, load_artifact
 from serving.feast_materialize import materialize
 from serving.feast_repo import artifact_fields, init_repo
+from serving.feast_store import RecsysOnlineStore
 from serving.store import Store
 from tests.feast_support import RedisServer, apply_in_process, free_port, start_feast_serve, stop_feast_serve, wait_feast_serve
 
@@ -73,6 +74,34 @@ def in_process(fs, field: str, reqs: dict[int, list[list[str]]], warmup: int) ->
             if k >= warmup:
                 times.append(time.perf_counter() - t)
         out[n] = _percentiles(times)
+    return out
+
+
+def breakdown(fs, store: Store, field: str, values: list[str], rounds: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """Median ms of each layer for one request of ``values``: the lookup, our ``online_read``,
+    ``get_online_features`` and with ``to_dict()``."""
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    ours, view, name = RecsysOnlineStore(), fs.get_feature_view(field), f"{field}_embedding"
+    keys = [EntityKey(join_keys=[field], entity_values=[Value(string_val=v)]) for v in values]
+    rows, ref, pairs = [{field: v} for v in values], [f"{field}:{name}"], [(field, v) for v in values]
+    steps = {
+        "lookup": lambda: store.embeddings(pairs),
+        "online_read": lambda: ours.online_read(fs.config, view, keys, [name]),
+        "get_online_features": lambda: fs.get_online_features(features=ref, entity_rows=rows),
+        "get_online_features_to_dict": lambda: fs.get_online_features(features=ref, entity_rows=rows).to_dict(),
+    }
+    out = {}
+    for step, fn in steps.items():
+        fn()
+        times = []
+        for _ in range(rounds):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        out[step] = float(np.median(times) * 1e3)
+    ours.teardown(fs.config, [], [])
     return out
 
 
@@ -150,6 +179,7 @@ def run(args: argparse.Namespace) -> dict:
             got = stores[kind].get_online_features(features=ref, entity_rows=[{args.field: v} for v in sample]).to_dict()
             assert np.array_equal(np.array(got[ref[0].split(":")[1]], np.float32), np.array(want[ref[0].split(":")[1]], np.float32)), kind
         report["in_process"] = {k: in_process(stores[k], args.field, reqs, args.warmup) for k in repos}
+        report["breakdown_512"] = breakdown(stores["recsys"], store, args.field, reqs[512][0], args.rounds)
         if not args.skip_http:
             report["http"] = {k: over_http(repos[k], args.field, reqs, args.warmup) for k in repos}
         report["memory"] = {
@@ -179,6 +209,10 @@ def markdown(r: dict) -> str:
         for kind, res in r.get(path, {}).items():
             cells = " | ".join(f"{res[n]['p50_ms']:.2f} / {res[n]['p99_ms']:.2f}" for n in SIZES)
             lines.append(f"| {path.replace('_', ' ')} | {kind} | {cells} |")
+    b = r["breakdown_512"]
+    lines += ["", f"One request of 512 entities, median ms: the lookup (`Store.embeddings`) {b['lookup']:.2f}, our `online_read` "
+              f"{b['online_read']:.2f}, `get_online_features` {b['get_online_features']:.2f}, with `to_dict()` "
+              f"{b['get_online_features_to_dict']:.2f}."]
     m = r["memory"]
     lines += ["", f"Memory: our store's process gains {m['recsys_rss_gain_bytes'] / 2**20:.1f} MiB loading the artifact "
               f"({m['recsys_rss_gain_bytes'] / r['artifact_bytes']:.2f}x its {r['artifact_bytes'] / 2**20:.1f} MiB) and answers "
