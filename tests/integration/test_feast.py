@@ -223,14 +223,15 @@ def test_materialize_checks_the_values_file_first(arts, tmp_path, redis):
         materialize(store, ours, bad, progress=False)
 
 
-def test_the_store_imports_no_training_code(arts, tmp_path):
+def test_the_store_imports_no_training_code_and_freezes_the_gc_once_loaded(arts, tmp_path):
     repo = apply_in_process(_init(arts["hash"], tmp_path / "repo")).repo_path
     code = ("import sys; from feast import FeatureStore; fs = FeatureStore(repo_path=sys.argv[1]); "
             "fs.get_online_features(features=['C1:C1_embedding'], entity_rows=[{'C1': 'a'}]); "
+            "import gc; print(gc.get_freeze_count() > 0); "  # gc_freeze: the objects alive after the first load are frozen
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('training', 'tests', 'bench')))")
     done = subprocess.run([sys.executable, "-c", code, str(repo)], env=env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().splitlines()[-1] == "[]"
+    assert done.stdout.strip().splitlines()[-2:] == ["True", "[]"]
 
 
 def test_registered_model_alias_is_served_and_followed(arts, tmp_path, monkeypatch):
