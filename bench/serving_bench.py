@@ -15,7 +15,11 @@
 4. Memory: peak RSS of a process that loads each artifact, against the artifact's size (the
    process total, and the load alone: the peak over the RSS before it, imports warmed up).
 
-Usage: ``python -m bench.serving_bench [--out bench_out/serving] [--duration 6] [--skip-quality] [--http-only] [--workers 1,2]``
+``--quick``: only the fair pinned comparison of ``bench.serving_fair`` (server and Redis on one
+core, the load generator on the other, alternating runs, ids.v1 requests on uvicorn and granian,
+the in-process bulk API against redis-py); it ends with ``serving vs redis at 512 ids: X.XX×``.
+
+Usage: ``python -m bench.serving_bench [--quick [--rounds 3]] [--out bench_out/serving] [--duration 6] [--skip-quality] [--http-only] [--workers 1,2]``
 """
 
 from __future__ import annotations
@@ -257,7 +261,9 @@ def _uptime() -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="bench_out/serving")
-    p.add_argument("--duration", type=float, default=6.0, help="seconds per load-generator run")
+    p.add_argument("--duration", type=float, default=None, help="seconds per load-generator run (default 6; --quick: 3)")
+    p.add_argument("--quick", action="store_true", help="only the fair pinned comparison (bench.serving_fair)")
+    p.add_argument("--rounds", type=int, default=3, help="--quick: alternating rounds per target (medians)")
     p.add_argument("--scale", type=float, default=0.5, help="Criteo cardinalities >= 100k are multiplied by this")
     p.add_argument("--skip-quality", action="store_true")
     p.add_argument("--http-only", action="store_true", help="only the HTTP vs Redis part (artifacts from an earlier run are reused)")
@@ -273,6 +279,10 @@ def main() -> None:
         print(json.dumps(results["quality"], indent=1), flush=True)
     spec = fake_dataset(out / "criteo-data", args.scale)
     artifacts = {d: out / f"criteo-full-{d}" for d in ("fp32", "int8")}
+    if args.quick:
+        _quick(out, spec, artifacts["int8"], args)
+        return
+    args.duration = args.duration or 6.0
     if not (args.http_only and all((a / "manifest.json").exists() for a in artifacts.values())):
         run = fake_run(out / "criteo-data", out / "criteo-run")
         for dtype, art in artifacts.items():
@@ -293,6 +303,19 @@ def main() -> None:
     path = out / ("results_http.json" if args.http_only else "results.json")
     path.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {path}")
+
+
+def _quick(out: Path, spec, art: Path, args: argparse.Namespace) -> None:
+    from bench.serving_fair import fair, markdown
+
+    if not (art / "manifest.json").exists():
+        export_run(fake_run(out / "criteo-data", out / "criteo-run"), art, dtype="int8", overwrite=True)
+    store = Store.open(art)
+    result = fair(art, store, key_pool(spec, 50_000), out, args.duration or 3.0, args.rounds, [int(n) for n in args.sizes.split(",")], _port)
+    (out / "fair.json").write_text(json.dumps(result, indent=2) + "\n")
+    text = markdown(result)
+    (out / "fair.md").write_text(text)
+    print(text, end="", flush=True)
 
 
 if __name__ == "__main__":

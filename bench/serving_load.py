@@ -1,7 +1,8 @@
 """Async load generator, run as its own process by ``bench.serving_bench`` (like wrk, in Python).
 
 ``--target http``: ``POST /v1/embeddings`` with ``--ids`` (feature, value) pairs, JSON back or,
-with ``--binary``, float32 rows; ``--target redis``: ``MGET`` of as many keys ``<feature>:<value>``.
+with ``--binary``, float32 rows; with ``--ids-format`` the request is an ids.v1 body (the pairs'
+raw ids grouped by feature) and the answer float32 rows; ``--target redis``: ``MGET`` of as many keys ``<feature>:<value>``.
 
 Two clients (``--client``):
 
@@ -43,16 +44,28 @@ def _batches(pool: list[list[str]], n: int, seed: int) -> list[list[list[str]]]:
     return [[pool[rng.randrange(len(pool))] for _ in range(n)] for _ in range(BATCHES)]
 
 
-class RawHttp:
-    """One keep-alive HTTP/1.1 connection with pre-encoded requests."""
+def ids_body(batch: list[list]) -> bytes:
+    """The ids.v1 body of a batch of ``[feature, value, raw id]``: the raw ids grouped by feature
+    (the answer keeps that order)."""
+    from serving.idsv1 import encode
 
-    def __init__(self, port: int, batches: list[list[list[str]]], binary: bool, dim: int) -> None:
-        self.port, self.binary, self.dim, self.n = port, binary, dim, len(batches[0])
-        accept = b"application/octet-stream" if binary else b"application/json"
+    by: dict[str, list[int]] = {}
+    for f, _, raw in batch:
+        by.setdefault(f, []).append(raw)
+    return encode({f: np.array(ids, np.int64) for f, ids in by.items()})
+
+
+class RawHttp:
+    """One keep-alive HTTP/1.1 connection with pre-encoded requests (JSON items, or ids.v1 with ``ids``)."""
+
+    def __init__(self, port: int, batches: list[list[list[str]]], binary: bool, dim: int, ids: bool = False) -> None:
+        self.port, self.binary, self.dim, self.n = port, binary or ids, dim, len(batches[0])
+        accept = b"application/octet-stream" if self.binary else b"application/json"
+        ctype = b"application/vnd.recsys.ids.v1" if ids else b"application/json"
         self.requests = []
         for batch in batches:
-            body = json.dumps({"items": [{"feature": f, "value": v} for f, v in batch]}, separators=(",", ":")).encode()
-            head = (b"POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nAccept: " + accept
+            body = ids_body(batch) if ids else json.dumps({"items": [{"feature": f, "value": v} for f, v, *_ in batch]}, separators=(",", ":")).encode()
+            head = (b"POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: " + ctype + b"\r\nAccept: " + accept
                     + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n")
             self.requests.append(head + body)
 
@@ -82,7 +95,7 @@ class RawRedis:
         self.port, self.n = port, len(batches[0])
         self.commands = []
         for batch in batches:
-            keys = [f"{f}:{v}".encode() for f, v in batch]
+            keys = [f"{f}:{v}".encode() for f, v, *_ in batch]
             parts = [b"*%d\r\n$4\r\nMGET\r\n" % (len(keys) + 1)] + [b"$%d\r\n%s\r\n" % (len(k), k) for k in keys]
             self.commands.append(b"".join(parts))
         self.head = b"*%d\r\n" % self.n
@@ -114,7 +127,7 @@ class LibHttp:
 
     async def __call__(self, i: int) -> bool:
         batch = self.batches[i % len(self.batches)]
-        r = await self.client.post("/v1/embeddings", json={"items": [{"feature": f, "value": v} for f, v in batch]}, headers=self.headers)
+        r = await self.client.post("/v1/embeddings", json={"items": [{"feature": f, "value": v} for f, v, *_ in batch]}, headers=self.headers)
         if r.status_code != 200:
             return False
         if self.binary:
@@ -136,7 +149,7 @@ class LibRedis:
         pass
 
     async def __call__(self, i: int) -> bool:
-        values = await self.client.mget([f"{f}:{v}" for f, v in self.batches[i % len(self.batches)]])
+        values = await self.client.mget([f"{f}:{v}" for f, v, *_ in self.batches[i % len(self.batches)]])
         return all(x is not None for x in values) and np.frombuffer(b"".join(values), "<f4").size == len(values) * self.dim
 
     async def close(self) -> None:
@@ -145,7 +158,9 @@ class LibRedis:
 
 def _connection(args: argparse.Namespace, batches: list[list[list[str]]]):
     if args.target == "http":
-        return (RawHttp if args.client == "raw" else LibHttp)(args.port, batches, args.binary, args.dim)
+        if args.client == "raw":
+            return RawHttp(args.port, batches, args.binary, args.dim, args.ids_format)
+        return LibHttp(args.port, batches, args.binary, args.dim)
     return (RawRedis if args.client == "raw" else LibRedis)(args.port, batches, args.dim)
 
 
@@ -201,7 +216,8 @@ async def _run(args: argparse.Namespace) -> dict:
         await c.open()
     lat: list[float] = []
     errors: list[int] = []
-    await _closed(conns, time.perf_counter() + args.warmup, [], [], args.timeout)  # warm up (connections, caches)
+    warm: list[float] = []
+    await _closed(conns, time.perf_counter() + args.warmup, warm, [], args.timeout)  # warm up (connections, caches)
     start = time.perf_counter()
     if args.rate:
         await _open(conns, args.rate, start + args.duration, lat, errors, args.timeout, args.ids)
@@ -212,9 +228,9 @@ async def _run(args: argparse.Namespace) -> dict:
         await c.close()
     ms = np.array(lat) * 1e3
     return {
-        "target": args.target + ("-binary" if args.binary else "") + ("" if args.client == "raw" else "-lib"), "ids": args.ids,
+        "target": args.target + ("-ids" if args.ids_format else "-binary" if args.binary else "") + ("" if args.client == "raw" else "-lib"), "ids": args.ids,
         "load": f"open {args.rate:g}/s" if args.rate else "closed", "concurrency": args.concurrency,
-        "requests": len(lat), "errors": len(errors), "requests_per_s": len(lat) / elapsed,
+        "requests": len(lat), "warmup_requests": len(warm), "errors": len(errors), "requests_per_s": len(lat) / elapsed,
         "vectors_per_s": (len(lat) - len(errors)) * args.ids / elapsed, "p50_ms": float(np.percentile(ms, 50)),
         "p99_ms": float(np.percentile(ms, 99)), "max_ms": float(ms.max()),
     }
@@ -224,7 +240,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--target", choices=["http", "redis"], required=True)
     p.add_argument("--port", type=int, required=True)
-    p.add_argument("--keys", required=True, help="JSON list of [feature, value] pairs")
+    p.add_argument("--keys", required=True, help="JSON list of [feature, value] pairs ([feature, value, raw id] for --ids-format)")
     p.add_argument("--ids", type=int, default=64)
     p.add_argument("--dim", type=int, default=16, help="vector width (checks reply sizes)")
     p.add_argument("--concurrency", type=int, default=8, help="connections")
@@ -233,7 +249,8 @@ def main() -> None:
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--timeout", type=float, default=10.0, help="seconds before a request counts as an error")
     p.add_argument("--client", choices=["raw", "lib"], default="raw")
-    p.add_argument("--binary", action="store_true")
+    p.add_argument("--binary", action="store_true", help="float32 rows back (JSON request)")
+    p.add_argument("--ids-format", dest="ids_format", action="store_true", help="ids.v1 requests (raw ids by feature), float32 rows back")
     print(json.dumps(asyncio.run(_run(p.parse_args()))))
 
 

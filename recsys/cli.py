@@ -161,14 +161,23 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import os
 
+    from pydantic import ValidationError
+
     from recsys.export.artifact import ArtifactError
-    from serving.app import serve
+    from serving.fronts import serve
     from serving.settings import ServeSettings
 
     given = {k: v for k, v in vars(args).items() if k in ServeSettings.model_fields and v is not None}
     given.setdefault("token", os.environ.get("RECSYS_SERVE_TOKEN") or None)
     try:
-        serve(ServeSettings(**given))
+        settings = ServeSettings(**given)
+    except ValidationError as exc:
+        for e in exc.errors():
+            key = ".".join(str(p) for p in e["loc"])
+            print(f"recsys serve: setting '{key}': {e['msg']} (got {e.get('input')!r})", file=sys.stderr)
+        return 2
+    try:
+        serve(settings)
     except (ArtifactError, TimeoutError) as exc:  # the model cannot be served (named file, or too slow to load)
         print(f"recsys serve: {exc}", file=sys.stderr)
         return 2
@@ -308,6 +317,13 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--max-body-bytes", dest="max_body_bytes", type=int, help="larger bodies get 413")
     srv.add_argument("--workers", type=int, help="server processes (each loads the model; default 1)")
     srv.add_argument("--offload-items", dest="offload_items", type=int, help="requests this large run in a worker thread (default 512)")
+    srv.add_argument("--offload-ids", dest="offload_ids", type=int, help="ids.v1 requests this large run in a worker thread (default 4096)")
+    srv.add_argument("--server", choices=["uvicorn", "granian"], help="HTTP front: uvicorn (default) or granian (Rust)")
+    srv.add_argument("--header-timeout", dest="header_timeout_s", type=float, help="seconds for a request's headers (default 10; then 408)")
+    srv.add_argument("--body-timeout", dest="body_timeout_s", type=float, help="seconds for a request's body after its headers (default 10; then 408)")
+    srv.add_argument("--keep-alive", dest="keep_alive_s", type=float, help="seconds an idle keep-alive connection stays open (default 5)")
+    srv.add_argument("--max-connections", dest="max_connections", type=int, help="uvicorn: 503 beyond this many connections; granian: requests at once per worker (default 1024)")
+    srv.add_argument("--max-inflight", dest="max_inflight", type=int, help="POST requests served at once per process, more get 503 (default 256)")
     srv.add_argument("--log-level", dest="log_level", default="info")
     srv.set_defaults(func=cmd_serve)
 

@@ -1,4 +1,4 @@
-"""The HTTP lookup service: FastAPI on uvicorn over the in-process lookup layer.
+"""The HTTP lookup service: a FastAPI app over the in-process lookup layer (run by ``serving.fronts``).
 
 Endpoints: ``POST /v1/embeddings``, ``POST /v1/score``, ``GET /v1/metadata``, ``GET /healthz``,
 ``GET /readyz``, ``GET /metrics`` (Prometheus text), OpenAPI docs at ``/docs``. Client errors
@@ -12,13 +12,14 @@ else goes to the route and through the pydantic model, which gives the detailed 
 out as JSON written in bulk by numpy (9 significant digits, exact for float32; see
 ``serving.wire``) or, with ``Accept: application/octet-stream``, as raw little-endian float32
 rows (``n x dim x 4`` bytes, row i = item i) with the shape and version in the headers
-``X-Embedding-Count``, ``X-Embedding-Dim``, ``X-Model-Version``.
+``X-Embedding-Count``, ``X-Embedding-Dim``, ``X-Model-Version``. A body of
+``Content-Type: application/vnd.recsys.ids.v1`` (``serving.idsv1``: whole id arrays per feature)
+is answered on the same fast path with whole-array numpy work and float32 rows.
 
 Small lookups run inline on the event loop (one torch thread; a thread-pool hop would cost more
 than the lookup); requests with at least ``offload_items`` items run in a worker thread so the
-loop keeps reading and answering other connections meanwhile. ``workers > 1`` runs that many
-processes (uvicorn's supervisor, one listening socket), each loading the artifact itself and
-polling for reloads on its own; ``/metrics`` then describes the process that answered.
+loop keeps reading and answering other connections meanwhile. With ``workers > 1`` each process
+loads the artifact and polls for reloads itself; ``/metrics`` describes the process that answered.
 
 Example:
     $ recsys serve --model artifacts/dlrm-hash-int8 --port 8000
@@ -28,8 +29,6 @@ Example:
 import hmac
 import json
 import logging
-import os
-import socket
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
@@ -43,7 +42,11 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 
 from serving.encode import RequestError
-from serving.metrics import BodyLimitMiddleware, MetricsMiddleware, ServingMetrics, replay_receive
+from serving.idsv1 import CONTENT_TYPE as IDS_V1
+from serving.idsv1 import FormatError
+from serving.idsv1 import decode as decode_ids
+from serving.limits import RequestLimits, replay_receive
+from serving.metrics import MetricsMiddleware, ServingMetrics
 from serving.reload import ModelHolder
 from serving.schemas import EmbeddingsResponse, ScoreResponse, dump_rows, request_models
 from serving.settings import ServeSettings
@@ -53,13 +56,17 @@ from serving.wire import fast_pairs, float32_json
 
 log = logging.getLogger("serving.app")
 BINARY = "application/octet-stream"
-SETTINGS_ENV = "RECSYS_SERVE_SETTINGS"  # how `serve` hands its settings to worker processes
 _SMALL_JSON = 128  # fewer numbers than this: plain json.dumps is quicker than the bulk formatter
 BINARY_DOC = (
     "With `Accept: application/octet-stream` (items only): the vectors as raw little-endian float32, "
     "`count x dim x 4` bytes, row i = item i; headers `X-Embedding-Count`, `X-Embedding-Dim` and "
     "`X-Model-Version` give the shape and the model version. "
     "Read with `numpy.frombuffer(body, '<f4').reshape(count, dim)`."
+)
+IDS_DOC = (
+    f"`Content-Type: {IDS_V1}`: per feature, packed little-endian int64 raw ids or length-prefixed UTF-8 values "
+    "(layout in `serving.idsv1`, built by `serving.idsv1.encode`); answered with float32 rows as above "
+    "(JSON with `Accept: application/json`); 400 names the offset of a malformed body."
 )
 
 
@@ -124,10 +131,19 @@ def _validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
     return [{"loc": ["body", *e.get("loc", ())], "msg": e.get("msg", "")} for e in exc.errors()[:20]]
 
 
-async def _body(request: Request) -> bytes:
+def _media(ctype: bytes | str | None) -> str:
+    """The media type of a Content-Type header, lower case ('' when absent)."""
+    if ctype is None:
+        return ""
+    text = ctype.decode("latin-1") if isinstance(ctype, bytes) else ctype
+    return text.split(";")[0].strip().lower()
+
+
+async def _body(request: Request, binary_ok: bool = False) -> bytes:
     ctype = request.headers.get("content-type")
-    if ctype is not None and ctype.split(";")[0].strip().lower() not in ("application/json", ""):
-        raise HTTPException(415, f"request bodies are JSON (Content-Type: application/json), got {ctype[:100]!r}")
+    if _media(ctype) not in ("application/json", "", *((IDS_V1,) if binary_ok else ())):
+        also = f" or {IDS_V1}" if binary_ok else ""
+        raise HTTPException(415, f"request bodies are JSON (Content-Type: application/json){also}, got {ctype[:100]!r}")
     return await request.body()
 
 
@@ -146,8 +162,9 @@ def make_holder(settings: ServeSettings) -> ModelHolder:
     return holder
 
 
-def create_app(settings: ServeSettings, holder: ModelHolder | None = None, metrics: ServingMetrics | None = None) -> FastAPI:
-    """The ASGI app; loads the model first unless a loaded ``holder`` is given."""
+def create_app(settings: ServeSettings, holder: ModelHolder | None = None, metrics: ServingMetrics | None = None) -> MetricsMiddleware:
+    """The ASGI app (metrics, limits and the fast path around the FastAPI app); loads the model
+    first unless a loaded ``holder`` is given."""
     torch.set_num_threads(settings.torch_threads)
     metrics = metrics or ServingMetrics()
     holder = holder or make_holder(settings)
@@ -162,6 +179,7 @@ def create_app(settings: ServeSettings, holder: ModelHolder | None = None, metri
         holder.start()
         yield
         holder.stop()
+        log.info("stopped serving")
 
     app = FastAPI(title="recsys lookup service", version="1", lifespan=lifespan)
 
@@ -202,10 +220,13 @@ def create_app(settings: ServeSettings, holder: ModelHolder | None = None, metri
                       415: {"description": "body not sent as application/json"}, 422: {"description": "invalid request"}}
 
     @app.post("/v1/embeddings", responses=embeddings_doc, description=(
-        "Vectors of `items` (feature, raw value) or of `entities` (feature -> raw value(s)). " + BINARY_DOC))
+        "Vectors of `items` (feature, raw value) or of `entities` (feature -> raw value(s)). " + BINARY_DOC + " " + IDS_DOC))
     async def embeddings(request: Request) -> Response:
         check_token(request)
-        raw = await _body(request)
+        raw = await _body(request, binary_ok=True)
+        if _media(request.headers.get("content-type")) == IDS_V1:
+            status, body, media_type, headers = await ids_answer(raw, request.headers.get("accept", "").encode())
+            return Response(body, status_code=status, media_type=media_type, headers=headers)
         s = holder.store
         pairs = None
         try:
@@ -234,8 +255,10 @@ def create_app(settings: ServeSettings, holder: ModelHolder | None = None, metri
         headers = dict(reversed(scope["headers"]))  # a repeated header: its first value, as the routes read it
         if settings.token is not None and not hmac.compare_digest(headers.get(b"authorization", b""), expected_auth):
             return None
-        ctype = headers.get(b"content-type")
-        if ctype is not None and ctype.split(b";")[0].strip().lower() not in (b"application/json", b""):
+        media = _media(headers.get(b"content-type"))
+        if media == IDS_V1:
+            return await ids_answer(raw, headers.get(b"accept", b""))
+        if media not in ("application/json", ""):
             return None
         try:
             pairs = fast_pairs(json.loads(raw.decode()), settings.max_items, settings.max_string_length)
@@ -250,6 +273,23 @@ def create_app(settings: ServeSettings, holder: ModelHolder | None = None, metri
             return 422, json.dumps({"detail": str(exc)}).encode(), "application/json", {}
         pairs_counter.inc(len(pairs))
         return (200, *_vectors_body(s.version, vectors, BINARY.encode() in headers.get(b"accept", b"")))
+
+    async def ids_answer(raw: bytes, accept: bytes) -> tuple[int, bytes, str, dict[str, str]]:
+        """The answer to an ids.v1 body: float32 rows (JSON when ``Accept`` names only JSON), 400 when
+        malformed, 422 for an unknown feature."""
+        try:
+            blocks = decode_ids(raw, settings.max_items, settings.max_string_length)
+        except FormatError as exc:
+            return 400, json.dumps({"detail": str(exc)}).encode(), "application/json", {}
+        s = holder.store
+        n = sum(len(ids) for _, ids in blocks)
+        try:
+            vectors = s.lookup_blocks(blocks) if n < settings.offload_ids else await to_thread.run_sync(s.lookup_blocks, blocks)
+        except RequestError as exc:
+            return 422, json.dumps({"detail": str(exc)}).encode(), "application/json", {}
+        pairs_counter.inc(n)
+        as_json = b"application/json" in accept and BINARY.encode() not in accept
+        return (200, *_vectors_body(s.version, vectors, not as_json))
 
     @app.post("/v1/score", responses={200: {"model": ScoreResponse}, 415: {"description": "body not sent as application/json"},
                                       422: {"description": "invalid request"}})
@@ -294,59 +334,23 @@ def create_app(settings: ServeSettings, holder: ModelHolder | None = None, metri
                 js = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 components.update(js.pop("$defs", {}))
                 components[model.__name__] = js
-                schema["paths"][path]["post"]["requestBody"] = {
-                    "required": True, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}
+                content = {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}
+                if path == "/v1/embeddings":
+                    content[IDS_V1] = {"schema": {"type": "string", "format": "binary", "description": IDS_DOC}}
+                schema["paths"][path]["post"]["requestBody"] = {"required": True, "content": content}
             app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    app.add_middleware(ItemsFastPath, handler=items_fast)
-    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.state.holder = holder
     app.state.metrics = metrics
-    return app
+    # outside FastAPI's own stack (error and telemetry middleware, routing): the fast path costs a few
+    # plain calls; what it declines goes on to FastAPI
+    limits = RequestLimits(ItemsFastPath(app, items_fast), settings.max_body_bytes, settings.body_timeout_s, settings.max_inflight)
+    return MetricsMiddleware(limits, metrics)
 
 
 def configure_logging(level: str) -> None:
     """Timestamped lines at ``level`` on stderr; ``force``: importing fbgemm_gpu logs once, which
     installs Python's default handler (WARNING, no timestamps) and would make this a no-op."""
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-
-
-def worker_app() -> FastAPI:
-    """The app of one worker process (``serve`` with ``workers > 1``): settings come from the environment."""
-    settings = ServeSettings.model_validate_json(os.environ[SETTINGS_ENV])
-    configure_logging(settings.log_level)
-    return create_app(settings)
-
-
-def serve(settings: ServeSettings) -> None:
-    """Run the service until SIGINT/SIGTERM; in-flight requests finish (graceful shutdown).
-
-    uvicorn uses uvloop and httptools when they are installed (its "auto" choices), else asyncio and
-    h11; either way each response goes out in one write (``serving.transport``).
-    """
-    import uvicorn
-
-    configure_logging(settings.log_level)
-    from serving.transport import CoalescingHttpProtocol
-
-    common = dict(host=settings.host, port=settings.port, log_level=settings.log_level, http=CoalescingHttpProtocol,
-                  timeout_graceful_shutdown=settings.graceful_timeout_s, access_log=False)
-    if settings.workers > 1:
-        os.environ[SETTINGS_ENV] = settings.model_dump_json()
-        log.info("listening on http://%s:%d with %d worker processes", settings.host, settings.port, settings.workers)
-        config = uvicorn.Config("serving.app:worker_app", factory=True, workers=settings.workers, **common)
-        sock = config.bind_socket()
-        # uvicorn's shared socket has protocol 0, so asyncio does not turn Nagle off per connection as it
-        # does for sockets it opens itself (responses would wait ~40 ms for delayed ACKs); accepted
-        # connections inherit the listening socket's TCP_NODELAY (Linux)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        from uvicorn.supervisors import Multiprocess
-
-        Multiprocess(config, sockets=[sock]).run()
-        return
-    app = create_app(settings)
-    log.info("listening on http://%s:%d", settings.host, settings.port)
-    uvicorn.run(app, **common)

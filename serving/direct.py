@@ -208,6 +208,9 @@ class DirectLookup:
         return out
 
     def __call__(self, pairs: Sequence[tuple[str, Any]]) -> np.ndarray:
-        feature, raw = self.encoder.raw_pairs(pairs)
+        return self.from_ids(*self.encoder.raw_pairs(pairs))
+
+    def from_ids(self, feature: np.ndarray, raw: np.ndarray) -> np.ndarray:
+        """The vectors of ``(feature position, raw id)`` arrays (positions known to be valid)."""
         present = ~(self.encoder.multi_valued[feature] & (raw == MISSING_ID))  # a missing multi-valued value: an empty bag
         return self.vectors(feature, self._rows(feature, raw), present)

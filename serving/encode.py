@@ -265,8 +265,11 @@ class Encoder:
         pools ``features x that`` bags, most of them non-empty. The vector of pair i is row
         ``slot[i]`` of feature ``feature[i]``'s pooled output.
         """
-        n = len(pairs)
-        feature, raw = self.raw_pairs(pairs)
+        return self.ids_kjt(*self.raw_pairs(pairs))
+
+    def ids_kjt(self, feature: np.ndarray, raw: np.ndarray) -> tuple[KeyedJaggedTensor, np.ndarray, np.ndarray]:
+        """``pairs`` of ``(feature position, raw id)`` arrays (positions known to be valid)."""
+        n = len(feature)
         order = np.argsort(feature, kind="stable")  # feature-major, request order within a feature
         counts = np.bincount(feature, minlength=len(self.sparse))
         starts = np.zeros(len(self.sparse) + 1, np.int64)

@@ -1,4 +1,5 @@
-"""Prometheus metrics of the lookup service, in a registry per app, and the ASGI middleware that counts requests."""
+"""Prometheus metrics of the lookup service, in a registry per app, and the ASGI middleware that counts requests
+(request limits: ``serving.limits``)."""
 
 from __future__ import annotations
 
@@ -100,53 +101,3 @@ class MetricsMiddleware:
             if counter is None:
                 counter = self._requests[key] = self.metrics.requests.labels(path=label, status=str(key[1]))
             counter.inc()
-
-
-class BodyLimitMiddleware:
-    """Answers 413 to bodies over ``limit`` bytes (declared or streamed), before any parsing."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope.get("method") not in ("POST", "PUT", "PATCH"):
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
-            await _reject(send, 413 if declared.isdigit() else 400, "request body too large" if declared.isdigit() else "bad Content-Length")
-            return
-        chunks, size, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                return
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            more = message.get("more_body", False)
-            if size > self.limit:
-                await _reject(send, 413, "request body too large")
-                return
-        await self.app(scope, replay_receive(b"".join(chunks), receive), send)
-
-
-def replay_receive(body: bytes, receive: Any) -> Callable[[], Awaitable[dict[str, Any]]]:
-    """An ASGI ``receive`` that gives an already read ``body`` once, then defers to ``receive``."""
-    replayed = False
-
-    async def replay() -> dict[str, Any]:
-        nonlocal replayed
-        if not replayed:
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
-
-
-async def _reject(send: Any, status: int, detail: str) -> None:
-    body = ('{"detail":"%s"}' % detail).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

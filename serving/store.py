@@ -21,11 +21,25 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from recsys.export.loader import LoadedArtifact, load_artifact
 from serving.direct import DirectLookup
+from recsys.hashing import hash64_strings
 from serving.encode import Encoder, RequestError
 from serving.source import resolve_source
 
 Row = Mapping[str, Any]
 logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)  # a one-off torchrec tracing notice
+
+
+def raw_ids(values: np.ndarray | Sequence[str | None]) -> np.ndarray:
+    """int64 raw ids of an integer array (as given; uint64 viewed), or of strings (hashed)."""
+    if isinstance(values, np.ndarray) and values.dtype.kind in "iu":
+        if values.dtype.itemsize != 8:
+            return values.astype(np.int64)
+        return np.ascontiguousarray(values).view(np.int64)
+    texts = values.tolist() if isinstance(values, np.ndarray) else list(values)
+    if any(v is not None and not isinstance(v, str) for v in texts):
+        bad = next(v for v in texts if v is not None and not isinstance(v, str))
+        raise RequestError(f"values must be an integer array of raw ids or strings, got a {type(bad).__name__}")
+    return hash64_strings(texts)
 
 
 def _pooled(out: Any) -> KeyedTensor:
@@ -69,14 +83,50 @@ class Store:
             return self.direct(pairs)
         return self.module_embeddings(pairs)
 
+    def lookup(self, feature: str, values: np.ndarray | Sequence[str | None]) -> np.ndarray:
+        """``[n, D]`` float32 vectors of one feature's values, for rankers embedding the lookup layer.
+
+        ``values``: an integer array of raw ids (``recsys.hashing.hash64_strings`` of the values, as
+        the Parquet shards hold them; uint64 is taken as its int64 view), or strings (a list or a
+        str/object array; ``None`` and ``""`` are missing), hashed here. Bit-identical to
+        ``embeddings`` of the same pairs and to the HTTP answers.
+        """
+        position = self.encoder.position.get(feature) if isinstance(feature, str) else None
+        if position is None:
+            raise RequestError(f"unknown sparse feature {feature!r}; features: {', '.join(self.features)}")
+        raw = raw_ids(values)
+        return self.lookup_ids(np.full(len(raw), position, np.int64), raw)
+
+    def lookup_ids(self, feature: np.ndarray, raw: np.ndarray) -> np.ndarray:
+        """``[n, D]`` vectors of ``(feature position, raw id)`` int64 arrays (positions valid)."""
+        if not len(raw):
+            return np.zeros((0, self.width), np.float32)
+        if self.direct is not None:
+            return self.direct.from_ids(feature, raw)
+        return self._module_vectors(*self.encoder.ids_kjt(feature, raw))
+
+    def lookup_blocks(self, blocks: Sequence[tuple[str, np.ndarray]]) -> np.ndarray:
+        """The vectors of ``[(feature, int64 raw ids)]`` blocks, in order (an ids.v1 request)."""
+        position = self.encoder.position
+        unknown = [f for f, _ in blocks if f not in position]
+        if unknown:
+            raise RequestError(f"unknown sparse feature {unknown[0]!r}; features: {', '.join(self.features)}")
+        if len(blocks) == 1:
+            (name, raw), = blocks
+            return self.lookup_ids(np.full(len(raw), position[name], np.int64), raw)
+        feature = np.repeat(np.array([position[f] for f, _ in blocks], np.int64), [len(r) for _, r in blocks])
+        return self.lookup_ids(feature, np.concatenate([r for _, r in blocks]) if blocks else np.zeros(0, np.int64))
+
     def module_embeddings(self, pairs: Sequence[tuple[str, Any]]) -> np.ndarray:
         """``embeddings`` computed by the method's module (what ``self.direct`` must equal)."""
-        kjt, feature, slot = self.encoder.pairs(pairs)
+        return self._module_vectors(*self.encoder.pairs(pairs))
+
+    def _module_vectors(self, kjt: KeyedJaggedTensor, feature: np.ndarray, slot: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             pooled = _pooled(self.embedding(kjt))
         if self.uniform and pooled.keys() == self.features:
             return pooled.values().view(-1, len(self.features), self.width).numpy()[slot, feature]
-        out = np.zeros((len(pairs), self.width), np.float32)
+        out = np.zeros((len(feature), self.width), np.float32)
         for name, vectors in pooled.to_dict().items():
             idx = np.flatnonzero(feature == self.encoder.position[name])
             out[idx, : vectors.shape[1]] = vectors.numpy()[slot[idx]]

@@ -1,4 +1,4 @@
-"""uvicorn's HTTP protocol with coalesced writes: one ``send()`` per response instead of two.
+"""uvicorn's HTTP protocol with coalesced writes (one ``send()`` per response instead of two) and a header deadline.
 
 uvicorn writes a response's status line and headers, then its body, as separate transport
 writes, and asyncio sends each at once: two system calls, and on loopback two wake-ups of the
@@ -67,3 +67,55 @@ class CoalescingHttpProtocol(_Base):  # type: ignore[misc, valid-type]
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(_CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
+
+
+_TIMEOUT_BODY = b'{"detail":"request headers not received in time"}'
+_TIMEOUT_408 = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: "
+                + str(len(_TIMEOUT_BODY)).encode() + b"\r\n\r\n" + _TIMEOUT_BODY)
+
+
+class HeaderTimeoutProtocol(CoalescingHttpProtocol):
+    """The coalescing protocol with a header deadline: a connection's first request, and every later
+    one from its first byte, must have sent all its headers within ``header_timeout_s``, else it
+    gets 408 and is closed (a connection that sent nothing is just closed). uvicorn alone has no
+    such timer: its keep-alive timer stops at the first byte, so a client sending a byte now and
+    then held the connection forever. The deadline is a class attribute, set by ``serving.fronts``
+    in each process before it serves (uvicorn's worker processes get the class by name). Needs
+    httptools (the ``serve`` extra); with h11 the deadline is not enforced."""
+
+    header_timeout_s = 10.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._partial = False
+        self._header_timer: asyncio.TimerHandle | None = None
+        if hasattr(_Base, "on_message_begin"):
+            self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_late)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._partial = True
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_late)
+
+    def on_headers_complete(self) -> None:
+        self._partial = False
+        self._stop_header_timer()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_header_timer()
+        super().connection_lost(exc)
+
+    def _stop_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_late(self) -> None:
+        self._header_timer = None
+        if self.transport.is_closing() or (self.cycle is not None and not self.cycle.response_complete):
+            return  # a request is being answered: the body timeout (serving.limits) is in charge
+        if self._partial:
+            self.transport.write(_TIMEOUT_408)
+        self.transport.close()

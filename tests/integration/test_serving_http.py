@@ -1,6 +1,7 @@
-"""The real HTTP service on 127.0.0.1 (a uvicorn subprocess): equality with the in-process layer,
-fuzzing (surrogates, BOMs, duplicate headers included), hot swap under load, corrupted, FIFO and
-other-interface artifacts refused visibly, timestamped logs, graceful shutdown, no `training` import."""
+"""The real HTTP service on 127.0.0.1 (a subprocess, on each front: uvicorn and granian): equality
+with the in-process layer (ids.v1 bodies included), fuzzing (surrogates, BOMs, duplicate headers,
+malformed ids.v1 included), hot swap under load, corrupted, FIFO and other-interface artifacts
+refused visibly, timestamped logs, graceful shutdown, no `training` import."""
 
 from __future__ import annotations
 
@@ -23,6 +24,9 @@ import numpy as np
 import pytest
 
 from recsys.export import export_run, load_artifact
+from recsys.hashing import hash64_strings
+from serving.idsv1 import CONTENT_TYPE as IDS_V1
+from serving.idsv1 import encode, vectors
 from serving.store import Store
 from tests.fuzz_bodies import ENDPOINTS, LONE, RAW_LONE, raw_http, surrogate_bodies
 from tests.serving_support import ROOT, ensure_runs
@@ -78,11 +82,12 @@ def _point(link: Path, target: Path) -> None:
     os.replace(tmp, link)
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory):
+@pytest.fixture(scope="module", params=["uvicorn", "granian"])
+def service(request, tmp_path_factory):
     base = tmp_path_factory.getbasetemp() / "serving-runs"
     _, runs = ensure_runs(base)
-    root = tmp_path_factory.mktemp("served")
+    front = request.param
+    root = tmp_path_factory.mktemp(f"served-{front}")
     a, b = root / "a-hash-fp32", root / "b-full-int8"
     export_run(runs["hash"], a, dtype="fp32")
     export_run(runs["full"], b, dtype="int8")
@@ -101,13 +106,13 @@ def service(tmp_path_factory):
     _point(link, a)
     port, modules = _free_port(), root / "training-modules.json"
     cmd = [sys.executable, "-c", WRAPPER, str(modules), "serve", "--model", str(link), "--port", str(port),
-           "--poll-interval", "0.2", "--max-items", str(MAX_ITEMS), "--max-body-bytes", str(MAX_BODY), "--log-level", "info"]
+           "--poll-interval", "0.2", "--max-items", str(MAX_ITEMS), "--max-body-bytes", str(MAX_BODY), "--log-level", "info", "--server", front]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     _wait_ready(url, proc, timeout=120, interval=0.2)
     stores = {_label(p): Store(load_artifact(p), _label(p)) for p in (a, b)}
     yield {"url": url, "proc": proc, "link": link, "a": a, "b": b, "corrupt": corrupt, "fifo": fifo, "dim8": dim8,
-           "stores": stores, "modules": modules}
+           "stores": stores, "modules": modules, "front": front}
     proc.send_signal(signal.SIGTERM)
     try:
         output = proc.communicate(timeout=30)[0]
@@ -115,7 +120,7 @@ def service(tmp_path_factory):
         proc.kill()
         raise
     assert proc.returncode in (0, -signal.SIGTERM), output  # uvicorn re-raises the signal once shut down
-    assert "Finished server process" in output, output  # graceful shutdown completed
+    assert "stopped serving" in output, output  # graceful shutdown completed (the app's shutdown ran)
     stamp = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} "
     ours = [line for line in output.splitlines() if " serving." in line]  # our loggers' lines: all timestamped
     assert ours and all(re.match(stamp + r"(INFO|WARNING|ERROR) serving\.", line) for line in ours), output[-5000:]
@@ -148,6 +153,7 @@ def test_endpoints_equal_the_in_process_layer(service):
         big = _items(store, 700, seed=3)  # the bulk JSON formatter: exact float32 too
         r = client.post("/v1/embeddings", json={"items": big})
         np.testing.assert_array_equal(np.array(r.json()["vectors"], np.float32), store.embeddings([(i["feature"], i["value"]) for i in big]))
+        _check_ids_v1(client, store)
         r = client.post("/v1/embeddings", json={"items": [{"feature": "C1", "value": "a"}, {"feature": "nope", "value": "b"}]})
         assert r.status_code == 422 and "unknown sparse feature 'nope'" in r.json()["detail"]
         r = client.post("/v1/embeddings", content=json.dumps({"items": items}), headers={"content-type": "text/plain"})
@@ -166,6 +172,26 @@ def test_endpoints_equal_the_in_process_layer(service):
         assert client.get("/healthz").json() == {"status": "ok"}
         assert client.get("/openapi.json").status_code == 200 and client.get("/docs").status_code == 200
         assert 'recsys_http_requests_total{path="/v1/embeddings",status="200"}' in client.get("/metrics").text
+
+
+def _check_ids_v1(client: httpx.Client, store: Store) -> None:
+    """ids.v1 bodies (raw ids and strings): the vectors of ``Store.lookup`` bit for bit; 400/422 errors."""
+    rng = np.random.default_rng(4)
+    texts = {f: [f"{f}_{k}" if k < 40 else ("unseen" if k < 45 else "") for k in rng.integers(0, 50, 100)] for f in store.features[:3]}
+    blocks = {store.features[0]: hash64_strings(texts[store.features[0]]), **{f: texts[f] for f in store.features[1:3]}}
+    expected = np.concatenate([store.lookup(f, v) for f, v in blocks.items()])
+    pairs = [(f, t) for f in store.features[:3] for t in texts[f]]
+    assert np.array_equal(expected.view(np.uint32), store.embeddings(pairs).view(np.uint32))
+    r = client.post("/v1/embeddings", content=encode(blocks), headers={"content-type": IDS_V1})
+    assert r.status_code == 200 and r.headers["x-model-version"] == store.version, r.text
+    assert np.array_equal(vectors(r.content, r.headers).view(np.uint32), expected.view(np.uint32))
+    r = client.post("/v1/embeddings", content=encode(blocks), headers={"content-type": IDS_V1, "accept": "application/json"})
+    assert np.array_equal(np.array(r.json()["vectors"], np.float32).view(np.uint32), expected.view(np.uint32))
+    body = encode(blocks)
+    r = client.post("/v1/embeddings", content=body[:-5], headers={"content-type": IDS_V1})
+    assert r.status_code == 400 and f"truncated at offset {len(body) - 5}" in r.json()["detail"] and store.features[2] in r.json()["detail"]
+    r = client.post("/v1/embeddings", content=encode({"nope": np.arange(2)}), headers={"content-type": IDS_V1})
+    assert r.status_code == 422 and "unknown sparse feature 'nope'" in r.json()["detail"]
 
 
 def _malformed(rng: random.Random, features: list[str]) -> tuple[str, bytes | str, str]:
@@ -200,6 +226,18 @@ def _malformed(rng: random.Random, features: list[str]) -> tuple[str, bytes | st
         return rng.choice(["/v1/score", "/v1/embeddings"]), rng.choice(["{", "", "null", "[1,", '{"items": [}', "\x00\xff"]), "application/json"
     if raw < 0.17:
         return "/v1/embeddings", b'{"items": [' + b'{"feature": "C1", "value": "v"},' * 12000 + b"]}", "application/json"
+    if raw < 0.27:  # an ids.v1 body cut short, with bytes after it, a bad magic/version/flags byte, or an unknown feature
+        body = bytearray(encode({f: np.arange(rng.randint(0, 9)), "C2": ["a", "", "bc"]}))
+        how = rng.randrange(4)
+        if how == 0:
+            body = body[: rng.randrange(len(body))]
+        elif how == 1:
+            body += bytes(rng.randint(1, 9))
+        elif how == 2:
+            body[rng.randrange(6)] ^= rng.randint(1, 255)
+        else:
+            body = bytearray(encode({"zz": ["a"]}))
+        return "/v1/embeddings", bytes(body), IDS_V1
     return path, json.dumps(body), rng.choice(["application/json", "application/json", "text/plain"])
 
 
@@ -208,7 +246,7 @@ def test_fuzz_malformed_requests_get_only_4xx(service):
     features = service["stores"][_label(service["a"])].features
     statuses: dict[int, int] = {}
     with httpx.Client(base_url=service["url"], timeout=30) as client:
-        for _ in range(1200):
+        for _ in range(600):  # per front
             path, body, ctype = _malformed(rng, features)
             r = client.post(path, content=body, headers={"content-type": ctype})
             statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
@@ -414,11 +452,17 @@ def test_several_worker_processes_answer_without_nagle_delays(service):
     algorithm waiting for delayed ACKs (~40 ms each), and SIGTERM stops them gracefully."""
     port = _free_port()
     cmd = [sys.executable, "-m", "recsys.cli", "serve", "--model", str(service["a"]), "--port", str(port), "--workers", "2",
-           "--poll-interval", "0", "--log-level", "info"]
+           "--poll-interval", "0", "--log-level", "info", "--server", service["front"]]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url, store = f"http://127.0.0.1:{port}", service["stores"][_label(service["a"])]
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
     try:
         _wait_ready(url, proc, timeout=180, interval=0.3)
+        deadline = time.time() + 180  # the other process may still be loading: stop only once both serve
+        while sum("serving.reload: serving" in line for line in lines) < 2 and time.time() < deadline:
+            time.sleep(0.2)
         items = _items(store, 8, seed=11)
         expected = store.embeddings([(i["feature"], i["value"]) for i in items])
         took = []
@@ -431,5 +475,7 @@ def test_several_worker_processes_answer_without_nagle_delays(service):
         assert sorted(took)[len(took) // 2] < 0.03, took
     finally:
         proc.send_signal(signal.SIGTERM)
-        output = proc.communicate(timeout=60)[0]
-    assert output.count("Finished server process") == 2, output
+        proc.wait(60)
+        reader.join(10)
+    output = "".join(lines)
+    assert output.count("stopped serving") == 2, output
