@@ -27,35 +27,41 @@ def _split(text: str) -> tuple[float, float, float]:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from recsys.data.convert import convert
+    from recsys.features import DATASET_FILE
+    from recsys.storage import published
 
-    spec = convert(
-        args.format, Path(args.input), Path(args.out), schema_path=Path(args.schema) if args.schema else None,
-        min_count=args.min_count, split=args.split, on_bad_row=args.on_bad_row, seed=args.seed,
-        overwrite=args.overwrite,
-    )
-    _print_summary(spec, Path(args.out))
+    with published(args.out, DATASET_FILE, args.overwrite) as out:  # a URI: built locally, then published
+        spec = convert(
+            args.format, Path(args.input), out, schema_path=Path(args.schema) if args.schema else None,
+            min_count=args.min_count, split=args.split, on_bad_row=args.on_bad_row, seed=args.seed,
+            overwrite=args.overwrite,
+        )
+    _print_summary(spec, args.out)
     return 0
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
     from recsys.data.synthetic import generate
+    from recsys.features import DATASET_FILE
+    from recsys.storage import published
 
-    spec = generate(
-        Path(args.out), rows=args.rows, profile=args.profile, seed=args.seed, scale=args.scale,
-        min_count=args.min_count, overwrite=args.overwrite,
-    )
-    _print_summary(spec, Path(args.out))
+    with published(args.out, DATASET_FILE, args.overwrite) as out:
+        spec = generate(
+            out, rows=args.rows, profile=args.profile, seed=args.seed, scale=args.scale,
+            min_count=args.min_count, overwrite=args.overwrite,
+        )
+    _print_summary(spec, args.out)
     return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
     from recsys.features import load_dataset_spec
 
-    _print_summary(load_dataset_spec(args.dataset), Path(args.dataset))
+    _print_summary(load_dataset_spec(args.dataset), args.dataset)
     return 0
 
 
-def _print_summary(spec, folder: Path) -> None:  # type: ignore[no-untyped-def]
+def _print_summary(spec, folder: str) -> None:  # type: ignore[no-untyped-def]
     print(f"dataset {spec.name} ({spec.source}) at {folder}")
     for name, split in spec.splits.items():
         oracle = f", oracle AUC {split.oracle.auc:.4f} logloss {split.oracle.logloss:.4f}" if split.oracle else ""
@@ -82,13 +88,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         import os
 
         os.environ["RAY_ADDRESS"] = args.address
+    from recsys.storage import location
+
     loaded = load_experiment(args.config, overrides)
     cfg = loaded.config
     try:  # before any run folder or MLflow run exists
         load_dataset_spec(cfg.data.path)
     except (FileNotFoundError, ValueError) as exc:
         raise ConfigError(f"{loaded.source_of('data.path')}: data.path: {exc}") from None
-    out = Path(args.out or f"runs/{cfg.model.name}-{cfg.embedding.method}")
+    out = location(args.out or f"runs/{cfg.model.name}-{cfg.embedding.method}")
     metrics = train_experiment(cfg, out, resume=args.resume)
     width = max(len(k) for k in metrics)
     for key, value in metrics.items():
@@ -146,10 +154,12 @@ def cmd_config_reference(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from recsys.export import RunNotFound, export_run, resolve_run
+    from recsys.export.artifact import MANIFEST
+    from recsys.storage import published
 
     try:
-        with resolve_run(args.run, args.tracking_uri) as (run_dir, source):
-            manifest = export_run(run_dir, Path(args.out), dtype=args.dtype, data_path=args.data, overwrite=args.overwrite, source=source)
+        with resolve_run(args.run, args.tracking_uri) as (run_dir, source), published(args.out, MANIFEST, args.overwrite) as out:
+            manifest = export_run(run_dir, out, dtype=args.dtype, data_path=args.data, overwrite=args.overwrite, source=source)
     except RunNotFound as exc:
         print(f"recsys export: {exc}", file=sys.stderr)
         return 2
@@ -240,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--format", required=True, choices=["criteo", "avazu", "libfm", "csv"])
     conv.add_argument("--input", required=True, help="raw input file")
     conv.add_argument("--schema", help="schema YAML (required for --format csv)")
-    conv.add_argument("--out", required=True, help="output dataset folder")
+    conv.add_argument("--out", required=True, help="output dataset folder, or a URI (s3://bucket/prefix: published with dataset.json last)")
     conv.add_argument("--min-count", type=int, default=1, help="values seen fewer times in train map to OOV")
     conv.add_argument("--split", type=_split, default=(0.8, 0.1, 0.1), help="train,valid,test fractions")
     conv.add_argument("--on-bad-row", choices=["error", "skip"], default="error")
@@ -249,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     conv.set_defaults(func=cmd_convert)
 
     synth = data.add_parser("synth", help="generate a synthetic dataset with planted ground truth")
-    synth.add_argument("--out", required=True)
+    synth.add_argument("--out", required=True, help="output dataset folder or URI (s3://...)")
     synth.add_argument("--rows", type=int, default=1_000_000)
     synth.add_argument("--profile", default="criteo", choices=["criteo", "small"])
     synth.add_argument("--seed", type=int, default=0)
@@ -268,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train one experiment from a YAML config")
     train.add_argument("--config", required=True, help="experiment YAML (see configs/)")
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. training.epochs=3")
-    train.add_argument("--out", help="run folder (default runs/<model>-<method>)")
+    train.add_argument("--out", help="run folder or URI, e.g. s3://bucket/runs/x (default runs/<model>-<method>)")
     train.add_argument("--workers", type=int, help="Ray Train workers (sets training.workers)")
     train.add_argument("--resume", action="store_true", help="skip the phases already finished in --out (with Ray: continue from the last checkpoint)")
     train.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local cluster)")
@@ -294,16 +304,16 @@ def build_parser() -> argparse.ArgumentParser:
     qs.set_defaults(func=cmd_quickstart)
 
     exp = sub.add_parser("export", help="write a serving artifact (manifest, tables, vocabularies, checksums) from a run")
-    exp.add_argument("--run", required=True, help="finished run folder (holds config.yaml and phases/), or an MLflow run id whose artifacts hold its checkpoint")
+    exp.add_argument("--run", required=True, help="finished run folder or URI (holds config.yaml and phases/), or an MLflow run id whose artifacts hold its checkpoint")
     exp.add_argument("--tracking-uri", dest="tracking_uri", help="MLflow tracking URI for a run id (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
-    exp.add_argument("--out", required=True, help="artifact folder to write")
+    exp.add_argument("--out", required=True, help="artifact folder or URI to write (on object storage manifest.json is written last)")
     exp.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "int8", "int4"], help="table storage (fbgemm row-wise quantization)")
     exp.add_argument("--data", help="dataset folder, when not at the run's data.path")
     exp.add_argument("--overwrite", action="store_true")
     exp.set_defaults(func=cmd_export)
 
     srv = sub.add_parser("serve", help="HTTP lookup service over an artifact or a registered model")
-    srv.add_argument("--model", required=True, help="artifact folder (or symlink), models:/NAME@ALIAS or models:/NAME/VERSION")
+    srv.add_argument("--model", required=True, help="artifact folder (or symlink), an artifact URI (s3://...), models:/NAME@ALIAS or models:/NAME/VERSION")
     srv.add_argument("--host", default="127.0.0.1")
     srv.add_argument("--port", type=int, default=8000)
     srv.add_argument("--token", help="bearer token required on /v1/* and /metrics (or env RECSYS_SERVE_TOKEN)")

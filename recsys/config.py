@@ -30,7 +30,7 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
-    path: str = Field("data/quickstart", description="dataset folder (holds dataset.json)")
+    path: str = Field("data/quickstart", description="dataset folder (holds dataset.json), or a URI such as s3://bucket/prefix (see recsys.storage)")
     max_train_rows: int | None = Field(None, ge=1, description="use only the first N train rows")
     max_eval_rows: int | None = Field(None, ge=1, description="use only the first N rows of valid/test")
 
@@ -108,6 +108,9 @@ class TrainingConfig(_Strict):
     workers: int = Field(1, ge=1, description="Ray Train workers (1 = in-process)")
     checkpoint_every: int | None = Field(None, ge=1, description="steps between Ray Train checkpoints (besides one per epoch)")
     max_failures: int = Field(2, ge=-1, description="Ray Train restarts from the last checkpoint after worker failures (-1: unlimited)")
+    placement_strategy: Literal["PACK", "SPREAD"] = Field(
+        "PACK", description="Ray placement of the training workers: PACK fills a node first, SPREAD puts them on different nodes when it can",
+    )
     progress: bool = Field(True, description="show a tqdm progress bar per epoch")
     log_every: int = Field(50, ge=1, description="steps between logged train loss/throughput")
 

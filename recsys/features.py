@@ -24,6 +24,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from recsys.storage import StoragePath, location
+
 FORMAT_VERSION = 1
 DATASET_FILE = "dataset.json"
 MISSING_INDEX = 0
@@ -117,9 +119,9 @@ class DatasetSpec(_Strict):
         return all(s.oracle is not None for s in self.splits.values())
 
 
-def load_dataset_spec(path: str | os.PathLike) -> DatasetSpec:
-    """Read ``dataset.json`` from a dataset folder (or the file itself)."""
-    p = Path(path)
+def load_dataset_spec(path: str | os.PathLike | StoragePath) -> DatasetSpec:
+    """Read ``dataset.json`` from a dataset folder (or the file itself), local or a URI."""
+    p = location(path)
     if p.is_dir():
         p = p / DATASET_FILE
     if not p.exists():

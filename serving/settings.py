@@ -13,7 +13,7 @@ class ServeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     server: Literal["uvicorn", "granian"] = Field("uvicorn", description="HTTP front: uvicorn (Python) or granian (Rust, hyper)")
-    model: str = Field(description="artifact folder (or a symlink to one), models:/NAME@ALIAS or models:/NAME/VERSION")
+    model: str = Field(description="artifact folder (or a symlink to one), an artifact URI (s3://...), models:/NAME@ALIAS or models:/NAME/VERSION")
     host: str = Field("127.0.0.1", description="bind address; loopback unless told otherwise")
     port: int = Field(8000, ge=0, le=65535)
     token: str | None = Field(None, description="when set, /v1/* and /metrics need 'Authorization: Bearer <token>'")

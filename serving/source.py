@@ -1,7 +1,10 @@
-"""Where a served artifact comes from: a local folder, or the MLflow model registry.
+"""Where a served artifact comes from: a local folder, a folder on object storage, or the MLflow model registry.
 
-A source is polled with ``current()`` (cheap: the folder's resolved path and manifest hash, or
-the version an alias points at) and fetched with ``fetch()`` when that changed. A registered
+A source is polled with ``current()`` (cheap: the folder's resolved path and manifest hash, the
+hash of a remote ``manifest.json``, or the version an alias points at) and fetched with
+``fetch()`` when that changed. A remote artifact (``s3://...``, see ``recsys.storage``) is
+downloaded into a cache folder, manifest first; the loader then verifies every checksum, so
+files caught mid-publish are refused and the old version keeps serving. A registered
 model is a pyfunc logged by ``serving.pyfunc.log_model``: the artifact folder is found inside
 the downloaded model by its ``manifest.json``.
 
@@ -20,7 +23,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from recsys.export.artifact import MANIFEST, ArtifactError, manifest_bytes
+from recsys.export.artifact import MANIFEST, ArtifactError, manifest_bytes, read_manifest
+from recsys.storage import StoragePath, is_uri
 
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
 
@@ -56,6 +60,44 @@ class LocalSource:
 
     def release(self, ref: SourceRef) -> None:
         """Nothing to clean up for a local folder."""
+
+
+class RemoteSource:
+    """An artifact folder on object storage, republished in place to roll out a new version."""
+
+    def __init__(self, uri: str, cache_dir: str | Path | None = None) -> None:
+        self.folder = StoragePath(uri)
+        self.cache = Path(cache_dir) if cache_dir else Path(tempfile.mkdtemp(prefix="recsys-serve-"))
+
+    def current(self) -> SourceRef:
+        manifest = self.folder / MANIFEST
+        try:
+            data = manifest.read_bytes()
+        except FileNotFoundError:
+            raise ArtifactError(f"{self.folder}: no {MANIFEST}; not an export artifact (make one with `recsys export`)") from None
+        digest = hashlib.sha256(data).hexdigest()[:12]
+        return SourceRef(key=f"{self.folder}#{digest}", label=digest, handle=digest, where=str(self.folder))
+
+    def fetch(self, ref: SourceRef) -> Path:
+        dst = self.cache / f"{self.folder.name}-{ref.handle}"
+        if dst.exists():
+            shutil.rmtree(dst)
+        dst.mkdir(parents=True)
+        data = (self.folder / MANIFEST).read_bytes()
+        if hashlib.sha256(data).hexdigest()[:12] != ref.handle:
+            raise ArtifactError(f"{self.folder}: {MANIFEST} changed while fetching version {ref.label}")
+        (dst / MANIFEST).write_bytes(data)
+        for name in read_manifest(dst).files:
+            if Path(name).is_absolute() or ".." in Path(name).parts:
+                raise ArtifactError(f"{self.folder}: file name {name!r} in the manifest points outside the artifact")
+            target = dst / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes((self.folder / name).read_bytes())
+        return dst
+
+    def release(self, ref: SourceRef) -> None:
+        """Delete the download of a version no longer served (open memory maps stay valid)."""
+        shutil.rmtree(self.cache / f"{self.folder.name}-{ref.handle}", ignore_errors=True)
 
 
 class RegistrySource:
@@ -97,12 +139,14 @@ class RegistrySource:
         shutil.rmtree(self.cache / f"{self.name}-v{ref.handle}", ignore_errors=True)
 
 
-Source = LocalSource | RegistrySource
+Source = LocalSource | RemoteSource | RegistrySource
 
 
 def make_source(source: str, cache_dir: str | Path | None = None, tracking_uri: str | None = None) -> Source:
     if source.startswith("models:/"):
         return RegistrySource(source, cache_dir, tracking_uri)
+    if is_uri(source):
+        return RemoteSource(source, cache_dir)
     return LocalSource(source)
 
 

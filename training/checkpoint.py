@@ -11,10 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 
+from recsys.storage import Location, StoragePath, load_tensors, location, save_tensors
 from training.collectives import barrier, world
 
 
@@ -63,17 +63,16 @@ def load_plain_state_dict(module: nn.Module, state: dict[str, torch.Tensor]) -> 
             value.copy_(src)
 
 
-def save_weights(module: nn.Module, path: str | Path) -> Path:
-    path = Path(path)
+def save_weights(module: nn.Module, path: str | Path | StoragePath) -> Location:
+    """Write the module's full weights (rank 0) to a local path or a URI; every rank waits for it."""
+    path = location(path)
     state = plain_state_dict(module)
     if world()[0] == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
-        tmp.replace(path)
+        save_tensors({k: v.contiguous() for k, v in state.items()}, path)
     barrier()
     return path
 
 
-def load_weights(module: nn.Module, path: str | Path) -> None:
-    load_plain_state_dict(module, load_file(str(path)))
+def load_weights(module: nn.Module, path: str | Path | StoragePath) -> None:
+    load_plain_state_dict(module, load_tensors(location(path)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -9,10 +10,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from recsys.storage import StoragePath  # noqa: E402
 from training.loop import FitResult  # noqa: E402
 
 
-def learning_curve(result: FitResult, path: Path, title: str, oracle_auc: float | None = None) -> Path:
+def learning_curve(result: FitResult, path: Path | StoragePath, title: str, oracle_auc: float | None = None) -> Path:
     """Train loss by step (left) and validation AUC by epoch (right)."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     if result.step_losses:
@@ -29,6 +31,11 @@ def learning_curve(result: FitResult, path: Path, title: str, oracle_auc: float 
     right.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    if isinstance(path, StoragePath):
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=100)
+        path.write_bytes(buffer.getvalue())
+    else:
+        fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

@@ -24,6 +24,7 @@ import pyarrow as pa
 
 from recsys.data.batch import Batch, BatchLayout, table_to_batch
 from recsys.features import DatasetSpec
+from recsys.storage import arrow_filesystem, location
 
 SHUFFLE_WINDOW_BATCHES = 32  # rows permuted together = this × batch size
 
@@ -41,11 +42,17 @@ def shard_bounds(rows: int, world: int, equal: bool) -> list[int]:
 
 
 def read_split(folder: str | Path, spec: DatasetSpec, split: str, layout: BatchLayout, max_rows: int | None) -> Any:
-    """A lazy Ray dataset of one split, projected to the layout's columns."""
+    """A lazy Ray dataset of one split, projected to the layout's columns; ``folder`` is a path
+    or a URI (read through its ``pyarrow.fs`` filesystem)."""
     import ray.data
 
-    files = [str(Path(folder) / f) for f in spec.splits[split].files]
-    ds = ray.data.read_parquet(files).select_columns(layout.columns())
+    root = location(folder)
+    if isinstance(root, Path):
+        ds = ray.data.read_parquet([str(root / f) for f in spec.splits[split].files])
+    else:
+        fs, base = arrow_filesystem(root)
+        ds = ray.data.read_parquet([f"{base}/{f}" for f in spec.splits[split].files], filesystem=fs)
+    ds = ds.select_columns(layout.columns())
     return ds.limit(max_rows) if max_rows is not None else ds
 
 

@@ -36,6 +36,7 @@ from recsys.data.batch import BatchLayout
 from recsys.embeddings import Phase, build_method
 from recsys.features import load_dataset_spec
 from training.loop import LoopState
+from recsys.storage import Location, StoragePath, append_text, is_uri, location
 from training.ray_data import RayShardReader, make_data_config, read_split, split_rows
 from training.run import (
     Experiment,
@@ -43,6 +44,8 @@ from training.run import (
     _run_phases,
     clear_previous_run,
     finish_run,
+    local_dir,
+    release_local_dir,
     row_limit,
     run_tags,
 )
@@ -62,6 +65,7 @@ from training.tracking_spool import MAIN_NAME, spool_files
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER_METRICS = "worker_metrics.json"  # rank 0's metrics, read by the driver
+WORKERS_DIR = "workers"  # rank-<r>.json: pid, host and Ray node of each rank's process
 FAIL_ENV = "RECSYS_FAIL_AT_STEP"  # test hook: "RANK:PHASE:STEP:MARKER_FILE" makes RANK exit once there
 
 
@@ -103,7 +107,7 @@ def _datasets(exp: Experiment) -> tuple[dict[str, Any], dict[str, int]]:
     return datasets, rows
 
 
-def _scaling(workers: int) -> tuple[Any, int, bool]:
+def _scaling(workers: int, placement_strategy: str = "PACK") -> tuple[Any, int, bool]:
     """Scaling config, torch threads per worker, GPU use. One CPU stays free for Ray Data."""
     import ray
     from ray.train import ScalingConfig
@@ -112,29 +116,36 @@ def _scaling(workers: int) -> tuple[Any, int, bool]:
     use_gpu = resources.get("GPU", 0) >= workers
     per_worker = max(resources.get("CPU", 1) - 1, 0.5) / workers
     cpus = float(int(per_worker)) if per_worker >= 1 else round(max(per_worker, 0.1), 2)
-    return ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}), max(1, int(cpus)), use_gpu
+    scaling = ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}, placement_strategy=placement_strategy)
+    return scaling, max(1, int(cpus)), use_gpu
 
 
-def train_distributed(cfg: ExperimentConfig, out_dir: Path, resume: bool = False) -> dict[str, Any]:
-    """Train one experiment with ``cfg.training.workers`` Ray Train workers; returns its metrics."""
+def train_distributed(cfg: ExperimentConfig, out_dir: str | Path | StoragePath, resume: bool = False) -> dict[str, Any]:
+    """Train one experiment with ``cfg.training.workers`` Ray Train workers; returns its metrics.
+
+    ``out_dir`` (and ``data.path``) may be URIs (``recsys.storage``): on a multi-node cluster
+    they must be, since every node reads the data and writes into the run folder, and Ray
+    Train's ``storage_path`` (``<out>/ray``) must be storage every node reaches."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    out = Path(out_dir).resolve()
+    out = location(out_dir).resolve()
     load_dataset_spec(cfg.data.path)  # a missing dataset fails before a folder or an MLflow run exists
     if not resume:
-        clear_previous_run(out, ("ray", "progress.jsonl", WORKER_METRICS))
+        clear_previous_run(out, ("ray", "progress.jsonl", WORKER_METRICS, WORKERS_DIR))
     out.mkdir(parents=True, exist_ok=True)
-    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"path": str(Path(cfg.data.path).resolve())})})
+    if not is_uri(cfg.data.path):
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"path": str(Path(cfg.data.path).resolve())})})
     started = init_ray()
-    tracker = make_tracker(cfg.tracking, tags=run_tags(cfg), run_dir=out)
+    local = local_dir(out)
+    tracker = make_tracker(cfg.tracking, tags=run_tags(cfg), run_dir=local)
     stop_system_metrics = start_system_metrics(tracker) if cfg.tracking.system_metrics else (lambda: None)
     status = "FAILED"
     try:
         tracker.log_params(flatten(cfg))
         exp = Experiment(cfg, out, NullTracker())
         datasets, rows = _datasets(exp)
-        scaling, threads, use_gpu = _scaling(cfg.training.workers)
+        scaling, threads, use_gpu = _scaling(cfg.training.workers, cfg.training.placement_strategy)
         config = {
             "cfg": cfg.model_dump(mode="json"), "out": str(out), "rows": rows, "threads": threads,
             "run_id": tracker.run_id if cfg.tracking.enabled else None, "fail": os.environ.get(FAIL_ENV),
@@ -151,31 +162,41 @@ def train_distributed(cfg: ExperimentConfig, out_dir: Path, resume: bool = False
         )
         trainer.fit()
         metrics = json.loads((out / WORKER_METRICS).read_text())
-        finish_run(cfg, out, tracker, metrics)
+        finish_run(cfg, out, tracker, metrics, local)
         status = "FINISHED"
         return metrics
     finally:
         stop_system_metrics()
-        others = [p for p in spool_files(out) if p.name != MAIN_NAME]
+        others = [p for p in spool_files(local) if p.name != MAIN_NAME]
         if isinstance(tracker, MlflowTracker):
             tracker.close(status, others)
         else:
             tracker.close(status)
+        release_local_dir(out, local)
         if started:
             import ray
 
             ray.shutdown()
 
 
-def _event(out: Path, **event: Any) -> None:
-    with (out / "progress.jsonl").open("a") as f:
-        f.write(json.dumps({"time": time.time(), **event}) + "\n")
+def _event(out: Location, **event: Any) -> None:
+    append_text(out / "progress.jsonl", json.dumps({"time": time.time(), **event}) + "\n")
+
+
+def _record_worker(out: Location, rank: int, world: int) -> None:
+    """``<out>/workers/rank-<r>.json``: the process (pid, host, Ray node) running each rank now."""
+    import socket
+
+    import ray
+
+    info = {"rank": rank, "world": world, "pid": os.getpid(), "host": socket.gethostname(), "node_id": ray.get_runtime_context().get_node_id(), "time": time.time()}
+    (out / WORKERS_DIR / f"rank-{rank}.json").write_text(json.dumps(info))
 
 
 class RayCheckpointer:
     """Mid-phase checkpoints through ``ray.train.report`` (every rank writes its shards)."""
 
-    def __init__(self, out: Path, rank: int, world: int) -> None:
+    def __init__(self, out: Location, rank: int, world: int) -> None:
         import ray.train
 
         self.out, self.rank, self.world = out, rank, world
@@ -208,7 +229,7 @@ class RayCheckpointer:
             ray.train.get_all_reported_checkpoints(consistency_mode=CheckpointConsistencyMode.COMMITTED)
 
 
-def _fail_hook(spec: str | None, rank: int, out: Path) -> Any:
+def _fail_hook(spec: str | None, rank: int, out: Location) -> Any:
     """Test hook (``RECSYS_FAIL_AT_STEP=RANK:PHASE:STEP:MARKER``): that rank exits at that logged
     step of that phase, once (the marker file remembers it)."""
     if not spec:
@@ -237,9 +258,12 @@ def _worker(config: dict[str, Any]) -> None:
     cfg = validate_config(config["cfg"])
     if config["uri"]:
         cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"tracking_uri": config["uri"]})})
-    out = Path(config["out"])
+    out = location(config["out"])
+    (out / WORKERS_DIR).mkdir(parents=True, exist_ok=True)
+    _record_worker(out, rank, world)
     run_id = config["run_id"]
-    tracker = make_tracker(cfg.tracking, run_dir=out, run_id=run_id, rank=rank) if run_id else NullTracker()
+    spool = out if isinstance(out, Path) else None  # a URI run folder: no worker spool (calls MLflow refuses are warned about)
+    tracker = make_tracker(cfg.tracking, run_dir=spool, run_id=run_id, rank=rank) if run_id else NullTracker()
     exp = Experiment(cfg, out, tracker, _readers(cfg, config["rows"], rank, world), RayCheckpointer(out, rank, world))
     exp.step_hook = _fail_hook(config["fail"], rank, out)
     try:

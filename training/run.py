@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict
@@ -33,7 +34,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
-from safetensors.torch import load_file, save_file
 
 from recsys.config import ExperimentConfig, flatten
 from recsys.data.batch import BatchLayout, ParquetBatchReader, prepared
@@ -43,6 +43,7 @@ from recsys.export.mlflow_run import CHECKPOINT_FILES
 from recsys.features import load_dataset_spec
 from recsys.models import build_model
 from recsys.models.train import TrainModel
+from recsys.storage import Location, StoragePath, download_tree, load_tensors, location, read_parquet, remove, save_tensors
 from training.checkpoint import load_weights, save_weights
 from training.collectives import (
     barrier,
@@ -76,7 +77,7 @@ class Experiment:
     """The pieces of one run that every phase rebuilds from the config."""
 
     def __init__(
-        self, cfg: ExperimentConfig, out_dir: Path, tracker: Tracker, readers: ReaderFactory | None = None,
+        self, cfg: ExperimentConfig, out_dir: Location, tracker: Tracker, readers: ReaderFactory | None = None,
         checkpointer: Checkpointer | None = None,
     ) -> None:
         self.cfg = cfg
@@ -139,11 +140,11 @@ def row_limit(cfg: ExperimentConfig, split: str, max_rows: int | None = None) ->
     return min(limits) if limits else None
 
 
-def _phase_dir(out: Path, phase: Phase) -> Path:
+def _phase_dir(out: Location, phase: Phase) -> Location:
     return out / "phases" / phase.name
 
 
-def _run_phase(exp: Experiment, phase: Phase, previous: Path | None) -> tuple[EmbeddingMethod, Trainer, dict[str, Any]]:
+def _run_phase(exp: Experiment, phase: Phase, previous: Location | None) -> tuple[EmbeddingMethod, Trainer, dict[str, Any]]:
     method, sharded = exp.build(phase)
     start = exp.out / "initial.safetensors" if phase.weights == "initial" or previous is None else previous / "weights.safetensors"
     exists = start.exists()
@@ -152,7 +153,7 @@ def _run_phase(exp: Experiment, phase: Phase, previous: Path | None) -> tuple[Em
         save_weights(sharded.module, start)
     load_weights(sharded.module, start)
     if previous is not None:
-        method.load_phase_state(load_file(str(previous / "state.safetensors")))
+        method.load_phase_state(load_tensors(previous / "state.safetensors"))
     folder = _phase_dir(exp.out, phase)
     folder.mkdir(parents=True, exist_ok=True)
     trainer = exp.trainer(method, sharded, phase, phase.eval_rows)
@@ -182,7 +183,7 @@ def _run_phase(exp: Experiment, phase: Phase, previous: Path | None) -> tuple[Em
     method.load_phase_state(decided)
     summary["memory_bytes"] = method.memory_bytes()
     if is_main():
-        save_file({k: v.contiguous() for k, v in decided.items()}, str(folder / "state.safetensors"))
+        save_tensors({k: v.contiguous() for k, v in decided.items()}, folder / "state.safetensors")
         (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     barrier()
     return method, trainer, summary
@@ -204,12 +205,12 @@ def _rank_mismatches(method: EmbeddingMethod) -> list[str]:
     return mismatches
 
 
-def _restore(exp: Experiment, phase: Phase, folder: Path | None) -> tuple[EmbeddingMethod, Trainer]:
+def _restore(exp: Experiment, phase: Phase, folder: Location | None) -> tuple[EmbeddingMethod, Trainer]:
     """Method and trainer of a finished phase, for evaluating a run whose phases all finished."""
     assert folder is not None
     method, sharded = exp.build(phase)
     load_weights(sharded.module, folder / "weights.safetensors")
-    method.load_phase_state(load_file(str(folder / "state.safetensors")))
+    method.load_phase_state(load_tensors(folder / "state.safetensors"))
     return method, exp.trainer(method, sharded, phase)
 
 
@@ -230,42 +231,54 @@ def _oracle(exp: Experiment, split: str) -> float | None:
 RUN_OUTPUTS = ("phases", "initial.safetensors", "metrics.json", "diagnostics.json", "learning_curve.png")
 
 
-def clear_previous_run(out: Path, extra: tuple[str, ...] = ()) -> None:
+def clear_previous_run(out: Location, extra: tuple[str, ...] = ()) -> None:
     """Remove what an earlier run left in ``out`` (its weights would otherwise seed this run)."""
     for name in (*RUN_OUTPUTS, *extra):
-        path = out / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
+        remove(out / name)
 
 
-def train_experiment(cfg: ExperimentConfig, out_dir: Path, resume: bool = False) -> dict[str, Any]:
-    """Train, evaluate and record one experiment; returns what ``metrics.json`` holds."""
+def local_dir(out: Location) -> Path:
+    """The local folder of the driver's own files (MLflow spool, copies of the artifacts it
+    logs): the run folder itself, or a new temporary folder for a run folder on a URI."""
+    return out if isinstance(out, Path) else Path(tempfile.mkdtemp(prefix="recsys-run-"))
+
+
+def release_local_dir(out: Location, local: Path) -> None:
+    """Remove ``local_dir``'s temporary folder, unless it keeps MLflow calls to replay."""
+    if local != out and not any(local.glob("mlflow_spool*.jsonl")):
+        shutil.rmtree(local, ignore_errors=True)
+
+
+def train_experiment(cfg: ExperimentConfig, out_dir: str | Path | StoragePath, resume: bool = False) -> dict[str, Any]:
+    """Train, evaluate and record one experiment; returns what ``metrics.json`` holds.
+
+    ``out_dir`` is a folder or a URI (``recsys.storage``); the dataset may be either too."""
     if cfg.training.workers > 1:
         from training.ray_trainer import train_distributed
 
-        return train_distributed(cfg, Path(out_dir), resume)
-    out_dir = Path(out_dir)
+        return train_distributed(cfg, out_dir, resume)
+    out_dir = location(out_dir)
     load_dataset_spec(cfg.data.path)  # a missing dataset fails before a folder or an MLflow run exists
     out_dir.mkdir(parents=True, exist_ok=True)
     started_group = ensure_process_group()
     if not resume and is_main():
         clear_previous_run(out_dir)
     barrier()  # no rank looks at the folder before it is cleared
-    tracker = make_tracker(cfg.tracking, tags=run_tags(cfg), run_dir=out_dir)
+    local = local_dir(out_dir)
+    tracker = make_tracker(cfg.tracking, tags=run_tags(cfg), run_dir=local)
     stop_system_metrics = start_system_metrics(tracker) if cfg.tracking.system_metrics else (lambda: None)
     status = "FAILED"
     try:
         exp = Experiment(cfg, out_dir, tracker)
         tracker.log_params(flatten(cfg))
         metrics = _run_phases(exp, resume)
-        finish_run(cfg, out_dir, tracker, metrics)
+        finish_run(cfg, out_dir, tracker, metrics, local)
         status = "FINISHED"
         return metrics
     finally:
         stop_system_metrics()
         tracker.close(status)
+        release_local_dir(out_dir, local)
         if started_group:
             dist.destroy_process_group()
 
@@ -274,12 +287,19 @@ def run_tags(cfg: ExperimentConfig) -> dict[str, str]:
     return {"method": cfg.embedding.method, "model": cfg.model.name, "workers": str(cfg.training.workers)}
 
 
-def finish_run(cfg: ExperimentConfig, out_dir: Path, tracker: Tracker, metrics: dict[str, Any]) -> None:
+def finish_run(cfg: ExperimentConfig, run_dir: Location, tracker: Tracker, metrics: dict[str, Any], local: Path | None = None) -> None:
     """Write ``metrics.json``/``config.yaml``, log final metrics, artifacts and method diagnostics,
-    and register the model when ``tracking.register_as`` is set."""
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    and register the model when ``tracking.register_as`` is set. A run folder on a URI is first
+    copied into ``local`` (MLflow logs local files)."""
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     tracker.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
+    if isinstance(run_dir, StoragePath):
+        if not cfg.tracking.enabled:
+            return
+        out_dir = download_tree(run_dir, local or Path(tempfile.mkdtemp(prefix="recsys-run-")), only=(*RUN_OUTPUTS, "config.yaml"))
+    else:
+        out_dir = run_dir
     top = [out_dir / name for name in ("metrics.json", "config.yaml", "learning_curve.png", "diagnostics.json") if (out_dir / name).exists()]
     phase_files = [*sorted(out_dir.glob("phases/*/*.png")), *sorted(out_dir.glob("phases/*/summary.json"))]
     if cfg.tracking.log_checkpoint:
@@ -293,7 +313,7 @@ def finish_run(cfg: ExperimentConfig, out_dir: Path, tracker: Tracker, metrics: 
 
 def _run_phases(exp: Experiment, resume: bool) -> dict[str, Any]:
     phases = exp.phases()
-    previous: Path | None = None
+    previous: Location | None = None
     summaries: dict[str, dict[str, Any]] = {}
     last: tuple[EmbeddingMethod, Trainer] | None = None
     finished = [(_phase_dir(exp.out, p) / "summary.json").exists() and (_phase_dir(exp.out, p) / "state.safetensors").exists() for p in phases]
@@ -351,8 +371,6 @@ def _with_collisions(exp: Experiment, method: EmbeddingMethod, diagnostics: dict
         inner = getattr(inner, "base", None)
     if inner is None:
         return diagnostics
-    import pyarrow.parquet as pq
-
-    folder = Path(exp.cfg.data.path)
-    ids = {f.name: pq.read_table(folder / f.vocabulary, columns=["id"]).column("id").to_numpy() for f in exp.spec.sparse_fields if f.vocabulary}
+    folder = location(exp.cfg.data.path)
+    ids = {f.name: read_parquet(folder / f.vocabulary, columns=["id"]).column("id").to_numpy() for f in exp.spec.sparse_fields if f.vocabulary}
     return diagnostics | {"collisions": inner.collision_stats(ids)}

@@ -2,7 +2,7 @@
 
 ``BatchLayout`` says which columns become what; ``table_to_batch`` converts one Arrow table
 (from pyarrow directly or from a Ray Data batch in ``pyarrow`` format); ``ParquetBatchReader``
-iterates a split of a dataset folder with seeded, reproducible shuffling.
+iterates a split of a dataset folder (a path or a URI, ``recsys.storage``) with seeded, reproducible shuffling.
 
 Example:
     >>> layout = BatchLayout.from_spec(spec, id_scheme="index")      # doctest: +SKIP
@@ -18,11 +18,11 @@ from typing import Iterator, Literal, Protocol
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys.features import LABEL_COLUMN, PROB_COLUMN, DatasetSpec, id_column, load_dataset_spec, weight_column
+from recsys.storage import StoragePath, location, read_parquet
 
 IdSchemeName = Literal["index", "raw"]
 
@@ -165,7 +165,7 @@ class ParquetBatchReader:
 
     def __init__(
         self,
-        folder: str | Path,
+        folder: str | Path | StoragePath,
         split: str,
         layout: BatchLayout,
         batch_size: int,
@@ -175,7 +175,7 @@ class ParquetBatchReader:
         max_rows: int | None = None,
         shard: tuple[int, int] = (0, 1),
     ) -> None:
-        self.folder = Path(folder)
+        self.folder = location(folder)
         self.spec = load_dataset_spec(self.folder)
         if split not in self.spec.splits:
             raise KeyError(f"{self.folder}: no split '{split}'; splits: {', '.join(self.spec.splits)}")
@@ -208,7 +208,7 @@ class ParquetBatchReader:
         order = rng.permutation(len(self.files)) if rng is not None else range(len(self.files))
         remaining = self.max_rows
         for i in order:
-            table = pq.read_table(self.files[i], columns=self.layout.columns())
+            table = read_parquet(self.files[i], columns=self.layout.columns())
             if remaining is not None:
                 table = table.slice(0, remaining)
                 remaining -= table.num_rows

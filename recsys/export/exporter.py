@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 import yaml
 from safetensors.torch import load_file, save_file
@@ -37,6 +36,7 @@ from recsys.features import NUM_RESERVED, DatasetSpec, load_dataset_spec
 from recsys.hashing import HASH_NAME
 from recsys.models import build_model, resolve_model_config
 from recsys.models.blocks import CTRModel
+from recsys.storage import Location, location, read_parquet
 
 MODEL_PREFIX = "model."
 
@@ -62,14 +62,14 @@ def load_run(run_dir: Path, data_path: str | Path | None = None) -> tuple[Experi
     return cfg, spec, method, model.eval()
 
 
-def _write_vocab(spec: DatasetSpec, data_dir: Path, out: Path) -> dict[str, str]:
+def _write_vocab(spec: DatasetSpec, data_dir: Location, out: Path) -> dict[str, str]:
     """Each sparse field's vocabulary as Arrow IPC sorted by raw id: ``id``, ``index``."""
     (out / VOCAB_DIR).mkdir()
     files: dict[str, str] = {}
     for f in spec.sparse_fields:
         ids = np.zeros(0, np.int64)
         if f.vocabulary:
-            ids = pq.read_table(data_dir / f.vocabulary, columns=["id"]).column("id").to_numpy().astype(np.int64)
+            ids = read_parquet(data_dir / f.vocabulary, columns=["id"]).column("id").to_numpy().astype(np.int64)
         order = np.argsort(ids, kind="stable")
         table = pa.table({"id": ids[order], "index": (order + NUM_RESERVED).astype(np.int32)})
         name = f"{VOCAB_DIR}/{f.name}.arrow"
@@ -126,7 +126,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, dtype: str = "fp32", da
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} exists; pass overwrite=True (--overwrite) to replace it")
     cfg, spec, method, model = load_run(run_dir, data_path)
-    data_dir = Path(data_path or cfg.data.path)
+    data_dir = location(data_path or cfg.data.path)
     exported = method.export()
     served = get_method(exported.name).from_export(method.ctx, exported)
     state = {k: v.detach().cpu().contiguous() for k, v in exported.state.items()}

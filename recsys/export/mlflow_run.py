@@ -27,6 +27,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from recsys.storage import download_tree, is_uri, location
+
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 CHECKPOINT_FILES = ("weights.safetensors", "state.safetensors")
 _RUN_ID = re.compile(r"^(?:runs:/)?(?P<id>[0-9A-Za-z_-]{8,64})/?$")
@@ -65,6 +67,18 @@ def log_checkpoint(run_dir: str | Path, run_id: str, tracking_uri: str | None = 
     return logged
 
 
+def _remote_run(uri: str) -> Iterator[tuple[Path, str | None]]:
+    """A run folder on object storage, downloaded (config, metrics, phases) into a temporary folder."""
+    folder = location(uri)
+    if not (folder / "config.yaml").is_file():
+        raise RunNotFound(f"--run {uri}: no config.yaml there; is this a finished run folder (`recsys train --out`)?")
+    tmp = Path(tempfile.mkdtemp(prefix="recsys-run-"))
+    try:
+        yield download_tree(folder, tmp, only=("config.yaml", "metrics.json", "phases")), uri
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _run_id(run: str) -> str | None:
     match = _RUN_ID.match(run)
     return match["id"] if match else None
@@ -74,6 +88,9 @@ def _run_id(run: str) -> str | None:
 def resolve_run(run: str | Path, tracking_uri: str | None = None) -> Iterator[tuple[Path, str | None]]:
     """``(run folder, source)`` for ``run``: the folder itself (source ``None``), or an MLflow run's
     checkpoint downloaded into a temporary folder (source ``mlflow-run:<id>@<tracking uri>``)."""
+    if is_uri(run):
+        yield from _remote_run(str(run))
+        return
     path = Path(run)
     if path.is_dir():
         yield path, None
