@@ -50,7 +50,7 @@ def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     match = _URI.match(uri)
     assert match is not None
     rest = uri[match.end():]
-    key = f"{match['scheme'].lower()}://{rest.split('/', 1)[0]}"
+    key = f"{match['scheme'].lower()}://{rest.split('/', 1)[0]}@{os.environ.get('AWS_ENDPOINT_URL', '')}"
     with _FS_LOCK:
         fs = _FS_CACHE.get(key)
         if fs is None:
