@@ -397,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     handler: Handler = args.func
     try:
         return handler(args)
-    except (ValueError, KeyError, FileNotFoundError, ConnectionError) as exc:
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError, ConnectionError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         print(f"error: {message}", file=sys.stderr)
         return 2

@@ -13,7 +13,7 @@ worker failure Ray restarts the group (up to ``training.max_failures`` times) an
 progress resumes from the last checkpoint (rank 0 waits until Ray has registered each
 checkpoint, at most its 2 s poll, so that is the last one written); finished phases are skipped. ``--resume`` does the
 same for a run that stopped: Ray restores the last checkpoint of ``<out>/ray/train``.
-``<out>/progress.jsonl`` records starts, resumes and checkpoints.
+``<out>/progress.jsonl`` records starts, resumes and checkpoints (once Ray registered them).
 
 The driver owns the MLflow run (params, system metrics, final metrics, artifacts, registry);
 rank 0 logs step and epoch metrics into it.
@@ -223,10 +223,10 @@ class RayCheckpointer:
             save_sharded(folder, training_state(sharded.module, sharded.optimizer), self.rank)
             if self.rank == 0:
                 (Path(folder) / "loop.json").write_text(json.dumps({"phase": phase.name, "world": self.world, "state": state.to_json()}))
-                _event(self.out, event="checkpoint", phase=phase.name, step=state.step, epoch=state.epoch)
             ray.train.report({"phase": phase.name, "step": state.step, "epoch": state.epoch}, checkpoint=Checkpoint.from_directory(folder))
         if self.rank == 0:  # wait until Ray registered it: a failure from here on resumes from it
             ray.train.get_all_reported_checkpoints(consistency_mode=CheckpointConsistencyMode.COMMITTED)
+            _event(self.out, event="checkpoint", phase=phase.name, step=state.step, epoch=state.epoch)  # only once registered
 
 
 def _fail_hook(spec: str | None, rank: int, out: Location) -> Any:
