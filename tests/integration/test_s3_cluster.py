@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -205,8 +207,10 @@ def test_two_node_run_survives_losing_a_node(s3_data, baseline, tmp_path, monkey
 
     ray.shutdown()  # the tests' local cluster; this test joins its own
     port = free_port()
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # a local test cluster: no token (one in ~/.ray would otherwise be required)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    head = _ray("--head", f"--port={port}", "--num-cpus=3", f"--temp-dir={tmp_path / 'ray'}", "--include-dashboard=false",
+    temp = tempfile.mkdtemp(prefix="ray18-", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
+    head = _ray("--head", f"--port={port}", "--num-cpus=3", f"--temp-dir={temp}", "--include-dashboard=false",
                 "--node-ip-address=127.0.0.1", env=env)
     second: subprocess.Popen | None = None
     try:
@@ -250,3 +254,4 @@ def test_two_node_run_survives_losing_a_node(s3_data, baseline, tmp_path, monkey
         for proc in (second, head):
             if proc is not None and proc.poll() is None:
                 _sigkill_tree(proc)
+        shutil.rmtree(temp, ignore_errors=True)
