@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 import httpx
 import pytest
+import yaml
 
 from recsys.cli import main
 from recsys.storage import StoragePath
@@ -203,19 +204,15 @@ def _sigkill_tree(proc: subprocess.Popen) -> list[int]:
 def test_two_node_run_survives_losing_a_node(s3_data, baseline, tmp_path, monkeypatch):
     import ray
 
-    from training.run import train_experiment
-
-    ray.shutdown()  # the tests' local cluster; this test joins its own
+    ray.shutdown()  # the tests' local cluster; this test starts its own
     port = free_port()
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # a local test cluster: no token (one in ~/.ray would otherwise be required)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     temp = tempfile.mkdtemp(prefix="ray18-", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
-    head = _ray("--head", f"--port={port}", "--num-cpus=3", f"--temp-dir={temp}", "--include-dashboard=false",
-                "--node-ip-address=127.0.0.1", env=env)
+    head = _ray("--head", f"--port={port}", "--num-cpus=3", f"--temp-dir={temp}", "--include-dashboard=false", env=env)
     second: subprocess.Popen | None = None
     try:
-        second = _ray(f"--address=127.0.0.1:{port}", "--num-cpus=1", "--node-ip-address=127.0.0.1", env=env)
-        monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+        second = _ray(f"--address=127.0.0.1:{port}", "--num-cpus=1", env=env)
         deadline = time.monotonic() + 120
         while True:
             try:
@@ -227,7 +224,7 @@ def test_two_node_run_survives_losing_a_node(s3_data, baseline, tmp_path, monkey
                 pass
             assert time.monotonic() < deadline, "the two-node cluster did not come up"
             time.sleep(1)
-        ray.shutdown()  # train_distributed joins it through RAY_ADDRESS
+        ray.shutdown()
 
         out = StoragePath(f"s3://{BUCKET}/runs/two-node")
         failures: list[BaseException] = []
@@ -237,9 +234,14 @@ def test_two_node_run_survives_losing_a_node(s3_data, baseline, tmp_path, monkey
             placed.update({str(r): json.loads((out / "workers" / f"rank-{r}.json").read_text())["node_id"] for r in (0, 1)})
             placed["pids"] = _sigkill_tree(second)  # type: ignore[arg-type]
 
+        config = tmp_path / "two-node.yaml"  # the driver is its own process, as a job on a cluster would be
+        config.write_text(yaml.safe_dump(_cfg(s3_data, tmp_path, "training.placement_strategy=SPREAD").model_dump(mode="json")))
         watcher = _kill_after_checkpoint(out, 10, kill_second_node, failures)
-        metrics = train_experiment(_cfg(s3_data, tmp_path, "training.placement_strategy=SPREAD"), out)
+        driver = subprocess.run([sys.executable, "-m", "recsys.cli", "train", "--config", str(config), "--address", f"127.0.0.1:{port}",
+                                 "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
         watcher.join(5)
+        assert driver.returncode == 0, driver.stdout[-3000:] + driver.stderr[-5000:]
+        metrics = json.loads((out / "metrics.json").read_text())
         assert not failures, failures
         assert placed["0"] != placed["1"], "the workers were not placed on both nodes"
         assert second.poll() is not None and len(placed["pids"]) > 1
