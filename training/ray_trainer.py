@@ -35,8 +35,8 @@ from recsys.config import ExperimentConfig, flatten, validate_config
 from recsys.data.batch import BatchLayout
 from recsys.embeddings import Phase, build_method
 from recsys.features import load_dataset_spec
-from training.loop import LoopState
 from recsys.storage import Location, StoragePath, append_text, is_uri, location
+from training.loop import LoopState
 from training.ray_data import RayShardReader, make_data_config, read_split, split_rows
 from training.run import (
     Experiment,
