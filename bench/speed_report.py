@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if not args.skip_convert:
         from bench.convert_bench import main as convert_bench
 
-        report["conversion"] = convert_bench(["--rows", str(args.convert_rows), "--out", str(out / "convert.json")])
+        report["conversion"] = convert_bench(["--rows", str(args.convert_rows), "--random", "--out", str(out / "convert.json")])  # random high-cardinality rows
     if args.serving:
         report["serving"] = serving(out, args.serving_duration)
     report["environment"]["load_after"] = round(os.getloadavg()[0], 2)

@@ -30,11 +30,14 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from recsys.features import DATASET_FILE
     from recsys.storage import published
 
+    presplit = {s: getattr(args, s) for s in ("train", "valid", "test") if getattr(args, s)} or None
+    split_by = "time" if args.time_column else "order" if args.split_by_order else "random"
     with published(args.out, DATASET_FILE, args.overwrite) as out:  # a URI: built locally, then published
         spec = convert(
-            args.format, Path(args.input), out, schema_path=Path(args.schema) if args.schema else None,
+            args.format, args.input, out, schema_path=Path(args.schema) if args.schema else None,
             min_count=args.min_count, split=args.split, on_bad_row=args.on_bad_row, seed=args.seed,
-            overwrite=args.overwrite,
+            overwrite=args.overwrite, presplit=presplit, split_by=split_by, time_column=args.time_column,
+            time_cuts=args.time_cuts.split(",") if args.time_cuts else None, libfm_fields=args.libfm_fields,
         )
     _print_summary(spec, args.out)
     return 0
@@ -247,9 +250,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="convert raw logs or generate synthetic data").add_subparsers(dest="data_command", required=True)
     conv = data.add_parser("convert", help="convert raw Criteo/Avazu/libFM/CSV logs to Parquet (streaming)")
-    conv.add_argument("--format", required=True, choices=["criteo", "avazu", "libfm", "csv"])
-    conv.add_argument("--input", required=True, help="raw input file")
-    conv.add_argument("--schema", help="schema YAML (required for --format csv)")
+    conv.add_argument("--format", required=True, choices=["criteo", "avazu", "libfm", "libffm", "csv", "parquet"])
+    conv.add_argument("--libfm-fields", choices=["bag", "positional"], default="bag",
+                      help="libfm: all features in one bag, or each position its own field")
+    conv.add_argument("--input", nargs="+", help="input files or globs ('day_*.gz'), read in order; .gz/.bz2/.zst decompressed")
+    for name in ("train", "valid", "test"):
+        conv.add_argument(f"--{name}", nargs="+", help=f"pre-split input: the {name} files (instead of --input)")
+    conv.add_argument("--schema", help="schema YAML (required for --format csv and parquet)")
+    conv.add_argument("--split-by-order", action="store_true", help="split rows in input order by --split (last rows: test)")
+    conv.add_argument("--time-column", help="split by this column's time (or number) at --time-cuts")
+    conv.add_argument("--time-cuts", help="CUT1,CUT2: train < CUT1 <= valid < CUT2 <= test (numbers or ISO dates)")
     conv.add_argument("--out", required=True, help="output dataset folder, or a URI (s3://bucket/prefix: published with dataset.json last)")
     conv.add_argument("--min-count", type=int, default=1, help="values seen fewer times in train map to OOV")
     conv.add_argument("--split", type=_split, default=(0.8, 0.1, 0.1), help="train,valid,test fractions")

@@ -49,6 +49,14 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class TransformParams(_Strict):
+    """Train statistics of a dense transform (see ``recsys.data.transforms``)."""
+
+    mean: float | None = Field(None, description="standardize: train mean")
+    std: float | None = Field(None, description="standardize: train standard deviation (1 if constant)")
+    edges: list[float] | None = Field(None, description="quantile: bucket b holds edges[b-1] <= x < edges[b]")
+
+
 class FieldSpec(_Strict):
     """One input field."""
 
@@ -59,7 +67,10 @@ class FieldSpec(_Strict):
     num_distinct: int | None = Field(None, description="sparse: distinct raw values seen in train")
     multi_valued: bool = False
     weighted: bool = False
-    transform: str | None = Field(None, description="dense: how raw values were transformed")
+    transform: str | None = Field(
+        None, description="how raw numbers were transformed: slog1p | standardize | none (dense), quantile (sparse)"
+    )
+    transform_params: TransformParams | None = Field(None, description="the transform's train statistics")
 
 
 class IdScheme(_Strict):

@@ -96,6 +96,14 @@ def hash64_strings(values: pa.Array | pa.ChunkedArray | Sequence[str | None]) ->
     return _hash64_plain(encoded.dictionary)[encoded.indices.to_numpy(zero_copy_only=False)]
 
 
+def hash64_distinct(arr: pa.Array) -> np.ndarray:
+    """``hash64_strings`` of a string array whose values are (mostly) distinct, such as an Arrow
+    dictionary: each value hashed once, without a dictionary encoding of its own; nulls as ''."""
+    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        arr = pc.cast(arr, pa.string())
+    return _hash64_plain(pc.fill_null(arr, "") if arr.null_count else arr)
+
+
 def _hash64_plain(arr: pa.Array) -> np.ndarray:
     """``hash64_utf8`` over an Arrow string array's buffers: no Python per value."""
     n = len(arr)
@@ -169,6 +177,12 @@ def hash64_utf8(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np
     if n == 0:
         return np.full(0, FNV_OFFSET, dtype=np.uint64).view(np.int64)
     longest = int(lengths.max())
+    block = max(1, _ALIGNED_CELLS // max(longest, 1))
+    if n > block and longest <= 256 and not _aligned(n, longest, int(lengths.sum())):  # many short strings: right-aligned blocks
+        out = np.empty(n, np.int64)
+        for s in range(0, n, block):
+            out[s : s + block] = hash64_utf8(data, starts[s : s + block], lengths[s : s + block])
+        return out
     if _aligned(n, longest, int(lengths.sum())):
         pad = longest - lengths
         at = (starts - pad)[None, :] + np.arange(longest)[:, None]

@@ -7,8 +7,10 @@ features' ids, copied at load from the id-sorted Arrow files): unseen ids give t
 missing gives 0.
 Single-valued fields take one value (missing: index 0 / the id of ``""``); multi-valued fields
 take a list (a scalar is a list of one; missing elements are dropped) or, when weighted, an
-object ``{value: weight}``. Dense values are raw numbers, transformed like the data
-(``slog1p``: sign(x)·log1p(|x|)); missing (absent or null) gives 0.
+object ``{value: weight}``. Dense values are raw numbers, transformed as ``dataset.json`` records
+(``recsys.data.transforms.apply_dense``: ``slog1p`` sign(x)·log1p(|x|), ``standardize`` with the
+train mean and std, ``none``); missing (absent or null) gives 0. A dense column turned into
+quantile buckets is a sparse feature: its raw number, given under ``dense``, becomes its bucket.
 """
 
 from __future__ import annotations
@@ -25,13 +27,14 @@ import pyarrow as pa
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from recsys.data.transforms import apply_dense, bucket_of
 from recsys.export.artifact import MANIFEST, ArtifactError, Manifest
 from recsys.export.files import artifact_path, open_regular
 from recsys.features import MISSING_INDEX, OOV_INDEX
 from recsys.hashing import hash64_str, hash64_strings
 
 MISSING_ID = hash64_str("")
-DENSE_TRANSFORMS = (None, "slog1p", "none")
+DENSE_TRANSFORMS = (None, "slog1p", "none", "standardize")
 RawValue = str | int | None
 _SORTED_SEARCH = 48  # from this many ids, the vocabulary search runs over them sorted
 _SCALAR_HASH_MAX = 16  # up to this many values: hashed in Python (measured break-even ~18)
@@ -183,6 +186,11 @@ class Encoder:
         self.sparse_info = {f.name: f for f in manifest.context.features}
         self.dense = [f.name for f in manifest.dataset.fields if f.kind == "dense"]
         self.transforms = {name: spec[name].transform for name in self.dense}
+        self.transform_params = {name: spec[name].transform_params for name in self.dense}
+        self.buckets = {  # quantile-bucketed dense columns (sparse features): their edges
+            f.name: (f.transform_params.edges or []) if f.transform_params else [] for f in manifest.dataset.fields
+            if f.kind == "sparse" and f.transform == "quantile"
+        }
         bad = {n: t for n, t in self.transforms.items() if t not in DENSE_TRANSFORMS}
         if bad:
             raise ArtifactError(f"{folder / MANIFEST}: unknown dense transforms {bad}; this code knows {DENSE_TRANSFORMS}")
@@ -302,21 +310,41 @@ class Encoder:
         return KeyedJaggedTensor(keys=list(cols), values=torch.from_numpy(values), lengths=torch.from_numpy(lengths), weights=weights, stride=batch)
 
     def dense_tensor(self, rows: Sequence[Mapping[str, Any]]) -> torch.Tensor:
-        """``[B, num_dense]`` transformed dense inputs; unknown fields or non-finite values are errors."""
-        out = np.zeros((len(rows), len(self.dense)), np.float64)
+        """``[B, num_dense]`` transformed dense inputs; unknown fields or non-finite values are errors.
+
+        Values of bucketed columns (sparse features) are left to ``with_buckets``.
+        """
+        out = np.full((len(rows), len(self.dense)), np.nan, np.float64)
         position = {n: i for i, n in enumerate(self.dense)}
         for r, row in enumerate(rows):
             for name, value in row.items():
                 i = position.get(name)
                 if i is None:
-                    raise RequestError(f"unknown dense feature {name!r}; dense features: {', '.join(self.dense)}")
+                    if name in self.buckets:
+                        continue
+                    known = ", ".join([*self.dense, *self.buckets])
+                    raise RequestError(f"unknown dense feature {name!r}; dense features: {known}")
                 if value is None:
                     continue
                 out[r, i] = _number(f"dense feature '{name}'", value)
+        result = np.empty(out.shape, np.float32)
         for name, i in position.items():
-            if self.transforms[name] == "slog1p":
-                out[:, i] = np.sign(out[:, i]) * np.log1p(np.abs(out[:, i]))
-        return torch.from_numpy(out.astype(np.float32))
+            result[:, i] = apply_dense(out[:, i], self.transforms[name], self.transform_params[name])
+        return torch.from_numpy(result)
+
+    def with_buckets(self, sparse: Sequence[Mapping[str, Any]], dense: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Sparse rows with each bucketed column's raw number (from the dense rows) as its bucket's value."""
+        if not self.buckets:
+            return [dict(s) for s in sparse]
+        rows = []
+        for s, d in zip(sparse, dense):
+            row = dict(s)
+            for name, edges in self.buckets.items():
+                if d.get(name) is not None:
+                    bucket = bucket_of(np.array([_number(f"dense feature '{name}'", d[name])]), edges)
+                    row[name] = str(int(bucket[0]))
+            rows.append(row)
+        return rows
 
 
 def _number(what: str, value: Any) -> float:

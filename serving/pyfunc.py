@@ -47,7 +47,8 @@ class RecsysPyfunc(mlflow.pyfunc.PythonModel):
     def _requests(self, frame: pd.DataFrame) -> list[dict[str, Any]]:
         if {"dense", "sparse"} >= set(frame.columns):
             return [{k: v for k, v in row.items() if isinstance(v, dict)} for row in frame.to_dict("records")]
-        dense, sparse = set(self.store.dense_features), set(self.store.features)
+        buckets = set(self.store.encoder.buckets)  # bucketed dense columns: numbers, read as dense
+        dense, sparse = set(self.store.dense_features) | buckets, set(self.store.features) - buckets
         unknown = sorted(set(frame.columns) - dense - sparse)
         if unknown:
             raise ValueError(f"unknown feature columns {unknown[:5]}; features: {sorted(dense | sparse)}")

@@ -153,8 +153,9 @@ class Store:
         for r in requests:
             if not isinstance(r, Mapping) or set(r) - {"dense", "sparse"}:
                 raise RequestError("each request is an object with optional 'dense' and 'sparse' objects")
-        dense = self.encoder.dense_tensor([r.get("dense") or {} for r in requests])
-        kjt = self.encoder.kjt([r.get("sparse") or {} for r in requests])
+        dense_rows = [r.get("dense") or {} for r in requests]
+        dense = self.encoder.dense_tensor(dense_rows)
+        kjt = self.encoder.kjt(self.encoder.with_buckets([r.get("sparse") or {} for r in requests], dense_rows))
         return self.score_batch(dense, kjt)
 
     @torch.inference_mode()

@@ -20,16 +20,32 @@ BadRowMode = Literal["error", "skip"]
 
 
 class ConversionError(ValueError):
-    """Raw data (or a schema) that cannot be converted; names the file, line and field."""
+    """Raw data (or a schema) that cannot be converted; names the file, line (or row group and
+    row, for Parquet input) and field."""
 
-    def __init__(self, file: str | Path, message: str, *, line: int | None = None, field: str | None = None) -> None:
+    def __init__(
+        self,
+        file: str | Path,
+        message: str,
+        *,
+        line: int | None = None,
+        field: str | None = None,
+        row_group: int | None = None,
+        row: int | None = None,
+    ) -> None:
         self.file = str(file)
         self.line = line
         self.field = field
+        self.row_group = row_group
+        self.row = row
         self.reason = message
         where = self.file
         if line is not None:
             where += f", line {line}"
+        if row_group is not None:
+            where += f", row group {row_group}"
+        if row is not None:
+            where += f", row {row}"
         if field is not None:
             where += f", field '{field}'"
         super().__init__(f"{where}: {message}")
@@ -49,6 +65,8 @@ class Issue:
         """The message for one offending row, with its raw value when known."""
         if self.values is None:
             return self.message
+        if not self.message:  # the values are the messages
+            return str(self.values[row].as_py())
         value = self.values[row]
         raw = value.cast(pa.binary()).as_py() if pa.types.is_string(value.type) or pa.types.is_large_string(value.type) else value.as_py()
         return f"{self.message} {excerpt(raw) if isinstance(raw, (bytes, str)) else repr(raw)}"
@@ -72,6 +90,19 @@ class BadRowLog:
     path: Path
     mode: BadRowMode
     counts: dict[str, int] = field(default_factory=dict)
+    row_group_starts: np.ndarray | None = None  # Parquet input: first row (1-based) of each row group
+
+    def at(self, path: Path, row_group_starts: np.ndarray | None = None) -> None:
+        """Report later rows as of ``path`` (lines; or rows by row group when ``row_group_starts``)."""
+        self.path = path
+        self.row_group_starts = row_group_starts
+
+    def error(self, message: str, line: int, field: str | None) -> ConversionError:
+        """The error for ``line`` of the current file (a row, with its row group, for Parquet)."""
+        if self.row_group_starts is None:
+            return ConversionError(self.path, message, line=line, field=field)
+        group = int(np.searchsorted(self.row_group_starts, line, side="right")) - 1
+        return ConversionError(self.path, message, row_group=group, row=line, field=field)
 
     @property
     def total(self) -> int:
@@ -120,4 +151,4 @@ class BadRowLog:
             self.raise_ragged(first_ragged)
         if best is not None:
             line, issue, row = best
-            raise ConversionError(self.path, issue.describe(row), line=line, field=issue.field)
+            raise self.error(issue.describe(row), line, issue.field)

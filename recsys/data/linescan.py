@@ -8,10 +8,13 @@ file is scanned at most about once however many recoveries there are.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from recsys.data.inputs import decompressed_size, open_at
 
 SCAN_BYTES = 1 << 20
 
@@ -30,22 +33,30 @@ class LongLine:
 
 
 class LineIndex:
-    """Offsets of the lines of ``path`` (``\\n``-terminated; line 1 starts at byte 0)."""
+    """Offsets of the lines of ``path`` (``\\n``-terminated; line 1 starts at byte 0); of the
+    decompressed text for a compressed file (``recsys.data.inputs``)."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.size = self.path.stat().st_size
+        self._size: int | None = None
         self._known = (1, 0)  # (line, offset): the furthest line whose offset is known
+
+    @property
+    def size(self) -> int:
+        """Bytes of the (decompressed) text; counted once, when first asked."""
+        if self._size is None:
+            self._size = decompressed_size(self.path)
+        return self._size
 
     def offset(self, line: int) -> int:
         """The offset of the first byte of ``line`` (the file size past the last line)."""
         known, pos = self._known if line >= self._known[0] else (1, 0)
-        with open(self.path, "rb") as f:
-            f.seek(pos)
+        with contextlib.closing(open_at(self.path, pos)) as f:
             while known < line:
                 buf = f.read(SCAN_BYTES)
                 if not buf:
-                    return self.size
+                    self._size = pos
+                    return pos
                 newlines = np.flatnonzero(np.frombuffer(buf, np.uint8) == 10)
                 if known + len(newlines) >= line:
                     pos += int(newlines[line - known - 1]) + 1
@@ -59,8 +70,7 @@ class LineIndex:
         """The first line from ``line`` on that is longer than ``limit`` bytes (with its newline)."""
         start = self.offset(line)
         number, pos = line, start
-        with open(self.path, "rb") as f:
-            f.seek(start)
+        with contextlib.closing(open_at(self.path, start)) as f:
             while True:
                 buf = f.read(SCAN_BYTES)
                 if not buf:

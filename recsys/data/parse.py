@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from recsys.hashing import hash64_str, hash64_strings
+from recsys.hashing import hash64_distinct, hash64_str, hash64_strings
 
 MISSING_ID = hash64_str("")
 _NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
@@ -28,6 +28,7 @@ class SparseValues:
     weights: np.ndarray | None = None  # float32, flat, for weighted fields
     dict_ids: np.ndarray | None = None  # single-valued: distinct ids of the chunk
     dict_index: np.ndarray | None = None  # single-valued: each row's entry in dict_ids
+    fields: np.ndarray | None = None  # field-aware libFM: int32 field code of each value, flat
 
     def take(self, keep: np.ndarray) -> "SparseValues":
         """Rows where ``keep`` is true."""
@@ -39,7 +40,8 @@ class SparseValues:
         offsets = np.zeros(int(keep.sum()) + 1, np.int64)
         np.cumsum(lengths[keep], out=offsets[1:])
         weights = None if self.weights is None else self.weights[flat_keep]
-        return SparseValues(self.ids[flat_keep], offsets, weights)
+        fields = None if self.fields is None else self.fields[flat_keep]
+        return SparseValues(self.ids[flat_keep], offsets, weights, fields=fields)
 
     def counts(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(distinct ids, occurrences) over the rows where ``rows`` is true, missing excluded."""
@@ -92,9 +94,12 @@ def parse_floats(col: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         cast = _cast_float(cleaned)
         if cast is None:
             cast, bad = _cast_each(col)
-    values = cast.to_numpy(zero_copy_only=False)
+    values = cast.to_numpy(zero_copy_only=False)  # nulls -> NaN
+    nonfinite = ~np.isfinite(values)
+    if not bad.any() and np.count_nonzero(nonfinite) == cast.null_count:
+        return values, bad  # every non-finite value is a null: nothing to flag
     present = ~np.asarray(cast.is_null().to_numpy(zero_copy_only=False))
-    bad |= present & ~np.isfinite(values)
+    bad |= present & nonfinite
     values = np.where(present & ~bad, values, np.nan)
     return values, bad
 
@@ -117,7 +122,7 @@ def parse_labels(col: pa.Array, allowed: tuple[float, ...]) -> tuple[np.ndarray,
 def hash_single(col: pa.Array) -> SparseValues:
     """Raw ids of a single-valued categorical column; null and '' are the missing value."""
     encoded = pc.dictionary_encode(col, null_encoding="encode")
-    dict_ids = hash64_strings(encoded.dictionary)
+    dict_ids = hash64_distinct(encoded.dictionary)
     index = encoded.indices.to_numpy(zero_copy_only=False)
     return SparseValues(dict_ids[index], dict_ids=dict_ids, dict_index=index)
 

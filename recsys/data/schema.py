@@ -1,4 +1,4 @@
-"""The schema YAML of a generic CSV file, and checks of field names.
+"""The schema YAML of a generic CSV or Parquet input, and checks of field names.
 
 Example ``schema.yaml``::
 
@@ -6,12 +6,16 @@ Example ``schema.yaml``::
     header: true            # first line holds column names; default true
     label: clicked          # 0/1 column
     dense: [price, age]     # numeric columns (sign(x) * log1p(|x|); empty = 0)
+    transforms: {price: standardize, age: {quantile: 16}}  # per dense column: slog1p (default),
+                            # standardize, none, or quantile buckets (a sparse field; default 16)
     sparse: [user, item]    # categorical columns
     multi_valued: {tags: "|"}  # list-valued categorical columns and their separator
     drop: [request_id]      # columns to ignore
     # columns: [...]        # names of all columns; required (only) with header: false
 
 Every column of the file must appear in exactly one of label/dense/sparse/multi_valued/drop.
+Parquet input uses the same keys; ``delimiter`` and ``header`` do not apply to it, and list
+columns are multi-valued whatever their separator.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from recsys.data.errors import ConversionError
+from recsys.data.transforms import DEFAULT_BUCKETS, TRANSFORMS, TransformSpec
 from recsys.features import LABEL_COLUMN, PROB_COLUMN
 
 _RESERVED_SUFFIXES = ("__id", "__w")
@@ -40,6 +45,18 @@ class CsvSchema(BaseModel):
     sparse: list[str] = []
     multi_valued: dict[str, str] = {}
     drop: list[str] = []
+    transforms: dict[str, str | dict[str, int]] = {}
+
+    def transform_specs(self) -> dict[str, TransformSpec]:
+        """The transform of every dense column (checked by ``load_csv_schema``)."""
+        specs = {}
+        for name in self.dense:
+            value = self.transforms.get(name, "slog1p")
+            if isinstance(value, dict):
+                specs[name] = TransformSpec("quantile", value.get("quantile", DEFAULT_BUCKETS))
+            else:
+                specs[name] = TransformSpec(value, DEFAULT_BUCKETS)  # type: ignore[arg-type]
+        return specs
 
     def sparse_order(self) -> list[str]:
         """Sparse fields: ``sparse`` in order, then multi-valued columns not listed there."""
@@ -86,6 +103,15 @@ def _check(schema: CsvSchema, path: Path) -> None:
         raise ConversionError(path, "required when header is false", field="columns")
     if schema.header and schema.columns is not None:
         raise ConversionError(path, "only allowed with header: false (names come from the header)", field="columns")
+    for name, value in schema.transforms.items():
+        key = f"transforms.{name}"
+        if name not in schema.dense:
+            raise ConversionError(path, "transforms apply to columns listed under 'dense'", field=key)
+        if isinstance(value, dict):
+            if set(value) != {"quantile"} or value["quantile"] < 2:
+                raise ConversionError(path, "expected {quantile: N} with N >= 2 buckets", field=key)
+        elif value not in TRANSFORMS:
+            raise ConversionError(path, f"unknown transform '{value}'; transforms: {', '.join(TRANSFORMS)}", field=key)
     for name, sep in schema.multi_valued.items():
         if not sep:
             raise ConversionError(path, "separator must not be empty", field=f"multi_valued.{name}")
@@ -113,15 +139,17 @@ def field_name_problem(name: str) -> str | None:
     return None
 
 
-def check_columns(schema: CsvSchema, header: list[str], schema_path: Path, input_path: Path) -> None:
-    """Every schema column is in the file and every file column is in the schema."""
+def check_columns(
+    schema: CsvSchema, header: list[str], schema_path: Path, input_path: Path, source: str = "header"
+) -> None:
+    """Every schema column is in the file (its ``source`` of names) and every file column is in the schema."""
     roles = schema.roles()
     missing = [n for n in roles if n not in header]
     if missing:
         raise ConversionError(
             input_path,
-            f"column listed under '{roles[missing[0]]}' in {schema_path} is missing from the header",
-            line=1 if schema.header else None,
+            f"column listed under '{roles[missing[0]]}' in {schema_path} is missing from the {source}",
+            line=1 if schema.header and source == "header" else None,
             field=missing[0],
         )
     unlisted = [n for n in header if n not in roles]

@@ -44,7 +44,7 @@ def derive_hour(col: pa.Array, kind: Literal["hour_of_day", "weekday"]) -> tuple
     return constant_values(WEEKDAYS, weekdays), bad
 
 
-def _split_tokens(text: pa.Array) -> tuple[pa.Array, pa.Array, np.ndarray]:
+def split_tokens(text: pa.Array) -> tuple[pa.Array, pa.Array, np.ndarray]:
     """(first token of each line, the other tokens flat, the line of each other token)."""
     tokens = pc.ascii_split_whitespace(text)
     flat = tokens.flatten()
@@ -56,7 +56,7 @@ def _split_tokens(text: pa.Array) -> tuple[pa.Array, pa.Array, np.ndarray]:
     return flat.take(pa.array(starts)), flat.filter(rest), parents[~is_first]
 
 
-def _split_pairs(flat: pa.Array) -> tuple[pa.Array, pa.Array]:
+def split_pairs(flat: pa.Array) -> tuple[pa.Array, pa.Array]:
     """``idx:val`` tokens to (idx, val); val is null where a token has no ':'."""
     parts = pc.split_pattern(flat, ":", max_splits=1)
     offsets = parts.offsets.to_numpy() - parts.offsets[0].as_py()
@@ -73,8 +73,8 @@ def parse_libfm_lines(text: pa.Array) -> tuple[pa.Array, SparseValues, np.ndarra
     the mask of rows with a malformed token, and each row's first malformed token (or null).
     """
     n = len(text)
-    label, flat, parents = _split_tokens(text)
-    idx, val = _split_pairs(flat)
+    label, flat, parents = split_tokens(text)
+    idx, val = split_pairs(flat)
     weights, bad_val = parse_floats(val)
     empty_idx = pc.equal(idx, "").to_numpy(zero_copy_only=False)
     bad_tok = bad_val | np.isnan(weights) | empty_idx

@@ -1,6 +1,6 @@
-"""Split assignment, the staged (raw id) Arrow stream between the passes, and final Parquet parts.
+"""The staged (raw id) Arrow stream between the passes, and the final Parquet parts.
 
-Pass 1 appends each split's rows, with raw ids only, to an LZ4-compressed Arrow IPC stream;
+Pass 1 appends each split's rows, with raw ids only, to an uncompressed Arrow IPC stream;
 pass 2 reads it back batch by batch, adds vocabulary indices and writes Parquet parts of
 ``rows_per_file`` rows.
 """
@@ -14,35 +14,30 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from recsys.data.fieldaware import staged_field_columns
 from recsys.data.formats import ParsedChunk, SparseSource
 from recsys.data.parse import SparseValues
+from recsys.data.splitting import SPLITS, assign_splits  # noqa: F401 - assign_splits re-exported
 from recsys.data.vocab import Vocabulary
 from recsys.features import LABEL_COLUMN, id_column, weight_column
-from recsys.hashing import mix64_np, salt_for
 
-SPLITS = ("train", "valid", "test")
 PARQUET_COMPRESSION = "snappy"
 DICTIONARY_MAX_CARDINALITY = 100_000
-_IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
-
-
-def assign_splits(lines: np.ndarray, seed: int, fractions: Sequence[float]) -> np.ndarray:
-    """Split (0 train, 1 valid, 2 test) of each row, from ``(seed, line number)`` only."""
-    u = (mix64_np(lines.astype(np.int64), salt_for(f"split/{seed}")).view(np.uint64) >> np.uint64(11)).astype(
-        np.float64
-    ) * (1.0 / (1 << 53))
-    bounds = np.cumsum(np.asarray(fractions, np.float64))[:2]
-    return np.searchsorted(bounds, u, side="right").astype(np.int8)
+_IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression=None)  # lz4 cost more CPU than the disk it saved
 
 
 def _list_array(offsets: np.ndarray, values: np.ndarray, value_type: pa.DataType) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values, value_type))
 
 
-def staged_schema(dense: Sequence[str], sparse: Sequence[SparseSource]) -> pa.Schema:
-    """Columns of the staged stream: label, dense, raw ids (and weights)."""
-    fields = [pa.field(LABEL_COLUMN, pa.float32())] + [pa.field(n, pa.float32()) for n in dense]
+def staged_schema(dense: Sequence[str], sparse: Sequence[SparseSource], raw_dense: Sequence[str] = ()) -> pa.Schema:
+    """Columns of the staged stream: label, dense (``raw_dense``: untransformed float64), raw ids (and weights)."""
+    fields = [pa.field(LABEL_COLUMN, pa.float32())]
+    fields += [pa.field(n, pa.float64() if n in raw_dense else pa.float32()) for n in dense]
     for src in sparse:
+        if src.kind == "fields":
+            fields += staged_field_columns(src.name)
+            continue
         fields.append(pa.field(id_column(src.name), pa.list_(pa.int64()) if src.multi_valued else pa.int64()))
         if src.weighted:
             fields.append(pa.field(weight_column(src.name), pa.list_(pa.float32())))
@@ -55,13 +50,15 @@ def _sparse_arrays(values: SparseValues, src: SparseSource) -> list[pa.Array]:
     arrays = [_list_array(values.offsets, values.ids, pa.int64())]
     if src.weighted and values.weights is not None:
         arrays.append(_list_array(values.offsets, values.weights, pa.float32()))
+    if src.kind == "fields" and values.fields is not None:
+        arrays.append(_list_array(values.offsets, values.fields, pa.int32()))
     return arrays
 
 
 def staged_batch(chunk: ParsedChunk, schema: pa.Schema, sparse: Sequence[SparseSource]) -> pa.RecordBatch:
     """A parsed chunk as a record batch of the staged schema."""
     arrays: list[pa.Array] = [pa.array(chunk.label, pa.float32())]
-    arrays += [pa.array(d, pa.float32()) for d in chunk.dense]
+    arrays += [pa.array(d, schema.field(i + 1).type) for i, d in enumerate(chunk.dense)]
     for values, src in zip(chunk.sparse, sparse):
         arrays += _sparse_arrays(values, src)
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
@@ -175,8 +172,10 @@ class PartWriter:
     def _open(self) -> None:
         name = f"{self.split}/part-{len(self.files):05d}.parquet"
         self.files.append(name)
+        stats = [c for c in self.schema.names if not c.endswith(("__id", "__w"))]  # min/max of hashes tell nothing
         self._writer = pq.ParquetWriter(
-            str(self.root / name), self.schema, compression=PARQUET_COMPRESSION, use_dictionary=self.dictionary_columns
+            str(self.root / name), self.schema, compression=PARQUET_COMPRESSION, use_dictionary=self.dictionary_columns,
+            write_statistics=stats,
         )
         self._rows_in_file = 0
 

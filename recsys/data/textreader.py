@@ -9,7 +9,9 @@ so parsing overlaps the caller's processing of the previous chunk.
 A line longer than the parser's block grows the block (parsing restarts at that line); a
 line longer than ``MAX_ROW_BYTES``, or a ragged line that is not UTF-8, is dropped like a
 ragged row (a bad row: named in ``error`` mode, counted and skipped in ``skip`` mode).
-UTF-16 and binary input is refused up front (``recsys.data.textcheck``).
+UTF-16 and binary input is refused up front (``recsys.data.textcheck``). Compressed files
+(``.gz``, ``.bz2``, ``.zst``) are decompressed as they are read; offsets are then those of the
+decompressed text (``recsys.data.inputs.open_at``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from recsys.data.errors import ConversionError, RaggedRow
 from recsys.data.linescan import LineIndex
 from recsys.data.excerpt import safe_message
 from recsys.data.textcheck import check_text_input
+from recsys.data.inputs import codec_of, open_stream, read_first_line, read_range
 
 _DONE = object()
 MAX_ROW_BYTES = 16 << 20  # a longer line is a bad row (``line_too_long``): bounded memory
@@ -44,6 +47,7 @@ class TextFormat:
     delimiter: str
     header: bool
     quoting: bool = True
+    null_values: tuple[str, ...] | None = None  # strings read as missing (None: Arrow's list: "", "NA", "null", ...)
 
 
 @dataclass
@@ -58,11 +62,7 @@ class LineChunk:
 def read_header(path: Path, fmt: TextFormat) -> list[str]:
     """Column names from the first line of ``path``."""
     check_text_input(path)
-    try:
-        with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
-            first = f.readline()
-    except OSError as exc:
-        raise ConversionError(path, f"cannot read input: {exc.strerror or exc}") from exc
+    first = read_first_line(path).decode("utf-8-sig", errors="replace")
     if not first.strip():
         raise ConversionError(path, "empty input: no header line", line=1)
     quoting = pycsv.QUOTE_MINIMAL if fmt.quoting else pycsv.QUOTE_NONE
@@ -167,6 +167,8 @@ class _Parser:
         self.block_size, self.max_row_bytes = block_size, max_row_bytes
         self.index = LineIndex(path)
         self.position = 0  # bytes of the input parsed so far (for progress)
+        self.compressed = codec_of(path) is not None
+        self._raw: pa.NativeFile | None = None  # the file under a compressed stream
 
     def _open(self, seg: _Segment, dropped: list[RaggedRow]) -> tuple[pacsv.CSVStreamingReader, pa.NativeFile]:
         expected = len(self.names)
@@ -178,12 +180,9 @@ class _Parser:
             return "skip"
 
         if seg.end is None:
-            source = _open_input(self.path)
-            source.seek(seg.start)
+            source, self._raw = open_stream(self.path, seg.start)
         else:
-            with open(self.path, "rb") as f:
-                f.seek(seg.start)
-                source = pa.BufferReader(f.read(seg.end - seg.start))
+            source = pa.BufferReader(read_range(self.path, seg.start, seg.end))
         try:
             reader = pacsv.open_csv(
                 source,
@@ -192,7 +191,10 @@ class _Parser:
                     delimiter=self.fmt.delimiter, quote_char='"' if self.fmt.quoting else False,
                     ignore_empty_lines=False, invalid_row_handler=on_invalid,
                 ),
-                convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in self.names}, strings_can_be_null=True, check_utf8=False),
+                convert_options=pacsv.ConvertOptions(
+                    column_types={n: pa.string() for n in self.names}, strings_can_be_null=True, check_utf8=False,
+                    **({} if self.fmt.null_values is None else {"null_values": list(self.fmt.null_values)}),
+                ),
             )
         except BaseException:
             source.close()
@@ -204,7 +206,7 @@ class _Parser:
         pending = [_Segment(0, 1, None, 1 if self.fmt.header else 0)]
         while pending and not stop.is_set():
             seg = pending.pop(0)
-            if (seg.end if seg.end is not None else self.index.size) <= seg.start:
+            if seg.end is not None and seg.end <= seg.start or seg.end is None and seg.start and seg.start >= self.index.size:
                 continue
             rows, dropped = 0, []
             try:
@@ -212,12 +214,18 @@ class _Parser:
                 with contextlib.closing(source):
                     for batch in reader:
                         rows += batch.num_rows
-                        self.position = source.tell() + (seg.start if seg.end is not None else 0)
+                        self.position = self.raw_position(source, seg)
                         yield batch
             except pa.ArrowInvalid as exc:
                 if rows == 0 and not dropped and "Empty CSV file" in str(exc):
                     raise ConversionError(self.path, "empty input: no data rows") from exc
                 pending[:0] = self._recover(exc, seg, self._next_line(seg, rows, dropped), dropped)
+
+    def raw_position(self, source: pa.NativeFile, seg: _Segment) -> int:
+        """Bytes of the file on disk read so far (a compressed file: its compressed bytes)."""
+        if self.compressed:
+            return self._raw.tell() if seg.end is None and self._raw is not None and not self._raw.closed else self.position
+        return source.tell() + (seg.start if seg.end is not None else 0)
 
     def _next_line(self, seg: _Segment, rows: int, dropped: list[RaggedRow]) -> int:
         """The first line not yet delivered: after ``rows`` kept lines and the dropped ones among them."""

@@ -104,8 +104,8 @@ def test_missing_file_unknown_format_and_bad_arguments(tmp_path: Path) -> None:
         convert("criteo", tmp_path / "nope.tsv", tmp_path / "out", progress=False)
     assert info.value.file == str(tmp_path / "nope.tsv")
     src = write(tmp_path / "in.tsv", [criteo_line()])
-    with pytest.raises(ConversionError, match="unknown format 'parquet'") as info:
-        convert("parquet", src, tmp_path / "out", progress=False)  # type: ignore[arg-type]
+    with pytest.raises(ConversionError, match="unknown format 'orc'") as info:
+        convert("orc", src, tmp_path / "out", progress=False)  # type: ignore[arg-type]
     assert info.value.field == "format"
     with pytest.raises(ConversionError, match="split"):
         convert("criteo", src, tmp_path / "out", split=(0.5, 0.1, 0.1), progress=False)

@@ -1,0 +1,139 @@
+"""Conversion throughput of this tree against a baseline commit, alternating runs on one box.
+
+On a shared machine absolute rows/s swing with the load; what holds is the ratio of runs made
+side by side. This writes one random high-cardinality Criteo file (``bench.convert_bench``),
+exports the baseline commit's ``recsys`` with ``git archive``, then converts the file ``--rounds``
+times with each tree in child processes, alternating which goes first, and reports each run's
+rows/s and CPU seconds (of the conversion's threads: far steadier than wall time when other
+processes share the cores), the medians, and the median of the per-round ratios (new / baseline).
+
+With ``--instructions`` it also counts the instructions each tree executes for one conversion
+under valgrind's callgrind (minus those of the imports alone): a measure of work that other
+processes on the cores do not change (about 1.5 minutes per 100k rows and tree).
+
+Usage: ``python -m bench.convert_compare [--base main] [--rows 500000] [--rounds 5] [--instructions]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+from bench.convert_bench import write_random_criteo
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def export_tree(ref: str, dest: Path) -> Path:
+    """The ``recsys`` package of commit ``ref`` under ``dest``."""
+    archive = dest / "base.tar"
+    with open(archive, "wb") as f:
+        subprocess.run(["git", "archive", ref, "recsys"], cwd=REPO, check=True, stdout=f)
+    with tarfile.open(archive) as tar:
+        tar.extractall(dest / "tree", filter="data")
+    return dest / "tree"
+
+
+def convert_once(tree: Path, input_path: Path, out_dir: Path) -> tuple[float, float]:
+    """(rows/s, CPU seconds of all its threads) of one conversion by the code in ``tree``, in a child process."""
+    shutil.rmtree(out_dir, ignore_errors=True)
+    code = (
+        "import json, sys, time; from pathlib import Path; from recsys.data.convert import convert; "
+        "t, c = time.perf_counter(), time.process_time(); "
+        "s = convert('criteo', Path(sys.argv[1]), Path(sys.argv[2]), progress=False); "
+        "print(json.dumps([sum(x.rows for x in s.splits.values()) / (time.perf_counter() - t), time.process_time() - c]))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    out = subprocess.run([sys.executable, "-c", code, str(input_path), str(out_dir)], env=env, check=True,
+                         capture_output=True, text=True)
+    rate, cpu = json.loads(out.stdout.strip().splitlines()[-1])
+    return float(rate), float(cpu)
+
+
+_CONVERT = (
+    "import sys; from pathlib import Path; from recsys.data.convert import convert; "
+    "convert('criteo', Path(sys.argv[1]), Path(sys.argv[2]), progress=False)"
+)
+_IMPORTS = "from recsys.data.convert import convert"
+
+
+def instructions(tree: Path, code: str, args: list[str], work: Path) -> int:
+    """Instructions executed by ``python -c code args`` with ``tree`` first on the path (callgrind's Ir)."""
+    out = work / "callgrind.out"
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, "-c", code, *args],
+                   env=env, check=True, capture_output=True)
+    for line in out.read_text().splitlines():
+        if line.startswith("summary:") or line.startswith("totals:"):
+            total = int(line.split()[1])
+    out.unlink()
+    return total
+
+
+def conversion_instructions(tree: Path, input_path: Path, work: Path) -> int:
+    shutil.rmtree(work / "out", ignore_errors=True)
+    return instructions(tree, _CONVERT, [str(input_path), str(work / "out")], work) - instructions(tree, _IMPORTS, [], work)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", default="main", help="baseline commit or branch")
+    parser.add_argument("--rows", type=int, default=500_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--instructions", action="store_true", help="also count instructions under valgrind")
+    parser.add_argument("--out", type=Path, default=REPO / "bench_out" / "convert_compare.json")
+    args = parser.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="convert_compare_"))
+    try:
+        base = export_tree(args.base, work)
+        input_path = work / "criteo.tsv"
+        write_random_criteo(input_path, args.rows)
+        runs: dict[str, list[float]] = {"base": [], "new": []}
+        cpu: dict[str, list[float]] = {"base": [], "new": []}
+        for r in range(args.rounds):
+            order = [("base", base), ("new", REPO)] if r % 2 == 0 else [("new", REPO), ("base", base)]
+            for name, tree in order:
+                rate, seconds = convert_once(tree, input_path, work / "out")
+                runs[name].append(rate)
+                cpu[name].append(seconds)
+                print(f"round {r + 1} {name}: {rate:,.0f} rows/s, {seconds:.1f} CPU s", flush=True)
+        counted = {}
+        if args.instructions:
+            for name, tree in (("base", base), ("new", REPO)):
+                counted[name] = conversion_instructions(tree, input_path, work)
+                print(f"{name}: {counted[name]:,} instructions", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    ratios = [n / b for n, b in zip(runs["new"], runs["base"])]
+    cpu_ratios = [n / b for n, b in zip(cpu["new"], cpu["base"])]
+    result = {
+        "base": args.base, "rows": args.rows, "rounds": args.rounds, "load_average": round(os.getloadavg()[0], 2),
+        "base_rows_per_s": [round(x) for x in runs["base"]], "new_rows_per_s": [round(x) for x in runs["new"]],
+        "base_median": round(statistics.median(runs["base"])), "new_median": round(statistics.median(runs["new"])),
+        "median_ratio": round(statistics.median(ratios), 3),
+        "base_cpu_s": [round(x, 2) for x in cpu["base"]], "new_cpu_s": [round(x, 2) for x in cpu["new"]],
+        "median_cpu_ratio": round(statistics.median(cpu_ratios), 3),
+    }
+    if counted:
+        result.update(base_instructions=counted["base"], new_instructions=counted["new"],
+                      instruction_ratio=round(counted["new"] / counted["base"], 3))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"median rows/s: base {result['base_median']:,}, new {result['new_median']:,}; "
+          f"median ratio new/base {result['median_ratio']} over {args.rounds} rounds; CPU seconds new/base "
+          f"{result['median_cpu_ratio']} (load {result['load_average']})")
+    if counted:
+        print(f"instructions new/base: {result['instruction_ratio']}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
