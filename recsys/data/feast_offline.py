@@ -3,9 +3,8 @@
 ``historical_to_parquet`` runs ``FeatureStore.get_historical_features`` (the point-in-time join of
 an entity/label table with feature views, over the repo's offline store) and writes the result
 as one Parquet file (written beside, renamed at the end). ``parquet_to_dataset`` converts it
-with a CSV schema YAML (``recsys.data.schema``: label, dense, sparse, drop) through the CSV
-path of ``recsys data convert``; the Parquet is streamed to a temporary CSV first. When
-``recsys data convert --format parquet`` exists, this step becomes that call.
+with the schema YAML of ``recsys data convert --format parquet`` (``recsys.data.schema``: label,
+dense, sparse, drop), reading the file's record batches directly (typed and list columns kept).
 
 Example:
     >>> historical_to_parquet("feature_repo", "impressions.parquet", ["user:age", "user:country"], "train.parquet")  # doctest: +SKIP
@@ -15,12 +14,10 @@ Example:
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import pyarrow as pa
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from recsys.data.convert import convert
@@ -69,25 +66,14 @@ def historical_to_parquet(repo: str | Path, entities: str | Path, features: Sequ
     return out
 
 
-def parquet_to_csv(parquet: Path, csv_path: Path, batch_rows: int = 65_536) -> None:
-    """Stream a Parquet file into a CSV with a header (bounded memory)."""
-    pf = pq.ParquetFile(parquet)
-    with pacsv.CSVWriter(str(csv_path), pf.schema_arrow) as writer:
-        for batch in pf.iter_batches(batch_rows):
-            writer.write_batch(batch)
-
-
 def parquet_to_dataset(
     parquet: str | Path, schema: str | Path, out: str | Path, *, min_count: int = 1,
     split: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0, overwrite: bool = False, progress: bool = True,
 ) -> DatasetSpec:
-    """Convert a retrieval's Parquet into a dataset folder with the CSV ``schema`` (the other
-    arguments are ``recsys data convert``'s)."""
+    """Convert a retrieval's Parquet into a dataset folder with the Parquet/CSV ``schema`` (the
+    other arguments are ``recsys data convert``'s)."""
     parquet = Path(parquet)
     if not parquet.is_file():
         raise FileNotFoundError(f"{parquet}: no such Parquet file")
-    with tempfile.TemporaryDirectory(prefix="recsys-feast-") as tmp:
-        csv_path = Path(tmp) / f"{parquet.stem}.csv"
-        parquet_to_csv(parquet, csv_path)
-        return convert("csv", csv_path, Path(out), schema_path=Path(schema), min_count=min_count, split=split, seed=seed,
-                       overwrite=overwrite, progress=progress)
+    return convert("parquet", parquet, Path(out), schema_path=Path(schema), min_count=min_count, split=split, seed=seed,
+                   overwrite=overwrite, progress=progress)
