@@ -271,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth = data.add_parser("synth", help="generate a synthetic dataset with planted ground truth")
     synth.add_argument("--out", required=True, help="output dataset folder or URI (s3://...)")
     synth.add_argument("--rows", type=int, default=1_000_000)
-    synth.add_argument("--profile", default="criteo", choices=["criteo", "small"])
+    synth.add_argument("--profile", default="criteo", choices=["criteo", "small", "small_real"])
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--scale", type=float, default=1.0, help="multiplies the large cardinalities")
     synth.add_argument(

@@ -28,8 +28,11 @@ and ``label = (u < __prob)``, ``u`` uniform.
 
 Profiles (``PROFILES``): ``criteo``, 26 sparse fields C1..C26 of 3 to 10^6 values (those of
 ``scale_from`` = 10^5 or more are multiplied by ``scale``) and 13 dense I1..I13, 8 pairs among
-the fields of at most 2000 values; ``small``, 8 sparse fields of 3..5000 values and 4 dense.
-Both target a 22% click rate; oracle AUC about 0.80 (``criteo``) and 0.78 (``small``).
+the fields of at most 2000 values; ``small``, 8 sparse fields of 3..5000 values and 4 dense;
+``small_real``, shaped like small public CTR sets: 10 sparse fields of 4..1500 values (4,468 in
+all), Zipf exponent 1.2, 2 dense, meant for 50k-100k rows (no multi-valued field yet). All target
+a 22% click rate; oracle AUC about 0.80 (``criteo``), 0.78 (``small``) and 0.78-0.79
+(``small_real``, 80k rows, seed 0: test 0.7876, 4,405 vocabulary rows).
 
 Generation runs in blocks of ``BLOCK_ROWS`` rows, each from its own seeded streams, so the data
 depend on ``(profile, rows, seed, scale, split)`` only, never on ``chunk_rows`` (which only sets

@@ -69,6 +69,12 @@ PROFILES: dict[str, SynthProfile] = {
         cardinalities=[3, 12, 40, 150, 600, 1500, 3000, 5000], num_dense=4, interaction_pairs=4, target_auc=0.78,
         scale_from=1000,
     ),
+    # Shaped like small public CTR sets (10-11 fields, 50k-100k rows, 2.7k-5.3k values): 10 sparse
+    # fields of 4..1500 values (4,470 in all), steep Zipf popularity, 2 dense; use --rows 80000.
+    "small_real": SynthProfile(
+        cardinalities=[4, 9, 25, 60, 120, 250, 400, 700, 1400, 1500], num_dense=2, interaction_pairs=6,
+        zipf_exponent=1.2, target_auc=0.78, signal_ref_prob=2e-3, scale_from=10**9,
+    ),
 }
 
 

@@ -290,3 +290,17 @@ def test_teacher_is_deterministic_and_calibrated() -> None:
     probs = 1 / (1 + np.exp(-a.logits(ranks, dense)))
     assert abs(probs.mean() - PROFILES["small"].target_ctr) < 0.01
     assert all(f.latent.shape[0] in (1, f.head + 1) for f in a.sparse)
+
+
+def test_small_real_profile_shape(tmp_path: Path) -> None:
+    """``small_real``: about 10 sparse fields, a few thousand values in all, steep Zipf popularity."""
+    spec = generate(tmp_path / "s", rows=20_000, profile="small_real", seed=0, progress=False)
+    sparse = spec.sparse_fields
+    assert [f.name for f in sparse] == [f"C{i}" for i in range(1, 11)]
+    assert len(spec.dense_fields) == 2
+    assert sum(PROFILES["small_real"].cardinalities) == 4468
+    assert 2000 < sum(int(f.cardinality or 0) for f in sparse) <= 4468 + 2 * len(sparse)
+    counts = pq.read_table(tmp_path / "s" / sparse[-1].vocabulary).column("count").to_numpy()  # type: ignore[operator]
+    assert (np.diff(counts) <= 0).all()
+    assert counts[:15].sum() > 0.25 * counts.sum(), "the top 1% of the largest field's values carry a quarter of its rows"
+    assert 0.72 < spec.splits["test"].oracle.auc < 0.84  # type: ignore[union-attr]
