@@ -38,7 +38,8 @@ import yaml
 from recsys.config import ExperimentConfig, flatten
 from recsys.data.batch import BatchLayout, ParquetBatchReader, prepared
 from recsys.data.prefetch import Prefetched
-from recsys.embeddings import EmbeddingMethod, MethodContext, Phase, build_method
+from recsys.data.vocab import read_value_counts
+from recsys.embeddings import EmbeddingMethod, MethodContext, Phase, build_method, get_method
 from recsys.export.mlflow_run import CHECKPOINT_FILES
 from recsys.features import load_dataset_spec
 from recsys.models import build_model
@@ -89,6 +90,8 @@ class Experiment:
         self.spec = load_dataset_spec(cfg.data.path)
         e = cfg.embedding
         self.ctx = MethodContext.from_spec(self.spec, cfg.model.embedding_dim, e.compression, e.budget_bytes)
+        if get_method(e.method).uses_value_counts:
+            self.ctx = self.ctx.with_value_counts(read_value_counts(self.spec, cfg.data.path))
 
     def phases(self) -> list[Phase]:
         return build_method(self.cfg.embedding.method, self.ctx, self.cfg.embedding.options).phases()

@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recsys.features import MISSING_INDEX, NUM_RESERVED, OOV_INDEX
+from recsys.features import MISSING_INDEX, NUM_RESERVED, OOV_INDEX, DatasetSpec
 from recsys.data.parse import MISSING_ID
 
 
@@ -94,3 +94,16 @@ class Vocabulary:
         """``id``, ``count`` columns; row r is index r + 2."""
         table = pa.table({"id": pa.array(self.ids, pa.int64()), "count": pa.array(self.counts, pa.int64())})
         pq.write_table(table, path, use_dictionary=["count"])
+
+
+def read_value_counts(spec: DatasetSpec, data_dir: str | Path) -> dict[str, np.ndarray]:
+    """Per sparse field with a vocabulary file, its ``count`` column (index 2.. order, int64)."""
+    out: dict[str, np.ndarray] = {}
+    for f in spec.sparse_fields:
+        if f.vocabulary:
+            path = Path(data_dir) / f.vocabulary
+            try:
+                out[f.name] = pq.read_table(path, columns=["count"]).column("count").to_numpy().astype(np.int64)
+            except (OSError, KeyError, pa.ArrowInvalid) as exc:
+                raise ValueError(f"{path}: cannot read the value counts of field '{f.name}': {exc}") from exc
+    return out

@@ -16,7 +16,7 @@ cost Σ_f cardinality_f × dim × 4; ``compression = full_bytes / memory_bytes``
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Literal, Mapping
 
 import torch
@@ -65,6 +65,9 @@ class MethodContext:
     features: tuple[FeatureInfo, ...]
     embedding_dim: int
     budget_bytes: int | None = None  # the method's sizes must fit this, when given
+    # per feature, the train counts of its values in index order (index 2..), for methods with
+    # ``uses_value_counts``; read from the vocabulary files (``recsys.data.vocab.read_value_counts``)
+    value_counts: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_spec(
@@ -94,7 +97,11 @@ class MethodContext:
             budget_bytes = math.floor(self.full_bytes / compression)
         if budget_bytes is not None and budget_bytes <= 0:
             raise ValueError(f"budget_bytes must be positive, got {budget_bytes}")
-        return MethodContext(self.features, self.embedding_dim, budget_bytes)
+        return MethodContext(self.features, self.embedding_dim, budget_bytes, self.value_counts)
+
+    def with_value_counts(self, counts: Mapping[str, Any] | None) -> "MethodContext":
+        """The same context with the features' value counts (arrays in index order)."""
+        return MethodContext(self.features, self.embedding_dim, self.budget_bytes, counts)
 
     @property
     def full_bytes(self) -> int:
@@ -165,6 +172,7 @@ class EmbeddingMethod(nn.Module):
     name: ClassVar[str]
     Options: ClassVar[type[MethodOptions]] = MethodOptions
     id_scheme: ClassVar[IdScheme] = "index"
+    uses_value_counts: ClassVar[bool] = False  # sizes chosen from ``ctx.value_counts`` (read them before building)
 
     def __init__(self, ctx: MethodContext, options: MethodOptions) -> None:
         super().__init__()

@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from recsys.config import ExperimentConfig
+from recsys.data.vocab import read_value_counts
 from recsys.embeddings import MethodContext, build_method, get_method
 from recsys.embeddings.base import EmbeddingMethod
 from recsys.export.artifact import (
@@ -50,6 +51,8 @@ def load_run(run_dir: Path, data_path: str | Path | None = None) -> tuple[Experi
     spec = load_dataset_spec(data_path or cfg.data.path)
     e = cfg.embedding
     ctx = MethodContext.from_spec(spec, cfg.model.embedding_dim, e.compression, e.budget_bytes)
+    if get_method(e.method).uses_value_counts:
+        ctx = ctx.with_value_counts(read_value_counts(spec, data_path or cfg.data.path))
     method = build_method(e.method, ctx, e.options)
     last = method.phases()[-1]
     method.enter_phase(last)

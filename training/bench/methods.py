@@ -5,7 +5,7 @@ it trains with which options (``overrides``) and how the budget (a compression r
 bytes / budget) is set (``budget``: a function of the ``Budget`` giving ``--set`` overrides).
 Adding a method to the suite is adding a row here; nothing else in the sweep names methods.
 
-* ``hash``, ``qr``, ``unified``, ``dsl``: the method's own ``embedding.compression`` (``dsl``
+* ``hash``, ``qr``, ``unified``, ``hybrid``, ``dsl``: the method's own ``embedding.compression`` (``dsl``
   fits its density to the budget; on ``full`` its CSR row offsets alone cost 1/D of full, so it
   cannot go below about D× and such points fail, recorded with the method's message).
 * ``optembed``: the budget-aware search (``search_compression``); the supernet is trained
@@ -78,6 +78,7 @@ SWEEP_METHODS: dict[str, SweepMethod] = {
     "hash": SweepMethod(("embedding.method=hash",)),
     "qr": SweepMethod(("embedding.method=qr",)),
     "unified": SweepMethod(("embedding.method=unified",)),
+    "hybrid": SweepMethod(("embedding.method=hybrid",)),
     "optembed": SweepMethod(_OPTEMBED, budget=_search, shared_phases=("supernet",), quick=_OPTEMBED_QUICK),
     "dsl": SweepMethod(("embedding.method=dsl",), quick=_DSL_QUICK),
     "unified+optembed": SweepMethod((*_OPTEMBED, "embedding.options.base=unified"), budget=_unified_base_rows, quick=_OPTEMBED_QUICK),

@@ -1,0 +1,114 @@
+"""``hybrid``: hot rows for the most frequent values, a shared hashed tail, sizes from the counts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torchrec.modules.embedding_configs import PoolingType
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from recsys.data.synthetic import generate
+from recsys.data.vocab import read_value_counts
+from recsys.embeddings import FeatureInfo, MethodContext, build_method, get_method
+from recsys.embeddings.base import ExportedMethod
+from recsys.embeddings.hybrid import choose_hot
+from recsys.hashing import bucket, salt_for
+
+DIM = 8
+CTX = MethodContext(
+    features=(FeatureInfo("A", 12), FeatureInfo("B", 302, multi_valued=True, pooling=PoolingType.MEAN), FeatureInfo("C", 1002)),
+    embedding_dim=DIM,
+)
+
+
+def steep(n: int, top: float) -> np.ndarray:
+    return np.maximum(1, (top / np.arange(1, n + 1) ** 1.5)).astype(np.int64)
+
+
+COUNTS = {"A": steep(10, 50), "B": steep(300, 5000), "C": steep(1000, 100)}
+
+
+def kjt(seed: int = 0) -> KeyedJaggedTensor:
+    gen = torch.Generator().manual_seed(seed)
+    lengths, values = [], []
+    for f in CTX.features:
+        lens = torch.randint(0, 4, (16,), generator=gen) if f.multi_valued else torch.ones(16, dtype=torch.int64)
+        lengths.append(lens)
+        values.append(torch.randint(0, f.cardinality, (int(lens.sum()),), generator=gen))
+    return KeyedJaggedTensor(keys=CTX.feature_names, values=torch.cat(values), lengths=torch.cat(lengths).int())
+
+
+def test_output_is_one_row_per_value_pooled() -> None:
+    """Each index reads its exclusive row when hot, else its hashed tail row; bags sum (B: mean)."""
+    torch.manual_seed(0)
+    method = build_method("hybrid", CTX.with_budget(compression=4).with_value_counts(COUNTS))
+    assert 0 < method.tail_rows and all(h < f.cardinality for h, f in zip(method.hot_rows.values(), CTX.features))
+    features = kjt()
+    out = method(features).to_dict()
+    weights = {t: p.weight.detach() for t, p in method.ebc.embedding_bags.items()}
+    for name, jt in features.to_dict().items():
+        expected = []
+        for bag in jt.to_dense():
+            rows = [weights[f"{name}@hot"][i] if i < method.hot_rows[name] else
+                    weights["tail"][int(bucket(torch.tensor([i]), salt_for(name), method.tail_rows)[0])] for i in bag.tolist()]
+            vec = torch.stack(rows).sum(0) if rows else torch.zeros(DIM)
+            expected.append(vec / max(len(rows), 1) if name == "B" else vec)
+        torch.testing.assert_close(out[name], torch.stack(expected), rtol=1e-6, atol=1e-6)
+
+
+def test_hot_values_are_the_globally_most_frequent() -> None:
+    counts = [np.array([100, 50, 1, 1]), np.array([80, 70, 60, 2, 1])]
+    hot, tail = choose_hot(counts, rows=7, hot_share=4 / 7)
+    assert hot == [1, 3] and tail == 3  # 100, 80, 70, 60 get rows; 50 does not
+    assert choose_hot(counts, rows=9, hot_share=None) == ([4, 5], 0)  # everything fits: no tail
+    hot, tail = choose_hot(counts, rows=5, hot_share=None)
+    assert sum(hot) + tail == 5 and tail >= 1
+
+
+def test_counts_steer_the_split_and_the_budget_holds() -> None:
+    ctx = CTX.with_value_counts(COUNTS)
+    for compression in (1.5, 3, 10, 40):
+        method = build_method("hybrid", ctx.with_budget(compression=compression))
+        assert method.memory_bytes() <= ctx.with_budget(compression=compression).budget_bytes
+        assert method.memory_bytes() == (sum(method.hot_rows.values()) + method.tail_rows) * DIM * 4
+    method = build_method("hybrid", ctx.with_budget(compression=3))
+    prior = build_method("hybrid", CTX.with_budget(compression=3))
+    assert method.hot_rows["B"] > method.hot_rows["C"], "B's values are far more frequent than C's"
+    assert method.hot_rows != prior.hot_rows, "the counts, not the prior, choose the hot values"
+    share = build_method("hybrid", ctx.with_budget(compression=3), {"hot_share": 0.25})
+    total = sum(share.hot_rows.values()) + share.tail_rows
+    assert sum(share.hot_rows.values()) - 6 == int(0.25 * (total - 6))
+
+
+def test_impossible_budget_names_method_and_bytes() -> None:
+    with pytest.raises(ValueError, match=r"method 'hybrid' cannot fit the budget of 100 bytes: .* need 224 bytes"):
+        build_method("hybrid", CTX.with_budget(budget_bytes=100))
+
+
+def test_explicit_sizes_are_checked() -> None:
+    with pytest.raises(ValueError, match="both 'hot_rows' and 'tail_rows'"):
+        build_method("hybrid", CTX, {"tail_rows": 4})
+    with pytest.raises(ValueError, match=r"missing \['C'\]"):
+        build_method("hybrid", CTX, {"hot_rows": {"A": 2, "B": 2}, "tail_rows": 4})
+    with pytest.raises(ValueError, match=r"hot_rows of \['A'\]"):
+        build_method("hybrid", CTX, {"hot_rows": {"A": 13, "B": 2, "C": 2}, "tail_rows": 4})
+
+
+def test_export_serves_without_the_counts() -> None:
+    torch.manual_seed(1)
+    method = build_method("hybrid", CTX.with_budget(compression=4).with_value_counts(COUNTS)).eval()
+    exported = method.export()
+    assert exported.options["hot_rows"] == method.hot_rows and exported.options["tail_rows"] == method.tail_rows
+    served = get_method("hybrid").from_export(CTX.with_budget(compression=4), ExportedMethod("hybrid", exported.options, exported.state))
+    features = kjt(3)
+    torch.testing.assert_close(served(features).values(), method(features).values(), rtol=0, atol=0)
+
+
+def test_read_value_counts_from_a_dataset(tmp_path) -> None:
+    spec = generate(tmp_path / "d", rows=3000, profile="small_real", seed=0, progress=False)
+    counts = read_value_counts(spec, tmp_path / "d")
+    assert list(counts) == [f.name for f in spec.sparse_fields]
+    for f in spec.sparse_fields:
+        assert len(counts[f.name]) == f.cardinality - 2 and (np.diff(counts[f.name]) <= 0).all()
+    assert sum(int(c.sum()) for c in counts.values()) == spec.splits["train"].rows * len(spec.sparse_fields)
