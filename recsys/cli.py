@@ -226,6 +226,50 @@ def cmd_bench_quality(args: argparse.Namespace) -> int:
     return 0 if any(r["seeds_ok"] for r in rows) else 1
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from training.tune.search import TuneSettings, run_search
+
+    settings = TuneSettings(
+        dataset=Path(args.dataset), budget=args.budget, methods=args.methods, trials=args.trials, model=args.model,
+        address=args.address, quick=args.quick, out=Path(args.out), seed=args.seed, config=Path(args.config) if args.config else None,
+        sets=list(args.set or []), concurrency=args.concurrency, tracking_uri=args.tracking_uri, experiment=args.experiment,
+    )
+    best = run_search(settings)
+    print((Path(args.out) / "trials.csv").read_text())
+    if best is None:
+        print("error: no trial finished; see trials.csv and the trial folders", file=sys.stderr)
+        return 1
+    print(f"best: {best.trial} ({best.method}) valid AUC {best.metrics['valid_auc']:.4f}, test AUC {best.metrics['test_auc']:.4f}, "
+          f"{best.metrics['embedding_bytes']:,} bytes")
+    print(f"wrote {args.out}/best.yaml, trials.csv, pareto.png")
+    return 0
+
+
+def _add_tune_parser(sub: argparse._SubParsersAction) -> None:
+    tune = sub.add_parser(
+        "tune", help="budget-aware search over methods and options on Ray Tune: best.yaml, trials.csv, pareto.png",
+        description="Search methods and their key options at one memory budget on Ray Tune (seeded trials, ASHA early "
+        "stopping on validation AUC, one MLflow parent run with a child per trial). Each trial is a `recsys bench quality` "
+        "point (same defaults and --set) plus the trial's options. Rerunning the same command resumes: finished trials "
+        "are read back. Writes DIR/best.yaml (run it with `recsys train --config DIR/best.yaml`), trials.csv, pareto.png.",
+    )
+    tune.add_argument("--dataset", required=True, help="dataset folder (holds dataset.json)")
+    tune.add_argument("--budget", type=float, required=True, help="compression ratio: full fp32 bytes / budget")
+    tune.add_argument("--methods", type=_comma_list, default=None, help="comma-separated benchmark methods (default: hash,qr,unified,hybrid,dsl)")
+    tune.add_argument("--trials", type=int, default=10, help="trials, dealt evenly over the methods (default 10)")
+    tune.add_argument("--model", default="deepfm", choices=["dlrm", "dcnv2", "deepfm"])
+    tune.add_argument("--address", help="Ray cluster address (default: a local Ray)")
+    tune.add_argument("--quick", action="store_true", help="20k train rows, 1 epoch (the bench's --quick)")
+    tune.add_argument("--seed", type=int, default=0, help="seed of the trial draw and of training")
+    tune.add_argument("--concurrency", type=int, default=None, help="trials at once (default: as many as Ray has CPUs)")
+    tune.add_argument("--config", help="base experiment YAML")
+    tune.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key of every trial")
+    tune.add_argument("--out", required=True, help="output folder")
+    tune.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    tune.add_argument("--experiment", default="tune", help="MLflow experiment name")
+    tune.set_defaults(func=cmd_tune)
+
+
 def _source_checkout() -> Path:
     """The repository root holding ``bench/`` (the speed benchmarks are scripts of the source checkout)."""
     root = Path(__file__).resolve().parents[1]
@@ -374,6 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     quality.add_argument("--experiment", default="bench-quality", help="MLflow experiment name")
     quality.add_argument("--threads", type=int, default=1, help="torch threads (default 1: on shared cores 2 threads per job made steps ~50x slower; 0: torch's default)")
     quality.set_defaults(func=cmd_bench_quality)
+    _add_tune_parser(sub)
     speed = bench.add_parser(
         "speed", help="step-time ratios against full, TorchRec vs plain PyTorch, conversion/batch throughput (and serving)",
         description="One speed report (speed.json, speed.md) from the scripts in bench/ (needs the source checkout).",

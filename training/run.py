@@ -54,10 +54,11 @@ from training.collectives import (
     world,
 )
 from training.distributed import ShardedModel, ensure_process_group, shard
-from training.loop import FitResult, LoopState, Reader, Trainer
+from training.loop import EpochResult, FitResult, LoopState, Reader, Trainer
 from training.plots import learning_curve
 from training.tracking import Tracker, make_tracker, start_system_metrics
 
+EpochHook = Callable[[str, int, float], None]  # (phase, epoch, valid AUC)
 ReaderFactory = Callable[[str, BatchLayout, int | None], Reader]  # (split, layout, max rows)
 
 
@@ -87,6 +88,7 @@ class Experiment:
         self.readers = readers
         self.checkpointer = checkpointer
         self.step_hook: Callable[[str, int], None] | None = None  # (phase, step) at every logged step
+        self.epoch_hook: EpochHook | None = None  # (phase, epoch, valid AUC) after every epoch (``recsys tune``)
         self.spec = load_dataset_spec(cfg.data.path)
         e = cfg.embedding
         self.ctx = MethodContext.from_spec(self.spec, cfg.model.embedding_dim, e.compression, e.budget_bytes)
@@ -118,6 +120,13 @@ class Experiment:
             source = ParquetBatchReader(d.path, split, layout, t.eval_batch_size, max_rows=rows)
         return Prefetched(source, partial(prepared, method))
 
+    def _epoch_done(self, phase: Phase, e: EpochResult) -> None:
+        prefix = "" if phase.name == "train" else f"{phase.name}/"
+        self.tracker.log_metrics({f"{prefix}valid_auc": e.valid.auc, f"{prefix}valid_logloss": e.valid.logloss,
+                                  f"{prefix}epoch_train_loss": e.train_loss}, e.epoch)
+        if self.epoch_hook is not None:
+            self.epoch_hook(phase.name, e.epoch, e.valid.auc)
+
     def trainer(self, method: EmbeddingMethod, sharded: ShardedModel, phase: Phase, eval_rows: int | None = None) -> Trainer:
         prefix = "" if phase.name == "train" else f"{phase.name}/"
         cfg = self.cfg.training if phase.epochs is None else self.cfg.training.model_copy(update={"epochs": phase.epochs})
@@ -131,7 +140,7 @@ class Experiment:
         return Trainer(
             sharded, method, self.reader("train", method), self.reader("valid", method, eval_rows), cfg,
             on_step=on_step,
-            on_epoch=lambda e: log({f"{prefix}valid_auc": e.valid.auc, f"{prefix}valid_logloss": e.valid.logloss, f"{prefix}epoch_train_loss": e.train_loss}, e.epoch),
+            on_epoch=lambda e: self._epoch_done(phase, e),
         )
 
 
@@ -252,10 +261,12 @@ def release_local_dir(out: Location, local: Path) -> None:
         shutil.rmtree(local, ignore_errors=True)
 
 
-def train_experiment(cfg: ExperimentConfig, out_dir: str | Path | StoragePath, resume: bool = False) -> dict[str, Any]:
+def train_experiment(cfg: ExperimentConfig, out_dir: str | Path | StoragePath, resume: bool = False,
+                     epoch_hook: EpochHook | None = None) -> dict[str, Any]:
     """Train, evaluate and record one experiment; returns what ``metrics.json`` holds.
 
-    ``out_dir`` is a folder or a URI (``recsys.storage``); the dataset may be either too."""
+    ``out_dir`` is a folder or a URI (``recsys.storage``); the dataset may be either too.
+    ``epoch_hook`` (in-process runs only) is called after every epoch of every phase."""
     if cfg.training.workers > 1:
         from training.ray_trainer import train_distributed
 
@@ -273,6 +284,7 @@ def train_experiment(cfg: ExperimentConfig, out_dir: str | Path | StoragePath, r
     status = "FAILED"
     try:
         exp = Experiment(cfg, out_dir, tracker)
+        exp.epoch_hook = epoch_hook
         tracker.log_params(flatten(cfg))
         metrics = _run_phases(exp, resume)
         finish_run(cfg, out_dir, tracker, metrics, local)

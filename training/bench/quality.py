@@ -146,11 +146,12 @@ class Sweep:
         entry, budget = sweep_method(point.method), self.budget(point)
         return [] if entry.budget is None or budget is None else entry.budget(budget)
 
-    def config(self, point: Point) -> ExperimentConfig:
+    def config(self, point: Point, extra: tuple[str, ...] = ()) -> ExperimentConfig:
+        """The point's config; ``extra`` overrides come last (a tuning trial's options)."""
         entry = sweep_method(point.method)
         quick = list(entry.quick) if self.s.quick else []
         return self._validate([*self._common(), *entry.overrides, *quick, *self.budget_overrides(point),
-                               *self._scoped(point.method), f"training.seed={point.seed}"])
+                               *self._scoped(point.method), f"training.seed={point.seed}", *extra])
 
     def folder(self, point: Point) -> Path:
         return self.root / point.name

@@ -1,0 +1,71 @@
+"""``recsys tune --quick`` on a tiny dataset, on a real local Ray: seeded trials, reports, a
+``best.yaml`` that ``recsys train --config`` runs, resume, and an impossible budget's message."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from recsys.cli import main
+from recsys.data.synthetic import generate
+from training.tune.search import TuneError, TuneSettings, feasible_methods
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tune-data") / "tiny"
+    generate(out, rows=4000, profile="small_real", seed=0, progress=False)
+    return out
+
+
+def test_tune_quick_writes_a_best_config_that_trains(tiny, ray_cluster, tmp_path, capsys) -> None:
+    out, db = tmp_path / "tune", f"sqlite:///{tmp_path}/mlflow.db"
+    args = ["tune", "--dataset", str(tiny), "--budget", "10", "--methods", "hash,hybrid", "--trials", "3", "--quick",
+            "--out", str(out), "--tracking-uri", db, "--set", "training.batch_size=256", "--set", "training.epochs=2",
+            "--set", "training.patience=3"]
+    assert main(args) == 0
+    rows = list(csv.DictReader((out / "trials.csv").open()))
+    assert [r["method"] for r in rows] == ["hash", "hybrid", "hash"]
+    assert {r["status"] for r in rows} <= {"ok", "stopped"}, "ASHA may stop a trailing trial after its first epoch"
+    done = [r for r in rows if r["status"] == "ok"]
+    assert done and all(0 < int(r["embedding_bytes"]) <= 13_888 and r["epochs"] == "2" for r in done)
+    assert all(float(r["valid_auc"]) > 0 for r in rows)
+    assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    best = max(done, key=lambda r: float(r["valid_auc"]))
+    cfg = yaml.safe_load((out / "best.yaml").read_text())
+    assert cfg["embedding"]["method"] == best["method"] and cfg["embedding"]["compression"] == 10
+    assert cfg["training"]["sparse_lr"] == json.loads(best["options"])["training.sparse_lr"]
+    assert cfg["tracking"]["enabled"] is True
+
+    client = mlflow.MlflowClient(db)
+    (experiment,) = [e for e in client.search_experiments() if e.name == "tune"]
+    runs = client.search_runs([experiment.experiment_id])
+    parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parent) == 1 and parent[0].data.metrics["trials_ok"] == len(done)
+    assert parent[0].data.metrics["trials_ok"] + parent[0].data.metrics["trials_stopped"] == 3
+    assert sorted(r.data.tags["trial"] for r in runs if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id) == \
+        sorted(r["trial"] for r in rows)
+
+    stamp = {p: p.stat().st_mtime_ns for p in out.glob("trials/*/metrics.json")}
+    assert main(args) == 0, "a rerun resumes: finished trials are read back"
+    assert all(p.stat().st_mtime_ns == t for p, t in stamp.items()), "finished trials are not retrained"
+
+    run = tmp_path / "best-run"
+    assert main(["train", "--config", str(out / "best.yaml"), "--out", str(run), "--tracking-uri", db]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["embedding_bytes"] == int(best["embedding_bytes"])
+    assert abs(metrics["test_auc"] - float(best["test_auc"])) < 0.02
+    capsys.readouterr()
+
+
+def test_impossible_budget_names_the_method_and_bytes(tiny, tmp_path) -> None:
+    settings = TuneSettings(dataset=tiny, budget=1000, methods=["hash", "qr"], out=tmp_path / "t", quick=True)
+    with pytest.raises(TuneError, match=r"method 'qr' cannot meet the 1000x budget \(\d+ of [\d,]+ bytes\): method 'qr' cannot fit"):
+        feasible_methods(settings)
+    assert not (tmp_path / "t").exists()
+    assert main(["tune", "--dataset", str(tiny), "--budget", "1000", "--methods", "qr", "--out", str(tmp_path / "t"), "--quick"]) == 2
