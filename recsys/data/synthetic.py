@@ -71,8 +71,10 @@ from recsys.data.stages import (
 from recsys.data.teacher import (
     PROFILES,
     STREAM_DENSE,
+    STREAM_BAGS,
     STREAM_LABELS,
     STREAM_VALUES,
+    Extras,
     SparseTeacher,
     SynthProfile,
     Teacher,
@@ -130,6 +132,10 @@ class _Run:
         n = min(BLOCK_ROWS, self.rows - start)
         splits = assign_splits(np.arange(start, start + n, dtype=np.int64), self.seed, self.split)
         return np.random.default_rng([self.seed, STREAM_VALUES, b]), n, splits
+
+    def extras(self, teacher: Teacher, b: int, n: int) -> Extras:
+        """The bags' extra values of block ``b`` (none for profiles without multi-valued fields)."""
+        return teacher.extras(np.random.default_rng([self.seed, STREAM_BAGS, b]), n) if teacher.multi else {}
 
     def bar(self, desc: str) -> tqdm:
         return tqdm(total=self.rows, desc=desc, unit="row", unit_scale=True, disable=not self.progress, file=sys.stderr)
@@ -253,10 +259,11 @@ def _build(run: _Run, root: Path, name: str) -> DatasetSpec:
 
 def _fields(run: _Run, teacher: Teacher, lookups: Sequence[_Lookup]) -> list[FieldSpec]:
     fields = [FieldSpec(name=n, kind="dense", transform=DENSE_TRANSFORM) for n in _dense_names(run)]
-    for f, lk in zip(teacher.sparse, lookups):
+    for i, (f, lk) in enumerate(zip(teacher.sparse, lookups)):
         fields.append(FieldSpec(
             name=f.name, kind="sparse", cardinality=lk.vocab.cardinality,
             vocabulary=f"{VOCAB_DIR}/{f.name}.parquet", num_distinct=lk.vocab.num_distinct,
+            multi_valued=i in teacher.multi,
         ))
     return fields
 
@@ -288,11 +295,14 @@ def _count_values(run: _Run, teacher: Teacher, pool: ThreadPoolExecutor) -> tupl
 
     def draw(b: int) -> tuple[np.ndarray, np.ndarray]:
         rng, n, splits = run.block(b)
-        return teacher.ranks(rng, n), splits == 0
+        ranks, train = teacher.ranks(rng, n), splits == 0
+        for i, (lengths, extra) in run.extras(teacher, b, n).items():
+            _add_counts(counts[i], seen[i], extra, np.repeat(train, lengths))  # bags: the extra values
+        return ranks, train
 
     with run.bar("synth: count values") as bar:
         for chunk in run.chunks():
-            parts = list(pool.map(draw, chunk))
+            parts = [draw(b) for b in chunk] if teacher.multi else list(pool.map(draw, chunk))
             ranks = np.concatenate([p[0] for p in parts], axis=1)
             train = np.concatenate([p[1] for p in parts])
             list(pool.map(_add_counts, counts, seen, ranks, [train] * len(counts)))
@@ -328,9 +338,10 @@ def _schema(run: _Run, teacher: Teacher) -> tuple[pa.Schema, list[str]]:
     dense = _dense_names(run)
     fields = [pa.field(LABEL_COLUMN, pa.float32())] + [pa.field(n, pa.float32()) for n in dense]
     dictionary = [LABEL_COLUMN, *dense]
-    for f in teacher.sparse:
-        fields += [pa.field(f.name, pa.int64()), pa.field(id_column(f.name), pa.int64())]
-        if f.cardinality + NUM_RESERVED <= DICTIONARY_MAX_CARDINALITY:
+    for i, f in enumerate(teacher.sparse):
+        kind = pa.list_(pa.int64()) if i in teacher.multi else pa.int64()
+        fields += [pa.field(f.name, kind), pa.field(id_column(f.name), kind)]
+        if i not in teacher.multi and f.cardinality + NUM_RESERVED <= DICTIONARY_MAX_CARDINALITY:
             dictionary += [f.name, id_column(f.name)]
     fields.append(pa.field(PROB_COLUMN, pa.float32()))
     return pa.schema(fields), dictionary
@@ -346,17 +357,36 @@ def _block_tables(
     rng, n, splits = run.block(b)
     ranks = teacher.ranks(rng, n)
     dense = teacher.dense(np.random.default_rng([run.seed, STREAM_DENSE, b]), n)
-    prob = sigmoid(teacher.logits(ranks, dense)).astype(np.float32)
+    extras = run.extras(teacher, b, n)
+    bags = {i: _bag_ranks(ranks[i], *e) for i, e in extras.items()}
+    prob = sigmoid(teacher.logits(ranks, dense, extras)).astype(np.float32)
     label = (np.random.default_rng([run.seed, STREAM_LABELS, b]).random(n) < prob).astype(np.float32)
     tables = []
     for s in range(len(SPLITS)):
         rows = np.flatnonzero(splits == s)
         arrays = [pa.array(label[rows])] + [pa.array(d[rows]) for d in dense]
-        for field_ranks, lk in zip(ranks[:, rows], lookups):
+        for i, (field_ranks, lk) in enumerate(zip(ranks[:, rows], lookups)):
+            if i in bags:
+                offsets, flat = bags[i]
+                take = pa.array(rows)
+                arrays += [pa.ListArray.from_arrays(offsets, pa.array(lk.index[flat])).take(take),
+                           pa.ListArray.from_arrays(offsets, pa.array(lk.ids[flat])).take(take)]
+                continue
             arrays += [pa.array(lk.index[field_ranks]), pa.array(lk.ids[field_ranks])]
         arrays.append(pa.array(prob[rows]))
         tables.append(pa.Table.from_arrays(arrays, schema=schema))
     return tables
+
+
+def _bag_ranks(first: np.ndarray, lengths: np.ndarray, extra: np.ndarray) -> tuple[pa.Array, np.ndarray]:
+    """List offsets and flat ranks of bags: each row's value, then its extra values."""
+    offsets = np.zeros(len(first) + 1, np.int32)
+    np.cumsum(1 + lengths, out=offsets[1:])
+    flat = np.empty(int(offsets[-1]), np.int64)
+    firsts = np.zeros(len(flat), np.bool_)
+    firsts[offsets[:-1]] = True
+    flat[firsts], flat[~firsts] = first, extra
+    return pa.array(offsets), flat
 
 
 def _write_splits(

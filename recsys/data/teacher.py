@@ -24,7 +24,8 @@ __all__ = ["PROFILES", "SparseTeacher", "SynthProfile", "Teacher", "build_teache
 PILOT_ROWS = 1 << 16
 KAPPA_STDS = 1.5
 # Random streams: numpy generators are seeded with [seed, stream] or [seed, stream, block].
-STREAM_TEACHER, STREAM_VALUES, STREAM_DENSE, STREAM_LABELS, STREAM_PILOT = 0, 1, 2, 3, 4
+STREAM_TEACHER, STREAM_VALUES, STREAM_DENSE, STREAM_LABELS, STREAM_PILOT, STREAM_BAGS = 0, 1, 2, 3, 4, 5
+Extras = dict[int, tuple[np.ndarray, np.ndarray]]  # multi-valued field -> (extra values per row, their ranks)
 
 
 class SynthProfile(BaseModel):
@@ -52,6 +53,8 @@ class SynthProfile(BaseModel):
     shares: tuple[float, float, float, float] = (0.6, 0.2, 0.12, 0.08)
     dense_missing_max: float = Field(0.4, ge=0, lt=1)
     scale_from: int = 100_000
+    multi_valued: list[int] = Field(default_factory=list, description="0-based fields whose rows hold a bag of values")
+    multi_max_len: int = Field(4, ge=1, description="a bag holds 1..multi_max_len values, uniformly")
 
     def scaled_cardinalities(self, scale: float) -> list[int]:
         """Cardinalities with those of at least ``scale_from`` multiplied by ``scale``."""
@@ -73,7 +76,7 @@ PROFILES: dict[str, SynthProfile] = {
     # fields of 4..1500 values (4,470 in all), steep Zipf popularity, 2 dense; use --rows 80000.
     "small_real": SynthProfile(
         cardinalities=[4, 9, 25, 60, 120, 250, 400, 700, 1400, 1500], num_dense=2, interaction_pairs=6,
-        zipf_exponent=1.2, target_auc=0.78, signal_ref_prob=2e-3, scale_from=10**9,
+        zipf_exponent=1.2, target_auc=0.78, signal_ref_prob=2e-3, scale_from=10**9, multi_valued=[7],
     ),
 }
 
@@ -141,6 +144,17 @@ class Teacher:
     scales: np.ndarray | None = None
     alpha: float = 1.0
     bias: float = 0.0
+    multi: tuple[int, ...] = ()  # multi-valued fields: each row's value plus 0..multi_max_len-1 extra ones
+    multi_max_len: int = 1
+
+    def extras(self, rng: np.random.Generator, n: int) -> Extras:
+        """Per multi-valued field, each row's number of extra values and their ranks (row order)."""
+        out: Extras = {}
+        for i in self.multi:
+            f = self.sparse[i]
+            lengths = rng.integers(0, self.multi_max_len, n)
+            out[i] = (lengths, _sample_ranks(rng.random(int(lengths.sum())), f.cardinality, f.exponent))
+        return out
 
     def ranks(self, rng: np.random.Generator, n: int) -> np.ndarray:
         """``[F, n]`` popularity ranks of ``n`` rows."""
@@ -155,13 +169,19 @@ class Teacher:
         present = rng.random((d, n), np.float32) >= self.dense_missing[:, None].astype(np.float32)
         return np.where(present, np.log1p(counts), np.float32(0.0))
 
-    def parts(self, ranks: np.ndarray, dense: np.ndarray) -> np.ndarray:
-        """``[4, n]`` unscaled parts: first order, pair interactions, dense linear, non-linear."""
+    def parts(self, ranks: np.ndarray, dense: np.ndarray, extras: Extras | None = None) -> np.ndarray:
+        """``[4, n]`` unscaled parts: first order, pair interactions, dense linear, non-linear; a bag
+        (``extras``) contributes the mean of its values' weights and vectors."""
         n = ranks.shape[1]
+        extras = extras or {}
         first = np.zeros(n, np.float32)
         for i, f in enumerate(self.sparse):
-            first += f.first[f.param_rows(ranks[i])]
-        vectors = {i: self.sparse[i].vectors(ranks[i]) for pair in self.pairs for i in pair}
+            w = f.first[f.param_rows(ranks[i])]
+            first += _bag_mean(w, f.first[f.param_rows(extras[i][1])], extras[i][0]) if i in extras else w
+        vectors = {}
+        for i in {i for pair in self.pairs for i in pair}:
+            v = self.sparse[i].vectors(ranks[i])
+            vectors[i] = _bag_mean(v, self.sparse[i].vectors(extras[i][1]), extras[i][0]) if i in extras else v
         crosses = [_rowdot(vectors[a], vectors[b]) for a, b in self.pairs]
         pairs = np.sum(crosses, axis=0) if crosses else np.zeros(n, np.float32)
         nonlinear = np.tanh(self.kappa * crosses[0]) if crosses else np.zeros(n, np.float32)
@@ -173,9 +193,17 @@ class Teacher:
         a, b = self.pairs[0]
         return _rowdot(self.sparse[a].vectors(ranks[a]), self.sparse[b].vectors(ranks[b]))
 
-    def logits(self, ranks: np.ndarray, dense: np.ndarray) -> np.ndarray:
+    def logits(self, ranks: np.ndarray, dense: np.ndarray, extras: Extras | None = None) -> np.ndarray:
         assert self.scales is not None, "teacher is not calibrated"
-        return self.bias + self.alpha * (self.scales @ self.parts(ranks, dense))
+        return self.bias + self.alpha * (self.scales @ self.parts(ranks, dense, extras))
+
+
+def _bag_mean(first: np.ndarray, extra: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Per row, the mean of its value's ``first`` row and its ``lengths`` extra rows (row order)."""
+    total = first.astype(np.float32, copy=True)
+    np.add.at(total, np.repeat(np.arange(len(lengths)), lengths), extra)
+    scale = (1.0 + lengths).astype(np.float32)
+    return total / (scale[:, None] if total.ndim == 2 else scale)
 
 
 def _sparse_teacher(
@@ -221,7 +249,12 @@ def build_teacher(profile: SynthProfile, seed: int, scale: float = 1.0) -> Teach
         dense_missing=rng.uniform(0.0, profile.dense_missing_max, d),
         dense_beta=rng.standard_normal(d).astype(np.float32),
         pairs=pairs,
+        multi=tuple(profile.multi_valued),
+        multi_max_len=profile.multi_max_len,
     )
+    bad = [i for i in profile.multi_valued if not 0 <= i < len(cards)]
+    if bad:
+        raise ValueError(f"profile multi_valued: fields {bad} out of range 0..{len(cards) - 1}")
     _calibrate(teacher, profile, seed)
     return teacher
 
@@ -232,7 +265,8 @@ def _calibrate(teacher: Teacher, profile: SynthProfile, seed: int) -> None:
     ranks, dense = teacher.ranks(rng, PILOT_ROWS), teacher.dense(rng, PILOT_ROWS)
     if teacher.pairs:
         teacher.kappa = KAPPA_STDS / max(float(np.std(teacher.cross(ranks))), 1e-12)
-    parts = teacher.parts(ranks, dense)
+    extras = teacher.extras(np.random.default_rng([seed, STREAM_PILOT, STREAM_BAGS]), PILOT_ROWS) if teacher.multi else None
+    parts = teacher.parts(ranks, dense, extras)
     var = parts.var(axis=1)
     shares = np.asarray(profile.shares, np.float64)
     teacher.scales = np.where(var > 0, np.sqrt(shares / np.maximum(var, 1e-300)), 0.0)

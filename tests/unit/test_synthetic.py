@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 import pytest
 
@@ -304,3 +305,11 @@ def test_small_real_profile_shape(tmp_path: Path) -> None:
     assert (np.diff(counts) <= 0).all()
     assert counts[:15].sum() > 0.25 * counts.sum(), "the top 1% of the largest field's values carry a quarter of its rows"
     assert 0.72 < spec.splits["test"].oracle.auc < 0.84  # type: ignore[union-attr]
+    assert [f.name for f in sparse if f.multi_valued] == ["C8"]
+    train = read_split(tmp_path / "s", "train")
+    lengths = pa.compute.list_value_length(train.column("C8")).to_numpy()
+    assert lengths.min() == 1 and lengths.max() == 4 and 2.3 < lengths.mean() < 2.7
+    vocab = pq.read_table(tmp_path / "s" / sparse[7].vocabulary).column("count").to_numpy()  # type: ignore[operator]
+    flat = pa.compute.list_flatten(train.column("C8")).to_numpy()
+    assert vocab.sum() == np.count_nonzero(flat >= 2) and lengths.sum() == len(flat), "bags' values are all counted"
+    assert np.array_equal(np.bincount(flat[flat >= 2] - 2, minlength=len(vocab)), vocab)
