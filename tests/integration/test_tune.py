@@ -33,7 +33,7 @@ def test_tune_quick_writes_a_best_config_that_trains(tiny, ray_cluster, tmp_path
     assert [r["method"] for r in rows] == ["hash", "hybrid", "hash"]
     assert {r["status"] for r in rows} <= {"ok", "stopped"}, "ASHA may stop a trailing trial after its first epoch"
     done = [r for r in rows if r["status"] == "ok"]
-    assert done and all(0 < int(r["embedding_bytes"]) <= 13_888 and r["epochs"] == "2" for r in done)
+    assert done and all(0 < int(r["embedding_bytes"]) and float(r["compression"]) >= 10 and r["epochs"] == "2" for r in done)
     assert all(float(r["valid_auc"]) > 0 for r in rows)
     assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     best = max(done, key=lambda r: float(r["valid_auc"]))
@@ -69,3 +69,18 @@ def test_impossible_budget_names_the_method_and_bytes(tiny, tmp_path) -> None:
         feasible_methods(settings)
     assert not (tmp_path / "t").exists()
     assert main(["tune", "--dataset", str(tiny), "--budget", "1000", "--methods", "qr", "--out", str(tmp_path / "t"), "--quick"]) == 2
+
+
+def test_trials_are_seeded_distinct_and_even() -> None:
+    from training.tune.space import plan_trials
+
+    a = plan_trials(["hash", "qr", "hybrid"], 9, seed=3, embedding_dim=16)
+    assert a == plan_trials(["hash", "qr", "hybrid"], 9, seed=3, embedding_dim=16)
+    assert a != plan_trials(["hash", "qr", "hybrid"], 9, seed=4, embedding_dim=16)
+    assert [t.method for t in a] == ["hash", "qr", "hybrid"] * 3
+    assert len({t.name for t in a}) == 9, "no trial repeats another"
+    assert all(set(t.options) >= {"training.sparse_lr", "training.sparse_eps"} for t in a)
+    assert {t.options["embedding.options.combiner"] for t in a if t.method == "qr"} <= {"mult", "sum", "concat"}
+    for t in a:
+        assert [o.split("=", 1)[0] for o in t.overrides()] == list(t.options)
+        assert all(o.endswith("=null") == (v is None) for o, v in zip(t.overrides(), t.options.values()))

@@ -102,7 +102,7 @@ def _trial_fn(config: dict[str, Any], settings: TuneSettings, methods: list[str]
     from training.run import train_experiment
 
     torch.set_num_threads(1)
-    spec = TrialSpec(**specs[config["trial"]])
+    spec = next(TrialSpec(**s) for s in specs if TrialSpec(**s).name == config["trial"])
     sweep = _sweep(settings, methods)
     cfg = sweep.config(Point(spec.method, settings.budget, settings.seed), spec.overrides())
     folder = Path(settings.out) / "trials" / spec.name
@@ -161,7 +161,7 @@ def _tune(settings: TuneSettings, methods: list[str], specs: list[TrialSpec], ep
                               reduction_factor=2) if epochs > settings.grace_epochs else None
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": 1}),
-        param_space={"trial": tune.grid_search(list(range(len(specs))))},
+        param_space={"trial": tune.grid_search([s.name for s in specs])},  # names show the method in the progress table
         tune_config=tune.TuneConfig(metric="valid_auc", mode="max", scheduler=scheduler,
                                     max_concurrent_trials=settings.concurrency),
         run_config=tune.RunConfig(name="search", storage_path=str((Path(settings.out) / "ray").resolve()), verbose=1,
@@ -172,10 +172,11 @@ def _tune(settings: TuneSettings, methods: list[str], specs: list[TrialSpec], ep
     finally:
         if started:
             ray.shutdown()
+    index = {s.name: s.index for s in specs}
     last: dict[int, float] = {}
     for r in grid:
         if r.config is not None and r.metrics and "valid_auc" in r.metrics:
-            last[int(r.config["trial"])] = float(r.metrics["valid_auc"])
+            last[index[r.config["trial"]]] = float(r.metrics["valid_auc"])
     return last
 
 
