@@ -55,6 +55,9 @@ def test_tune_quick_writes_a_best_config_that_trains(tiny, ray_cluster, tmp_path
     assert main(args) == 0, "a rerun resumes: finished trials are read back"
     assert all(p.stat().st_mtime_ns == t for p, t in stamp.items()), "finished trials are not retrained"
 
+    rows = list(csv.DictReader((out / "trials.csv").open()))  # the resumed search finished the stopped trials
+    best = max((r for r in rows if r["status"] == "ok"), key=lambda r: float(r["valid_auc"]))
+    assert yaml.safe_load((out / "best.yaml").read_text())["embedding"]["method"] == best["method"]
     run = tmp_path / "best-run"
     assert main(["train", "--config", str(out / "best.yaml"), "--out", str(run), "--tracking-uri", db]) == 0
     metrics = json.loads((run / "metrics.json").read_text())
