@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from recsys.features import MISSING_INDEX, NUM_RESERVED, OOV_INDEX, DatasetSpec
 from recsys.data.parse import MISSING_ID
+from recsys.storage import StoragePath, location, read_parquet
 
 
 class FrequencyCounter:
@@ -96,14 +97,16 @@ class Vocabulary:
         pq.write_table(table, path, use_dictionary=["count"])
 
 
-def read_value_counts(spec: DatasetSpec, data_dir: str | Path) -> dict[str, np.ndarray]:
-    """Per sparse field with a vocabulary file, its ``count`` column (index 2.. order, int64)."""
+def read_value_counts(spec: DatasetSpec, data_dir: str | Path | StoragePath) -> dict[str, np.ndarray]:
+    """Per sparse field with a vocabulary file, its ``count`` column (index 2.. order, int64);
+    ``data_dir`` is a folder or a URI (``recsys.storage``)."""
+    root = location(data_dir)
     out: dict[str, np.ndarray] = {}
     for f in spec.sparse_fields:
         if f.vocabulary:
-            path = Path(data_dir) / f.vocabulary
+            path = root / f.vocabulary
             try:
-                out[f.name] = pq.read_table(path, columns=["count"]).column("count").to_numpy().astype(np.int64)
+                out[f.name] = read_parquet(path, columns=["count"]).column("count").to_numpy().astype(np.int64)
             except (OSError, KeyError, pa.ArrowInvalid) as exc:
                 raise ValueError(f"{path}: cannot read the value counts of field '{f.name}': {exc}") from exc
     return out
