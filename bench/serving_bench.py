@@ -37,7 +37,7 @@ import httpx
 import numpy as np
 import torch
 
-from bench.serving_fixture import fake_dataset, fake_run, key_pool
+from bench.serving_fixture import fake_dataset, fake_run, key_pool, wait_for_redis
 from recsys.export import export_run, load_artifact
 from serving.store import Store
 
@@ -202,12 +202,7 @@ def http_vs_redis(art: Path, store: Store, pool: list[tuple[str, str]], out: Pat
     memory: dict = {"artifact_bytes": _size(art)}
     try:
         client = redis.Redis(host="127.0.0.1", port=redis_port)
-        for _ in range(100):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.1)
+        wait_for_redis(client)
         vectors = store.embeddings(pool)
         for i in range(0, len(pool), 10_000):
             client.mset({f"{f}:{v}": vectors[j].tobytes() for j, (f, v) in enumerate(pool[i : i + 10_000], start=i)})

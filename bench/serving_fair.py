@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.serving_fixture import wait_for_redis
 from recsys.hashing import hash64_strings
 from serving.store import Store
 
@@ -138,12 +139,7 @@ def fair(art: Path, store: Store, pool: list[tuple[str, str]], out: Path, durati
     procs = {"redis": (_redis(redis_port), redis_port)}
     try:
         client = redis.Redis(host="127.0.0.1", port=redis_port)
-        for _ in range(100):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.1)
+        wait_for_redis(client)
         _fill_redis(client, store, pool)
         for front in FRONTS:
             port = port_of()

@@ -9,7 +9,9 @@ lookup speed and memory; the weights' values do not.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -66,3 +68,16 @@ def key_pool(spec: DatasetSpec, n: int, seed: int = 0) -> list[tuple[str, str]]:
     sparse = spec.sparse_fields
     feats = rng.integers(0, len(sparse), n)
     return [(sparse[f].name, f"{sparse[f].name}_{rng.integers(0, sparse[f].num_distinct)}") for f in feats]
+
+
+def wait_for_redis(client: Any, tries: int = 100) -> None:
+    """Return once the Redis server behind ``client`` answers PING (up to ``tries`` × 0.1 s)."""
+    import redis
+
+    for _ in range(tries):
+        try:
+            client.ping()
+            return
+        except redis.ConnectionError:
+            time.sleep(0.1)
+    raise RuntimeError(f"redis-server did not answer within {tries * 0.1:.0f} s")

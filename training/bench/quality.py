@@ -38,6 +38,7 @@ from recsys.features import load_dataset_spec
 from training.bench.methods import DEFAULT_METHODS, Budget, sweep_method
 from training.bench.report import PointResult, markdown, pareto_plot, summarise, write_csv
 from training.tracking import Tracker, make_tracker
+from training.jsonfile import read_json, write_json
 
 DEFAULT_BUDGETS = (10.0, 100.0, 1000.0)
 # Defaults: every train row, up to 3 epochs with early stopping (patience 1: each point keeps its best validation
@@ -166,7 +167,7 @@ class Sweep:
         except Exception as exc:  # noqa: BLE001 - an invalid point is a result, not the end of the sweep
             return self._failed(result, folder, None, exc)
         dump = cfg.model_dump(mode="json")
-        record = _read_json(folder / "point.json")
+        record = read_json(folder / "point.json")
         if self.s.rerun or (record is None and folder.exists()) or (record is not None and record.get("config") != dump):
             shutil.rmtree(folder, ignore_errors=True)  # from scratch: asked to, a folder not a sweep's, or another config
         elif (folder / "metrics.json").exists() and record is not None:
@@ -174,7 +175,7 @@ class Sweep:
             result.wall_s, result.cpu_s, result.resumed = record.get("wall_s"), record.get("cpu_s"), True
             return result
         folder.mkdir(parents=True, exist_ok=True)
-        _write_json(folder / "point.json", {"point": asdict(point), "config": dump, "status": "running"})
+        write_json(folder / "point.json", {"point": asdict(point), "config": dump, "status": "running"})
         self._share_phases(point, dump)
         from training.run import train_experiment
 
@@ -186,13 +187,13 @@ class Sweep:
             return self._failed(result, folder, dump, exc)
         result.wall_s = time.perf_counter() - start
         result.cpu_s = time.process_time() - cpu  # CPU seconds of every thread: a shared machine's load hits wall_s, less this
-        _write_json(folder / "point.json", {"point": asdict(point), "config": dump, "status": "ok", "wall_s": result.wall_s, "cpu_s": result.cpu_s})
+        write_json(folder / "point.json", {"point": asdict(point), "config": dump, "status": "ok", "wall_s": result.wall_s, "cpu_s": result.cpu_s})
         return result
 
     def _failed(self, result: PointResult, folder: Path, dump: dict[str, Any] | None, exc: BaseException) -> PointResult:
         result.error = f"{type(exc).__name__}: {exc}"
         folder.mkdir(parents=True, exist_ok=True)
-        _write_json(folder / "point.json", {
+        write_json(folder / "point.json", {
             "point": {"method": result.method, "budget": result.budget, "seed": result.seed}, "config": dump,
             "status": "failed", "error": result.error, "wall_s": result.wall_s, "traceback": traceback.format_exc(),
         })
@@ -207,7 +208,7 @@ class Sweep:
         own_keys = _keys(self.budget_overrides(point))
         folder = self.folder(point)
         for sibling in sorted(self.root.glob(f"{_glob_escape(point.method)}_*x_seed{point.seed}")):
-            record = _read_json(sibling / "point.json")
+            record = read_json(sibling / "point.json")
             if sibling == folder or record is None or record.get("config") is None:
                 continue
             other = Point(**record["point"])
@@ -243,19 +244,6 @@ def _glob_escape(text: str) -> str:
     return "".join(f"[{c}]" if c in "*?[" else c for c in text)
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
-def _write_json(path: Path, value: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(value, indent=2, default=str) + "\n")
-    tmp.replace(path)
-
-
 def _log_child(settings: SweepSettings, parent: Tracker, sweep: Sweep, point: Point, result: PointResult) -> None:
     """A child run of ``parent``: the point's params, its metrics (or its error)."""
     tags = {"mlflow.parentRunId": str(parent.run_id), "method": point.method, "budget": f"{point.budget or 1:g}",
@@ -266,7 +254,7 @@ def _log_child(settings: SweepSettings, parent: Tracker, sweep: Sweep, point: Po
     child = make_tracker(cfg, tags=tags)
     params: dict[str, Any] = {"bench.method": point.method, "bench.budget": point.budget or 1, "bench.seed": point.seed,
                               "bench.budget_bytes": result.budget_bytes}
-    record = _read_json(sweep.folder(point) / "point.json") or {}
+    record = read_json(sweep.folder(point) / "point.json") or {}
     if record.get("config"):
         params |= flatten(ExperimentConfig.model_validate(record["config"]))
     child.log_params(params)
@@ -312,7 +300,7 @@ def run_sweep(settings: SweepSettings) -> list[dict[str, Any]]:
     if settings.tracking_uri is None:  # else the base config's, else MLFLOW_TRACKING_URI / sqlite:///mlflow.db
         settings = replace(settings, tracking_uri=sweep.base_config().tracking.tracking_uri)
     points = plan(settings)
-    _write_json(out / "sweep.json", {"settings": asdict(settings), "points": [p.name for p in points], "full_bytes": sweep.full_bytes})
+    write_json(out / "sweep.json", {"settings": asdict(settings), "points": [p.name for p in points], "full_bytes": sweep.full_bytes})
     tracking = TrackingConfig(tracking_uri=settings.tracking_uri, experiment=settings.experiment,
                               run_name=f"bench-quality {settings.model} {Path(settings.dataset).name}")
     parent = make_tracker(tracking, tags={"bench": "quality", "model": settings.model}, run_dir=out)

@@ -34,6 +34,7 @@ from training.bench.quality import Point, Sweep, SweepSettings
 from training.tracking import make_tracker
 from training.tune.report import TrialResult, best_trial, pareto_plot, write_best, write_csv
 from training.tune.space import TrialSpec, plan_trials
+from training.jsonfile import read_json, write_json
 
 DEFAULT_METHODS = ("hash", "qr", "unified", "hybrid", "dsl")
 
@@ -107,7 +108,7 @@ def _trial_fn(config: dict[str, Any], settings: TuneSettings, methods: list[str]
     cfg = sweep.config(Point(spec.method, settings.budget, settings.seed), spec.overrides())
     folder = Path(settings.out) / "trials" / spec.name
     dump = cfg.model_dump(mode="json")
-    record = _read_json(folder / "trial.json")
+    record = read_json(folder / "trial.json")
     if record is not None and record.get("config") == dump and (folder / "metrics.json").exists():
         metrics = json.loads((folder / "metrics.json").read_text())
         tune.report({"valid_auc": metrics["valid_auc"], "test_auc": metrics["test_auc"], "done": True})
@@ -115,7 +116,7 @@ def _trial_fn(config: dict[str, Any], settings: TuneSettings, methods: list[str]
     if record is not None and record.get("config") != dump:
         shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True, exist_ok=True)
-    _write_json(folder / "trial.json", {"spec": asdict(spec), "config": dump, "status": "running"})
+    write_json(folder / "trial.json", {"spec": asdict(spec), "config": dump, "status": "running"})
     start = time.perf_counter()
 
     def report(phase: str, epoch: int, auc: float) -> None:
@@ -124,10 +125,10 @@ def _trial_fn(config: dict[str, Any], settings: TuneSettings, methods: list[str]
     try:
         metrics = train_experiment(cfg, folder, resume=True, epoch_hook=report)
     except Exception as exc:
-        _write_json(folder / "trial.json", {"spec": asdict(spec), "config": dump, "status": "failed",
+        write_json(folder / "trial.json", {"spec": asdict(spec), "config": dump, "status": "failed",
                                             "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()})
         raise
-    _write_json(folder / "trial.json", {"spec": asdict(spec), "config": dump, "status": "ok", "wall_s": time.perf_counter() - start})
+    write_json(folder / "trial.json", {"spec": asdict(spec), "config": dump, "status": "ok", "wall_s": time.perf_counter() - start})
     tune.report({"valid_auc": metrics["valid_auc"], "test_auc": metrics["test_auc"], "done": True})
 
 
@@ -135,7 +136,7 @@ def _collect(settings: TuneSettings, specs: list[TrialSpec], last_auc: dict[int,
     out = []
     for spec in specs:
         folder = Path(settings.out) / "trials" / spec.name
-        record = _read_json(folder / "trial.json") or {}
+        record = read_json(folder / "trial.json") or {}
         result = TrialResult(spec.name, spec.method, spec.options, last_valid_auc=last_auc.get(spec.index),
                              wall_s=record.get("wall_s"), error=record.get("error"))
         if record.get("status") == "ok" and (folder / "metrics.json").exists():
@@ -189,7 +190,7 @@ def run_search(settings: TuneSettings) -> TrialResult | None:
     specs = plan_trials(methods, settings.trials, settings.seed, base.model.embedding_dim)
     out = settings.out
     out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "tune.json", {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()},
+    write_json(out / "tune.json", {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()},
                                     "methods": methods, "trials": [asdict(s) for s in specs]})
     tracking = TrackingConfig(tracking_uri=settings.tracking_uri or base.tracking.tracking_uri, experiment=settings.experiment,
                               run_name=f"tune {settings.model} {settings.dataset.name} {settings.budget:g}x")
@@ -234,16 +235,3 @@ def _log_child(tracking: TrackingConfig, parent_id: str | None, spec: TrialSpec,
     if metrics:
         child.log_metrics(metrics)
     child.close("FINISHED" if result.status == "ok" else "KILLED" if result.status == "stopped" else "FAILED")
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
-def _write_json(path: Path, value: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=2, default=str) + "\n")
-    tmp.replace(path)
