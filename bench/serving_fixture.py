@@ -80,4 +80,4 @@ def wait_for_redis(client: Any, tries: int = 100) -> None:
             return
         except redis.ConnectionError:
             time.sleep(0.1)
-    raise RuntimeError(f"redis-server did not answer within {tries * 0.1:.0f} s")
+    raise RuntimeError(f"redis-server did not answer within {tries * 0.1:.1f} s")
