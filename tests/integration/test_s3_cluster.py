@@ -55,13 +55,23 @@ def _cfg(data: str, tmp: Path, *extra: str):  # type: ignore[no-untyped-def]
     return experiment(data, "training.workers=2", "training.max_failures=2", f"tracking.tracking_uri=sqlite:///{tmp}/mlflow.db", *extra)
 
 
+_RAY_WITH_S3_ENV: list[bool] = []  # set once this module has started its own local Ray
+
+
 def _local_ray() -> None:
+    """A local Ray started after the S3 fixture set ``AWS_*``: Ray's processes take the environment
+    of the driver when the cluster starts, so one started earlier in the session (another test's
+    fixture) could not reach the S3 server; it is restarted once."""
     import ray
 
     from training.ray_trainer import init_ray
 
-    if not ray.is_initialized():
-        init_ray(num_cpus=2)
+    if _RAY_WITH_S3_ENV and ray.is_initialized():
+        return
+    if ray.is_initialized():
+        ray.shutdown()
+    init_ray(num_cpus=2)
+    _RAY_WITH_S3_ENV.append(True)
 
 
 @pytest.fixture(scope="module")
