@@ -15,6 +15,10 @@ from recsys.config import ExperimentConfig, load_config
 from training.mlflow_server import LocalServer as Server
 
 ROOT = Path(__file__).resolve().parents[2]
+# Every test cluster is local and runs without Ray's token auth: Ray caches the mode in the
+# process, so one test disabling it (the two-node test) and a later one not would disagree with
+# a token left in ~/.ray by another Ray on the machine.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 DATA_ROWS = 20_000
 
 
