@@ -1,7 +1,7 @@
 """Conversion throughput of this tree against a baseline commit, alternating runs on one box.
 
 On a shared machine absolute rows/s swing with the load; what holds is the ratio of runs made
-side by side. This writes one random high-cardinality Criteo file (``bench.convert_bench``),
+side by side. This writes one random high-cardinality Criteo file (``recsys.training.bench.convert_bench``),
 exports the baseline commit's ``recsys`` with ``git archive``, then converts the file ``--rounds``
 times with each tree in child processes, alternating which goes first, and reports each run's
 rows/s and CPU seconds (of the conversion's threads: far steadier than wall time when other
@@ -27,7 +27,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from bench.convert_bench import write_random_criteo
+from recsys.training.bench.convert_bench import write_random_criteo
 
 REPO = Path(__file__).resolve().parents[1]
 

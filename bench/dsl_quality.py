@@ -1,6 +1,6 @@
 """Quality and step time of ``dsl`` against ``full``, a static random mask (``fix``) and on ``unified``.
 
-Quality: every run is ``training.run.train_experiment`` on ``configs/quickstart.yaml`` with
+Quality: every run is ``recsys.training.run.train_experiment`` on ``configs/quickstart.yaml`` with
 overrides (tracking off): ``full``; ``dsl`` at each density, dynamic and ``mode=fix``; ``dsl``
 on a ``unified`` base (``base_compression``) against plain ``unified`` at the same bytes.
 Writes ``bench_out/dsl_quality.{json,md}`` (test AUC, logloss, served bytes, compression) and
@@ -29,15 +29,15 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from bench.step_times import sharded_step
+from recsys.training.bench.step_times import sharded_step
 from recsys.config import ModelConfig, TrainingConfig, load_config
 from recsys.data.batch import Batch, BatchLayout, ParquetBatchReader
 from recsys.embeddings import MethodContext, build_method
 from recsys.features import DatasetSpec, load_dataset_spec
 from recsys.models import build_model
 from recsys.models.train import TrainModel
-from training.distributed import ensure_process_group, shard
-from training.run import train_experiment
+from recsys.training.distributed import ensure_process_group, shard
+from recsys.training.run import train_experiment
 
 OUT = Path("bench_out")
 Run = tuple[str, str, dict[str, Any], int | None]  # (label, method, options, budget bytes)

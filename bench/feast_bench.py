@@ -30,10 +30,10 @@ import numpy as np
 
 from bench.serving_fixture import fake_dataset, fake_run
 from recsys.export import export_run, load_artifact
-from serving.feast_materialize import materialize
-from serving.feast_repo import artifact_fields, init_repo
-from serving.feast_store import RecsysOnlineStore
-from serving.store import Store
+from recsys.serving.feast_materialize import materialize
+from recsys.serving.feast_repo import artifact_fields, init_repo
+from recsys.serving.feast_store import RecsysOnlineStore
+from recsys.serving.store import Store
 from tests.feast_support import RedisServer, apply_in_process, free_port, start_feast_serve, stop_feast_serve, wait_feast_serve
 
 SIZES = (1, 64, 512)
@@ -46,7 +46,7 @@ def rss():
 from feast import FeatureStore
 fs = FeatureStore(repo_path=sys.argv[1])
 field = sys.argv[2]
-import serving.feast_store, serving.store, torchrec  # imports warmed up before the baseline
+import recsys.serving.feast_store, recsys.serving.store, torchrec  # imports warmed up before the baseline
 before = rss()
 fs.get_online_features(features=[f"{field}:{field}_embedding"], entity_rows=[{field: "x"}])
 print(json.dumps({"before": before, "after": rss()}))

@@ -41,11 +41,11 @@ def _batches(reader: Any, method: Any, mode: str) -> Iterator[Batch]:
 def measure(data: Path, methods: list[str], compression: float, steps: int, rounds: int, model: str) -> dict[str, Any]:
     import torch.distributed as dist
 
-    from bench.step_times import sharded_step
-    from training.bench.quality import Point, Sweep, SweepSettings
-    from training.distributed import ensure_process_group
-    from training.run import Experiment
-    from training.tracking import NullTracker
+    from recsys.training.bench.step_times import sharded_step
+    from recsys.training.bench.quality import Point, Sweep, SweepSettings
+    from recsys.training.distributed import ensure_process_group
+    from recsys.training.run import Experiment
+    from recsys.training.tracking import NullTracker
 
     sweep = Sweep(SweepSettings(dataset=data, methods=methods, budgets=[compression], model=model))
     started = ensure_process_group()

@@ -1,6 +1,6 @@
 """OptEmbed against ``full`` of the same model: AUC, logloss and bytes per stage, search cost, step time.
 
-Every run is ``training.run.train_experiment`` on ``configs/quickstart.yaml`` with overrides
+Every run is ``recsys.training.run.train_experiment`` on ``configs/quickstart.yaml`` with overrides
 (tracking off). OptEmbed's stages are measured by growing the ``phases`` option in one run
 folder with ``resume=True``: ``[supernet]`` (the supernet alone), then ``+ search``, then
 ``+ retrain``; each resumed run skips the finished phases. The budget-aware point
@@ -35,9 +35,9 @@ from recsys.config import load_config
 from recsys.embeddings import Phase
 from recsys.embeddings.optembed_export import rank_bitmap_bytes
 from recsys.features import load_dataset_spec
-from training.distributed import ensure_process_group
-from training.run import Experiment, train_experiment
-from training.tracking import make_tracker
+from recsys.training.distributed import ensure_process_group
+from recsys.training.run import Experiment, train_experiment
+from recsys.training.tracking import make_tracker
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = (["supernet"], ["supernet", "search"], ["supernet", "search", "retrain"])

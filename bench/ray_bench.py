@@ -49,7 +49,7 @@ def _data(rows: int) -> Path:
 def _scaling(data: Path, workers: int, batch: int, work: Path) -> dict[str, float]:
     import mlflow
 
-    from training.ray_trainer import train_distributed
+    from recsys.training.ray_trainer import train_distributed
 
     work.mkdir(parents=True, exist_ok=True)
     db = f"sqlite:///{work}/w{workers}.db"
@@ -86,7 +86,7 @@ def _input(data: Path, batch: int) -> dict[str, Any]:
     Data (one shard of ``EqualSplit``, ``RayShardReader``), both shuffled with seed 0; and
     whether the shuffle is reproducible (a fresh reader with the same seed yields the same
     batches) and changes with the epoch."""
-    from training.ray_data import RayShardReader, make_data_config, read_split, split_rows
+    from recsys.training.ray_data import RayShardReader, make_data_config, read_split, split_rows
 
     spec = load_dataset_spec(data)
     layout = BatchLayout.from_spec(spec, "index")
@@ -156,7 +156,7 @@ def _collectives(data: Path, batch: int, steps: int = 50) -> dict[str, Any]:
     from recsys.config import ModelConfig
     from recsys.embeddings import MethodContext, build_method
     from recsys.models import build_model
-    from training.distributed import embedding_collections, free_port
+    from recsys.training.distributed import embedding_collections, free_port
 
     spec = load_dataset_spec(data)
     method = build_method("full", MethodContext.from_spec(spec, 16))
@@ -177,7 +177,7 @@ def _steps(data: Path, batch: int) -> tuple[Callable[[int], float], list[Any]]:
     from recsys.embeddings import MethodContext, build_method
     from recsys.models import build_model
     from recsys.models.train import TrainModel
-    from training.distributed import ensure_process_group, shard
+    from recsys.training.distributed import ensure_process_group, shard
 
     ensure_process_group()
     spec = load_dataset_spec(data)
@@ -198,9 +198,9 @@ def _steps(data: Path, batch: int) -> tuple[Callable[[int], float], list[Any]]:
 def _mlflow(data: Path, work: Path, batch: int, log_every: int, steps: int = 300, rounds: int = 7) -> dict[str, Any]:
     """Training time with metrics logged every ``log_every`` steps against none (A/B, interleaved),
     and the cost of one call on the training thread (enqueue) and in the background sender."""
-    from training.distributed import free_port
-    from training.mlflow_server import LocalServer
-    from training.tracking import MlflowTracker, NullTracker
+    from recsys.training.distributed import free_port
+    from recsys.training.mlflow_server import LocalServer
+    from recsys.training.tracking import MlflowTracker, NullTracker
 
     import torch
 
@@ -254,7 +254,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="alternated 1- and 2-worker runs")
     args = parser.parse_args()
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    from training.ray_trainer import init_ray
+    from recsys.training.ray_trainer import init_ray
 
     OUT.mkdir(exist_ok=True)
     data = _data(args.rows)

@@ -1,7 +1,7 @@
 """Every speed/memory benchmark script, one after another, each in its own process.
 
 Each script prints its report and writes JSON under ``bench_out/``. ``make bench`` runs
-``recsys bench speed`` instead (``bench.speed_report``: one report from these scripts'
+``recsys bench speed`` instead (``recsys.training.bench.speed_report``: one report from these scripts'
 functions). Quality at equal bytes: ``recsys bench quality``; the per-method studies
 ``python -m bench.unified_quality``, ``bench.optembed_quality``, ``bench.dsl_quality``.
 
@@ -15,7 +15,13 @@ import subprocess
 import sys
 import time
 
-BENCHMARKS = ("convert_bench", "train_speed", "unified_speed", "serving_bench", "ray_bench")
+BENCHMARKS = {  # name -> module
+    "convert_bench": "recsys.training.bench.convert_bench",
+    "train_speed": "recsys.training.bench.train_speed",
+    "unified_speed": "bench.unified_speed",
+    "serving_bench": "bench.serving_bench",
+    "ray_bench": "bench.ray_bench",
+}
 
 
 def main() -> int:
@@ -28,10 +34,11 @@ def main() -> int:
         parser.error(f"unknown benchmark(s) {unknown}; available: {', '.join(BENCHMARKS)}")
     failed = []
     for name in chosen:
-        print(f"\n=== bench.{name} ===", flush=True)
+        module = BENCHMARKS[name]
+        print(f"\n=== {module} ===", flush=True)
         start = time.perf_counter()
-        code = subprocess.call([sys.executable, "-m", f"bench.{name}"])
-        print(f"=== bench.{name}: exit {code} in {time.perf_counter() - start:.0f}s ===", flush=True)
+        code = subprocess.call([sys.executable, "-m", module])
+        print(f"=== {module}: exit {code} in {time.perf_counter() - start:.0f}s ===", flush=True)
         if code:
             failed.append(name)
     if failed:

@@ -4,7 +4,7 @@ A moto S3 server on 127.0.0.1 (``python -m moto.server``) holds a synthetic data
 ``recsys data synth --out s3://...``. A local Ray cluster with a small ``object_store_memory``
 then reads the train split, projected to the training columns, two ways:
 
-1. ``stream``: ``training.ray_data.read_split`` → ``iter_batches`` (Ray Data's streaming
+1. ``stream``: ``recsys.training.ray_data.read_split`` → ``iter_batches`` (Ray Data's streaming
    executor; blocks are released once consumed);
 2. ``train_split``: the training input path, ``EqualSplit`` (``make_data_config``) for 2 ranks,
    which materialises the projected columns in the object store (spilled to disk beyond
@@ -123,7 +123,7 @@ def run(rows: int, object_store_mb: int) -> dict[str, Any]:
     from recsys.data.batch import BatchLayout
     from recsys.features import load_dataset_spec
     from recsys.storage import StoragePath
-    from training.ray_data import make_data_config, read_split, split_rows
+    from recsys.training.ray_data import make_data_config, read_split, split_rows
 
     s3 = _start_s3()
     try:

@@ -39,7 +39,7 @@ import torch
 
 from bench.serving_fixture import fake_dataset, fake_run, key_pool, wait_for_redis
 from recsys.export import export_run, load_artifact
-from serving.store import Store
+from recsys.serving.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,7 +59,7 @@ def quality(out: Path) -> list[dict]:
     from recsys.data.synthetic import generate
     from recsys.metrics import auc
     from tests.serving_support import test_batches
-    from training.run import train_experiment
+    from recsys.training.run import train_experiment
 
     data = out / "quality-data"
     generate(data, rows=120_000, profile="small", seed=11, progress=False, overwrite=True)
@@ -117,7 +117,7 @@ def in_process(stores: dict[str, Store], pool: list[tuple[str, str]]) -> list[di
 RSS_PROBE = """
 import ctypes, gc, json, sys, torch
 torch.set_num_threads(1)
-from serving.store import Store
+from recsys.serving.store import Store
 
 def status():
     return {l.split(":")[0]: int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith(("VmRSS", "VmHWM"))}

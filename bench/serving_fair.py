@@ -31,7 +31,7 @@ import numpy as np
 
 from bench.serving_fixture import wait_for_redis
 from recsys.hashing import hash64_strings
-from serving.store import Store
+from recsys.serving.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIENT_CORE, SERVER_CORE = 0, 1

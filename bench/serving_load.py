@@ -47,7 +47,7 @@ def _batches(pool: list[list[str]], n: int, seed: int) -> list[list[list[str]]]:
 def ids_body(batch: list[list]) -> bytes:
     """The ids.v1 body of a batch of ``[feature, value, raw id]``: the raw ids grouped by feature
     (the answer keeps that order)."""
-    from serving.idsv1 import encode
+    from recsys.serving.idsv1 import encode
 
     by: dict[str, list[int]] = {}
     for f, _, raw in batch:

@@ -1,6 +1,6 @@
 """Quality at equal bytes: ``full`` against ``hash`` and ``unified`` at several compressions.
 
-Every run is ``training.run.train_experiment`` on ``configs/quickstart.yaml`` with overrides
+Every run is ``recsys.training.run.train_experiment`` on ``configs/quickstart.yaml`` with overrides
 (tracking off), so the numbers are what ``recsys train`` would give. ``full`` runs once per
 model and seed (compression 1); the compressing methods run at every compression. Writes
 ``bench_out/unified_quality.{csv,md}`` (method, model, compression, achieved bytes, test AUC
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from recsys.config import load_config
-from training.run import train_experiment
+from recsys.training.run import train_experiment
 
 OUT = Path("bench_out")
 COLUMNS = ["method", "model", "compression", "bytes", "achieved_compression", "auc_mean", "auc_std", "logloss_mean", "oracle_gap", "runs"]

@@ -29,8 +29,8 @@ from recsys.embeddings import EmbeddingMethod, MethodContext, build_method
 from recsys.features import DatasetSpec, load_dataset_spec
 from recsys.models import build_model
 from recsys.models.train import TrainModel
-from bench.step_times import Step, alternate, prepared_batches, sharded_step
-from training.distributed import ensure_process_group, shard
+from recsys.training.bench.step_times import Step, alternate, prepared_batches, sharded_step
+from recsys.training.distributed import ensure_process_group, shard
 
 OUT = Path("bench_out")
 

@@ -80,7 +80,7 @@ def _print_summary(spec, folder: str) -> None:  # type: ignore[no-untyped-def]
 def cmd_train(args: argparse.Namespace) -> int:
     from recsys.config import ConfigError, load_experiment
     from recsys.features import load_dataset_spec
-    from training.run import train_experiment
+    from recsys.training.run import train_experiment
 
     overrides = list(args.set or [])
     if args.workers is not None:
@@ -111,13 +111,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_mlflow_server(args: argparse.Namespace) -> int:
-    from training.mlflow_server import run_server
+    from recsys.training.mlflow_server import run_server
 
     return run_server(args.port, args.backend_store_uri, args.artifacts_destination)
 
 
 def cmd_mlflow_replay(args: argparse.Namespace) -> int:
-    from training.tracking import replay_folder
+    from recsys.training.tracking import replay_folder
 
     if not replay_folder(Path(args.run), args.tracking_uri):
         print(f"error: MLflow still unreachable; the spool stays in {args.run}", file=sys.stderr)
@@ -127,7 +127,7 @@ def cmd_mlflow_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
-    from training.quickstart import quickstart
+    from recsys.training.quickstart import quickstart
 
     quickstart(rows=args.rows, data_dir=Path(args.data), out_dir=Path(args.out), config=Path(args.config))
     return 0
@@ -177,8 +177,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from recsys.export.artifact import ArtifactError
-    from serving.fronts import serve
-    from serving.settings import ServeSettings
+    from recsys.serving.fronts import serve
+    from recsys.serving.settings import ServeSettings
 
     given = {k: v for k, v in vars(args).items() if k in ServeSettings.model_fields and v is not None}
     given.setdefault("token", os.environ.get("RECSYS_SERVE_TOKEN") or None)
@@ -212,8 +212,8 @@ def _budgets(text: str) -> list[float]:
 
 
 def cmd_bench_quality(args: argparse.Namespace) -> int:
-    from training.bench.methods import DEFAULT_METHODS
-    from training.bench.quality import SweepSettings, run_sweep
+    from recsys.training.bench.methods import DEFAULT_METHODS
+    from recsys.training.bench.quality import SweepSettings, run_sweep
 
     settings = SweepSettings(
         dataset=Path(args.dataset), methods=args.methods or list(DEFAULT_METHODS), budgets=args.budgets, seeds=args.seeds, model=args.model,
@@ -227,7 +227,7 @@ def cmd_bench_quality(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from training.tune.search import TuneSettings, run_search
+    from recsys.training.tune.search import TuneSettings, run_search
 
     settings = TuneSettings(
         dataset=Path(args.dataset), budget=args.budget, methods=args.methods, trials=args.trials, model=args.model,
@@ -270,19 +270,8 @@ def _add_tune_parser(sub: argparse._SubParsersAction) -> None:
     tune.set_defaults(func=cmd_tune)
 
 
-def _source_checkout() -> Path:
-    """The repository root holding ``bench/`` (the speed benchmarks are scripts of the source checkout)."""
-    root = Path(__file__).resolve().parents[1]
-    if not (root / "bench" / "speed_report.py").exists():
-        raise FileNotFoundError(f"recsys bench speed runs the scripts in bench/ of a source checkout; none at {root}")
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    return root
-
-
 def cmd_bench_speed(args: argparse.Namespace) -> int:
-    _source_checkout()
-    from bench.speed_report import run
+    from recsys.training.bench.speed_report import run
 
     run(args)
     return 0
@@ -330,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=cmd_info)
 
     train = sub.add_parser("train", help="train one experiment from a YAML config")
-    train.add_argument("--config", required=True, help="experiment YAML (see configs/)")
+    train.add_argument("--config", required=True, help="experiment YAML, or a built-in config name (quickstart)")
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. training.epochs=3")
     train.add_argument("--out", help="run folder or URI, e.g. s3://bucket/runs/x (default runs/<model>-<method>)")
     train.add_argument("--workers", type=int, help="Ray Train workers (sets training.workers)")
@@ -354,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     qs.add_argument("--rows", type=int, default=300_000)
     qs.add_argument("--data", default="data/quickstart")
     qs.add_argument("--out", default="runs/quickstart")
-    qs.add_argument("--config", default="configs/quickstart.yaml")
+    qs.add_argument("--config", default="quickstart", help="experiment YAML or built-in config name")
     qs.set_defaults(func=cmd_quickstart)
 
     exp = sub.add_parser("export", help="write a serving artifact (manifest, tables, vocabularies, checksums) from a run")
@@ -421,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tune_parser(sub)
     speed = bench.add_parser(
         "speed", help="step-time ratios against full, TorchRec vs plain PyTorch, conversion/batch throughput (and serving)",
-        description="One speed report (speed.json, speed.md) from the scripts in bench/ (needs the source checkout).",
+        description="One speed report (speed.json, speed.md): step times per method, TorchRec against plain PyTorch, conversion; --serving also runs bench/serving_bench.py of a source checkout.",
     )
     _add_speed_arguments(speed)
     speed.set_defaults(func=cmd_bench_speed)
@@ -438,11 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_speed_arguments(parser: argparse.ArgumentParser) -> None:
-    try:
-        _source_checkout()
-    except FileNotFoundError:
-        return  # installed without the checkout: the command explains it when run
-    from bench.speed_report import add_arguments
+    from recsys.training.bench.speed_report import add_arguments
 
     add_arguments(parser)
 

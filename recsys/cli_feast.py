@@ -10,8 +10,8 @@ from typing import Any
 
 
 def _store(artifact: str, tracking_uri: str | None) -> Any:
-    from serving.source import resolve_source
-    from serving.store import Store
+    from recsys.serving.source import resolve_source
+    from recsys.serving.store import Store
     from recsys.export.loader import load_artifact
 
     version, folder = resolve_source(artifact, tracking_uri=tracking_uri)
@@ -19,7 +19,7 @@ def _store(artifact: str, tracking_uri: str | None) -> Any:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from serving.feast_repo import artifact_fields, init_repo
+    from recsys.serving.feast_repo import artifact_fields, init_repo
 
     store = _store(args.artifact, args.tracking_uri)  # loaded and verified: a broken artifact stops here
     artifact = args.artifact if args.artifact.startswith("models:/") else os.path.abspath(args.artifact)  # a symlink stays one (hot reload)
@@ -33,7 +33,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_materialize(args: argparse.Namespace) -> int:
-    from serving.feast_materialize import materialize
+    from recsys.serving.feast_materialize import materialize
 
     store = _store(args.artifact, args.tracking_uri)
     report = materialize(store, Path(args.repo), Path(args.values), batch_size=args.batch_size, progress=not args.no_progress)

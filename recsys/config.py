@@ -22,7 +22,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
+_PACKAGE = Path(__file__).resolve().parent
+# The built-in configs: recsys/configs in a wheel, configs/ beside recsys/ in a source checkout.
+CONFIG_ROOT = _PACKAGE / "configs" if (_PACKAGE / "configs").is_dir() else _PACKAGE.parent / "configs"
 
 
 class _Strict(BaseModel):
@@ -258,9 +260,32 @@ class LoadedConfig:
         return _source_of(tuple(key.split(".")), self.sources, "<defaults>")
 
 
+def builtin_configs() -> list[str]:
+    """Names of the experiment configs shipped with the package (``recsys train --config NAME``)."""
+    return sorted(p.stem for p in CONFIG_ROOT.glob("*.yaml"))
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """``path`` itself when it is a file, else the built-in config of that name.
+
+    >>> resolve_config_path("quickstart").name
+    'quickstart.yaml'
+    """
+    given = Path(path)
+    if given.exists() or given.suffix in (".yaml", ".yml") or len(given.parts) > 1:
+        return given
+    builtin = CONFIG_ROOT / f"{given.name}.yaml"
+    if builtin.is_file():
+        return builtin
+    raise ConfigError(f"{path}: no such file, and no built-in config of that name (built-in: {', '.join(builtin_configs())})")
+
+
 def load_experiment(path: str | Path | None = None, overrides: list[str] | None = None) -> LoadedConfig:
-    """Load, override and validate an experiment config, keeping the source of every key;
-    errors name the file, included file or ``--set`` argument that holds the bad key."""
+    """Load, override and validate an experiment config (a YAML file or a built-in name such as
+    ``quickstart``), keeping the source of every key; errors name the file, included file or
+    ``--set`` argument that holds the bad key."""
+    if path is not None:
+        path = resolve_config_path(path)
     raw, sources = _load(Path(path)) if path is not None else ({}, {})
     for assignment in overrides or []:
         apply_override(raw, assignment, sources)

@@ -1,4 +1,4 @@
-"""The HTTP lookup service: a FastAPI app over the in-process lookup layer (run by ``serving.fronts``).
+"""The HTTP lookup service: a FastAPI app over the in-process lookup layer (run by ``recsys.serving.fronts``).
 
 Endpoints: ``POST /v1/embeddings``, ``POST /v1/score``, ``GET /v1/metadata``, ``GET /healthz``,
 ``GET /readyz``, ``GET /metrics`` (Prometheus text), OpenAPI docs at ``/docs``. Client errors
@@ -10,10 +10,10 @@ Fast path of ``/v1/embeddings``: the body is decoded once (``json.loads``) and a
 item, and answered by a plain ASGI layer (``ItemsFastPath``) before FastAPI's routing; anything
 else goes to the route and through the pydantic model, which gives the detailed 422. Vectors go
 out as JSON written in bulk by numpy (9 significant digits, exact for float32; see
-``serving.wire``) or, with ``Accept: application/octet-stream``, as raw little-endian float32
+``recsys.serving.wire``) or, with ``Accept: application/octet-stream``, as raw little-endian float32
 rows (``n x dim x 4`` bytes, row i = item i) with the shape and version in the headers
 ``X-Embedding-Count``, ``X-Embedding-Dim``, ``X-Model-Version``. A body of
-``Content-Type: application/vnd.recsys.ids.v1`` (``serving.idsv1``: whole id arrays per feature)
+``Content-Type: application/vnd.recsys.ids.v1`` (``recsys.serving.idsv1``: whole id arrays per feature)
 is answered on the same fast path with whole-array numpy work and float32 rows.
 
 Small lookups run inline on the event loop (one torch thread; a thread-pool hop would cost more
@@ -41,20 +41,20 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 
-from serving.encode import RequestError
-from serving.idsv1 import CONTENT_TYPE as IDS_V1
-from serving.idsv1 import FormatError
-from serving.idsv1 import decode as decode_ids
-from serving.limits import RequestLimits, replay_receive
-from serving.metrics import MetricsMiddleware, ServingMetrics
-from serving.reload import ModelHolder
-from serving.schemas import EmbeddingsResponse, ScoreResponse, dump_rows, request_models
-from serving.settings import ServeSettings
-from serving.source import make_source
-from serving.store import Store
-from serving.wire import fast_pairs, float32_json
+from recsys.serving.encode import RequestError
+from recsys.serving.idsv1 import CONTENT_TYPE as IDS_V1
+from recsys.serving.idsv1 import FormatError
+from recsys.serving.idsv1 import decode as decode_ids
+from recsys.serving.limits import RequestLimits, replay_receive
+from recsys.serving.metrics import MetricsMiddleware, ServingMetrics
+from recsys.serving.reload import ModelHolder
+from recsys.serving.schemas import EmbeddingsResponse, ScoreResponse, dump_rows, request_models
+from recsys.serving.settings import ServeSettings
+from recsys.serving.source import make_source
+from recsys.serving.store import Store
+from recsys.serving.wire import fast_pairs, float32_json
 
-log = logging.getLogger("serving.app")
+log = logging.getLogger("recsys.serving.app")
 BINARY = "application/octet-stream"
 _SMALL_JSON = 128  # fewer numbers than this: plain json.dumps is quicker than the bulk formatter
 BINARY_DOC = (
@@ -65,7 +65,7 @@ BINARY_DOC = (
 )
 IDS_DOC = (
     f"`Content-Type: {IDS_V1}`: per feature, packed little-endian int64 raw ids or length-prefixed UTF-8 values "
-    "(layout in `serving.idsv1`, built by `serving.idsv1.encode`); answered with float32 rows as above "
+    "(layout in `recsys.serving.idsv1`, built by `recsys.serving.idsv1.encode`); answered with float32 rows as above "
     "(JSON with `Accept: application/json`); 400 names the offset of a malformed body."
 )
 

@@ -10,7 +10,7 @@ max-pooled features, mixed widths, other dtypes) and the store runs the method's
 
 Going through torchrec costs ~0.3 ms a request whatever its size (KeyedJaggedTensor bookkeeping,
 the fbgemm call); this costs a fixed number of numpy calls a request: one vocabulary search for
-all pairs (``serving.encode.Vocabularies``) and, for quantized tables (which fbgemm keeps in one
+all pairs (``recsys.serving.encode.Vocabularies``) and, for quantized tables (which fbgemm keeps in one
 buffer), one gather through a byte-offset view of that buffer; float tables are read with one
 gather per feature present.
 """
@@ -34,7 +34,7 @@ from torchrec.quant.embedding_modules import (
 from recsys.embeddings.full import FullEmbedding
 from recsys.embeddings.hashing import HashEmbedding
 from recsys.hashing import bucket_per_value_np, salt_for
-from serving.encode import MISSING_ID, Encoder
+from recsys.serving.encode import MISSING_ID, Encoder
 
 _POOLINGS = (PoolingType.SUM, PoolingType.MEAN)  # of one row: the row itself
 _QBITS = {"INT8": 8, "INT4": 4}

@@ -26,8 +26,8 @@ from feast import FeatureStore
 from tqdm import tqdm
 
 from recsys.features import OOV_INDEX
-from serving.feast_store import FEATURE_SUFFIX, STORE_TYPE, check_view, view_field
-from serving.store import Store
+from recsys.serving.feast_store import FEATURE_SUFFIX, STORE_TYPE, check_view, view_field
+from recsys.serving.store import Store
 
 COLUMNS = ("feature", "value")
 

@@ -17,8 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from serving.feast_store import FEATURE_SUFFIX, STORE_TYPE
-from serving.store import Store
+from recsys.serving.feast_store import FEATURE_SUFFIX, STORE_TYPE
+from recsys.serving.store import Store
 
 OnlineKind = Literal["recsys", "sqlite", "redis"]
 DEFINITIONS = "features.py"

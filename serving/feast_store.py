@@ -3,7 +3,7 @@
 ``feature_store.yaml``::
 
     online_store:
-      type: serving.feast_store.RecsysOnlineStore
+      type: recsys.serving.feast_store.RecsysOnlineStore
       artifact: /path/to/artifact        # or models:/NAME@ALIAS (hot reload, like `recsys serve`)
       poll_interval_s: 30                # 0: never reload
       gc_freeze: true                    # gc.freeze() after the first load (no ~250 ms full collections)
@@ -11,7 +11,7 @@
 Each sparse field ``F`` of the artifact is an entity with join key ``F`` (its raw values) and a
 feature view with one feature ``F_embedding: Array(Float32)`` (``vector_length`` = the field's
 dimension, or 0 for unchecked). ``online_read`` encodes values with the lookup layer's encoder
-(``serving.store.Store.embeddings``): the vectors are those of ``POST /v1/embeddings``, unseen
+(``recsys.serving.store.Store.embeddings``): the vectors are those of ``POST /v1/embeddings``, unseen
 values included (hashed for hashing methods, the OOV row for vocabulary methods). Nothing is
 stored: ``online_write_batch`` refuses rows (``recsys feast materialize`` fills other stores).
 """
@@ -34,11 +34,11 @@ from feast.repo_config import FeastConfigBaseModel, RepoConfig
 from feast.types import Array, Float32
 from pydantic import Field, StrictStr
 
-from serving.reload import ModelHolder
-from serving.source import make_source
-from serving.store import Store
+from recsys.serving.reload import ModelHolder
+from recsys.serving.source import make_source
+from recsys.serving.store import Store
 
-STORE_TYPE = "serving.feast_store.RecsysOnlineStore"
+STORE_TYPE = "recsys.serving.feast_store.RecsysOnlineStore"
 FEATURE_SUFFIX = "_embedding"
 Row = tuple[datetime | None, dict[str, ValueProto] | None]
 
@@ -50,7 +50,7 @@ class FeastViewError(ValueError):
 class RecsysOnlineStoreConfig(FeastConfigBaseModel):
     """The ``online_store`` block of ``feature_store.yaml`` for ``RecsysOnlineStore``."""
 
-    type: Literal["serving.feast_store.RecsysOnlineStore"] = STORE_TYPE
+    type: Literal["recsys.serving.feast_store.RecsysOnlineStore"] = STORE_TYPE
     artifact: StrictStr = Field(description="artifact folder (relative: to the repo), models:/NAME@ALIAS or models:/NAME/VERSION")
     tracking_uri: StrictStr | None = Field(None, description="MLflow tracking/registry URI for models:/ sources")
     cache_dir: StrictStr | None = Field(None, description="where registry versions are downloaded")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from serving.store import Store
+    from recsys.serving.store import Store
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@
   ``Retry-After: 1`` at once instead of queueing without bound.
 
 Header timeouts, idle keep-alive connections and the connection limit belong to the front
-(``serving.fronts``): they act before a request reaches the app.
+(``recsys.serving.fronts``): they act before a request reaches the app.
 """
 
 from __future__ import annotations

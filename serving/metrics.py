@@ -1,5 +1,5 @@
 """Prometheus metrics of the lookup service, in a registry per app, and the ASGI middleware that counts requests
-(request limits: ``serving.limits``)."""
+(request limits: ``recsys.serving.limits``)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 if TYPE_CHECKING:
-    from serving.reload import ModelHolder
-    from serving.store import Store
+    from recsys.serving.reload import ModelHolder
+    from recsys.serving.store import Store
 
 ASGIApp = Callable[[dict[str, Any], Callable[[], Awaitable[dict[str, Any]]], Callable[[dict[str, Any]], Awaitable[None]]], Awaitable[None]]
 KNOWN_PATHS = ("/v1/embeddings", "/v1/score", "/v1/metadata", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json")

@@ -24,7 +24,7 @@ import pandas as pd
 
 from recsys.export.artifact import read_manifest
 from recsys.export.loader import load_artifact
-from serving.store import Store
+from recsys.serving.store import Store
 
 ARTIFACT_KEY = "recsys_artifact"
 ENTRY = Path(__file__).with_name("pyfunc_entry.py")

@@ -1,7 +1,7 @@
-"""Model-from-code entry point of the recsys pyfunc (see ``serving.pyfunc``); MLflow runs this file."""
+"""Model-from-code entry point of the recsys pyfunc (see ``recsys.serving.pyfunc``); MLflow runs this file."""
 
 import mlflow
 
-from serving.pyfunc import RecsysPyfunc
+from recsys.serving.pyfunc import RecsysPyfunc
 
 mlflow.models.set_model(RecsysPyfunc())

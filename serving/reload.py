@@ -5,7 +5,7 @@ changes a model under a running request. A new version is loaded and verified co
 before the swap (under a lock), in a thread given ``load_timeout_s``: a load that does not finish
 in time is abandoned (its result, should it come, is discarded). A version that fails
 (checksum, unreadable or misplaced file, incompatible, too slow, or another interface:
-``serving.interface``) is refused with a logged error, remembered so it is not retried until its
+``recsys.serving.interface``) is refused with a logged error, remembered so it is not retried until its
 key changes again, and the old store keeps serving. ``status`` says how the last attempt went
 (``/readyz`` and ``/metrics`` show it); every successful load is logged with its version.
 """
@@ -19,11 +19,11 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 from recsys.export.loader import load_artifact
-from serving.interface import Interface, changes
-from serving.source import Source, SourceRef
-from serving.store import Store
+from recsys.serving.interface import Interface, changes
+from recsys.serving.source import Source, SourceRef
+from recsys.serving.store import Store
 
-log = logging.getLogger("serving.reload")
+log = logging.getLogger("recsys.serving.reload")
 Listener = Callable[[str, Store | None, str], None]  # (result: "loaded" or one of FAILURES, new store, detail)
 FAILURES = ("refused", "timeout", "interface", "poll")  # why a version is not served; "poll": the source cannot be read
 

@@ -1,7 +1,7 @@
 """Request and response bodies of the HTTP API, with the limits of ``ServeSettings``.
 
 Validation here is structural (types, sizes, finite numbers); feature names and single- vs
-multi-valued fields are checked against the served model by ``serving.encode``.
+multi-valued fields are checked against the served model by ``recsys.serving.encode``.
 """
 
 from dataclasses import dataclass
@@ -9,7 +9,7 @@ from typing import Annotated, Any, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, StringConstraints, model_validator
 
-from serving.settings import ServeSettings
+from recsys.serving.settings import ServeSettings
 
 
 class _Body(BaseModel):

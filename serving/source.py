@@ -5,7 +5,7 @@ hash of a remote ``manifest.json``, or the version an alias points at) and fetch
 ``fetch()`` when that changed. A remote artifact (``s3://...``, see ``recsys.storage``) is
 downloaded into a cache folder, manifest first; the loader then verifies every checksum, so
 files caught mid-publish are refused and the old version keeps serving. A registered
-model is a pyfunc logged by ``serving.pyfunc.log_model``: the artifact folder is found inside
+model is a pyfunc logged by ``recsys.serving.pyfunc.log_model``: the artifact folder is found inside
 the downloaded model by its ``manifest.json``.
 
 Example:

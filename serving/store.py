@@ -20,10 +20,10 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from recsys.export.loader import LoadedArtifact, load_artifact
-from serving.direct import DirectLookup
+from recsys.serving.direct import DirectLookup
 from recsys.hashing import hash64_strings
-from serving.encode import Encoder, RequestError
-from serving.source import resolve_source
+from recsys.serving.encode import Encoder, RequestError
+from recsys.serving.source import resolve_source
 
 Row = Mapping[str, Any]
 logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)  # a one-off torchrec tracing notice

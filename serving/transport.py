@@ -79,7 +79,7 @@ class HeaderTimeoutProtocol(CoalescingHttpProtocol):
     one from its first byte, must have sent all its headers within ``header_timeout_s``, else it
     gets 408 and is closed (a connection that sent nothing is just closed). uvicorn alone has no
     such timer: its keep-alive timer stops at the first byte, so a client sending a byte now and
-    then held the connection forever. The deadline is a class attribute, set by ``serving.fronts``
+    then held the connection forever. The deadline is a class attribute, set by ``recsys.serving.fronts``
     in each process before it serves (uvicorn's worker processes get the class by name). Needs
     httptools (the ``serve`` extra); with h11 the deadline is not enforced."""
 
@@ -115,7 +115,7 @@ class HeaderTimeoutProtocol(CoalescingHttpProtocol):
     def _headers_late(self) -> None:
         self._header_timer = None
         if self.transport.is_closing() or (self.cycle is not None and not self.cycle.response_complete):
-            return  # a request is being answered: the body timeout (serving.limits) is in charge
+            return  # a request is being answered: the body timeout (recsys.serving.limits) is in charge
         if self._partial:
             self.transport.write(_TIMEOUT_408)
         self.transport.close()

@@ -16,7 +16,7 @@ from typing import Iterator
 import numpy as np
 
 from recsys.features import OOV_INDEX
-from serving.store import Store
+from recsys.serving.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 

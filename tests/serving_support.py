@@ -31,7 +31,7 @@ RUNS = {  # name -> config overrides of its run
 
 def ensure_runs(base: Path) -> tuple[Path, dict[str, Path]]:
     """``(dataset folder, name -> run folder)``: synthetic data and one short training run per ``RUNS`` entry."""
-    from training.run import train_experiment
+    from recsys.training.run import train_experiment
 
     base.mkdir(parents=True, exist_ok=True)
     data, runs = base / "data", {m: base / f"run-{m}" for m in RUNS}
@@ -59,7 +59,7 @@ test_batches.__test__ = False  # type: ignore[attr-defined]  (a helper, not a te
 
 def reference_model(run: Path) -> TrainModel:
     """The run's model rebuilt the way training builds it (unsharded), last phase's weights loaded."""
-    from training.checkpoint import load_weights
+    from recsys.training.checkpoint import load_weights
 
     cfg = ExperimentConfig.model_validate(yaml.safe_load((run / "config.yaml").read_text()))
     spec = load_dataset_spec(cfg.data.path)

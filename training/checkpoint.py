@@ -15,7 +15,7 @@ from torch import nn
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 
 from recsys.storage import Location, StoragePath, load_tensors, location, save_tensors
-from training.collectives import barrier, world
+from recsys.training.collectives import barrier, world
 
 
 def _gather(value: ShardedTensor) -> torch.Tensor | None:

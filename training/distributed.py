@@ -22,7 +22,7 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from recsys.config import TrainingConfig
-from training.checkpoint import load_plain_state_dict, plain_state_dict
+from recsys.training.checkpoint import load_plain_state_dict, plain_state_dict
 
 def quiet_torchrec() -> None:
     """Silence TorchRec's planner warnings about CPU topologies (they do not apply here)."""

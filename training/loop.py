@@ -20,9 +20,9 @@ from recsys.config import TrainingConfig
 from recsys.data.batch import Batch
 from recsys.embeddings import EmbeddingMethod
 from recsys.metrics import auc, logloss
-from training.checkpoint import load_weights, save_weights
-from training.collectives import gather_rows
-from training.distributed import ShardedModel
+from recsys.training.checkpoint import load_weights, save_weights
+from recsys.training.collectives import gather_rows
+from recsys.training.distributed import ShardedModel
 
 
 class Reader(Protocol):

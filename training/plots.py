@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from recsys.storage import StoragePath  # noqa: E402
-from training.loop import FitResult  # noqa: E402
+from recsys.training.loop import FitResult  # noqa: E402
 
 
 def learning_curve(result: FitResult, path: Path | StoragePath, title: str, oracle_auc: float | None = None) -> Path:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from recsys.config import load_config
 from recsys.features import load_dataset_spec
-from training.run import train_experiment
+from recsys.training.run import train_experiment
 
 RUNS = (("full", None), ("hash", 10.0))
 # Train values seen fewer times share the OOV row. In the criteo profile at a few hundred

@@ -5,9 +5,9 @@ Ray cluster at ``RAY_ADDRESS`` (``recsys train --address``) or starts a local on
 machine's CPUs, and runs ``TorchTrainer`` with ``training.workers`` workers (gloo on CPU, NCCL
 when every worker gets a GPU). Each worker builds the experiment, shards it with TorchRec DMP
 over the Ray-created process group and reads its shard of each split through Ray Data
-(``training.ray_data``).
+(``recsys.training.ray_data``).
 
-Checkpoints (``training.sharded_checkpoint`` folders plus ``loop.json``: phase, step, epoch and
+Checkpoints (``recsys.training.sharded_checkpoint`` folders plus ``loop.json``: phase, step, epoch and
 loop state) are reported every epoch and every ``training.checkpoint_every`` steps. After a
 worker failure Ray restarts the group (up to ``training.max_failures`` times) and the phase in
 progress resumes from the last checkpoint (rank 0 waits until Ray has registered each
@@ -36,9 +36,9 @@ from recsys.data.batch import BatchLayout
 from recsys.embeddings import Phase, build_method
 from recsys.features import load_dataset_spec
 from recsys.storage import Location, StoragePath, append_text, is_uri, location
-from training.loop import LoopState
-from training.ray_data import RayShardReader, make_data_config, read_split, split_rows
-from training.run import (
+from recsys.training.loop import LoopState
+from recsys.training.ray_data import RayShardReader, make_data_config, read_split, split_rows
+from recsys.training.run import (
     Experiment,
     ReaderFactory,
     _run_phases,
@@ -49,19 +49,19 @@ from training.run import (
     row_limit,
     run_tags,
 )
-from training.sharded_checkpoint import (
+from recsys.training.sharded_checkpoint import (
     init_optimizer_state,
     load_sharded,
     save_sharded,
     training_state,
 )
-from training.tracking import (
+from recsys.training.tracking import (
     MlflowTracker,
     NullTracker,
     make_tracker,
     start_system_metrics,
 )
-from training.tracking_spool import MAIN_NAME, spool_files
+from recsys.training.tracking_spool import MAIN_NAME, spool_files
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER_METRICS = "worker_metrics.json"  # rank 0's metrics, read by the driver

@@ -1,7 +1,7 @@
 """Register a finished run in the MLflow model registry, under a name with an alias.
 
 The run folder is exported to a serving artifact (``recsys.export.export_run``, fp32, into
-``<run>/export``) and logged as the run's ``model`` through ``serving.pyfunc.log_model`` (a
+``<run>/export``) and logged as the run's ``model`` through ``recsys.serving.pyfunc.log_model`` (a
 models-from-code pyfunc: nothing is pickled); a new version of the registered model ``name``
 gets ``alias``, so ``mlflow.pyfunc.load_model("models:/NAME@ALIAS")`` loads it (MLflow 3
 aliases, not stages).
@@ -17,7 +17,7 @@ def register_model(uri: str, run_id: str, run_dir: Path, name: str, alias: str) 
     import mlflow
 
     from recsys.export import export_run
-    from serving.pyfunc import log_model
+    from recsys.serving.pyfunc import log_model
 
     artifact = Path(run_dir) / "export"
     export_run(run_dir, artifact, overwrite=True)

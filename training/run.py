@@ -7,7 +7,7 @@ decisions of earlier phases (``phase_state``), then trains or searches. A finish
 leaves ``<out>/phases/<name>/`` with ``weights.safetensors``, ``state.safetensors`` and
 ``summary.json``; with ``resume=True`` finished phases are skipped.
 
-With ``training.workers > 1`` ``train_experiment`` hands the run to ``training.ray_trainer``,
+With ``training.workers > 1`` ``train_experiment`` hands the run to ``recsys.training.ray_trainer``,
 whose workers run the same ``Experiment`` and phases with Ray Data readers and a
 ``Checkpointer`` (the phase in progress resumes from its last checkpoint). With several ranks,
 files are written by rank 0 and phase decisions are broadcast from it.
@@ -45,18 +45,18 @@ from recsys.features import load_dataset_spec
 from recsys.models import build_model
 from recsys.models.train import TrainModel
 from recsys.storage import Location, StoragePath, download_tree, load_tensors, location, read_parquet, remove, save_tensors
-from training.checkpoint import load_weights, save_weights
-from training.collectives import (
+from recsys.training.checkpoint import load_weights, save_weights
+from recsys.training.collectives import (
     barrier,
     broadcast_tensors,
     is_main,
     replicated_mismatches,
     world,
 )
-from training.distributed import ShardedModel, ensure_process_group, shard
-from training.loop import EpochResult, FitResult, LoopState, Reader, Trainer
-from training.plots import learning_curve
-from training.tracking import Tracker, make_tracker, start_system_metrics
+from recsys.training.distributed import ShardedModel, ensure_process_group, shard
+from recsys.training.loop import EpochResult, FitResult, LoopState, Reader, Trainer
+from recsys.training.plots import learning_curve
+from recsys.training.tracking import Tracker, make_tracker, start_system_metrics
 
 EpochHook = Callable[[str, int, float], None]  # (phase, epoch, valid AUC)
 ReaderFactory = Callable[[str, BatchLayout, int | None], Reader]  # (split, layout, max rows)
@@ -268,7 +268,7 @@ def train_experiment(cfg: ExperimentConfig, out_dir: str | Path | StoragePath, r
     ``out_dir`` is a folder or a URI (``recsys.storage``); the dataset may be either too.
     ``epoch_hook`` (in-process runs only) is called after every epoch of every phase."""
     if cfg.training.workers > 1:
-        from training.ray_trainer import train_distributed
+        from recsys.training.ray_trainer import train_distributed
 
         return train_distributed(cfg, out_dir, resume)
     out_dir = location(out_dir)

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from recsys.config import TrackingConfig
-from training.tracking_spool import MAIN_NAME, PENDING, Record, Spool, spool_files
+from recsys.training.tracking_spool import MAIN_NAME, PENDING, Record, Spool, spool_files
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 BACKOFF_S = (0.5, 1.0, 2.0)  # waits between the attempts of one call
@@ -187,7 +187,7 @@ class MlflowTracker:
         elif op == "terminate":
             self._client.set_terminated(run, status=record["status"])
         elif op == "register":
-            from training.registry import register_model
+            from recsys.training.registry import register_model
 
             register_model(self.uri, run, Path(record["run_dir"]), record["name"], record["alias"])
         return None

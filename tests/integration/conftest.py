@@ -12,7 +12,7 @@ from typing import Any, Iterator
 import pytest
 
 from recsys.config import ExperimentConfig, load_config
-from training.mlflow_server import LocalServer as Server
+from recsys.training.mlflow_server import LocalServer as Server
 
 ROOT = Path(__file__).resolve().parents[2]
 # Every test cluster is local and runs without Ray's token auth: Ray caches the mode in the
@@ -50,7 +50,7 @@ def small_data(tmp_path_factory) -> Path:
 def ray_cluster() -> Iterator[None]:
     import ray
 
-    from training.ray_trainer import init_ray
+    from recsys.training.ray_trainer import init_ray
 
     init_ray(num_cpus=2)
     yield
@@ -68,7 +68,7 @@ def mlflow_server(tmp_path_factory) -> Iterator[Server]:
 @pytest.fixture(scope="session")
 def ray_run(small_data, ray_cluster, mlflow_server, tmp_path_factory) -> dict[str, Any]:
     """One uninterrupted 2-worker run, logged to the server and registered as ``ctr@champion``."""
-    from training.run import train_experiment
+    from recsys.training.run import train_experiment
 
     out = tmp_path_factory.mktemp("ray-run") / "run"
     cfg = experiment(

@@ -18,9 +18,9 @@ import pytest
 
 from recsys.cli import main as recsys_main
 from recsys.export import export_run, load_artifact
-from serving.feast_materialize import ValuesFileError, materialize
-from serving.feast_store import FeastViewError
-from serving.store import Store
+from recsys.serving.feast_materialize import ValuesFileError, materialize
+from recsys.serving.feast_store import FeastViewError
+from recsys.serving.store import Store
 from tests.feast_support import (
     apply_in_process, env, feast_cli, free_port, known_values, online_vectors, redis_server, repo_objects, start_feast_serve,
     stop_feast_serve, wait_feast_serve,
@@ -228,7 +228,7 @@ def test_the_store_imports_no_training_code_and_freezes_the_gc_once_loaded(arts,
     code = ("import sys; from feast import FeatureStore; fs = FeatureStore(repo_path=sys.argv[1]); "
             "fs.get_online_features(features=['C1:C1_embedding'], entity_rows=[{'C1': 'a'}]); "
             "import gc; print(gc.get_freeze_count() > 0); "  # gc_freeze: the objects alive after the first load are frozen
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('training', 'tests', 'bench')))")
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tests', 'bench') or m.startswith('recsys.training')))")
     done = subprocess.run([sys.executable, "-c", code, str(repo)], env=env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-2:] == ["True", "[]"]
@@ -237,7 +237,7 @@ def test_the_store_imports_no_training_code_and_freezes_the_gc_once_loaded(arts,
 def test_registered_model_alias_is_served_and_followed(arts, tmp_path, monkeypatch):
     import mlflow
 
-    from serving.pyfunc import log_model
+    from recsys.serving.pyfunc import log_model
 
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path}/mlflow.db"

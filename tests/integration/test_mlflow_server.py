@@ -12,7 +12,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-import training.tracking as tracking
+import recsys.training.tracking as tracking
 from recsys.cli import main
 from recsys.features import id_column, load_dataset_spec
 from tests.integration.conftest import ROOT, Server, experiment, free_port
@@ -72,7 +72,7 @@ def _stop_when_logging(server: Server, seen: threading.Event, restarted: threadi
 
 
 def test_server_dying_mid_run_spools_and_replays(small_data, tmp_path, monkeypatch):
-    from training.run import train_experiment
+    from recsys.training.run import train_experiment
 
     monkeypatch.setattr(tracking, "PROBE_EVERY_S", 1.0)
     monkeypatch.setattr(tracking, "BACKOFF_S", (0.2, 0.2))

@@ -11,11 +11,11 @@ import pytest
 
 from recsys.features import load_dataset_spec
 from tests.integration.conftest import experiment, progress
-from training.ray_trainer import FAIL_ENV
+from recsys.training.ray_trainer import FAIL_ENV
 
 
 def test_two_workers_match_one_process_on_the_same_data(ray_run, small_data, tmp_path):
-    from training.run import train_experiment
+    from recsys.training.run import train_experiment
 
     # one process with the global batch of the two workers (2 × 256)
     cfg = experiment(small_data, "training.batch_size=512", f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db")
@@ -35,7 +35,7 @@ def test_two_workers_match_one_process_on_the_same_data(ray_run, small_data, tmp
 
 
 def test_killed_worker_resumes_from_the_last_checkpoint(ray_run, small_data, tmp_path, monkeypatch):
-    from training.run import train_experiment
+    from recsys.training.run import train_experiment
 
     monkeypatch.setenv(FAIL_ENV, f"1:train:25:{tmp_path / 'failed-once'}")
     cfg = experiment(small_data, "training.workers=2", "training.max_failures=1", f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db")
@@ -62,7 +62,7 @@ def test_killed_worker_resumes_from_the_last_checkpoint(ray_run, small_data, tmp
 
 
 def test_resume_skips_the_finished_phase_and_continues_the_next(small_data, ray_cluster, tmp_path, monkeypatch):
-    from training.run import train_experiment
+    from recsys.training.run import train_experiment
 
     out = tmp_path / "run"
     cfg = experiment(
@@ -97,7 +97,7 @@ def test_dsl_masks_stay_identical_on_both_ranks_and_diagnostics_are_logged(small
     half the batch, yet both must decide the same masks at every update."""
     import mlflow
 
-    from training.run import train_experiment
+    from recsys.training.run import train_experiment
 
     out, uri = tmp_path / "run", f"sqlite:///{tmp_path}/mlflow.db"
     cfg = experiment(

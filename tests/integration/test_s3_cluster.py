@@ -64,7 +64,7 @@ def _local_ray() -> None:
     fixture) could not reach the S3 server; it is restarted once."""
     import ray
 
-    from training.ray_trainer import init_ray
+    from recsys.training.ray_trainer import init_ray
 
     if _RAY_WITH_S3_ENV and ray.is_initialized():
         return
@@ -77,7 +77,7 @@ def _local_ray() -> None:
 @pytest.fixture(scope="module")
 def baseline(s3_data, tmp_path_factory) -> dict[str, Any]:
     """One uninterrupted 2-worker run, data and run folder in s3."""
-    from training.run import train_experiment
+    from recsys.training.run import train_experiment
 
     _local_ray()
     tmp = tmp_path_factory.mktemp("s3-baseline")
@@ -136,7 +136,7 @@ def _serve(model: str) -> tuple[subprocess.Popen, str]:
 
 
 def test_s3_round_trip_with_a_sigkilled_worker(s3_data, baseline, tmp_path, monkeypatch):
-    from training.run import train_experiment
+    from recsys.training.run import train_experiment
 
     _local_ray()
     out = StoragePath(f"s3://{BUCKET}/runs/killed")

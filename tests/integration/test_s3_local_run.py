@@ -25,7 +25,7 @@ def _cfg(data: str, tmp: Path, name: str):  # type: ignore[no-untyped-def]
 
 
 def test_in_process_run_on_s3_equals_the_local_run(s3_server, tmp_path):  # noqa: F811
-    from training.run import train_experiment
+    from recsys.training.run import train_experiment
 
     local_data = tmp_path / "data"
     generate(local_data, rows=6000, profile="small", seed=2, progress=False)

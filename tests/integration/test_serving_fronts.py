@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from recsys.export import export_run
-from serving.idsv1 import CONTENT_TYPE as IDS_V1
-from serving.idsv1 import encode, vectors
-from serving.store import Store
+from recsys.serving.idsv1 import CONTENT_TYPE as IDS_V1
+from recsys.serving.idsv1 import encode, vectors
+from recsys.serving.store import Store
 from tests.serving_support import ROOT, ensure_runs
 
 HEADER_S, BODY_S, KEEP_ALIVE_S, MAX_INFLIGHT, MAX_CONNECTIONS = 1.5, 1.0, 1.0, 2, 12

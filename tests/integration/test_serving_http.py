@@ -25,9 +25,9 @@ import pytest
 
 from recsys.export import export_run, load_artifact
 from recsys.hashing import hash64_strings
-from serving.idsv1 import CONTENT_TYPE as IDS_V1
-from serving.idsv1 import encode, vectors
-from serving.store import Store
+from recsys.serving.idsv1 import CONTENT_TYPE as IDS_V1
+from recsys.serving.idsv1 import encode, vectors
+from recsys.serving.store import Store
 from tests.fuzz_bodies import ENDPOINTS, LONE, RAW_LONE, raw_http, surrogate_bodies
 from tests.serving_support import ROOT, ensure_runs
 
@@ -40,14 +40,14 @@ out = sys.argv.pop(1)
 def report():
     while True:
         with open(out + ".tmp", "w") as f:
-            f.write(json.dumps(sorted(m for m in list(sys.modules) if m.split(".")[0] == "training")))
+            f.write(json.dumps(sorted(m for m in list(sys.modules) if m.startswith("recsys.training"))))
         __import__("os").replace(out + ".tmp", out)
         time.sleep(0.3)
 
 threading.Thread(target=report, daemon=True).start()
 from recsys.cli import main
 sys.exit(main(sys.argv[1:]))
-"""  # the service, plus a thread reporting which `training` modules it has imported
+"""  # the service, plus a thread reporting which `recsys.training` modules it has imported
 
 
 def _free_port() -> int:
@@ -422,10 +422,10 @@ def test_fifo_and_other_interface_are_refused_then_a_valid_version_loads(service
 def test_bearer_token_guards_the_api(service):
     from fastapi.testclient import TestClient
 
-    from serving.app import create_app
-    from serving.reload import ModelHolder
-    from serving.settings import ServeSettings
-    from serving.source import LocalSource
+    from recsys.serving.app import create_app
+    from recsys.serving.reload import ModelHolder
+    from recsys.serving.settings import ServeSettings
+    from recsys.serving.source import LocalSource
 
     holder = ModelHolder(LocalSource(service["a"]), poll_interval_s=0)
     holder.load_initial()
@@ -461,7 +461,7 @@ def test_several_worker_processes_answer_without_nagle_delays(service):
     try:
         _wait_ready(url, proc, timeout=180, interval=0.3)
         deadline = time.time() + 180  # the other process may still be loading: stop only once both serve
-        while sum("serving.reload: serving" in line for line in lines) < 2 and time.time() < deadline:
+        while sum("recsys.serving.reload: serving" in line for line in lines) < 2 and time.time() < deadline:
             time.sleep(0.2)
         items = _items(store, 8, seed=11)
         expected = store.embeddings([(i["feature"], i["value"]) for i in items])

@@ -13,7 +13,7 @@ import yaml
 
 from recsys.cli import main
 from recsys.data.synthetic import generate
-from training.tune.search import TuneError, TuneSettings, feasible_methods
+from recsys.training.tune.search import TuneError, TuneSettings, feasible_methods
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_impossible_budget_names_the_method_and_bytes(tiny, tmp_path) -> None:
 
 
 def test_trials_are_seeded_distinct_and_even() -> None:
-    from training.tune.space import plan_trials
+    from recsys.training.tune.space import plan_trials
 
     a = plan_trials(["hash", "qr", "hybrid"], 9, seed=3, embedding_dim=16)
     assert a == plan_trials(["hash", "qr", "hybrid"], 9, seed=3, embedding_dim=16)

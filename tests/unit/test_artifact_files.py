@@ -15,8 +15,8 @@ import pytest
 from recsys.export import ArtifactError, export_run, load_artifact, read_manifest
 from recsys.export.artifact import Manifest, write_manifest
 from recsys.export.signing import KEY_ENV
-from serving.source import LocalSource
-from serving.store import Store
+from recsys.serving.source import LocalSource
+from recsys.serving.store import Store
 from tests.serving_support import ensure_runs
 
 VOCAB = "vocab/C1.arrow"

@@ -9,9 +9,9 @@ import pytest
 
 from recsys.data.synthetic import generate
 from recsys.embeddings import MethodContext, build_method
-from training.bench.methods import SWEEP_METHODS
-from training.bench.quality import Point, Sweep, SweepSettings, run_sweep
-from training.bench.report import markdown, pareto_front, read_csv, summarise, PointResult
+from recsys.training.bench.methods import SWEEP_METHODS
+from recsys.training.bench.quality import Point, Sweep, SweepSettings, run_sweep
+from recsys.training.bench.report import markdown, pareto_front, read_csv, summarise, PointResult
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench.speed_report import markdown
-from bench.step_times import alternate
+from recsys.training.bench.speed_report import markdown
+from recsys.training.bench.step_times import alternate
 from recsys.cli import main
 from recsys.data.synthetic import generate
 

@@ -75,7 +75,7 @@ def test_missing_data_path_fails_before_a_run_or_folder_exists(tmp_path, capsys)
 
 
 def test_train_experiment_checks_the_dataset_before_creating_the_run_folder(tmp_path):
-    from training.run import train_experiment
+    from recsys.training.run import train_experiment
 
     cfg = load_config(QUICKSTART, [f"data.path={tmp_path / 'nowhere'}"])
     with pytest.raises(FileNotFoundError, match="no dataset.json"):

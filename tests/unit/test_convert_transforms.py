@@ -115,9 +115,9 @@ def test_served_requests_are_transformed_like_the_data(tmp_path: Path, monkeypat
     """Train on the converted CSV, export, and encode the raw test rows through the serving encoder."""
     from recsys.config import load_config
     from recsys.export import export_run, load_artifact
-    from serving.encode import RequestError
-    from serving.store import Store
-    from training.run import train_experiment
+    from recsys.serving.encode import RequestError
+    from recsys.serving.store import Store
+    from recsys.training.run import train_experiment
 
     src, schema, cols = write_case(tmp_path)
     spec = convert("csv", src, tmp_path / "ds", schema_path=schema, progress=False, split_by="order")

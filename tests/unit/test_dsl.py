@@ -28,8 +28,8 @@ from recsys.embeddings.dsl import DSLEmbedding
 from recsys.embeddings.sparse_ops import _select, prune_regrow, random_mask, remask, table_views, update_ratio
 from recsys.embeddings.sparse_serving import csr_bytes
 from tests.unit.test_method_contract import random_kjt
-from training.checkpoint import load_plain_state_dict, plain_state_dict
-from training.distributed import embedding_collections, plan_sharding, quiet_torchrec
+from recsys.training.checkpoint import load_plain_state_dict, plain_state_dict
+from recsys.training.distributed import embedding_collections, plan_sharding, quiet_torchrec
 
 D = 8
 CTX = MethodContext(

@@ -18,7 +18,7 @@ from recsys.export.tables import tables_uninitialised
 from recsys.features import id_column
 from recsys.hashing import bucket_np, hash64_str, salt_for
 from recsys.metrics import auc
-from serving.store import Store
+from recsys.serving.store import Store
 from tests.serving_support import ensure_runs, raw_strings, reference_model, reference_probs, test_batches
 from tests.unit.test_method_contract import contract_ctx, make, random_kjt
 
@@ -163,9 +163,9 @@ def test_pyfunc_and_registry_source_with_alias_moves(artifacts, tmp_path, monkey
     """A logged pyfunc loads from a sqlite registry; ``models:/NAME@ALIAS`` is served and followed when the alias moves."""
     import mlflow
 
-    from serving.pyfunc import log_model
-    from serving.reload import ModelHolder
-    from serving.source import make_source
+    from recsys.serving.pyfunc import log_model
+    from recsys.serving.reload import ModelHolder
+    from recsys.serving.source import make_source
 
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path}/mlflow.db"

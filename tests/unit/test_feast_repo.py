@@ -15,9 +15,9 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import FloatList, Value
 from feast.types import Array, Float32
 
-from serving.feast_materialize import ValuesFileError, read_values
-from serving.feast_repo import init_repo
-from serving.feast_store import STORE_TYPE, FeastViewError, entity_value, float_list_values
+from recsys.serving.feast_materialize import ValuesFileError, read_values
+from recsys.serving.feast_repo import init_repo
+from recsys.serving.feast_store import STORE_TYPE, FeastViewError, entity_value, float_list_values
 
 FIELDS = [("C1", 16), ("odd name", 8)]
 

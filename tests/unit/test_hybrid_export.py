@@ -13,13 +13,13 @@ from recsys.data.synthetic import generate
 from recsys.export import export_run, load_artifact
 from recsys.export.exporter import load_run
 from recsys.metrics import auc
-from serving.store import Store
+from recsys.serving.store import Store
 from tests.serving_support import ROOT, test_batches
 
 
 @pytest.fixture(scope="module")
 def hybrid_run(tmp_path_factory):
-    from training.run import train_experiment
+    from recsys.training.run import train_experiment
 
     base = tmp_path_factory.mktemp("hybrid")
     data = base / "data"

@@ -64,7 +64,7 @@ def entered(source: OptEmbed, stage: str, ctx: MethodContext = CTX, **options) -
 
 @pytest.fixture(scope="module")
 def process_group() -> Iterator[None]:
-    from training.distributed import ensure_process_group
+    from recsys.training.distributed import ensure_process_group
 
     started = ensure_process_group()
     yield
@@ -113,7 +113,7 @@ def test_nothing_is_pruned_at_the_start() -> None:
 
 
 def test_thresholds_rise_by_their_sgd_step_without_task_gradient(process_group: None) -> None:
-    from training.distributed import shard
+    from recsys.training.distributed import shard
 
     class AuxOnly(nn.Module):
         def __init__(self, method: OptEmbed) -> None:
@@ -271,7 +271,7 @@ def test_unified_base_masks_each_chunk_row_and_keeps_its_layout() -> None:
 
 def test_phases_resume_without_redoing_finished_ones(tmp_path: Path) -> None:
     from recsys.data.synthetic import generate
-    from training.run import train_experiment
+    from recsys.training.run import train_experiment
 
     data = tmp_path / "data"
     generate(data, rows=3000, profile="small", seed=1, progress=False)

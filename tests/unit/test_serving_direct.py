@@ -14,8 +14,8 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from recsys.export import export_run
 from recsys.hashing import hash64_str
 from recsys.features import MISSING_INDEX, OOV_INDEX
-from serving.encode import MISSING_ID, RequestError, Vocabularies, _hash
-from serving.store import Store
+from recsys.serving.encode import MISSING_ID, RequestError, Vocabularies, _hash
+from recsys.serving.store import Store
 from tests.serving_support import ensure_runs, raw_strings
 
 WANTED = [("full", "fp32"), ("full", "int8"), ("full", "int4"), ("hash", "fp32"), ("hash", "fp16"), ("hash", "int8")]

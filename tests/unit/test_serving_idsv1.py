@@ -11,9 +11,9 @@ import pytest
 
 from recsys.export import export_run
 from recsys.hashing import hash64_strings
-from serving.encode import MISSING_ID, RequestError
-from serving.idsv1 import FormatError, decode, encode
-from serving.store import Store
+from recsys.serving.encode import MISSING_ID, RequestError
+from recsys.serving.idsv1 import FormatError, decode, encode
+from recsys.serving.store import Store
 from tests.serving_support import ensure_runs
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from recsys.export import export_run
-from serving.metrics import ServingMetrics
-from serving.reload import ModelHolder
-from serving.source import LocalSource, SourceRef
+from recsys.serving.metrics import ServingMetrics
+from recsys.serving.reload import ModelHolder
+from recsys.serving.source import LocalSource, SourceRef
 from tests.serving_support import ROOT, ensure_runs
 
 
@@ -69,7 +69,7 @@ def test_a_fifo_artifact_is_refused_visibly_and_a_later_valid_one_loads(artifact
     holder, metrics = _holder(link)
     good = holder.store.version
     _point(link, fifo)
-    with caplog.at_level(logging.INFO, logger="serving.reload"):
+    with caplog.at_level(logging.INFO, logger="recsys.serving.reload"):
         assert not _poll_within(holder)
     status = holder.status
     assert status.state == "failed" and status.failures == 1 and status.last_failure.reason == "refused"
@@ -83,7 +83,7 @@ def test_a_fifo_artifact_is_refused_visibly_and_a_later_valid_one_loads(artifact
     assert any(r.levelno == logging.ERROR and "is a FIFO" in r.getMessage() and str(fifo) in r.getMessage() for r in caplog.records)
 
     _point(link, artifacts["full-int8"])  # a later valid artifact (another method and dtype: same interface)
-    with caplog.at_level(logging.INFO, logger="serving.reload"):
+    with caplog.at_level(logging.INFO, logger="recsys.serving.reload"):
         assert _poll_within(holder)
     assert holder.store.manifest.dtype == "int8" and holder.status.state == "ok"
     assert _metric(metrics, "recsys_model_reload_failing") == 0
@@ -157,7 +157,7 @@ def test_another_dimension_is_refused_unless_allowed(artifacts, tmp_path, allow)
 
 
 def test_interface_changes_name_features_and_dense_fields():
-    from serving.interface import Interface, changes
+    from recsys.serving.interface import Interface, changes
 
     old = Interface({"C1": (16, False, False), "C2": (16, True, False), "C3": (16, False, False)}, ("I1", "I2"))
     assert changes(old, old) == []
@@ -172,13 +172,13 @@ def test_interface_changes_name_features_and_dense_fields():
 
 def test_serve_logs_info_lines_with_timestamps():
     """The configured format applies although importing fbgemm_gpu has already set up logging."""
-    code = ("import logging, serving.app, fbgemm_gpu; serving.app.configure_logging('info'); "
-            "logging.getLogger('serving.reload').info('loaded version abc')")
+    code = ("import logging, recsys.serving.app, fbgemm_gpu; recsys.serving.app.configure_logging('info'); "
+            "logging.getLogger('recsys.serving.reload').info('loaded version abc')")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     err = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300).stderr
     lines = [line for line in err.splitlines() if line.endswith("loaded version abc")]
     assert len(lines) == 1, err[-2000:]
-    assert time.strftime("%Y-%m-%d") in lines[0] and " INFO serving.reload: " in lines[0], lines
+    assert time.strftime("%Y-%m-%d") in lines[0] and " INFO recsys.serving.reload: " in lines[0], lines
 
 
 def test_serve_refuses_an_unusable_artifact_in_one_line(artifacts, tmp_path, capsys):
@@ -201,8 +201,8 @@ def test_a_refusal_under_a_non_utf8_folder_name_keeps_readyz_and_metrics_answeri
     """The refused folder's name is not UTF-8 (a surrogate escape in Python): /readyz and /metrics still answer."""
     from fastapi.testclient import TestClient
 
-    from serving.app import create_app
-    from serving.settings import ServeSettings
+    from recsys.serving.app import create_app
+    from recsys.serving.settings import ServeSettings
 
     bad = shutil.copytree(artifacts["hash"], tmp_path / os.fsdecode(b"bad-\xff"))
     (bad / "dense.safetensors").unlink()
@@ -228,7 +228,7 @@ def test_an_unreadable_source_is_reported_once_and_cleared(artifacts, tmp_path, 
     empty = tmp_path / "empty"
     empty.mkdir()
     _point(link, empty)
-    with caplog.at_level(logging.WARNING, logger="serving.reload"):
+    with caplog.at_level(logging.WARNING, logger="recsys.serving.reload"):
         assert not any(_poll_within(holder) for _ in range(3))
     assert "no manifest.json" in holder.status.poll_error and holder.status.state == "ok"
     assert sum("cannot poll the model source" in r.getMessage() for r in caplog.records) == 1  # once, not at every poll

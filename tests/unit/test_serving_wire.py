@@ -1,4 +1,4 @@
-"""serving.wire: bulk JSON of float32 vectors (exact round trip) and the fast ``items`` check."""
+"""recsys.serving.wire: bulk JSON of float32 vectors (exact round trip) and the fast ``items`` check."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from serving.wire import fast_pairs, float32_json
+from recsys.serving.wire import fast_pairs, float32_json
 
 
 def _roundtrip(v: np.ndarray) -> np.ndarray:

@@ -12,10 +12,10 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST
 
-import training.tracking as tracking
+import recsys.training.tracking as tracking
 from recsys.config import TrackingConfig
-from training.tracking import MlflowTracker, TrackingUnavailable, absolute_uri, make_tracker, replay_folder, tracking_uri
-from training.tracking_spool import PENDING, Spool
+from recsys.training.tracking import MlflowTracker, TrackingUnavailable, absolute_uri, make_tracker, replay_folder, tracking_uri
+from recsys.training.tracking_spool import PENDING, Spool
 
 
 class FakeClient:

@@ -8,7 +8,7 @@ import torch
 
 from recsys.config import load_config
 from recsys.data.synthetic import generate
-from training.checkpoint import load_weights, plain_state_dict, save_weights
+from recsys.training.checkpoint import load_weights, plain_state_dict, save_weights
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,7 +36,7 @@ def _cfg(data: Path, tmp_path: Path, *extra: str):
 
 @pytest.mark.parametrize("method", ["full", "hash"])
 def test_train_reaches_clearly_above_chance_and_writes_results(small_data, tmp_path, monkeypatch, method):
-    from training.run import train_experiment
+    from recsys.training.run import train_experiment
 
     monkeypatch.chdir(tmp_path)  # MLflow artifacts land under the test's folder
     extra = ["embedding.compression=4"] if method == "hash" else []
@@ -69,7 +69,7 @@ def test_checkpoint_round_trip_through_dmp(small_data, tmp_path):
     from recsys.features import load_dataset_spec
     from recsys.models import build_model
     from recsys.models.train import TrainModel
-    from training.distributed import ensure_process_group, shard
+    from recsys.training.distributed import ensure_process_group, shard
 
     import torch.distributed as dist
 
@@ -103,7 +103,7 @@ def test_checkpoint_round_trip_through_dmp(small_data, tmp_path):
 
 def test_a_new_run_in_a_used_folder_starts_from_its_own_weights(small_data, tmp_path, monkeypatch):
     """Without --resume, what an earlier run left in the folder (other tables, other weights) is not reused."""
-    from training.run import train_experiment
+    from recsys.training.run import train_experiment
 
     monkeypatch.chdir(tmp_path)
     run = tmp_path / "run"
@@ -132,7 +132,7 @@ def test_a_tracked_run_logs_its_checkpoint_and_exports_by_run_id(small_data, tmp
 
     from recsys.cli import main
     from recsys.export import read_manifest
-    from training.run import train_experiment
+    from recsys.training.run import train_experiment
 
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -148,7 +148,7 @@ def test_a_tracked_run_logs_its_checkpoint_and_exports_by_run_id(small_data, tmp
 
 
 def test_tables_too_narrow_to_shard_are_named_before_training(small_data, tmp_path):
-    from training.run import train_experiment
+    from recsys.training.run import train_experiment
 
     cfg = _cfg(small_data, tmp_path, "embedding.method=unified", "embedding.compression=4",
                "embedding.options={\"chunk_dim\": 2}", "tracking.enabled=false")
@@ -165,7 +165,7 @@ def test_sparse_eps_reaches_the_fused_adagrad_step(small_data, tmp_path, optimiz
     from recsys.embeddings import MethodContext, build_method
     from recsys.features import load_dataset_spec
     from tests.unit.test_dsl import Holder
-    from training.distributed import ensure_process_group, shard
+    from recsys.training.distributed import ensure_process_group, shard
 
     import torch.distributed as dist
 

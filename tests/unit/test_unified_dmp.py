@@ -1,6 +1,6 @@
 """``unified`` sharded by TorchRec over 2 processes (gloo, CPU): same outputs and SGD step as unsharded.
 
-Each rank builds the method with the same seed, shards it with ``training.distributed.plan_sharding``
+Each rank builds the method with the same seed, shards it with ``recsys.training.distributed.plan_sharding``
 (every table on the fused kernel, table-wise or column-wise), loads the unsharded state, and
 looks up its own batch. TorchRec averages the sharded tables' gradients over ranks (as DDP
 does for dense ones: ``comm_ops`` gradient division), so after one fused SGD step every local
@@ -23,8 +23,8 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys.embeddings import EmbeddingMethod
 from tests.unit.test_unified import CTX, raw_kjt, unified
-from training.checkpoint import load_plain_state_dict
-from training.distributed import free_port, plan_sharding, quiet_torchrec
+from recsys.training.checkpoint import load_plain_state_dict
+from recsys.training.distributed import free_port, plan_sharding, quiet_torchrec
 
 WORLD = 2
 LR = 0.1

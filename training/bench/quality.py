@@ -1,9 +1,9 @@
 """``recsys bench quality``: every method at every memory budget, AUC against bytes, in one MLflow parent run.
 
 A point is (method, budget, seed); ``full`` runs once per seed, uncompressed. Each point is
-``training.run.train_experiment`` (tracking of the inner run off) in ``<out>/points/<name>/``
+``recsys.training.run.train_experiment`` (tracking of the inner run off) in ``<out>/points/<name>/``
 with the config built from the base config, the mode's defaults, ``--set`` and the method's
-row of ``training.bench.methods.SWEEP_METHODS``. ``<out>/points/<name>/point.json`` records
+row of ``recsys.training.bench.methods.SWEEP_METHODS``. ``<out>/points/<name>/point.json`` records
 the point, its config, its status, wall seconds and, on failure, the error message.
 
 Resume: a point whose folder holds ``metrics.json`` and whose recorded config is the one it
@@ -35,10 +35,10 @@ from typing import Any
 from recsys.config import ExperimentConfig, TrackingConfig, apply_override, flatten, load_raw, validate_config
 from recsys.embeddings import MethodContext
 from recsys.features import load_dataset_spec
-from training.bench.methods import DEFAULT_METHODS, Budget, sweep_method
-from training.bench.report import PointResult, markdown, pareto_plot, summarise, write_csv
-from training.tracking import Tracker, make_tracker
-from training.jsonfile import read_json, write_json
+from recsys.training.bench.methods import DEFAULT_METHODS, Budget, sweep_method
+from recsys.training.bench.report import PointResult, markdown, pareto_plot, summarise, write_csv
+from recsys.training.tracking import Tracker, make_tracker
+from recsys.training.jsonfile import read_json, write_json
 
 DEFAULT_BUDGETS = (10.0, 100.0, 1000.0)
 # Defaults: every train row, up to 3 epochs with early stopping (patience 1: each point keeps its best validation
@@ -177,7 +177,7 @@ class Sweep:
         folder.mkdir(parents=True, exist_ok=True)
         write_json(folder / "point.json", {"point": asdict(point), "config": dump, "status": "running"})
         self._share_phases(point, dump)
-        from training.run import train_experiment
+        from recsys.training.run import train_experiment
 
         start, cpu = time.perf_counter(), time.process_time()
         try:

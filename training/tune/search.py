@@ -1,8 +1,8 @@
 """``recsys tune``: a budget-aware search over methods and their options on Ray Tune.
 
-Every trial (``training.tune.space.plan_trials``, seeded) is one ``recsys bench quality``
-point at the budget (``training.bench.quality.Sweep``: the same defaults, ``--set`` and budget
-rules) plus the trial's option overrides, trained by ``training.run.train_experiment`` in
+Every trial (``recsys.training.tune.space.plan_trials``, seeded) is one ``recsys bench quality``
+point at the budget (``recsys.training.bench.quality.Sweep``: the same defaults, ``--set`` and budget
+rules) plus the trial's option overrides, trained by ``recsys.training.run.train_experiment`` in
 ``DIR/trials/<trial>/`` inside a Ray Tune trial (one CPU, one torch thread). Each epoch's
 validation AUC is reported to Tune, whose ASHA scheduler stops the trials that trail their rung.
 Before any trial runs, each method is built at the budget: one that cannot meet it fails the
@@ -10,7 +10,7 @@ search naming the method and the bytes (methods not named with ``--methods`` are
 that message instead). Resume: a trial folder holding ``metrics.json`` for the same config is
 read back, so rerunning the same command continues a stopped search. After the search the
 driver logs one MLflow parent run with a child run per trial and writes ``trials.csv``,
-``pareto.png`` and ``best.yaml`` (see ``training.tune.report``).
+``pareto.png`` and ``best.yaml`` (see ``recsys.training.tune.report``).
 
 Example:
     >>> run_search(TuneSettings(dataset=Path("data/small"), budget=10, trials=8, out=Path("tune_out")))  # doctest: +SKIP
@@ -30,11 +30,11 @@ from typing import Any
 from recsys.config import TrackingConfig
 from recsys.data.vocab import read_value_counts
 from recsys.embeddings import MethodContext, build_method, get_method
-from training.bench.quality import Point, Sweep, SweepSettings
-from training.tracking import make_tracker
-from training.tune.report import TrialResult, best_trial, pareto_plot, write_best, write_csv
-from training.tune.space import TrialSpec, plan_trials
-from training.jsonfile import read_json, write_json
+from recsys.training.bench.quality import Point, Sweep, SweepSettings
+from recsys.training.tracking import make_tracker
+from recsys.training.tune.report import TrialResult, best_trial, pareto_plot, write_best, write_csv
+from recsys.training.tune.space import TrialSpec, plan_trials
+from recsys.training.jsonfile import read_json, write_json
 
 DEFAULT_METHODS = ("hash", "qr", "unified", "hybrid", "dsl")
 
@@ -100,7 +100,7 @@ def _trial_fn(config: dict[str, Any], settings: TuneSettings, methods: list[str]
     import torch
     from ray import tune
 
-    from training.run import train_experiment
+    from recsys.training.run import train_experiment
 
     torch.set_num_threads(1)
     spec = next(TrialSpec(**s) for s in specs if TrialSpec(**s).name == config["trial"])
@@ -153,7 +153,7 @@ def _tune(settings: TuneSettings, methods: list[str], specs: list[TrialSpec], ep
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from training.ray_trainer import init_ray
+    from recsys.training.ray_trainer import init_ray
 
     started = init_ray(settings.address, settings.concurrency)
     trainable = tune.with_parameters(_trial_fn, settings=settings, methods=methods, specs=[asdict(s) for s in specs])

@@ -1,7 +1,7 @@
 """What ``recsys tune`` searches: per method, its key options; for every method, the sparse optimizer.
 
 ``SPACES[method]`` maps a config key to the values tried (``--set``-style keys, applied after
-the method's budget overrides from ``training.bench.methods``). ``plan_trials`` draws the trials
+the method's budget overrides from ``recsys.training.bench.methods``). ``plan_trials`` draws the trials
 from a seed: trial ``i`` takes method ``methods[i % len(methods)]`` (every method is tried
 evenly) and one value per key (no trial repeats another while the space allows), so the same ``(methods, trials, seed)`` gives the same trials
 (which is what makes a search resumable).
@@ -27,7 +27,7 @@ COMMON: dict[str, list[Any]] = {
 
 
 def spaces(embedding_dim: int) -> dict[str, dict[str, list[Any]]]:
-    """Per benchmark method (``training.bench.methods``), its searched options."""
+    """Per benchmark method (``recsys.training.bench.methods``), its searched options."""
     chunks = sorted({max(1, embedding_dim // 4), max(1, embedding_dim // 2)})
     dsl = {"embedding.options.update_every": [5, 20, 100], "embedding.options.zeta0": [0.2, 0.5]}
     # exact_below is left out: UE's collision-free exact tables cost ~n²/(2·exact_pairs) rows, over a 10x

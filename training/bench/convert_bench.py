@@ -5,7 +5,7 @@ when that exists, else random Criteo-format rows), converts it in a child proces
 the child's peak RSS), then times ``ParquetBatchReader`` over the train split at batch 2048
 for both id schemes. Prints a report and writes ``bench_out/convert.json``.
 
-Usage: ``python -m bench.convert_bench [--rows 1000000] [--random] [--workdir /tmp/x] [--keep]``
+Usage: ``python -m recsys.training.bench.convert_bench [--rows 1000000] [--random] [--workdir /tmp/x] [--keep]``
 """
 
 from __future__ import annotations
@@ -25,8 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO.parent / "shared" / "data" / "criteo_kaggle_sample_10k.tsv"
+SAMPLE = Path("..") / "shared" / "data" / "criteo_kaggle_sample_10k.tsv"  # beside the folder it runs from
 TARGETS = {"convert_rows_per_s": 250_000, "peak_rss_gib": 2.0, "batch_rows_per_s": 1_000_000}
 _FIELD_CARDINALITIES = [1_400, 550, 1_000_000, 200_000, 300, 24, 12_000, 600, 3, 90_000, 5_000, 800_000, 3_000, 27,
                         10_000, 500_000, 10, 4_500, 2_000, 4, 700_000, 17, 15, 250_000, 100, 60_000]
@@ -89,9 +88,9 @@ def _rss_mib() -> float:
 def run_conversion(input_path: Path, out_dir: Path, workdir: Path) -> dict:
     """Convert in a child process; wall time, rows/s and the child's peak RSS."""
     result_path = workdir / "child.json"
-    cmd = [sys.executable, "-m", "bench.convert_bench", "--child", str(input_path), str(out_dir), str(result_path)]
+    cmd = [sys.executable, "-m", "recsys.training.bench.convert_bench", "--child", str(input_path), str(out_dir), str(result_path)]
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=REPO)
+    subprocess.run(cmd, check=True)
     wall = time.perf_counter() - start
     child = json.loads(result_path.read_text())
     peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
@@ -143,7 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     parser.add_argument("--random", action="store_true", help="random rows even if the real sample exists")
-    parser.add_argument("--out", type=Path, default=REPO / "bench_out" / "convert.json")
+    parser.add_argument("--out", type=Path, default=Path("bench_out") / "convert.json")
     parser.add_argument("--child", nargs=3, type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:

@@ -1,17 +1,17 @@
 """``recsys bench speed``: one speed report (JSON + Markdown) from the benchmark scripts' functions.
 
-1. Step time of every benchmarked method (``training.bench.methods``, the names of
+1. Step time of every benchmarked method (``recsys.training.bench.methods``, the names of
    ``recsys bench quality``; at ``--compression``) against ``full``, all built and stepped in
-   this process as ``recsys train`` does (``bench.step_times``: the method's first phase, DMP,
+   this process as ``recsys train`` does (``recsys.training.bench.step_times``: the method's first phase, DMP,
    fused optimizer, per-step hooks), in alternating rounds; ratios of the median and minimum round.
-2. TorchRec DLRM-``full`` against plain-PyTorch DLRMs (``bench.train_speed.measure``).
-3. Conversion (rows/s, peak RSS) and Parquet → batch throughput (``bench.convert_bench``).
+2. TorchRec DLRM-``full`` against plain-PyTorch DLRMs (``recsys.training.bench.train_speed.measure``).
+3. Conversion (rows/s, peak RSS) and Parquet → batch throughput (``recsys.training.bench.convert_bench``).
 4. With ``--serving``: ``bench.serving_bench`` in a child process (it starts servers and Redis);
    its in-process lookup rates and HTTP/Redis figures are summarised.
 
 Writes ``<out>/speed.json`` and ``<out>/speed.md``.
 
-Usage: ``python -m bench.speed_report [--data data/bench_speed] [--methods full,hash,...] [--serving]``
+Usage: ``python -m recsys.training.bench.speed_report [--data data/bench_speed] [--methods full,hash,...] [--serving]``
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_METHODS = "full,hash,qr,unified,optembed,dsl,unified+optembed,unified+dsl"
 
 
@@ -34,9 +33,9 @@ def step_ratios(data: Path, methods: list[str], compression: float, batch: int, 
     """Alternating step times of each method's model (``full`` first, the baseline)."""
     import torch.distributed as dist
 
-    from bench.step_times import alternate, config_stepper
-    from training.bench.quality import Point, Sweep, SweepSettings
-    from training.distributed import ensure_process_group
+    from recsys.training.bench.step_times import alternate, config_stepper
+    from recsys.training.bench.quality import Point, Sweep, SweepSettings
+    from recsys.training.distributed import ensure_process_group
 
     sweep = Sweep(SweepSettings(dataset=data, methods=methods, budgets=[compression], sets=[f"training.batch_size={batch}"]))
     names = ["full", *[m for m in methods if m != "full"]]
@@ -60,9 +59,14 @@ def step_ratios(data: Path, methods: list[str], compression: float, batch: int, 
 
 def serving(out: Path, duration: float) -> dict[str, Any]:
     """Run ``bench.serving_bench`` (no quality part) in a child process; its results."""
+    from recsys import source_root
+
+    root = source_root()
+    if root is None:
+        return {"error": "--serving runs bench/serving_bench.py of a source checkout (it starts Redis); none here"}
     folder = out / "serving"
-    cmd = [sys.executable, "-m", "bench.serving_bench", "--out", str(folder), "--skip-quality", "--duration", str(duration)]
-    code = subprocess.call(cmd, cwd=ROOT)
+    cmd = [sys.executable, "-m", "bench.serving_bench", "--out", str(folder.resolve()), "--skip-quality", "--duration", str(duration)]
+    code = subprocess.call(cmd, cwd=root)
     path = folder / "results.json"
     if code or not path.exists():
         return {"error": f"bench.serving_bench exited with {code}"}
@@ -115,9 +119,16 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+QUICK = {"data": "data/bench_speed_quick", "rows": 20_000, "methods": "full,hash", "steps": 3, "rounds": 2, "plain_steps": 5, "convert_rows": 20_000}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Every selected part; writes ``speed.json`` and ``speed.md`` in ``args.out``."""
+    """Every selected part; writes ``speed.json`` and ``speed.md`` in ``args.out``
+    (``--quick``: the small sizes of ``QUICK``, figures for a smoke test only)."""
     import torch
+
+    if args.quick:
+        args = argparse.Namespace(**{**vars(args), **QUICK})
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -133,11 +144,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if not args.skip_steps:
         report["step_time"] = step_ratios(data, args.methods.split(","), args.compression, args.batch, args.steps, args.rounds)
     if not args.skip_plain:
-        from bench.train_speed import measure
+        from recsys.training.bench.train_speed import measure
 
         report["torchrec_vs_plain"] = measure(data, args.batch, args.plain_steps)
     if not args.skip_convert:
-        from bench.convert_bench import main as convert_bench
+        from recsys.training.bench.convert_bench import main as convert_bench
 
         report["conversion"] = convert_bench(["--rows", str(args.convert_rows), "--random", "--out", str(out / "convert.json")])  # random high-cardinality rows
     if args.serving:
@@ -167,6 +178,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--serving", action="store_true", help="also run bench.serving_bench (starts servers and Redis; minutes)")
     parser.add_argument("--serving-duration", type=float, default=4.0, help="seconds per serving load-generator run")
     parser.add_argument("--out", default="bench_out/speed", help="report folder")
+    parser.add_argument("--quick", action="store_true", help=f"a smoke run in about a minute: {QUICK}")
 
 
 def main(argv: list[str] | None = None) -> int:

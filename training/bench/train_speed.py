@@ -5,7 +5,7 @@ Both read the same pre-built batches (input handling excluded). The plain model 
 two ways: Adam over everything (dense embedding gradients, as FuxiCTR does) and
 ``sparse=True`` bags with ``SparseAdam`` + Adam for the MLPs (the best plain-PyTorch option).
 
-Usage: ``python -m bench.train_speed [--rows 200000] [--batch 2048] [--steps 60] [--threads 2]``
+Usage: ``python -m recsys.training.bench.train_speed [--rows 200000] [--batch 2048] [--steps 60] [--threads 2]``
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from recsys.features import load_dataset_spec
 from recsys.models import build_model
 from recsys.models.reference import ReferenceDLRM
 from recsys.models.train import TrainModel
-from training.distributed import ensure_process_group, shard
+from recsys.training.distributed import ensure_process_group, shard
 
 OUT = Path("bench_out")
 

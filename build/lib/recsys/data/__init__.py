@@ -1,0 +1,1 @@
+"""Raw logs and synthetic data to Parquet, and Parquet to TorchRec batches."""

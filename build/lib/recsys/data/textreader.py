@@ -1,0 +1,341 @@
+"""Streaming reader of delimited text with exact line numbers, on pyarrow's C++ CSV parser.
+
+Every column is read as a string (empty -> null); the converters validate values
+vectorised. Rows with the wrong number of columns are dropped by the parser and reported
+with their physical line; the lines of the other rows are reconstructed from them. The
+parser runs serially (that is what makes its line numbers exact) in a background thread,
+so parsing overlaps the caller's processing of the previous chunk.
+
+A line longer than the parser's block grows the block (parsing restarts at that line); a
+line longer than ``MAX_ROW_BYTES``, or a ragged line that is not UTF-8, is dropped like a
+ragged row (a bad row: named in ``error`` mode, counted and skipped in ``skip`` mode).
+UTF-16 and binary input is refused up front (``recsys.data.textcheck``). Compressed files
+(``.gz``, ``.bz2``, ``.zst``) are decompressed as they are read; offsets are then those of the
+decompressed text (``recsys.data.inputs.open_at``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv as pycsv
+import queue
+import re
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from recsys.data.errors import ConversionError, RaggedRow
+from recsys.data.linescan import LineIndex
+from recsys.data.excerpt import safe_message
+from recsys.data.textcheck import check_text_input
+from recsys.data.inputs import codec_of, open_stream, read_first_line, read_range
+
+_DONE = object()
+MAX_ROW_BYTES = 16 << 20  # a longer line is a bad row (``line_too_long``): bounded memory
+
+
+@dataclass(frozen=True)
+class TextFormat:
+    """How to split a text file into columns."""
+
+    delimiter: str
+    header: bool
+    quoting: bool = True
+    null_values: tuple[str, ...] | None = None  # strings read as missing (None: Arrow's list: "", "NA", "null", ...)
+
+
+@dataclass
+class LineChunk:
+    """Rows of a chunk as strings, their 1-based line numbers, and ragged rows up to its end."""
+
+    table: pa.Table
+    lines: np.ndarray
+    ragged: list[RaggedRow]
+
+
+def read_header(path: Path, fmt: TextFormat) -> list[str]:
+    """Column names from the first line of ``path``."""
+    check_text_input(path)
+    first = read_first_line(path).decode("utf-8-sig", errors="replace")
+    if not first.strip():
+        raise ConversionError(path, "empty input: no header line", line=1)
+    quoting = pycsv.QUOTE_MINIMAL if fmt.quoting else pycsv.QUOTE_NONE
+    names = next(pycsv.reader([first.rstrip("\r\n")], delimiter=fmt.delimiter, quoting=quoting))
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ConversionError(path, "duplicate column name in header", line=1, field=name)
+        seen.add(name)
+    return names
+
+
+def _open_input(path: Path) -> pa.NativeFile:
+    try:
+        return pa.OSFile(str(path))
+    except (OSError, pa.ArrowException) as exc:
+        raise ConversionError(path, f"cannot read input: {exc}") from exc
+
+
+class _Lines:
+    """Reconstructs physical line numbers of kept rows from the dropped (ragged) lines.
+
+    The parser thread appends dropped rows (``drop``) while the consumer assigns lines.
+    """
+
+    def __init__(self, first_line: int) -> None:
+        self.next_line = first_line
+        self._dropped: list[RaggedRow] = []
+        self._lock = threading.Lock()
+
+    def drop(self, row: RaggedRow) -> None:
+        with self._lock:
+            self._dropped.append(row)
+
+    def assign(self, n: int) -> tuple[np.ndarray, list[RaggedRow]]:
+        """Lines of the next ``n`` kept rows, and the dropped rows up to the last of them."""
+        with self._lock:
+            pending = sorted(self._dropped, key=lambda r: r.line)
+        d = np.array([r.line for r in pending], dtype=np.int64)
+        j = np.arange(n, dtype=np.int64)
+        shift = np.searchsorted(d - self.next_line - np.arange(len(d)), j, side="right")
+        lines = self.next_line + j + shift
+        end = int(lines[-1]) + 1 if n else self.next_line
+        done = [r for r in pending if r.line < end]
+        with self._lock:
+            self._dropped = [r for r in self._dropped if r.line >= end]
+        self.next_line = end
+        return lines, done
+
+    def forget(self, rows: list[RaggedRow]) -> None:
+        """Remove rows dropped by a parse that is redone (they are dropped again)."""
+        if rows:
+            with self._lock:
+                self._dropped = [r for r in self._dropped if r not in rows]
+
+    def rest(self) -> list[RaggedRow]:
+        with self._lock:
+            return sorted(self._dropped, key=lambda r: r.line)
+
+
+def _put(out: queue.Queue, item: object, stop: threading.Event) -> bool:
+    """Put unless stopped; False when the consumer has gone."""
+    while not stop.is_set():
+        try:
+            out.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+@dataclass
+class _Segment:
+    """A byte range of the input parsed by one pyarrow reader; ``line`` is the physical line
+    at ``start``, ``skip`` the lines to skip there (the header), ``end`` None: to the end."""
+
+    start: int
+    line: int
+    end: int | None = None
+    skip: int = 0
+
+
+def _quiet_undecodable(unraisable: "sys.UnraisableHookArgs") -> None:
+    """Hide what pyarrow reports on stderr when it cannot hand a non-UTF-8 ragged row to our
+    handler: the parse error that follows is recovered from and named (see ``_recover``)."""
+    if unraisable.exc_type is UnicodeDecodeError and getattr(unraisable.object, "__qualname__", "") == "_Parser._open.<locals>.on_invalid":
+        return
+    _PREVIOUS_HOOK(unraisable)
+
+
+_PREVIOUS_HOOK = sys.unraisablehook
+
+
+class _Parser:
+    """Parses the input as a sequence of segments. Normally one segment is the whole file; a
+    row pyarrow cannot parse in place ends the segment there and parsing restarts at that
+    row's line: with a larger block for a line longer than the block (up to ``max_row_bytes``),
+    or past the row, dropped as a bad row, for a longer line or a ragged line that is not UTF-8."""
+
+    def __init__(self, path: Path, fmt: TextFormat, names: list[str], lines: _Lines, block_size: int, max_row_bytes: int) -> None:
+        self.path, self.fmt, self.names, self.lines = path, fmt, names, lines
+        self.block_size, self.max_row_bytes = block_size, max_row_bytes
+        self.index = LineIndex(path)
+        self.position = 0  # bytes of the input parsed so far (for progress)
+        self.compressed = codec_of(path) is not None
+        self._raw: pa.NativeFile | None = None  # the file under a compressed stream
+
+    def _open(self, seg: _Segment, dropped: list[RaggedRow]) -> tuple[pacsv.CSVStreamingReader, pa.NativeFile]:
+        expected = len(self.names)
+
+        def on_invalid(row: pacsv.InvalidRow) -> str:
+            ragged = RaggedRow(seg.line - 1 + int(row.number or 0), expected, row.actual_columns)
+            dropped.append(ragged)
+            self.lines.drop(ragged)
+            return "skip"
+
+        if seg.end is None:
+            source, self._raw = open_stream(self.path, seg.start)
+        else:
+            source = pa.BufferReader(read_range(self.path, seg.start, seg.end))
+        try:
+            reader = pacsv.open_csv(
+                source,
+                read_options=pacsv.ReadOptions(column_names=self.names, skip_rows=seg.skip, block_size=self.block_size, use_threads=False),
+                parse_options=pacsv.ParseOptions(
+                    delimiter=self.fmt.delimiter, quote_char='"' if self.fmt.quoting else False,
+                    ignore_empty_lines=False, invalid_row_handler=on_invalid,
+                ),
+                convert_options=pacsv.ConvertOptions(
+                    column_types={n: pa.string() for n in self.names}, strings_can_be_null=True, check_utf8=False,
+                    **({} if self.fmt.null_values is None else {"null_values": list(self.fmt.null_values)}),
+                ),
+            )
+        except BaseException:
+            source.close()
+            raise
+        return reader, source
+
+    def batches(self, stop: threading.Event) -> Iterator[pa.RecordBatch]:
+        """Every row of the input in file order (ragged and dropped rows go to ``lines``)."""
+        pending = [_Segment(0, 1, None, 1 if self.fmt.header else 0)]
+        while pending and not stop.is_set():
+            seg = pending.pop(0)
+            if seg.end is not None and seg.end <= seg.start or seg.end is None and seg.start and seg.start >= self.index.size:
+                continue
+            rows, dropped = 0, []
+            try:
+                reader, source = self._open(seg, dropped)
+                with contextlib.closing(source):
+                    for batch in reader:
+                        rows += batch.num_rows
+                        self.position = self.raw_position(source, seg)
+                        yield batch
+            except pa.ArrowInvalid as exc:
+                if rows == 0 and not dropped and "Empty CSV file" in str(exc):
+                    raise ConversionError(self.path, "empty input: no data rows") from exc
+                pending[:0] = self._recover(exc, seg, self._next_line(seg, rows, dropped), dropped)
+
+    def raw_position(self, source: pa.NativeFile, seg: _Segment) -> int:
+        """Bytes of the file on disk read so far (a compressed file: its compressed bytes)."""
+        if self.compressed:
+            return self._raw.tell() if seg.end is None and self._raw is not None and not self._raw.closed else self.position
+        return source.tell() + (seg.start if seg.end is not None else 0)
+
+    def _next_line(self, seg: _Segment, rows: int, dropped: list[RaggedRow]) -> int:
+        """The first line not yet delivered: after ``rows`` kept lines and the dropped ones among them."""
+        line = seg.line + seg.skip + rows
+        for row in sorted(dropped, key=lambda r: r.line):
+            if row.line < line:
+                line += 1
+        return line
+
+    def _recover(self, exc: pa.ArrowInvalid, seg: _Segment, line: int, dropped: list[RaggedRow]) -> list[_Segment]:
+        """The segments that continue parsing after ``exc`` (raised at ``line`` or after it)."""
+        self.lines.forget([r for r in dropped if r.line >= line])  # reported again when re-read
+        start = self.index.offset(line)
+        message = str(exc)
+        bad_row = re.search(r"Row #(\d+): Expected (\d+) columns, got (\d+)", message)
+        if "straddling" in message:
+            long = self.index.long_line(line, self.block_size)
+            if long is None:
+                raise ConversionError(self.path, f"cannot parse: {safe_message(message)}", line=line) from exc
+            if long.length <= self.max_row_bytes:
+                self.block_size = max(2 * self.block_size, 1 << long.length.bit_length())
+                return [_Segment(start, line, seg.end)]
+            mib = self.max_row_bytes / (1 << 20)
+            text = f"line of {long.length:,} bytes, longer than the {mib:g} MiB limit of one row"
+            skipped, after = RaggedRow(long.line, len(self.names), 0, "line_too_long", text), long.end
+        elif bad_row is not None and seg.line - 1 + int(bad_row.group(1)) >= line:  # a ragged row pyarrow could not hand over: not UTF-8
+            number = seg.line - 1 + int(bad_row.group(1))
+            expected, actual = int(bad_row.group(2)), int(bad_row.group(3))
+            text = f"expected {expected} columns, found {actual} (and the line is not valid UTF-8)"
+            skipped, after = RaggedRow(number, expected, actual, message=text), self.index.offset(number + 1)
+        else:
+            raise ConversionError(self.path, f"cannot parse: {safe_message(message)}", line=line) from exc
+        self.lines.drop(skipped)
+        before = _Segment(start, line, self.index.offset(skipped.line))
+        return [before, _Segment(after, skipped.line + 1, seg.end)]
+
+
+def _producer(parser: _Parser, chunk_rows: int, out: queue.Queue, stop: threading.Event) -> None:
+    """Parse and gather batches into tables of at least ``chunk_rows`` rows."""
+    try:
+        pending: list[pa.RecordBatch] = []
+        rows = 0
+        for batch in parser.batches(stop):
+            pending.append(batch)
+            rows += batch.num_rows
+            if rows >= chunk_rows:
+                if not _put(out, (pa.Table.from_batches(pending).combine_chunks(), parser.position), stop):
+                    return
+                pending, rows = [], 0
+        if pending:
+            _put(out, (pa.Table.from_batches(pending).combine_chunks(), parser.position), stop)
+        _put(out, _DONE, stop)
+    except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread
+        _put(out, exc, stop)
+
+
+def read_chunks(
+    path: Path,
+    fmt: TextFormat,
+    names: list[str],
+    chunk_rows: int,
+    *,
+    block_size: int = 1 << 20,
+    max_row_bytes: int | None = None,
+    on_bytes: Callable[[int], None] | None = None,
+) -> Iterator[LineChunk]:
+    """Yield chunks of about ``chunk_rows`` rows (all columns as strings) in file order.
+
+    A line longer than ``block_size`` grows the block; one longer than ``max_row_bytes``
+    (default ``MAX_ROW_BYTES``) is a bad row (``line_too_long``), reported with the ragged rows.
+    """
+    check_text_input(path)
+    _open_input(path).close()
+    if sys.unraisablehook is not _quiet_undecodable:
+        global _PREVIOUS_HOOK
+        _PREVIOUS_HOOK, sys.unraisablehook = sys.unraisablehook, _quiet_undecodable
+    lines = _Lines(2 if fmt.header else 1)
+    parser = _Parser(path, fmt, names, lines, block_size, MAX_ROW_BYTES if max_row_bytes is None else max_row_bytes)
+    yield from _consume(path, parser, lines, chunk_rows, on_bytes, pa.schema([(n, pa.string()) for n in names]))
+
+
+def _consume(
+    path: Path,
+    parser: _Parser,
+    lines: _Lines,
+    chunk_rows: int,
+    on_bytes: Callable[[int], None] | None,
+    schema: pa.Schema,
+) -> Iterator[LineChunk]:
+    tables: queue.Queue = queue.Queue(maxsize=2)
+    stop = threading.Event()
+    thread = threading.Thread(target=_producer, args=(parser, chunk_rows, tables, stop), daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = tables.get()
+            if isinstance(item, ConversionError):
+                raise item
+            if isinstance(item, BaseException):
+                raise ConversionError(path, f"cannot parse: {safe_message(str(item))}") from item
+            if item is _DONE:
+                break
+            table, position = item
+            line_numbers, ragged = lines.assign(table.num_rows)
+            if on_bytes is not None:
+                on_bytes(position)
+            yield LineChunk(table, line_numbers, ragged)
+        rest = lines.rest()
+        if rest:
+            yield LineChunk(pa.Table.from_batches([], schema), np.zeros(0, np.int64), rest)
+    finally:
+        stop.set()
+        thread.join()

@@ -1,0 +1,226 @@
+"""``hybrid``: frequency-aware hot rows plus a shared hashed tail (the idea of CAFE, Zhang et al., SIGMOD 2024).
+
+Ids are vocabulary indices, which the train split orders by decreasing count (0 missing,
+1 out of vocabulary, 2.. values). Feature ``f`` keeps exclusive rows for its indices below
+``hot_rows_f`` (its hottest values; the two reserved rows are always hot) in its own table
+``f@hot``; every colder index ``i`` reads row ``bucket(i, salt_for(f), tail_rows)`` of one
+``tail`` table shared by all features (salted per feature, so features collide at random).
+The pooled vector of a bag is the sum of its hot and tail parts (divided by the bag length
+for mean-pooled features), so the output equals one row per value looked up and pooled.
+
+Sizes (``hot_rows`` / ``tail_rows`` set them explicitly; an export records them):
+
+* the budget gives ``R = budget // (D × 4)`` rows in all; the hot values are the globally most
+  frequent ones across features (counts from the vocabulary files, ``MethodContext.value_counts``;
+  without them a Zipf(1) prior per feature);
+* ``hot_share`` sets the hot values' share of the ``R`` rows; by default it is chosen from the
+  counts (``hot_by_mass``): the hottest values get exclusive rows as long as each is heavier
+  than the average mass of a shared tail row, ``c_k ≥ tail_mass(k) / (R − k)``; lighter values
+  lose less by sharing than the crowding of fewer tail rows would cost;
+* no budget: every value hot (the ``full`` tables), no tail.
+
+Bytes (the accounting rule): Σ hot rows × D × 4 + tail rows × D × 4 (the per-feature
+thresholds and salts are constants of the method, as ``hash``'s table sizes are).
+
+Example:
+    >>> method = build_method("hybrid", ctx.with_budget(compression=10))  # doctest: +SKIP
+    >>> method.hot_rows, method.tail_rows                                  # doctest: +SKIP
+    ({'C1': 4, 'C2': 11, ...}, 310)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import numpy as np
+import torch
+from pydantic import Field
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
+
+from recsys.embeddings.base import (
+    BYTES_PER_WEIGHT, EmbeddingMethod, ExportedMethod, MethodContext, MethodOptions, ebc_bytes, table_bytes,
+)
+from recsys.embeddings.full import empty_output
+from recsys.embeddings.registry import register_method
+from recsys.hashing import bucket_per_value, salt_for
+
+RESERVED = 2
+TAIL = "tail"
+
+
+class HybridOptions(MethodOptions):
+    """Options of ``hybrid``."""
+
+    hot_share: float | None = Field(
+        None, ge=0, lt=1, description="share of the budget's rows given to hot values; else chosen from the value counts"
+    )
+    hot_rows: dict[str, int] | None = Field(None, description="exclusive rows per feature (with tail_rows; an export sets both)")
+    tail_rows: int | None = Field(None, ge=0, description="rows of the shared tail table (with hot_rows)")
+
+
+def _counts(ctx: MethodContext) -> list[np.ndarray]:
+    """Per feature, the counts of its values in index order (a Zipf(1) prior when unknown)."""
+    out = []
+    for f in ctx.features:
+        n = max(f.cardinality - RESERVED, 0)
+        known = None if ctx.value_counts is None else ctx.value_counts.get(f.name)
+        if known is not None and len(known) == n:
+            out.append(np.asarray(known, np.float64))
+        else:
+            prior = 1.0 / np.arange(1, n + 1, dtype=np.float64)
+            out.append(prior / max(prior.sum(), 1e-12))
+    return out
+
+
+def hot_by_mass(counts: np.ndarray, rows: int, most: int) -> int:
+    """How many of ``counts`` (sorted decreasing) get exclusive rows: the longest prefix whose every
+    value is heavier than the mass a shared tail row would hold on average once it is taken out,
+    ``c_k >= (tail mass after k) / (rows - k)``: sharing hurts such a value more than it hurts the tail."""
+    k = np.arange(1, most + 1)
+    after = counts.sum() - np.cumsum(counts)[:most]
+    heavy = counts[:most] >= after / (rows - k)
+    return most if heavy.all() else int(np.argmin(heavy))
+
+
+def choose_hot(counts: list[np.ndarray], rows: int, hot_share: float | None) -> tuple[list[int], int]:
+    """(hot values per feature, tail rows) for ``rows`` rows beyond the reserved ones."""
+    values = np.concatenate(counts) if counts else np.zeros(0)
+    owner = np.concatenate([np.full(len(c), i) for i, c in enumerate(counts)]) if counts else np.zeros(0, int)
+    order = np.argsort(-values, kind="stable")
+    n = len(values)
+    if rows >= n:
+        return [len(c) for c in counts], 0
+    most = rows - 1  # the tail keeps at least one row
+    if hot_share is not None:
+        k = min(most, math.floor(hot_share * rows))
+    else:
+        k = hot_by_mass(values[order], rows, most)
+    hot = np.bincount(owner[order[:k]], minlength=len(counts))
+    return [int(h) for h in hot], rows - k
+
+
+@register_method
+class HybridEmbedding(EmbeddingMethod):
+    """Hot tables ``f@hot`` of each feature's most frequent values and one shared ``tail`` table, in one ``ebc``."""
+
+    name: ClassVar[str] = "hybrid"
+    Options: ClassVar[type[MethodOptions]] = HybridOptions
+    id_scheme = "index"
+    uses_value_counts: ClassVar[bool] = True
+    contract_compression: ClassVar[float | None] = 2.0
+    contract_options: ClassVar[dict] = {"hot_share": 0.9}
+
+    def __init__(self, ctx: MethodContext, options: MethodOptions) -> None:
+        super().__init__(ctx, options)
+        assert isinstance(options, HybridOptions)
+        cards = [max(f.cardinality, 1) for f in ctx.features]
+        reserved = [min(c, RESERVED) for c in cards]
+        if options.hot_rows is not None or options.tail_rows is not None:
+            hot, tail = self._explicit(ctx, options, cards)
+        elif ctx.budget_bytes is None:
+            hot, tail = cards, 0
+        else:
+            rows = ctx.budget_bytes // (ctx.embedding_dim * BYTES_PER_WEIGHT) - sum(reserved)
+            if rows < 1 and sum(cards) > sum(reserved):
+                raise ValueError(
+                    f"method 'hybrid' cannot fit the budget of {ctx.budget_bytes} bytes: the reserved rows of every "
+                    f"feature and one tail row need {table_bytes(sum(reserved) + 1, ctx.embedding_dim)} bytes"
+                )
+            extra, tail = choose_hot(_counts(ctx), max(rows, 0), options.hot_share)
+            hot = [r + e for r, e in zip(reserved, extra)]
+        self.hot_rows: dict[str, int] = dict(zip(ctx.feature_names, hot))
+        self.tail_rows = tail
+        self._position = {n: i for i, n in enumerate(ctx.feature_names)}
+        self.register_buffer("_hot", torch.tensor(hot, dtype=torch.int64), persistent=False)
+        self.register_buffer("_salts", torch.tensor([salt_for(n) for n in ctx.feature_names], dtype=torch.int64), persistent=False)
+        self.register_buffer("_mean", torch.tensor([f.pooling == PoolingType.MEAN for f in ctx.features]), persistent=False)
+        tables = [
+            EmbeddingBagConfig(name=f"{f.name}@hot", num_embeddings=h, embedding_dim=ctx.embedding_dim,
+                               feature_names=[f"{f.name}@hot"], pooling=PoolingType.SUM)
+            for f, h in zip(ctx.features, hot)
+        ]
+        if tail:
+            tables.append(EmbeddingBagConfig(name=TAIL, num_embeddings=tail, embedding_dim=ctx.embedding_dim,
+                                             feature_names=[f"{n}@tail" for n in ctx.feature_names], pooling=PoolingType.SUM))
+        self.ebc = EmbeddingBagCollection(tables=tables, is_weighted=ctx.any_weighted)
+
+    @staticmethod
+    def _explicit(ctx: MethodContext, options: HybridOptions, cards: list[int]) -> tuple[list[int], int]:
+        if options.hot_rows is None or options.tail_rows is None:
+            raise ValueError("hybrid: give both 'hot_rows' and 'tail_rows', or neither")
+        names = ctx.feature_names
+        unknown, missing = sorted(set(options.hot_rows) - set(names)), [n for n in names if n not in options.hot_rows]
+        if unknown or missing:
+            raise ValueError(f"hybrid: 'hot_rows' must name every feature; unknown {unknown}, missing {missing}")
+        hot = [options.hot_rows[n] for n in names]
+        bad = [n for n, h, c in zip(names, hot, cards) if not min(c, RESERVED) <= h <= c]
+        if bad:
+            raise ValueError(f"hybrid: hot_rows of {bad} must be between the reserved rows and the cardinality")
+        if options.tail_rows == 0 and any(h < c for h, c in zip(hot, cards)):
+            raise ValueError("hybrid: tail_rows is 0 but some feature has values beyond its hot rows")
+        return hot, options.tail_rows
+
+    def shares_rows_across_features(self) -> bool:
+        return self.tail_rows > 0
+
+    def _per_key(self, table: torch.Tensor, keys: list[str]) -> torch.Tensor:
+        if keys == self.ctx.feature_names:
+            return table
+        return table[torch.tensor([self._position[k] for k in keys], device=table.device)]
+
+    def split(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
+        """The KJT of table rows: keys ``f@hot`` (the index) for every feature, then ``f@tail`` (its hashed row)."""
+        keys, values = features.keys(), features.values()
+        if not self.tail_rows:
+            return KeyedJaggedTensor(keys=[f"{k}@hot" for k in keys], values=values, weights=features.weights_or_none(),
+                                     lengths=features.lengths(), stride=features.stride())
+        lengths = features.lengths().long()
+        counts = torch.tensor(features.length_per_key(), device=values.device)
+        n, f = values.numel(), len(keys)
+        position = torch.repeat_interleave(torch.arange(f, device=values.device), counts, output_size=n)
+        is_tail = values >= self._per_key(self._hot, keys)[position]
+        bag = torch.repeat_interleave(torch.arange(lengths.numel(), device=values.device), lengths, output_size=n)
+        tail_len = torch.zeros_like(lengths).scatter_add_(0, bag, is_tail.long())
+        order = torch.sort(position + f * is_tail.long(), stable=True).indices
+        salts = self._per_key(self._salts, keys)[position]
+        rows = torch.where(is_tail, bucket_per_value(values, salts, torch.full_like(values, self.tail_rows)), values)
+        weights = features.weights_or_none()
+        return KeyedJaggedTensor(
+            keys=[f"{k}@hot" for k in keys] + [f"{k}@tail" for k in keys],
+            values=rows[order],
+            weights=None if weights is None else weights[order],
+            lengths=torch.cat([lengths - tail_len, tail_len]).to(features.lengths().dtype),
+            stride=features.stride(),
+        )
+
+    def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
+        """Hot plus tail pooled vectors of each feature, keyed by feature name in context order."""
+        if features.stride() == 0:
+            return empty_output(self, features.values())
+        parts = self.ebc(self.split(features)).to_dict()
+        names, batch = self.ctx.feature_names, features.stride()
+        out = torch.stack([parts[f"{n}@hot"] + parts[f"{n}@tail"] if self.tail_rows else parts[f"{n}@hot"] for n in names], 1)
+        if bool(self._mean.any()):
+            keys = features.keys()
+            lengths = features.lengths().view(len(keys), batch).to(out.dtype)
+            if keys != names:
+                lengths = lengths[torch.tensor([keys.index(n) for n in names], device=lengths.device)]
+            scale = torch.where(self._mean[:, None], 1.0 / lengths.clamp(min=1), torch.ones_like(lengths))
+            out = out * scale.t()[:, :, None]
+        return KeyedTensor(keys=names, length_per_key=[self.ctx.embedding_dim] * len(names), values=out.reshape(batch, -1))
+
+    def memory_bytes(self) -> int:
+        return ebc_bytes(self.ebc)
+
+    def diagnostics(self) -> dict:
+        return {"hot_rows": self.hot_rows, "tail_rows": self.tail_rows,
+                "hot_share": sum(self.hot_rows.values()) / max(sum(self.hot_rows.values()) + self.tail_rows, 1)}
+
+    def export(self) -> ExportedMethod:
+        """The trained tables, with the chosen sizes as explicit options (serving needs no counts)."""
+        exported = super().export()
+        options = {**exported.options, "hot_share": None, "hot_rows": dict(self.hot_rows), "tail_rows": self.tail_rows}
+        return ExportedMethod(exported.name, options, exported.state)

@@ -1,0 +1,103 @@
+"""Prometheus metrics of the lookup service, in a registry per app, and the ASGI middleware that counts requests
+(request limits: ``recsys.serving.limits``)."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+if TYPE_CHECKING:
+    from recsys.serving.reload import ModelHolder
+    from recsys.serving.store import Store
+
+ASGIApp = Callable[[dict[str, Any], Callable[[], Awaitable[dict[str, Any]]], Callable[[dict[str, Any]], Awaitable[None]]], Awaitable[None]]
+KNOWN_PATHS = ("/v1/embeddings", "/v1/score", "/v1/metadata", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json")
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class ServingMetrics:
+    """The service's counters, histograms and gauges."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("recsys_http_requests", "HTTP requests by path and status", ["path", "status"], registry=r)
+        self.latency = Histogram("recsys_http_request_seconds", "HTTP request latency", ["path"], buckets=LATENCY_BUCKETS, registry=r)
+        self.inflight = Gauge("recsys_http_inflight_requests", "requests being served", registry=r)
+        self.items = Counter("recsys_lookup_items", "looked-up items: pairs, entities, scored rows", ["kind"], registry=r)
+        self.model = Gauge("recsys_model_info", "the served model (value 1)", ["version", "method", "dtype"], registry=r)
+        self.reloads = Counter("recsys_model_reloads", "model loads by result (loaded, refused, timeout, interface, poll)", ["result"], registry=r)
+        self.reload_failures = Counter("recsys_model_reload_failures", "versions not served, by reason (refused: unusable "
+                                       "artifact, timeout, interface: another interface; poll: the source cannot be read)", ["reason"], registry=r)
+        self.reload_failing = Gauge("recsys_model_reload_failing", "1 while the source offers a version that could not be loaded", registry=r)
+        self.last_failure = Gauge("recsys_model_last_reload_failure_timestamp_seconds", "unix time of the last failed load", registry=r)
+        self.last_error = Gauge("recsys_model_last_reload_error_info", "the last failed load (value 1)", ["reason", "error"], registry=r)
+        self.abandoned = Gauge("recsys_model_abandoned_loads", "loads past their timeout still running", registry=r)
+
+    def watch(self, holder: "ModelHolder") -> None:
+        """Report ``holder``'s reloads (as its listener) and its reload status."""
+        holder.listener = self.on_reload
+        self.reload_failing.set_function(lambda: float(holder.status.state == "failed"))
+        self.abandoned.set_function(lambda: float(holder.status.abandoned))
+
+    def on_reload(self, result: str, store: "Store | None", detail: str) -> None:
+        self.reloads.labels(result=result).inc()
+        if store is not None:
+            self.set_model(store.version, store.manifest.method.name, store.manifest.dtype)
+            return
+        self.reload_failures.labels(reason=result).inc()
+        self.last_failure.set(time.time())
+        self.last_error.clear()
+        error = detail[:300].encode("utf-8", "backslashreplace").decode()  # a path need not be UTF-8 (surrogate escapes)
+        self.last_error.labels(reason=result, error=error).set(1)
+
+    def set_model(self, version: str, method: str, dtype: str) -> None:
+        self.model.clear()
+        self.model.labels(version=version, method=method, dtype=dtype).set(1)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MetricsMiddleware:
+    """Counts every HTTP request (validation failures included) by path and status."""
+
+    def __init__(self, app: ASGIApp, metrics: ServingMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+        self._latency: dict[str, Any] = {}  # path label -> its histogram child (a label lookup takes a lock)
+        self._requests: dict[tuple[str, int], Any] = {}  # (path label, status) -> its counter child
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        label = path if path in KNOWN_PATHS else "other"
+        status = {"code": 500}
+
+        async def send_wrapper(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        start = time.perf_counter()
+        self.metrics.inflight.inc()
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            self.metrics.inflight.dec()
+            elapsed = time.perf_counter() - start
+            latency = self._latency.get(label)
+            if latency is None:
+                latency = self._latency[label] = self.metrics.latency.labels(path=label)
+            latency.observe(elapsed)
+            key = (label, status["code"])
+            counter = self._requests.get(key)
+            if counter is None:
+                counter = self._requests[key] = self.metrics.requests.labels(path=label, status=str(key[1]))
+            counter.inc()

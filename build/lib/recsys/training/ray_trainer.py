@@ -1,0 +1,288 @@
+"""Distributed training on Ray Train: the same ``Experiment`` phases and ``Trainer`` in every worker.
+
+``train_distributed`` (what ``train_experiment`` calls when ``training.workers > 1``) joins the
+Ray cluster at ``RAY_ADDRESS`` (``recsys train --address``) or starts a local one with the
+machine's CPUs, and runs ``TorchTrainer`` with ``training.workers`` workers (gloo on CPU, NCCL
+when every worker gets a GPU). Each worker builds the experiment, shards it with TorchRec DMP
+over the Ray-created process group and reads its shard of each split through Ray Data
+(``recsys.training.ray_data``).
+
+Checkpoints (``recsys.training.sharded_checkpoint`` folders plus ``loop.json``: phase, step, epoch and
+loop state) are reported every epoch and every ``training.checkpoint_every`` steps. After a
+worker failure Ray restarts the group (up to ``training.max_failures`` times) and the phase in
+progress resumes from the last checkpoint (rank 0 waits until Ray has registered each
+checkpoint, at most its 2 s poll, so that is the last one written); finished phases are skipped. ``--resume`` does the
+same for a run that stopped: Ray restores the last checkpoint of ``<out>/ray/train``.
+``<out>/progress.jsonl`` records starts, resumes and checkpoints (once Ray registered them).
+
+The driver owns the MLflow run (params, system metrics, final metrics, artifacts, registry);
+rank 0 logs step and epoch metrics into it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from recsys.config import ExperimentConfig, flatten, validate_config
+from recsys.data.batch import BatchLayout
+from recsys.embeddings import Phase, build_method
+from recsys.features import load_dataset_spec
+from recsys.storage import Location, StoragePath, append_text, is_uri, location
+from recsys.training.loop import LoopState
+from recsys.training.ray_data import RayShardReader, make_data_config, read_split, split_rows
+from recsys.training.run import (
+    Experiment,
+    ReaderFactory,
+    _run_phases,
+    clear_previous_run,
+    finish_run,
+    local_dir,
+    release_local_dir,
+    row_limit,
+    run_tags,
+)
+from recsys.training.sharded_checkpoint import (
+    init_optimizer_state,
+    load_sharded,
+    save_sharded,
+    training_state,
+)
+from recsys.training.tracking import (
+    MlflowTracker,
+    NullTracker,
+    make_tracker,
+    start_system_metrics,
+)
+from recsys.training.tracking_spool import MAIN_NAME, spool_files
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKER_METRICS = "worker_metrics.json"  # rank 0's metrics, read by the driver
+WORKERS_DIR = "workers"  # rank-<r>.json: pid, host and Ray node of each rank's process
+FAIL_ENV = "RECSYS_FAIL_AT_STEP"  # test hook: "RANK:PHASE:STEP:MARKER_FILE" makes RANK exit once there
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
+    """Join ``address`` (or ``RAY_ADDRESS``) or start a local cluster; False if Ray was already up."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    runtime_env = {"env_vars": {"PYTHONPATH": path}}
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus or os.cpu_count(), runtime_env=runtime_env)
+    return True
+
+
+def dataset_key(split: str, rows: int | None) -> str:
+    return split if rows is None else f"{split}@{rows}"
+
+
+def _datasets(exp: Experiment) -> tuple[dict[str, Any], dict[str, int]]:
+    """Ray datasets of every (split, row limit) the phases read, and their row counts."""
+    cfg = exp.cfg
+    # the instance's id scheme: a wrapper (dsl, optembed) reads the ids its base reads
+    layout = BatchLayout.from_spec(exp.spec, build_method(cfg.embedding.method, exp.ctx, cfg.embedding.options).id_scheme)
+    wanted = {(s, row_limit(cfg, s)) for s in ("train", "valid", "test")}
+    wanted |= {("valid", row_limit(cfg, "valid", p.eval_rows)) for p in exp.phases()}
+    datasets, rows = {}, {}
+    for split, limit in sorted(wanted, key=str):
+        key = dataset_key(split, limit)
+        datasets[key] = read_split(cfg.data.path, exp.spec, split, layout, limit)
+        rows[key] = split_rows(exp.spec, split, limit)
+    return datasets, rows
+
+
+def _scaling(workers: int, placement_strategy: str = "PACK") -> tuple[Any, int, bool]:
+    """Scaling config, torch threads per worker, GPU use. One CPU stays free for Ray Data."""
+    import ray
+    from ray.train import ScalingConfig
+
+    resources = ray.cluster_resources()
+    use_gpu = resources.get("GPU", 0) >= workers
+    per_worker = max(resources.get("CPU", 1) - 1, 0.5) / workers
+    cpus = float(int(per_worker)) if per_worker >= 1 else round(max(per_worker, 0.1), 2)
+    scaling = ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}, placement_strategy=placement_strategy)
+    return scaling, max(1, int(cpus)), use_gpu
+
+
+def train_distributed(cfg: ExperimentConfig, out_dir: str | Path | StoragePath, resume: bool = False) -> dict[str, Any]:
+    """Train one experiment with ``cfg.training.workers`` Ray Train workers; returns its metrics.
+
+    ``out_dir`` (and ``data.path``) may be URIs (``recsys.storage``): on a multi-node cluster
+    they must be, since every node reads the data and writes into the run folder, and Ray
+    Train's ``storage_path`` (``<out>/ray``) must be storage every node reaches."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    out = location(out_dir).resolve()
+    load_dataset_spec(cfg.data.path)  # a missing dataset fails before a folder or an MLflow run exists
+    if not resume:
+        clear_previous_run(out, ("ray", "progress.jsonl", WORKER_METRICS, WORKERS_DIR))
+    out.mkdir(parents=True, exist_ok=True)
+    if not is_uri(cfg.data.path):
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"path": str(Path(cfg.data.path).resolve())})})
+    started = init_ray()
+    local = local_dir(out)
+    tracker = make_tracker(cfg.tracking, tags=run_tags(cfg), run_dir=local)
+    stop_system_metrics = start_system_metrics(tracker) if cfg.tracking.system_metrics else (lambda: None)
+    status = "FAILED"
+    try:
+        tracker.log_params(flatten(cfg))
+        exp = Experiment(cfg, out, NullTracker())
+        datasets, rows = _datasets(exp)
+        scaling, threads, use_gpu = _scaling(cfg.training.workers, cfg.training.placement_strategy)
+        config = {
+            "cfg": cfg.model_dump(mode="json"), "out": str(out), "rows": rows, "threads": threads,
+            "run_id": tracker.run_id if cfg.tracking.enabled else None, "fail": os.environ.get(FAIL_ENV),
+            "uri": getattr(tracker, "uri", None),
+        }
+        trainer = TorchTrainer(
+            _worker, train_loop_config=config, scaling_config=scaling,
+            torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+            datasets=datasets, dataset_config=make_data_config(rows, {k for k in rows if k.startswith("train")}, cfg.training.seed),
+            run_config=RunConfig(
+                name="train", storage_path=str(out / "ray"), failure_config=FailureConfig(max_failures=cfg.training.max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=2),
+            ),
+        )
+        trainer.fit()
+        metrics = json.loads((out / WORKER_METRICS).read_text())
+        finish_run(cfg, out, tracker, metrics, local)
+        status = "FINISHED"
+        return metrics
+    finally:
+        stop_system_metrics()
+        others = [p for p in spool_files(local) if p.name != MAIN_NAME]
+        if isinstance(tracker, MlflowTracker):
+            tracker.close(status, others)
+        else:
+            tracker.close(status)
+        release_local_dir(out, local)
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+def _event(out: Location, **event: Any) -> None:
+    append_text(out / "progress.jsonl", json.dumps({"time": time.time(), **event}) + "\n")
+
+
+def _record_worker(out: Location, rank: int, world: int) -> None:
+    """``<out>/workers/rank-<r>.json``: the process (pid, host, Ray node) running each rank now."""
+    import socket
+
+    import ray
+
+    info = {"rank": rank, "world": world, "pid": os.getpid(), "host": socket.gethostname(), "node_id": ray.get_runtime_context().get_node_id(), "time": time.time()}
+    (out / WORKERS_DIR / f"rank-{rank}.json").write_text(json.dumps(info))
+
+
+class RayCheckpointer:
+    """Mid-phase checkpoints through ``ray.train.report`` (every rank writes its shards)."""
+
+    def __init__(self, out: Location, rank: int, world: int) -> None:
+        import ray.train
+
+        self.out, self.rank, self.world = out, rank, world
+        self.latest = ray.train.get_checkpoint()
+
+    def restore(self, phase: Phase, sharded: Any) -> LoopState | None:
+        state = None
+        if self.latest is not None:
+            with self.latest.as_directory() as folder:
+                meta = json.loads((Path(folder) / "loop.json").read_text())
+                if meta["phase"] == phase.name:
+                    init_optimizer_state(sharded.optimizer)
+                    load_sharded(folder, training_state(sharded.module, sharded.optimizer))
+                    state = LoopState.from_json(meta["state"])
+        if self.rank == 0:
+            _event(self.out, event="resume" if state else "start", phase=phase.name, step=state.step if state else 0, world=self.world)
+        return state
+
+    def save(self, phase: Phase, sharded: Any, state: LoopState) -> None:
+        import ray.train
+        from ray.train import Checkpoint, CheckpointConsistencyMode
+
+        with tempfile.TemporaryDirectory() as folder:
+            save_sharded(folder, training_state(sharded.module, sharded.optimizer), self.rank)
+            if self.rank == 0:
+                (Path(folder) / "loop.json").write_text(json.dumps({"phase": phase.name, "world": self.world, "state": state.to_json()}))
+            ray.train.report({"phase": phase.name, "step": state.step, "epoch": state.epoch}, checkpoint=Checkpoint.from_directory(folder))
+        if self.rank == 0:  # wait until Ray registered it: a failure from here on resumes from it
+            ray.train.get_all_reported_checkpoints(consistency_mode=CheckpointConsistencyMode.COMMITTED)
+            _event(self.out, event="checkpoint", phase=phase.name, step=state.step, epoch=state.epoch)  # only once registered
+
+
+def _fail_hook(spec: str | None, rank: int, out: Location) -> Any:
+    """Test hook (``RECSYS_FAIL_AT_STEP=RANK:PHASE:STEP:MARKER``): that rank exits at that logged
+    step of that phase, once (the marker file remembers it)."""
+    if not spec:
+        return None
+    fail_rank, fail_phase, fail_step, marker = spec.split(":", 3)
+
+    def check(phase: str, step: int) -> None:
+        if rank == int(fail_rank) and phase == fail_phase and step == int(fail_step) and not Path(marker).exists():
+            Path(marker).write_text(str(step))
+            _event(out, event="injected_failure", rank=rank, step=step)
+            os._exit(1)
+
+    return check
+
+
+def _worker(config: dict[str, Any]) -> None:
+    """One Ray Train worker: the experiment's phases on this rank's data shards."""
+    import ray.data
+    import ray.train
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    warnings.filterwarnings("ignore", message=".*ShardedTensor", category=FutureWarning)
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(config["threads"])
+    cfg = validate_config(config["cfg"])
+    if config["uri"]:
+        cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"tracking_uri": config["uri"]})})
+    out = location(config["out"])
+    (out / WORKERS_DIR).mkdir(parents=True, exist_ok=True)
+    _record_worker(out, rank, world)
+    run_id = config["run_id"]
+    spool = out if isinstance(out, Path) else None  # a URI run folder: no worker spool (calls MLflow refuses are warned about)
+    tracker = make_tracker(cfg.tracking, run_dir=spool, run_id=run_id, rank=rank) if run_id else NullTracker()
+    exp = Experiment(cfg, out, tracker, _readers(cfg, config["rows"], rank, world), RayCheckpointer(out, rank, world))
+    exp.step_hook = _fail_hook(config["fail"], rank, out)
+    try:
+        metrics = _run_phases(exp, resume=True)
+    finally:
+        tracker.close()
+    if rank == 0:
+        (out / WORKER_METRICS).write_text(json.dumps(metrics))
+
+
+def _readers(cfg: ExperimentConfig, rows: dict[str, int], rank: int, world: int) -> ReaderFactory:
+    """Reader factory of a worker: its shard of the driver's dataset for (split, row limit)."""
+    import ray.train
+
+    t = cfg.training
+
+    def make(split: str, layout: BatchLayout, limit: int | None) -> RayShardReader:
+        key = dataset_key(split, limit)
+        batch = t.batch_size if split == "train" else t.eval_batch_size
+        return RayShardReader(ray.train.get_dataset_shard(key), layout, batch, rows[key], rank, world, train=split == "train", seed=t.seed)
+
+    return make

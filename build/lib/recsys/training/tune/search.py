@@ -1,0 +1,237 @@
+"""``recsys tune``: a budget-aware search over methods and their options on Ray Tune.
+
+Every trial (``recsys.training.tune.space.plan_trials``, seeded) is one ``recsys bench quality``
+point at the budget (``recsys.training.bench.quality.Sweep``: the same defaults, ``--set`` and budget
+rules) plus the trial's option overrides, trained by ``recsys.training.run.train_experiment`` in
+``DIR/trials/<trial>/`` inside a Ray Tune trial (one CPU, one torch thread). Each epoch's
+validation AUC is reported to Tune, whose ASHA scheduler stops the trials that trail their rung.
+Before any trial runs, each method is built at the budget: one that cannot meet it fails the
+search naming the method and the bytes (methods not named with ``--methods`` are dropped with
+that message instead). Resume: a trial folder holding ``metrics.json`` for the same config is
+read back, so rerunning the same command continues a stopped search. After the search the
+driver logs one MLflow parent run with a child run per trial and writes ``trials.csv``,
+``pareto.png`` and ``best.yaml`` (see ``recsys.training.tune.report``).
+
+Example:
+    >>> run_search(TuneSettings(dataset=Path("data/small"), budget=10, trials=8, out=Path("tune_out")))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from recsys.config import TrackingConfig
+from recsys.data.vocab import read_value_counts
+from recsys.embeddings import MethodContext, build_method, get_method
+from recsys.training.bench.quality import Point, Sweep, SweepSettings
+from recsys.training.tracking import make_tracker
+from recsys.training.tune.report import TrialResult, best_trial, pareto_plot, write_best, write_csv
+from recsys.training.tune.space import TrialSpec, plan_trials
+from recsys.training.jsonfile import read_json, write_json
+
+DEFAULT_METHODS = ("hash", "qr", "unified", "hybrid", "dsl")
+
+
+class TuneError(ValueError):
+    """A search that cannot run (an impossible budget, no method left)."""
+
+
+@dataclass
+class TuneSettings:
+    """What ``recsys tune`` searches; see the CLI for each field's meaning."""
+
+    dataset: Path
+    budget: float
+    methods: list[str] | None = None  # None: DEFAULT_METHODS, those that cannot meet the budget dropped
+    trials: int = 10
+    model: str = "deepfm"
+    address: str | None = None
+    quick: bool = False
+    out: Path = Path("tune_out")
+    seed: int = 0
+    config: Path | None = None
+    sets: list[str] = field(default_factory=list)
+    concurrency: int | None = None  # trials at once (default: the CPUs Ray offers)
+    grace_epochs: int = 1  # ASHA: epochs every trial gets before it can be stopped
+    tracking_uri: str | None = None
+    experiment: str = "tune"
+
+
+def _sweep(s: TuneSettings, methods: list[str]) -> Sweep:
+    return Sweep(SweepSettings(dataset=s.dataset, methods=methods, budgets=[s.budget], seeds=1, model=s.model, config=s.config,
+                               sets=s.sets, out=s.out, quick=s.quick, progress=False))
+
+
+def feasible_methods(s: TuneSettings) -> list[str]:
+    """The methods that can meet the budget; raises ``TuneError`` naming each that cannot (when
+    named by ``--methods``) or when none can."""
+    requested = list(s.methods or DEFAULT_METHODS)
+    sweep = _sweep(s, requested)
+    ok, problems = [], []
+    for name in requested:
+        cfg = sweep.config(Point(name, s.budget, 0))
+        e = cfg.embedding
+        ctx = MethodContext.from_spec(sweep.spec, cfg.model.embedding_dim, e.compression, e.budget_bytes)
+        if get_method(e.method).uses_value_counts:
+            ctx = ctx.with_value_counts(read_value_counts(sweep.spec, cfg.data.path))
+        try:
+            build_method(e.method, ctx, e.options)
+        except ValueError as exc:
+            problems.append(f"method '{name}' cannot meet the {s.budget:g}x budget ({sweep.full_bytes // s.budget:,.0f} of "
+                            f"{sweep.full_bytes:,} bytes): {exc}")
+            continue
+        ok.append(name)
+    if problems and (s.methods is not None or not ok):
+        raise TuneError("\n".join(problems))
+    for line in problems:
+        print(f"recsys tune: dropped {line}", file=sys.stderr)
+    return ok
+
+
+def _trial_fn(config: dict[str, Any], settings: TuneSettings, methods: list[str], specs: list[dict[str, Any]]) -> None:
+    """One Ray Tune trial: train (or read back) the trial's point, reporting each epoch."""
+    import torch
+    from ray import tune
+
+    from recsys.training.run import train_experiment
+
+    torch.set_num_threads(1)
+    spec = next(TrialSpec(**s) for s in specs if TrialSpec(**s).name == config["trial"])
+    sweep = _sweep(settings, methods)
+    cfg = sweep.config(Point(spec.method, settings.budget, settings.seed), spec.overrides())
+    folder = Path(settings.out) / "trials" / spec.name
+    dump = cfg.model_dump(mode="json")
+    record = read_json(folder / "trial.json")
+    if record is not None and record.get("config") == dump and (folder / "metrics.json").exists():
+        metrics = json.loads((folder / "metrics.json").read_text())
+        tune.report({"valid_auc": metrics["valid_auc"], "test_auc": metrics["test_auc"], "done": True})
+        return
+    if record is not None and record.get("config") != dump:
+        shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / "trial.json", {"spec": asdict(spec), "config": dump, "status": "running"})
+    start = time.perf_counter()
+
+    def report(phase: str, epoch: int, auc: float) -> None:
+        tune.report({"valid_auc": auc, "phase": phase, "epoch": epoch, "done": False})
+
+    try:
+        metrics = train_experiment(cfg, folder, resume=True, epoch_hook=report)
+    except Exception as exc:
+        write_json(folder / "trial.json", {"spec": asdict(spec), "config": dump, "status": "failed",
+                                            "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()})
+        raise
+    write_json(folder / "trial.json", {"spec": asdict(spec), "config": dump, "status": "ok", "wall_s": time.perf_counter() - start})
+    tune.report({"valid_auc": metrics["valid_auc"], "test_auc": metrics["test_auc"], "done": True})
+
+
+def _collect(settings: TuneSettings, specs: list[TrialSpec], last_auc: dict[int, float]) -> list[TrialResult]:
+    out = []
+    for spec in specs:
+        folder = Path(settings.out) / "trials" / spec.name
+        record = read_json(folder / "trial.json") or {}
+        result = TrialResult(spec.name, spec.method, spec.options, last_valid_auc=last_auc.get(spec.index),
+                             wall_s=record.get("wall_s"), error=record.get("error"))
+        if record.get("status") == "ok" and (folder / "metrics.json").exists():
+            result.status, result.metrics = "ok", json.loads((folder / "metrics.json").read_text())
+        elif record.get("status") == "running":
+            result.status = "stopped"  # ended by the scheduler between two epochs
+        out.append(result)
+    return out
+
+
+def _tune(settings: TuneSettings, methods: list[str], specs: list[TrialSpec], epochs: int) -> dict[int, float]:
+    """Run the trials on Ray Tune; returns each trial's last reported validation AUC."""
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from recsys.training.ray_trainer import init_ray
+
+    started = init_ray(settings.address, settings.concurrency)
+    trainable = tune.with_parameters(_trial_fn, settings=settings, methods=methods, specs=[asdict(s) for s in specs])
+    # ASHA over reported epochs (plus the final report); with no epoch past the grace period there is nothing to stop
+    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=epochs + 1, grace_period=settings.grace_epochs,
+                              reduction_factor=2) if epochs > settings.grace_epochs else None
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, {"cpu": 1}),
+        param_space={"trial": tune.grid_search([s.name for s in specs])},  # names show the method in the progress table
+        tune_config=tune.TuneConfig(metric="valid_auc", mode="max", scheduler=scheduler,
+                                    max_concurrent_trials=settings.concurrency),
+        run_config=tune.RunConfig(name="search", storage_path=str((Path(settings.out) / "ray").resolve()), verbose=1,
+                                  failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)),
+    )
+    try:
+        grid = tuner.fit()
+    finally:
+        if started:
+            ray.shutdown()
+    index = {s.name: s.index for s in specs}
+    last: dict[int, float] = {}
+    for r in grid:
+        if r.config is not None and r.metrics and "valid_auc" in r.metrics:
+            last[index[r.config["trial"]]] = float(r.metrics["valid_auc"])
+    return last
+
+
+def run_search(settings: TuneSettings) -> TrialResult | None:
+    """Search, log to MLflow, write the reports; returns the best trial (None if none finished)."""
+    settings = replace(settings, dataset=Path(settings.dataset).resolve(), out=Path(settings.out).resolve())
+    methods = feasible_methods(settings)
+    sweep = _sweep(settings, methods)
+    base = sweep.base_config()
+    specs = plan_trials(methods, settings.trials, settings.seed, base.model.embedding_dim)
+    out = settings.out
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "tune.json", {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()},
+                                    "methods": methods, "trials": [asdict(s) for s in specs]})
+    tracking = TrackingConfig(tracking_uri=settings.tracking_uri or base.tracking.tracking_uri, experiment=settings.experiment,
+                              run_name=f"tune {settings.model} {settings.dataset.name} {settings.budget:g}x")
+    parent = make_tracker(tracking, tags={"tune": "budget", "model": settings.model}, run_dir=out)
+    parent.log_params({"dataset": str(settings.dataset), "budget": settings.budget, "methods": ",".join(methods),
+                       "trials": settings.trials, "model": settings.model, "seed": settings.seed, "quick": settings.quick})
+    status = "FAILED"
+    try:
+        last = _tune(settings, methods, specs, base.training.epochs)
+        results = _collect(settings, specs, last)
+        for spec, result in zip(specs, results):
+            _log_child(tracking, parent.run_id, spec, result)
+        write_csv(results, out / "trials.csv")
+        best = best_trial(results)
+        pareto_plot(results, out / "pareto.png", f"recsys tune: {settings.dataset.name}, {settings.budget:g}x, {settings.model}")
+        if best is not None:
+            spec = next(s for s in specs if s.name == best.trial)
+            write_best(sweep.config(Point(spec.method, settings.budget, settings.seed), spec.overrides()), out / "best.yaml")
+            parent.log_metrics({"best_valid_auc": best.metrics["valid_auc"], "best_test_auc": best.metrics["test_auc"]})
+        parent.log_metrics({"trials_ok": sum(r.status == "ok" for r in results),
+                            "trials_stopped": sum(r.status == "stopped" for r in results),
+                            "trials_failed": sum(r.status == "failed" for r in results)})
+        for name in ("trials.csv", "pareto.png", "best.yaml", "tune.json"):
+            if (out / name).exists():
+                parent.log_artifact(out / name)
+        status = "FINISHED"
+        return best
+    finally:
+        parent.close(status)
+
+
+def _log_child(tracking: TrackingConfig, parent_id: str | None, spec: TrialSpec, result: TrialResult) -> None:
+    """A child run of the search's parent run: the trial's options and metrics."""
+    tags = {"method": spec.method, "trial": spec.name, "status": result.status}
+    if parent_id:
+        tags["mlflow.parentRunId"] = parent_id
+    child = make_tracker(tracking.model_copy(update={"run_name": spec.name}), tags=tags)
+    child.log_params({"method": spec.method, **spec.options})
+    metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if result.last_valid_auc is not None and "valid_auc" not in metrics:
+        metrics["valid_auc"] = result.last_valid_auc
+    if metrics:
+        child.log_metrics(metrics)
+    child.close("FINISHED" if result.status == "ok" else "KILLED" if result.status == "stopped" else "FAILED")
