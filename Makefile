@@ -16,12 +16,13 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 
-# torch and fbgemm first (CPU builds, from the pins), then torchrec without its
-# `fbgemm-gpu` (CUDA) dependency, then the project with the rest of its dependencies.
+# torch and fbgemm first (CPU builds, from the pins), then the project with the rest of its
+# dependencies, then torchrec last and without its `fbgemm-gpu` (CUDA) dependency: installed
+# earlier, every later pip run would print a resolver ERROR about that missing package.
 $(STAMP): $(VENV)/bin/python pyproject.toml $(CONSTRAINTS)
 	$(PIP) install $(TORCH_FROM) -c $(CONSTRAINTS) torch==2.13.0 fbgemm-gpu-cpu==1.8.0
-	$(PIP) install --no-deps -c $(CONSTRAINTS) torchrec==1.8.0
 	$(PIP) install $(TORCH_FROM) -c $(CONSTRAINTS) -e '.[train,serve,dev,feast]'
+	$(PIP) install --no-deps -c $(CONSTRAINTS) torchrec==1.8.0
 	$(PY) scripts/check_install.py
 	touch $(STAMP)
 
@@ -30,8 +31,8 @@ install: $(STAMP)
 # The lookup service only (no Ray, no training extras): what the Docker `serve` image runs.
 install-serve: $(VENV)/bin/python
 	$(PIP) install $(TORCH_FROM) -c $(CONSTRAINTS) torch==2.13.0 fbgemm-gpu-cpu==1.8.0
-	$(PIP) install --no-deps -c $(CONSTRAINTS) torchrec==1.8.0
 	$(PIP) install $(TORCH_FROM) -c $(CONSTRAINTS) -e '.[serve]'
+	$(PIP) install --no-deps -c $(CONSTRAINTS) torchrec==1.8.0
 	$(PY) scripts/check_install.py
 
 quickstart: install

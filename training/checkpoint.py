@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 
+from recsys.sharded import sharded_tensor_access
 from recsys.storage import Location, StoragePath, load_tensors, location, save_tensors
 from recsys.training.collectives import barrier, world
 
@@ -34,6 +35,11 @@ def _gather(value: ShardedTensor) -> torch.Tensor | None:
 def plain_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     """Full tensors of every entry of ``module.state_dict()`` (with several ranks, sharded
     entries are complete on rank 0 only and absent elsewhere)."""
+    with sharded_tensor_access():
+        return _plain_state_dict(module)
+
+
+def _plain_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     for key, value in module.state_dict().items():
         if isinstance(value, ShardedTensor):

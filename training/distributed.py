@@ -29,6 +29,17 @@ def quiet_torchrec() -> None:
     for name in ("torchrec.distributed.planner", "torchrec.distributed.planner.types", "torchrec.distributed.planner.storage_reservations", "root"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torchrec\..*")
+    fx_log = logging.getLogger("torch.fx._symbolic_trace")
+    if not any(isinstance(f, FxTracingNotice) for f in fx_log.filters):
+        fx_log.addFilter(FxTracingNotice())
+
+
+class FxTracingNotice(logging.Filter):
+    """Drops torch's one-time "is_fx_tracing will return true for both ..." notice, logged when
+    TorchRec's KeyedTensor regrouping asks whether it is being traced (we never trace)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("is_fx_tracing will return true")
 
 
 SPARSE_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
