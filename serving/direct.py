@@ -32,7 +32,7 @@ from torchrec.quant.embedding_modules import (
 )
 
 from recsys.embeddings.full import FullEmbedding
-from recsys.embeddings.hashing import HashEmbedding
+from recsys.embeddings.hashtrick import HashEmbedding
 from recsys.hashing import bucket_per_value_np, salt_for
 from recsys.serving.encode import MISSING_ID, Encoder
 

@@ -48,7 +48,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from recsys.embeddings.base import BYTES_PER_WEIGHT, EmbeddingMethod, MethodContext, MethodOptions, ebc_bytes, table_bytes
 from recsys.embeddings.full import empty_output
-from recsys.embeddings.hashing import MAX_ROWS
+from recsys.embeddings.hashtrick import MAX_ROWS
 from recsys.embeddings.registry import register_method
 from recsys.hashing import bucket, bucket_per_value, salt_for
 

@@ -11,7 +11,7 @@ from torchrec.modules.embedding_configs import PoolingType
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys.embeddings import FeatureInfo, MethodContext, build_method
-from recsys.embeddings.hashing import proportional_rows
+from recsys.embeddings.hashtrick import proportional_rows
 from recsys.embeddings.qr import qr_divisors
 from recsys.hashing import bucket, salt_for
 

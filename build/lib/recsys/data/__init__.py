@@ -1,1 +1,0 @@
-"""Raw logs and synthetic data to Parquet, and Parquet to TorchRec batches."""

@@ -1,1 +1,0 @@
-"""Training: one train/eval loop (in-process or per Ray worker), checkpoints, MLflow tracking."""

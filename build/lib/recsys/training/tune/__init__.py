@@ -1,1 +1,0 @@
-"""Hyper-parameter search over a method's options at a byte budget, on Ray Tune (``recsys tune``)."""
