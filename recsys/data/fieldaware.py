@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 
 from recsys.data.errors import Issue
 from recsys.data.parse import SparseValues, parse_floats
-from recsys.data.sources import split_pairs, split_tokens
+from recsys.data.sources import first_per_row, split_pairs, split_tokens
 from recsys.data.vocab import FrequencyCounter
 from recsys.features import id_column, weight_column
 from recsys.hashing import hash64_strings
@@ -40,18 +40,6 @@ def _integers(col: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     with np.errstate(invalid="ignore"):
         bad = bad | np.isnan(values) | (values != np.floor(values)) | (np.abs(values) >= 2**53)
     return np.where(bad, 0, values).astype(np.int64), bad
-
-
-def _first_per_row(mask: np.ndarray, parents: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(rows with a flagged token, each row's first flagged token or -1)."""
-    bad_rows = np.zeros(n, dtype=bool)
-    first = np.full(n, -1, np.int64)
-    if mask.any():
-        tok = np.flatnonzero(mask)
-        rows, pos = np.unique(parents[tok], return_index=True)
-        bad_rows[rows] = True
-        first[rows] = tok[pos]
-    return bad_rows, first
 
 
 @dataclass
@@ -139,7 +127,7 @@ def parse_field_lines(text: pa.Array, positional: int | None, ranges: PositionRa
     if positional is not None:
         index, bad_idx = _integers(idx.fill_null(""))
         bad_tok |= bad_idx
-    bad_rows, first = _first_per_row(bad_tok, parents, n)
+    bad_rows, first = first_per_row(bad_tok, parents, n)
     offsets = np.zeros(n + 1, np.int64)
     counts = np.bincount(parents, minlength=n)
     np.cumsum(counts, out=offsets[1:])

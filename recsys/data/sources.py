@@ -16,6 +16,18 @@ HOURS = [str(h) for h in range(24)]
 WEEKDAYS = [str(d) for d in range(7)]
 
 
+def first_per_row(mask: np.ndarray, parents: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows with a flagged token, each row's first flagged token or -1)."""
+    bad_rows = np.zeros(n, dtype=bool)
+    first = np.full(n, -1, np.int64)
+    if mask.any():
+        tok = np.flatnonzero(mask)
+        rows, pos = np.unique(parents[tok], return_index=True)
+        bad_rows[rows] = True
+        first[rows] = tok[pos]
+    return bad_rows, first
+
+
 def _hour_parts(col: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(hour of day, weekday with Monday 0, bad mask) of YYMMDDHH values."""
     values, bad = parse_floats(col)
@@ -81,12 +93,6 @@ def parse_libfm_lines(text: pa.Array) -> tuple[pa.Array, SparseValues, np.ndarra
     offsets = np.zeros(n + 1, np.int64)
     np.cumsum(np.bincount(parents, minlength=n), out=offsets[1:])
     values = SparseValues(hash64_strings(idx), offsets, np.nan_to_num(weights).astype(np.float32))
-    bad_rows = np.zeros(n, dtype=bool)
-    first = np.full(n, -1, np.int64)
-    if bad_tok.any():
-        tok = np.flatnonzero(bad_tok)
-        rows, pos = np.unique(parents[tok], return_index=True)
-        bad_rows[rows] = True
-        first[rows] = tok[pos]
+    bad_rows, first = first_per_row(bad_tok, parents, n)
     first_bad = pc.take(flat, pa.array(first, mask=first < 0))
     return label, values, bad_rows, first_bad
