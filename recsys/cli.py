@@ -135,12 +135,13 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
 def cmd_methods(args: argparse.Namespace) -> int:
     from recsys.config_reference import field_default, field_type
-    from recsys.embeddings import available_methods, get_method
+    from recsys.embeddings import WrappedMethod, available_methods, get_method
 
     for name in available_methods():
         cls = get_method(name)
         doc = (cls.__doc__ or "").strip().splitlines()[0].replace("``", "`") if cls.__doc__ else ""
-        print(f"{name:10s} ids={cls.id_scheme:5s} {doc}")
+        ids = "base" if issubclass(cls, WrappedMethod) else cls.ids  # a wrapper reads the ids of its base
+        print(f"{name:10s} ids={ids:5s} {doc}")
         for key, field in cls.Options.model_fields.items():
             description = " ".join((field.description or "").replace("``", "`").split())
             print(f"    {key}: {field_type(field)} = {field_default(field)}" + (f"  {description}" if description else ""))

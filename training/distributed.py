@@ -22,6 +22,7 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from recsys.config import TrainingConfig
+from recsys.embeddings.base import EmbeddingMethod
 from recsys.training.checkpoint import load_plain_state_dict, plain_state_dict
 
 def quiet_torchrec() -> None:
@@ -134,12 +135,11 @@ def shard(model: nn.Module, embedding: nn.Module, cfg: TrainingConfig, device: t
 
 
 def _separate_optimizers(embedding: nn.Module, dense_params: dict[str, nn.Parameter]) -> list[KeyedOptimizerWrapper]:
-    """Optimizers a method asks for its own parameters (``separate_optimizers()``, optional:
+    """Optimizers a method asks for its own parameters (``EmbeddingMethod.separate_optimizers()``:
     a list of ``(parameters, optimizer factory)``, e.g. OptEmbed's plain-SGD thresholds);
-    those parameters are taken out of ``dense_params``."""
-    hook = getattr(embedding, "separate_optimizers", None)
+    those parameters are taken out of ``dense_params``. A stock EBC asks for none."""
     wrappers = []
-    for params, factory in hook() if hook is not None else []:
+    for params, factory in embedding.separate_optimizers() if isinstance(embedding, EmbeddingMethod) else []:
         wanted = {id(p) for p in params}
         own = {name: p for name, p in dense_params.items() if id(p) in wanted}
         if len(own) != len(wanted):

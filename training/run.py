@@ -39,7 +39,7 @@ from recsys.config import ExperimentConfig, flatten
 from recsys.data.batch import BatchLayout, ParquetBatchReader, prepared
 from recsys.data.prefetch import Prefetched
 from recsys.data.vocab import read_value_counts
-from recsys.embeddings import EmbeddingMethod, MethodContext, Phase, build_method, get_method
+from recsys.embeddings import EmbeddingMethod, MethodContext, Phase, build_method, method_spec
 from recsys.export.mlflow_run import CHECKPOINT_FILES
 from recsys.features import load_dataset_spec
 from recsys.models import build_model
@@ -92,7 +92,7 @@ class Experiment:
         self.spec = load_dataset_spec(cfg.data.path)
         e = cfg.embedding
         self.ctx = MethodContext.from_spec(self.spec, cfg.model.embedding_dim, e.compression, e.budget_bytes)
-        if get_method(e.method).uses_value_counts:
+        if method_spec(e.method, e.options).uses_value_counts:
             self.ctx = self.ctx.with_value_counts(read_value_counts(self.spec, cfg.data.path))
 
     def phases(self) -> list[Phase]:
@@ -378,14 +378,11 @@ def _run_phases(exp: Experiment, resume: bool) -> dict[str, Any]:
 
 
 def _with_collisions(exp: Experiment, method: EmbeddingMethod, diagnostics: dict[str, Any]) -> dict[str, Any]:
-    """``diagnostics`` plus, for a hashing method that reports them (``collision_stats``, e.g.
+    """``diagnostics`` plus, for a hashing method that reports them (``reports_collisions``, e.g.
     ``unified``, also wrapped by ``dsl``/``optembed``), the collision statistics of the train
     vocabularies' raw ids."""
-    inner: Any = method
-    while inner is not None and not hasattr(inner, "collision_stats"):
-        inner = getattr(inner, "base", None)
-    if inner is None:
+    if not method.reports_collisions():
         return diagnostics
     folder = location(exp.cfg.data.path)
     ids = {f.name: read_parquet(folder / f.vocabulary, columns=["id"]).column("id").to_numpy() for f in exp.spec.sparse_fields if f.vocabulary}
-    return diagnostics | {"collisions": inner.collision_stats(ids)}
+    return diagnostics | {"collisions": method.collision_stats(ids)}

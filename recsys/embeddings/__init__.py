@@ -1,7 +1,8 @@
 """Embedding methods behind one interface; importing this package registers the built-in ones."""
 
 from recsys.embeddings.base import EmbeddingMethod, FeatureInfo, MethodContext, MethodOptions, Phase, table_bytes
-from recsys.embeddings.registry import available_methods, build_method, get_method, parse_options, register_method
+from recsys.embeddings.registry import MethodSpec, available_methods, build_method, get_method, method_spec, parse_options, register_method
+from recsys.embeddings.wrapped import WrappedMethod, WrapperOptions
 
 from recsys.embeddings import dsl, full, hashtrick, hybrid, optembed, qr, unified  # noqa: F401  (importing registers the built-in methods)
 
@@ -10,11 +11,15 @@ __all__ = [
     "FeatureInfo",
     "MethodContext",
     "MethodOptions",
+    "MethodSpec",
     "Phase",
     "available_methods",
     "build_method",
     "get_method",
+    "method_spec",
     "parse_options",
     "register_method",
     "table_bytes",
+    "WrappedMethod",
+    "WrapperOptions",
 ]

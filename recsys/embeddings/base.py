@@ -159,25 +159,52 @@ class MethodOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class EmbeddingMethod(nn.Module):
-    """Base class of every embedding method. Subclasses set ``name``, ``Options``, ``id_scheme``.
+Optimizers = list[tuple[list[nn.Parameter], Callable[[list[torch.Tensor]], torch.optim.Optimizer]]]
 
-    Subclasses implement ``forward`` and ``memory_bytes``; they may override the hooks
-    ``prepare`` (id-only input work the loader runs ahead of the step), ``aux_loss`` (extra
-    loss term), ``on_train_begin`` / ``on_train_step`` (before training and after each
-    optimizer step), ``output_dims`` (per-feature output width when not
-    ``embedding_dim``) and ``export`` / ``from_export`` (a served form unlike the trained one).
+
+class EmbeddingMethod(nn.Module):
+    """Base class of every embedding method. Subclasses set ``name``, ``Options``, ``ids``.
+
+    Subclasses implement ``forward`` and ``memory_bytes`` and hold their tables in a stock
+    ``EmbeddingBagCollection`` child ``ebc``. Every other hook a caller uses is declared here
+    with a default (the contract, ``docs/methods.md``): ``prepare``, ``output_dims``,
+    ``shares_rows_across_features``, ``aux_loss``, ``separate_optimizers``, the training
+    callbacks ``on_train_*``, the phases (``phases``, ``enter_phase``, ``phase_state``, ``search``),
+    ``diagnostics``, ``collision_stats``, ``export`` / ``from_export``. A method wrapping
+    another derives from ``recsys.embeddings.wrapped.WrappedMethod``.
     """
 
     name: ClassVar[str]
     Options: ClassVar[type[MethodOptions]] = MethodOptions
-    id_scheme: ClassVar[IdScheme] = "index"
+    ids: ClassVar[IdScheme] = "index"  # the ids a (plain) method reads: vocabulary indices or raw hashed ids
     uses_value_counts: ClassVar[bool] = False  # sizes chosen from ``ctx.value_counts`` (read them before building)
+    ebc: nn.Module  # the tables: a stock EmbeddingBagCollection (DMP swaps in a sharded one)
 
     def __init__(self, ctx: MethodContext, options: MethodOptions) -> None:
         super().__init__()
         self.ctx = ctx
         self.options = options
+
+    @classmethod
+    def build(cls, ctx: MethodContext, options: MethodOptions) -> "EmbeddingMethod":
+        """The method for ``ctx`` and validated ``options`` (``registry.build_method`` calls it);
+        a wrapper builds its base here first."""
+        return cls(ctx, options)
+
+    @classmethod
+    def id_scheme_for(cls, options: MethodOptions) -> IdScheme:
+        """The ids a method with these options reads, known before it is built."""
+        return cls.ids
+
+    @classmethod
+    def value_counts_for(cls, options: MethodOptions) -> bool:
+        """Whether a method with these options sizes its tables from ``ctx.value_counts``."""
+        return cls.uses_value_counts
+
+    @property
+    def id_scheme(self) -> IdScheme:
+        """The ids this method reads (``"index"`` or ``"raw"``); a wrapper reads its base's."""
+        return self.id_scheme_for(self.options)
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -223,6 +250,20 @@ class EmbeddingMethod(nn.Module):
     def aux_loss(self) -> torch.Tensor | None:
         """Extra loss term added to the task loss (e.g. a regulariser); None when there is none."""
         return None
+
+    def separate_optimizers(self) -> Optimizers:
+        """Parameters trained by their own optimizer instead of the dense one, as
+        ``(parameters, optimizer factory)`` pairs (e.g. OptEmbed's plain-SGD thresholds); none by default."""
+        return []
+
+    def collision_stats(self, vocab_ids: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Row sharing among the raw ids ``vocab_ids`` (per feature, e.g. the train vocabularies), for
+        methods that hash (``unified``); None when the method reports none (see ``reports_collisions``)."""
+        return None
+
+    def reports_collisions(self) -> bool:
+        """Whether ``collision_stats`` answers (so a caller reads the vocabularies only then)."""
+        return False
 
     def on_train_begin(self, total_steps: int) -> None:
         """Called once before training with the number of optimizer steps planned."""

@@ -1,7 +1,8 @@
 """``dsl``: Dynamic Sparse Learning (Wang et al., WSDM 2024) on the tables of any base method.
 
-The base method (``base``: ``full``, ``hash``, ``unified``, ...; one training phase) keeps its
-id rewriting and stock EBC tables, built without a budget (or at ``base_compression``). Each
+The base method (``base``: ``full``, ``hash``, ``unified``, ... with its options; one training
+phase; a ``WrappedMethod``) keeps its id rewriting and stock EBC tables, built without a budget
+(or at ``base_compression``). Each
 table gets a bool mask ``masks.<path>__<table>`` (in the state_dict) with exactly
 ``floor(density · rows · dim)`` active weights, seeded; with a budget and no ``density``, the
 density is the largest whose served form fits.
@@ -34,7 +35,7 @@ Served form (``sparse_serving``): each table as CSR or, where not larger, dense;
 ``memory_bytes`` = the base's other bytes + the served tables.
 
 Example:
-    >>> method = build_method("dsl", ctx, {"density": 0.1, "base": "hash"})  # doctest: +SKIP
+    >>> method = build_method("dsl", ctx, {"density": 0.1, "base": {"method": "hash"}})  # doctest: +SKIP
     >>> method.compact_lookup(method.compact_state(), kjt)                   # doctest: +SKIP
 """
 
@@ -53,22 +54,21 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from recsys.embeddings.base import EmbeddingMethod, ExportedMethod, MethodContext, MethodOptions, table_bytes
-from recsys.embeddings.registry import build_method, register_method
+from recsys.embeddings.registry import register_method
 from recsys.embeddings.sparse_ops import (
     KeyGroup, Piece, Reads, Scratch, gather, key_groups, new_masks, optimizer_views, random_mask, read, remask, reset_state,
     scatter, split_rows, stack_offsets, update_ratio,
 )
 from recsys.embeddings.sparse_serving import fit_density, serve, served_bytes, served_table
+from recsys.embeddings.wrapped import WrappedMethod, WrapperOptions
 
 DEFAULT_DENSITY = 0.5
 TABLES, BASE = "tables.", "base."
 
 
-class DSLOptions(MethodOptions):
-    """Options of ``dsl``."""
+class DSLOptions(WrapperOptions):
+    """Options of ``dsl`` (``base``: the method whose tables are sparsified, with its options)."""
 
-    base: str = Field("full", description="the method whose tables are sparsified")
-    base_options: dict[str, Any] = Field(default_factory=dict, description="options of the base method")
     base_compression: float | None = Field(None, ge=1, description="dense compression of the base; default none")
     density: float | None = Field(None, gt=0, le=1, description="share of active weights; default from the budget, else 0.5")
     mode: Literal["dynamic", "fix"] = Field("dynamic", description="'fix': a static random mask (ablation)")
@@ -95,27 +95,26 @@ class _Table:
         return f"{self.path}__{self.name}".replace(".", "_")
 
 
-def _base_ctx(ctx: MethodContext, options: DSLOptions) -> MethodContext:
-    return MethodContext(ctx.features, ctx.embedding_dim).with_budget(compression=options.base_compression)
-
-
 @register_method
-class DSLEmbedding(EmbeddingMethod):
+class DSLEmbedding(WrappedMethod):
     """Masked, dynamically re-wired tables of a ``base`` method; the base is ``self.base``."""
 
     name: ClassVar[str] = "dsl"
     Options: ClassVar[type[MethodOptions]] = DSLOptions
-    contract_compression: ClassVar[float | None] = 2.0
 
-    def __init__(self, ctx: MethodContext, options: MethodOptions) -> None:
-        super().__init__(ctx, options)
+    @classmethod
+    def base_context(cls, ctx: MethodContext, options: WrapperOptions) -> MethodContext:
+        """Without the budget, or at ``base_compression`` (the value counts kept, for a ``hybrid`` base)."""
+        assert isinstance(options, DSLOptions)
+        return super().base_context(ctx, options).with_budget(compression=options.base_compression)
+
+    def __init__(self, ctx: MethodContext, options: MethodOptions, base: EmbeddingMethod) -> None:
+        super().__init__(ctx, options, base)
         assert isinstance(options, DSLOptions)
         self.opts = options
-        self.base = build_method(options.base, _base_ctx(ctx, options), options.base_options)
-        self.id_scheme = self.base.id_scheme  # type: ignore[misc]
         if len(self.base.phases()) != 1:
-            raise ValueError(f"dsl: the base method '{options.base}' trains in several phases; dsl supports one-phase bases")
-        ebcs = [(p, m) for p, m in self.base.named_modules() if type(m) is EmbeddingBagCollection]
+            raise ValueError(f"dsl: the base method '{options.base.method}' trains in several phases; dsl supports one-phase bases")
+        ebcs = [("ebc", self.base.ebc)]  # the contract: a method's tables are its stock EBC ``ebc``
         self._tables = [_Table(p, c.name, c.num_embeddings, c.embedding_dim) for p, m in ebcs for c in m.embedding_bag_configs()]
         index = {(t.path, t.name): i for i, t in enumerate(self._tables)}
         self._keys: dict[str, dict[str, tuple[int, bool]]] = {
@@ -174,9 +173,6 @@ class DSLEmbedding(EmbeddingMethod):
     def full_weight(self, i: int) -> torch.Tensor:
         """Table ``i``'s live weights (gathered from its local shards when split); read only."""
         return gather(self._views(i), self._tables[i].rows, self._tables[i].dim)
-
-    def prepare(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
-        return self.base.prepare(features)
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
         """The base's forward; the hooks mask and record its tables' lookups while training."""
@@ -318,8 +314,7 @@ class DSLEmbedding(EmbeddingMethod):
         a resumed fit lists the updates since its checkpoint), and the base's own diagnostics."""
         tables = {t.buffer: {"rows": t.rows, "dim": t.dim, "active": n} for t, n in zip(self._tables, self.active_counts())}
         out: dict[str, Any] = {"density": self._densities(), "tables": tables, "updates": self.updates, "history": self.history}
-        base = self.base.diagnostics()
-        return out | ({"base": base} if base else {})
+        return out | super().diagnostics()
 
     def memory_bytes(self) -> int:
         """The base's bytes with each table counted in its served form (CSR or dense)."""
@@ -346,7 +341,7 @@ class DSLEmbedding(EmbeddingMethod):
         """A fresh base method in eval mode whose tables read the served form (pure torch)."""
         options = DSLOptions.model_validate(exported.options)
         part = {p: {k[len(p) :]: v for k, v in exported.state.items() if k.startswith(p)} for p in (TABLES, BASE)}
-        served = serve(build_method(options.base, _base_ctx(ctx, options), options.base_options), part[TABLES])
+        served = serve(cls.build_base(ctx, options), part[TABLES])
         served.load_state_dict(part[BASE], strict=True)
         return served.eval()
 
@@ -354,17 +349,3 @@ class DSLEmbedding(EmbeddingMethod):
     def compact_lookup(self, compact: dict[str, torch.Tensor], features: KeyedJaggedTensor) -> KeyedTensor:
         """The eval-mode forward computed from ``compact`` (a ``compact_state``) alone."""
         return self.from_export(self.ctx, self.export(compact))(features)
-
-    def shares_rows_across_features(self) -> bool:
-        return self.base.shares_rows_across_features()
-
-    def output_dims(self) -> dict[str, int]:
-        return self.base.output_dims()
-
-    def aux_loss(self) -> torch.Tensor | None:
-        return self.base.aux_loss()
-
-    @property
-    def ebc(self) -> nn.Module:
-        """The base's ``ebc`` (stock or sharded), for code that reaches for a method's table."""
-        return self.base.get_submodule("ebc")

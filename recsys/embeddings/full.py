@@ -19,7 +19,7 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
-from recsys.embeddings.base import EmbeddingMethod, MethodContext, MethodOptions, ebc_bytes, keyed_tensor, table_bytes
+from recsys.embeddings.base import EmbeddingMethod, IdScheme, MethodContext, MethodOptions, ebc_bytes, keyed_tensor, table_bytes
 from recsys.embeddings.registry import register_method
 
 
@@ -48,7 +48,7 @@ class FullEmbedding(EmbeddingMethod):
 
     name: ClassVar[str] = "full"
     Options: ClassVar[type[MethodOptions]] = FullOptions
-    id_scheme = "index"
+    ids: ClassVar[IdScheme] = "index"
 
     def __init__(self, ctx: MethodContext, options: MethodOptions) -> None:
         super().__init__(ctx, options)

@@ -26,9 +26,10 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
-from recsys.embeddings.base import BYTES_PER_WEIGHT, EmbeddingMethod, MethodContext, MethodOptions, ebc_bytes, table_bytes
+from recsys.embeddings.base import BYTES_PER_WEIGHT, EmbeddingMethod, IdScheme, MethodContext, MethodOptions, ebc_bytes, table_bytes
 from recsys.embeddings.full import empty_output, in_order
 from recsys.embeddings.registry import register_method
+from recsys.embeddings.rekey import Expanded
 from recsys.hashing import bucket_per_value, salt_for
 
 MAX_ROWS = 2**31 - 1
@@ -96,8 +97,7 @@ class HashEmbedding(EmbeddingMethod):
 
     name: ClassVar[str] = "hash"
     Options: ClassVar[type[MethodOptions]] = HashOptions
-    id_scheme = "raw"
-    contract_compression: ClassVar[float | None] = 10.0
+    ids: ClassVar[IdScheme] = "raw"
 
     def __init__(self, ctx: MethodContext, options: MethodOptions) -> None:
         super().__init__(ctx, options)
@@ -138,23 +138,9 @@ class HashEmbedding(EmbeddingMethod):
 
     def hashed(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
         """The KJT with every raw id replaced by its row: one ``bucket_per_value`` over all values."""
-        keys = features.keys()
-        values = features.values()
-        length_per_key = features.length_per_key()
-        counts = torch.tensor(length_per_key, device=values.device)
-        n = values.numel()
-        salts = torch.repeat_interleave(self._per_key(self._salts, keys), counts, output_size=n)
-        rows = torch.repeat_interleave(self._per_key(self._num_rows, keys), counts, output_size=n)
-        return KeyedJaggedTensor(
-            keys=keys,
-            values=bucket_per_value(values, salts, rows),
-            weights=features.weights_or_none(),
-            lengths=features.lengths(),
-            offsets=features.offsets_or_none(),
-            stride=features.stride(),
-            length_per_key=length_per_key,
-            offset_per_key=features.offset_per_key(),
-        )
+        keys, ex = features.keys(), Expanded(features)
+        salts, rows = ex.per_value(self._per_key(self._salts, keys)), ex.per_value(self._per_key(self._num_rows, keys))
+        return ex.rebuilt(keys, bucket_per_value(ex.values, salts, rows))
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
         """Pooled hashed rows of each feature, keyed by feature name in context order."""

@@ -41,7 +41,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from recsys.embeddings.base import (
-    BYTES_PER_WEIGHT, EmbeddingMethod, ExportedMethod, MethodContext, MethodOptions, ebc_bytes, table_bytes,
+    BYTES_PER_WEIGHT, EmbeddingMethod, ExportedMethod, IdScheme, MethodContext, MethodOptions, ebc_bytes, table_bytes,
 )
 from recsys.embeddings.full import empty_output
 from recsys.embeddings.registry import register_method
@@ -108,10 +108,8 @@ class HybridEmbedding(EmbeddingMethod):
 
     name: ClassVar[str] = "hybrid"
     Options: ClassVar[type[MethodOptions]] = HybridOptions
-    id_scheme = "index"
+    ids: ClassVar[IdScheme] = "index"
     uses_value_counts: ClassVar[bool] = True
-    contract_compression: ClassVar[float | None] = 2.0
-    contract_options: ClassVar[dict] = {"hot_share": 0.9}
 
     def __init__(self, ctx: MethodContext, options: MethodOptions) -> None:
         super().__init__(ctx, options)

@@ -51,7 +51,6 @@ Example:
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from typing import Any, Callable, ClassVar, Literal, Sequence
 
 import torch
@@ -59,24 +58,22 @@ from pydantic import Field, field_validator
 from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
-from recsys.embeddings.base import EmbeddingMethod, ExportedMethod, MethodContext, MethodOptions, Phase
+from recsys.embeddings.base import EmbeddingMethod, ExportedMethod, MethodContext, MethodOptions, Optimizers, Phase
 from recsys.embeddings.full import empty_output
 from recsys.embeddings.optembed_export import compact_lookup, compact_tables, table_row_norms, table_weights
 from recsys.embeddings.optembed_layout import TableLayout, drop_pruned
 from recsys.embeddings.optembed_search import EvolutionConfig, SearchSpace, evolve
-from recsys.embeddings.registry import build_method, get_method, register_method
+from recsys.embeddings.registry import register_method
 from recsys.embeddings.surrogate import binary_step, random_prefix_lengths
+from recsys.embeddings.wrapped import WrappedMethod, WrapperOptions
 
 PhaseName = Literal["supernet", "search", "retrain"]
 PHASE_ORDER: tuple[PhaseName, ...] = ("supernet", "search", "retrain")
-Optimizers = list[tuple[list[nn.Parameter], Callable[[list[torch.Tensor]], torch.optim.Optimizer]]]
 
 
-class OptEmbedOptions(MethodOptions):
-    """Options of ``optembed``."""
+class OptEmbedOptions(WrapperOptions):
+    """Options of ``optembed`` (``base``: the wrapped method, ``full`` or ``unified``, with its options)."""
 
-    base: str = Field("full", description="the wrapped method")
-    base_options: dict[str, Any] = Field(default_factory=dict, description="options of the base method")
     alpha: float = Field(1e-3, ge=0, description="weight of the threshold regulariser α·Σ exp(-t_f)")
     threshold_lr: float = Field(2.0, gt=0, description="plain-SGD learning rate of the thresholds (see the docstring)")
     phases: list[PhaseName] = Field(default_factory=lambda: list(PHASE_ORDER), description="phases to run, in order")
@@ -103,18 +100,16 @@ class OptEmbedOptions(MethodOptions):
 
 
 @register_method
-class OptEmbed(EmbeddingMethod):
-    """Row pruning + dimension search around a base method (see the module docstring)."""
+class OptEmbed(WrappedMethod):
+    """Row pruning + dimension search around a ``base`` method, built without the budget (see the module docstring)."""
 
     name: ClassVar[str] = "optembed"
     Options: ClassVar[type[MethodOptions]] = OptEmbedOptions
 
-    def __init__(self, ctx: MethodContext, options: MethodOptions) -> None:
-        super().__init__(ctx, options)
+    def __init__(self, ctx: MethodContext, options: MethodOptions, base: EmbeddingMethod) -> None:
+        super().__init__(ctx, options, base)
         assert isinstance(options, OptEmbedOptions)
         self.opts = options
-        self.base = build_method(options.base, replace(ctx, budget_bytes=None), options.base_options)
-        self.id_scheme = get_method(options.base).id_scheme
         self.names = ctx.feature_names
         self.widths = [self.base.output_dims()[n] for n in self.names]
         self.layout = TableLayout(self.names, self.widths, self.base.ebc.embedding_bag_configs())
@@ -130,10 +125,6 @@ class OptEmbed(EmbeddingMethod):
         self.register_buffer("dims", None, persistent=False)
         self.set_dims(self._initial_dims())
         self._hooked: int | None = None
-
-    @property
-    def ebc(self) -> nn.Module:  # the base's table collection (stock or sharded)
-        return self.base.ebc
 
     def _initial_dims(self) -> list[int]:
         """``w_f`` per field, or the largest common dim whose unpruned tables fit the budget."""
@@ -160,11 +151,11 @@ class OptEmbed(EmbeddingMethod):
         self.threshold.requires_grad_(self.stage == "supernet")
 
     def separate_optimizers(self) -> Optimizers:
-        """Parameters with their own optimizer: the thresholds, plain SGD without weight decay."""
+        """Parameters with their own optimizer: the thresholds, plain SGD without weight decay (and the base's)."""
         if not self.threshold.requires_grad:
-            return []
+            return super().separate_optimizers()
         lr = self.opts.threshold_lr
-        return [([self.threshold], lambda params: torch.optim.SGD(params, lr=lr))]
+        return [([self.threshold], lambda params: torch.optim.SGD(params, lr=lr)), *super().separate_optimizers()]
 
     def table_thresholds(self) -> list[float]:
         """Threshold of each table's rows: the lowest of the fields reading it (a shared row is
@@ -206,9 +197,6 @@ class OptEmbed(EmbeddingMethod):
         """Forward pre-hook on the base's EBC: drop the ids of pruned rows once masks are fixed."""
         return None if self.row_mask is None else (drop_pruned(args[0], self.row_mask, self.layout.key_start), *args[1:])
 
-    def prepare(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
-        return self.base.prepare(features)
-
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
         if features.stride() == 0:
             return empty_output(self, features.values())
@@ -248,16 +236,12 @@ class OptEmbed(EmbeddingMethod):
         return self.opts.alpha * torch.exp(-self.threshold).sum()
 
     def on_train_step(self, step: int) -> None:
+        super().on_train_step(step)
         self.step = step + 1
 
     def on_train_resume(self, steps: int) -> None:
+        super().on_train_resume(steps)
         self.step = steps  # the supernet's dimension masks are seeded by the step
-
-    def shares_rows_across_features(self) -> bool:
-        return self.base.shares_rows_across_features()
-
-    def output_dims(self) -> dict[str, int]:
-        return self.base.output_dims()
 
     # ----- accounting, search, export ------------------------------------------------
     def bytes_at(self, dims: Sequence[int]) -> int:
@@ -305,7 +289,7 @@ class OptEmbed(EmbeddingMethod):
     @classmethod
     def from_export(cls, ctx: MethodContext, exported: ExportedMethod) -> nn.Module:
         opts = OptEmbedOptions.model_validate(exported.options)
-        return compact_lookup(ctx, opts.base, opts.base_options, exported.state).eval()
+        return compact_lookup(cls.build_base(ctx, opts), ctx.feature_names, exported.state).eval()
 
     def diagnostics(self) -> dict[str, Any]:
         """Stage, dims, thresholds, kept rows per table, sparsity and bytes."""

@@ -17,8 +17,7 @@ the table's width; the base's own id rewriting and output assembly run unchanged
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import torch
 import torch.distributed as dist
@@ -27,8 +26,7 @@ from torch.distributed._shard.sharded_tensor import ShardedTensor
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor, KeyedTensor
 
-from recsys.embeddings.base import MethodContext
-from recsys.embeddings.registry import build_method
+from recsys.embeddings.base import EmbeddingMethod
 
 BLOCK = 64
 _POPCOUNT = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int64)
@@ -176,12 +174,11 @@ class CompactTables(nn.Module):
         return KeyedTensor(keys=keys, length_per_key=[int(o.shape[1]) for o in outs], values=torch.cat(outs, dim=1))
 
 
-def compact_lookup(ctx: MethodContext, base: str, base_options: dict[str, Any], state: dict[str, torch.Tensor]) -> nn.Module:
+def compact_lookup(method: EmbeddingMethod, names: list[str], state: dict[str, torch.Tensor]) -> nn.Module:
     """A plain-torch module reproducing an ``optembed``'s eval forward from its ``compact_state``:
-    a fresh base whose EBC is replaced by ``CompactTables``, then each field's column prefix."""
-    method = build_method(base, replace(ctx, budget_bytes=None), base_options)
+    ``method``, a fresh base, with its EBC replaced by ``CompactTables``, then each field's column prefix."""
     method.ebc = CompactTables(method.ebc.embedding_bag_configs(), state)
-    return _CompactOptEmbed(method, ctx.feature_names, state["dims"])
+    return _CompactOptEmbed(method, names, state["dims"])
 
 
 class _CompactOptEmbed(nn.Module):

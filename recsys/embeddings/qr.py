@@ -43,9 +43,10 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
-from recsys.embeddings.base import EmbeddingMethod, MethodContext, MethodOptions, ebc_bytes, table_bytes
+from recsys.embeddings.base import EmbeddingMethod, IdScheme, MethodContext, MethodOptions, ebc_bytes, table_bytes
 from recsys.embeddings.full import empty_output
 from recsys.embeddings.registry import register_method
+from recsys.embeddings.rekey import Expanded
 
 DEFAULT_COLLISIONS = 4
 Combiner = Literal["mult", "sum", "concat"]
@@ -115,8 +116,7 @@ class QREmbedding(EmbeddingMethod):
 
     name: ClassVar[str] = "qr"
     Options: ClassVar[type[MethodOptions]] = QROptions
-    id_scheme = "index"
-    contract_compression: ClassVar[float | None] = 10.0
+    ids: ClassVar[IdScheme] = "index"
 
     def __init__(self, ctx: MethodContext, options: MethodOptions) -> None:
         super().__init__(ctx, options)
@@ -179,27 +179,14 @@ class QREmbedding(EmbeddingMethod):
 
     def split_ids(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
         """The KJT of table rows: each QR feature's bags twice, as ``f@q`` (id // m) and ``f@r`` (id % m)."""
-        values = features.values()
-        plan = self._plan(features.keys(), values.device)
-        dup = features.permute(plan.permute, plan.permute_tensor)
-        length_per_key = dup.length_per_key()
-        counts = torch.tensor(length_per_key, device=values.device)
-        n = dup.values().numel()
-        divisor = torch.repeat_interleave(plan.divisors, counts, output_size=n)
-        is_remainder = torch.repeat_interleave(plan.is_remainder, counts, output_size=n)
-        ids = dup.values()
+        plan = self._plan(features.keys(), features.values().device)
+        ex = Expanded(features, plan.permute, plan.permute_tensor)
+        divisor, is_remainder, ids = ex.per_value(plan.divisors), ex.per_value(plan.is_remainder), ex.values
         quotient = torch.div(ids, divisor, rounding_mode="floor")
-        weights = dup.weights_or_none()
+        weights = ex.source.weights_or_none()
         if weights is not None and self.combiner == "mult":
             weights = torch.where(is_remainder, torch.ones_like(weights), weights)
-        return KeyedJaggedTensor(
-            keys=plan.keys,
-            values=torch.where(is_remainder, ids - quotient * divisor, quotient),
-            weights=weights,
-            lengths=dup.lengths(),
-            stride=dup.stride(),
-            length_per_key=length_per_key,
-        )
+        return ex.rebuilt(plan.keys, torch.where(is_remainder, ids - quotient * divisor, quotient), weights)
 
     def _gather(self, keys: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Per feature in context order, the slots of its first and its remainder table among

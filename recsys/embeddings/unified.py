@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import partial
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal, Mapping
 
 import numpy as np
 import torch
@@ -46,10 +46,11 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
-from recsys.embeddings.base import BYTES_PER_WEIGHT, EmbeddingMethod, MethodContext, MethodOptions, ebc_bytes, table_bytes
+from recsys.embeddings.base import BYTES_PER_WEIGHT, EmbeddingMethod, IdScheme, MethodContext, MethodOptions, ebc_bytes, table_bytes
 from recsys.embeddings.full import empty_output
 from recsys.embeddings.hashtrick import MAX_ROWS
 from recsys.embeddings.registry import register_method
+from recsys.embeddings.rekey import Expanded
 from recsys.hashing import bucket, bucket_per_value, salt_for
 
 
@@ -134,9 +135,7 @@ class UnifiedEmbedding(EmbeddingMethod):
 
     name: ClassVar[str] = "unified"
     Options: ClassVar[type[MethodOptions]] = UnifiedOptions
-    id_scheme = "raw"
-    contract_compression: ClassVar[float | None] = 10.0
-    contract_options: ClassVar[dict] = {"num_tables": 2, "exact_below": 3}
+    ids: ClassVar[IdScheme] = "raw"
 
     def __init__(self, ctx: MethodContext, options: MethodOptions) -> None:
         super().__init__(ctx, options)
@@ -222,18 +221,9 @@ class UnifiedEmbedding(EmbeddingMethod):
 
     def multiplexed(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
         """The KJT of table rows: each feature's bags once per probe (one ``bucket_per_value``)."""
-        values = features.values()
-        plan = self._plan(features.keys(), values.device)
-        dup = features.permute(plan.permute, plan.permute_tensor)
-        length_per_key = dup.length_per_key()
-        counts = torch.tensor(length_per_key, device=values.device)
-        n = dup.values().numel()
-        salts = torch.repeat_interleave(plan.salts, counts, output_size=n)
-        rows = torch.repeat_interleave(plan.rows, counts, output_size=n)
-        return KeyedJaggedTensor(
-            keys=plan.keys, values=bucket_per_value(dup.values(), salts, rows), weights=dup.weights_or_none(),
-            lengths=dup.lengths(), stride=dup.stride(), length_per_key=length_per_key,
-        )
+        plan = self._plan(features.keys(), features.values().device)
+        ex = Expanded(features, plan.permute, plan.permute_tensor)
+        return ex.rebuilt(plan.keys, bucket_per_value(ex.values, ex.per_value(plan.salts), ex.per_value(plan.rows)))
 
     def _output(self, pooled: KeyedTensor, virtual: list[str]) -> _Output:
         """The cached output plan of pooled keys ``pooled.keys()`` from a KJT with keys ``virtual``."""
@@ -277,8 +267,11 @@ class UnifiedEmbedding(EmbeddingMethod):
     def memory_bytes(self) -> int:
         return ebc_bytes(self.ebc)
 
+    def reports_collisions(self) -> bool:
+        return True
+
     @torch.no_grad()
-    def collision_stats(self, vocab_ids: dict[str, np.ndarray]) -> dict:
+    def collision_stats(self, vocab_ids: Mapping[str, Any]) -> dict[str, Any]:
         """Row sharing among raw ids (e.g. train vocabularies). Per feature: ``values``, ``rows_occupied``
         (over all probes), ``rows_per_probe`` (expected ``R(1 − e^(−n/R))``), ``intra_share`` (lookups
         whose row another value hits through the same probe, expected ``1 − (1 − 1/R)^(n−1)``),

@@ -11,6 +11,7 @@ from __future__ import annotations
 from torch import nn
 
 from recsys.config import ModelConfig
+from recsys.embeddings.base import EmbeddingMethod
 from recsys.models.blocks import CTRModel, FMInteraction, LearnedConstant, ProjectionArch, SparseArch
 from recsys.models.dcn import DCNv2
 from recsys.models.deepfm import DeepFM
@@ -33,8 +34,8 @@ def resolve_model_config(cfg: ModelConfig, method: nn.Module) -> ModelConfig:
     """
     if cfg.field_projection is not None:
         return cfg
-    shares = getattr(method, "shares_rows_across_features", None)  # a stock EBC shares nothing
-    needed = callable(shares) and bool(shares()) and not MODELS[cfg.name].weighs_each_field
+    shares = isinstance(method, EmbeddingMethod) and method.shares_rows_across_features()  # a stock EBC shares nothing
+    needed = shares and not MODELS[cfg.name].weighs_each_field
     return cfg.model_copy(update={"field_projection": needed})
 
 

@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from recsys.data.batch import Batch
+from recsys.embeddings.base import EmbeddingMethod
 
 
 class TrainModel(nn.Module):
@@ -34,8 +35,8 @@ class TrainModel(nn.Module):
         """Args: batch: one ``Batch``. Returns ``(loss, logits [B])``."""
         logits = self.model(batch.dense_features, batch.sparse_features)
         loss = F.binary_cross_entropy_with_logits(logits, batch.labels.to(logits.dtype))
-        aux_loss = getattr(self.model.embedding, "aux_loss", None)
-        aux = aux_loss() if aux_loss is not None else None
+        embedding = self.model.embedding
+        aux = embedding.aux_loss() if isinstance(embedding, EmbeddingMethod) else None  # a stock EBC adds none
         if aux is not None:
             loss = loss + aux
         return loss, logits

@@ -29,7 +29,7 @@ from typing import Any
 
 from recsys.config import TrackingConfig
 from recsys.data.vocab import read_value_counts
-from recsys.embeddings import MethodContext, build_method, get_method
+from recsys.embeddings import MethodContext, build_method, method_spec
 from recsys.training.bench.quality import Point, Sweep, SweepSettings
 from recsys.training.tracking import make_tracker
 from recsys.training.tune.report import TrialResult, best_trial, pareto_plot, write_best, write_csv
@@ -79,7 +79,7 @@ def feasible_methods(s: TuneSettings) -> list[str]:
         cfg = sweep.config(Point(name, s.budget, 0))
         e = cfg.embedding
         ctx = MethodContext.from_spec(sweep.spec, cfg.model.embedding_dim, e.compression, e.budget_bytes)
-        if get_method(e.method).uses_value_counts:
+        if method_spec(e.method, e.options).uses_value_counts:
             ctx = ctx.with_value_counts(read_value_counts(sweep.spec, cfg.data.path))
         try:
             build_method(e.method, ctx, e.options)
