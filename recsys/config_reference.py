@@ -32,7 +32,8 @@ _BOUNDS = ((annotated_types.Ge, "ge", "≥"), (annotated_types.Gt, "gt", ">"), (
 
 
 def _is_section(annotation: Any) -> bool:
-    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+    """A model with fields of its own (a method's options, typed ``MethodOptions`` until the method is known, is a leaf)."""
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel) and bool(annotation.model_fields)
 
 
 def leaf_fields(model: type[BaseModel], prefix: str = "") -> Iterator[tuple[str, FieldInfo]]:

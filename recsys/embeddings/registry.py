@@ -69,9 +69,9 @@ class MethodSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    method: str = Field("full", description="registered method name")
+    method: str = Field("full", description="registered method name (a bare `NAME` instead of this mapping: its default options)")
     options: MethodOptions = Field(
-        default_factory=dict, validate_default=True, description="options of that method (its own table of keys)"  # type: ignore[arg-type]
+        default_factory=dict, validate_default=True, description="options of that method (the keys of its own table here)"  # type: ignore[arg-type]
     )
 
     @model_validator(mode="before")

@@ -364,7 +364,7 @@ def test_compact_lookup_equals_eval_forward(process_group: None, base: str) -> N
     if base not in available_methods():
         pytest.skip(f"{base} is not registered")
     options = {"num_tables": 2} if base == "unified" else {}
-    method = dsl(density=0.2, update_every=2, base=base, base_options=options)
+    method = dsl(density=0.2, update_every=2, base={"method": base, "options": options})
     reference = copy.deepcopy(method)
     dmp = shard(method)
     method.on_train_begin(4)
@@ -391,7 +391,7 @@ def test_compact_lookup_equals_eval_forward(process_group: None, base: str) -> N
 def test_unified_shared_rows_accumulate_every_read(process_group: None) -> None:
     if "unified" not in available_methods():
         pytest.skip("unified is not registered")
-    method = dsl(density=1.0, base="unified", base_options={"num_tables": 1})
+    method = dsl(density=1.0, base={"method": "unified", "options": {"num_tables": 1}})
     method.train()
     out = method(kjt("unified", seed=5)).values()
     (out * torch.randn(out.shape, generator=torch.Generator().manual_seed(0))).sum().backward()

@@ -1,11 +1,15 @@
 """Contract tests run on every registered embedding method.
 
-A method may declare, as class attributes, ``contract_options`` (a dict of options used here)
-and ``contract_compression`` (the compression its behavioural tests run at; default: no
-budget). Methods that cannot reach a compression must raise a ``ValueError`` naming the budget.
+``SETTINGS`` below may give a method the options used here and the compression its behavioural
+tests run at (default: its default options, no budget). Methods that cannot reach a compression
+must raise a ``ValueError`` naming the budget. The hooks tests (``test_contract_hooks.py``)
+cover the declared hooks and the wrapped compositions of ``COMPOSITIONS``.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 import torch
@@ -13,7 +17,7 @@ from torchrec.modules.embedding_configs import PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
-from recsys.embeddings import EmbeddingMethod, FeatureInfo, MethodContext, available_methods, build_method, get_method
+from recsys.embeddings import EmbeddingMethod, FeatureInfo, MethodContext, available_methods, build_method, get_method, parse_options
 
 DIM = 16
 CTX = MethodContext(
@@ -28,20 +32,41 @@ CTX = MethodContext(
 METHODS = available_methods()
 
 
+@dataclass(frozen=True)
+class Setting:
+    """How the contract tests build a method: its options and the compression they run at."""
+
+    options: dict[str, Any] = field(default_factory=dict)
+    compression: float | None = None
+
+
+SETTINGS: dict[str, Setting] = {
+    "dsl": Setting(compression=2.0),
+    "hash": Setting(compression=10.0),
+    "hybrid": Setting({"hot_share": 0.9}, compression=2.0),
+    "qr": Setting(compression=10.0),
+    "unified": Setting({"num_tables": 2, "exact_below": 3}, compression=10.0),
+}
+
+
+def setting(name: str) -> Setting:
+    return SETTINGS.get(name, Setting())
+
+
 def contract_ctx(name: str) -> MethodContext:
-    compression = getattr(get_method(name), "contract_compression", None)
+    compression = setting(name).compression
     return CTX.with_budget(compression=compression) if compression else CTX
 
 
 def make(name: str, seed: int = 0, ctx: MethodContext | None = None) -> EmbeddingMethod:
     torch.manual_seed(seed)
-    return build_method(name, ctx or contract_ctx(name), dict(getattr(get_method(name), "contract_options", {})))
+    return build_method(name, ctx or contract_ctx(name), dict(setting(name).options))
 
 
 def random_kjt(name: str, batch: int, seed: int = 0, ctx: MethodContext = CTX) -> KeyedJaggedTensor:
     """Valid ids for the method's id scheme: indices below the cardinality, or any int64 (raw)."""
     gen = torch.Generator().manual_seed(seed)
-    raw = get_method(name).id_scheme == "raw"
+    raw = get_method(name).id_scheme_for(parse_options(name, setting(name).options)) == "raw"
     lengths, values = [], []
     for f in ctx.features:
         lens = torch.randint(0, 4, (batch,), generator=gen) if f.multi_valued else torch.ones(batch, dtype=torch.int64)

@@ -23,7 +23,7 @@ from tests.unit.test_method_contract import CTX, random_kjt
 
 D = 16
 SINGLE = MethodContext(tuple(FeatureInfo(f"S{i}", c) for i, c in enumerate([5, 300, 2000, 40])), D)
-UNIFIED = {"base": "unified", "base_options": {"num_tables": 2, "exact_below": 3}}
+UNIFIED = {"base": {"method": "unified", "options": {"num_tables": 2, "exact_below": 3}}}
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -324,7 +324,7 @@ def test_fixed_masks_apply_to_the_sharded_tables(process_group: None, base: str)
 
 
 def test_fields_of_different_widths_get_their_own_prefixes() -> None:
-    options = {"base": "unified", "base_options": {"chunks": "auto", "chunk_dim": 4}}
+    options = {"base": {"method": "unified", "options": {"chunks": "auto", "chunk_dim": 4}}}
     method = make(**options)
     widths = [method.output_dims()[n] for n in CTX.feature_names]
     assert len(set(widths)) > 1 and method.prefix_table is None

@@ -1,9 +1,11 @@
-"""How a memory budget is put to each benchmarked method: a table from name to config overrides.
+"""How a memory budget is put to each benchmarked method: a table from name to a typed method value.
 
 A sweep point is (method, budget, seed). ``SWEEP_METHODS[name]`` says which registered method
-it trains with which options (``overrides``) and how the budget (a compression ratio: full fp32
-bytes / budget) is set (``budget``: a function of the ``Budget`` giving ``--set`` overrides).
-Adding a method to the suite is adding a row here; nothing else in the sweep names methods.
+it trains with which options (``embedding``: a ``MethodSpec``, validated when this module is
+imported; a composition such as ``unified+dsl`` is ``dsl`` with a typed ``base``) and how the
+budget (a compression ratio: full fp32 bytes / budget) is set (``budget``: a function of the
+``Budget`` giving ``--set`` overrides). Adding a method to the suite is adding a row here;
+nothing else in the sweep names methods.
 
 * ``hash``, ``qr``, ``unified``, ``hybrid``, ``dsl``: the method's own ``embedding.compression`` (``dsl``
   fits its density to the budget; on ``full`` its CSR row offsets alone cost 1/D of full, so it
@@ -24,9 +26,9 @@ further in ``--quick`` mode.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
-Overrides = tuple[str, ...]
+from recsys.embeddings import MethodSpec, method_spec
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,7 @@ def _search(b: Budget) -> list[str]:
 def _unified_base_rows(b: Budget) -> list[str]:
     """Rows of a one-sub-table ``unified`` base (chunks D/2 wide) of twice the budget's bytes."""
     chunk = b.embedding_dim // 2 if b.embedding_dim % 2 == 0 else b.embedding_dim
-    return [f"embedding.options.base_options.rows={max(1, 2 * b.budget_bytes // (chunk * 4))}", *_search(b)]
+    return [f"embedding.options.base.options.rows={max(1, 2 * b.budget_bytes // (chunk * 4))}", *_search(b)]
 
 
 def _half_compression_base(b: Budget) -> list[str]:
@@ -61,28 +63,38 @@ def _half_compression_base(b: Budget) -> list[str]:
 class SweepMethod:
     """A benchmarked method: a registered method with options, and how a budget is applied."""
 
-    overrides: Overrides  # fixed --set overrides (embedding.method and options)
+    embedding: MethodSpec  # the method and its options (a wrapper's base included)
     budget: Callable[[Budget], list[str]] | None = _compression  # None: uncompressed, trained once per seed
     shared_phases: tuple[str, ...] = ()  # phases that do not depend on the budget (reused across budgets)
-    quick: Overrides = field(default_factory=tuple)  # extra overrides in --quick mode
+    quick: dict[str, Any] = field(default_factory=dict)  # option values in --quick mode
+
+    def spec(self, quick: bool = False) -> MethodSpec:
+        """The method value of a point (with the ``quick`` options in ``--quick`` mode)."""
+        if not quick or not self.quick:
+            return self.embedding
+        return method_spec(self.embedding.method, self.embedding.options.model_dump(exclude_unset=True) | self.quick)
 
 
-_OPTEMBED_QUICK = ("embedding.options.generations=3", "embedding.options.parents=4", "embedding.options.mutations=4",
-                   "embedding.options.crossovers=4", "embedding.options.eval_rows=2000")
+def spec(method: str, **options: Any) -> MethodSpec:
+    """A method value, validated now: ``spec("dsl", base=spec("unified"))``."""
+    return method_spec(method, options)
+
+
+_OPTEMBED_QUICK = {"generations": 3, "parents": 4, "mutations": 4, "crossovers": 4, "eval_rows": 2000}
 # A shorter search than the method's default (30 generations, ~550 evaluations: minutes per point).
-_OPTEMBED = ("embedding.method=optembed", "embedding.options.generations=10", "embedding.options.eval_rows=10000")
-_DSL_QUICK = ("embedding.options.update_every=5",)
+_OPTEMBED = {"generations": 10, "eval_rows": 10000}
+_DSL_QUICK = {"update_every": 5}
 
 SWEEP_METHODS: dict[str, SweepMethod] = {
-    "full": SweepMethod(("embedding.method=full",), budget=None),
-    "hash": SweepMethod(("embedding.method=hash",)),
-    "qr": SweepMethod(("embedding.method=qr",)),
-    "unified": SweepMethod(("embedding.method=unified",)),
-    "hybrid": SweepMethod(("embedding.method=hybrid",)),
-    "optembed": SweepMethod(_OPTEMBED, budget=_search, shared_phases=("supernet",), quick=_OPTEMBED_QUICK),
-    "dsl": SweepMethod(("embedding.method=dsl",), quick=_DSL_QUICK),
-    "unified+optembed": SweepMethod((*_OPTEMBED, "embedding.options.base=unified"), budget=_unified_base_rows, quick=_OPTEMBED_QUICK),
-    "unified+dsl": SweepMethod(("embedding.method=dsl", "embedding.options.base=unified"), budget=_half_compression_base, quick=_DSL_QUICK),
+    "full": SweepMethod(spec("full"), budget=None),
+    "hash": SweepMethod(spec("hash")),
+    "qr": SweepMethod(spec("qr")),
+    "unified": SweepMethod(spec("unified")),
+    "hybrid": SweepMethod(spec("hybrid")),
+    "optembed": SweepMethod(spec("optembed", **_OPTEMBED), budget=_search, shared_phases=("supernet",), quick=_OPTEMBED_QUICK),
+    "dsl": SweepMethod(spec("dsl"), quick=_DSL_QUICK),
+    "unified+optembed": SweepMethod(spec("optembed", **_OPTEMBED, base=spec("unified")), budget=_unified_base_rows, quick=_OPTEMBED_QUICK),
+    "unified+dsl": SweepMethod(spec("dsl", base=spec("unified")), budget=_half_compression_base, quick=_DSL_QUICK),
 }
 DEFAULT_METHODS = tuple(SWEEP_METHODS)
 

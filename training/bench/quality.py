@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from recsys.config import ExperimentConfig, TrackingConfig, apply_override, flatten, load_raw, validate_config
-from recsys.embeddings import MethodContext
+from recsys.embeddings import MethodContext, MethodSpec
 from recsys.features import load_dataset_spec
 from recsys.training.bench.methods import DEFAULT_METHODS, Budget, sweep_method
 from recsys.training.bench.report import PointResult, markdown, pareto_plot, summarise, write_csv
@@ -132,9 +132,17 @@ class Sweep:
     def base_config(self) -> ExperimentConfig:
         return self._validate(self._common())
 
-    def _validate(self, overrides: list[str]) -> ExperimentConfig:
+    def _validate(self, overrides: list[str], embedding: MethodSpec | None = None, after: list[str] | None = None) -> ExperimentConfig:
+        """The config file with ``overrides``, then the typed ``embedding`` (method and options, merged
+        over any options set so far), then the ``after`` overrides."""
         raw = load_raw(self.s.config) if self.s.config is not None else {}
         for assignment in overrides:
+            apply_override(raw, assignment)
+        if embedding is not None:
+            section = raw.setdefault("embedding", {})
+            typed = embedding.model_dump(mode="json", exclude_unset=True)
+            section["method"], section["options"] = typed["method"], _merged(section.get("options") or {}, typed.get("options", {}))
+        for assignment in after or []:
             apply_override(raw, assignment)
         return validate_config(raw, str(self.s.config or "<bench defaults>"))
 
@@ -150,9 +158,8 @@ class Sweep:
     def config(self, point: Point, extra: tuple[str, ...] = ()) -> ExperimentConfig:
         """The point's config; ``extra`` overrides come last (a tuning trial's options)."""
         entry = sweep_method(point.method)
-        quick = list(entry.quick) if self.s.quick else []
-        return self._validate([*self._common(), *entry.overrides, *quick, *self.budget_overrides(point),
-                               *self._scoped(point.method), f"training.seed={point.seed}", *extra])
+        return self._validate(self._common(), entry.spec(self.s.quick),
+                              [*self.budget_overrides(point), *self._scoped(point.method), f"training.seed={point.seed}", *extra])
 
     def folder(self, point: Point) -> Path:
         return self.root / point.name
@@ -221,6 +228,14 @@ class Sweep:
                     shutil.copytree(source, target)
                     shutil.copy(sibling / "initial.safetensors", folder / "initial.safetensors")
             return
+
+
+def _merged(into: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """``into`` with ``values`` written over it, nested mappings merged key by key."""
+    out = dict(into)
+    for key, value in values.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def _keys(overrides: list[str]) -> set[str]:
