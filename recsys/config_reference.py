@@ -36,10 +36,10 @@ def _is_section(annotation: Any) -> bool:
     return isinstance(annotation, type) and issubclass(annotation, BaseModel) and bool(annotation.model_fields)
 
 
-def leaf_fields(model: type[BaseModel], prefix: str = "") -> Iterator[tuple[str, FieldInfo]]:
-    """``(key.path, field)`` for every leaf of ``model`` (nested models are walked, not listed)."""
+def leaf_fields(model: type[BaseModel], prefix: str = "", walk: bool = True) -> Iterator[tuple[str, FieldInfo]]:
+    """``(key.path, field)`` for every leaf of ``model`` (nested models are walked, not listed, unless ``walk`` is false)."""
     for name, field in model.model_fields.items():
-        if _is_section(field.annotation):
+        if walk and _is_section(field.annotation):
             yield from leaf_fields(field.annotation, f"{prefix}{name}.")  # type: ignore[arg-type]
         else:
             yield f"{prefix}{name}", field
@@ -62,6 +62,8 @@ def type_name(annotation: Any) -> str:
     if origin is not None:
         name = getattr(origin, "__name__", str(origin))
         return f"{name}[{', '.join(type_name(a) for a in args)}]" if args else name
+    if _is_section(annotation):  # a nested model given as one value (a wrapper's ``base``)
+        return "{" + ", ".join(annotation.model_fields) + "}"
     if isinstance(annotation, type):
         return annotation.__name__
     return str(annotation).replace("typing.", "")
@@ -108,10 +110,10 @@ def _markdown(text: str) -> str:
     return text.replace("``", "`")
 
 
-def fields_table(model: type[BaseModel], prefix: str = "") -> list[str]:
-    """A Markdown table of ``model``'s leaf fields under ``prefix``."""
+def fields_table(model: type[BaseModel], prefix: str = "", walk: bool = True) -> list[str]:
+    """A Markdown table of ``model``'s leaf fields under ``prefix`` (``walk``: see ``leaf_fields``)."""
     lines = ["| Key | Type | Default | Description |", "| --- | --- | --- | --- |"]
-    for key, field in leaf_fields(model, prefix):
+    for key, field in leaf_fields(model, prefix, walk):
         lines.append(f"| {_code(key)} | {_code(field_type(field))} | {_code(field_default(field))} | {_cell(_markdown(field.description or ''))} |")
     return lines
 
@@ -150,7 +152,7 @@ def render_reference() -> str:
         doc = _markdown((cls.__doc__ or "").strip().split("\n\n")[0])
         lines += [f"### `{name}`", "", f"{' '.join(doc.split())} (`{cls.__module__}.{cls.__qualname__}`)", ""]
         if cls.Options.model_fields:
-            lines += [*fields_table(cls.Options, "embedding.options."), ""]
+            lines += [*fields_table(cls.Options, "embedding.options.", walk=False), ""]
         else:
             lines += ["No options.", ""]
     return "\n".join(lines).rstrip("\n") + "\n"

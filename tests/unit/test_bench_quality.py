@@ -121,3 +121,18 @@ def test_pareto_front_and_summary() -> None:
     rows = summarise([PointResult("hash", 10.0, 0, 100, metrics=ok), PointResult("hash", 10.0, 1, 100, error="boom | x")])
     assert rows[0]["status"] == "partial" and rows[0]["seeds_ok"] == 1 and rows[0]["compression"] == 10.0
     assert "partial: boom \\| x" in markdown(rows)
+
+
+def test_compositions_are_typed_method_values() -> None:
+    from recsys.embeddings import MethodSpec, WrappedMethod, get_method
+
+    for name, entry in SWEEP_METHODS.items():
+        assert isinstance(entry.embedding, MethodSpec)
+        if "+" in name:  # BASE+WRAPPER: the wrapper with a typed base
+            base, wrapper = name.split("+")
+            assert entry.embedding.method == wrapper and issubclass(get_method(wrapper), WrappedMethod)
+            assert entry.embedding.options.base.method == base
+            quick = entry.spec(quick=True)
+            assert quick.options.base == entry.embedding.options.base
+            assert all(getattr(quick.options, k) == v for k, v in entry.quick.items())
+    assert SWEEP_METHODS["unified+dsl"].embedding.id_scheme == "raw" and SWEEP_METHODS["dsl"].embedding.id_scheme == "index"
