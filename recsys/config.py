@@ -235,7 +235,9 @@ def _format_errors(exc: ValidationError, source: str, sources: Sources | None = 
     lines = []
     for err in exc.errors():
         loc = tuple(str(p) for p in err["loc"])
-        where = _source_of(loc, sources, source) if sources else source
+        error = err.get("ctx", {}).get("error")
+        keys = [loc + key for key in getattr(error, "keys", [])] or [loc]  # a method's options: the keys at fault
+        where = ", ".join(dict.fromkeys(_source_of(k, sources, source) for k in keys)) if sources else source
         message = err["msg"].removeprefix("Value error, ")
         lines.append(f"{where}: {'.'.join(loc) or '(root)'}: {message}")
     return "\n".join(lines)

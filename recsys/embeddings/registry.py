@@ -48,10 +48,16 @@ def parse_options(name: str, options: MethodOptions | dict[str, Any] | None) -> 
     try:
         return cls.Options.model_validate(options or {})
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(options)'}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()
-        )
-        raise ValueError(f"invalid options for method '{name}': {problems}") from exc
+        raise OptionsError(name, [(tuple(str(p) for p in e["loc"]), e["msg"].removeprefix("Value error, ")) for e in exc.errors()]) from exc
+
+
+class OptionsError(ValueError):
+    """Invalid options of a method; ``keys`` are the option key paths at fault (``base.options.rows``)."""
+
+    def __init__(self, method: str, problems: list[tuple[tuple[str, ...], str]]) -> None:
+        self.keys = [loc for loc, _ in problems]
+        text = "; ".join(f"{'.'.join(loc) or '(options)'}: {message}" for loc, message in problems)
+        super().__init__(f"invalid options for method '{method}': {text}")
 
 
 def build_method(name: str, ctx: MethodContext, options: MethodOptions | dict[str, Any] | None = None) -> EmbeddingMethod:
