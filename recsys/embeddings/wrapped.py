@@ -31,7 +31,8 @@ class WrapperOptions(MethodOptions):
     """Options of a method wrapping another: ``base`` is the wrapped method with its options."""
 
     base: MethodSpec = Field(
-        default_factory=MethodSpec, description="the wrapped method, ``{method: NAME, options: {...}}`` (or just ``NAME``); the options are those of NAME's table"
+        default_factory=MethodSpec,
+        description="the wrapped method, ``{method: NAME, options: {...}}`` (or just ``NAME``); the options are those of NAME's table",
     )
 
     @model_validator(mode="before")
