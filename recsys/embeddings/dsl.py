@@ -1,9 +1,8 @@
 """``dsl``: Dynamic Sparse Learning (Wang et al., WSDM 2024) on the tables of any base method.
 
-The base method (``base``: ``full``, ``hash``, ``unified``, ... with its options; one training
-phase; a ``WrappedMethod``) keeps its id rewriting and stock EBC tables, built without a budget
-(or at ``base_compression``). Each
-table gets a bool mask ``masks.<path>__<table>`` (in the state_dict) with exactly
+A ``WrappedMethod``: the base method (``base``: ``full``, ``hash``, ``unified``, ... with its
+options; one training phase) keeps its id rewriting and stock EBC tables, built without a
+budget (or at ``base_compression``). Each table gets a bool mask ``masks.<path>__<table>`` (in the state_dict) with exactly
 ``floor(density · rows · dim)`` active weights, seeded; with a budget and no ``density``, the
 density is the largest whose served form fits.
 
