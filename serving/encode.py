@@ -2,9 +2,9 @@
 
 Sparse values: a string (an int is taken as its decimal string) is hashed by
 ``recsys.hashing.hash64_strings`` into its raw id; ``None`` and ``""`` are the missing value.
-Index methods then look the raw id up in the artifact's vocabularies (one binary search over all
-features' ids, copied at load from the id-sorted Arrow files): unseen ids give the OOV index 1,
-missing gives 0.
+Index methods then look the raw id up in the artifact's vocabularies (``recsys.serving.vocabulary``:
+one hash-table probe of the whole request, built at load from the Arrow files): unseen ids give the
+OOV index 1, missing gives 0.
 Single-valued fields take one value (missing: index 0 / the id of ``""``); multi-valued fields
 take a list (a scalar is a list of one; missing elements are dropped) or, when weighted, an
 object ``{value: weight}``. Dense values are raw numbers, transformed as ``dataset.json`` records
@@ -16,122 +16,27 @@ quantile buckets is a sparse feature: its raw number, given under ``dense``, bec
 from __future__ import annotations
 
 import math
-import mmap
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
-import pyarrow as pa
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys.data.transforms import apply_dense, bucket_of
 from recsys.export.artifact import MANIFEST, ArtifactError, Manifest
-from recsys.export.files import artifact_path, open_regular
-from recsys.features import MISSING_INDEX, OOV_INDEX
+from recsys.export.files import artifact_path
 from recsys.hashing import hash64_str, hash64_strings
+from recsys.serving.vocabulary import MISSING_ID, Vocabularies
 
-MISSING_ID = hash64_str("")
 DENSE_TRANSFORMS = (None, "slog1p", "none", "standardize")
 RawValue = str | int | None
-_SORTED_SEARCH = 48  # from this many ids, the vocabulary search runs over them sorted
 _SCALAR_HASH_MAX = 16  # up to this many values: hashed in Python (measured break-even ~18)
 
 
 class RequestError(ValueError):
     """A request the model cannot answer (unknown feature, wrong type, bad value): a client error."""
-
-
-def _read_vocabulary(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """``(ids, index)`` of an id-sorted vocabulary file (views of its memory map, opened as a
-    regular file without blocking: ``recsys.export.files``)."""
-    with open_regular(path) as f:
-        size = os.fstat(f.fileno()).st_size
-        data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
-    try:
-        batch = pa.ipc.open_file(pa.py_buffer(data)).read_all().combine_chunks().to_batches()
-        if not batch:
-            return np.zeros(0, np.int64), np.zeros(0, np.int32)
-        ids, index = batch[0].column("id"), batch[0].column("index")
-        if not (pa.types.is_int64(ids.type) and pa.types.is_int32(index.type)):
-            raise TypeError(f"columns id {ids.type}, index {index.type}; expected int64 and int32")
-        return ids.to_numpy(), index.to_numpy()
-    except (pa.ArrowException, KeyError, TypeError, ValueError) as exc:
-        raise ArtifactError(f"{path}: not a vocabulary (Arrow IPC file with int64 'id' and int32 'index' columns): {exc}") from None
-
-
-def _longest_run(values: np.ndarray) -> int:
-    """The most equal values in a row of a sorted array (1 when all differ)."""
-    if len(values) < 2 or not (values[1:] == values[:-1]).any():
-        return 1
-    starts = np.flatnonzero(np.concatenate([[True], values[1:] != values[:-1]]))
-    return int(np.diff(starts, append=len(values)).max())
-
-
-class Vocabularies:
-    """Every feature's vocabulary in one sorted array: ``(feature position, raw id) -> index`` for a
-    whole request in one binary search, whatever the features.
-
-    An entry's key is ``(feature << (64 - b)) | (id >> b)`` (the id as unsigned, ``b`` bits for the
-    feature) with the id's low ``b`` bits beside it; keys sort by feature, then id, and key plus low
-    bits give back the pair exactly. In memory: 8 + 1 + 4 bytes an entry (the files' maps are not kept).
-    """
-
-    def __init__(self, paths: Sequence[Path]) -> None:
-        parts = [_read_vocabulary(p) for p in reversed(paths)]  # maps, not read yet; popped (and let go) once copied
-        self.bits = max(1, (len(paths) - 1).bit_length())
-        self.shift = np.uint64(64 - self.bits)
-        self.low_mask = np.uint64((1 << self.bits) - 1)
-        total = sum(len(ids) for ids, _ in parts)
-        self.keys = np.empty(total, np.uint64)
-        self.low = np.empty(total, np.min_scalar_type((1 << self.bits) - 1))
-        self.index = np.empty(total, np.int32)
-        self.run = 1  # the most entries sharing one key (ids equal but for their low bits)
-        self.max_index: list[int] = []  # the largest index of each feature (-1: an empty vocabulary)
-        start = 0
-        for f in range(len(paths)):
-            ids, index = parts.pop()
-            n, split = len(ids), int(ids.searchsorted(0))  # signed order -> unsigned: the negative ids go last
-            u, idx = self.keys[start : start + n], self.index[start : start + n]
-            u[: n - split], u[n - split :] = ids[split:].view(np.uint64), ids[:split].view(np.uint64)
-            idx[: n - split], idx[n - split :] = index[split:], index[:split]
-            np.bitwise_and(u, self.low_mask, out=self.low[start : start + n], casting="unsafe")
-            u >>= np.uint64(self.bits)
-            u |= np.uint64(f) << self.shift
-            self.run = max(self.run, _longest_run(u))
-            self.max_index.append(int(idx.max()) if n else -1)
-            start += n
-            del ids, index
-
-    def lookup_present(self, feature: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        """Index of each ``(feature position, raw id)``: 2.. in the vocabulary, ``OOV_INDEX`` unseen
-        (ids known not to be the missing value; a few numpy calls for the whole request)."""
-        out = np.full(len(ids), OOV_INDEX, np.int64)
-        if not len(self.keys) or not len(ids):
-            return out
-        u = np.ascontiguousarray(ids, np.int64).view(np.uint64)
-        key = (feature.astype(np.uint64) << self.shift) | (u >> np.uint64(self.bits))
-        low = (u & self.low_mask).astype(self.low.dtype)
-        if len(key) < _SORTED_SEARCH:
-            pos = self.keys.searchsorted(key)
-        else:  # ascending queries reuse the previous search's bounds: fewer cache misses in a large array
-            order = key.argsort()
-            pos = np.empty(len(key), np.int64)
-            pos[order] = self.keys.searchsorted(key[order])
-        last = len(self.keys) - 1
-        for k in range(self.run):
-            at = np.minimum(pos + k, last) if k else np.minimum(pos, last, out=pos)
-            hit = (self.keys.take(at) == key) & (self.low.take(at) == low)
-            out[hit] = self.index.take(at[hit])
-        return out
-
-    def lookup(self, feature: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        """``lookup_present`` with the missing value mapped to ``MISSING_INDEX``."""
-        out = self.lookup_present(feature, ids)
-        out[ids == MISSING_ID] = MISSING_INDEX
-        return out
 
 
 def _hash(texts: list[str], feature_of: Callable[[int], str] | None = None) -> np.ndarray:

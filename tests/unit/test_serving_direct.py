@@ -6,15 +6,13 @@ from __future__ import annotations
 import random
 
 import numpy as np
-import pyarrow as pa
 import pytest
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys.export import export_run
 from recsys.hashing import hash64_str
-from recsys.features import MISSING_INDEX, OOV_INDEX
-from recsys.serving.encode import MISSING_ID, RequestError, Vocabularies, _hash
+from recsys.serving.encode import RequestError, _hash
 from recsys.serving.store import Store
 from tests.serving_support import ensure_runs, raw_strings
 
@@ -69,38 +67,6 @@ def test_requests_equal_the_module(stores, key):
         store.embeddings([(store.features[0], "x"), ("nope", "x")])
     with pytest.raises(RequestError, match="values must be strings"):
         store.embeddings([(store.features[0], 1.5)])
-
-
-def _vocabulary_file(path, ids: np.ndarray) -> None:
-    table = pa.table({"id": np.sort(ids).astype(np.int64), "index": np.arange(2, 2 + len(ids), dtype=np.int32)})
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table)
-
-
-def test_vocabularies_equal_a_search_per_feature(tmp_path):
-    """The one sorted key array answers like a binary search in each feature's own file: the signed
-    extremes, ids equal but for their low bits (one key, several entries), another feature's ids, an
-    empty vocabulary, unseen and missing ids."""
-    rng = np.random.default_rng(0)
-    near = np.array([5 << 8, (5 << 8) | 1, (5 << 8) | 3, (5 << 8) | 6], np.int64)  # 3 feature bits: one key
-    sets = [np.unique(np.concatenate([rng.integers(-(2**63), 2**63 - 1, 300), near + k, [-(2**63), -1, 0, 2**63 - 1]]))
-            for k in range(4)] + [np.zeros(0, np.int64)]
-    for j, ids in enumerate(sets):
-        _vocabulary_file(tmp_path / f"{j}.arrow", ids)
-    vocab = Vocabularies([tmp_path / f"{j}.arrow" for j in range(len(sets))])
-    assert vocab.bits == 3 and vocab.run > 1
-    for j, ids in enumerate(sets):
-        asked = np.concatenate([ids, sets[(j + 1) % len(sets)], near + 8, rng.integers(-(2**63), 2**63 - 1, 50), [MISSING_ID]])
-        expected = np.full(len(asked), OOV_INDEX, np.int64)
-        if len(ids):
-            pos = np.minimum(ids.searchsorted(asked), len(ids) - 1)
-            found = ids[pos] == asked
-            expected[found] = 2 + pos[found]
-        expected[asked == MISSING_ID] = MISSING_INDEX
-        for chunk in (asked[:1], asked[:20], asked):  # unsorted and sorted searches
-            n = len(chunk)
-            assert vocab.lookup(np.full(n, j), chunk).tolist() == expected[:n].tolist(), j
-        assert vocab.max_index[j] == (len(ids) + 1 if len(ids) else -1)
 
 
 def test_one_gather_equals_a_gather_per_feature(stores):
