@@ -264,6 +264,7 @@ def main() -> None:
     p.add_argument("--http-only", action="store_true", help="only the HTTP vs Redis part (artifacts from an earlier run are reused)")
     p.add_argument("--workers", default="1,2", help="server process counts to measure, comma-separated")
     p.add_argument("--sizes", default="1,64,512", help="ids per request, comma-separated")
+    p.add_argument("--fronts", default="uvicorn,granian,granian-rsgi", help="--quick: the HTTP fronts measured against Redis, comma-separated")
     args = p.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -306,7 +307,8 @@ def _quick(out: Path, spec, art: Path, args: argparse.Namespace) -> None:
     if not (art / "manifest.json").exists():
         export_run(fake_run(out / "criteo-data", out / "criteo-run"), art, dtype="int8", overwrite=True)
     store = Store.open(art)
-    result = fair(art, store, key_pool(spec, 50_000), out, args.duration or 3.0, args.rounds, [int(n) for n in args.sizes.split(",")], _port)
+    result = fair(art, store, key_pool(spec, 50_000), out, args.duration or 3.0, args.rounds, [int(n) for n in args.sizes.split(",")], _port,
+                  tuple(args.fronts.split(",")))
     (out / "fair.json").write_text(json.dumps(result, indent=2) + "\n")
     text = markdown(result)
     (out / "fair.md").write_text(text)

@@ -1,7 +1,7 @@
 """The fair serving benchmark (``python -m bench.serving_bench --quick``): our service against Redis
 MGET of the same vectors, each server alone on one core.
 
-The server under test (``recsys serve`` with one worker process, on uvicorn and on granian, or
+The server under test (``recsys serve`` with one worker process, on uvicorn, granian and granian-rsgi, or
 ``redis-server``) runs pinned to core ``SERVER_CORE`` and the load generator
 (``bench.serving_load``, its own process, pre-encoded requests on raw connections) to core
 ``CLIENT_CORE`` with ``taskset``, so vectors/s is per server core. Our requests are ids.v1 bodies
@@ -35,7 +35,7 @@ from recsys.serving.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIENT_CORE, SERVER_CORE = 0, 1
-FRONTS = ("uvicorn", "granian")
+FRONTS = ("uvicorn", "granian", "granian-rsgi")
 
 
 def _pinned(core: int, cmd: list[str]) -> list[str]:
@@ -128,8 +128,8 @@ def bulk_in_process(store: Store, pool: list[tuple[str, str]], redis_port: int, 
 
 
 def fair(art: Path, store: Store, pool: list[tuple[str, str]], out: Path, duration: float, rounds: int,
-         sizes: list[int], port_of) -> dict:
-    """The pinned, alternating HTTP/Redis comparison; ``port_of()`` gives a free port."""
+         sizes: list[int], port_of, fronts: tuple[str, ...] = FRONTS) -> dict:
+    """The pinned, alternating HTTP/Redis comparison of ``fronts``; ``port_of()`` gives a free port."""
     import redis
 
     keys = out / "keys_ids.json"
@@ -141,12 +141,12 @@ def fair(art: Path, store: Store, pool: list[tuple[str, str]], out: Path, durati
         client = redis.Redis(host="127.0.0.1", port=redis_port)
         wait_for_redis(client)
         _fill_redis(client, store, pool)
-        for front in FRONTS:
+        for front in fronts:
             port = port_of()
             procs[front] = (_start_front(art, port, front), port)
         import httpx
 
-        for front in FRONTS:
+        for front in fronts:
             deadline = time.time() + 180
             while time.time() < deadline:
                 try:
@@ -154,7 +154,7 @@ def fair(art: Path, store: Store, pool: list[tuple[str, str]], out: Path, durati
                         break
                 except httpx.TransportError:
                     time.sleep(0.3)
-        targets = [(front, "http", procs[front][1], ["--ids-format"]) for front in FRONTS] + [("redis", "redis", redis_port, [])]
+        targets = [(front, "http", procs[front][1], ["--ids-format"]) for front in fronts] + [("redis", "redis", redis_port, [])]
         runs: dict[tuple[str, int], list[dict]] = {}
         load_before = open("/proc/loadavg").read().strip()
         for r in range(rounds):
@@ -174,7 +174,7 @@ def fair(art: Path, store: Store, pool: list[tuple[str, str]], out: Path, durati
                 print(json.dumps({"moderate": name, **row}), flush=True)
         bulk = _pinned_bulk(store, pool, redis_port)
         load_after = open("/proc/loadavg").read().strip()
-        return {"peak": [p for rows in peak.values() for p in rows], "moderate": moderate, "bulk": bulk,
+        return {"peak": [p for rows in peak.values() for p in rows], "moderate": moderate, "bulk": bulk, "fronts": list(fronts),
                 "load_before": load_before, "load_after": load_after, "rounds": rounds, "duration_s": duration}
     finally:
         for proc, _ in procs.values():
@@ -213,7 +213,7 @@ def markdown(result: dict) -> str:
               f"redis-py `mget` of the same keys: {b['redis_py_mget_vectors_per_s']:,.0f} vectors/s ({b['ratio']:.1f}×)", ""]
     cpu = {(p["name"], p["ids"]): p["server_cpu_us_per_request"] for p in result["peak"]}
     if ("redis", 512) in cpu:
-        best = min(cpu.get((f, 512), float("inf")) for f in FRONTS)
+        best = min(cpu.get((f, 512), float("inf")) for f in result.get("fronts", FRONTS))
         lines.append(f"per server CPU-second (CPU time, not wall): serving vs redis at 512 ids: {cpu[('redis', 512)] / best:.2f}×")
     lines.append(ratio_line(result))
     return "\n".join(lines) + "\n"
@@ -221,6 +221,6 @@ def markdown(result: dict) -> str:
 
 def ratio_line(result: dict) -> str:
     at = {(p["name"], p["ids"]): p["vectors_per_s"] for p in result["peak"]}
-    ours = max(at.get((f, 512), 0.0) for f in FRONTS)
+    ours = max(at.get((f, 512), 0.0) for f in result.get("fronts", FRONTS))
     redis = at.get(("redis", 512), float("nan"))
     return f"serving vs redis at 512 ids: {ours / redis:.2f}×"

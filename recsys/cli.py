@@ -374,7 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--workers", type=int, help="server processes (each loads the model; default 1)")
     srv.add_argument("--offload-items", dest="offload_items", type=int, help="requests this large run in a worker thread (default 512)")
     srv.add_argument("--offload-ids", dest="offload_ids", type=int, help="ids.v1 requests this large run in a worker thread (default 4096)")
-    srv.add_argument("--server", choices=["uvicorn", "granian"], help="HTTP front: uvicorn (default) or granian (Rust)")
+    srv.add_argument("--server", choices=["uvicorn", "granian", "granian-rsgi"],
+                     help="HTTP front: uvicorn (default), granian (Rust) or granian-rsgi (granian's RSGI: ids.v1 lookups skip the ASGI layers)")
     srv.add_argument("--header-timeout", dest="header_timeout_s", type=float, help="seconds for a request's headers (default 10; then 408)")
     srv.add_argument("--body-timeout", dest="body_timeout_s", type=float, help="seconds for a request's body after its headers (default 10; then 408)")
     srv.add_argument("--keep-alive", dest="keep_alive_s", type=float, help="seconds an idle keep-alive connection stays open (default 5)")

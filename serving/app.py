@@ -30,7 +30,8 @@ import hmac
 import json
 import logging
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import numpy as np
 import torch
@@ -162,9 +163,26 @@ def make_holder(settings: ServeSettings) -> ModelHolder:
     return holder
 
 
+@dataclass(frozen=True)
+class Service:
+    """The service's parts: the whole ASGI app, and what a front answering ids.v1 itself needs
+    (``recsys.serving.rsgi``): the same holder, metrics, limits and ids.v1 handler."""
+
+    asgi: MetricsMiddleware
+    holder: ModelHolder
+    limits: RequestLimits
+    ids_answer: Callable[[bytes, bytes], Awaitable[tuple[int, bytes, str, dict[str, str]]]]
+    expected_auth: bytes | None  # the Authorization header a request must carry (None: no token)
+
+
 def create_app(settings: ServeSettings, holder: ModelHolder | None = None, metrics: ServingMetrics | None = None) -> MetricsMiddleware:
     """The ASGI app (metrics, limits and the fast path around the FastAPI app); loads the model
     first unless a loaded ``holder`` is given."""
+    return create_service(settings, holder, metrics).asgi
+
+
+def create_service(settings: ServeSettings, holder: ModelHolder | None = None, metrics: ServingMetrics | None = None) -> Service:
+    """The ``Service`` of ``settings`` (see ``create_app``)."""
     torch.set_num_threads(settings.torch_threads)
     metrics = metrics or ServingMetrics()
     holder = holder or make_holder(settings)
@@ -347,7 +365,7 @@ def create_app(settings: ServeSettings, holder: ModelHolder | None = None, metri
     # outside FastAPI's own stack (error and telemetry middleware, routing): the fast path costs a few
     # plain calls; what it declines goes on to FastAPI
     limits = RequestLimits(ItemsFastPath(app, items_fast), settings.max_body_bytes, settings.body_timeout_s, settings.max_inflight)
-    return MetricsMiddleware(limits, metrics)
+    return Service(MetricsMiddleware(limits, metrics), holder, limits, ids_answer, expected_auth if settings.token is not None else None)
 
 
 def configure_logging(level: str) -> None:

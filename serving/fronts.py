@@ -1,7 +1,9 @@
 """The HTTP fronts that run the lookup app: uvicorn (Python, uvloop + httptools) or granian (Rust, hyper).
 
-``recsys serve --server uvicorn|granian`` picks one; the app, and so validation, limits, auth,
-metrics and hot reload, is the same ASGI app on both. Either way SIGINT/SIGTERM stops accepting,
+``recsys serve --server uvicorn|granian|granian-rsgi`` picks one; the app, and so validation, limits,
+auth, metrics and hot reload, is the same ASGI app on all three; ``granian-rsgi`` runs granian's RSGI
+interface and answers ids.v1 lookups without the ASGI layers (``recsys.serving.rsgi``), handing every
+other request to that app. Either way SIGINT/SIGTERM stops accepting,
 lets in-flight requests finish (up to ``graceful_timeout_s``), then runs the app's shutdown,
 which logs ``stopped serving``.
 
@@ -10,7 +12,7 @@ Slow clients (per connection, both fronts):
 * a request's headers must arrive within ``header_timeout_s``: uvicorn (``recsys.serving.transport``)
   then answers 408 and closes; granian (hyper's header read timeout) closes the connection;
 * an idle keep-alive connection is closed after ``keep_alive_s`` (uvicorn's keep-alive timer;
-  on granian hyper's header read timeout, which also runs while a connection waits for its next
+  on granian (both interfaces) hyper's header read timeout, which also runs while a connection waits for its next
   request, so granian closes idle connections after ``header_timeout_s``);
 * a body must arrive within ``body_timeout_s`` of its headers, else 408 (``recsys.serving.limits``);
 * uvicorn answers 503 to requests beyond ``max_connections`` open connections or running
@@ -41,6 +43,11 @@ def worker_app() -> Any:
 
     settings = ServeSettings.model_validate_json(os.environ[SETTINGS_ENV])
     configure_logging(settings.log_level)
+    if settings.server == "granian-rsgi":
+        from recsys.serving.app import create_service
+        from recsys.serving.rsgi import LeanFront
+
+        return LeanFront(create_service(settings))
     if settings.server == "uvicorn":
         from recsys.serving.transport import HeaderTimeoutProtocol
 
@@ -53,7 +60,7 @@ def serve(settings: ServeSettings) -> None:
     from recsys.serving.app import configure_logging
 
     configure_logging(settings.log_level)
-    if settings.server == "granian":
+    if settings.server in ("granian", "granian-rsgi"):
         _granian(settings)
     else:
         _uvicorn(settings)
@@ -95,9 +102,12 @@ def _granian(settings: ServeSettings) -> None:
     from granian.log import LogLevels
 
     os.environ[SETTINGS_ENV] = settings.model_dump_json()
-    log.info("granian listening on http://%s:%d with %d worker process(es)", settings.host, settings.port, settings.workers)
+    rsgi = settings.server == "granian-rsgi"
+    log.info("granian%s listening on http://%s:%d with %d worker process(es)", " (RSGI)" if rsgi else "", settings.host, settings.port,
+             settings.workers)
     server = Granian(
-        "recsys.serving.fronts:worker_app", factory=True, address=settings.host, port=settings.port, interface=Interfaces.ASGI,
+        "recsys.serving.fronts:worker_app", factory=True, address=settings.host, port=settings.port,
+        interface=Interfaces.RSGI if rsgi else Interfaces.ASGI,
         workers=settings.workers, runtime_threads=1, loop=Loops.auto, http=HTTPModes.http1, websockets=False,
         http1_settings=HTTP1Settings(header_read_timeout=max(1, round(settings.header_timeout_s * 1000)), keep_alive=True),
         backpressure=settings.max_connections, log_level=LogLevels(settings.log_level.lower()), log_access=False,

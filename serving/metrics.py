@@ -91,13 +91,16 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             self.metrics.inflight.dec()
-            elapsed = time.perf_counter() - start
-            latency = self._latency.get(label)
-            if latency is None:
-                latency = self._latency[label] = self.metrics.latency.labels(path=label)
-            latency.observe(elapsed)
-            key = (label, status["code"])
-            counter = self._requests.get(key)
-            if counter is None:
-                counter = self._requests[key] = self.metrics.requests.labels(path=label, status=str(key[1]))
-            counter.inc()
+            self.observe(label, status["code"], time.perf_counter() - start)
+
+    def observe(self, label: str, code: int, elapsed: float) -> None:
+        """Count one answered request of path ``label`` (a ``KNOWN_PATHS`` entry or "other")."""
+        latency = self._latency.get(label)
+        if latency is None:
+            latency = self._latency[label] = self.metrics.latency.labels(path=label)
+        latency.observe(elapsed)
+        key = (label, code)
+        counter = self._requests.get(key)
+        if counter is None:
+            counter = self._requests[key] = self.metrics.requests.labels(path=label, status=str(code))
+        counter.inc()
