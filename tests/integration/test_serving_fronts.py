@@ -1,4 +1,4 @@
-"""Slow and greedy clients on both HTTP fronts (uvicorn, granian) of a real service on 127.0.0.1:
+"""Slow and greedy clients on every HTTP front (uvicorn, granian, granian-rsgi) of a real service on 127.0.0.1:
 idle and slow-header connections are closed, slow bodies get 408, requests beyond the in-flight
 limit get 503 (and beyond the connection limit on uvicorn), the bearer token guards the API.
 Every client here is bounded: it gives up long before a test timeout."""
@@ -33,7 +33,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module", params=["uvicorn", "granian"])
+@pytest.fixture(scope="module", params=["uvicorn", "granian", "granian-rsgi"])
 def server(request, tmp_path_factory):
     _, runs = ensure_runs(tmp_path_factory.getbasetemp() / "serving-runs")
     art = tmp_path_factory.mktemp(f"fronts-{request.param}") / "hash-fp32"
@@ -87,6 +87,12 @@ def test_token_and_ids_v1_on_the_front(server):
         r = client.post("/v1/embeddings", content=body, headers={"content-type": IDS_V1, **AUTH})
         assert r.status_code == 200
         np.testing.assert_array_equal(vectors(r.content, r.headers), store.lookup(feature, [f"{feature}_{k}" for k in range(20)]))
+        wrong = {"content-type": IDS_V1, "authorization": "Bearer wrong"}
+        assert client.post("/v1/embeddings", content=body, headers=wrong).status_code == 401
+        for pair, status in (([("authorization", "Bearer wrong"), ("authorization", f"Bearer {TOKEN}")], 401),
+                             ([("authorization", f"Bearer {TOKEN}"), ("authorization", "Bearer wrong")], 200)):
+            headers = [("content-type", IDS_V1), *pair]  # a repeated header counts by its first value
+            assert client.post("/v1/embeddings", content=body, headers=headers).status_code == status
         assert client.get("/healthz").status_code == 200
 
 
@@ -138,6 +144,33 @@ def test_slow_bodies_get_408_and_the_inflight_limit_503(server):
             took, data = _closed_within(s, BODY_S + 5)
             assert data.startswith(b"HTTP/1.1 408") and b"not received within" in data, data
         assert client.post("/v1/embeddings", json=items).status_code == 200  # the slots are free again
+
+
+def test_ids_v1_bodies_keep_the_limits(server):
+    """ids.v1 requests (answered without the ASGI layers on granian-rsgi): 408 for a late body, 503
+    beyond the in-flight limit, 413 for a declared body over the limit, then 200 again."""
+    port, feature = server["port"], server["store"].features[0]
+    head = (b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode()
+            + b"\r\nContent-Type: " + IDS_V1.encode() + b"\r\n")
+    held = []
+    for _ in range(MAX_INFLIGHT):
+        s = _connect(port)
+        s.sendall(head + b"Content-Length: 200\r\n\r\nRIDS")
+        held.append(s)
+    time.sleep(0.3)
+    body = encode({feature: ["a", "b"]})
+    with httpx.Client(base_url=server["url"], timeout=10, headers={**AUTH, "content-type": IDS_V1}) as client:
+        r = client.post("/v1/embeddings", content=body)
+        assert r.status_code == 503 and r.headers["retry-after"] == "1" and f"more than {MAX_INFLIGHT}" in r.json()["detail"]
+        for s in held:
+            took, data = _closed_within(s, BODY_S + 5)
+            assert data.startswith(b"HTTP/1.1 408") and b"not received within" in data, data
+        s = _connect(port)
+        s.sendall(head + b"Content-Length: 999999999\r\n\r\nRIDS")
+        took, data = _closed_within(s, 10)
+        assert data.startswith(b"HTTP/1.1 413") and b"too large" in data, data
+        r = client.post("/v1/embeddings", content=body)
+        assert r.status_code == 200 and vectors(r.content, r.headers).shape == (2, server["store"].width)
 
 
 def test_uvicorn_answers_503_beyond_the_connection_limit(server):

@@ -1,4 +1,4 @@
-"""The real HTTP service on 127.0.0.1 (a subprocess, on each front: uvicorn and granian): equality
+"""The real HTTP service on 127.0.0.1 (a subprocess, on uvicorn and on granian-rsgi): equality
 with the in-process layer (ids.v1 bodies included), fuzzing (surrogates, BOMs, duplicate headers,
 malformed ids.v1 included), hot swap under load, corrupted, FIFO and other-interface artifacts
 refused visibly, timestamped logs, graceful shutdown, no `training` import."""
@@ -82,7 +82,7 @@ def _point(link: Path, target: Path) -> None:
     os.replace(tmp, link)
 
 
-@pytest.fixture(scope="module", params=["uvicorn", "granian"])
+@pytest.fixture(scope="module", params=["uvicorn", "granian-rsgi"])  # granian's ASGI front: test_serving_fronts
 def service(request, tmp_path_factory):
     base = tmp_path_factory.getbasetemp() / "serving-runs"
     _, runs = ensure_runs(base)
@@ -122,12 +122,12 @@ def service(request, tmp_path_factory):
     assert proc.returncode in (0, -signal.SIGTERM), output  # uvicorn re-raises the signal once shut down
     assert "stopped serving" in output, output  # graceful shutdown completed (the app's shutdown ran)
     stamp = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} "
-    ours = [line for line in output.splitlines() if " serving." in line]  # our loggers' lines: all timestamped
-    assert ours and all(re.match(stamp + r"(INFO|WARNING|ERROR) serving\.", line) for line in ours), output[-5000:]
-    loaded = re.findall(stamp + r"INFO serving\.reload: loaded version (\w+) ", output, re.M)  # every load, at INFO
+    ours = [line for line in output.splitlines() if " recsys.serving." in line]  # our loggers' lines: all timestamped
+    assert ours and all(re.match(stamp + r"(INFO|WARNING|ERROR) recsys\.serving\.", line) for line in ours), output[-5000:]
+    loaded = re.findall(stamp + r"INFO recsys\.serving\.reload: loaded version (\w+) ", output, re.M)  # every load, at INFO
     assert loaded[0] == _label(a), output[-5000:]
     if str(corrupt) in output:  # the refused copy is named by its folder, not by a's id alone
-        refusal = re.search(stamp + r"ERROR serving\.reload: not serving (\S+) \(manifest (\w+)\) \(refused\): .*checksum mismatch.*; "
+        refusal = re.search(stamp + r"ERROR recsys\.serving\.reload: not serving (\S+) \(manifest (\w+)\) \(refused\): .*checksum mismatch.*; "
                             r"still serving version (\w+)$", output, re.M)
         assert refusal and refusal[1] == str(corrupt) and refusal[3] == _label(b), output[-5000:]
     assert json.loads(modules.read_text()) == [], "the service imported training modules"
@@ -314,25 +314,37 @@ def test_hot_swap_under_load_loses_no_request(service):
     items = _items(stores[old], 32, seed=7)
     pairs = [(i["feature"], i["value"]) for i in items]
     expected = {v: s.embeddings(pairs) for v, s in stores.items()}
+    by_feature = {f: [None if v is None else str(v) for g, v in pairs if g == f] for f in dict.fromkeys(f for f, _ in pairs)}
+    ids_body = encode(by_feature)  # the same pairs as an ids.v1 body (the lean path on granian-rsgi)
+    ids_expected = {v: np.concatenate([s.lookup(f, vals) for f, vals in by_feature.items()]) for v, s in stores.items()}
     seen: dict[str, int] = {}
     failures: list[str] = []
     stop = threading.Event()
 
     def load() -> None:
         with httpx.Client(base_url=url, timeout=30) as client:
+            k = 0
             while not stop.is_set():
+                k += 1
                 try:
-                    r = client.post("/v1/embeddings", json={"items": items})
+                    if k % 2:
+                        r = client.post("/v1/embeddings", content=ids_body, headers={"content-type": IDS_V1})
+                    else:
+                        r = client.post("/v1/embeddings", json={"items": items})
                 except httpx.HTTPError as exc:
                     failures.append(repr(exc))
                     continue
                 if r.status_code != 200:
                     failures.append(f"{r.status_code} {r.text[:200]}")
                     continue
-                body = r.json()
-                if not np.array_equal(np.array(body["vectors"], np.float32), expected[body["version"]]):
-                    failures.append(f"wrong vectors for version {body['version']}")
-                seen[body["version"]] = seen.get(body["version"], 0) + 1
+                if k % 2:
+                    version, got, want = r.headers["x-model-version"], vectors(r.content, r.headers), ids_expected
+                else:
+                    version = r.json()["version"]
+                    got, want = np.array(r.json()["vectors"], np.float32), expected
+                if not np.array_equal(got, want[version]):
+                    failures.append(f"wrong vectors for version {version} ({'ids.v1' if k % 2 else 'JSON'})")
+                seen[version] = seen.get(version, 0) + 1
 
     threads = [threading.Thread(target=load) for _ in range(4)]
     for t in threads:
