@@ -136,6 +136,17 @@ class LeanFront:
             self.gauge.dec()
             self.metrics.observe(_PATH, status, time.perf_counter() - start)
 
+    @staticmethod
+    async def _streamed(proto: Any, limit: int) -> bytes | None:
+        """A body without Content-Length, read chunk by chunk; ``None`` once it passes ``limit`` bytes."""
+        parts, size = [], 0
+        async for chunk in proto:
+            parts.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                return None
+        return b"".join(parts)
+
     async def _limited(self, headers: Any, proto: Any) -> tuple[int, list[tuple[str, str]], bytes] | None:
         limits = self.limits
         if limits.inflight >= limits.max_inflight:
@@ -145,20 +156,16 @@ class LeanFront:
             declared = headers.get("content-length")
             if declared is not None and (not declared.isdigit() or int(declared) > limits.limit):
                 return _error(413, "request body too large") if declared.isdigit() else _error(400, "bad Content-Length")
-            parts, size = [], 0
             try:
                 async with asyncio.timeout(limits.timeout):
-                    async for chunk in proto:
-                        parts.append(chunk)
-                        size += len(chunk)
-                        if size > limits.limit:
-                            return _error(413, "request body too large")
+                    raw = await proto() if declared is not None else await self._streamed(proto, limits.limit)
             except TimeoutError:
                 return _error(408, f"request body not received within {limits.timeout:g} s")
             except RuntimeError:  # granian's RSGIProtocolClosed: the connection closed
                 return None
-            raw = parts[0] if len(parts) == 1 else b"".join(parts)
-            status, body, media_type, extra = await self.service.ids_answer(bytes(raw), (headers.get("accept") or "").encode("latin-1", "replace"))
+            if raw is None:
+                return _error(413, "request body too large")
+            status, body, media_type, extra = await self.service.ids_answer(raw, (headers.get("accept") or "").encode("latin-1", "replace"))
         finally:
             limits.inflight -= 1
         return status, [("content-type", media_type), *extra.items()], body
