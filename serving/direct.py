@@ -9,8 +9,8 @@ and bias; the product is exact in float32, so one rounding, as fbgemm's fused mu
 max-pooled features, mixed widths, other dtypes) and the store runs the method's module.
 
 Going through torchrec costs ~0.3 ms a request whatever its size (KeyedJaggedTensor bookkeeping,
-the fbgemm call); this costs a fixed number of numpy calls a request: one vocabulary search for
-all pairs (``recsys.serving.encode.Vocabularies``) and, for quantized tables (which fbgemm keeps in one
+the fbgemm call); this costs a fixed number of numpy calls a request: one vocabulary probe for
+all pairs (``recsys.serving.vocabulary.Vocabularies``) and, for quantized tables (which fbgemm keeps in one
 buffer), one gather through a byte-offset view of that buffer; float tables are read with one
 gather per feature present.
 """
