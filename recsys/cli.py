@@ -280,7 +280,8 @@ def cmd_bench_speed(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(with_speed: bool = True) -> argparse.ArgumentParser:
+    """The parser; ``with_speed=False`` leaves out ``bench speed``'s own options (they import ``recsys.training``)."""
     parser = argparse.ArgumentParser(prog="recsys", description="Compressed embedding tables for TorchRec CTR models.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -416,7 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
         "speed", help="step-time ratios against full, TorchRec vs plain PyTorch, conversion/batch throughput (and serving)",
         description="One speed report (speed.json, speed.md): step times per method, TorchRec against plain PyTorch, conversion; --serving also runs bench/serving_bench.py of a source checkout.",
     )
-    _add_speed_arguments(speed)
+    if with_speed:
+        _add_speed_arguments(speed)
     speed.set_defaults(func=cmd_bench_speed)
 
     methods = sub.add_parser("methods", help="list the registered embedding methods and their options")
@@ -437,7 +439,8 @@ def _add_speed_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(with_speed=argv[:1] != ["serve"]).parse_args(argv)  # the service never imports recsys.training
     handler: Handler = args.func
     try:
         return handler(args)
