@@ -13,7 +13,8 @@ class ServeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     server: Literal["uvicorn", "granian", "granian-rsgi"] = Field(
-        "uvicorn", description="HTTP front: uvicorn (Python), granian (Rust, hyper; ASGI) or granian-rsgi (granian's RSGI: ids.v1 lookups skip the ASGI layers)")
+        "uvicorn", description="HTTP front: uvicorn (Python), granian (Rust, hyper; ASGI) or granian-rsgi "
+                               "(granian's RSGI: ids.v1 lookups skip the ASGI layers)")
     model: str = Field(description="artifact folder (or a symlink to one), an artifact URI (s3://...), models:/NAME@ALIAS or models:/NAME/VERSION")
     host: str = Field("127.0.0.1", description="bind address; loopback unless told otherwise")
     port: int = Field(8000, ge=0, le=65535)

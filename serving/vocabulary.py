@@ -129,7 +129,8 @@ class Vocabularies:
         self.full = (self.buckets != self.empty).all(axis=1)  # a bucket with an empty slot never overflowed
         self.start = np.array(starts, np.int64)
         self.count = np.array(counts, np.uint64)
-        over_feature, over_ids, over_index = (np.concatenate(c) for c in zip(*over)) if over else (np.zeros(0, t) for t in (np.int16, np.int64, np.int32))
+        empty = [(np.zeros(0, np.int16), np.zeros(0, np.int64), np.zeros(0, np.int32))]
+        over_feature, over_ids, over_index = (np.concatenate(c) for c in zip(*(over or empty)))
         order = np.argsort(over_ids, kind="stable")
         self.over_ids, self.over_feature, self.over_index = over_ids[order], over_feature[order], over_index[order]  # by id
         self.over_run = _longest_run(self.over_ids)  # one id may overflow in several features
