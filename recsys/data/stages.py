@@ -2,9 +2,7 @@
 
 Pass 1 appends each split's rows, with raw ids only, to an uncompressed Arrow IPC stream;
 pass 2 reads it back batch by batch, adds vocabulary indices and writes Parquet parts of
-``rows_per_file`` rows. Single-valued fields are staged dictionary-encoded, as the first pass
-hashed them (the chunk's distinct raw ids and each row's int32 entry; each split's batch keeps
-only the entries its rows use), so pass 2 looks up each distinct id of a chunk once, not every row.
+``rows_per_file`` rows.
 """
 
 from __future__ import annotations
@@ -26,7 +24,6 @@ from recsys.features import LABEL_COLUMN, id_column, weight_column
 PARQUET_COMPRESSION = "snappy"
 DICTIONARY_MAX_CARDINALITY = 100_000
 _IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression=None)  # lz4 cost more CPU than the disk it saved
-_STAGED_IDS = pa.dictionary(pa.int32(), pa.int64())  # a single-valued field's staged raw ids
 
 
 def _list_array(offsets: np.ndarray, values: np.ndarray, value_type: pa.DataType) -> pa.Array:
@@ -41,7 +38,7 @@ def staged_schema(dense: Sequence[str], sparse: Sequence[SparseSource], raw_dens
         if src.kind == "fields":
             fields += staged_field_columns(src.name)
             continue
-        fields.append(pa.field(id_column(src.name), pa.list_(pa.int64()) if src.multi_valued else _STAGED_IDS))
+        fields.append(pa.field(id_column(src.name), pa.list_(pa.int64()) if src.multi_valued else pa.int64()))
         if src.weighted:
             fields.append(pa.field(weight_column(src.name), pa.list_(pa.float32())))
     return pa.schema(fields)
@@ -49,10 +46,7 @@ def staged_schema(dense: Sequence[str], sparse: Sequence[SparseSource], raw_dens
 
 def _sparse_arrays(values: SparseValues, src: SparseSource) -> list[pa.Array]:
     if values.offsets is None:
-        if values.dict_index is None or values.dict_ids is None:
-            return [pa.array(values.ids, pa.int64()).dictionary_encode()]
-        index = pa.array(values.dict_index.astype(np.int32, copy=False))
-        return [pa.DictionaryArray.from_arrays(index, pa.array(values.dict_ids, pa.int64()))]
+        return [pa.array(values.ids, pa.int64())]
     arrays = [_list_array(values.offsets, values.ids, pa.int64())]
     if src.weighted and values.weights is not None:
         arrays.append(_list_array(values.offsets, values.weights, pa.float32()))
@@ -89,7 +83,7 @@ class StageWriter:
         start = 0
         for split, size in zip(SPLITS, sizes.tolist()):
             if size:
-                part = _compact(grouped.slice(start, size))
+                part = grouped.slice(start, size)
                 self._writers[split].write_batch(part)
                 self.rows[split] += size
                 self.clicks[split] += float(np.sum(part.column(0).to_numpy()))
@@ -98,22 +92,6 @@ class StageWriter:
     def close(self) -> None:
         for writer in self._writers.values():
             writer.close()
-
-
-def _compact(batch: pa.RecordBatch) -> pa.RecordBatch:
-    """``batch`` with each dictionary column's dictionary cut to the entries its rows use (order kept)."""
-    arrays = list(batch.columns)
-    for i, col in enumerate(arrays):
-        if not pa.types.is_dictionary(col.type):
-            continue
-        index = col.indices.to_numpy()
-        used = np.zeros(len(col.dictionary), bool)
-        used[index] = True
-        if used.all():
-            continue
-        remap = np.cumsum(used, dtype=np.int32) - 1
-        arrays[i] = pa.DictionaryArray.from_arrays(pa.array(remap[index]), col.dictionary.filter(pa.array(used)))
-    return pa.RecordBatch.from_arrays(arrays, schema=batch.schema)
 
 
 def read_staged(path: Path) -> Iterator[pa.RecordBatch]:
@@ -147,10 +125,6 @@ def final_table(
         if src.multi_valued:
             flat = ids.values.to_numpy()
             index = pa.ListArray.from_arrays(ids.offsets, pa.array(vocab.lookup(flat), pa.int64()))
-        elif pa.types.is_dictionary(ids.type):  # staged: each distinct id looked up once
-            entries, distinct = ids.indices.to_numpy(), ids.dictionary.to_numpy()
-            index = pa.array(vocab.lookup(distinct)[entries], pa.int64())
-            ids = pa.array(distinct[entries], pa.int64())
         else:
             index = pa.array(vocab.lookup(ids.to_numpy()), pa.int64())
         arrays += [index, ids]
