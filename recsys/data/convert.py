@@ -49,7 +49,6 @@ from recsys.data.stages import (
     dictionary_columns,
     final_schema,
     final_table,
-    read_staged,
     staged_batch,
     staged_schema,
 )
@@ -315,7 +314,7 @@ def _second_pass(
             for split in names:
                 writer = PartWriter(root, split, schema, opts.rows_per_file, opts.chunk_rows, dictionary)
                 with Background() as background:
-                    for batch in read_staged(stage.paths[split]):
+                    for batch in stage.batches(split):
                         table = final_table(out.finish_batch(batch), schema, final.dense, final.sparse, vocabs)
                         for name, vocab in buckets if split == "train" else []:
                             index = table.column(name).to_numpy() - NUM_RESERVED
@@ -323,7 +322,7 @@ def _second_pass(
                         background.submit(writer.write, table)
                         bar.update(batch.num_rows)
                 files[split] = writer.close()
-                stage.paths[split].unlink()
+                stage.release(split)
             return files
 
         with ThreadPoolExecutor(max_workers=2) as pool:
