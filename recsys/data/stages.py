@@ -94,11 +94,10 @@ class StageWriter:
         """Append each row of ``batch`` to its split (``splits``: 0, 1, 2)."""
         order = np.argsort(splits, kind="stable")
         sizes = np.bincount(splits, minlength=len(SPLITS))
-        grouped = batch.take(pa.array(order))
         start = 0
         for split, size in zip(SPLITS, sizes.tolist()):
-            if size:
-                part = grouped.slice(start, size)
+            if size:  # a compact batch of its own, not a slice: list columns' values hold only its rows
+                part = batch.take(pa.array(order[start : start + size]))
                 if self._writers is not None:
                     self._writers[split].write_batch(part)
                 else:
