@@ -8,10 +8,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-import recsys.data.stages as stages
+from recsys.data import stages
 from recsys.data.convert import convert
 from recsys.data.stages import StageWriter
-
 from tests.unit.test_convert import criteo_rows, write_criteo
 
 SCHEMA = pa.schema([("label", pa.float32()), ("C1__id", pa.int64())])
@@ -62,7 +61,7 @@ def test_spilled_and_held_conversions_write_the_same_bytes(tmp_path: Path, monke
     else:
         src = tmp_path / "in.ffm"
         src.write_text("\n".join(_libffm_lines(300)) + "\n")
-    args = dict(progress=False, chunk_rows=40, rows_per_file=70, min_count=2)
+    args = {"progress": False, "chunk_rows": 40, "rows_per_file": 70, "min_count": 2}
     convert(fmt, src, tmp_path / "held" / "ds", **args)  # type: ignore[arg-type]
     monkeypatch.setattr(stages, "STAGE_MEMORY_BYTES", 0)
     convert(fmt, src, tmp_path / "spilled" / "ds", **args)  # type: ignore[arg-type]
