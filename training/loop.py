@@ -208,14 +208,17 @@ class Trainer:
             result.epochs.append(er)
             if self.on_epoch:
                 self.on_epoch(er)
-            if valid.auc > state.best_auc:
+            servable = self.method.servable()  # epochs before (a DSL ramp) are neither kept nor counted
+            if servable and valid.auc > state.best_auc:
                 state.best_auc, state.bad_epochs, result.best_epoch = valid.auc, 0, epoch
                 save_weights(self.model, checkpoint_path)
-            else:
+            elif servable:
                 state.bad_epochs += 1
                 result.stopped_early = state.bad_epochs > self.cfg.patience
             state.next_epoch()
             if on_checkpoint is not None:
                 on_checkpoint(state)
+        if result.best_epoch < 0:
+            raise RuntimeError(f"method '{self.method.name}' never reached its served form in {state.step} steps")
         load_weights(self.model, checkpoint_path)
         return result

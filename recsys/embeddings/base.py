@@ -276,6 +276,11 @@ class EmbeddingMethod(nn.Module):
         ``steps`` optimizer steps (weights and optimizer state already restored): set any step
         counter as if those steps had just been taken, without redoing their side effects."""
 
+    def servable(self) -> bool:
+        """Whether the method is in the form it serves and its budget counts (DSL: not while its
+        density ramps down); the trainer keeps only checkpoints taken when it is."""
+        return True
+
     def phases(self) -> list[Phase]:
         """The method's training stages; most methods train in one phase."""
         return [Phase("train")]

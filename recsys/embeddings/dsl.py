@@ -17,7 +17,13 @@ density is the largest whose served form fits.
   the tables' size: the signed sum over the interval (``regrow='accumulated'``) or the update
   step's batch (``'batch'``, the paper's dense gradient); a row read by several keys (unified)
   gets every read.
-* Every ``update_every`` steps (``⌊T/ΔT⌋`` updates), ζ from ``update_ratio``: per table (or over
+* Schedule (``dsl_schedule``), from the fit's planned steps ``T``: ΔT = ``update_every`` or
+  ``T / updates``; by default the fit starts dense and prunes the smallest weights to the
+  target density by ``ramp · T`` (gradual magnitude pruning: a short run learns which weights
+  matter before it drops them), then prune/regrows at the target until ``freeze · T``; the
+  trainer keeps only checkpoints from the ramp's end on (``servable``). ``ramp=0, freeze=1``:
+  the paper's schedule, a random mask at the target from step 0.
+* At every prune/regrow update, ζ from ``update_ratio``: per table (or over
   all tables, ``global_budget``) the ``ceil(ζ·active)`` smallest ``|w|`` are pruned and as many
   inactive weights (just-pruned included) with the largest ``|gradient|`` regrown, exact counts
   (``sparse_ops.prune_regrow``). A weight pruned and regrown at once keeps its value and state;
@@ -53,10 +59,11 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from recsys.embeddings.base import EmbeddingMethod, ExportedMethod, MethodContext, MethodOptions, table_bytes
+from recsys.embeddings.dsl_schedule import Schedule
 from recsys.embeddings.registry import register_method
 from recsys.embeddings.sparse_ops import (
-    KeyGroup, Piece, Reads, Scratch, gather, key_groups, new_masks, optimizer_views, random_mask, read, remask, reset_state,
-    scatter, split_rows, stack_offsets, update_ratio,
+    KeyGroup, Piece, Reads, Scratch, gather, key_groups, new_masks, optimizer_views, prune_to, random_mask, read, remask,
+    reset_state, scatter, split_rows, stack_offsets,
 )
 from recsys.embeddings.sparse_serving import fit_density, serve, served_bytes, served_table
 from recsys.embeddings.wrapped import WrappedMethod, WrapperOptions
@@ -71,7 +78,13 @@ class DSLOptions(WrapperOptions):
     base_compression: float | None = Field(None, ge=1, description="dense compression of the base; default none")
     density: float | None = Field(None, gt=0, le=1, description="share of active weights; default from the budget, else 0.5")
     mode: Literal["dynamic", "fix"] = Field("dynamic", description="'fix': a static random mask (ablation)")
-    update_every: int = Field(100, ge=1, description="ΔT: steps between prune/regrow updates")
+    update_every: int | None = Field(None, ge=1, description="ΔT: steps between mask updates; default planned steps / updates")
+    updates: int = Field(40, ge=1, description="mask updates planned over the run when update_every is not set")
+    ramp: float = Field(
+        0.3, ge=0, le=1, description="share of the planned steps over which the density falls from 1 to its target "
+        "(gradual magnitude pruning); 0: a random mask at the target from the start (the paper)",
+    )
+    freeze: float = Field(0.8, ge=0, le=1, description="share of the planned steps after which the masks are fixed")
     zeta0: float = Field(0.5, ge=0, le=1, description="ζ_0: update ratio at step 0")
     zeta_min: float = Field(0.005, ge=0, le=1, description="ζ_min: update ratio at step T")
     regrow: Literal["accumulated", "batch"] = Field("accumulated", description="gradient over the interval or the last batch")
@@ -124,9 +137,12 @@ class DSLEmbedding(WrappedMethod):
         self._dims = [t.dim for t in self._tables]
         self._extra_bytes = self.base.memory_bytes() - sum(table_bytes(t.rows, t.dim) for t in self._tables)
         self.masks = nn.Module()
-        for i, (t, active) in enumerate(zip(self._tables, self._active_counts())):
+        self._target = self._active_counts()
+        for i, (t, active) in enumerate(zip(self._tables, self._target)):
             self.masks.register_buffer(t.buffer, random_mask(t.rows, t.dim, active, options.seed * 1_000_003 + i))
         self.total_steps: int | None = None
+        self.schedule: Schedule | None = None  # planned by on_train_begin
+        self._dense_start = False  # the ramp starts dense: set at the first training forward of a fresh fit
         self.updates = 0
         self.history: list[dict[str, Any]] = []  # one entry per update: step, ζ, density and regrown weights per table
         self._next_step = 0
@@ -140,10 +156,18 @@ class DSLEmbedding(WrappedMethod):
 
     def _active_counts(self) -> list[int]:
         """Active weights per table: ``floor(density · size)``, the density given or fitted to the budget."""
+        return self._counts_at(self.target_density)
+
+    def _counts_at(self, density: float) -> list[int]:
+        return [math.floor(density * t.rows * t.dim) for t in self._tables]
+
+    @property
+    def target_density(self) -> float:
+        """The served density: the option, else the largest that fits the budget, else 0.5."""
         budget, density, shapes = self.ctx.budget_bytes, self.opts.density, [(t.rows, t.dim) for t in self._tables]
         if density is None and budget is not None:
             density = fit_density(budget, self._extra_bytes, shapes, self.opts.global_budget)
-        return [math.floor((density or DEFAULT_DENSITY) * rows * dim) for rows, dim in shapes]
+        return density or DEFAULT_DENSITY
 
     def mask(self, i: int) -> torch.Tensor:
         """The live mask of table ``i``."""
@@ -175,6 +199,8 @@ class DSLEmbedding(WrappedMethod):
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
         """The base's forward; the hooks mask and record its tables' lookups while training."""
+        if self._dense_start and self.training:
+            self._densify()
         for path in self._keys:
             module = self.base.get_submodule(path)
             if self._hooked.get(path) is not module:
@@ -203,8 +229,9 @@ class DSLEmbedding(WrappedMethod):
             if r.pooled_rows.numel():
                 self._touched.setdefault(group.dim, []).append(r.pooled_rows)
         masked = pooled.values() * (whole if whole is not None else torch.cat([blocks[k] for k in pooled.keys()], dim=1))
-        every, regrow = self.opts.update_every, self.opts.regrow
-        if self.opts.mode == "dynamic" and (regrow == "accumulated" or (self._next_step + 1) % every == 0) and masked.requires_grad:
+        regrow, schedule = self.opts.regrow, self.schedule
+        update_next = schedule is not None and schedule.is_update(self._next_step + 1) and not schedule.in_ramp(self._next_step + 1)
+        if self.opts.mode == "dynamic" and (regrow == "accumulated" or update_next) and masked.requires_grad:
             starts = dict(zip(pooled.keys(), pooled.offset_per_key()))
             masked.register_hook(lambda grad: self._scatter(grad, reads, keys, starts))
         return KeyedTensor(keys=pooled.keys(), length_per_key=pooled.length_per_key(), values=masked)
@@ -218,12 +245,34 @@ class DSLEmbedding(WrappedMethod):
             scatter(blocks, r, self._acc[dim])
 
     def on_train_begin(self, total_steps: int) -> None:
+        """Plan the schedule (``dsl_schedule``) from the fit's steps; a ramp starts the fit dense."""
         self.base.on_train_begin(total_steps)
         self.total_steps, self._next_step = total_steps, 0
+        o = self.opts
+        self.schedule = Schedule.plan(total_steps, o.update_every, o.updates, o.ramp if o.mode == "dynamic" else 0.0, o.freeze)
+        self._dense_start = self.schedule.ramp_end > 0
 
     def on_train_resume(self, steps: int) -> None:
         self.base.on_train_resume(steps)
         self._next_step = steps  # which steps record the regrowth gradient
+        self._dense_start = False  # the checkpoint's masks are the fit's
+
+    def servable(self) -> bool:
+        """Whether the masks hold the served (target) density: always, except during a ramp."""
+        return self.schedule is None or self.schedule.ready(self._next_step)
+
+    @torch.no_grad()
+    def _densify(self) -> None:
+        """Every weight active, the inactive ones drawn like a fresh EBC table (``U(±1/√rows)``, seeded)."""
+        self._dense_start = False
+        for i, t in enumerate(self._tables):
+            mask = self.mask(i)
+            bound = 1.0 / math.sqrt(t.rows)
+            fresh = torch.rand(t.rows, t.dim, generator=torch.Generator().manual_seed(self.opts.seed * 1_000_003 + 7 + i))
+            fresh = (fresh * 2 - 1) * bound
+            for sl, piece in self._views(i):
+                piece.add_((fresh[sl] * ~mask[sl]).to(piece.dtype))
+            mask.fill_(True)
 
     def _sharded_over_ranks(self) -> bool:
         """True when DMP split the tables over several ranks: each rank then holds only its
@@ -274,10 +323,15 @@ class DSLEmbedding(WrappedMethod):
             for i, mine in split_rows(torch.cat(rows), self._by_dim[dim], self._offset, [t.rows for t in self._tables]):
                 remask(self._views(i), self.mask(i), mine)
         self._touched = {}
-        if self.opts.mode == "dynamic" and (step + 1) % self.opts.update_every == 0:
-            if self.total_steps is None:
+        if self.opts.mode == "dynamic":
+            if self.schedule is None:
                 raise RuntimeError("dsl: on_train_begin(total_steps) must be called before training")
-            self.update(update_ratio(step + 1, self.total_steps, self.opts.zeta0, self.opts.zeta_min), step + 1)
+            taken = step + 1
+            if self.schedule.is_update(taken):
+                if self.schedule.in_ramp(taken):
+                    self.shrink(self.schedule.density(taken, self.target_density), taken)
+                else:
+                    self.update(self.schedule.zeta(taken, self.opts.zeta0, self.opts.zeta_min), taken)
         self._next_step = step + 1
 
     @torch.no_grad()
@@ -305,6 +359,25 @@ class DSLEmbedding(WrappedMethod):
         self.updates += 1
         self.history.append({"step": step, "zeta": zeta, "density": self._densities(), "regrown": regrown})
 
+    @torch.no_grad()
+    def shrink(self, density: float, step: int = 0) -> None:
+        """A ramp update: prune the smallest live weights down to ``density`` (of each table, or
+        over all tables with ``global_budget``); the step ``density`` reaches the target prunes to
+        exactly the target counts."""
+        old = [self.mask(i).clone() for i in range(len(self._tables))]
+        weights = [self.full_weight(i) for i in range(len(old))]
+        if self._sharded_over_ranks():
+            weights = [w.clone() for w in weights]
+            for w in weights:
+                dist.all_reduce(w)
+        keep = self._target if density <= self.target_density else self._counts_at(density)
+        for i, after in enumerate(prune_to(old, weights, keep, self.opts.seed * 7919 + step * 1_000_003, self.opts.global_budget)):
+            self.mask(i).copy_(after)
+            remask(self._views(i), after)
+        self._acc = {}
+        self.updates += 1
+        self.history.append({"step": step, "ramp": True, "density": self._densities()})
+
     def _densities(self) -> dict[str, float]:
         return {t.buffer: n / (t.rows * t.dim) for t, n in zip(self._tables, self.active_counts())}
 
@@ -313,11 +386,16 @@ class DSLEmbedding(WrappedMethod):
         a resumed fit lists the updates since its checkpoint), and the base's own diagnostics."""
         tables = {t.buffer: {"rows": t.rows, "dim": t.dim, "active": n} for t, n in zip(self._tables, self.active_counts())}
         out: dict[str, Any] = {"density": self._densities(), "tables": tables, "updates": self.updates, "history": self.history}
+        if self.schedule is not None:
+            out["schedule"] = {"total": self.schedule.total, "every": self.schedule.every,
+                               "ramp_end": self.schedule.ramp_end, "freeze_at": self.schedule.freeze_at}
         return out | super().diagnostics()
 
     def memory_bytes(self) -> int:
-        """The base's bytes with each table counted in its served form (CSR or dense)."""
-        return self._extra_bytes + sum(served_bytes(t.rows, t.dim, n) for t, n in zip(self._tables, self.active_counts()))
+        """The base's bytes with each table counted in its served form (CSR or dense); during a
+        ramp (denser than served) at the target counts."""
+        counts = self.active_counts() if self.servable() else self._target
+        return self._extra_bytes + sum(served_bytes(t.rows, t.dim, n) for t, n in zip(self._tables, counts))
 
     @torch.no_grad()
     def compact_state(self) -> dict[str, torch.Tensor]:

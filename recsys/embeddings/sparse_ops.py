@@ -1,7 +1,7 @@
 """Tensor logic of sparse embedding tables: masks, prune/regrow, live weights, masked lookups.
 
 * ``update_ratio``: the cosine-decayed share of active weights replaced at an update.
-* ``random_mask`` / ``prune_regrow``: exact-count masks. Selection ranks unique int64 keys
+* ``random_mask`` / ``prune_regrow`` / ``prune_to``: exact-count masks. Selection ranks unique int64 keys
   (the float32 bits of the score, then a seeded pseudo-random permutation of the flat index),
   so ``topk`` picks exactly ``k`` and ties never break the count.
 * ``table_views`` / ``optimizer_views``: the live weights and optimizer states of a stock or a
@@ -92,6 +92,24 @@ def prune_regrow(mask: torch.Tensor, weight: torch.Tensor, growth: torch.Tensor 
     score = torch.zeros(mask.numel()) if growth is None else growth.abs()
     new[_select(score.masked_fill_(new, -1.0), k, mask.numel() - active + k, salt + 1, largest=True)] = True
     return new
+
+
+def prune_to(
+    masks: list[torch.Tensor], weights: list[torch.Tensor], keep: list[int], salt: int, together: bool
+) -> list[torch.Tensor]:
+    """Masks with only the largest ``|weight|`` of each tensor's active entries left, ``keep[i]``
+    of tensor ``i`` (or, ``together``, ``sum(keep)`` over all tensors as one); never adds any."""
+    def shrink(mask: torch.Tensor, weight: torch.Tensor, k: int, s: int) -> torch.Tensor:
+        new, active = mask.clone(), int(mask.sum())
+        if active > k:
+            new[_select(weight.abs().masked_fill_(~mask, math.inf), active - k, active, s, largest=False)] = False
+        return new
+
+    if not together:
+        return [shrink(m.view(-1), w.reshape(-1), k, salt + 31 * i).view(m.shape) for i, (m, w, k) in enumerate(zip(masks, weights, keep))]
+    starts = [0, *torch.tensor([m.numel() for m in masks]).cumsum(0).tolist()]
+    flat = shrink(torch.cat([m.view(-1) for m in masks]), torch.cat([w.reshape(-1) for w in weights]), sum(keep), salt)
+    return [flat[a:b].view(m.shape) for a, b, m in zip(starts, starts[1:], masks)]
 
 
 def new_masks(

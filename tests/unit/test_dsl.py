@@ -25,6 +25,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys.embeddings import FeatureInfo, MethodContext, available_methods, build_method
 from recsys.embeddings.dsl import DSLEmbedding
+from recsys.embeddings.dsl_schedule import Schedule
 from recsys.embeddings.sparse_ops import _select, prune_regrow, random_mask, remask, table_views, update_ratio
 from recsys.embeddings.sparse_serving import csr_bytes
 from tests.unit.test_method_contract import random_kjt
@@ -44,7 +45,9 @@ ID_SCHEME_OF = {"full": "full", "hash": "hash", "unified": "hash"}  # a method w
 
 
 def dsl(ctx: MethodContext = CTX, torch_seed: int = 0, **options: object) -> DSLEmbedding:
+    """The paper's schedule unless a test sets ``ramp`` / ``freeze``: the target density from step 0, no freeze."""
     torch.manual_seed(torch_seed)
+    options = {"ramp": 0.0, "freeze": 1.0, **options}
     method = build_method("dsl", ctx, options)
     assert isinstance(method, DSLEmbedding)
     return method
@@ -425,3 +428,60 @@ def test_hooks_follow_copies_and_require_begin() -> None:
     assert clone._acc and not method._acc
     with pytest.raises(RuntimeError, match="on_train_begin"):
         clone.on_train_step(0)
+
+
+# ----- the schedule derived from the planned steps (dsl_schedule) ------------------------------
+
+
+def test_schedule_values_for_planned_steps() -> None:
+    s = Schedule.plan(total=620, update_every=None, updates=40, ramp=0.3, freeze=0.8)
+    assert (s.every, s.ramp_end, s.freeze_at) == (16, 186, 496)
+    assert s.density(0, 0.1) == 1.0 and s.density(186, 0.1) == 0.1 and s.density(500, 0.1) == 0.1
+    assert s.density(93, 0.1) == pytest.approx(0.1 + 0.9 * 0.5**3)
+    assert s.is_update(16) and not s.is_update(17) and s.is_update(186), "the ramp's end is always an update"
+    assert s.is_update(496) and not s.is_update(512), "no mask change after the freeze"
+    assert s.zeta(186, 0.5, 0.005) == pytest.approx(0.5) and s.zeta(496, 0.5, 0.005) == pytest.approx(0.005)
+    short = Schedule.plan(total=63, update_every=None, updates=40, ramp=0.3, freeze=0.8)
+    assert (short.every, short.ramp_end, short.freeze_at) == (2, 19, 50), "a short run gets as many updates as a long one"
+    assert sum(short.is_update(t) for t in range(1, 64)) == 26  # every 2nd step up to 50, and 19
+    paper = Schedule.plan(total=1000, update_every=100, updates=40, ramp=0.0, freeze=1.0)
+    assert paper.ready(0) and [t for t in range(1, 1001) if paper.is_update(t)] == list(range(100, 1001, 100))
+    with pytest.raises(ValueError, match="ramp <= freeze"):
+        Schedule.plan(total=10, update_every=None, updates=4, ramp=0.9, freeze=0.5)
+
+
+def test_ramp_starts_dense_and_reaches_the_target_exactly(process_group: None) -> None:
+    method = dsl(density=0.25, ramp=0.5, freeze=0.75, updates=5)
+    target = method.active_counts()
+    nonzero_at_build = sum(int((w != 0).sum()) for e in embedding_collections(method) for w in e.parameters())
+    assert nonzero_at_build <= sum(target), "built in its served form"
+    dmp = shard(method)
+    method.on_train_begin(20)  # every 4 steps, ramp until step 10, freeze at 15
+    assert not method.servable() and method.memory_bytes() == build_method("dsl", CTX, {"density": 0.25}).memory_bytes()
+    totals = []
+    for i in range(20):
+        step(dmp, method, "full", i)
+        totals.append(sum(method.active_counts()))
+        assert method.servable() == (i + 1 >= 10)
+        for w, m in weights_and_masks(dmp):
+            assert torch.equal(w, w * m)
+    full = sum(t.rows * t.dim for t in method._tables)
+    assert totals[0] == full, "dense until the first ramp update"
+    assert totals[3] < full and totals[3] > totals[7] > sum(target), "the ramp prunes step by step"
+    assert totals[9:] == [sum(target)] * 11, "the target from the ramp's end on"
+    kinds = [(h["step"], h.get("ramp", False)) for h in method.history]
+    assert kinds == [(4, True), (8, True), (10, True), (12, False)], "prune/regrow until the freeze (15), then fixed masks"
+
+
+def test_resumed_fit_keeps_the_checkpoint_masks(process_group: None) -> None:
+    method = dsl(density=0.25, ramp=0.5, freeze=0.75, updates=5)
+    dmp = shard(method)
+    method.on_train_begin(20)
+    for i in range(12):
+        step(dmp, method, "full", i)
+    masks = [method.mask(i).clone() for i in range(3)]
+    method.on_train_begin(20)
+    method.on_train_resume(12)
+    step(dmp, method, "full", 12)
+    assert all(torch.equal(method.mask(i), m) for i, m in enumerate(masks)), "no dense restart after a resume"
+    assert method.servable()
