@@ -40,6 +40,7 @@ from recsys.data.batch import BatchLayout, ParquetBatchReader, prepared
 from recsys.data.prefetch import Prefetched
 from recsys.data.vocab import read_value_counts
 from recsys.embeddings import EmbeddingMethod, MethodContext, Phase, build_method, method_spec
+from recsys.embeddings.auto import AutoEmbedding, choose
 from recsys.export.mlflow_run import CHECKPOINT_FILES
 from recsys.features import load_dataset_spec
 from recsys.models import build_model
@@ -328,6 +329,10 @@ def finish_run(cfg: ExperimentConfig, run_dir: Location, tracker: Tracker, metri
 
 def _run_phases(exp: Experiment, resume: bool) -> dict[str, Any]:
     phases = exp.phases()
+    choice = choose(exp.ctx) if exp.cfg.embedding.method == AutoEmbedding.name else None
+    if choice is not None and is_main():
+        print(f"embedding.method auto: {choice.method} {choice.options or ''}({choice.reason})")
+        exp.tracker.log_params({"auto.method": choice.method, "auto.reason": choice.reason})
     previous: Location | None = None
     summaries: dict[str, dict[str, Any]] = {}
     last: tuple[EmbeddingMethod, Trainer] | None = None
@@ -360,6 +365,8 @@ def _run_phases(exp: Experiment, resume: bool) -> dict[str, Any]:
         "best_epoch": fits[-1]["best_epoch"] if fits else -1,
         "stopped_early": any(f["stopped_early"] for f in fits),
     }
+    if choice is not None:
+        metrics["method_choice"] = {"method": choice.method, "options": choice.options, "reason": choice.reason}
     test_oracle = exp.spec.splits["test"].oracle
     if test_oracle is not None:
         metrics["oracle_test_auc"] = test_oracle.auc

@@ -52,7 +52,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 import torch.distributed as dist
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 from torchrec.modules.embedding_configs import PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
@@ -93,6 +93,12 @@ class DSLOptions(WrapperOptions):
         "a fixed share per table (the paper's code)",
     )
     seed: int = Field(0, description="seed of the initial masks and of tie-breaking")
+
+    @model_validator(mode="after")
+    def _ramp_before_freeze(self) -> "DSLOptions":
+        if self.ramp > self.freeze:
+            raise ValueError(f"ramp ({self.ramp}) must not be after freeze ({self.freeze})")
+        return self
 
 
 @dataclass(frozen=True)

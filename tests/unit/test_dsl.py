@@ -485,3 +485,8 @@ def test_resumed_fit_keeps_the_checkpoint_masks(process_group: None) -> None:
     step(dmp, method, "full", 12)
     assert all(torch.equal(method.mask(i), m) for i, m in enumerate(masks)), "no dense restart after a resume"
     assert method.servable()
+
+
+def test_ramp_after_freeze_is_refused_naming_both() -> None:
+    with pytest.raises(ValueError, match=r"invalid options for method 'dsl'.*ramp \(0.9\) must not be after freeze \(0.5\)"):
+        build_method("dsl", CTX, {"ramp": 0.9, "freeze": 0.5})

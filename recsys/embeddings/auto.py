@@ -1,0 +1,175 @@
+"""``auto``: a configuration chosen from the budget and the dataset's statistics, never below the baselines measured.
+
+The rule (``choose``), from what ``docs/results/robustness.md`` measured (every dataset there,
+10× and 100×; hybrid and qr at 10×, unified where qr cannot fit):
+
+1. no budget, or one at least the ``full`` tables' bytes: ``full``;
+2. ``qr`` fits and the train value counts are known: ``hybrid`` when its hot rows at this budget
+   would serve at least ``HOT_MASS`` of the train lookups (frequency skew, where exclusive
+   rows for the hottest values pay off), else ``qr``; no counts: ``qr``;
+3. ``qr`` cannot fit (its smallest tables are about ``2√card`` rows per field, so past ~30-50×
+   on small vocabularies): ``unified`` (several probes per value; far above ``hash`` there;
+   it fits wherever ``hash`` does).
+
+The chosen method is built as ``self.base`` and does all the work: every hook is its, and
+``export`` is its export (the artifact names the chosen method, so serving needs no ``auto``).
+The choice and its statistics are in ``diagnostics()`` and printed by ``recsys train``.
+
+Example:
+    >>> method = build_method("auto", ctx.with_budget(compression=10))  # doctest: +SKIP
+    >>> method.choice.method, method.choice.reason                      # doctest: +SKIP
+    ('hybrid', 'qr fits; hybrid's hot rows serve 0.74 of the train lookups (>= 0.5)')
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
+
+from recsys.embeddings.base import EmbeddingMethod, ExportedMethod, MethodContext, MethodOptions, Phase
+from recsys.embeddings.hybrid import RESERVED, HybridEmbedding
+from recsys.embeddings.registry import build_method, register_method
+
+HOT_MASS = 0.5  # hybrid when its hot rows serve at least this share of the train lookups
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What ``auto`` picked, why, and the statistics it read."""
+
+    method: str
+    options: dict[str, Any] = field(default_factory=dict)
+    reason: str = ""
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+def _fits(name: str, ctx: MethodContext) -> bool:
+    try:
+        build_method(name, ctx)
+    except ValueError:
+        return False
+    return True
+
+
+def hot_mass(ctx: MethodContext) -> float | None:
+    """Share of the train lookups that ``hybrid``'s hot rows would serve at ``ctx``'s budget
+    (None without value counts)."""
+    counts = ctx.value_counts
+    if counts is None or any(counts.get(f.name) is None for f in ctx.features):
+        return None
+    hybrid = HybridEmbedding(ctx, HybridEmbedding.Options())
+    total = hot = 0.0
+    for f in ctx.features:
+        c = np.asarray(counts[f.name], np.float64)
+        total += float(c.sum())
+        hot += float(c[: max(hybrid.hot_rows[f.name] - RESERVED, 0)].sum())
+    return hot / total if total else None
+
+
+def choose(ctx: MethodContext) -> Choice:
+    """The configuration ``auto`` trains for this context (see the module docstring)."""
+    budget = ctx.budget_bytes
+    stats: dict[str, float] = {"full_bytes": ctx.full_bytes, "vocabulary_rows": sum(f.cardinality for f in ctx.features)}
+    if budget is None or budget >= ctx.full_bytes:
+        return Choice("full", reason="the budget holds the full tables", stats=stats)
+    stats["compression"] = ctx.full_bytes / budget
+    if _fits("qr", ctx):
+        mass = hot_mass(ctx)
+        if mass is None:
+            return Choice("qr", reason="qr fits; no value counts to size hot rows", stats=stats)
+        stats["hot_mass"] = mass
+        if mass >= HOT_MASS:
+            return Choice("hybrid", reason=f"qr fits; hybrid's hot rows serve {mass:.2f} of the train lookups (>= {HOT_MASS})", stats=stats)
+        return Choice("qr", reason=f"qr fits; hybrid's hot rows would serve only {mass:.2f} of the train lookups (< {HOT_MASS})",
+                      stats=stats)
+    # unified fits wherever hash does (one row of chunk_dim per sub-table against one D-wide row per feature)
+    return Choice("unified", reason="qr cannot fit the budget; unified's probes share the rows", stats=stats)
+
+
+class AutoOptions(MethodOptions):
+    """``auto`` has no options: everything comes from the budget and the dataset."""
+
+
+@register_method
+class AutoEmbedding(EmbeddingMethod):
+    """A configuration chosen from the budget and the train value counts: ``full`` without a budget; where ``qr``
+    fits, ``hybrid`` when its hot rows would serve at least half of the train lookups, else ``qr``; where ``qr``
+    cannot fit, ``unified`` (``recsys.embeddings.auto.choose``; measured in docs/results/robustness.md). The chosen
+    method is ``base`` and does all the work; the run prints the choice and records it in ``metrics.json``
+    (``method_choice``) and ``diagnostics.json``; the exported artifact names the chosen method."""
+
+    name: ClassVar[str] = "auto"
+    Options: ClassVar[type[MethodOptions]] = AutoOptions
+    uses_value_counts: ClassVar[bool] = True
+    contract_compression: ClassVar[float | None] = 2.0
+
+    def __init__(self, ctx: MethodContext, options: MethodOptions) -> None:
+        super().__init__(ctx, options)
+        self.choice = choose(ctx)
+        self.base = build_method(self.choice.method, ctx, self.choice.options)
+        self.id_scheme = self.base.id_scheme  # type: ignore[misc]
+
+    def describe(self) -> str:
+        """One line for the console: the chosen method and why."""
+        return f"auto: {self.choice.method} ({self.choice.reason})"
+
+    @property
+    def ebc(self) -> nn.Module:
+        return self.base.get_submodule("ebc")
+
+    def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
+        return self.base(features)
+
+    def prepare(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
+        return self.base.prepare(features)
+
+    def memory_bytes(self) -> int:
+        return self.base.memory_bytes()
+
+    def output_dims(self) -> dict[str, int]:
+        return self.base.output_dims()
+
+    def shares_rows_across_features(self) -> bool:
+        return self.base.shares_rows_across_features()
+
+    def aux_loss(self) -> torch.Tensor | None:
+        return self.base.aux_loss()
+
+    def on_train_begin(self, total_steps: int) -> None:
+        self.base.on_train_begin(total_steps)
+
+    def on_train_step(self, step: int) -> None:
+        self.base.on_train_step(step)
+
+    def on_train_resume(self, steps: int) -> None:
+        self.base.on_train_resume(steps)
+
+    def servable(self) -> bool:
+        return self.base.servable()
+
+    def phases(self) -> list[Phase]:
+        return self.base.phases()
+
+    def enter_phase(self, phase: Phase) -> None:
+        self.base.enter_phase(phase)
+
+    def phase_state(self) -> dict[str, torch.Tensor]:
+        return self.base.phase_state()
+
+    def load_phase_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.base.load_phase_state(state)
+
+    def search(self, evaluate: Callable[[], float]) -> dict[str, Any]:
+        return self.base.search(evaluate)
+
+    def diagnostics(self) -> dict[str, Any]:
+        return {"auto": asdict(self.choice), **self.base.diagnostics()}
+
+    def export(self) -> ExportedMethod:
+        """The chosen method's served form (the artifact names it, not ``auto``)."""
+        return self.base.export()

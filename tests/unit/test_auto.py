@@ -1,0 +1,52 @@
+"""``embedding.method: auto``: its choice on synthetic statistics, and a built choice doing the work."""
+
+import numpy as np
+import pytest
+import torch
+
+from recsys.embeddings import FeatureInfo, MethodContext, build_method
+from recsys.embeddings.auto import HOT_MASS, AutoEmbedding, choose, hot_mass
+from tests.unit.test_method_contract import random_kjt
+
+CARDS = {"C1": 40, "C2": 600, "C3": 1500, "C4": 3000}
+CTX = MethodContext(tuple(FeatureInfo(n, c) for n, c in CARDS.items()), embedding_dim=16)
+
+
+def counts(exponent: float) -> dict[str, np.ndarray]:
+    """Train counts in index order (values 2..card-1): Zipf(``exponent``); 0 gives flat counts."""
+    return {n: np.floor(1e5 / np.arange(1, c - 1, dtype=np.float64) ** exponent) + 1 for n, c in CARDS.items()}
+
+
+def test_no_budget_or_a_budget_holding_full_is_full() -> None:
+    assert choose(CTX).method == "full"
+    assert choose(CTX.with_budget(budget_bytes=CTX.full_bytes)).method == "full"
+
+
+def test_skewed_counts_at_10x_pick_hybrid_and_flat_counts_pick_qr() -> None:
+    ctx = CTX.with_budget(compression=10)
+    skewed, flat = ctx.with_value_counts(counts(1.2)), ctx.with_value_counts(counts(0.0))
+    assert hot_mass(skewed) > HOT_MASS > hot_mass(flat)
+    assert choose(skewed).method == "hybrid"
+    assert choose(flat).method == "qr" and "only" in choose(flat).reason
+    assert choose(ctx).method == "qr" and "no value counts" in choose(ctx).reason
+    assert choose(skewed).stats["compression"] == pytest.approx(10, rel=1e-3)
+
+
+def test_a_budget_qr_cannot_fit_picks_unified() -> None:
+    ctx = CTX.with_budget(compression=100).with_value_counts(counts(1.2))
+    with pytest.raises(ValueError, match="qr"):
+        build_method("qr", ctx)
+    assert choose(ctx).method == "unified" and "qr cannot fit" in choose(ctx).reason
+
+
+@pytest.mark.parametrize(("compression", "expected"), [(10, "hybrid"), (100, "unified")])
+def test_auto_trains_and_exports_as_its_choice(compression: int, expected: str) -> None:
+    ctx = CTX.with_budget(compression=compression).with_value_counts(counts(1.2))
+    torch.manual_seed(0)
+    method = build_method("auto", ctx)
+    assert isinstance(method, AutoEmbedding) and method.base.name == expected
+    assert method.id_scheme == method.base.id_scheme and method.memory_bytes() == method.base.memory_bytes() <= ctx.budget_bytes
+    features = random_kjt(expected, batch=8, ctx=ctx)
+    assert torch.equal(method(features).values(), method.base(features).values())
+    assert method.diagnostics()["auto"]["method"] == expected
+    assert method.export().name == expected, "the artifact names the chosen method"
