@@ -5,16 +5,16 @@ import pytest
 import torch
 
 from recsys.embeddings import FeatureInfo, MethodContext, build_method
-from recsys.embeddings.auto import HOT_MASS, AutoEmbedding, choose, hot_mass
+from recsys.embeddings.auto import HOT_MASS, ROWS_PER_ROW, AutoEmbedding, choose, hot_mass
 from tests.unit.test_method_contract import random_kjt
 
 CARDS = {"C1": 40, "C2": 600, "C3": 1500, "C4": 3000}
 CTX = MethodContext(tuple(FeatureInfo(n, c) for n, c in CARDS.items()), embedding_dim=16)
 
 
-def counts(exponent: float) -> dict[str, np.ndarray]:
-    """Train counts in index order (values 2..card-1): Zipf(``exponent``); 0 gives flat counts."""
-    return {n: np.floor(1e5 / np.arange(1, c - 1, dtype=np.float64) ** exponent) + 1 for n, c in CARDS.items()}
+def counts(exponent: float, top: float = 1e5) -> dict[str, np.ndarray]:
+    """Train counts in index order (values 2..card-1): Zipf(``exponent``) from ``top``; 0 gives flat counts."""
+    return {n: np.floor(top / np.arange(1, c - 1, dtype=np.float64) ** exponent) + 1 for n, c in CARDS.items()}
 
 
 def test_no_budget_or_a_budget_holding_full_is_full() -> None:
@@ -30,6 +30,16 @@ def test_skewed_counts_at_10x_pick_hybrid_and_flat_counts_pick_qr() -> None:
     assert choose(flat).method == "qr" and "only" in choose(flat).reason
     assert choose(ctx).method == "qr" and "no value counts" in choose(ctx).reason
     assert choose(skewed).stats["compression"] == pytest.approx(10, rel=1e-3)
+    assert choose(skewed).stats["rows_per_row"] > ROWS_PER_ROW
+
+
+def test_few_train_rows_per_budget_row_pick_qr() -> None:
+    """8k-row real samples: hybrid's shared tail trains too little there (docs/results/robustness.md)."""
+    ctx = CTX.with_budget(compression=10).with_value_counts(counts(1.2, top=20.0))
+    stats = choose(ctx).stats
+    assert stats["train_rows"] == sum(np.floor(20.0 / np.arange(1, 2999) ** 1.2) + 1)  # C4, the largest total
+    assert stats["rows_per_row"] == pytest.approx(stats["train_rows"] / (ctx.budget_bytes // 64))
+    assert stats["rows_per_row"] < ROWS_PER_ROW and choose(ctx).method == "qr" and "train rows per budget row" in choose(ctx).reason
 
 
 def test_a_budget_qr_cannot_fit_picks_unified() -> None:
