@@ -130,7 +130,8 @@ class AutoEmbedding(EmbeddingMethod):
 
     def __init__(self, ctx: MethodContext, options: MethodOptions) -> None:
         super().__init__(ctx, options)
-        self.choice = choose(ctx)
+        with torch.random.fork_rng():  # the trial builds draw no numbers: the chosen method starts as it would alone
+            self.choice = choose(ctx)
         self.base = build_method(self.choice.method, ctx, self.choice.options)
         self.id_scheme = self.base.id_scheme  # type: ignore[misc]
 

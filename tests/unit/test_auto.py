@@ -60,3 +60,7 @@ def test_auto_trains_and_exports_as_its_choice(compression: int, expected: str) 
     assert torch.equal(method(features).values(), method.base(features).values())
     assert method.diagnostics()["auto"]["method"] == expected
     assert method.export().name == expected, "the artifact names the chosen method"
+    torch.manual_seed(0)
+    alone = build_method(expected, ctx)
+    assert all(torch.equal(a, b) for a, b in zip(method.base.state_dict().values(), alone.state_dict().values())), \
+        "the same initial weights as the chosen method built alone"
