@@ -18,11 +18,11 @@ density is the largest whose served form fits.
   step's batch (``'batch'``, the paper's dense gradient); a row read by several keys (unified)
   gets every read.
 * Schedule (``dsl_schedule``), from the fit's planned steps ``T``: ΔT = ``update_every`` or
-  ``T / updates``; by default the fit starts dense and prunes the smallest weights to the
-  target density by ``ramp · T`` (gradual magnitude pruning: a short run learns which weights
-  matter before it drops them), then prune/regrows at the target until ``freeze · T``; the
-  trainer keeps only checkpoints from the ramp's end on (``servable``). ``ramp=0, freeze=1``:
-  the paper's schedule, a random mask at the target from step 0.
+  ``T / updates`` (so a short run gets its updates too); by default (``ramp=0, freeze=1``, the
+  paper's) a random mask at the target from step 0, prune/regrow over the whole run. With
+  ``ramp > 0`` the fit starts dense and prunes the smallest weights to the target density by
+  ``ramp · T`` (gradual magnitude pruning), and the trainer keeps only checkpoints from the
+  ramp's end on (``servable``); ``freeze < 1`` fixes the masks after ``freeze · T``.
 * At every prune/regrow update, ζ from ``update_ratio``: per table (or over
   all tables, ``global_budget``) the ``ceil(ζ·active)`` smallest ``|w|`` are pruned and as many
   inactive weights (just-pruned included) with the largest ``|gradient|`` regrown, exact counts
@@ -81,10 +81,11 @@ class DSLOptions(WrapperOptions):
     update_every: int | None = Field(None, ge=1, description="ΔT: steps between mask updates; default planned steps / updates")
     updates: int = Field(40, ge=1, description="mask updates planned over the run when update_every is not set")
     ramp: float = Field(
-        0.3, ge=0, le=1, description="share of the planned steps over which the density falls from 1 to its target "
-        "(gradual magnitude pruning); 0: a random mask at the target from the start (the paper)",
+        0.0, ge=0, le=1, description="share of the planned steps over which the density falls from 1 to its target "
+        "(gradual magnitude pruning); 0: a random mask at the target from the start (the paper; measured better on "
+        "small data, docs/results/robustness.md)",
     )
-    freeze: float = Field(0.8, ge=0, le=1, description="share of the planned steps after which the masks are fixed")
+    freeze: float = Field(1.0, ge=0, le=1, description="share of the planned steps after which the masks are fixed")
     zeta0: float = Field(0.5, ge=0, le=1, description="ζ_0: update ratio at step 0")
     zeta_min: float = Field(0.005, ge=0, le=1, description="ζ_min: update ratio at step T")
     regrow: Literal["accumulated", "batch"] = Field("accumulated", description="gradient over the interval or the last batch")
