@@ -13,7 +13,7 @@ The rule (``choose``), from what ``docs/results/robustness.md`` measured (every 
    on small vocabularies): ``unified`` (several probes per value; far above ``hash`` there;
    it fits wherever ``hash`` does).
 
-The chosen method is built as ``self.base`` and does all the work: every hook is its, and
+The chosen method is built as ``self.chosen`` and does all the work: every hook is its, and
 ``export`` is its export (the artifact names the chosen method, so serving needs no ``auto``).
 The choice and its statistics are in ``diagnostics()`` and printed by ``recsys train``.
 
@@ -26,14 +26,16 @@ Example:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
-from recsys.embeddings.base import BYTES_PER_WEIGHT, EmbeddingMethod, ExportedMethod, MethodContext, MethodOptions, Phase
+from recsys.embeddings.base import (
+    BYTES_PER_WEIGHT, EmbeddingMethod, ExportedMethod, IdScheme, MethodContext, MethodOptions, Optimizers, Phase,
+)
 from recsys.embeddings.hybrid import RESERVED, HybridEmbedding
 from recsys.embeddings.registry import build_method, register_method
 
@@ -118,79 +120,86 @@ class AutoOptions(MethodOptions):
 class AutoEmbedding(EmbeddingMethod):
     """A configuration chosen from the budget and the train value counts: ``full`` without a budget; where ``qr``
     fits, ``hybrid`` when the train split has 40+ rows per budget row and its hot rows would serve at least half of the
-    train lookups, else ``qr``; where ``qr``
-    cannot fit, ``unified`` (``recsys.embeddings.auto.choose``; measured in docs/results/robustness.md). The chosen
-    method is ``base`` and does all the work; the run prints the choice and records it in ``metrics.json``
-    (``method_choice``) and ``diagnostics.json``; the exported artifact names the chosen method."""
+    train lookups, else ``qr``; where ``qr`` cannot fit, ``unified`` (``recsys.embeddings.auto.choose``; measured in
+    docs/results/robustness.md). The chosen method is ``chosen`` and does all the work; the run prints the choice and
+    records it in ``metrics.json`` (``method_choice``) and ``diagnostics.json``; the exported artifact names the chosen
+    method. Its ids are the chosen method's, known once built (``id_scheme_for`` answers ``index``)."""
 
     name: ClassVar[str] = "auto"
     Options: ClassVar[type[MethodOptions]] = AutoOptions
     uses_value_counts: ClassVar[bool] = True
-    contract_compression: ClassVar[float | None] = 2.0
 
     def __init__(self, ctx: MethodContext, options: MethodOptions) -> None:
         super().__init__(ctx, options)
         with torch.random.fork_rng():  # the trial builds draw no numbers: the chosen method starts as it would alone
             self.choice = choose(ctx)
-        self.base = build_method(self.choice.method, ctx, self.choice.options)
-        self.id_scheme = self.base.id_scheme  # type: ignore[misc]
-
-    def describe(self) -> str:
-        """One line for the console: the chosen method and why."""
-        return f"auto: {self.choice.method} ({self.choice.reason})"
+        self.chosen = build_method(self.choice.method, ctx, self.choice.options)
 
     @property
-    def ebc(self) -> nn.Module:
-        return self.base.get_submodule("ebc")
+    def id_scheme(self) -> IdScheme:
+        return self.chosen.id_scheme
+
+    @property
+    def ebc(self) -> nn.Module:  # type: ignore[override]
+        return self.chosen.ebc
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
-        return self.base(features)
+        return self.chosen(features)
 
     def prepare(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
-        return self.base.prepare(features)
+        return self.chosen.prepare(features)
 
     def memory_bytes(self) -> int:
-        return self.base.memory_bytes()
+        return self.chosen.memory_bytes()
 
     def output_dims(self) -> dict[str, int]:
-        return self.base.output_dims()
+        return self.chosen.output_dims()
 
     def shares_rows_across_features(self) -> bool:
-        return self.base.shares_rows_across_features()
+        return self.chosen.shares_rows_across_features()
 
     def aux_loss(self) -> torch.Tensor | None:
-        return self.base.aux_loss()
+        return self.chosen.aux_loss()
+
+    def separate_optimizers(self) -> Optimizers:
+        return self.chosen.separate_optimizers()
+
+    def reports_collisions(self) -> bool:
+        return self.chosen.reports_collisions()
+
+    def collision_stats(self, vocab_ids: Mapping[str, Any]) -> dict[str, Any] | None:
+        return self.chosen.collision_stats(vocab_ids)
 
     def on_train_begin(self, total_steps: int) -> None:
-        self.base.on_train_begin(total_steps)
+        self.chosen.on_train_begin(total_steps)
 
     def on_train_step(self, step: int) -> None:
-        self.base.on_train_step(step)
+        self.chosen.on_train_step(step)
 
     def on_train_resume(self, steps: int) -> None:
-        self.base.on_train_resume(steps)
+        self.chosen.on_train_resume(steps)
 
     def servable(self) -> bool:
-        return self.base.servable()
+        return self.chosen.servable()
 
     def phases(self) -> list[Phase]:
-        return self.base.phases()
+        return self.chosen.phases()
 
     def enter_phase(self, phase: Phase) -> None:
-        self.base.enter_phase(phase)
+        self.chosen.enter_phase(phase)
 
     def phase_state(self) -> dict[str, torch.Tensor]:
-        return self.base.phase_state()
+        return self.chosen.phase_state()
 
     def load_phase_state(self, state: dict[str, torch.Tensor]) -> None:
-        self.base.load_phase_state(state)
+        self.chosen.load_phase_state(state)
 
     def search(self, evaluate: Callable[[], float]) -> dict[str, Any]:
-        return self.base.search(evaluate)
+        return self.chosen.search(evaluate)
 
     def diagnostics(self) -> dict[str, Any]:
-        return {"auto": asdict(self.choice), **self.base.diagnostics()}
+        return {"auto": asdict(self.choice), **self.chosen.diagnostics()}
 
     def export(self) -> ExportedMethod:
         """The chosen method's served form (the artifact names it, not ``auto``)."""
-        return self.base.export()
+        return self.chosen.export()

@@ -18,8 +18,9 @@ density is the largest whose served form fits.
   step's batch (``'batch'``, the paper's dense gradient); a row read by several keys (unified)
   gets every read.
 * Schedule (``dsl_schedule``), from the fit's planned steps ``T``: ΔT = ``update_every`` or
-  ``T / updates`` (so a short run gets its updates too); by default (``ramp=0, freeze=1``, the
-  paper's) a random mask at the target from step 0, prune/regrow over the whole run. With
+  ``T / updates`` when ``update_every`` is null (a fixed 100 gives an 80-step run no update at
+  all; measured, that static mask did better there than 40 updates); by default (``ramp=0,
+  freeze=1``, the paper's) a random mask at the target from step 0, prune/regrow over the run. With
   ``ramp > 0`` the fit starts dense and prunes the smallest weights to the target density by
   ``ramp · T`` (gradual magnitude pruning), and the trainer keeps only checkpoints from the
   ramp's end on (``servable``); ``freeze < 1`` fixes the masks after ``freeze · T``.
@@ -78,8 +79,11 @@ class DSLOptions(WrapperOptions):
     base_compression: float | None = Field(None, ge=1, description="dense compression of the base; default none")
     density: float | None = Field(None, gt=0, le=1, description="share of active weights; default from the budget, else 0.5")
     mode: Literal["dynamic", "fix"] = Field("dynamic", description="'fix': a static random mask (ablation)")
-    update_every: int | None = Field(None, ge=1, description="ΔT: steps between mask updates; default planned steps / updates")
-    updates: int = Field(40, ge=1, description="mask updates planned over the run when update_every is not set")
+    update_every: int | None = Field(
+        100, ge=1, description="ΔT: steps between mask updates; null: the planned steps / updates (measured worse on "
+        "80-step runs, docs/results/robustness.md)",
+    )
+    updates: int = Field(40, ge=1, description="mask updates planned over the run when update_every is null")
     ramp: float = Field(
         0.0, ge=0, le=1, description="share of the planned steps over which the density falls from 1 to its target "
         "(gradual magnitude pruning); 0: a random mask at the target from the start (the paper; measured better on "

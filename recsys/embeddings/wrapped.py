@@ -62,7 +62,7 @@ class WrappedMethod(EmbeddingMethod):
     (the base's budget) and call ``super().__init__(ctx, options, base)``. Delegated to the base
     unless overridden: ``ebc``, ``id_scheme``, ``prepare``, ``output_dims``,
     ``shares_rows_across_features``, ``aux_loss``, ``separate_optimizers``, ``on_train_begin``,
-    ``on_train_step``, ``on_train_resume``, ``collision_stats``; ``diagnostics`` nests the base's.
+    ``on_train_step``, ``on_train_resume``, ``servable``, ``collision_stats``; ``diagnostics`` nests the base's.
     """
 
     Options = WrapperOptions
@@ -128,6 +128,9 @@ class WrappedMethod(EmbeddingMethod):
 
     def on_train_resume(self, steps: int) -> None:
         self.base.on_train_resume(steps)
+
+    def servable(self) -> bool:
+        return self.base.servable()
 
     def reports_collisions(self) -> bool:
         return self.base.reports_collisions()

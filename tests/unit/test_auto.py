@@ -54,13 +54,13 @@ def test_auto_trains_and_exports_as_its_choice(compression: int, expected: str) 
     ctx = CTX.with_budget(compression=compression).with_value_counts(counts(1.2))
     torch.manual_seed(0)
     method = build_method("auto", ctx)
-    assert isinstance(method, AutoEmbedding) and method.base.name == expected
-    assert method.id_scheme == method.base.id_scheme and method.memory_bytes() == method.base.memory_bytes() <= ctx.budget_bytes
+    assert isinstance(method, AutoEmbedding) and method.chosen.name == expected
+    assert method.id_scheme == method.chosen.id_scheme and method.memory_bytes() == method.chosen.memory_bytes() <= ctx.budget_bytes
     features = random_kjt(expected, batch=8, ctx=ctx)
-    assert torch.equal(method(features).values(), method.base(features).values())
+    assert torch.equal(method(features).values(), method.chosen(features).values())
     assert method.diagnostics()["auto"]["method"] == expected
     assert method.export().name == expected, "the artifact names the chosen method"
     torch.manual_seed(0)
     alone = build_method(expected, ctx)
-    assert all(torch.equal(a, b) for a, b in zip(method.base.state_dict().values(), alone.state_dict().values())), \
+    assert all(torch.equal(a, b) for a, b in zip(method.chosen.state_dict().values(), alone.state_dict().values())), \
         "the same initial weights as the chosen method built alone"

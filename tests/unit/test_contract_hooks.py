@@ -137,7 +137,7 @@ def test_a_bad_base_option_names_its_full_key() -> None:
     assert str(info.value) == "invalid options for method 'dsl': base.options.num_tables: Input should be greater than or equal to 1"
     with pytest.raises(ValueError, match=r"base\.options\.nope: Extra inputs are not permitted"):
         parse_options("optembed", {"base": {"method": "full", "options": {"nope": 1}}})
-    with pytest.raises(ValueError, match=r"base\.method: unknown method 'unifed'; available: dsl, full"):
+    with pytest.raises(ValueError, match=r"base\.method: unknown method 'unifed'; available: auto, dsl, full"):
         parse_options("dsl", {"base": "unifed"})
     with pytest.raises(ValueError, match=r"base\.extra: Extra inputs are not permitted"):
         parse_options("dsl", {"base": {"method": "full", "extra": 1}})

@@ -451,7 +451,7 @@ def test_schedule_values_for_planned_steps() -> None:
 
 
 def test_ramp_starts_dense_and_reaches_the_target_exactly(process_group: None) -> None:
-    method = dsl(density=0.25, ramp=0.5, freeze=0.75, updates=5)
+    method = dsl(density=0.25, ramp=0.5, freeze=0.75, update_every=None, updates=5)
     target = method.active_counts()
     nonzero_at_build = sum(int((w != 0).sum()) for e in embedding_collections(method) for w in e.parameters())
     assert nonzero_at_build <= sum(target), "built in its served form"
@@ -474,7 +474,7 @@ def test_ramp_starts_dense_and_reaches_the_target_exactly(process_group: None) -
 
 
 def test_resumed_fit_keeps_the_checkpoint_masks(process_group: None) -> None:
-    method = dsl(density=0.25, ramp=0.5, freeze=0.75, updates=5)
+    method = dsl(density=0.25, ramp=0.5, freeze=0.75, update_every=None, updates=5)
     dmp = shard(method)
     method.on_train_begin(20)
     for i in range(12):

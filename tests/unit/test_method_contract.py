@@ -41,6 +41,7 @@ class Setting:
 
 
 SETTINGS: dict[str, Setting] = {
+    "auto": Setting(compression=2.0),  # no value counts here: qr
     "dsl": Setting(compression=2.0),
     "hash": Setting(compression=10.0),
     "hybrid": Setting({"hot_share": 0.9}, compression=2.0),
