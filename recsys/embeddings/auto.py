@@ -25,8 +25,9 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, ClassVar, Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -34,7 +35,14 @@ from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from recsys.embeddings.base import (
-    BYTES_PER_WEIGHT, EmbeddingMethod, ExportedMethod, IdScheme, MethodContext, MethodOptions, Optimizers, Phase,
+    BYTES_PER_WEIGHT,
+    EmbeddingMethod,
+    ExportedMethod,
+    IdScheme,
+    MethodContext,
+    MethodOptions,
+    Optimizers,
+    Phase,
 )
 from recsys.embeddings.hybrid import RESERVED, HybridEmbedding
 from recsys.embeddings.registry import build_method, register_method

@@ -41,7 +41,7 @@ class Schedule:
     freeze_at: int  # no mask changes after this many steps
 
     @classmethod
-    def plan(cls, total: int, update_every: int | None, updates: int, ramp: float, freeze: float) -> "Schedule":
+    def plan(cls, total: int, update_every: int | None, updates: int, ramp: float, freeze: float) -> Schedule:
         """The schedule of a fit of ``total`` steps (see the module docstring)."""
         if total < 1:
             raise ValueError(f"dsl: a fit must plan at least one step, got {total}")

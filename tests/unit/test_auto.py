@@ -5,7 +5,13 @@ import pytest
 import torch
 
 from recsys.embeddings import FeatureInfo, MethodContext, build_method
-from recsys.embeddings.auto import HOT_MASS, ROWS_PER_ROW, AutoEmbedding, choose, hot_mass
+from recsys.embeddings.auto import (
+    HOT_MASS,
+    ROWS_PER_ROW,
+    AutoEmbedding,
+    choose,
+    hot_mass,
+)
 from tests.unit.test_method_contract import random_kjt
 
 CARDS = {"C1": 40, "C2": 600, "C3": 1500, "C4": 3000}
