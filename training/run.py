@@ -43,6 +43,7 @@ from recsys.embeddings import EmbeddingMethod, MethodContext, Phase, build_metho
 from recsys.embeddings.auto import AutoEmbedding, choose
 from recsys.export.mlflow_run import CHECKPOINT_FILES
 from recsys.features import load_dataset_spec
+from recsys.metrics import auc, logloss
 from recsys.models import build_model
 from recsys.models.train import TrainModel
 from recsys.storage import Location, StoragePath, download_tree, load_tensors, location, read_parquet, remove, save_tensors
@@ -55,7 +56,7 @@ from recsys.training.collectives import (
     world,
 )
 from recsys.training.distributed import ShardedModel, ensure_process_group, shard
-from recsys.training.loop import EpochResult, FitResult, LoopState, Reader, Trainer
+from recsys.training.loop import EpochResult, EvalResult, FitResult, LoopState, Reader, Trainer
 from recsys.training.plots import learning_curve
 from recsys.training.tracking import Tracker, make_tracker, start_system_metrics
 
@@ -241,7 +242,8 @@ def _oracle(exp: Experiment, split: str) -> float | None:
     return oracle.auc if oracle else None
 
 
-RUN_OUTPUTS = ("phases", "initial.safetensors", "metrics.json", "diagnostics.json", "learning_curve.png")
+TEST_SCORES = "test_scores.safetensors"  # the test rows' labels and predicted probabilities (the bench's bootstrap CIs)
+RUN_OUTPUTS = ("phases", "initial.safetensors", "metrics.json", "diagnostics.json", "learning_curve.png", TEST_SCORES)
 
 
 def clear_previous_run(out: Location, extra: tuple[str, ...] = ()) -> None:
@@ -348,7 +350,11 @@ def _run_phases(exp: Experiment, resume: bool) -> dict[str, Any]:
         method, trainer, summaries[phase.name] = _run_phase(exp, phase, previous)
         previous, last = folder, (method, trainer)
     method, trainer = last if last is not None else _restore(exp, phases[-1], previous)
-    test = trainer.evaluate(exp.reader("test", method))
+    labels, probs = trainer.predict(exp.reader("test", method))
+    test = EvalResult(auc=auc(labels, probs), logloss=logloss(labels, probs), rows=len(labels))
+    if is_main():
+        save_tensors({"labels": torch.from_numpy(labels.astype(np.float32)), "probs": torch.from_numpy(probs.astype(np.float32))},
+                     exp.out / TEST_SCORES)
     fits = [s["fit"] for s in summaries.values() if "fit" in s]
     method_bytes = method.memory_bytes()
     metrics: dict[str, Any] = {

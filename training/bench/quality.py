@@ -301,6 +301,12 @@ def write_reports(settings: SweepSettings, results: list[PointResult], oracle_au
 
 def run_sweep(settings: SweepSettings) -> list[dict[str, Any]]:
     """Train (or read back) every point, write the reports, log it all to MLflow; the table's rows."""
+    return sweep_results(settings)[0]
+
+
+def sweep_results(settings: SweepSettings, parent_run_id: str | None = None) -> tuple[list[dict[str, Any]], list[PointResult]]:
+    """``run_sweep``'s rows and its point results; with ``parent_run_id`` the sweep's MLflow run is
+    a child of that run (a suite's dataset) and its points are grandchildren."""
     from tqdm.auto import tqdm
 
     out = Path(settings.out)
@@ -318,7 +324,8 @@ def run_sweep(settings: SweepSettings) -> list[dict[str, Any]]:
     write_json(out / "sweep.json", {"settings": asdict(settings), "points": [p.name for p in points], "full_bytes": sweep.full_bytes})
     tracking = TrackingConfig(tracking_uri=settings.tracking_uri, experiment=settings.experiment,
                               run_name=f"bench-quality {settings.model} {Path(settings.dataset).name}")
-    parent = make_tracker(tracking, tags={"bench": "quality", "model": settings.model}, run_dir=out)
+    tags = {"bench": "quality", "model": settings.model} | ({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})
+    parent = make_tracker(tracking, tags=tags, run_dir=out)
     parent.log_params({"dataset": str(settings.dataset), "methods": ",".join(settings.methods), "model": settings.model,
                        "budgets": ",".join(f"{b:g}" for b in settings.budgets), "seeds": 1 if settings.quick else settings.seeds,
                        "quick": settings.quick, "set": " ".join(settings.sets), "points": len(points),
@@ -343,6 +350,6 @@ def run_sweep(settings: SweepSettings) -> list[dict[str, Any]]:
         for path in [*paths, out / "sweep.json"]:
             parent.log_artifact(path)
         status = "FINISHED"
-        return rows
+        return rows, results
     finally:
         parent.close(status)

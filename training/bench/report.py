@@ -128,8 +128,19 @@ def pareto_plot(rows: list[dict[str, Any]], path: Path, title: str, oracle_auc: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    done = [r for r in rows if r["seeds_ok"]]
     fig, ax = plt.subplots(figsize=(10, 5.5))
+    draw_pareto(ax, rows, title, oracle_auc)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def draw_pareto(ax: Any, rows: list[dict[str, Any]], title: str, oracle_auc: float | None = None) -> None:
+    """The Pareto plot of ``rows`` on the matplotlib axes ``ax`` (no legend: the caller places it)."""
+    import matplotlib.pyplot as plt
+
+    done = [r for r in rows if r["seeds_ok"]]
     markers = "osD^v<>Xph*"
     colors = [plt.cm.tab10(i) for i in (0, 1, 2, 3, 4, 5, 6, 8, 9)]  # tab10 without its grey (the front is grey)
     for i, method in enumerate(dict.fromkeys(r["method"] for r in done)):
@@ -151,7 +162,3 @@ def pareto_plot(rows: list[dict[str, Any]], path: Path, title: str, oracle_auc: 
     ax.set_ylabel("test AUC")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
