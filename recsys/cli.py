@@ -215,14 +215,23 @@ def _budgets(text: str) -> list[float]:
 
 
 def cmd_bench_quality(args: argparse.Namespace) -> int:
-    from recsys.training.bench.methods import DEFAULT_METHODS
     from recsys.training.bench.quality import SweepSettings, run_sweep
+    from recsys.training.bench.suite import load_suite, resolve_choices, run_suite, suite_from_datasets
 
+    if bool(args.dataset) == bool(args.suite):
+        raise SystemExit("error: give --dataset (once or several times) or --suite FILE.yaml")
+    suite = load_suite(args.suite) if args.suite else (suite_from_datasets(args.dataset) if len(args.dataset) > 1 else None)
+    methods, budgets, seeds, model = resolve_choices(suite, args.methods, args.budgets, args.seeds, args.model)
     settings = SweepSettings(
-        dataset=Path(args.dataset), methods=args.methods or list(DEFAULT_METHODS), budgets=args.budgets, seeds=args.seeds, model=args.model,
-        config=Path(args.config) if args.config else None, sets=list(args.set or []), out=Path(args.out), quick=args.quick,
+        dataset=Path(args.dataset[0] if suite is None else suite.datasets[0].path), methods=methods, budgets=budgets, seeds=seeds,
+        model=model, config=Path(args.config) if args.config else None, sets=list(args.set or []), out=Path(args.out), quick=args.quick,
         rerun=args.rerun, tracking_uri=args.tracking_uri, experiment=args.experiment, threads=args.threads or None,
     )
+    if suite is not None:
+        summary = run_suite(suite, settings)
+        print((Path(args.out) / "summary.md").read_text())
+        print(f"wrote {args.out}/summary.csv, summary.json, summary.md, pareto.png and a folder per dataset")
+        return 0 if any(r["seeds_ok"] for r in summary) else 1
     rows = run_sweep(settings)
     print((Path(args.out) / "results.md").read_text())
     print(f"wrote {args.out}/results.csv, results.md, pareto.png")
@@ -397,11 +406,15 @@ def build_parser(with_speed: bool = True) -> argparse.ArgumentParser:
         "with DCNv2 (a point 40-60 s, or 2-3 minutes when the cores were oversubscribed); at one epoch, all 22 points of "
         "one seed took 10m21s. --quick (20k train rows, 1 epoch, 1 seed) took 2.5 minutes.",
     )
-    quality.add_argument("--dataset", required=True, help="dataset folder (holds dataset.json)")
-    quality.add_argument("--methods", type=_comma_list, default=None, help="comma-separated, from: full,hash,qr,unified,optembed,dsl,unified+optembed,unified+dsl (default: all)")
-    quality.add_argument("--budgets", type=_budgets, default=[10.0, 100.0, 1000.0], help="compression ratios, full bytes / budget (default 10,100,1000)")
-    quality.add_argument("--seeds", type=int, default=2, help="seeds per point (default 2; --quick: 1)")
-    quality.add_argument("--model", default="dlrm", choices=["dlrm", "dcnv2", "deepfm"])
+    quality.add_argument("--dataset", action="append", help="dataset folder (holds dataset.json); several: a suite, "
+                         "a folder per dataset under --out (labelled by folder name) and a summary per budget")
+    quality.add_argument("--suite", help="suite YAML: datasets (label, path, sets), optional methods, budgets, seeds, model, sets, "
+                         "bootstrap (see recsys.training.bench.suite); options given here win over the file's")
+    quality.add_argument("--methods", type=_comma_list, default=None,
+                         help="comma-separated, from: full,hash,qr,unified,hybrid,optembed,dsl,unified+optembed,unified+dsl (default: all)")
+    quality.add_argument("--budgets", type=_budgets, default=None, help="compression ratios, full bytes / budget (default 10,100,1000)")
+    quality.add_argument("--seeds", type=int, default=None, help="seeds per point (default 2; --quick: 1)")
+    quality.add_argument("--model", default=None, choices=["dlrm", "dcnv2", "deepfm"], help="default: dlrm")
     quality.add_argument("--config", help="base experiment YAML (default: the built-in config defaults)")
     quality.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key of every point, e.g. training.epochs=2; "
                          "METHOD:KEY=VALUE only of that method's points, e.g. unified:embedding.options.chunk_dim=4")

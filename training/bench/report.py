@@ -136,14 +136,17 @@ def pareto_plot(rows: list[dict[str, Any]], path: Path, title: str, oracle_auc: 
     plt.close(fig)
 
 
-def draw_pareto(ax: Any, rows: list[dict[str, Any]], title: str, oracle_auc: float | None = None) -> None:
-    """The Pareto plot of ``rows`` on the matplotlib axes ``ax`` (no legend: the caller places it)."""
+def draw_pareto(ax: Any, rows: list[dict[str, Any]], title: str, oracle_auc: float | None = None, methods: list[str] | None = None) -> None:
+    """The Pareto plot of ``rows`` on the matplotlib axes ``ax`` (no legend: the caller places it);
+    ``methods`` fixes each method's colour and marker (the same in every panel of a figure)."""
     import matplotlib.pyplot as plt
 
     done = [r for r in rows if r["seeds_ok"]]
     markers = "osD^v<>Xph*"
     colors = [plt.cm.tab10(i) for i in (0, 1, 2, 3, 4, 5, 6, 8, 9)]  # tab10 without its grey (the front is grey)
-    for i, method in enumerate(dict.fromkeys(r["method"] for r in done)):
+    order = methods or list(dict.fromkeys(r["method"] for r in done))
+    for method in dict.fromkeys(r["method"] for r in done):
+        i = order.index(method) if method in order else len(order)
         series = sorted((r for r in done if r["method"] == method), key=lambda r: r["bytes"])
         ax.errorbar([r["bytes"] for r in series], [r["auc_mean"] for r in series], yerr=[r["auc_std"] for r in series],
                     marker=markers[i % len(markers)], color=colors[i % len(colors)], linestyle="-", linewidth=0.8,
