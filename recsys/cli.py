@@ -352,7 +352,7 @@ def build_parser(with_speed: bool = True) -> argparse.ArgumentParser:
     replay.add_argument("--tracking-uri", help="default: the URI the run was logging to")
     replay.set_defaults(func=cmd_mlflow_replay)
 
-    qs = sub.add_parser("quickstart", help="synthetic data, then DLRM with full and hash@10x, and a summary table")
+    qs = sub.add_parser("quickstart", help="synthetic data, then DLRM with full, hash@10x and the recommended compressed configuration@10x, and a summary table")
     qs.add_argument("--rows", type=int, default=300_000)
     qs.add_argument("--data", default="data/quickstart")
     qs.add_argument("--out", default="runs/quickstart")
