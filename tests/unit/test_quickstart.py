@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from recsys.training.bench.methods import sweep_method
 from recsys.training.quickstart import RECOMMENDED, RUNS, quickstart, run_overrides
 

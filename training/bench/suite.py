@@ -34,13 +34,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
-from recsys.config import ConfigError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from recsys.training.bench.methods import sweep_method
-from recsys.training.bench.quality import Point, SweepSettings, sweep_results
+from recsys.training.bench.quality import Point, Sweep, SweepSettings, sweep_results
 from recsys.training.bench.report import PointResult
 from recsys.training.bench.summary import DatasetOutcome, summarise_suite, write_summary
+from recsys.training.tracking import make_tracker
+
+from recsys.config import ConfigError, TrackingConfig
 
 LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -180,10 +188,6 @@ def point_folder(settings: SweepSettings, result: PointResult) -> Path:
 
 def run_suite(suite: SuiteConfig, base: SweepSettings) -> list[dict[str, Any]]:
     """Every dataset's sweep, then the summary files and the side-by-side Pareto plot; the summary rows."""
-    from recsys.training.bench.quality import Sweep
-    from recsys.training.tracking import make_tracker
-    from recsys.config import TrackingConfig
-
     out = Path(base.out)
     out.mkdir(parents=True, exist_ok=True)
     first = dataset_settings(suite, base, suite.datasets[0])
