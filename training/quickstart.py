@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from recsys.training.bench.methods import Budget, sweep_method
-from recsys.training.run import train_experiment
-
 from recsys.config import load_config
 from recsys.embeddings import MethodContext
 from recsys.features import load_dataset_spec
+from recsys.training.bench.methods import Budget, sweep_method
+from recsys.training.run import train_experiment
 
 RECOMMENDED = "unified+dsl"  # best mean Δ vs full at 10× over the suite's datasets (docs/results/suite.md)
 RUNS = (("full", None), ("hash", 10.0), (RECOMMENDED, 10.0))

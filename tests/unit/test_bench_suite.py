@@ -10,18 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from recsys.training.bench.bootstrap import (
-    bootstrap_aucs,
-    interval,
-    resample_counts,
-    weighted_auc,
-)
-from recsys.training.bench.suite import load_suite
 
 from recsys.cli import main
 from recsys.config import ConfigError
 from recsys.data.synthetic import generate
 from recsys.metrics import auc
+from recsys.training.bench.bootstrap import bootstrap_aucs, interval, resample_counts, weighted_auc
+from recsys.training.bench.suite import load_suite
 
 
 def test_weighted_auc_is_auc_of_the_resampled_rows() -> None:

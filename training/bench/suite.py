@@ -34,21 +34,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from recsys.config import ConfigError, TrackingConfig
 from recsys.training.bench.methods import sweep_method
 from recsys.training.bench.quality import Point, Sweep, SweepSettings, sweep_results
 from recsys.training.bench.report import PointResult
 from recsys.training.bench.summary import DatasetOutcome, summarise_suite, write_summary
 from recsys.training.tracking import make_tracker
-
-from recsys.config import ConfigError, TrackingConfig
 
 LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 

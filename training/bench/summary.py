@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from recsys.training.bench.bootstrap import bootstrap_aucs, interval
-from recsys.training.bench.report import PointResult, draw_pareto
 
 from recsys.storage import load_tensors
+from recsys.training.bench.bootstrap import bootstrap_aucs, interval
+from recsys.training.bench.report import PointResult, draw_pareto
 
 BASELINES = ("hash", "qr")
 SCORES = "test_scores.safetensors"
