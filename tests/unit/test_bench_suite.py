@@ -80,7 +80,7 @@ def test_two_dataset_suite_summary_agrees_with_the_points(two: tuple[Path, Path]
 
     monkeypatch.chdir(tmp_path)
     a, b = two
-    suite = _write(tmp_path, {"datasets": [{"label": "alpha", "path": str(a)}, {"label": "beta", "path": str(b), "sets": ["training.dense_lr=0.002"]}],
+    suite = _write(tmp_path, {"datasets": [{"label": "alpha", "path": str(a)}, {"label": "beta", "path": str(b), "sets": ["training.dense_lr=0.002"], "budgets": [8]}],
                               "methods": ["full", "hash"], "budgets": [4], "model": "dlrm", "sets": ["training.batch_size=512"],
                               "bootstrap": {"resamples": 300, "seed": 1}})
     out, uri = tmp_path / "out", f"sqlite:///{tmp_path}/mlflow.db"
@@ -90,9 +90,11 @@ def test_two_dataset_suite_summary_agrees_with_the_points(two: tuple[Path, Path]
         summary = {(r["dataset"], r["method"]): r for r in csv.DictReader(fh)}
     assert set(summary) == {(d, m) for d in ("alpha", "beta") for m in ("full", "hash")}
     for label in ("alpha", "beta"):
+        budget = 4 if label == "alpha" else 8  # beta names its own budgets
         metrics = {m: json.loads((out / label / "points" / name / "metrics.json").read_text())
-                   for m, name in (("full", "full_seed0"), ("hash", "hash_4x_seed0"))}
+                   for m, name in (("full", "full_seed0"), ("hash", f"hash_{budget}x_seed0"))}
         full, hashed = summary[(label, "full")], summary[(label, "hash")]
+        assert float(hashed["budget"]) == budget
         assert float(full["auc_mean"]) == pytest.approx(metrics["full"]["test_auc"])
         assert float(hashed["auc_mean"]) == pytest.approx(metrics["hash"]["test_auc"])
         assert float(hashed["d_full"]) == pytest.approx(metrics["hash"]["test_auc"] - metrics["full"]["test_auc"])
@@ -102,16 +104,18 @@ def test_two_dataset_suite_summary_agrees_with_the_points(two: tuple[Path, Path]
             assert float(r["auc_lo"]) < point < float(r["auc_hi"])  # the interval contains the point estimate
         assert float(hashed["d_full_lo"]) < float(hashed["d_full"]) < float(hashed["d_full_hi"])
         assert math.isnan(float(full["d_full"]))
-    beta_cfg = yaml.safe_load((out / "beta" / "points" / "hash_4x_seed0" / "config.yaml").read_text())
+    beta_cfg = yaml.safe_load((out / "beta" / "points" / "hash_8x_seed0" / "config.yaml").read_text())
     alpha_cfg = yaml.safe_load((out / "alpha" / "points" / "hash_4x_seed0" / "config.yaml").read_text())
     assert beta_cfg["training"]["dense_lr"] == 0.002 and alpha_cfg["training"]["dense_lr"] != 0.002  # a dataset's own sets
     assert alpha_cfg["training"]["batch_size"] == 512 == beta_cfg["training"]["batch_size"]
 
     tally = json.loads((out / "summary.json").read_text())["wins_losses"]
-    assert tally == [{"budget": 4.0, "method": "hash", "wins": 0, "losses": 0, "sure_wins": 0, "sure_losses": 0, "failed": 0,
-                      "d_full": pytest.approx(np.mean([float(summary[(d, "hash")]["d_full"]) for d in ("alpha", "beta")])), "datasets": 2}]
+    assert tally == [{"budget": b, "method": "hash", "wins": 0, "losses": 0, "sure_wins": 0, "sure_losses": 0, "failed": 0,
+                      "d_full": pytest.approx(float(summary[(d, "hash")]["d_full"])), "datasets": 1} for b, d in ((4.0, "alpha"), (8.0, "beta"))]
     md = (out / "summary.md").read_text()
-    assert "### 4×: test AUC Δ against `full`" in md and "#### alpha" in md and "#### beta" in md
+    assert "### 4×: test AUC Δ against `full`" in md and "### 8×: test AUC Δ against `full`" in md and "#### alpha" in md and "#### beta" in md
+    four = md.split("### 4×")[1].split("### 8×")[0]
+    assert "| alpha |" in four and "| beta |" not in four  # a dataset appears under its own budgets only
     assert (out / "pareto.png").stat().st_size > 10_000
 
     client = mlflow.MlflowClient(tracking_uri=uri)
@@ -122,5 +126,5 @@ def test_two_dataset_suite_summary_agrees_with_the_points(two: tuple[Path, Path]
     assert sorted(r.data.params["dataset"] for r in datasets) == sorted([str(a), str(b)])
     for run in datasets:
         points = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == run.info.run_id]
-        assert sorted(r.info.run_name for r in points) == ["full_seed0", "hash_4x_seed0"]
+        assert sorted(r.info.run_name for r in points) in (["full_seed0", "hash_4x_seed0"], ["full_seed0", "hash_8x_seed0"])
     assert {"summary.csv", "summary.md", "summary.json", "pareto.png"} <= {f.path for f in client.list_artifacts(parents[0].info.run_id)}

@@ -16,6 +16,7 @@ Suite YAML:
     datasets:
       - {label: criteo_sample, path: data/criteo_sample}
       - {label: small_real, path: data/small_real, sets: [training.epochs=5]}
+      - {label: big, path: data/big, methods: [full, hash, unified], budgets: [10]}   # its own methods, budgets
     methods: [full, hash, qr, hybrid]       # optional (default: every benchmark method)
     budgets: [10, 100]                      # optional (default: 10, 100, 1000)
     seeds: 2                                # optional
@@ -54,6 +55,8 @@ class SuiteDataset(_Strict):
     label: str  # folder name under the suite's --out and the dataset's name in the tables
     path: str  # dataset folder (holds dataset.json)
     sets: list[str] = Field(default_factory=list)  # --set overrides of this dataset's points only
+    methods: list[str] | None = None  # this dataset's methods (default: the suite's)
+    budgets: list[float] | None = None  # this dataset's budgets (default: the suite's)
 
     @field_validator("label")
     @classmethod
@@ -78,6 +81,33 @@ class SuiteDataset(_Strict):
         return sets
 
 
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, methods: list[str] | None) -> list[str] | None:
+        return _known_methods(methods)
+
+    @field_validator("budgets")
+    @classmethod
+    def _budgets(cls, budgets: list[float] | None) -> list[float] | None:
+        return _ratios(budgets)
+
+
+def _known_methods(methods: list[str] | None) -> list[str] | None:
+    for m in methods or []:
+        try:
+            sweep_method(m)
+        except KeyError as exc:
+            raise ValueError(exc.args[0]) from None
+    return methods
+
+
+def _ratios(budgets: list[float] | None) -> list[float] | None:
+    for b in budgets or []:
+        if not b > 1:
+            raise ValueError(f"budget {b:g} must be a compression ratio above 1 (full bytes / budget)")
+    return budgets
+
+
 class BootstrapConfig(_Strict):
     resamples: int = Field(1000, ge=0)  # bootstrap resamples of the test rows (0: no confidence intervals)
     seed: int = 0  # seed of the resampled rows (the same rows for every method of a dataset)
@@ -96,20 +126,12 @@ class SuiteConfig(_Strict):
     @field_validator("methods")
     @classmethod
     def _methods(cls, methods: list[str] | None) -> list[str] | None:
-        for m in methods or []:
-            try:
-                sweep_method(m)
-            except KeyError as exc:
-                raise ValueError(exc.args[0]) from None
-        return methods
+        return _known_methods(methods)
 
     @field_validator("budgets")
     @classmethod
     def _budgets(cls, budgets: list[float] | None) -> list[float] | None:
-        for b in budgets or []:
-            if not b > 1:
-                raise ValueError(f"budget {b:g} must be a compression ratio above 1 (full bytes / budget)")
-        return budgets
+        return _ratios(budgets)
 
     @model_validator(mode="after")
     def _unique_labels(self) -> SuiteConfig:
@@ -170,9 +192,10 @@ def resolve_choices(suite: SuiteConfig | None, methods: list[str] | None, budget
 
 
 def dataset_settings(suite: SuiteConfig, base: SweepSettings, dataset: SuiteDataset) -> SweepSettings:
-    """The sweep of one dataset: ``base`` (methods, budgets, ...) with the dataset's path, folder and sets."""
-    return replace(base, dataset=Path(dataset.path), out=Path(base.out) / dataset.label,
-                   sets=[*suite.sets, *base.sets, *dataset.sets])
+    """The sweep of one dataset: ``base`` (methods, budgets, ...) with the dataset's path, folder, sets
+    and, where it names its own, methods and budgets."""
+    return replace(base, dataset=Path(dataset.path), out=Path(base.out) / dataset.label, sets=[*suite.sets, *base.sets, *dataset.sets],
+                   methods=dataset.methods or base.methods, budgets=dataset.budgets or base.budgets)
 
 
 def point_folder(settings: SweepSettings, result: PointResult) -> Path:
@@ -201,7 +224,7 @@ def run_suite(suite: SuiteConfig, base: SweepSettings) -> list[dict[str, Any]]:
             rows, results = sweep_results(settings, parent_run_id=str(parent.run_id))
             outcomes.append(DatasetOutcome(dataset.label, rows, results, [point_folder(settings, r) for r in results],
                                            Sweep(settings).spec.splits["test"].oracle))
-        summary = summarise_suite(outcomes, base.budgets, suite.bootstrap.resamples, suite.bootstrap.seed, suite.bootstrap.level)
+        summary = summarise_suite(outcomes, suite.bootstrap.resamples, suite.bootstrap.seed, suite.bootstrap.level)
         paths = write_summary(summary, outcomes, out, f"{base.model}, {1 if base.quick else base.seeds} seed(s)")
         for path in paths:
             parent.log_artifact(path)

@@ -76,8 +76,10 @@ def _ci(samples: np.ndarray | None, level: float) -> tuple[float, float]:
     return interval(samples, level) if samples is not None else (NAN, NAN)
 
 
-def summarise_dataset(outcome: DatasetOutcome, budgets: list[float], resamples: int, seed: int, level: float) -> list[dict[str, Any]]:
+def summarise_dataset(outcome: DatasetOutcome, resamples: int, seed: int, level: float) -> list[dict[str, Any]]:
+    """The dataset's summary rows: ``full``, then each budget of its sweep."""
     labels, probs = _scores(outcome)
+    budgets = list(dict.fromkeys(float(r["budget"]) for r in outcome.rows if r["method"] != "full"))
     boot = bootstrap_aucs(labels, probs, resamples, seed) if labels is not None and resamples > 0 else {}
     rows = {(r["method"], float(r["budget"])): r for r in outcome.rows}
     full = rows.get(("full", 1.0))
@@ -112,10 +114,9 @@ def _pair(name: str, bounds: tuple[float, float]) -> dict[str, float]:
     return {f"{name}_lo": bounds[0], f"{name}_hi": bounds[1]}
 
 
-def summarise_suite(outcomes: list[DatasetOutcome], budgets: list[float], resamples: int = 1000, seed: int = 0,
-                    level: float = 0.95) -> list[dict[str, Any]]:
+def summarise_suite(outcomes: list[DatasetOutcome], resamples: int = 1000, seed: int = 0, level: float = 0.95) -> list[dict[str, Any]]:
     """The summary rows of every dataset (``full`` first, then budget by budget)."""
-    return [row for o in outcomes for row in summarise_dataset(o, budgets, resamples, seed, level)]
+    return [row for o in outcomes for row in summarise_dataset(o, resamples, seed, level)]
 
 
 def wins_losses(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -158,7 +159,7 @@ def markdown(summary: list[dict[str, Any]], title: str) -> str:
         lines += [f"\n### {budget:g}×: test AUC Δ against `full` (mean over seeds; best method bold, — could not meet the budget)\n",
                   "| dataset | full AUC [95% CI] | best baseline | best | " + " | ".join(methods) + " |",
                   "|---|---:|---|---|" + "---:|" * len(methods)]
-        for d in datasets:
+        for d in (d for d in datasets if any(dd == d for dd, _ in at)):
             f = full.get(d)
             base = next((r["baseline"] for (dd, _), r in at.items() if dd == d and r["baseline"]), "")
             best = next((m for m in methods if at.get((d, m), {}).get("best")), "—")
