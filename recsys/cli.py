@@ -226,6 +226,7 @@ def cmd_bench_quality(args: argparse.Namespace) -> int:
         dataset=Path(args.dataset[0] if suite is None else suite.datasets[0].path), methods=methods, budgets=budgets, seeds=seeds,
         model=model, config=Path(args.config) if args.config else None, sets=list(args.set or []), out=Path(args.out), quick=args.quick,
         rerun=args.rerun, tracking_uri=args.tracking_uri, experiment=args.experiment, threads=args.threads or None,
+        report_only=args.report_only,
     )
     if suite is not None:
         summary = run_suite(suite, settings)
@@ -421,6 +422,8 @@ def build_parser(with_speed: bool = True) -> argparse.ArgumentParser:
     quality.add_argument("--out", default="bench_out/quality", help="output folder (points/, results.*, pareto.png)")
     quality.add_argument("--quick", action="store_true", help="20k train rows, 1 epoch, 1 seed, short OptEmbed search: a few minutes")
     quality.add_argument("--rerun", action="store_true", help="retrain points that already finished")
+    quality.add_argument("--report-only", action="store_true", help="train nothing new: report the points already recorded "
+                         "(finished, or failed) with their current config, e.g. a suite stopped part way")
     quality.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     quality.add_argument("--experiment", default="bench-quality", help="MLflow experiment name")
     quality.add_argument("--threads", type=int, default=1, help="torch threads (default 1: on shared cores 2 threads per job made steps ~50x slower; 0: torch's default)")

@@ -128,3 +128,13 @@ def test_two_dataset_suite_summary_agrees_with_the_points(two: tuple[Path, Path]
         points = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == run.info.run_id]
         assert sorted(r.info.run_name for r in points) in (["full_seed0", "hash_4x_seed0"], ["full_seed0", "hash_8x_seed0"])
     assert {"summary.csv", "summary.md", "summary.json", "pareto.png"} <= {f.path for f in client.list_artifacts(parents[0].info.run_id)}
+
+    # --report-only: a method never trained is left out, finished points are read back, nothing is trained.
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/points/*/metrics.json")}
+    assert main(["bench", "quality", "--suite", str(suite), "--quick", "--out", str(out), "--tracking-uri", uri, "--experiment", "suite-test",
+                 "--methods", "full,hash,qr", "--report-only"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/points/*/metrics.json")} == stamps
+    assert not list(out.glob("*/points/qr_*"))
+    with open(out / "summary.csv", newline="") as fh:
+        again = {(r["dataset"], r["method"]): r["auc_mean"] for r in csv.DictReader(fh)}
+    assert again == {k: r["auc_mean"] for k, r in summary.items()}

@@ -68,6 +68,7 @@ class SweepSettings:
     experiment: str = "bench-quality"
     progress: bool = True
     threads: int | None = 1  # torch intra-op threads (None: torch's default); see run_sweep
+    report_only: bool = False  # report only points already recorded (finished or failed) with their current config
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,17 @@ class Sweep:
 
     def folder(self, point: Point) -> Path:
         return self.root / point.name
+
+    def recorded(self, point: Point) -> bool:
+        """Whether ``point`` has a result with its current config: finished (``metrics.json``) or failed."""
+        record = read_json(self.folder(point) / "point.json")
+        if record is None:
+            return False
+        try:
+            dump = self.config(point).model_dump(mode="json")
+        except Exception:  # noqa: BLE001 - a config that does not build: recorded if it failed so before
+            return record.get("status") == "failed"
+        return record.get("config") == dump and ((self.folder(point) / "metrics.json").exists() or record.get("status") == "failed")
 
     def run(self, point: Point) -> PointResult:
         """Train ``point`` (or read it back); failures are returned, not raised."""
@@ -321,6 +333,8 @@ def sweep_results(settings: SweepSettings, parent_run_id: str | None = None) -> 
     if settings.tracking_uri is None:  # else the base config's, else MLFLOW_TRACKING_URI / sqlite:///mlflow.db
         settings = replace(settings, tracking_uri=sweep.base_config().tracking.tracking_uri)
     points = plan(settings)
+    if settings.report_only:
+        points = [p for p in points if sweep.recorded(p)]  # failed ones run again: a budget a method cannot meet fails fast
     write_json(out / "sweep.json", {"settings": asdict(settings), "points": [p.name for p in points], "full_bytes": sweep.full_bytes})
     tracking = TrackingConfig(tracking_uri=settings.tracking_uri, experiment=settings.experiment,
                               run_name=f"bench-quality {settings.model} {Path(settings.dataset).name}")
