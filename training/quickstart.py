@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from recsys.config import load_config
+from recsys.config import ExperimentConfig, apply_override, load_config, load_raw, resolve_config_path, validate_config
 from recsys.embeddings import MethodContext
 from recsys.features import load_dataset_spec
 from recsys.training.bench.methods import Budget, sweep_method
@@ -23,12 +23,17 @@ RUNS = (("full", None), ("hash", 10.0), (RECOMMENDED, 10.0))
 MIN_COUNT = 50
 
 
-def run_overrides(method: str, compression: float | None, full_bytes: int, embedding_dim: int) -> list[str]:
-    """The ``--set`` overrides of one quickstart run: the bench method's options and its budget."""
+def run_config(config: Path, data_dir: Path, method: str, compression: float | None, full_bytes: int, embedding_dim: int) -> ExperimentConfig:
+    """One quickstart run's config: ``config`` on ``data_dir`` with the bench method (its options) and budget."""
     entry = sweep_method(method)
-    if compression is None or entry.budget is None:
-        return list(entry.overrides)
-    return [*entry.overrides, *entry.budget(Budget(compression, int(full_bytes // compression), full_bytes, embedding_dim))]
+    raw = load_raw(resolve_config_path(config))
+    apply_override(raw, f"data.path={data_dir}")
+    typed = entry.spec().model_dump(mode="json", exclude_unset=True)
+    raw["embedding"] = {"method": typed["method"], "options": typed.get("options", {})}
+    if compression is not None and entry.budget is not None:
+        for assignment in entry.budget(Budget(compression, int(full_bytes // compression), full_bytes, embedding_dim)):
+            apply_override(raw, assignment)
+    return validate_config(raw, str(config))
 
 
 def quickstart(rows: int, data_dir: Path, out_dir: Path, config: Path) -> list[dict]:
@@ -45,8 +50,7 @@ def quickstart(rows: int, data_dir: Path, out_dir: Path, config: Path) -> list[d
     full_bytes = MethodContext.from_spec(load_dataset_spec(data_dir), base.model.embedding_dim).full_bytes
     table = []
     for method, compression in RUNS:
-        overrides = [f"data.path={data_dir}", *run_overrides(method, compression, full_bytes, base.model.embedding_dim)]
-        cfg = load_config(config, overrides)
+        cfg = run_config(config, data_dir, method, compression, full_bytes, base.model.embedding_dim)
         metrics = train_experiment(cfg, out_dir / method.replace("+", "_"))
         table.append({"method": method if method != RECOMMENDED else f"{method} (recommended)", **metrics})
     _print_table(table)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from recsys.training.bench.methods import sweep_method
-from recsys.training.quickstart import RECOMMENDED, RUNS, quickstart, run_overrides
+from recsys.training.quickstart import RECOMMENDED, RUNS, quickstart, run_config
 
 
 def test_quickstart_prints_full_hash_and_the_recommended_configuration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
@@ -25,9 +25,11 @@ def test_quickstart_prints_full_hash_and_the_recommended_configuration(tmp_path:
     assert (tmp_path / "runs" / RECOMMENDED.replace("+", "_") / "metrics.json").exists()
 
 
-def test_runs_get_the_bench_methods_options_and_budget() -> None:
+def test_runs_get_the_bench_methods_options_and_budget(tmp_path: Path) -> None:
     assert [m for m, _ in RUNS] == ["full", "hash", RECOMMENDED] and all(c == 10.0 for _, c in RUNS[1:])
-    assert run_overrides("full", None, 64_000, 16) == ["embedding.method=full"]
-    assert run_overrides("hash", 10.0, 64_000, 16) == ["embedding.method=hash", "embedding.compression=10"]
-    recommended = run_overrides(RECOMMENDED, 10.0, 64_000, 16)
-    assert recommended[: len(sweep_method(RECOMMENDED).overrides)] == list(sweep_method(RECOMMENDED).overrides)
+    full = run_config(Path("quickstart"), tmp_path, "full", None, 64_000, 16)
+    assert full.embedding.method == "full" and full.embedding.compression is None and full.data.path == str(tmp_path)
+    hashed = run_config(Path("quickstart"), tmp_path, "hash", 10.0, 64_000, 16)
+    assert hashed.embedding.method == "hash" and hashed.embedding.compression == 10 and hashed.model.name == full.model.name
+    recommended = run_config(Path("quickstart"), tmp_path, RECOMMENDED, 10.0, 64_000, 16).embedding
+    assert recommended.method == sweep_method(RECOMMENDED).spec().method and recommended.compression == 10
