@@ -44,7 +44,7 @@ def measure(data: Path, methods: list[str], compression: float, steps: int, roun
     from recsys.training.bench.step_times import sharded_step
     from recsys.training.bench.quality import Point, Sweep, SweepSettings
     from recsys.training.distributed import ensure_process_group
-    from recsys.training.run import Experiment
+    from recsys.training.experiment import Experiment
     from recsys.training.tracking import NullTracker
 
     sweep = Sweep(SweepSettings(dataset=data, methods=methods, budgets=[compression], model=model))

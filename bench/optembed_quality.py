@@ -36,7 +36,8 @@ from recsys.embeddings import Phase
 from recsys.embeddings.optembed_export import rank_bitmap_bytes
 from recsys.features import load_dataset_spec
 from recsys.training.distributed import ensure_process_group
-from recsys.training.run import Experiment, train_experiment
+from recsys.training.experiment import Experiment
+from recsys.training.run import train_experiment
 from recsys.training.tracking import make_tracker
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,7 +8,6 @@ lookup speed and memory; the weights' values do not.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -17,16 +16,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-import yaml
 from safetensors.torch import save_file
 
+from recsys.assembly import Assembly
 from recsys.config import ExperimentConfig
 from recsys.data.synthetic import PROFILES
-from recsys.embeddings import MethodContext, build_method
 from recsys.features import NUM_RESERVED, DatasetSpec, FieldSpec, save_dataset_spec
 from recsys.hashing import hash64_strings
-from recsys.models import build_model
 from recsys.models.train import TrainModel
+from recsys.runfolder import RunFolder
 
 
 def fake_dataset(out: Path, scale: float = 0.5) -> DatasetSpec:
@@ -52,13 +50,15 @@ def fake_run(data: Path, out: Path, method: str = "full", options: dict | None =
     })
     spec = DatasetSpec.model_validate_json((data / "dataset.json").read_text())
     torch.manual_seed(0)
-    ctx = MethodContext.from_spec(spec, cfg.model.embedding_dim, compression)
-    model = TrainModel(build_model(cfg.model, build_method(method, ctx, options), len(spec.dense_fields)))
-    (out / "phases" / "train").mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "phases/train/weights.safetensors"))
-    save_file({}, str(out / "phases/train/state.safetensors"))
-    (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-    (out / "metrics.json").write_text(json.dumps({}))
+    parts = Assembly.of(cfg, spec)
+    model = TrainModel(parts.model(parts.method()))
+    run = RunFolder(out)
+    phase = run.phase("train")
+    phase.root.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(phase.weights))
+    save_file({}, str(phase.state))
+    run.write_config(cfg)
+    run.write_metrics({})
     return out
 
 

@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import fcntl
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from safetensors.torch import load_file
 
-from recsys.config import ExperimentConfig, load_config
+from recsys.assembly import Assembly
+from recsys.config import load_config
 from recsys.data.batch import Batch, BatchLayout, ParquetBatchReader
 from recsys.data.synthetic import PROFILES, generate
-from recsys.embeddings import MethodContext, build_method
 from recsys.features import load_dataset_spec
 from recsys.hashing import hash64_strings
-from recsys.models import build_model
 from recsys.models.train import TrainModel
+from recsys.runfolder import RunFolder
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = 8000
@@ -61,16 +59,14 @@ def reference_model(run: Path) -> TrainModel:
     """The run's model rebuilt the way training builds it (unsharded), last phase's weights loaded."""
     from recsys.training.checkpoint import load_weights
 
-    cfg = ExperimentConfig.model_validate(yaml.safe_load((run / "config.yaml").read_text()))
-    spec = load_dataset_spec(cfg.data.path)
-    e = cfg.embedding
-    ctx = MethodContext.from_spec(spec, cfg.model.embedding_dim, e.compression, e.budget_bytes)
-    method = build_method(e.method, ctx, e.options)
+    folder = RunFolder(run)
+    parts = Assembly.of(folder.read_config())
+    method = parts.method()
     phase = method.phases()[-1]
     method.enter_phase(phase)
-    model = TrainModel(build_model(cfg.model, method, len(spec.dense_fields)))
-    load_weights(model, run / "phases" / phase.name / "weights.safetensors")
-    method.load_phase_state(load_file(str(run / "phases" / phase.name / "state.safetensors")))
+    model = TrainModel(parts.model(method))
+    load_weights(model, folder.phase(phase.name).weights)
+    method.load_phase_state(load_file(str(folder.phase(phase.name).state)))
     return model.eval()
 
 
@@ -90,4 +86,4 @@ def raw_strings(data: Path) -> dict[str, dict[int, str]]:
 
 
 def metadata_of(run: Path) -> dict:
-    return json.loads((run / "metrics.json").read_text())
+    return RunFolder(run).read_metrics() or {}

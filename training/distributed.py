@@ -6,6 +6,8 @@ import logging
 import os
 import socket
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -66,6 +68,17 @@ def ensure_process_group() -> bool:
     os.environ["MASTER_PORT"] = str(free_port())
     dist.init_process_group("gloo", rank=0, world_size=1)
     return True
+
+
+@contextmanager
+def process_group() -> Iterator[None]:
+    """A one-process gloo group (``ensure_process_group``) for the block, destroyed after it if started here."""
+    started = ensure_process_group()
+    try:
+        yield
+    finally:
+        if started:
+            dist.destroy_process_group()
 
 
 def embedding_collections(module: nn.Module) -> list[EmbeddingBagCollection]:

@@ -31,41 +31,26 @@ from typing import Any
 
 import torch
 
-from recsys.config import ExperimentConfig, flatten, validate_config
+from recsys.config import ExperimentConfig, validate_config
 from recsys.data.batch import BatchLayout
-from recsys.embeddings import Phase, build_method
+from recsys.embeddings import Phase
 from recsys.features import load_dataset_spec
+from recsys.runfolder import PROGRESS, RAY_OUTPUTS, RAY_STORAGE, WORKER_METRICS, WORKERS
 from recsys.storage import Location, StoragePath, append_text, is_uri, location
+from recsys.training.experiment import Experiment, ReaderFactory, row_limit
 from recsys.training.loop import LoopState
+from recsys.training.phases import run_phases
 from recsys.training.ray_data import RayShardReader, make_data_config, read_split, split_rows
-from recsys.training.run import (
-    Experiment,
-    ReaderFactory,
-    _run_phases,
-    clear_previous_run,
-    finish_run,
-    local_dir,
-    release_local_dir,
-    row_limit,
-    run_tags,
-)
+from recsys.training.session import open_run_folder, tracking_session
 from recsys.training.sharded_checkpoint import (
     init_optimizer_state,
     load_sharded,
     save_sharded,
     training_state,
 )
-from recsys.training.tracking import (
-    MlflowTracker,
-    NullTracker,
-    make_tracker,
-    start_system_metrics,
-)
-from recsys.training.tracking_spool import MAIN_NAME, spool_files
+from recsys.training.tracking import NullTracker, make_tracker
 
 ROOT = Path(__file__).resolve().parent.parent
-WORKER_METRICS = "worker_metrics.json"  # rank 0's metrics, read by the driver
-WORKERS_DIR = "workers"  # rank-<r>.json: pid, host and Ray node of each rank's process
 FAIL_ENV = "RECSYS_FAIL_AT_STEP"  # test hook: "RANK:PHASE:STEP:MARKER_FILE" makes RANK exit once there
 
 
@@ -96,7 +81,7 @@ def _datasets(exp: Experiment) -> tuple[dict[str, Any], dict[str, int]]:
     """Ray datasets of every (split, row limit) the phases read, and their row counts."""
     cfg = exp.cfg
     # the instance's id scheme: a wrapper (dsl, optembed) reads the ids its base reads
-    layout = BatchLayout.from_spec(exp.spec, build_method(cfg.embedding.method, exp.ctx, cfg.embedding.options).id_scheme)
+    layout = BatchLayout.from_spec(exp.spec, exp.parts.method().id_scheme)
     wanted = {(s, row_limit(cfg, s)) for s in ("train", "valid", "test")}
     wanted |= {("valid", row_limit(cfg, "valid", p.eval_rows)) for p in exp.phases()}
     datasets, rows = {}, {}
@@ -131,48 +116,35 @@ def train_distributed(cfg: ExperimentConfig, out_dir: str | Path | StoragePath, 
 
     out = location(out_dir).resolve()
     load_dataset_spec(cfg.data.path)  # a missing dataset fails before a folder or an MLflow run exists
-    if not resume:
-        clear_previous_run(out, ("ray", "progress.jsonl", WORKER_METRICS, WORKERS_DIR))
-    out.mkdir(parents=True, exist_ok=True)
+    open_run_folder(out, resume, RAY_OUTPUTS)
     if not is_uri(cfg.data.path):
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"path": str(Path(cfg.data.path).resolve())})})
     started = init_ray()
-    local = local_dir(out)
-    tracker = make_tracker(cfg.tracking, tags=run_tags(cfg), run_dir=local)
-    stop_system_metrics = start_system_metrics(tracker) if cfg.tracking.system_metrics else (lambda: None)
-    status = "FAILED"
     try:
-        tracker.log_params(flatten(cfg))
-        exp = Experiment(cfg, out, NullTracker())
-        datasets, rows = _datasets(exp)
-        scaling, threads, use_gpu = _scaling(cfg.training.workers, cfg.training.placement_strategy)
-        config = {
-            "cfg": cfg.model_dump(mode="json"), "out": str(out), "rows": rows, "threads": threads,
-            "run_id": tracker.run_id if cfg.tracking.enabled else None, "fail": os.environ.get(FAIL_ENV),
-            "uri": getattr(tracker, "uri", None),
-        }
-        trainer = TorchTrainer(
-            _worker, train_loop_config=config, scaling_config=scaling,
-            torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-            datasets=datasets, dataset_config=make_data_config(rows, {k for k in rows if k.startswith("train")}, cfg.training.seed),
-            run_config=RunConfig(
-                name="train", storage_path=str(out / "ray"), failure_config=FailureConfig(max_failures=cfg.training.max_failures),
-                checkpoint_config=CheckpointConfig(num_to_keep=2),
-            ),
-        )
-        trainer.fit()
-        metrics = json.loads((out / WORKER_METRICS).read_text())
-        finish_run(cfg, out, tracker, metrics, local)
-        status = "FINISHED"
-        return metrics
+        with tracking_session(cfg, out) as session:
+            exp = Experiment(cfg, out, NullTracker())
+            datasets, rows = _datasets(exp)
+            scaling, threads, use_gpu = _scaling(cfg.training.workers, cfg.training.placement_strategy)
+            tracker = session.tracker
+            config = {
+                "cfg": cfg.model_dump(mode="json"), "out": str(out), "rows": rows, "threads": threads,
+                "run_id": tracker.run_id if cfg.tracking.enabled else None, "fail": os.environ.get(FAIL_ENV),
+                "uri": getattr(tracker, "uri", None),
+            }
+            trainer = TorchTrainer(
+                _worker, train_loop_config=config, scaling_config=scaling,
+                torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+                datasets=datasets, dataset_config=make_data_config(rows, {k for k in rows if k.startswith("train")}, cfg.training.seed),
+                run_config=RunConfig(
+                    name="train", storage_path=str(out / RAY_STORAGE),
+                    failure_config=FailureConfig(max_failures=cfg.training.max_failures), checkpoint_config=CheckpointConfig(num_to_keep=2),
+                ),
+            )
+            trainer.fit()
+            metrics = json.loads((out / WORKER_METRICS).read_text())
+            session.finish(metrics)
+            return metrics
     finally:
-        stop_system_metrics()
-        others = [p for p in spool_files(local) if p.name != MAIN_NAME]
-        if isinstance(tracker, MlflowTracker):
-            tracker.close(status, others)
-        else:
-            tracker.close(status)
-        release_local_dir(out, local)
         if started:
             import ray
 
@@ -180,7 +152,7 @@ def train_distributed(cfg: ExperimentConfig, out_dir: str | Path | StoragePath, 
 
 
 def _event(out: Location, **event: Any) -> None:
-    append_text(out / "progress.jsonl", json.dumps({"time": time.time(), **event}) + "\n")
+    append_text(out / PROGRESS, json.dumps({"time": time.time(), **event}) + "\n")
 
 
 def _record_worker(out: Location, rank: int, world: int) -> None:
@@ -190,7 +162,7 @@ def _record_worker(out: Location, rank: int, world: int) -> None:
     import ray
 
     info = {"rank": rank, "world": world, "pid": os.getpid(), "host": socket.gethostname(), "node_id": ray.get_runtime_context().get_node_id(), "time": time.time()}
-    (out / WORKERS_DIR / f"rank-{rank}.json").write_text(json.dumps(info))
+    (out / WORKERS / f"rank-{rank}.json").write_text(json.dumps(info))
 
 
 class RayCheckpointer:
@@ -259,7 +231,7 @@ def _worker(config: dict[str, Any]) -> None:
     if config["uri"]:
         cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"tracking_uri": config["uri"]})})
     out = location(config["out"])
-    (out / WORKERS_DIR).mkdir(parents=True, exist_ok=True)
+    (out / WORKERS).mkdir(parents=True, exist_ok=True)
     _record_worker(out, rank, world)
     run_id = config["run_id"]
     spool = out if isinstance(out, Path) else None  # a URI run folder: no worker spool (calls MLflow refuses are warned about)
@@ -267,7 +239,7 @@ def _worker(config: dict[str, Any]) -> None:
     exp = Experiment(cfg, out, tracker, _readers(cfg, config["rows"], rank, world), RayCheckpointer(out, rank, world))
     exp.step_hook = _fail_hook(config["fail"], rank, out)
     try:
-        metrics = _run_phases(exp, resume=True)
+        metrics = run_phases(exp, resume=True)
     finally:
         tracker.close()
     if rank == 0:

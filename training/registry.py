@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from recsys.runfolder import RunFolder
+
 
 def register_model(uri: str, run_id: str, run_dir: Path, name: str, alias: str) -> str:
     """Export ``run_dir``, log it into run ``run_id`` at ``uri`` and register it; returns the version."""
@@ -19,7 +21,7 @@ def register_model(uri: str, run_id: str, run_dir: Path, name: str, alias: str) 
     from recsys.export import export_run
     from recsys.serving.pyfunc import log_model
 
-    artifact = Path(run_dir) / "export"
+    artifact = Path(RunFolder(Path(run_dir)).export)
     export_run(run_dir, artifact, overwrite=True)
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)

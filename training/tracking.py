@@ -15,7 +15,7 @@ an outage so that the driver replays it into its own store at the end. Training 
 tracking, except at start-up with ``tracking.required: true`` (``TrackingUnavailable``).
 
 A relative local store (``sqlite:///mlflow.db``, ``./mlruns``) is made absolute against the
-working directory (``absolute_uri``), so that Ray workers, which run in Ray's session folder,
+working directory (``recsys.tracking_uri.absolute_uri``), so that Ray workers, which run in Ray's session folder,
 open the driver's store and not an empty one of their own.
 
 Step metrics are sent by a background thread (``log_metrics`` only enqueues), so the training
@@ -34,9 +34,9 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from recsys.config import TrackingConfig
+from recsys.tracking_uri import absolute_uri, tracking_uri_of
 from recsys.training.tracking_spool import MAIN_NAME, PENDING, Record, Spool, spool_files
 
-DEFAULT_URI = "sqlite:///mlflow.db"
 BACKOFF_S = (0.5, 1.0, 2.0)  # waits between the attempts of one call
 PROBE_EVERY_S = 30.0  # while offline: how often a call tries to replay the spool
 RUN_OPS = ("params", "metrics", "artifact", "terminate")  # calls into an existing run
@@ -56,7 +56,7 @@ class Tracker(Protocol):
     def log_params(self, params: dict[str, Any]) -> None: ...
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
     def log_artifact(self, path: Path, folder: str | None = None) -> None: ...
-    def close(self, status: str = "FINISHED") -> None: ...
+    def close(self, status: str = "FINISHED", others: list[Path] | None = None) -> None: ...
 
 
 class NullTracker:
@@ -74,35 +74,13 @@ class NullTracker:
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
         return None
 
-    def close(self, status: str = "FINISHED") -> None:
+    def close(self, status: str = "FINISHED", others: list[Path] | None = None) -> None:
         return None
 
 
 def tracking_uri(cfg: TrackingConfig) -> str:
-    """The store a run logs to (config, then ``MLFLOW_TRACKING_URI``, then the default), absolute."""
-    return absolute_uri(cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI)
-
-
-def absolute_uri(uri: str, cwd: Path | None = None) -> str:
-    """``uri`` with a relative local store resolved against ``cwd`` (default: the working directory).
-
-    ``sqlite:///mlflow.db`` becomes ``sqlite:////abs/mlflow.db``; a file store given as a path
-    (``mlruns``, ``./mlruns``) or a relative ``file:`` URI becomes ``file:///abs/mlruns``. Servers,
-    databases and absolute or in-memory stores are returned unchanged.
-    """
-    base = Path.cwd() if cwd is None else Path(cwd)
-    if uri.startswith("sqlite:///"):
-        path, sep, query = uri[len("sqlite:///"):].partition("?")
-        if path and not path.startswith("/") and path != ":memory:":
-            return f"sqlite:///{(base / path).resolve()}{sep}{query}"
-        return uri
-    if uri.startswith("file:"):
-        rest = uri[len("file:"):]
-        if rest.startswith("//"):  # file://host/abs or file:///abs
-            return uri
-        return (base / rest).resolve().as_uri() if not rest.startswith("/") else Path(rest).as_uri()
-    plain = "://" not in uri and ":" not in uri.split("/", 1)[0] and not uri.startswith(("/", "databricks")) and uri != "uc"
-    return (base / uri).resolve().as_uri() if plain else uri  # a relative plain path is a file store
+    """The store a run logs to (``recsys.tracking_uri.tracking_uri_of``), made absolute."""
+    return absolute_uri(tracking_uri_of(cfg.tracking_uri))
 
 
 def _is_transient(exc: BaseException, record: Record | None = None) -> bool:

@@ -53,10 +53,10 @@ from recsys.data.stages import (
     staged_schema,
 )
 from recsys.data.textreader import LineChunk, read_chunks
-from recsys.data.tmpdirs import clean_stale, temp_folder
+from recsys.data.tmpdirs import dataset_folder
 from recsys.data.transforms import DenseStats
 from recsys.data.vocab import FrequencyCounter, Vocabulary
-from recsys.features import DATASET_FILE, NUM_RESERVED, DatasetSpec, IdScheme, SplitSpec, save_dataset_spec
+from recsys.features import NUM_RESERVED, DatasetSpec, IdScheme, SplitSpec, save_dataset_spec
 
 __all__ = ["ConversionError", "SplitPolicy", "convert"]
 
@@ -105,21 +105,9 @@ def convert(
     for path, _ in files[1:]:
         check_file(layout, path, first, schema)
     policy, layout = split_policy(layout, first, presplit is not None, split_by, split, seed, time_column, time_cuts)
-    clean_stale(out_dir)
-    _check_out_dir(out_dir, overwrite)
-    tmp = temp_folder(out_dir)
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
     opts = _Options(min_count, policy, on_bad_row, chunk_rows, rows_per_file, progress)
-    try:
-        with _memory_pool():
-            spec = _build(layout, files, tmp, out_dir.name, opts)
-        _install(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return spec
+    with dataset_folder(out_dir, overwrite, ConversionError) as tmp, _memory_pool():
+        return _build(layout, files, tmp, out_dir.name, opts)
 
 
 @contextlib.contextmanager
@@ -167,30 +155,6 @@ def _check_args(
         raise ConversionError(path, f"on_bad_row must be 'error' or 'skip', got '{on_bad_row}'", field="on_bad_row")
     if chunk_rows < 1 or rows_per_file < 1:
         raise ConversionError(path, "chunk_rows and rows_per_file must be >= 1", field="chunk_rows")
-
-
-def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
-    if not out_dir.exists():
-        return
-    if not out_dir.is_dir():
-        raise ConversionError(out_dir, "output path exists and is not a folder")
-    if not any(out_dir.iterdir()):
-        return
-    if not (out_dir / DATASET_FILE).is_file():
-        raise ConversionError(out_dir, "output folder is not empty and holds no dataset; refusing to overwrite it")
-    if not overwrite:
-        raise ConversionError(out_dir, "a dataset exists here; pass overwrite=True (--overwrite) to replace it")
-
-
-def _install(tmp: Path, out_dir: Path) -> None:
-    """Move the finished folder into place (replacing an old dataset only now)."""
-    if not out_dir.exists():
-        tmp.rename(out_dir)
-        return
-    old = temp_folder(out_dir, "old")
-    out_dir.rename(old)
-    tmp.rename(out_dir)
-    shutil.rmtree(old)
 
 
 def _build(layout: InputFormat, files: list[tuple[Path, int | None]], root: Path, name: str, opts: _Options) -> DatasetSpec:

@@ -49,8 +49,6 @@ Example:
 from __future__ import annotations
 
 import math
-import os
-import shutil
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -81,9 +79,9 @@ from recsys.data.teacher import (
     build_teacher,
     sigmoid,
 )
+from recsys.data.tmpdirs import dataset_folder
 from recsys.data.vocab import Vocabulary
 from recsys.features import (
-    DATASET_FILE,
     LABEL_COLUMN,
     NUM_RESERVED,
     OOV_INDEX,
@@ -175,18 +173,8 @@ def generate(
     """
     out_dir = Path(out_dir)
     run = _make_run(profile, rows, seed, split, chunk_rows, scale, rows_per_file, progress, min_count)
-    _check_out_dir(out_dir, overwrite)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
-        spec = _build(run, tmp, out_dir.name)
-        _install(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return spec
+    with dataset_folder(out_dir, overwrite) as tmp:
+        return _build(run, tmp, out_dir.name)
 
 
 def _make_run(
@@ -214,30 +202,6 @@ def _make_run(
     fractions = (float(split[0]), float(split[1]), float(split[2]))
     blocks = max(1, round(chunk_rows / BLOCK_ROWS))
     return _Run(name, settings, rows, seed, scale, fractions, blocks, rows_per_file, progress, min_count)
-
-
-def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
-    if not out_dir.exists():
-        return
-    if not out_dir.is_dir():
-        raise FileExistsError(f"{out_dir}: exists and is not a folder")
-    if not any(out_dir.iterdir()):
-        return
-    if not (out_dir / DATASET_FILE).is_file():
-        raise FileExistsError(f"{out_dir}: folder is not empty and holds no dataset; refusing to overwrite it")
-    if not overwrite:
-        raise FileExistsError(f"{out_dir}: a dataset exists here; pass overwrite=True (--overwrite) to replace it")
-
-
-def _install(tmp: Path, out_dir: Path) -> None:
-    """Move the finished folder into place (replacing an old dataset only now)."""
-    if out_dir.exists():
-        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-        out_dir.rename(old)
-        tmp.rename(out_dir)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(out_dir)
 
 
 def _build(run: _Run, root: Path, name: str) -> DatasetSpec:

@@ -11,7 +11,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from datetime import datetime, timezone
@@ -20,23 +19,23 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import torch
-import yaml
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from recsys.assembly import Assembly
 from recsys.config import ExperimentConfig
-from recsys.data.vocab import read_value_counts
-from recsys.embeddings import MethodContext, build_method, get_method
+from recsys.embeddings import get_method
 from recsys.embeddings.base import EmbeddingMethod
 from recsys.export.artifact import (
     DENSE_FILE, DTYPES, EMBEDDING_FILE, VOCAB_DIR, ArtifactError, ContextEntry, DatasetContract, Manifest,
     MethodEntry, TableEntry, write_manifest,
 )
 from recsys.export.tables import quantize_tables, table_shapes
-from recsys.features import NUM_RESERVED, DatasetSpec, load_dataset_spec
+from recsys.features import NUM_RESERVED, DatasetSpec
 from recsys.hashing import HASH_NAME
-from recsys.models import build_model, resolve_model_config
+from recsys.models import resolve_model_config
 from recsys.models.blocks import CTRModel
+from recsys.runfolder import RunFolder
 from recsys.storage import Location, location, read_parquet
 
 MODEL_PREFIX = "model."
@@ -44,25 +43,18 @@ MODEL_PREFIX = "model."
 
 def load_run(run_dir: Path, data_path: str | Path | None = None) -> tuple[ExperimentConfig, DatasetSpec, EmbeddingMethod, CTRModel]:
     """The trained method and model of a run folder, in eval mode, on CPU."""
-    config = run_dir / "config.yaml"
-    if not config.is_file():
-        raise FileNotFoundError(f"{run_dir}: no config.yaml; is this a finished run folder (`recsys train --out`)?")
-    cfg = ExperimentConfig.model_validate(yaml.safe_load(config.read_text()))
-    spec = load_dataset_spec(data_path or cfg.data.path)
-    e = cfg.embedding
-    ctx = MethodContext.from_spec(spec, cfg.model.embedding_dim, e.compression, e.budget_bytes)
-    if get_method(e.method).uses_value_counts:
-        ctx = ctx.with_value_counts(read_value_counts(spec, data_path or cfg.data.path))
-    method = build_method(e.method, ctx, e.options)
+    run = RunFolder(Path(run_dir))
+    cfg = run.read_config()
+    parts = Assembly.of(cfg, data_path=data_path)
+    method = parts.method()
     last = method.phases()[-1]
     method.enter_phase(last)
-    model = build_model(cfg.model, method, len(spec.dense_fields))
-    folder = run_dir / "phases" / last.name
-    weights = {k[len(MODEL_PREFIX):]: v for k, v in load_file(str(folder / "weights.safetensors")).items()}
+    model = parts.model(method)
+    folder = run.phase(last.name)
+    weights = {k[len(MODEL_PREFIX):]: v for k, v in load_file(str(folder.weights)).items()}
     model.load_state_dict(weights, strict=True)
-    state = folder / "state.safetensors"
-    method.load_phase_state(load_file(str(state)) if state.exists() else {})
-    return cfg, spec, method, model.eval()
+    method.load_phase_state(load_file(str(folder.state)) if folder.state.exists() else {})
+    return cfg, parts.spec, method, model.eval()
 
 
 def _write_vocab(spec: DatasetSpec, data_dir: Location, out: Path) -> dict[str, str]:
@@ -83,10 +75,7 @@ def _write_vocab(spec: DatasetSpec, data_dir: Location, out: Path) -> dict[str, 
 
 
 def _scalar_metrics(run_dir: Path) -> dict[str, float]:
-    path = run_dir / "metrics.json"
-    if not path.exists():
-        return {}
-    data = json.loads(path.read_text())
+    data = RunFolder(run_dir).read_metrics() or {}
     return {k: float(v) for k, v in data.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 

@@ -19,7 +19,6 @@ Example:
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import tempfile
@@ -27,19 +26,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from recsys.runfolder import CONFIG, METRICS, PHASES, WEIGHTS, RunFolder
 from recsys.storage import download_tree, is_uri, location
+from recsys.tracking_uri import tracking_uri_of
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-CHECKPOINT_FILES = ("weights.safetensors", "state.safetensors")
 _RUN_ID = re.compile(r"^(?:runs:/)?(?P<id>[0-9A-Za-z_-]{8,64})/?$")
 
 
 class RunNotFound(LookupError):
     """``--run`` is neither a run folder nor an exportable MLflow run."""
-
-
-def tracking_uri_of(tracking_uri: str | None = None) -> str:
-    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
 def _client(tracking_uri: str):
@@ -52,29 +47,23 @@ def log_checkpoint(run_dir: str | Path, run_id: str, tracking_uri: str | None = 
     """Log the checkpoint of the run folder ``run_dir`` into MLflow run ``run_id``; returns the artifact paths."""
     run_dir, uri = Path(run_dir), tracking_uri_of(tracking_uri)
     client = _client(uri)
-    logged = []
-    for name in ("config.yaml", "metrics.json"):
-        if (run_dir / name).is_file():
-            client.log_artifact(run_id, str(run_dir / name))
-            logged.append(name)
-    for phase in sorted(p for p in (run_dir / "phases").glob("*") if p.is_dir()):
-        for name in CHECKPOINT_FILES:
-            if (phase / name).is_file():
-                client.log_artifact(run_id, str(phase / name), f"phases/{phase.name}")
-                logged.append(f"phases/{phase.name}/{name}")
-    if "config.yaml" not in logged or not any(p.endswith("weights.safetensors") for p in logged):
-        raise FileNotFoundError(f"{run_dir}: not a finished run folder (needs config.yaml and phases/<phase>/weights.safetensors)")
+    logged = RunFolder(run_dir).checkpoint_files()
+    for name in logged:
+        folder = str(Path(name).parent)
+        client.log_artifact(run_id, str(run_dir / name), None if folder == "." else folder)
+    if CONFIG not in logged or not any(p.endswith(WEIGHTS) for p in logged):
+        raise FileNotFoundError(f"{run_dir}: not a finished run folder (needs {CONFIG} and {PHASES}/<phase>/{WEIGHTS})")
     return logged
 
 
 def _remote_run(uri: str) -> Iterator[tuple[Path, str | None]]:
     """A run folder on object storage, downloaded (config, metrics, phases) into a temporary folder."""
     folder = location(uri)
-    if not (folder / "config.yaml").is_file():
-        raise RunNotFound(f"--run {uri}: no config.yaml there; is this a finished run folder (`recsys train --out`)?")
+    if not (folder / CONFIG).is_file():
+        raise RunNotFound(f"--run {uri}: no {CONFIG} there; is this a finished run folder (`recsys train --out`)?")
     tmp = Path(tempfile.mkdtemp(prefix="recsys-run-"))
     try:
-        yield download_tree(folder, tmp, only=("config.yaml", "metrics.json", "phases")), uri
+        yield download_tree(folder, tmp, only=(CONFIG, METRICS, PHASES)), uri
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -109,9 +98,9 @@ def resolve_run(run: str | Path, tracking_uri: str | None = None) -> Iterator[tu
             raise RunNotFound(f"--run {run_id}: no such run folder, and no MLflow run with this id at {uri}") from None
         raise RunNotFound(f"--run {run_id}: could not look the run up at {uri}: {exc}") from None
     top = {a.path for a in client.list_artifacts(run_id)}
-    phases = [a.path for a in client.list_artifacts(run_id, "phases") if a.is_dir] if "phases" in top else []
-    weighted = [p for p in phases if any(a.path.endswith("/weights.safetensors") for a in client.list_artifacts(run_id, p))]
-    if "config.yaml" not in top or not weighted:
+    phases = [a.path for a in client.list_artifacts(run_id, PHASES) if a.is_dir] if PHASES in top else []
+    weighted = [p for p in phases if any(a.path.endswith(f"/{WEIGHTS}") for a in client.list_artifacts(run_id, p))]
+    if CONFIG not in top or not weighted:
         raise RunNotFound(
             f"MLflow run {run_id} ({info.run_name or 'unnamed'}, {info.status}) at {uri} has no checkpoint among its artifacts "
             f"(needs config.yaml and phases/<phase>/weights.safetensors; found {sorted(top) or 'none'}). "
@@ -121,10 +110,10 @@ def resolve_run(run: str | Path, tracking_uri: str | None = None) -> Iterator[tu
     try:
         import mlflow
 
-        for name in ("config.yaml", "metrics.json"):
+        for name in (CONFIG, METRICS):
             if name in top:
                 mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name, dst_path=str(tmp), tracking_uri=uri)
-        mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="phases", dst_path=str(tmp), tracking_uri=uri)  # -> tmp/phases
+        mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=PHASES, dst_path=str(tmp), tracking_uri=uri)  # -> tmp/phases
         yield tmp, f"mlflow-run:{run_id}@{uri}"
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from recsys.data.synthetic import generate
-from recsys.embeddings import MethodContext, build_method
+from recsys.assembly import Assembly
 from recsys.training.bench.methods import SWEEP_METHODS
 from recsys.training.bench.quality import Point, Sweep, SweepSettings, run_sweep
 from recsys.training.bench.report import markdown, pareto_front, read_csv, summarise, PointResult
@@ -35,8 +35,7 @@ def test_every_method_gets_a_valid_config_and_budget(tiny: Path, tmp_path: Path)
         cfg = sweep.config(point)
         assert cfg.tracking.enabled is False and cfg.data.path == str(tiny)
         e = cfg.embedding
-        ctx = MethodContext.from_spec(sweep.spec, cfg.model.embedding_dim, e.compression, e.budget_bytes)
-        built = build_method(e.method, ctx, e.options)  # buildable; budgeted ones fit (check_budget)
+        built = Assembly.of(cfg, sweep.spec).method()  # buildable; budgeted ones fit (check_budget)
         if method == "full":
             assert built.memory_bytes() == sweep.full_bytes
         elif e.compression is not None:

@@ -35,6 +35,7 @@ from typing import Any
 from recsys.config import ExperimentConfig, TrackingConfig, apply_override, flatten, load_raw, validate_config
 from recsys.embeddings import MethodContext, MethodSpec
 from recsys.features import load_dataset_spec
+from recsys.runfolder import RunFolder
 from recsys.training.bench.methods import DEFAULT_METHODS, Budget, sweep_method
 from recsys.training.bench.report import PointResult, markdown, pareto_plot, summarise, write_csv
 from recsys.training.tracking import Tracker, make_tracker
@@ -189,8 +190,8 @@ class Sweep:
         record = read_json(folder / "point.json")
         if self.s.rerun or (record is None and folder.exists()) or (record is not None and record.get("config") != dump):
             shutil.rmtree(folder, ignore_errors=True)  # from scratch: asked to, a folder not a sweep's, or another config
-        elif (folder / "metrics.json").exists() and record is not None:
-            result.metrics = json.loads((folder / "metrics.json").read_text())
+        elif RunFolder(folder).metrics.exists() and record is not None:
+            result.metrics = RunFolder(folder).read_metrics()
             result.wall_s, result.cpu_s, result.resumed = record.get("wall_s"), record.get("cpu_s"), True
             return result
         folder.mkdir(parents=True, exist_ok=True)
@@ -234,11 +235,12 @@ class Sweep:
             keys = own_keys | _keys(self.budget_overrides(other))
             if other.method != point.method or _drop(record["config"], keys) != _drop(dump, keys):
                 continue
+            source_run, target_run = RunFolder(sibling), RunFolder(folder)
             for phase in phases:
-                source, target = sibling / "phases" / phase, folder / "phases" / phase
-                if (source / "summary.json").exists() and (source / "state.safetensors").exists() and not target.exists():
-                    shutil.copytree(source, target)
-                    shutil.copy(sibling / "initial.safetensors", folder / "initial.safetensors")
+                source, target = source_run.phase(phase), target_run.phase(phase)
+                if source.finished() and not target.root.exists():
+                    shutil.copytree(source.root, target.root)
+                    shutil.copy(source_run.initial, target_run.initial)
             return
 
 
@@ -289,9 +291,9 @@ def _log_child(settings: SweepSettings, parent: Tracker, sweep: Sweep, point: Po
     metrics |= {k: v for k, v in (("wall_s", result.wall_s), ("cpu_s", result.cpu_s)) if v is not None}
     if metrics:
         child.log_metrics(metrics)
-    for name in ("metrics.json", "point.json"):
-        if (sweep.folder(point) / name).exists():
-            child.log_artifact(sweep.folder(point) / name)
+    for path in (RunFolder(sweep.folder(point)).metrics, sweep.folder(point) / "point.json"):
+        if path.exists():
+            child.log_artifact(path)
     child.close("FINISHED" if result.ok else "FAILED")
 
 

@@ -65,7 +65,7 @@ def prepared_batches(method: Any, raw: list[Batch]) -> tuple[list[Batch], float]
 
 def config_stepper(cfg: ExperimentConfig, batches: int = 20, total_steps: int = 10_000) -> Stepper:
     """The experiment's first phase as ``recsys train`` steps it (call in a process group)."""
-    from recsys.training.run import Experiment
+    from recsys.training.experiment import Experiment
     from recsys.training.tracking import NullTracker
 
     exp = Experiment(cfg, Path(tempfile.gettempdir()) / "recsys_step_times", NullTracker())

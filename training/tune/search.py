@@ -18,7 +18,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 import time
@@ -27,9 +26,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from recsys.assembly import Assembly
 from recsys.config import TrackingConfig
-from recsys.data.vocab import read_value_counts
-from recsys.embeddings import MethodContext, build_method, method_spec
+from recsys.runfolder import RunFolder
 from recsys.training.bench.quality import Point, Sweep, SweepSettings
 from recsys.training.tracking import make_tracker
 from recsys.training.tune.report import TrialResult, best_trial, pareto_plot, write_best, write_csv
@@ -76,13 +75,9 @@ def feasible_methods(s: TuneSettings) -> list[str]:
     sweep = _sweep(s, requested)
     ok, problems = [], []
     for name in requested:
-        cfg = sweep.config(Point(name, s.budget, 0))
-        e = cfg.embedding
-        ctx = MethodContext.from_spec(sweep.spec, cfg.model.embedding_dim, e.compression, e.budget_bytes)
-        if method_spec(e.method, e.options).uses_value_counts:
-            ctx = ctx.with_value_counts(read_value_counts(sweep.spec, cfg.data.path))
+        parts = Assembly.of(sweep.config(Point(name, s.budget, 0)), sweep.spec)
         try:
-            build_method(e.method, ctx, e.options)
+            parts.method()
         except ValueError as exc:
             problems.append(f"method '{name}' cannot meet the {s.budget:g}x budget ({sweep.full_bytes // s.budget:,.0f} of "
                             f"{sweep.full_bytes:,} bytes): {exc}")
@@ -109,8 +104,9 @@ def _trial_fn(config: dict[str, Any], settings: TuneSettings, methods: list[str]
     folder = Path(settings.out) / "trials" / spec.name
     dump = cfg.model_dump(mode="json")
     record = read_json(folder / "trial.json")
-    if record is not None and record.get("config") == dump and (folder / "metrics.json").exists():
-        metrics = json.loads((folder / "metrics.json").read_text())
+    finished = RunFolder(folder).read_metrics()
+    if record is not None and record.get("config") == dump and finished is not None:
+        metrics = finished
         tune.report({"valid_auc": metrics["valid_auc"], "test_auc": metrics["test_auc"], "done": True})
         return
     if record is not None and record.get("config") != dump:
@@ -139,8 +135,9 @@ def _collect(settings: TuneSettings, specs: list[TrialSpec], last_auc: dict[int,
         record = read_json(folder / "trial.json") or {}
         result = TrialResult(spec.name, spec.method, spec.options, last_valid_auc=last_auc.get(spec.index),
                              wall_s=record.get("wall_s"), error=record.get("error"))
-        if record.get("status") == "ok" and (folder / "metrics.json").exists():
-            result.status, result.metrics = "ok", json.loads((folder / "metrics.json").read_text())
+        metrics = RunFolder(folder).read_metrics()
+        if record.get("status") == "ok" and metrics is not None:
+            result.status, result.metrics = "ok", metrics
         elif record.get("status") == "running":
             result.status = "stopped"  # ended by the scheduler between two epochs
         out.append(result)
