@@ -242,31 +242,41 @@ def create_service(settings: ServeSettings, holder: ModelHolder | None = None, m
     async def embeddings(request: Request) -> Response:
         check_token(request)
         raw = await _body(request, binary_ok=True)
+        accept = request.headers.get("accept", "").encode("latin-1")
         if _media(request.headers.get("content-type")) == IDS_V1:
-            status, body, media_type, headers = await ids_answer(raw, request.headers.get("accept", "").encode())
+            status, body, media_type, headers = await ids_answer(raw, accept)
             return Response(body, status_code=status, media_type=media_type, headers=headers)
-        s = holder.store
-        pairs = None
-        try:
-            pairs = fast_pairs(json.loads(raw.decode()), settings.max_items, settings.max_string_length)
-        except (ValueError, RecursionError):  # not JSON (not UTF-8, a BOM) or absurdly nested: the model reports it
-            pass
+        pairs = fast_items(raw)
         if pairs is None:
             body = _validate(EmbeddingsRequest, raw)
             if body.items is not None:
                 pairs = [(i.feature, i.value) for i in body.items]
             else:
+                s = holder.store
                 found = await run(len(body.entities), s.entities, body.entities)
                 metrics.items.labels(kind="entities").inc(len(found))
                 entities = [{k: v.tolist() for k, v in e.items()} for e in found]
                 return _json({"version": s.version, "dim": s.width, "entities": entities})
-        vectors = await run(len(pairs), s.embeddings, pairs)
-        pairs_counter.inc(len(pairs))
-        body, media_type, headers = _vectors_body(s.version, vectors, BINARY in request.headers.get("accept", ""))
+        _, body, media_type, headers = await pairs_answer(pairs, accept)  # a RequestError: 422 by its handler
         return Response(body, media_type=media_type, headers=headers)
 
     expected_auth = f"Bearer {settings.token}".encode() if settings.token is not None else b""
     pairs_counter = metrics.items.labels(kind="pairs")
+
+    def fast_items(raw: bytes) -> list[tuple[str, Any]] | None:
+        """The ``(feature, value)`` pairs of a well-formed JSON ``items`` body (``fast_pairs``); ``None``
+        for anything else, which the pydantic model then reads (and explains)."""
+        try:
+            return fast_pairs(json.loads(raw.decode()), settings.max_items, settings.max_string_length)
+        except (ValueError, RecursionError):  # not JSON (not UTF-8, a BOM) or absurdly nested
+            return None
+
+    async def pairs_answer(pairs: list[tuple[str, Any]], accept: bytes) -> tuple[int, bytes, str, dict[str, str]]:
+        """The vectors of ``pairs`` as JSON, or float32 rows when ``Accept`` names them; raises ``RequestError``."""
+        s = holder.store
+        vectors = await run(len(pairs), s.embeddings, pairs)
+        pairs_counter.inc(len(pairs))
+        return (200, *_vectors_body(s.version, vectors, BINARY.encode() in accept))
 
     async def items_fast(scope: dict[str, Any], raw: bytes) -> tuple[int, bytes, str, dict[str, str]] | None:
         """The ``embeddings`` route for the common case (see ``ItemsFastPath``); ``None``: let the route answer."""
@@ -276,21 +286,13 @@ def create_service(settings: ServeSettings, holder: ModelHolder | None = None, m
         media = _media(headers.get(b"content-type"))
         if media == IDS_V1:
             return await ids_answer(raw, headers.get(b"accept", b""))
-        if media not in ("application/json", ""):
-            return None
-        try:
-            pairs = fast_pairs(json.loads(raw.decode()), settings.max_items, settings.max_string_length)
-        except (ValueError, RecursionError):
-            return None
+        pairs = fast_items(raw) if media in ("application/json", "") else None
         if pairs is None:
             return None
-        s = holder.store
         try:
-            vectors = await run(len(pairs), s.embeddings, pairs)
+            return await pairs_answer(pairs, headers.get(b"accept", b""))
         except RequestError as exc:
             return 422, json.dumps({"detail": str(exc)}).encode(), "application/json", {}
-        pairs_counter.inc(len(pairs))
-        return (200, *_vectors_body(s.version, vectors, BINARY.encode() in headers.get(b"accept", b"")))
 
     async def ids_answer(raw: bytes, accept: bytes) -> tuple[int, bytes, str, dict[str, str]]:
         """The answer to an ids.v1 body: float32 rows (JSON when ``Accept`` names only JSON), 400 when

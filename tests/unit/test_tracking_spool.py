@@ -14,7 +14,8 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_
 
 import recsys.training.tracking as tracking
 from recsys.config import TrackingConfig
-from recsys.training.tracking import MlflowTracker, TrackingUnavailable, absolute_uri, make_tracker, replay_folder, tracking_uri
+from recsys.tracking_uri import absolute_uri
+from recsys.training.tracking import MlflowTracker, TrackingUnavailable, make_tracker, replay_folder, tracking_uri
 from recsys.training.tracking_spool import PENDING, Spool
 
 
