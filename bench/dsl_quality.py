@@ -36,6 +36,7 @@ from recsys.embeddings import MethodContext, build_method
 from recsys.features import DatasetSpec, load_dataset_spec
 from recsys.models import build_model
 from recsys.models.train import TrainModel
+from recsys.runfolder import RunFolder
 from recsys.training.distributed import ensure_process_group, shard
 from recsys.training.run import train_experiment
 
@@ -60,7 +61,7 @@ def _runs(args: argparse.Namespace, spec: DatasetSpec) -> list[Run]:
 
 def _same_config(folder: Path, config: dict[str, Any]) -> bool:
     """Whether the run in ``folder`` was trained with ``config`` (another seed, dataset or option retrains)."""
-    written = folder / "config.yaml"
+    written = RunFolder(folder).config
     return written.exists() and yaml.safe_load(written.read_text()) == config
 
 
@@ -72,12 +73,13 @@ def _train(args: argparse.Namespace, run: Run) -> dict[str, Any]:
     if budget is not None:
         overrides.append(f"embedding.budget_bytes={budget}")
     cfg = load_config(args.config, overrides)
-    if (folder / "metrics.json").exists() and not args.rerun and _same_config(folder, cfg.model_dump(mode="json")):
-        return json.loads((folder / "metrics.json").read_text())
+    run_folder = RunFolder(folder)
+    if run_folder.metrics.exists() and not args.rerun and _same_config(folder, cfg.model_dump(mode="json")):
+        return run_folder.read_metrics()
     start = time.perf_counter()
     metrics = train_experiment(cfg, folder)  # a new run in a used folder clears the old one first
     metrics["wall_s"] = time.perf_counter() - start
-    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    run_folder.write_metrics(metrics)
     return metrics
 
 

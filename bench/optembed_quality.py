@@ -35,6 +35,7 @@ from recsys.config import load_config
 from recsys.embeddings import Phase
 from recsys.embeddings.optembed_export import rank_bitmap_bytes
 from recsys.features import load_dataset_spec
+from recsys.runfolder import RunFolder
 from recsys.training.distributed import ensure_process_group
 from recsys.training.experiment import Experiment
 from recsys.training.run import train_experiment
@@ -86,7 +87,7 @@ def staged(data: Path, out: Path, options: dict[str, Any], extra: list[str], ful
         info: dict[str, Any] = {}
         if stage == "supernet":
             names = [f.name for f in load_dataset_spec(data).sparse_fields]
-            info["row_pruned_bytes"] = _pruned_bytes(out / "phases/supernet/state.safetensors", names)
+            info["row_pruned_bytes"] = _pruned_bytes(RunFolder(out).phase("supernet").state, names)
             info["valid_auc"] = m["valid_auc"]
         if stage == "search":
             s = m["phases"]["search"]["search"]
@@ -128,15 +129,17 @@ def bench(data: Path, out: Path, options: dict[str, Any], extra: list[str], comp
     rows = [_row("full", full, full)]
     rows += staged(data, out / "runs/optembed", options, extra, full, "optembed")
     inherit_dir = out / "runs/optembed_inherit"  # retrain from the supernet's weights (Hetu's variant)
+    source, inherit = RunFolder(out / "runs/optembed"), RunFolder(inherit_dir)
     for phase in ("supernet", "search"):
-        shutil.copytree(out / f"runs/optembed/phases/{phase}", inherit_dir / f"phases/{phase}", dirs_exist_ok=True)
-    shutil.copy(out / "runs/optembed/initial.safetensors", inherit_dir / "initial.safetensors")
+        shutil.copytree(source.phase(phase).root, inherit.phase(phase).root, dirs_exist_ok=True)
+    shutil.copy(source.initial, inherit.initial)
     m = run(data, inherit_dir, "optembed", options | {"retrain_weights": "inherit"}, extra, resume=True)
     rows.append(_row("optembed: after retrain (inherited weights)", m, full))
     for compression in compressions:
         budget_dir = out / f"runs/optembed_{compression:g}x"
-        shutil.copytree(out / "runs/optembed/phases/supernet", budget_dir / "phases/supernet", dirs_exist_ok=True)
-        shutil.copy(out / "runs/optembed/initial.safetensors", budget_dir / "initial.safetensors")
+        budget_run = RunFolder(budget_dir)
+        shutil.copytree(source.phase("supernet").root, budget_run.phase("supernet").root, dirs_exist_ok=True)
+        shutil.copy(source.initial, budget_run.initial)
         by_ctx = compression < 16  # a context budget must fit the unpruned tables at one dimension (D = 16)
         budget = [f"embedding.compression={compression}"] if by_ctx else []
         opts = options if by_ctx else options | {"search_compression": compression}

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import statistics
 from pathlib import Path
 from typing import Any
 
 from recsys.config import load_config
+from recsys.runfolder import RunFolder
 from recsys.training.run import train_experiment
 
 OUT = Path("bench_out")
@@ -41,8 +41,8 @@ def _runs(args: argparse.Namespace) -> list[tuple[str, str, float | None, int]]:
 def _train(args: argparse.Namespace, method: str, model: str, compression: float | None, seed: int) -> dict[str, Any]:
     name = f"{model}_{method}_{compression or 1:g}x_seed{seed}"
     folder = OUT / args.tag / name
-    if (folder / "metrics.json").exists() and not args.rerun:
-        return json.loads((folder / "metrics.json").read_text())
+    if RunFolder(folder).metrics.exists() and not args.rerun:
+        return RunFolder(folder).read_metrics()
     overrides = [
         f"data.path={args.data}", f"model.name={model}", f"embedding.method={method}", f"training.seed={seed}",
         "tracking.enabled=false", "training.progress=false", *args.set,

@@ -11,8 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from recsys.cli_feast import add_feast_commands
+from recsys.tracking_uri import DEFAULT_TRACKING_URI
 
 Handler = Callable[[argparse.Namespace], int]
+TRACKING_HELP = f"MLflow tracking URI (default: MLFLOW_TRACKING_URI, else {DEFAULT_TRACKING_URI})"
 
 
 def _split(text: str) -> tuple[float, float, float]:
@@ -278,7 +280,7 @@ def _add_tune_parser(sub: argparse._SubParsersAction) -> None:
     tune.add_argument("--config", help="base experiment YAML")
     tune.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key of every trial")
     tune.add_argument("--out", required=True, help="output folder")
-    tune.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    tune.add_argument("--tracking-uri", help=TRACKING_HELP)
     tune.add_argument("--experiment", default="tune", help="MLflow experiment name")
     tune.set_defaults(func=cmd_tune)
 
@@ -339,12 +341,12 @@ def build_parser(with_speed: bool = True) -> argparse.ArgumentParser:
     train.add_argument("--workers", type=int, help="Ray Train workers (sets training.workers)")
     train.add_argument("--resume", action="store_true", help="skip the phases already finished in --out (with Ray: continue from the last checkpoint)")
     train.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local cluster)")
-    train.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    train.add_argument("--tracking-uri", help=TRACKING_HELP)
     train.set_defaults(func=cmd_train)
 
     server = sub.add_parser("mlflow-server", help="run an MLflow tracking server on 127.0.0.1 (sqlite store, proxied artifacts)")
     server.add_argument("--port", type=int, default=5000)
-    server.add_argument("--backend-store-uri", default="sqlite:///mlflow.db")
+    server.add_argument("--backend-store-uri", default=DEFAULT_TRACKING_URI)
     server.add_argument("--artifacts-destination", default="./mlartifacts")
     server.set_defaults(func=cmd_mlflow_server)
 
@@ -362,7 +364,7 @@ def build_parser(with_speed: bool = True) -> argparse.ArgumentParser:
 
     exp = sub.add_parser("export", help="write a serving artifact (manifest, tables, vocabularies, checksums) from a run")
     exp.add_argument("--run", required=True, help="finished run folder or URI (holds config.yaml and phases/), or an MLflow run id whose artifacts hold its checkpoint")
-    exp.add_argument("--tracking-uri", dest="tracking_uri", help="MLflow tracking URI for a run id (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    exp.add_argument("--tracking-uri", dest="tracking_uri", help=f"MLflow tracking URI for a run id (default: MLFLOW_TRACKING_URI, else {DEFAULT_TRACKING_URI})")
     exp.add_argument("--out", required=True, help="artifact folder or URI to write (on object storage manifest.json is written last)")
     exp.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "int8", "int4"], help="table storage (fbgemm row-wise quantization)")
     exp.add_argument("--data", help="dataset folder, when not at the run's data.path")
@@ -424,7 +426,7 @@ def build_parser(with_speed: bool = True) -> argparse.ArgumentParser:
     quality.add_argument("--rerun", action="store_true", help="retrain points that already finished")
     quality.add_argument("--report-only", action="store_true", help="train nothing new: report the points already recorded "
                          "(finished, or failed) with their current config, e.g. a suite stopped part way")
-    quality.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    quality.add_argument("--tracking-uri", help=TRACKING_HELP)
     quality.add_argument("--experiment", default="bench-quality", help="MLflow experiment name")
     quality.add_argument("--threads", type=int, default=1, help="torch threads (default 1: on shared cores 2 threads per job made steps ~50x slower; 0: torch's default)")
     quality.set_defaults(func=cmd_bench_quality)
