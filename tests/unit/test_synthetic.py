@@ -313,3 +313,15 @@ def test_small_real_profile_shape(tmp_path: Path) -> None:
     flat = pa.compute.list_flatten(train.column("C8")).to_numpy()
     assert vocab.sum() == np.count_nonzero(flat >= 2) and lengths.sum() == len(flat), "bags' values are all counted"
     assert np.array_equal(np.bincount(flat[flat >= 2] - 2, minlength=len(vocab)), vocab)
+
+
+def test_a_killed_generators_temporary_folder_is_removed_by_the_next_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    stale = tmp_path / f".d.tmp-{dead.stdout.strip()}"  # what a SIGKILL mid-run leaves (the same writer as convert's)
+    (stale / "train").mkdir(parents=True)
+    generate(tmp_path / "d", rows=1000, profile="small", seed=0, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+    assert f"removed stale temporary folder {stale} (" in capsys.readouterr().err
