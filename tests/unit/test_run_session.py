@@ -6,11 +6,23 @@ from pathlib import Path
 
 import pytest
 
+import recsys.training.tracking as tracking
 from recsys.config import ExperimentConfig
 from recsys.runfolder import RunFolder
 from recsys.training.session import tracking_session
 from recsys.training.tracking import make_tracker
-from tests.unit.test_tracking_spool import FakeClient, client  # noqa: F401  (the fake MLflow server fixture)
+from tests.unit.test_tracking_spool import FakeClient
+
+
+@pytest.fixture
+def client(monkeypatch: pytest.MonkeyPatch) -> FakeClient:
+    """MLflow's client replaced by a fake server (``down`` makes it unreachable)."""
+    import mlflow
+
+    fake = FakeClient()
+    monkeypatch.setattr(mlflow, "MlflowClient", lambda tracking_uri=None: fake)
+    monkeypatch.setattr(tracking, "BACKOFF_S", (0.0, 0.0))
+    return fake
 
 
 def _cfg() -> ExperimentConfig:
