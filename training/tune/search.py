@@ -104,9 +104,9 @@ def _trial_fn(config: dict[str, Any], settings: TuneSettings, methods: list[str]
     folder = Path(settings.out) / "trials" / spec.name
     dump = cfg.model_dump(mode="json")
     record = read_json(folder / "trial.json")
-    finished = RunFolder(folder).read_metrics()
-    if record is not None and record.get("config") == dump and finished is not None:
-        metrics = finished
+    run = RunFolder(folder)
+    if record is not None and record.get("config") == dump and run.metrics.exists():
+        metrics = run.read_metrics()
         tune.report({"valid_auc": metrics["valid_auc"], "test_auc": metrics["test_auc"], "done": True})
         return
     if record is not None and record.get("config") != dump:
@@ -135,9 +135,9 @@ def _collect(settings: TuneSettings, specs: list[TrialSpec], last_auc: dict[int,
         record = read_json(folder / "trial.json") or {}
         result = TrialResult(spec.name, spec.method, spec.options, last_valid_auc=last_auc.get(spec.index),
                              wall_s=record.get("wall_s"), error=record.get("error"))
-        metrics = RunFolder(folder).read_metrics()
-        if record.get("status") == "ok" and metrics is not None:
-            result.status, result.metrics = "ok", metrics
+        run = RunFolder(folder)
+        if record.get("status") == "ok" and run.metrics.exists():
+            result.status, result.metrics = "ok", run.read_metrics()
         elif record.get("status") == "running":
             result.status = "stopped"  # ended by the scheduler between two epochs
         out.append(result)
