@@ -26,12 +26,12 @@ from typing import Any
 
 import numpy as np
 
+from recsys.runfolder import RunFolder
 from recsys.storage import load_tensors
 from recsys.training.bench.bootstrap import bootstrap_aucs, interval
 from recsys.training.bench.report import PointResult, draw_pareto
 
 BASELINES = ("hash", "qr")
-SCORES = "test_scores.safetensors"
 COLUMNS = ["dataset", "budget", "method", "status", "seeds_ok", "bytes", "auc_mean", "auc_std", "auc_lo", "auc_hi", "d_full",
            "d_full_lo", "d_full_hi", "baseline", "d_base", "d_base_lo", "d_base_hi", "best", "test_rows", "error"]
 NAN = float("nan")
@@ -53,9 +53,9 @@ def _scores(outcome: DatasetOutcome) -> tuple[np.ndarray | None, dict[tuple[str,
     Raises when two points scored different test rows (a paired bootstrap needs the same rows)."""
     labels, probs = None, {}
     for result, folder in zip(outcome.results, outcome.folders):
-        if not result.ok or not (folder / SCORES).exists():
+        if not result.ok or not RunFolder(folder).test_scores.exists():
             continue
-        t = load_tensors(folder / SCORES)
+        t = load_tensors(RunFolder(folder).test_scores)
         y = t["labels"].numpy()
         if labels is None:
             labels = y
