@@ -306,6 +306,15 @@ def read_parquet(loc: Location, columns: list[str] | None = None):  # type: igno
     return pq.read_table(loc.path, columns=columns, filesystem=loc.fs)
 
 
+def parquet_file(loc: Location):  # type: ignore[no-untyped-def]
+    """A ``pyarrow.parquet.ParquetFile`` of a local file or an object (footer read; row groups on demand)."""
+    import pyarrow.parquet as pq
+
+    if isinstance(loc, Path):
+        return pq.ParquetFile(loc)
+    return pq.ParquetFile(loc.path, filesystem=loc.fs)
+
+
 def save_tensors(tensors: dict, loc: Location) -> None:  # type: ignore[type-arg]
     """safetensors file of ``tensors`` at ``loc`` (locally: written beside, then renamed)."""
     from safetensors.torch import save, save_file

@@ -4,8 +4,8 @@
 Ray cluster at ``RAY_ADDRESS`` (``recsys train --address``) or starts a local one with the
 machine's CPUs, and runs ``TorchTrainer`` with ``training.workers`` workers (gloo on CPU, NCCL
 when every worker gets a GPU). Each worker builds the experiment, shards it with TorchRec DMP
-over the Ray-created process group and reads its shard of each split through Ray Data
-(``recsys.training.ray_data``).
+over the Ray-created process group and streams its shard of each split from Parquet
+(``recsys.training.shard_input``: planned once by the driver, no Ray object store).
 
 Checkpoints (``recsys.training.sharded_checkpoint`` folders plus ``loop.json``: phase, step, epoch and
 loop state) are reported every epoch and every ``training.checkpoint_every`` steps. After a
@@ -40,8 +40,8 @@ from recsys.storage import Location, StoragePath, append_text, is_uri, location
 from recsys.training.experiment import Experiment, ReaderFactory, row_limit
 from recsys.training.loop import LoopState
 from recsys.training.phases import run_phases
-from recsys.training.ray_data import RayShardReader, make_data_config, read_split, split_rows
 from recsys.training.session import open_run_folder, tracking_session
+from recsys.training.shard_input import Piece, ShardReader, plan_split
 from recsys.training.sharded_checkpoint import (
     init_optimizer_state,
     load_sharded,
@@ -77,23 +77,17 @@ def dataset_key(split: str, rows: int | None) -> str:
     return split if rows is None else f"{split}@{rows}"
 
 
-def _datasets(exp: Experiment) -> tuple[dict[str, Any], dict[str, int]]:
-    """Ray datasets of every (split, row limit) the phases read, and their row counts."""
+def _plans(exp: Experiment) -> dict[str, list[Piece]]:
+    """The planned row groups (``plan_split``) of every (split, row limit) the phases read."""
     cfg = exp.cfg
-    # the instance's id scheme: a wrapper (dsl, optembed) reads the ids its base reads
-    layout = BatchLayout.from_spec(exp.spec, exp.parts.method().id_scheme)
     wanted = {(s, row_limit(cfg, s)) for s in ("train", "valid", "test")}
     wanted |= {("valid", row_limit(cfg, "valid", p.eval_rows)) for p in exp.phases()}
-    datasets, rows = {}, {}
-    for split, limit in sorted(wanted, key=str):
-        key = dataset_key(split, limit)
-        datasets[key] = read_split(cfg.data.path, exp.spec, split, layout, limit)
-        rows[key] = split_rows(exp.spec, split, limit)
-    return datasets, rows
+    seed = cfg.training.seed
+    return {dataset_key(s, n): plan_split(cfg.data.path, exp.spec, s, n, seed if s == "train" else None) for s, n in sorted(wanted, key=str)}
 
 
 def _scaling(workers: int, placement_strategy: str = "PACK") -> tuple[Any, int, bool]:
-    """Scaling config, torch threads per worker, GPU use. One CPU stays free for Ray Data."""
+    """Scaling config, torch threads per worker, GPU use. One CPU stays free (the driver, Ray's controller)."""
     import ray
     from ray.train import ScalingConfig
 
@@ -123,18 +117,17 @@ def train_distributed(cfg: ExperimentConfig, out_dir: str | Path | StoragePath, 
     try:
         with tracking_session(cfg, out) as session:
             exp = Experiment(cfg, out, NullTracker())
-            datasets, rows = _datasets(exp)
+            plans = _plans(exp)
             scaling, threads, use_gpu = _scaling(cfg.training.workers, cfg.training.placement_strategy)
             tracker = session.tracker
             config = {
-                "cfg": cfg.model_dump(mode="json"), "out": str(out), "rows": rows, "threads": threads,
+                "cfg": cfg.model_dump(mode="json"), "out": str(out), "plans": plans, "threads": threads,
                 "run_id": tracker.run_id if cfg.tracking.enabled else None, "fail": os.environ.get(FAIL_ENV),
                 "uri": getattr(tracker, "uri", None),
             }
             trainer = TorchTrainer(
                 _worker, train_loop_config=config, scaling_config=scaling,
                 torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-                datasets=datasets, dataset_config=make_data_config(rows, {k for k in rows if k.startswith("train")}, cfg.training.seed),
                 run_config=RunConfig(
                     name="train", storage_path=str(out / RAY_STORAGE),
                     failure_config=FailureConfig(max_failures=cfg.training.max_failures), checkpoint_config=CheckpointConfig(num_to_keep=2),
@@ -219,10 +212,8 @@ def _fail_hook(spec: str | None, rank: int, out: Location) -> Any:
 
 def _worker(config: dict[str, Any]) -> None:
     """One Ray Train worker: the experiment's phases on this rank's data shards."""
-    import ray.data
     import ray.train
 
-    ray.data.DataContext.get_current().enable_progress_bars = False
     warnings.filterwarnings("ignore", message=".*ShardedTensor", category=FutureWarning)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -236,7 +227,7 @@ def _worker(config: dict[str, Any]) -> None:
     run_id = config["run_id"]
     spool = out if isinstance(out, Path) else None  # a URI run folder: no worker spool (calls MLflow refuses are warned about)
     tracker = make_tracker(cfg.tracking, run_dir=spool, run_id=run_id, rank=rank) if run_id else NullTracker()
-    exp = Experiment(cfg, out, tracker, _readers(cfg, config["rows"], rank, world), RayCheckpointer(out, rank, world))
+    exp = Experiment(cfg, out, tracker, _readers(cfg, config["plans"], rank, world), RayCheckpointer(out, rank, world))
     exp.step_hook = _fail_hook(config["fail"], rank, out)
     try:
         metrics = run_phases(exp, resume=True)
@@ -246,15 +237,13 @@ def _worker(config: dict[str, Any]) -> None:
         (out / WORKER_METRICS).write_text(json.dumps(metrics))
 
 
-def _readers(cfg: ExperimentConfig, rows: dict[str, int], rank: int, world: int) -> ReaderFactory:
-    """Reader factory of a worker: its shard of the driver's dataset for (split, row limit)."""
-    import ray.train
-
+def _readers(cfg: ExperimentConfig, plans: dict[str, list[Any]], rank: int, world: int) -> ReaderFactory:
+    """Reader factory of a worker: its shard of the driver's plan for (split, row limit)."""
     t = cfg.training
 
-    def make(split: str, layout: BatchLayout, limit: int | None) -> RayShardReader:
-        key = dataset_key(split, limit)
+    def make(split: str, layout: BatchLayout, limit: int | None) -> ShardReader:
+        pieces = [Piece(*p) for p in plans[dataset_key(split, limit)]]
         batch = t.batch_size if split == "train" else t.eval_batch_size
-        return RayShardReader(ray.train.get_dataset_shard(key), layout, batch, rows[key], rank, world, train=split == "train", seed=t.seed)
+        return ShardReader(cfg.data.path, pieces, layout, batch, rank, world, train=split == "train", seed=t.seed)
 
     return make
