@@ -1,11 +1,11 @@
-"""Distributed training on this machine: Ray Train scaling, the Ray Data input path, MLflow overhead.
+"""Distributed training on this machine: Ray Train scaling, the Ray Train input path, MLflow overhead.
 
 1. ``scaling``: end-to-end training samples/s (wall clock of the logged windows, input
    included; rank 0's windows × workers) of DLRM-``full`` with 1 and 2 Ray Train workers,
    the same per-worker batch; the ratio is the scaling.
 2. ``input``: epoch time of the train split as ``Batch`` objects, in-process
-   (``ParquetBatchReader``, shuffled) against Ray Data (``read_parquet`` → ``EqualSplit`` →
-   ``RayShardReader``, one shard); whether a fresh reader with the same seed gives the same
+   (``ParquetBatchReader``, shuffled) against a Ray Train rank's input (``plan_split`` →
+   ``ShardReader``, one shard); whether a fresh reader with the same seed gives the same
    batches (SHA-256 of every batch) and the next epoch a different order.
    ``collectives``: the gloo collectives of one 2-rank step alone (same sizes, no compute).
 3. ``mlflow``: in-process DMP training steps with step metrics logged every ``--log-every``
@@ -82,11 +82,11 @@ def _digest(batches: Any) -> tuple[str, float]:
 
 
 def _input(data: Path, batch: int) -> dict[str, Any]:
-    """Epoch time of the train split as ``Batch`` objects: the in-process reader against Ray
-    Data (one shard of ``EqualSplit``, ``RayShardReader``), both shuffled with seed 0; and
+    """Epoch time of the train split as ``Batch`` objects: the in-process reader against a Ray
+    Train rank's reader (one shard of ``plan_split``, ``ShardReader``), both shuffled with seed 0; and
     whether the shuffle is reproducible (a fresh reader with the same seed yields the same
     batches) and changes with the epoch."""
-    from recsys.training.ray_data import RayShardReader, make_data_config, read_split, split_rows
+    from recsys.training.shard_input import ShardReader, plan_split, split_rows
 
     spec = load_dataset_spec(data)
     layout = BatchLayout.from_spec(spec, "index")
@@ -97,10 +97,9 @@ def _input(data: Path, batch: int) -> dict[str, Any]:
         reader.set_epoch(epoch)
         return reader
 
-    def ray_reader(epoch: int) -> tuple[RayShardReader, float]:
-        start = time.perf_counter()  # a fresh dataset each time: read, seeded block order, split
-        parts = make_data_config({"train": n}, {"train"}, 0).configure({"train": read_split(data, spec, "train", layout, None)}, 1, None, None)
-        reader = RayShardReader(parts[0]["train"], layout, batch, n, 0, 1, train=True, seed=0)
+    def ray_reader(epoch: int) -> tuple[ShardReader, float]:
+        start = time.perf_counter()  # a fresh plan each time: the files' footers, seeded row-group order
+        reader = ShardReader(data, plan_split(data, spec, "train", None, 0), layout, batch, 0, 1, train=True, seed=0)
         reader.set_epoch(epoch)
         return reader, time.perf_counter() - start
 
@@ -108,7 +107,7 @@ def _input(data: Path, batch: int) -> dict[str, Any]:
     local = [_digest(local_reader(0)) for _ in range(3)]
     local_next = _digest(local_reader(1))[0]
     first, split_s = ray_reader(0)
-    ray_passes = [_digest(first) for _ in range(3)]  # the first pass includes streaming the materialised blocks once
+    ray_passes = [_digest(first) for _ in range(3)]
     again, _ = ray_reader(0)
     ray_again = _digest(again)[0]
     ray_next = _digest(ray_reader(1)[0])[0]
@@ -312,7 +311,7 @@ Scaling ratio 1→2 workers: **{sc['ratio']:.2f}×** wall (target ≥ 1.6×), {s
 Step time (compute only, per worker): 1 worker {1000 * r['batch_per_worker'] / one['compute_samples_per_s']:.1f} ms, 2 workers
 {1000 * 2 * r['batch_per_worker'] / two['compute_samples_per_s']:.1f} ms, of which the gloo collectives of a step alone (same sizes, no
 compute: input and output all-to-alls, dense all-reduce of {r['collectives']['dense_params']:,} parameters) take
-{r['collectives']['ms_per_step']:.2f} ms; the rest is the two workers, Ray Data, the driver and Ray's own processes
+{r['collectives']['ms_per_step']:.2f} ms; the rest is the two workers, their input, the driver and Ray's own processes
 sharing {r['cpus']} cores (one worker leaves a core to the rest), in lockstep: a descheduled rank stalls both.
 
 ## Input: one epoch of the train split ({i['rows']:,} rows, batches of {i['batch']}), shuffled, seed 0
@@ -320,10 +319,10 @@ sharing {r['cpus']} cores (one worker leaves a core to the rest), in lockstep: a
 | path | epoch s | rows/s |
 |---|---:|---:|
 | in-process `ParquetBatchReader` | {i['in_process_epoch_s']:.2f} | {i['in_process_rows_per_s']:,.0f} |
-| Ray Data `EqualSplit` → `RayShardReader` | {i['ray_epoch_s']:.2f} | {i['ray_rows_per_s']:,.0f} |
+| Ray Train rank `plan_split` → `ShardReader` | {i['ray_epoch_s']:.2f} | {i['ray_rows_per_s']:,.0f} |
 
-Ray Data / in-process epoch time: **{i['ray_over_in_process']:.2f}×** (must stay under 3×); first Ray epoch
-{i['ray_first_epoch_s']:.2f} s, read + split (materialise) {i['ray_split_s']:.2f} s once per run.
+Ray Train shard / in-process epoch time: **{i['ray_over_in_process']:.2f}×** (must stay under 3×); first shard epoch
+{i['ray_first_epoch_s']:.2f} s, plan (Parquet footers) {i['ray_split_s']:.2f} s once per run.
 Same seed → same batches: in-process {i['in_process_reproducible']}, Ray {i['ray_reproducible']};
 epoch 1 differs from epoch 0: in-process {i['in_process_epochs_differ']}, Ray {i['ray_epochs_differ']}.
 

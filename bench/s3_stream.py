@@ -4,11 +4,11 @@ A moto S3 server on 127.0.0.1 (``python -m moto.server``) holds a synthetic data
 ``recsys data synth --out s3://...``. A local Ray cluster with a small ``object_store_memory``
 then reads the train split, projected to the training columns, two ways:
 
-1. ``stream``: ``recsys.training.ray_data.read_split`` → ``iter_batches`` (Ray Data's streaming
+1. ``stream``: Ray Data's ``read_parquet`` (projected) → ``iter_batches`` (Ray Data's streaming
    executor; blocks are released once consumed);
-2. ``train_split``: the training input path, ``EqualSplit`` (``make_data_config``) for 2 ranks,
-   which materialises the projected columns in the object store (spilled to disk beyond
-   ``object_store_memory``), then both ranks' shards iterated in turn.
+2. ``shards``: the training input path, ``plan_split`` and a ``ShardReader`` for each of 2 ranks
+   (pyarrow reads of each rank's row groups, no object store), both shards' batches in turn
+   (their tensors' bytes are reported).
 
 Each reports the rows read, the Arrow bytes of the projected columns, the peak proportional
 set size (PSS: shared pages split between processes, so the object store is counted once) of
@@ -42,7 +42,8 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _start_s3() -> subprocess.Popen:
+def start_s3() -> subprocess.Popen:
+    """moto's S3 server on a free port of 127.0.0.1 (``AWS_*`` set for it) with the bucket ``BUCKET``."""
     import pyarrow.fs as pafs
 
     port = _free_port()
@@ -122,10 +123,10 @@ def run(rows: int, object_store_mb: int) -> dict[str, Any]:
     from recsys.cli import main
     from recsys.data.batch import BatchLayout
     from recsys.features import load_dataset_spec
-    from recsys.storage import StoragePath
-    from recsys.training.ray_data import make_data_config, read_split, split_rows
+    from recsys.storage import StoragePath, arrow_filesystem
+    from recsys.training.shard_input import ShardReader, plan_split
 
-    s3 = _start_s3()
+    s3 = start_s3()
     try:
         uri = f"s3://{BUCKET}/data/large"
         assert main(["data", "synth", "--out", uri, "--rows", str(rows), "--profile", "criteo", "--seed", "0"]) == 0
@@ -140,20 +141,23 @@ def run(rows: int, object_store_mb: int) -> dict[str, Any]:
 
         def stream() -> tuple[int, int]:
             n = b = 0
-            for table in read_split(uri, spec, "train", layout, None).iter_batches(batch_size=None, batch_format="pyarrow"):
+            fs, base = arrow_filesystem(StoragePath(uri))
+            ds = ray.data.read_parquet([f"{base}/{f}" for f in spec.splits["train"].files], filesystem=fs).select_columns(layout.columns())
+            for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
                 n, b = n + table.num_rows, b + table.nbytes
             return n, b
 
-        def train_split() -> tuple[int, int]:
-            train_rows = split_rows(spec, "train", None)
-            shards = make_data_config({"train": train_rows}, {"train"}, 0).configure({"train": read_split(uri, spec, "train", layout, None)}, 2, None, None)
+        def shards() -> tuple[int, int]:
+            pieces = plan_split(uri, spec, "train", None, 0)
             n = b = 0
             for rank in range(2):
-                for table in shards[rank]["train"].iter_batches(batch_size=None, batch_format="pyarrow"):
-                    n, b = n + table.num_rows, b + table.nbytes
+                for batch in ShardReader(uri, pieces, layout, 4096, rank, 2, train=True, seed=0):
+                    kjt = batch.sparse_features
+                    n += len(batch)
+                    b += sum(t.numel() * t.element_size() for t in (batch.labels, batch.dense_features, kjt.values(), kjt.lengths()))
             return n, b
 
-        results = [_measure("stream", stream, exclude, spill), _measure("train_split", train_split, exclude, spill)]
+        results = [_measure("stream", stream, exclude, spill), _measure("shards", shards, exclude, spill)]
         return {"rows": rows, "train_rows": spec.splits["train"].rows, "train_parquet_mb": parquet_mb, "object_store_mb": object_store_mb,
                 "cpus": os.cpu_count(), "load_avg": os.getloadavg(), "results": results}
     finally:

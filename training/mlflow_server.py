@@ -48,11 +48,13 @@ def wait_until_up(url: str, timeout_s: float = 60.0, process: subprocess.Popen |
 @dataclass
 class LocalServer:
     """A background ``mlflow server`` on 127.0.0.1 with a sqlite store at ``store`` (artifacts
-    beside it), in its own process group so that ``stop`` ends its workers too."""
+    beside it, or at the URI ``artifacts``), in its own process group so that ``stop`` ends its
+    workers too."""
 
     port: int
     store: Path
     process: subprocess.Popen | None = None
+    artifacts: str | None = None  # e.g. s3://bucket/mlartifacts (boto3, the AWS_* environment)
 
     @property
     def uri(self) -> str:
@@ -60,7 +62,7 @@ class LocalServer:
 
     def start(self, timeout_s: float = 120.0) -> "LocalServer":
         log = (self.store.parent / f"mlflow-server-{self.port}.log").open("ab")
-        cmd = server_command(self.port, f"sqlite:///{self.store}", str(self.store.parent / "mlartifacts"), workers=1)
+        cmd = server_command(self.port, f"sqlite:///{self.store}", self.artifacts or str(self.store.parent / "mlartifacts"), workers=1)
         self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             wait_until_up(self.uri, timeout_s, self.process)

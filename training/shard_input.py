@@ -19,8 +19,9 @@ split there; its ``streaming_split`` would not, but is not reproducible).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa

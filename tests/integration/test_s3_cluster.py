@@ -1,15 +1,18 @@
-"""Object storage end to end, on a real S3 API (moto's server on 127.0.0.1) and real Ray clusters.
+"""Object storage end to end, on a real S3 API (moto's server on 127.0.0.1) and a real two-node Ray cluster.
 
-* round trip: ``recsys data synth`` → s3, 2 Ray workers reading from s3 with the run folder,
-  Ray's ``storage_path`` and checkpoints in s3; one worker process SIGKILLed after a
-  checkpoint (the run resumes from it, from s3); ``--resume`` of the finished run; ``recsys
+One cluster serves the module: a head (3 CPUs) and a second node (1 CPU), ``ray start --head`` and
+``ray start --address``, each its own process tree, started once after the S3 fixture set the
+``AWS_*`` environment (Ray's processes keep the environment they start with).
+
+* round trip: ``recsys data synth`` → s3, 2 Ray workers packed on one node reading from s3 with
+  the run folder, Ray's ``storage_path`` and checkpoints in s3; one worker process SIGKILLed after
+  a checkpoint (the run resumes from it, from s3); ``--resume`` of the finished run; ``recsys
   export`` → s3; ``recsys serve --model s3://...`` with a hot reload when a new artifact is
   published over the old one;
-* two nodes (``ray start --head`` and ``ray start --address``, each its own process tree):
-  workers spread over both, every process of the second node SIGKILLed by PID after a
-  checkpoint, the run finishes on the head from the last checkpoint in s3.
+* two nodes: workers spread over both, every process of the second node SIGKILLed by PID after a
+  checkpoint, the run finishes on the head from the last checkpoint in s3 (the module's last test).
 
-Both compare test AUC with one uninterrupted 2-worker run on the same data.
+Both compare test AUC with one uninterrupted 2-worker run on the same data and cluster.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import httpx
 import pytest
@@ -36,7 +39,7 @@ from tests.integration.conftest import ROOT, experiment, free_port
 from tests.s3_server import BUCKET, s3_server  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.slow
-ROWS = 20_000
+ROWS = 20_000  # 16k train rows: 31 steps a worker in the one epoch, checkpoints at 10, 20, 30 and the epoch's end
 
 
 def _events(out: StoragePath) -> list[dict[str, Any]]:
@@ -51,38 +54,79 @@ def s3_data(s3_server) -> str:  # noqa: F811
     return uri
 
 
-def _cfg(data: str, tmp: Path, *extra: str):  # type: ignore[no-untyped-def]
-    return experiment(data, "training.workers=2", "training.max_failures=2", f"tracking.tracking_uri=sqlite:///{tmp}/mlflow.db", *extra)
+@pytest.fixture(scope="module")
+def tracking_db(tmp_path_factory) -> str:
+    """One MLflow store for the module's runs (its tables are created once)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('s3-mlflow')}/mlflow.db"
 
 
-_RAY_WITH_S3_ENV: list[bool] = []  # set once this module has started its own local Ray
+def _cfg(data: str, db: str, *extra: str):  # type: ignore[no-untyped-def]
+    return experiment(data, "training.workers=2", "training.epochs=1", "training.max_failures=2", f"tracking.tracking_uri={db}", *extra)
 
 
-def _local_ray() -> None:
-    """A local Ray started after the S3 fixture set ``AWS_*``: Ray's processes take the environment
-    of the driver when the cluster starts, so one started earlier in the session (another test's
-    fixture) could not reach the S3 server; it is restarted once."""
+def _ray(*args: str, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--block", "--disable-usage-stats", *args],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def _sigkill_tree(proc: subprocess.Popen) -> list[int]:
+    """SIGKILL ``proc`` and every descendant, each by PID; returns the PIDs."""
+    import psutil
+
+    procs = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    for p in procs:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait(30)
+    return [p.pid for p in procs]
+
+
+@pytest.fixture(scope="module")
+def cluster(s3_server) -> Iterator[dict[str, Any]]:  # noqa: F811
+    """The module's two-node cluster, this process connected to it as a driver."""
     import ray
 
     from recsys.training.ray_trainer import init_ray
 
-    if _RAY_WITH_S3_ENV and ray.is_initialized():
-        return
-    if ray.is_initialized():
+    ray.shutdown()  # a local Ray of an earlier test: this module joins its own cluster
+    assert os.environ.get("RAY_AUTH_MODE") == "disabled"  # set by the conftest: a local test cluster needs no token
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    temp = tempfile.mkdtemp(prefix="ray18-", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
+    head = _ray("--head", f"--port={port}", "--num-cpus=3", f"--temp-dir={temp}", "--include-dashboard=false", env=env)
+    second: subprocess.Popen | None = None
+    try:
+        second = _ray(f"--address={address}", "--num-cpus=1", env=env)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                init_ray(address)
+                if len([n for n in ray.nodes() if n["Alive"]]) == 2:
+                    break
+            except Exception:
+                pass
+            ray.shutdown()
+            assert time.monotonic() < deadline, "the two-node cluster did not come up"
+            time.sleep(0.5)
+        yield {"address": address, "env": env, "second": second, "head_node": ray.get_runtime_context().get_node_id()}
+    finally:
         ray.shutdown()
-    init_ray(num_cpus=2)
-    _RAY_WITH_S3_ENV.append(True)
+        for proc in (second, head):
+            if proc is not None and proc.poll() is None:
+                _sigkill_tree(proc)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
-def baseline(s3_data, tmp_path_factory) -> dict[str, Any]:
+def baseline(s3_data, cluster, tracking_db) -> dict[str, Any]:
     """One uninterrupted 2-worker run, data and run folder in s3."""
     from recsys.training.run import train_experiment
 
-    _local_ray()
-    tmp = tmp_path_factory.mktemp("s3-baseline")
     out = StoragePath(f"s3://{BUCKET}/runs/baseline")
-    return {"metrics": train_experiment(_cfg(s3_data, tmp), out), "out": out}
+    return {"metrics": train_experiment(_cfg(s3_data, tracking_db), out), "out": out}
 
 
 def _kill_after_checkpoint(out: StoragePath, step: int, kill: Callable[[], Any], failures: list[BaseException]) -> threading.Thread:
@@ -90,7 +134,7 @@ def _kill_after_checkpoint(out: StoragePath, step: int, kill: Callable[[], Any],
 
     def watch() -> None:
         try:
-            deadline = time.monotonic() + 400
+            deadline = time.monotonic() + 300
             while time.monotonic() < deadline:
                 if any(e["event"] == "checkpoint" and e["step"] >= step for e in _events(out)):
                     kill()
@@ -135,10 +179,9 @@ def _serve(model: str) -> tuple[subprocess.Popen, str]:
     raise TimeoutError("the service did not become ready")
 
 
-def test_s3_round_trip_with_a_sigkilled_worker(s3_data, baseline, tmp_path, monkeypatch):
+def test_s3_round_trip_with_a_sigkilled_worker(s3_data, cluster, baseline, tracking_db):
     from recsys.training.run import train_experiment
 
-    _local_ray()
     out = StoragePath(f"s3://{BUCKET}/runs/killed")
     failures: list[BaseException] = []
     killed: dict[str, Any] = {}
@@ -149,9 +192,11 @@ def test_s3_round_trip_with_a_sigkilled_worker(s3_data, baseline, tmp_path, monk
         os.kill(worker["pid"], signal.SIGKILL)
 
     watcher = _kill_after_checkpoint(out, 10, kill_rank_1, failures)
-    metrics = train_experiment(_cfg(s3_data, tmp_path), out)
+    metrics = train_experiment(_cfg(s3_data, tracking_db), out)
     watcher.join(5)
     assert not failures, failures
+    assert killed["node_id"] == cluster["head_node"]  # PACK: both workers on the head, the single-node case
+    assert json.loads((out / "workers" / "rank-0.json").read_text())["node_id"] == cluster["head_node"]
     events = _events(out)
     last, resumed = _recovery(events, 10)
     assert resumed >= last >= 10  # from the last checkpoint in s3, not from step 0
@@ -164,7 +209,7 @@ def test_s3_round_trip_with_a_sigkilled_worker(s3_data, baseline, tmp_path, monk
           f"test AUC {metrics['test_auc']:.6f} vs uninterrupted {baseline['metrics']['test_auc']:.6f}")
 
     # --resume of the finished run: every phase is read back from s3, same metrics
-    again = train_experiment(_cfg(s3_data, tmp_path), out, resume=True)
+    again = train_experiment(_cfg(s3_data, tracking_db), out, resume=True)
     assert again["test_auc"] == metrics["test_auc"]
 
     # export to s3, serve from s3, publish a new artifact over it and watch the hot reload
@@ -192,78 +237,30 @@ def test_s3_round_trip_with_a_sigkilled_worker(s3_data, baseline, tmp_path, monk
         proc.communicate(timeout=30)
 
 
-def _ray(*args: str, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--block", "--disable-usage-stats", *args],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+def test_two_node_run_survives_losing_a_node(s3_data, cluster, baseline, tracking_db, tmp_path):
+    out = StoragePath(f"s3://{BUCKET}/runs/two-node")
+    failures: list[BaseException] = []
+    placed: dict[str, Any] = {}
+    second = cluster["second"]
 
+    def kill_second_node() -> None:
+        placed.update({str(r): json.loads((out / "workers" / f"rank-{r}.json").read_text())["node_id"] for r in (0, 1)})
+        placed["pids"] = _sigkill_tree(second)
 
-def _sigkill_tree(proc: subprocess.Popen) -> list[int]:
-    """SIGKILL ``proc`` and every descendant, each by PID; returns the PIDs."""
-    import psutil
-
-    procs = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-    for p in procs:
-        try:
-            p.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            pass
-    proc.wait(30)
-    return [p.pid for p in procs]
-
-
-def test_two_node_run_survives_losing_a_node(s3_data, baseline, tmp_path, monkeypatch):
-    import ray
-
-    ray.shutdown()  # the tests' local cluster; this test starts its own
-    port = free_port()
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # a local test cluster: no token (one in ~/.ray would otherwise be required)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    temp = tempfile.mkdtemp(prefix="ray18-", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
-    head = _ray("--head", f"--port={port}", "--num-cpus=3", f"--temp-dir={temp}", "--include-dashboard=false", env=env)
-    second: subprocess.Popen | None = None
-    try:
-        second = _ray(f"--address=127.0.0.1:{port}", "--num-cpus=1", env=env)
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                ray.init(address=f"127.0.0.1:{port}", logging_level="warning")
-                if len([n for n in ray.nodes() if n["Alive"]]) == 2:
-                    break
-                ray.shutdown()
-            except Exception:
-                pass
-            assert time.monotonic() < deadline, "the two-node cluster did not come up"
-            time.sleep(1)
-        ray.shutdown()
-
-        out = StoragePath(f"s3://{BUCKET}/runs/two-node")
-        failures: list[BaseException] = []
-        placed: dict[str, Any] = {}
-
-        def kill_second_node() -> None:
-            placed.update({str(r): json.loads((out / "workers" / f"rank-{r}.json").read_text())["node_id"] for r in (0, 1)})
-            placed["pids"] = _sigkill_tree(second)  # type: ignore[arg-type]
-
-        config = tmp_path / "two-node.yaml"  # the driver is its own process, as a job on a cluster would be
-        config.write_text(yaml.safe_dump(_cfg(s3_data, tmp_path, "training.placement_strategy=SPREAD").model_dump(mode="json")))
-        watcher = _kill_after_checkpoint(out, 10, kill_second_node, failures)
-        driver = subprocess.run([sys.executable, "-m", "recsys.cli", "train", "--config", str(config), "--address", f"127.0.0.1:{port}",
-                                 "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-        watcher.join(5)
-        assert driver.returncode == 0, driver.stdout[-3000:] + driver.stderr[-5000:]
-        metrics = json.loads((out / "metrics.json").read_text())
-        assert not failures, failures
-        assert placed["0"] != placed["1"], "the workers were not placed on both nodes"
-        assert second.poll() is not None and len(placed["pids"]) > 1
-        events = _events(out)
-        last, resumed = _recovery(events, 10)
-        assert resumed >= last >= 10
-        assert abs(metrics["test_auc"] - baseline["metrics"]["test_auc"]) < 0.01, (metrics, baseline["metrics"])
-        print(f"\ntwo nodes: SIGKILL of the second node's {len(placed['pids'])} processes after step {last}; resumed from step "
-              f"{resumed}; test AUC {metrics['test_auc']:.6f} vs uninterrupted {baseline['metrics']['test_auc']:.6f}")
-    finally:
-        ray.shutdown()
-        for proc in (second, head):
-            if proc is not None and proc.poll() is None:
-                _sigkill_tree(proc)
-        shutil.rmtree(temp, ignore_errors=True)
+    config = tmp_path / "two-node.yaml"  # the driver is its own process, as a job on a cluster would be
+    config.write_text(yaml.safe_dump(_cfg(s3_data, tracking_db, "training.placement_strategy=SPREAD").model_dump(mode="json")))
+    watcher = _kill_after_checkpoint(out, 10, kill_second_node, failures)
+    driver = subprocess.run([sys.executable, "-m", "recsys.cli", "train", "--config", str(config), "--address", cluster["address"],
+                             "--out", str(out)], cwd=ROOT, env=cluster["env"], capture_output=True, text=True, timeout=600)
+    watcher.join(5)
+    assert driver.returncode == 0, driver.stdout[-3000:] + driver.stderr[-5000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert not failures, failures
+    assert placed["0"] != placed["1"], "the workers were not placed on both nodes"
+    assert second.poll() is not None and len(placed["pids"]) > 1
+    events = _events(out)
+    last, resumed = _recovery(events, 10)
+    assert resumed >= last >= 10
+    assert abs(metrics["test_auc"] - baseline["metrics"]["test_auc"]) < 0.01, (metrics, baseline["metrics"])
+    print(f"\ntwo nodes: SIGKILL of the second node's {len(placed['pids'])} processes after step {last}; resumed from step "
+          f"{resumed}; test AUC {metrics['test_auc']:.6f} vs uninterrupted {baseline['metrics']['test_auc']:.6f}")
