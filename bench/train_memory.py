@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = Path("bench_out")
 TRAIN = [
     "training.epochs=1", "training.batch_size=4096", "training.eval_batch_size=8192", "training.progress=false",
-    "embedding.method=hash", "embedding.compression=100", "tracking.enabled=false",
+    "data.max_eval_rows=20000", "embedding.method=hash", "embedding.compression=100", "tracking.enabled=false",
 ]
 
 
