@@ -183,7 +183,14 @@ def run(rows: int, object_store_mb: int, codes: dict[str, Path], repeats: int) -
         data = _dataset(rows)
         spec = load_dataset_spec(data)
         parquet_mb = sum(len((StoragePath(data) / f).read_bytes()) for f in spec.splits["train"].files) / 2**20
-        results = [_run(name, code, data, object_store_mb, i) for i in range(repeats) for name, code in codes.items()]
+        results = []
+        for i in range(repeats):
+            for name, code in codes.items():
+                try:
+                    results.append(_run(name, code, data, object_store_mb, i))
+                except RuntimeError as exc:  # reported in the table: a run that fails is a result too
+                    results.append({"code": name, "error": str(exc).splitlines()[0], "log_tail": str(exc)[-2000:], "load_avg": os.getloadavg()[0]})
+                print(json.dumps(results[-1])[:2000], flush=True)
         return {"rows": rows, "train_rows": spec.splits["train"].rows, "train_parquet_mb": parquet_mb, "object_store_mb": object_store_mb,
                 "cpus": os.cpu_count(), "train": TRAIN, "results": results}
     finally:
@@ -200,6 +207,9 @@ def _markdown(report: dict[str, Any]) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["results"]:
+        if "error" in r:
+            lines.append(f"| {r['code']} | failed: {r['error']} | | | | | | {r['load_avg']:.1f} |")
+            continue
         lines.append(f"| {r['code']} | {r['peak_pss_mb']:.0f} | {r['peak_worker_rss_mb']:.0f} | {r['peak_object_store_mb']:.0f} | "
                      f"{r['spilled_mb']:.0f} | {r['test_auc']:.6f} | {r['seconds']:.0f} | {r['load_avg']:.1f} |")
     return "\n".join(lines) + "\n"

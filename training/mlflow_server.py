@@ -74,7 +74,11 @@ class LocalServer:
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(30)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:  # a loaded machine: its workers did not finish shutting down
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(30)
         self.process = None
 
 

@@ -28,7 +28,7 @@ def test_artifacts_and_the_registered_model_round_trip_through_s3(s3_server, sma
     from recsys.training.run import train_experiment
 
     destination = f"s3://{BUCKET}/mlartifacts"
-    server = Server(free_port(), tmp_path / "mlflow.db", artifacts=destination).start()
+    server = Server(free_port(), tmp_path / "mlflow.db", artifacts=destination).start(timeout_s=300)  # a loaded CI box: the server imports slowly
     try:
         cfg = experiment(small_data, "training.epochs=1", "data.max_train_rows=2048", "data.max_eval_rows=1024",
                          f"tracking.tracking_uri={server.uri}", "tracking.experiment=s3-artifacts", "tracking.register_as=ctr-s3")
