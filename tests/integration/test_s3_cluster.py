@@ -38,7 +38,7 @@ from recsys.storage import StoragePath
 from tests.integration.conftest import ROOT, experiment, free_port
 from tests.s3_server import BUCKET, s3_server  # noqa: F401  (fixture)
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]  # setup + call: ~12 min at load average 40 on 2 cores
 ROWS = 20_000  # 16k train rows: 31 steps a worker in the one epoch, checkpoints at 10, 20, 30 and the epoch's end
 
 
