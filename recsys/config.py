@@ -110,8 +110,9 @@ class TrainingConfig(_Strict):
     workers: int = Field(1, ge=1, description="Ray Train workers (1 = in-process)")
     checkpoint_every: int | None = Field(None, ge=1, description="steps between Ray Train checkpoints (besides one per epoch)")
     max_failures: int = Field(2, ge=-1, description="Ray Train restarts from the last checkpoint after worker failures (-1: unlimited)")
-    placement_strategy: Literal["PACK", "SPREAD"] = Field(
-        "PACK", description="Ray placement of the training workers: PACK fills a node first, SPREAD puts them on different nodes when it can",
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK"] = Field(
+        "PACK", description="Ray placement of the training workers: PACK fills a node first, SPREAD puts them on different nodes when it can, "
+        "STRICT_PACK all on one node",
     )
     progress: bool = Field(True, description="show a tqdm progress bar per epoch")
     log_every: int = Field(50, ge=1, description="steps between logged train loss/throughput")

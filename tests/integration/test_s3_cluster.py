@@ -4,7 +4,7 @@ One cluster serves the module: a head (3 CPUs) and a second node (1 CPU), ``ray 
 ``ray start --address``, each its own process tree, started once after the S3 fixture set the
 ``AWS_*`` environment (Ray's processes keep the environment they start with).
 
-* round trip: ``recsys data synth`` → s3, 2 Ray workers packed on one node reading from s3 with
+* round trip: ``recsys data synth`` → s3, 2 Ray workers on one node (STRICT_PACK) reading from s3 with
   the run folder, Ray's ``storage_path`` and checkpoints in s3; one worker process SIGKILLed after
   a checkpoint (the run resumes from it, from s3); ``--resume`` of the finished run; ``recsys
   export`` → s3; ``recsys serve --model s3://...`` with a hot reload when a new artifact is
@@ -192,10 +192,10 @@ def test_s3_round_trip_with_a_sigkilled_worker(s3_data, cluster, baseline, track
         os.kill(worker["pid"], signal.SIGKILL)
 
     watcher = _kill_after_checkpoint(out, 10, kill_rank_1, failures)
-    metrics = train_experiment(_cfg(s3_data, tracking_db), out)
+    metrics = train_experiment(_cfg(s3_data, tracking_db, "training.placement_strategy=STRICT_PACK"), out)
     watcher.join(5)
     assert not failures, failures
-    assert killed["node_id"] == cluster["head_node"]  # PACK: both workers on the head, the single-node case
+    assert killed["node_id"] == cluster["head_node"]  # STRICT_PACK: both workers on the head (3 CPUs), the single-node case
     assert json.loads((out / "workers" / "rank-0.json").read_text())["node_id"] == cluster["head_node"]
     events = _events(out)
     last, resumed = _recovery(events, 10)
@@ -209,7 +209,7 @@ def test_s3_round_trip_with_a_sigkilled_worker(s3_data, cluster, baseline, track
           f"test AUC {metrics['test_auc']:.6f} vs uninterrupted {baseline['metrics']['test_auc']:.6f}")
 
     # --resume of the finished run: every phase is read back from s3, same metrics
-    again = train_experiment(_cfg(s3_data, tracking_db), out, resume=True)
+    again = train_experiment(_cfg(s3_data, tracking_db, "training.placement_strategy=STRICT_PACK"), out, resume=True)
     assert again["test_auc"] == metrics["test_auc"]
 
     # export to s3, serve from s3, publish a new artifact over it and watch the hot reload
