@@ -38,7 +38,10 @@ install-serve: $(VENV)/bin/python
 quickstart: install
 	$(VENV)/bin/recsys quickstart
 
+# Lint and format check first (ruff, configured in pyproject.toml), then the tests.
 test: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q tests
 
 # One speed report (bench_out/speed/speed.{json,md}); e.g. make bench BENCH_ARGS=--serving.

@@ -52,8 +52,7 @@ def convert_once(tree: Path, input_path: Path, out_dir: Path) -> tuple[float, fl
         "print(json.dumps([sum(x.rows for x in s.splits.values()) / (time.perf_counter() - t), time.process_time() - c]))"
     )
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    out = subprocess.run([sys.executable, "-c", code, str(input_path), str(out_dir)], env=env, check=True,
-                         capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", code, str(input_path), str(out_dir)], env=env, check=True, capture_output=True, text=True)
     rate, cpu = json.loads(out.stdout.strip().splitlines()[-1])
     return float(rate), float(cpu)
 
@@ -69,8 +68,9 @@ def instructions(tree: Path, code: str, args: list[str], work: Path) -> int:
     """Instructions executed by ``python -c code args`` with ``tree`` first on the path (callgrind's Ir)."""
     out = work / "callgrind.out"
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, "-c", code, *args],
-                   env=env, check=True, capture_output=True)
+    subprocess.run(
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, "-c", code, *args], env=env, check=True, capture_output=True
+    )
     for line in out.read_text().splitlines():
         if line.startswith("summary:") or line.startswith("totals:"):
             total = int(line.split()[1])
@@ -115,21 +115,30 @@ def main(argv: list[str] | None = None) -> dict:
     ratios = [n / b for n, b in zip(runs["new"], runs["base"])]
     cpu_ratios = [n / b for n, b in zip(cpu["new"], cpu["base"])]
     result = {
-        "base": args.base, "rows": args.rows, "rounds": args.rounds, "load_average": round(os.getloadavg()[0], 2),
-        "base_rows_per_s": [round(x) for x in runs["base"]], "new_rows_per_s": [round(x) for x in runs["new"]],
-        "base_median": round(statistics.median(runs["base"])), "new_median": round(statistics.median(runs["new"])),
+        "base": args.base,
+        "rows": args.rows,
+        "rounds": args.rounds,
+        "load_average": round(os.getloadavg()[0], 2),
+        "base_rows_per_s": [round(x) for x in runs["base"]],
+        "new_rows_per_s": [round(x) for x in runs["new"]],
+        "base_median": round(statistics.median(runs["base"])),
+        "new_median": round(statistics.median(runs["new"])),
         "median_ratio": round(statistics.median(ratios), 3),
-        "base_cpu_s": [round(x, 2) for x in cpu["base"]], "new_cpu_s": [round(x, 2) for x in cpu["new"]],
+        "base_cpu_s": [round(x, 2) for x in cpu["base"]],
+        "new_cpu_s": [round(x, 2) for x in cpu["new"]],
         "median_cpu_ratio": round(statistics.median(cpu_ratios), 3),
     }
     if counted:
-        result.update(base_instructions=counted["base"], new_instructions=counted["new"],
-                      instruction_ratio=round(counted["new"] / counted["base"], 3))
+        result.update(
+            base_instructions=counted["base"], new_instructions=counted["new"], instruction_ratio=round(counted["new"] / counted["base"], 3)
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"median rows/s: base {result['base_median']:,}, new {result['new_median']:,}; "
-          f"median ratio new/base {result['median_ratio']} over {args.rounds} rounds; CPU seconds new/base "
-          f"{result['median_cpu_ratio']} (load {result['load_average']})")
+    print(
+        f"median rows/s: base {result['base_median']:,}, new {result['new_median']:,}; "
+        f"median ratio new/base {result['median_ratio']} over {args.rounds} rounds; CPU seconds new/base "
+        f"{result['median_cpu_ratio']} (load {result['load_average']})"
+    )
     if counted:
         print(f"instructions new/base: {result['instruction_ratio']}")
     return result

@@ -29,7 +29,6 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from recsys.training.bench.step_times import sharded_step
 from recsys.config import ModelConfig, TrainingConfig, load_config
 from recsys.data.batch import Batch, BatchLayout, ParquetBatchReader
 from recsys.embeddings import MethodContext, build_method
@@ -37,6 +36,7 @@ from recsys.features import DatasetSpec, load_dataset_spec
 from recsys.models import build_model
 from recsys.models.train import TrainModel
 from recsys.runfolder import RunFolder
+from recsys.training.bench.step_times import sharded_step
 from recsys.training.distributed import ensure_process_group, shard
 from recsys.training.run import train_experiment
 
@@ -55,7 +55,7 @@ def _runs(args: argparse.Namespace, spec: DatasetSpec) -> list[Run]:
         options = {"density": density, "base": "unified", "base_compression": args.unified_base_compression, "update_every": args.update_every}
         nbytes = build_method("dsl", ctx, options).memory_bytes()
         runs.append((f"dsl-on-unified {args.unified_base_compression:g}x d={density:g}", "dsl", options, None))
-        runs.append((f"unified at the same bytes", "unified", {}, nbytes))
+        runs.append(("unified at the same bytes", "unified", {}, nbytes))
     return runs
 
 
@@ -111,8 +111,12 @@ def _speed(args: argparse.Namespace, spec: DatasetSpec) -> dict[str, Any]:
     mean = {k: statistics.mean(v) for k, v in times.items()}
     median = {k: statistics.median(v) for k, v in times.items()}
     return {
-        "batch": args.batch, "timed_steps": args.speed_steps, "threads": torch.get_num_threads(), "dsl_options": setups["dsl"][1],
-        "mean_step_ms": {k: 1000 * v for k, v in mean.items()}, "median_step_ms": {k: 1000 * v for k, v in median.items()},
+        "batch": args.batch,
+        "timed_steps": args.speed_steps,
+        "threads": torch.get_num_threads(),
+        "dsl_options": setups["dsl"][1],
+        "mean_step_ms": {k: 1000 * v for k, v in mean.items()},
+        "median_step_ms": {k: 1000 * v for k, v in median.items()},
         "amortised_ratio_over_full": {k: mean[k] / mean["full"] for k in setups},
         "median_ratio_over_full": {k: median[k] / median["full"] for k in setups},
     }
@@ -125,7 +129,9 @@ def _markdown(rows: list[dict[str, Any]], speed: dict[str, Any] | None) -> str:
         for r in rows
     ]
     if speed is not None:
-        lines.append(f"\nStep time (batch {speed['batch']}, {speed['timed_steps']} steps alternating, {speed['threads']} thread(s), dsl {speed['dsl_options']}):\n")
+        lines.append(
+            f"\nStep time (batch {speed['batch']}, {speed['timed_steps']} steps alternating, {speed['threads']} thread(s), dsl {speed['dsl_options']}):\n"
+        )
         lines += ["| model | mean ms | median ms | amortised ratio | median ratio |", "|---|---:|---:|---:|---:|"]
         lines += [
             f"| {k} | {speed['mean_step_ms'][k]:.1f} | {speed['median_step_ms'][k]:.1f} | {speed['amortised_ratio_over_full'][k]:.3f}× | {speed['median_ratio_over_full'][k]:.3f}× |"

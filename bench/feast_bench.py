@@ -158,20 +158,39 @@ def run(args: argparse.Namespace) -> dict:
     reqs = _requests(pool, args.rounds + args.warmup, seed=0)
     fields = artifact_fields(store)
     redis = RedisServer()
-    report: dict = {"method": args.method, "compression": args.compression, "dtype": args.dtype, "scale": args.scale,
-                    "field": args.field, "per_field": args.per_field, "rounds": args.rounds,
-                    "load_before": os.getloadavg(), "artifact_bytes": _dir_bytes(art), "vocabulary_values": sum(distinct.values())}
+    report: dict = {
+        "method": args.method,
+        "compression": args.compression,
+        "dtype": args.dtype,
+        "scale": args.scale,
+        "field": args.field,
+        "per_field": args.per_field,
+        "rounds": args.rounds,
+        "load_before": os.getloadavg(),
+        "artifact_bytes": _dir_bytes(art),
+        "vocabulary_values": sum(distinct.values()),
+    }
     try:
         repos, stores = {}, {}
         for kind in ("recsys", "sqlite", "redis"):
-            repo = init_repo(str(art.resolve()), work / f"repo-{kind}", fields, online=kind, redis=redis.connection,  # type: ignore[arg-type]
-                             poll_interval_s=0, overwrite=True)
+            repo = init_repo(
+                str(art.resolve()),
+                work / f"repo-{kind}",
+                fields,
+                online=kind,
+                redis=redis.connection,  # type: ignore[arg-type]
+                poll_interval_s=0,
+                overwrite=True,
+            )
             repos[kind], stores[kind] = repo, apply_in_process(repo)
             if kind != "recsys":
                 t = time.perf_counter()
                 m = materialize(store, repo, values, progress=False)
-                report[f"materialize_{kind}"] = {"vectors": m.total, "seconds": time.perf_counter() - t,
-                                                 "vectors_per_s": m.total / (time.perf_counter() - t)}
+                report[f"materialize_{kind}"] = {
+                    "vectors": m.total,
+                    "seconds": time.perf_counter() - t,
+                    "vectors_per_s": m.total / (time.perf_counter() - t),
+                }
         sample = reqs[512][0]
         ref = [f"{args.field}:{args.field}_embedding"]
         want = stores["recsys"].get_online_features(features=ref, entity_rows=[{args.field: v} for v in sample]).to_dict()
@@ -200,27 +219,37 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def markdown(r: dict) -> str:
-    lines = [f"Artifact: `{r['method']}` at {r['compression']}x, {r['dtype']}, {r['vocabulary_values']:,} vocabulary values "
-             f"({r['artifact_bytes'] / 2**20:.1f} MiB); sqlite and Redis hold {r['memory']['materialized_vectors']:,} of them "
-             f"(<= {r['per_field']:,} per field). Requests: n entities of field {r['field']}, {r['rounds']} rounds each. "
-             f"Load average before/after: {r['load_before'][0]:.1f} / {r['load_after'][0]:.1f}.", "",
-             "| path | store | 1: p50 / p99 ms | 64: p50 / p99 ms | 512: p50 / p99 ms |", "|---|---|---|---|---|"]
+    lines = [
+        f"Artifact: `{r['method']}` at {r['compression']}x, {r['dtype']}, {r['vocabulary_values']:,} vocabulary values "
+        f"({r['artifact_bytes'] / 2**20:.1f} MiB); sqlite and Redis hold {r['memory']['materialized_vectors']:,} of them "
+        f"(<= {r['per_field']:,} per field). Requests: n entities of field {r['field']}, {r['rounds']} rounds each. "
+        f"Load average before/after: {r['load_before'][0]:.1f} / {r['load_after'][0]:.1f}.",
+        "",
+        "| path | store | 1: p50 / p99 ms | 64: p50 / p99 ms | 512: p50 / p99 ms |",
+        "|---|---|---|---|---|",
+    ]
     for path in ("in_process", "http"):
         for kind, res in r.get(path, {}).items():
             cells = " | ".join(f"{res[n]['p50_ms']:.2f} / {res[n]['p99_ms']:.2f}" for n in SIZES)
             lines.append(f"| {path.replace('_', ' ')} | {kind} | {cells} |")
     b = r["breakdown_512"]
-    lines += ["", f"One request of 512 entities, median ms: the lookup (`Store.embeddings`) {b['lookup']:.2f}, our `online_read` "
-              f"{b['online_read']:.2f}, `get_online_features` {b['get_online_features']:.2f}, with `to_dict()` "
-              f"{b['get_online_features_to_dict']:.2f}."]
+    lines += [
+        "",
+        f"One request of 512 entities, median ms: the lookup (`Store.embeddings`) {b['lookup']:.2f}, our `online_read` "
+        f"{b['online_read']:.2f}, `get_online_features` {b['get_online_features']:.2f}, with `to_dict()` "
+        f"{b['get_online_features_to_dict']:.2f}.",
+    ]
     m = r["memory"]
-    lines += ["", f"Memory: our store's process gains {m['recsys_rss_gain_bytes'] / 2**20:.1f} MiB loading the artifact "
-              f"({m['recsys_rss_gain_bytes'] / r['artifact_bytes']:.2f}x its {r['artifact_bytes'] / 2**20:.1f} MiB) and answers "
-              f"every value; Redis used_memory {m['redis_used_memory_bytes'] / 2**20:.1f} MiB for {m['materialized_vectors']:,} "
-              f"vectors ({m['redis_used_memory_bytes'] / max(m['materialized_vectors'], 1):.0f} B each); the sqlite file "
-              f"{m['sqlite_file_bytes'] / 2**20:.1f} MiB ({m['sqlite_file_bytes'] / max(m['materialized_vectors'], 1):.0f} B each).",
-              f"Materialization: sqlite {r['materialize_sqlite']['vectors_per_s']:,.0f} vectors/s, "
-              f"Redis {r['materialize_redis']['vectors_per_s']:,.0f} vectors/s."]
+    lines += [
+        "",
+        f"Memory: our store's process gains {m['recsys_rss_gain_bytes'] / 2**20:.1f} MiB loading the artifact "
+        f"({m['recsys_rss_gain_bytes'] / r['artifact_bytes']:.2f}x its {r['artifact_bytes'] / 2**20:.1f} MiB) and answers "
+        f"every value; Redis used_memory {m['redis_used_memory_bytes'] / 2**20:.1f} MiB for {m['materialized_vectors']:,} "
+        f"vectors ({m['redis_used_memory_bytes'] / max(m['materialized_vectors'], 1):.0f} B each); the sqlite file "
+        f"{m['sqlite_file_bytes'] / 2**20:.1f} MiB ({m['sqlite_file_bytes'] / max(m['materialized_vectors'], 1):.0f} B each).",
+        f"Materialization: sqlite {r['materialize_sqlite']['vectors_per_s']:,.0f} vectors/s, "
+        f"Redis {r['materialize_redis']['vectors_per_s']:,.0f} vectors/s.",
+    ]
     return "\n".join(lines) + "\n"
 
 

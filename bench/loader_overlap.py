@@ -41,8 +41,8 @@ def _batches(reader: Any, method: Any, mode: str) -> Iterator[Batch]:
 def measure(data: Path, methods: list[str], compression: float, steps: int, rounds: int, model: str) -> dict[str, Any]:
     import torch.distributed as dist
 
-    from recsys.training.bench.step_times import sharded_step
     from recsys.training.bench.quality import Point, Sweep, SweepSettings
+    from recsys.training.bench.step_times import sharded_step
     from recsys.training.distributed import ensure_process_group
     from recsys.training.experiment import Experiment
     from recsys.training.tracking import NullTracker
@@ -74,7 +74,10 @@ def measure(data: Path, methods: list[str], compression: float, steps: int, roun
             dist.destroy_process_group()
     median = {k: statistics.median(v) for k, v in times.items()}
     return {
-        "steps_per_round": steps, "rounds": rounds, "model": model, "compression": compression,
+        "steps_per_round": steps,
+        "rounds": rounds,
+        "model": model,
+        "compression": compression,
         "ms_per_step": {f"{n}/{m}": v for (n, m), v in median.items()},
         "ratio_vs_full": {f"{n}/{m}": v / median[("full", m)] for (n, m), v in median.items()},
         "prefetch_speedup": {n: median[(n, "inline")] / median[(n, "prefetched")] for n in methods},
@@ -82,14 +85,19 @@ def measure(data: Path, methods: list[str], compression: float, steps: int, roun
 
 
 def markdown(result: dict[str, Any]) -> str:
-    lines = [f"{result['model']}, methods at {result['compression']:g}×, median of {result['rounds']} alternating rounds of "
-             f"{result['steps_per_round']} steps (wall ms per step, reading included)", "",
-             "| method | inline ms/step | prefetched ms/step | inline / full | prefetched / full | prefetch speed-up |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"{result['model']}, methods at {result['compression']:g}×, median of {result['rounds']} alternating rounds of "
+        f"{result['steps_per_round']} steps (wall ms per step, reading included)",
+        "",
+        "| method | inline ms/step | prefetched ms/step | inline / full | prefetched / full | prefetch speed-up |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     ms, ratio = result["ms_per_step"], result["ratio_vs_full"]
     for name, gain in result["prefetch_speedup"].items():
-        lines.append(f"| {name} | {ms[name + '/inline']:.1f} | {ms[name + '/prefetched']:.1f} | {ratio[name + '/inline']:.2f}× "
-                     f"| {ratio[name + '/prefetched']:.2f}× | {gain:.2f}× |")
+        lines.append(
+            f"| {name} | {ms[name + '/inline']:.1f} | {ms[name + '/prefetched']:.1f} | {ratio[name + '/inline']:.2f}× "
+            f"| {ratio[name + '/prefetched']:.2f}× | {gain:.2f}× |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -47,8 +47,14 @@ STAGES = (["supernet"], ["supernet", "search"], ["supernet", "search", "retrain"
 
 def _overrides(data: Path, method: str, options: dict[str, Any], extra: list[str]) -> list[str]:
     opts = json.dumps(options) if options else "{}"
-    return [f"data.path={data}", "training.progress=false", "tracking.enabled=false", f"embedding.method={method}",
-            f"embedding.options={opts}", *extra]
+    return [
+        f"data.path={data}",
+        "training.progress=false",
+        "tracking.enabled=false",
+        f"embedding.method={method}",
+        f"embedding.options={opts}",
+        *extra,
+    ]
 
 
 def run(data: Path, out: Path, method: str, options: dict[str, Any], extra: list[str], resume: bool = False) -> dict[str, Any]:
@@ -72,9 +78,14 @@ def _pruned_bytes(state_file: Path, names: list[str]) -> int:
 
 def _row(name: str, m: dict[str, Any], full: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {
-        "run": name, "test_auc": m["test_auc"], "test_logloss": m["test_logloss"], "bytes": m["embedding_bytes"],
-        "bytes_vs_full": m["embedding_bytes"] / full["embedding_bytes"], "auc_vs_full": m["test_auc"] - full["test_auc"],
-        "seconds": m["seconds"], **extra,
+        "run": name,
+        "test_auc": m["test_auc"],
+        "test_logloss": m["test_logloss"],
+        "bytes": m["embedding_bytes"],
+        "bytes_vs_full": m["embedding_bytes"] / full["embedding_bytes"],
+        "auc_vs_full": m["test_auc"] - full["test_auc"],
+        "seconds": m["seconds"],
+        **extra,
     }
 
 
@@ -91,8 +102,14 @@ def staged(data: Path, out: Path, options: dict[str, Any], extra: list[str], ful
             info["valid_auc"] = m["valid_auc"]
         if stage == "search":
             s = m["phases"]["search"]["search"]
-            info.update(search_seconds=s["seconds"], evaluations=s["evaluations"], cache_hits=s["cache_hits"],
-                        dims=s["dims"], sparsity=s["sparsity"], search_valid_auc=s["valid_auc"])
+            info.update(
+                search_seconds=s["seconds"],
+                evaluations=s["evaluations"],
+                cache_hits=s["cache_hits"],
+                dims=s["dims"],
+                sparsity=s["sparsity"],
+                search_valid_auc=s["valid_auc"],
+            )
         rows.append(_row(f"{label}: after {stage}" if stage != "supernet" else f"{label}: supernet alone", m, full, **info))
     return rows
 
@@ -149,21 +166,39 @@ def bench(data: Path, out: Path, options: dict[str, Any], extra: list[str], comp
             print(f"{compression:g}x budget: {exc}")
             continue
         s = m["phases"]["search"]["search"]
-        rows.append(_row(f"optembed {compression:g}x budget: after retrain", m, full, search_seconds=s["seconds"],
-                         dims=s["dims"], budget_bytes=int(full["embedding_bytes"] / compression)))
+        rows.append(
+            _row(
+                f"optembed {compression:g}x budget: after retrain",
+                m,
+                full,
+                search_seconds=s["seconds"],
+                dims=s["dims"],
+                budget_bytes=int(full["embedding_bytes"] / compression),
+            )
+        )
     return {"rows": rows, "step_time": step_times(data, extra)}
 
 
 def _markdown(results: dict[str, Any]) -> str:
     lines = []
     for dataset, res in results.items():
-        lines += [f"### {dataset}", "", "| run | test AUC | Δ AUC vs full | test logloss | bytes | bytes / full | wall s |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            f"### {dataset}",
+            "",
+            "| run | test AUC | Δ AUC vs full | test logloss | bytes | bytes / full | wall s |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for r in res["rows"]:
-            lines.append(f"| {r['run']} | {r['test_auc']:.4f} | {r['auc_vs_full']:+.4f} | {r['test_logloss']:.4f} | "
-                         f"{r['bytes']:,} | {r['bytes_vs_full']:.3f} | {r['seconds']:.0f} |")
+            lines.append(
+                f"| {r['run']} | {r['test_auc']:.4f} | {r['auc_vs_full']:+.4f} | {r['test_logloss']:.4f} | "
+                f"{r['bytes']:,} | {r['bytes_vs_full']:.3f} | {r['seconds']:.0f} |"
+            )
         st = res["step_time"]
-        lines += ["", f"step time: full {st['full_step_s'] * 1e3:.1f} ms, supernet {st['supernet_step_s'] * 1e3:.1f} ms "
-                  f"(ratio {st['ratio']:.2f})", ""]
+        lines += [
+            "",
+            f"step time: full {st['full_step_s'] * 1e3:.1f} ms, supernet {st['supernet_step_s'] * 1e3:.1f} ms (ratio {st['ratio']:.2f})",
+            "",
+        ]
     return "\n".join(lines)
 
 

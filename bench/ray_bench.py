@@ -53,18 +53,29 @@ def _scaling(data: Path, workers: int, batch: int, work: Path) -> dict[str, floa
 
     work.mkdir(parents=True, exist_ok=True)
     db = f"sqlite:///{work}/w{workers}.db"
-    cfg = load_config(ROOT / "configs/quickstart.yaml", [
-        f"data.path={data}", "training.epochs=1", f"training.batch_size={batch}", "training.progress=false",
-        "training.log_every=10", f"training.workers={workers}", f"tracking.tracking_uri={db}", "tracking.system_metrics=false",
-    ])
+    cfg = load_config(
+        ROOT / "configs/quickstart.yaml",
+        [
+            f"data.path={data}",
+            "training.epochs=1",
+            f"training.batch_size={batch}",
+            "training.progress=false",
+            "training.log_every=10",
+            f"training.workers={workers}",
+            f"tracking.tracking_uri={db}",
+            "tracking.system_metrics=false",
+        ],
+    )
     start = time.perf_counter()
     metrics = train_distributed(cfg, work / f"run{workers}")
     client = mlflow.MlflowClient(tracking_uri=db)
     (run,) = client.search_runs([client.get_experiment_by_name("quickstart").experiment_id])
     windows = [m.value for m in client.get_metric_history(run.info.run_id, "train_samples_per_s")][1:]  # first: warm-up
     return {
-        "samples_per_s": workers * statistics.median(windows), "compute_samples_per_s": workers * metrics["train_samples_per_s"],
-        "wall_s": time.perf_counter() - start, "test_auc": metrics["test_auc"],
+        "samples_per_s": workers * statistics.median(windows),
+        "compute_samples_per_s": workers * metrics["train_samples_per_s"],
+        "wall_s": time.perf_counter() - start,
+        "test_auc": metrics["test_auc"],
     }
 
 
@@ -114,11 +125,19 @@ def _input(data: Path, batch: int) -> dict[str, Any]:
     local_s = statistics.median(t for _, t in local)
     ray_s = statistics.median(t for _, t in ray_passes[1:])
     return {
-        "rows": n, "batch": batch, "in_process_epoch_s": local_s, "ray_epoch_s": ray_s, "ray_first_epoch_s": ray_passes[0][1],
-        "ray_split_s": split_s, "ray_over_in_process": ray_s / local_s,
-        "in_process_rows_per_s": n / local_s, "ray_rows_per_s": n / ray_s,
-        "in_process_reproducible": len({d for d, _ in local}) == 1, "in_process_epochs_differ": local_next != local[0][0],
-        "ray_reproducible": len({d for d, _ in ray_passes} | {ray_again}) == 1, "ray_epochs_differ": ray_next != ray_again,
+        "rows": n,
+        "batch": batch,
+        "in_process_epoch_s": local_s,
+        "ray_epoch_s": ray_s,
+        "ray_first_epoch_s": ray_passes[0][1],
+        "ray_split_s": split_s,
+        "ray_over_in_process": ray_s / local_s,
+        "in_process_rows_per_s": n / local_s,
+        "ray_rows_per_s": n / ray_s,
+        "in_process_reproducible": len({d for d, _ in local}) == 1,
+        "in_process_epochs_differ": local_next != local[0][0],
+        "ray_reproducible": len({d for d, _ in ray_passes} | {ray_again}) == 1,
+        "ray_epochs_differ": ray_next != ray_again,
     }
 
 
@@ -197,11 +216,11 @@ def _steps(data: Path, batch: int) -> tuple[Callable[[int], float], list[Any]]:
 def _mlflow(data: Path, work: Path, batch: int, log_every: int, steps: int = 300, rounds: int = 7) -> dict[str, Any]:
     """Training time with metrics logged every ``log_every`` steps against none (A/B, interleaved),
     and the cost of one call on the training thread (enqueue) and in the background sender."""
+    import torch
+
     from recsys.training.distributed import free_port
     from recsys.training.mlflow_server import LocalServer
     from recsys.training.tracking import MlflowTracker, NullTracker
-
-    import torch
 
     torch.set_num_threads(1)  # as a Ray worker with one CPU runs; also steadier on a shared machine
     step, _ = _steps(data, batch)
@@ -214,7 +233,7 @@ def _mlflow(data: Path, work: Path, batch: int, log_every: int, steps: int = 300
         times: dict[str, list[float]] = {"none": [], **{k: [] for k in uris}}
         names = list(times)
         for r in range(rounds):
-            for name in names[r % len(names):] + names[: r % len(names)]:  # rotated: no variant always runs first
+            for name in names[r % len(names) :] + names[: r % len(names)]:  # rotated: no variant always runs first
                 tracker = NullTracker() if name == "none" else MlflowTracker(TrackingConfig(tracking_uri=uris[name], experiment="bench"))
                 start = time.perf_counter()
                 enqueue = 0.0
@@ -273,8 +292,12 @@ def main() -> None:
 
         ray.shutdown()  # the idle cluster's processes would share the CPUs with the MLflow rounds
         results["collectives"] = _collectives(data, args.batch)
-        results["scaling"] = {"1_worker": one, "2_workers": two, "ratio": two["samples_per_s"] / one["samples_per_s"],
-                              "compute_ratio": two["compute_samples_per_s"] / one["compute_samples_per_s"]}
+        results["scaling"] = {
+            "1_worker": one,
+            "2_workers": two,
+            "ratio": two["samples_per_s"] / one["samples_per_s"],
+            "compute_ratio": two["compute_samples_per_s"] / one["compute_samples_per_s"],
+        }
         results["mlflow"] = _mlflow(data, work, args.batch, args.log_every)
         results["load"]["end"] = _load()
     (OUT / "ray_bench.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -294,46 +317,46 @@ def report(r: dict[str, Any]) -> str:
     loads = ", ".join(f"{k}: {' / '.join(map(str, v))}" for k, v in r["load"].items())
     return f"""# Ray Train benchmark (`python -m bench.ray_bench`)
 
-{r['cpus']} CPUs, synthetic `small` profile, {r['rows']:,} rows, {r['batch_per_worker']} rows per worker step.
+{r["cpus"]} CPUs, synthetic `small` profile, {r["rows"]:,} rows, {r["batch_per_worker"]} rows per worker step.
 Load average (1 / 5 / 15 min) {loads}.
 
 ## Scaling: DLRM-full, 1 epoch, 1 vs 2 Ray Train workers
 
 | workers | samples/s (wall, input included) | samples/s (compute only) | run wall s | test AUC |
 |---|---:|---:|---:|---:|
-| 1 | {one['samples_per_s']:,.0f} | {one['compute_samples_per_s']:,.0f} | {one['wall_s']:.1f} | {one['test_auc']:.4f} |
-| 2 | {two['samples_per_s']:,.0f} | {two['compute_samples_per_s']:,.0f} | {two['wall_s']:.1f} | {two['test_auc']:.4f} |
+| 1 | {one["samples_per_s"]:,.0f} | {one["compute_samples_per_s"]:,.0f} | {one["wall_s"]:.1f} | {one["test_auc"]:.4f} |
+| 2 | {two["samples_per_s"]:,.0f} | {two["compute_samples_per_s"]:,.0f} | {two["wall_s"]:.1f} | {two["test_auc"]:.4f} |
 
-Best of {len(one['all_samples_per_s'])} alternated runs each; all runs (wall samples/s): 1 worker
-{', '.join(f'{x:,.0f}' for x in one['all_samples_per_s'])}; 2 workers {', '.join(f'{x:,.0f}' for x in two['all_samples_per_s'])}.
+Best of {len(one["all_samples_per_s"])} alternated runs each; all runs (wall samples/s): 1 worker
+{", ".join(f"{x:,.0f}" for x in one["all_samples_per_s"])}; 2 workers {", ".join(f"{x:,.0f}" for x in two["all_samples_per_s"])}.
 
-Scaling ratio 1→2 workers: **{sc['ratio']:.2f}×** wall (target ≥ 1.6×), {sc['compute_ratio']:.2f}× compute only.
-Step time (compute only, per worker): 1 worker {1000 * r['batch_per_worker'] / one['compute_samples_per_s']:.1f} ms, 2 workers
-{1000 * 2 * r['batch_per_worker'] / two['compute_samples_per_s']:.1f} ms, of which the gloo collectives of a step alone (same sizes, no
-compute: input and output all-to-alls, dense all-reduce of {r['collectives']['dense_params']:,} parameters) take
-{r['collectives']['ms_per_step']:.2f} ms; the rest is the two workers, their input, the driver and Ray's own processes
-sharing {r['cpus']} cores (one worker leaves a core to the rest), in lockstep: a descheduled rank stalls both.
+Scaling ratio 1→2 workers: **{sc["ratio"]:.2f}×** wall (target ≥ 1.6×), {sc["compute_ratio"]:.2f}× compute only.
+Step time (compute only, per worker): 1 worker {1000 * r["batch_per_worker"] / one["compute_samples_per_s"]:.1f} ms, 2 workers
+{1000 * 2 * r["batch_per_worker"] / two["compute_samples_per_s"]:.1f} ms, of which the gloo collectives of a step alone (same sizes, no
+compute: input and output all-to-alls, dense all-reduce of {r["collectives"]["dense_params"]:,} parameters) take
+{r["collectives"]["ms_per_step"]:.2f} ms; the rest is the two workers, their input, the driver and Ray's own processes
+sharing {r["cpus"]} cores (one worker leaves a core to the rest), in lockstep: a descheduled rank stalls both.
 
-## Input: one epoch of the train split ({i['rows']:,} rows, batches of {i['batch']}), shuffled, seed 0
+## Input: one epoch of the train split ({i["rows"]:,} rows, batches of {i["batch"]}), shuffled, seed 0
 
 | path | epoch s | rows/s |
 |---|---:|---:|
-| in-process `ParquetBatchReader` | {i['in_process_epoch_s']:.2f} | {i['in_process_rows_per_s']:,.0f} |
-| Ray Train rank `plan_split` → `ShardReader` | {i['ray_epoch_s']:.2f} | {i['ray_rows_per_s']:,.0f} |
+| in-process `ParquetBatchReader` | {i["in_process_epoch_s"]:.2f} | {i["in_process_rows_per_s"]:,.0f} |
+| Ray Train rank `plan_split` → `ShardReader` | {i["ray_epoch_s"]:.2f} | {i["ray_rows_per_s"]:,.0f} |
 
-Ray Train shard / in-process epoch time: **{i['ray_over_in_process']:.2f}×** (must stay under 3×); first shard epoch
-{i['ray_first_epoch_s']:.2f} s, plan (Parquet footers) {i['ray_split_s']:.2f} s once per run.
-Same seed → same batches: in-process {i['in_process_reproducible']}, Ray {i['ray_reproducible']};
-epoch 1 differs from epoch 0: in-process {i['in_process_epochs_differ']}, Ray {i['ray_epochs_differ']}.
+Ray Train shard / in-process epoch time: **{i["ray_over_in_process"]:.2f}×** (must stay under 3×); first shard epoch
+{i["ray_first_epoch_s"]:.2f} s, plan (Parquet footers) {i["ray_split_s"]:.2f} s once per run.
+Same seed → same batches: in-process {i["in_process_reproducible"]}, Ray {i["ray_reproducible"]};
+epoch 1 differs from epoch 0: in-process {i["in_process_epochs_differ"]}, Ray {i["ray_epochs_differ"]}.
 
-## MLflow logging overhead (in-process DMP steps, metrics every {m['log_every']} steps, {m['steps']} steps × {m['rounds']} rounds, order rotated)
+## MLflow logging overhead (in-process DMP steps, metrics every {m["log_every"]} steps, {m["steps"]} steps × {m["rounds"]} rounds, order rotated)
 
-Step time without tracking {m['step_ms']:.2f} ms, one torch thread (round-to-round spread {m['round_spread_pct']:.1f}%).
+Step time without tracking {m["step_ms"]:.2f} ms, one torch thread (round-to-round spread {m["round_spread_pct"]:.1f}%).
 
 | store | slowdown of training %: median rounds / fastest rounds | training-thread cost per call ms (% of step time) | synchronous call ms (% if it blocked) |
 |---|---:|---:|---:|
-| embedded sqlite | {m['sqlite_overhead_pct']:.2f} / {m['sqlite_min_overhead_pct']:.2f} | {m['sqlite_enqueue_ms']:.3f} ({m['sqlite_enqueue_pct']:.3f}%) | {m['sqlite_send_ms']:.1f} ({m['sqlite_sync_overhead_pct']:.2f}%) |
-| `mlflow server` on 127.0.0.1 | {m['server_overhead_pct']:.2f} / {m['server_min_overhead_pct']:.2f} | {m['server_enqueue_ms']:.3f} ({m['server_enqueue_pct']:.3f}%) | {m['server_send_ms']:.1f} ({m['server_sync_overhead_pct']:.2f}%) |
+| embedded sqlite | {m["sqlite_overhead_pct"]:.2f} / {m["sqlite_min_overhead_pct"]:.2f} | {m["sqlite_enqueue_ms"]:.3f} ({m["sqlite_enqueue_pct"]:.3f}%) | {m["sqlite_send_ms"]:.1f} ({m["sqlite_sync_overhead_pct"]:.2f}%) |
+| `mlflow server` on 127.0.0.1 | {m["server_overhead_pct"]:.2f} / {m["server_min_overhead_pct"]:.2f} | {m["server_enqueue_ms"]:.3f} ({m["server_enqueue_pct"]:.3f}%) | {m["server_send_ms"]:.1f} ({m["server_sync_overhead_pct"]:.2f}%) |
 """
 
 

@@ -47,7 +47,9 @@ def start_s3() -> subprocess.Popen:
     import pyarrow.fs as pafs
 
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     endpoint = f"http://127.0.0.1:{port}"
     os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
     for _ in range(300):
@@ -112,8 +114,15 @@ def _measure(name: str, read: Callable[[], tuple[int, int]], exclude: set[int], 
         start = time.perf_counter()
         rows, nbytes = read()
         seconds = time.perf_counter() - start
-    return {"name": name, "rows": rows, "arrow_mb": nbytes / 2**20, "seconds": seconds, "pss_before_mb": base / 2**20,
-            "peak_pss_mb": mem.peak / 2**20, "spilled_mb": _spilled(session_dir) / 2**20}
+    return {
+        "name": name,
+        "rows": rows,
+        "arrow_mb": nbytes / 2**20,
+        "seconds": seconds,
+        "pss_before_mb": base / 2**20,
+        "peak_pss_mb": mem.peak / 2**20,
+        "spilled_mb": _spilled(session_dir) / 2**20,
+    }
 
 
 def run(rows: int, object_store_mb: int) -> dict[str, Any]:
@@ -132,8 +141,12 @@ def run(rows: int, object_store_mb: int) -> dict[str, Any]:
         assert main(["data", "synth", "--out", uri, "--rows", str(rows), "--profile", "criteo", "--seed", "0"]) == 0
         parquet_mb = sum(len((StoragePath(uri) / f).read_bytes()) for f in load_dataset_spec(uri).splits["train"].files) / 2**20
         spill = tempfile.mkdtemp(prefix="recsys-spill-")
-        ray.init(num_cpus=2, object_store_memory=object_store_mb << 20, include_dashboard=False,
-                 _system_config={"object_spilling_config": json.dumps({"type": "filesystem", "params": {"directory_path": spill}})})
+        ray.init(
+            num_cpus=2,
+            object_store_memory=object_store_mb << 20,
+            include_dashboard=False,
+            _system_config={"object_spilling_config": json.dumps({"type": "filesystem", "params": {"directory_path": spill}})},
+        )
         ray.data.DataContext.get_current().enable_progress_bars = False
         spec = load_dataset_spec(uri)
         layout = BatchLayout.from_spec(spec, "index")
@@ -158,8 +171,15 @@ def run(rows: int, object_store_mb: int) -> dict[str, Any]:
             return n, b
 
         results = [_measure("stream", stream, exclude, spill), _measure("shards", shards, exclude, spill)]
-        return {"rows": rows, "train_rows": spec.splits["train"].rows, "train_parquet_mb": parquet_mb, "object_store_mb": object_store_mb,
-                "cpus": os.cpu_count(), "load_avg": os.getloadavg(), "results": results}
+        return {
+            "rows": rows,
+            "train_rows": spec.splits["train"].rows,
+            "train_parquet_mb": parquet_mb,
+            "object_store_mb": object_store_mb,
+            "cpus": os.cpu_count(),
+            "load_avg": os.getloadavg(),
+            "results": results,
+        }
     finally:
         ray.shutdown()
         s3.terminate()
@@ -175,7 +195,9 @@ def _markdown(report: dict[str, Any]) -> str:
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["results"]:
-        lines.append(f"| {r['name']} | {r['rows']:,} | {r['arrow_mb']:.0f} | {r['peak_pss_mb']:.0f} | {r['pss_before_mb']:.0f} | {r['spilled_mb']:.0f} | {r['seconds']:.1f} |")
+        lines.append(
+            f"| {r['name']} | {r['rows']:,} | {r['arrow_mb']:.0f} | {r['peak_pss_mb']:.0f} | {r['pss_before_mb']:.0f} | {r['spilled_mb']:.0f} | {r['seconds']:.1f} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -58,15 +58,25 @@ def quality(out: Path) -> list[dict]:
     from recsys.config import load_config
     from recsys.data.synthetic import generate
     from recsys.metrics import auc
-    from tests.serving_support import test_batches
     from recsys.training.run import train_experiment
+    from tests.serving_support import test_batches
 
     data = out / "quality-data"
     generate(data, rows=120_000, profile="small", seed=11, progress=False, overwrite=True)
     rows = []
     for method, extra in (("full", []), ("hash", ["embedding.compression=10"])):
-        cfg = load_config(ROOT / "configs/quickstart.yaml", [f"data.path={data}", f"embedding.method={method}", "tracking.enabled=false",
-                                                            "training.epochs=1", "training.batch_size=1024", "training.progress=false", *extra])
+        cfg = load_config(
+            ROOT / "configs/quickstart.yaml",
+            [
+                f"data.path={data}",
+                f"embedding.method={method}",
+                "tracking.enabled=false",
+                "training.epochs=1",
+                "training.batch_size=1024",
+                "training.progress=false",
+                *extra,
+            ],
+        )
         run = out / f"quality-{method}"
         train_experiment(cfg, run)
         base = None
@@ -78,8 +88,15 @@ def quality(out: Path) -> list[dict]:
             scores = np.concatenate([store.score_batch(b.dense_features, b.sparse_features) for b in batches])
             value = auc(np.concatenate([b.labels.numpy() for b in batches]), scores)
             base = value if base is None else base
-            rows.append({"method": method, "dtype": dtype, "test_auc": value, "delta_auc": value - base,
-                         "embedding_bytes": (art / "embedding.safetensors").stat().st_size})
+            rows.append(
+                {
+                    "method": method,
+                    "dtype": dtype,
+                    "test_auc": value,
+                    "delta_auc": value - base,
+                    "embedding_bytes": (art / "embedding.safetensors").stat().st_size,
+                }
+            )
     return rows
 
 
@@ -93,8 +110,9 @@ def _rate(fn, seconds: float = 2.0) -> float:
 
 
 def in_process(stores: dict[str, Store], pool: list[tuple[str, str]]) -> list[dict]:
-    from recsys.export.tables import quantize_tables
     from torchrec.quant.embedding_modules import EmbeddingBagCollection as QEBC
+
+    from recsys.export.tables import quantize_tables
 
     rows = []
     for dtype, store in stores.items():
@@ -109,8 +127,17 @@ def in_process(stores: dict[str, Store], pool: list[tuple[str, str]]) -> list[di
                 full = _rate(lambda: store.embeddings(pairs))
                 method = _rate(lambda: store.pooled(kjt))
                 raw = _rate(lambda: tbe(indices, offsets))
-            rows.append({"dtype": dtype, "ids": n, "store_lookups_per_s": full * n, "method_lookups_per_s": method * n,
-                         "raw_tbe_lookups_per_s": raw * n, "store_vs_raw": full / raw, "method_vs_raw": method / raw})
+            rows.append(
+                {
+                    "dtype": dtype,
+                    "ids": n,
+                    "store_lookups_per_s": full * n,
+                    "method_lookups_per_s": method * n,
+                    "raw_tbe_lookups_per_s": raw * n,
+                    "store_vs_raw": full / raw,
+                    "method_vs_raw": method / raw,
+                }
+            )
     return rows
 
 
@@ -142,9 +169,16 @@ def memory(artifacts: dict[str, Path]) -> list[dict]:
         out = subprocess.run([sys.executable, "-c", RSS_PROBE, str(art)], cwd=ROOT, capture_output=True, text=True, check=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
         size = _size(art)
-        rows.append({"dtype": dtype, "artifact_bytes": size, **r, "process_peak_over_artifact": r["peak_rss"] / size,
-                     "load_peak_over_artifact": (r["peak_rss"] - r["baseline_rss"]) / size,
-                     "resident_over_artifact": (r["rss_after_load"] - r["baseline_rss"]) / size})
+        rows.append(
+            {
+                "dtype": dtype,
+                "artifact_bytes": size,
+                **r,
+                "process_peak_over_artifact": r["peak_rss"] / size,
+                "load_peak_over_artifact": (r["peak_rss"] - r["baseline_rss"]) / size,
+                "resident_over_artifact": (r["rss_after_load"] - r["baseline_rss"]) / size,
+            }
+        )
     return rows
 
 
@@ -162,9 +196,30 @@ def _wait(url: str, proc: subprocess.Popen, what: str) -> None:
 
 
 def _start_server(art: Path, port: int, workers: int) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "recsys.cli", "serve", "--model", str(art), "--port", str(port), "--poll-interval", "0",
-                             "--max-items", "4096", "--log-level", "warning", "--workers", str(workers)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "recsys.cli",
+            "serve",
+            "--model",
+            str(art),
+            "--port",
+            str(port),
+            "--poll-interval",
+            "0",
+            "--max-items",
+            "4096",
+            "--log-level",
+            "warning",
+            "--workers",
+            str(workers),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _rss(pid: int) -> dict[str, int]:
@@ -180,24 +235,44 @@ def _rss(pid: int) -> dict[str, int]:
 
 
 def _load(target: str, port: int, keys: Path, ids: int, concurrency: int, duration: float, *extra: str) -> dict:
-    cmd = [sys.executable, "-m", "bench.serving_load", "--target", target, "--port", str(port), "--keys", str(keys),
-           "--ids", str(ids), "--concurrency", str(concurrency), "--duration", str(duration), *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.serving_load",
+        "--target",
+        target,
+        "--port",
+        str(port),
+        "--keys",
+        str(keys),
+        "--ids",
+        str(ids),
+        "--concurrency",
+        str(concurrency),
+        "--duration",
+        str(duration),
+        *extra,
+    ]
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
     row = json.loads(res.stdout.strip().splitlines()[-1])
     print(json.dumps(row), flush=True)
     return row
 
 
-def http_vs_redis(art: Path, store: Store, pool: list[tuple[str, str]], out: Path, duration: float,
-                  workers: list[int], sizes: list[int]) -> tuple[list[dict], dict]:
+def http_vs_redis(
+    art: Path, store: Store, pool: list[tuple[str, str]], out: Path, duration: float, workers: list[int], sizes: list[int]
+) -> tuple[list[dict], dict]:
     """Each load generator run is its own process (``bench.serving_load``); HTTP and Redis rows alternate."""
     import redis
 
     keys = out / "keys.json"
     keys.write_text(json.dumps(pool))
     redis_port = _port()
-    rserver = subprocess.Popen([shutil.which("redis-server") or "redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-                                "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rserver = subprocess.Popen(
+        [shutil.which("redis-server") or "redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     rows: list[dict] = []
     memory: dict = {"artifact_bytes": _size(art)}
     try:
@@ -214,13 +289,15 @@ def http_vs_redis(art: Path, store: Store, pool: list[tuple[str, str]], out: Pat
                 _wait(f"http://127.0.0.1:{http_port}/readyz", server, "recsys serve")
                 tag = {"workers": n_workers}
                 for ids in sizes:
-                    for concurrency in ((1, 8) if n_workers == 1 else (8,)):
+                    for concurrency in (1, 8) if n_workers == 1 else (8,):
                         for target, port, extra in (("http", http_port, []), ("http", http_port, ["--binary"]), ("redis", redis_port, [])):
                             if target == "redis" and n_workers != workers[0]:
                                 continue
                             rows.append({**_load(target, port, keys, ids, concurrency, duration, *extra), **tag})
                 # moderate load: open loop at a quarter and half of the binary endpoint's closed-loop peak for 64 ids, the same rate for Redis
-                peak = max((r["requests_per_s"] for r in rows if r["target"] == "http-binary" and r["ids"] == 64 and r["workers"] == n_workers), default=0)
+                peak = max(
+                    (r["requests_per_s"] for r in rows if r["target"] == "http-binary" and r["ids"] == 64 and r["workers"] == n_workers), default=0
+                )
                 for fraction in (0.25, 0.5) if peak else ():
                     rate = f"{fraction * peak:.0f}"
                     for target, port, extra in (("http", http_port, []), ("http", http_port, ["--binary"]), ("redis", redis_port, [])):
@@ -241,11 +318,17 @@ def http_vs_redis(art: Path, store: Store, pool: list[tuple[str, str]], out: Pat
 
 def http_markdown(rows: list[dict], load_before: str, load_after: str) -> str:
     """The HTTP vs Redis rows as a Markdown table."""
-    lines = [f"Load average (1/5/15 min) before / after: {load_before} / {load_after}", "",
-             "| workers | target | ids | load | conns | vectors/s | p50 ms | p99 ms | errors |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Load average (1/5/15 min) before / after: {load_before} / {load_after}",
+        "",
+        "| workers | target | ids | load | conns | vectors/s | p50 ms | p99 ms | errors |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['workers']} | {r['target']} | {r['ids']} | {r['load']} | {r['concurrency']} | {r['vectors_per_s']:,.0f} | "
-                     f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} |")
+        lines.append(
+            f"| {r['workers']} | {r['target']} | {r['ids']} | {r['load']} | {r['concurrency']} | {r['vectors_per_s']:,.0f} | "
+            f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -292,7 +375,14 @@ def main() -> None:
         print(json.dumps(results["memory"], indent=1), flush=True)
     results["load_before"] = _uptime()
     results["http_vs_redis"], results["server_memory"] = http_vs_redis(
-        artifacts["int8"], stores["int8"], pool, out, args.duration, [int(w) for w in args.workers.split(",")], [int(n) for n in args.sizes.split(",")])
+        artifacts["int8"],
+        stores["int8"],
+        pool,
+        out,
+        args.duration,
+        [int(w) for w in args.workers.split(",")],
+        [int(n) for n in args.sizes.split(",")],
+    )
     results["load_after"] = _uptime()
     print("load average before/after the HTTP runs:", results["load_before"], "/", results["load_after"])
     (out / "http.md").write_text(http_markdown(results["http_vs_redis"], results["load_before"], results["load_after"]))
@@ -307,8 +397,17 @@ def _quick(out: Path, spec, art: Path, args: argparse.Namespace) -> None:
     if not (art / "manifest.json").exists():
         export_run(fake_run(out / "criteo-data", out / "criteo-run"), art, dtype="int8", overwrite=True)
     store = Store.open(art)
-    result = fair(art, store, key_pool(spec, 50_000), out, args.duration or 3.0, args.rounds, [int(n) for n in args.sizes.split(",")], _port,
-                  tuple(args.fronts.split(",")))
+    result = fair(
+        art,
+        store,
+        key_pool(spec, 50_000),
+        out,
+        args.duration or 3.0,
+        args.rounds,
+        [int(n) for n in args.sizes.split(",")],
+        _port,
+        tuple(args.fronts.split(",")),
+    )
     (out / "fair.json").write_text(json.dumps(result, indent=2) + "\n")
     text = markdown(result)
     (out / "fair.md").write_text(text)

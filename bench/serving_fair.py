@@ -43,15 +43,54 @@ def _pinned(core: int, cmd: list[str]) -> list[str]:
 
 
 def _load(target: str, port: int, keys: Path, ids: int, concurrency: int, duration: float, *extra: str) -> dict:
-    cmd = _pinned(CLIENT_CORE, [sys.executable, "-m", "bench.serving_load", "--target", target, "--port", str(port), "--keys", str(keys),
-                                "--ids", str(ids), "--concurrency", str(concurrency), "--duration", str(duration), "--warmup", "0.5", *extra])
+    cmd = _pinned(
+        CLIENT_CORE,
+        [
+            sys.executable,
+            "-m",
+            "bench.serving_load",
+            "--target",
+            target,
+            "--port",
+            str(port),
+            "--keys",
+            str(keys),
+            "--ids",
+            str(ids),
+            "--concurrency",
+            str(concurrency),
+            "--duration",
+            str(duration),
+            "--warmup",
+            "0.5",
+            *extra,
+        ],
+    )
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 def _start_front(art: Path, port: int, front: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "recsys.cli", "serve", "--model", str(art), "--port", str(port), "--poll-interval", "0",
-           "--max-items", "4096", "--log-level", "warning", "--workers", "1", "--server", front]
+    cmd = [
+        sys.executable,
+        "-m",
+        "recsys.cli",
+        "serve",
+        "--model",
+        str(art),
+        "--port",
+        str(port),
+        "--poll-interval",
+        "0",
+        "--max-items",
+        "4096",
+        "--log-level",
+        "warning",
+        "--workers",
+        "1",
+        "--server",
+        front,
+    ]
     return subprocess.Popen(_pinned(SERVER_CORE, cmd), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -127,8 +166,17 @@ def bulk_in_process(store: Store, pool: list[tuple[str, str]], redis_port: int, 
     return {"ids": n, "bulk_api_vectors_per_s": ours, "redis_py_mget_vectors_per_s": theirs, "ratio": ours / theirs}
 
 
-def fair(art: Path, store: Store, pool: list[tuple[str, str]], out: Path, duration: float, rounds: int,
-         sizes: list[int], port_of, fronts: tuple[str, ...] = FRONTS) -> dict:
+def fair(
+    art: Path,
+    store: Store,
+    pool: list[tuple[str, str]],
+    out: Path,
+    duration: float,
+    rounds: int,
+    sizes: list[int],
+    port_of,
+    fronts: tuple[str, ...] = FRONTS,
+) -> dict:
     """The pinned, alternating HTTP/Redis comparison of ``fronts``; ``port_of()`` gives a free port."""
     import redis
 
@@ -159,7 +207,7 @@ def fair(art: Path, store: Store, pool: list[tuple[str, str]], out: Path, durati
         load_before = open("/proc/loadavg").read().strip()
         for r in range(rounds):
             for ids in sizes:
-                order = targets[r % len(targets):] + targets[: r % len(targets)]  # rotate who goes first
+                order = targets[r % len(targets) :] + targets[: r % len(targets)]  # rotate who goes first
                 for name, target, port, extra in order:
                     row = _measured(procs[name][0].pid, target, port, keys, ids, 8, duration, *extra)
                     runs.setdefault((name, ids), []).append(row)
@@ -174,8 +222,16 @@ def fair(art: Path, store: Store, pool: list[tuple[str, str]], out: Path, durati
                 print(json.dumps({"moderate": name, **row}), flush=True)
         bulk = _pinned_bulk(store, pool, redis_port)
         load_after = open("/proc/loadavg").read().strip()
-        return {"peak": [p for rows in peak.values() for p in rows], "moderate": moderate, "bulk": bulk, "fronts": list(fronts),
-                "load_before": load_before, "load_after": load_after, "rounds": rounds, "duration_s": duration}
+        return {
+            "peak": [p for rows in peak.values() for p in rows],
+            "moderate": moderate,
+            "bulk": bulk,
+            "fronts": list(fronts),
+            "load_before": load_before,
+            "load_after": load_after,
+            "rounds": rounds,
+            "duration_s": duration,
+        }
     finally:
         for proc, _ in procs.values():
             proc.terminate()
@@ -196,21 +252,35 @@ def _pinned_bulk(store: Store, pool: list[tuple[str, str]], redis_port: int) -> 
 
 def markdown(result: dict) -> str:
     """Tables of ``fair``'s result, and the closing ratio line."""
-    lines = [f"Load average before / after: {result['load_before']} / {result['load_after']}; medians of {result['rounds']} "
-             f"alternating runs of {result['duration_s']:g} s, 8 connections, server on core {SERVER_CORE}, load generator on core {CLIENT_CORE}", "",
-             "| target | ids | vectors/s per server core | requests/s | p50 ms | p99 ms | server CPU µs/request | vectors per server CPU-second | errors |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"Load average before / after: {result['load_before']} / {result['load_after']}; medians of {result['rounds']} "
+        f"alternating runs of {result['duration_s']:g} s, 8 connections, server on core {SERVER_CORE}, load generator on core {CLIENT_CORE}",
+        "",
+        "| target | ids | vectors/s per server core | requests/s | p50 ms | p99 ms | server CPU µs/request | vectors per server CPU-second | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for p in result["peak"]:
         cpu = p["server_cpu_us_per_request"]
-        lines.append(f"| {p['name']} | {p['ids']} | {p['vectors_per_s']:,.0f} | {p['requests_per_s']:,.0f} | {p['p50_ms']:.2f} | {p['p99_ms']:.2f} | "
-                     f"{cpu:,.0f} | {p['ids'] * 1e6 / cpu:,.0f} | {p['errors']} |")
+        lines.append(
+            f"| {p['name']} | {p['ids']} | {p['vectors_per_s']:,.0f} | {p['requests_per_s']:,.0f} | {p['p50_ms']:.2f} | {p['p99_ms']:.2f} | "
+            f"{cpu:,.0f} | {p['ids'] * 1e6 / cpu:,.0f} | {p['errors']} |"
+        )
     if result["moderate"]:
-        lines += ["", "Moderate load (open loop, Poisson, a quarter of each target's peak), 64 ids:", "",
-                  "| target | requests/s | p50 ms | p99 ms |", "|---|---:|---:|---:|"]
+        lines += [
+            "",
+            "Moderate load (open loop, Poisson, a quarter of each target's peak), 64 ids:",
+            "",
+            "| target | requests/s | p50 ms | p99 ms |",
+            "|---|---:|---:|---:|",
+        ]
         lines += [f"| {m['name']} | {m['rate']:,.0f} | {m['p50_ms']:.2f} | {m['p99_ms']:.2f} |" for m in result["moderate"]]
     b = result["bulk"]
-    lines += ["", f"In-process bulk API (`Store.lookup_blocks`, {b['ids']} ids): {b['bulk_api_vectors_per_s']:,.0f} vectors/s; "
-              f"redis-py `mget` of the same keys: {b['redis_py_mget_vectors_per_s']:,.0f} vectors/s ({b['ratio']:.1f}×)", ""]
+    lines += [
+        "",
+        f"In-process bulk API (`Store.lookup_blocks`, {b['ids']} ids): {b['bulk_api_vectors_per_s']:,.0f} vectors/s; "
+        f"redis-py `mget` of the same keys: {b['redis_py_mget_vectors_per_s']:,.0f} vectors/s ({b['ratio']:.1f}×)",
+        "",
+    ]
     cpu = {(p["name"], p["ids"]): p["server_cpu_us_per_request"] for p in result["peak"]}
     if ("redis", 512) in cpu:
         best = min(cpu.get((f, 512), float("inf")) for f in result.get("fronts", FRONTS))

@@ -44,10 +44,13 @@ def fake_dataset(out: Path, scale: float = 0.5) -> DatasetSpec:
 
 def fake_run(data: Path, out: Path, method: str = "full", options: dict | None = None, compression: float | None = None) -> Path:
     """A run folder with randomly initialised weights for ``method`` over ``data``."""
-    cfg = ExperimentConfig.model_validate({
-        "data": {"path": str(data)}, "embedding": {"method": method, "options": options or {}, "compression": compression},
-        "tracking": {"enabled": False},
-    })
+    cfg = ExperimentConfig.model_validate(
+        {
+            "data": {"path": str(data)},
+            "embedding": {"method": method, "options": options or {}, "compression": compression},
+            "tracking": {"enabled": False},
+        }
+    )
     spec = DatasetSpec.model_validate_json((data / "dataset.json").read_text())
     torch.manual_seed(0)
     parts = Assembly.of(cfg, spec)

@@ -64,9 +64,18 @@ class RawHttp:
         ctype = b"application/vnd.recsys.ids.v1" if ids else b"application/json"
         self.requests = []
         for batch in batches:
-            body = ids_body(batch) if ids else json.dumps({"items": [{"feature": f, "value": v} for f, v, *_ in batch]}, separators=(",", ":")).encode()
-            head = (b"POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: " + ctype + b"\r\nAccept: " + accept
-                    + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+            body = (
+                ids_body(batch) if ids else json.dumps({"items": [{"feature": f, "value": v} for f, v, *_ in batch]}, separators=(",", ":")).encode()
+            )
+            head = (
+                b"POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+                + ctype
+                + b"\r\nAccept: "
+                + accept
+                + b"\r\nContent-Length: "
+                + str(len(body)).encode()
+                + b"\r\n\r\n"
+            )
             self.requests.append(head + body)
 
     async def open(self) -> None:
@@ -228,11 +237,18 @@ async def _run(args: argparse.Namespace) -> dict:
         await c.close()
     ms = np.array(lat) * 1e3
     return {
-        "target": args.target + ("-ids" if args.ids_format else "-binary" if args.binary else "") + ("" if args.client == "raw" else "-lib"), "ids": args.ids,
-        "load": f"open {args.rate:g}/s" if args.rate else "closed", "concurrency": args.concurrency,
-        "requests": len(lat), "warmup_requests": len(warm), "errors": len(errors), "requests_per_s": len(lat) / elapsed,
-        "vectors_per_s": (len(lat) - len(errors)) * args.ids / elapsed, "p50_ms": float(np.percentile(ms, 50)),
-        "p99_ms": float(np.percentile(ms, 99)), "max_ms": float(ms.max()),
+        "target": args.target + ("-ids" if args.ids_format else "-binary" if args.binary else "") + ("" if args.client == "raw" else "-lib"),
+        "ids": args.ids,
+        "load": f"open {args.rate:g}/s" if args.rate else "closed",
+        "concurrency": args.concurrency,
+        "requests": len(lat),
+        "warmup_requests": len(warm),
+        "errors": len(errors),
+        "requests_per_s": len(lat) / elapsed,
+        "vectors_per_s": (len(lat) - len(errors)) * args.ids / elapsed,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "max_ms": float(ms.max()),
     }
 
 

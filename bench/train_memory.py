@@ -36,8 +36,14 @@ from bench.s3_stream import BUCKET, start_s3
 ROOT = Path(__file__).resolve().parent.parent
 OUT = Path("bench_out")
 TRAIN = [
-    "training.epochs=1", "training.batch_size=4096", "training.eval_batch_size=8192", "training.progress=false",
-    "data.max_eval_rows=20000", "embedding.method=hash", "embedding.compression=100", "tracking.enabled=false",
+    "training.epochs=1",
+    "training.batch_size=4096",
+    "training.eval_batch_size=8192",
+    "training.progress=false",
+    "data.max_eval_rows=20000",
+    "embedding.method=hash",
+    "embedding.compression=100",
+    "tracking.enabled=false",
 ]
 
 
@@ -165,15 +171,43 @@ def _run(name: str, code: Path, data: str, object_store_mb: int, index: int) -> 
     address = f"127.0.0.1:{port}"
     temp = tempfile.mkdtemp(prefix="raymem-", dir="/tmp")
     head = subprocess.Popen(
-        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--disable-usage-stats", f"--port={port}", "--num-cpus=3",
-         f"--object-store-memory={object_store_mb << 20}", f"--temp-dir={temp}", "--include-dashboard=false"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            str(Path(sys.executable).parent / "ray"),
+            "start",
+            "--head",
+            "--block",
+            "--disable-usage-stats",
+            f"--port={port}",
+            "--num-cpus=3",
+            f"--object-store-memory={object_store_mb << 20}",
+            f"--temp-dir={temp}",
+            "--include-dashboard=false",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     out = f"s3://{BUCKET}/runs/{name}-{index}"
     try:
         time.sleep(5)
-        cmd = [sys.executable, "-m", "recsys.cli", "train", "--config", "quickstart", "--workers", "2", "--address", address, "--out", out,
-               "--set", f"data.path={data}", *[a for kv in TRAIN for a in ("--set", kv)]]
+        cmd = [
+            sys.executable,
+            "-m",
+            "recsys.cli",
+            "train",
+            "--config",
+            "quickstart",
+            "--workers",
+            "2",
+            "--address",
+            address,
+            "--out",
+            out,
+            "--set",
+            f"data.path={data}",
+            *[a for kv in TRAIN for a in ("--set", kv)],
+        ]
         start = time.perf_counter()
         driver = subprocess.Popen(cmd, cwd=code, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         with Sampler([head.pid, driver.pid], address, temp) as sampler:
@@ -185,10 +219,18 @@ def _run(name: str, code: Path, data: str, object_store_mb: int, index: int) -> 
     finally:
         _stop_tree(head)
         shutil.rmtree(temp, ignore_errors=True)
-    return {"code": name, "seconds": seconds, "test_auc": metrics["test_auc"], "peak_pss_mb": sampler.peak_pss / 2**20,
-            "peak_worker_rss_mb": sampler.peak_worker_rss / 2**20, "peak_object_store_mb": sampler.peak_store / 2**20,
-            "spilled_mb": sampler.spilled / 2**20, "peak_spill_dir_mb": sampler.peak_spill_dir / 2**20,
-            "store_sampler_errors": sampler.store_errors[:3], "load_avg": os.getloadavg()[0]}
+    return {
+        "code": name,
+        "seconds": seconds,
+        "test_auc": metrics["test_auc"],
+        "peak_pss_mb": sampler.peak_pss / 2**20,
+        "peak_worker_rss_mb": sampler.peak_worker_rss / 2**20,
+        "peak_object_store_mb": sampler.peak_store / 2**20,
+        "spilled_mb": sampler.spilled / 2**20,
+        "peak_spill_dir_mb": sampler.peak_spill_dir / 2**20,
+        "store_sampler_errors": sampler.store_errors[:3],
+        "load_avg": os.getloadavg()[0],
+    }
 
 
 def run(rows: int, object_store_mb: int, codes: dict[str, Path], repeats: int) -> dict[str, Any]:
@@ -208,8 +250,15 @@ def run(rows: int, object_store_mb: int, codes: dict[str, Path], repeats: int) -
                 except RuntimeError as exc:  # reported in the table: a run that fails is a result too
                     results.append({"code": name, "error": str(exc).splitlines()[0], "log_tail": str(exc)[-2000:], "load_avg": os.getloadavg()[0]})
                 print(json.dumps(results[-1])[:2000], flush=True)
-        return {"rows": rows, "train_rows": spec.splits["train"].rows, "train_parquet_mb": parquet_mb, "object_store_mb": object_store_mb,
-                "cpus": os.cpu_count(), "train": TRAIN, "results": results}
+        return {
+            "rows": rows,
+            "train_rows": spec.splits["train"].rows,
+            "train_parquet_mb": parquet_mb,
+            "object_store_mb": object_store_mb,
+            "cpus": os.cpu_count(),
+            "train": TRAIN,
+            "results": results,
+        }
     finally:
         s3.terminate()
         s3.wait(10)
@@ -227,8 +276,10 @@ def _markdown(report: dict[str, Any]) -> str:
         if "error" in r:
             lines.append(f"| {r['code']} | failed: {r['error']} | | | | | {r['load_avg']:.1f} |")
             continue
-        lines.append(f"| {r['code']} | {r['peak_pss_mb']:.0f} | {r['peak_worker_rss_mb']:.0f} | "
-                     f"{r['peak_spill_dir_mb']:.0f} | {r['test_auc']:.6f} | {r['seconds']:.0f} | {r['load_avg']:.1f} |")
+        lines.append(
+            f"| {r['code']} | {r['peak_pss_mb']:.0f} | {r['peak_worker_rss_mb']:.0f} | "
+            f"{r['peak_spill_dir_mb']:.0f} | {r['test_auc']:.6f} | {r['seconds']:.0f} | {r['load_avg']:.1f} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -44,8 +44,13 @@ def _train(args: argparse.Namespace, method: str, model: str, compression: float
     if RunFolder(folder).metrics.exists() and not args.rerun:
         return RunFolder(folder).read_metrics()
     overrides = [
-        f"data.path={args.data}", f"model.name={model}", f"embedding.method={method}", f"training.seed={seed}",
-        "tracking.enabled=false", "training.progress=false", *args.set,
+        f"data.path={args.data}",
+        f"model.name={model}",
+        f"embedding.method={method}",
+        f"training.seed={seed}",
+        "tracking.enabled=false",
+        "training.progress=false",
+        *args.set,
     ]
     if compression is not None:
         overrides.append(f"embedding.compression={compression}")
@@ -60,13 +65,20 @@ def _summarise(results: list[tuple[tuple[str, str, float | None, int], dict[str,
     for (method, model, compression), runs in groups.items():
         aucs = [r["test_auc"] for r in runs]
         gaps = [r["oracle_test_auc"] - r["test_auc"] for r in runs if "oracle_test_auc" in r]
-        rows.append({
-            "method": method, "model": model, "compression": compression or 1, "bytes": runs[0]["embedding_bytes"],
-            "achieved_compression": round(runs[0]["compression_ratio"], 2),
-            "auc_mean": statistics.mean(aucs), "auc_std": statistics.stdev(aucs) if len(aucs) > 1 else 0.0,
-            "logloss_mean": statistics.mean(r["test_logloss"] for r in runs),
-            "oracle_gap": statistics.mean(gaps) if gaps else float("nan"), "runs": len(runs),
-        })
+        rows.append(
+            {
+                "method": method,
+                "model": model,
+                "compression": compression or 1,
+                "bytes": runs[0]["embedding_bytes"],
+                "achieved_compression": round(runs[0]["compression_ratio"], 2),
+                "auc_mean": statistics.mean(aucs),
+                "auc_std": statistics.stdev(aucs) if len(aucs) > 1 else 0.0,
+                "logloss_mean": statistics.mean(r["test_logloss"] for r in runs),
+                "oracle_gap": statistics.mean(gaps) if gaps else float("nan"),
+                "runs": len(runs),
+            }
+        )
     return sorted(rows, key=lambda r: (r["model"], r["compression"], r["method"]))
 
 

@@ -72,16 +72,26 @@ def main() -> None:
     if started:
         dist.destroy_process_group()
     report = {
-        "total_rows": total_rows, "batch": args.batch, "steps": args.steps, "rounds": args.rounds, "threads": args.threads,
-        "step_ms_median": timing["step_ms_median"], "step_ms_min": timing["step_ms_min"], "prepare_ms": prepare_ms,
+        "total_rows": total_rows,
+        "batch": args.batch,
+        "steps": args.steps,
+        "rounds": args.rounds,
+        "threads": args.threads,
+        "step_ms_median": timing["step_ms_median"],
+        "step_ms_min": timing["step_ms_min"],
+        "prepare_ms": prepare_ms,
         "ratio_unified_over_full_median": timing["ratio_median"]["unified"],
         "ratio_unified_over_full_min": timing["ratio_min"]["unified"],
     }
     for key in setups:
-        print(f"{key:8s} median {timing['step_ms_median'][key]:8.2f} ms/step, min {timing['step_ms_min'][key]:8.2f} ms/step, "
-              f"loader prepare {prepare_ms[key]:.2f} ms/batch")
-    print(f"ratio unified/full: median {report['ratio_unified_over_full_median']:.3f}x, "
-          f"min {report['ratio_unified_over_full_min']:.3f}x (target <= 1.15)")
+        print(
+            f"{key:8s} median {timing['step_ms_median'][key]:8.2f} ms/step, min {timing['step_ms_min'][key]:8.2f} ms/step, "
+            f"loader prepare {prepare_ms[key]:.2f} ms/batch"
+        )
+    print(
+        f"ratio unified/full: median {report['ratio_unified_over_full_median']:.3f}x, "
+        f"min {report['ratio_unified_over_full_min']:.3f}x (target <= 1.15)"
+    )
     OUT.mkdir(exist_ok=True)
     (OUT / "unified_speed.json").write_text(json.dumps(report, indent=2) + "\n")
 

@@ -69,21 +69,35 @@ def main() -> None:
         assert np.array_equal(new.lookup(feature, raw), old.lookup(feature, raw)), "the indexes disagree"
     runs: dict[str, list[float]] = {"SortedVocabularies": [], "Vocabularies": []}
     for r in range(args.rounds):
-        for name in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
+        for name in list(runs) if r % 2 == 0 else list(runs)[::-1]:
             runs[name].append(_cpu_us(built[name][0], requests, args.seconds))
     old_bytes = old.keys.nbytes + old.low.nbytes + old.index.nbytes
     result = {
-        "entries": new.entries, "ids_per_request": args.ids, "unseen": args.unseen, "load_average": open("/proc/loadavg").read().strip(),
-        "sorted": {"bytes": old_bytes, "build_cpu_s": built["SortedVocabularies"][1], "lookup_cpu_us": statistics.median(runs["SortedVocabularies"]),
-                   "runs": runs["SortedVocabularies"]},
-        "hash": {"bytes": new.nbytes, "build_cpu_s": built["Vocabularies"][1], "lookup_cpu_us": statistics.median(runs["Vocabularies"]),
-                 "runs": runs["Vocabularies"], "overflow_entries": int(len(new.over_ids))},
+        "entries": new.entries,
+        "ids_per_request": args.ids,
+        "unseen": args.unseen,
+        "load_average": open("/proc/loadavg").read().strip(),
+        "sorted": {
+            "bytes": old_bytes,
+            "build_cpu_s": built["SortedVocabularies"][1],
+            "lookup_cpu_us": statistics.median(runs["SortedVocabularies"]),
+            "runs": runs["SortedVocabularies"],
+        },
+        "hash": {
+            "bytes": new.nbytes,
+            "build_cpu_s": built["Vocabularies"][1],
+            "lookup_cpu_us": statistics.median(runs["Vocabularies"]),
+            "runs": runs["Vocabularies"],
+            "overflow_entries": int(len(new.over_ids)),
+        },
     }
     print(json.dumps(result, indent=1))
     s, h = result["sorted"], result["hash"]
-    print(f"{new.entries:,} entries: sorted keys {s['bytes'] / 2**20:.1f} MiB, {s['lookup_cpu_us']:.0f} µs per {args.ids} ids; "
-          f"hash table {h['bytes'] / 2**20:.1f} MiB ({h['bytes'] / s['bytes']:.2f}×), {h['lookup_cpu_us']:.0f} µs "
-          f"({s['lookup_cpu_us'] / h['lookup_cpu_us']:.2f}× faster); build {s['build_cpu_s']:.2f} s / {h['build_cpu_s']:.2f} s CPU")
+    print(
+        f"{new.entries:,} entries: sorted keys {s['bytes'] / 2**20:.1f} MiB, {s['lookup_cpu_us']:.0f} µs per {args.ids} ids; "
+        f"hash table {h['bytes'] / 2**20:.1f} MiB ({h['bytes'] / s['bytes']:.2f}×), {h['lookup_cpu_us']:.0f} µs "
+        f"({s['lookup_cpu_us'] / h['lookup_cpu_us']:.2f}× faster); build {s['build_cpu_s']:.2f} s / {h['build_cpu_s']:.2f} s CPU"
+    )
 
 
 if __name__ == "__main__":

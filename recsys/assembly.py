@@ -44,8 +44,7 @@ class Assembly:
     ctx: MethodContext
 
     @classmethod
-    def of(cls, cfg: ExperimentConfig, spec: DatasetSpec | None = None,
-           data_path: str | os.PathLike | StoragePath | None = None) -> Assembly:
+    def of(cls, cfg: ExperimentConfig, spec: DatasetSpec | None = None, data_path: str | os.PathLike | StoragePath | None = None) -> Assembly:
         """``spec`` defaults to the ``dataset.json`` at ``data_path`` (default: ``cfg.data.path``)."""
         spec = spec if spec is not None else load_dataset_spec(data_path or cfg.data.path)
         return cls(cfg, spec, method_context(cfg, spec, data_path))

@@ -10,11 +10,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from recsys.cli_bench import add_bench_commands
 from recsys.cli_feast import add_feast_commands
-from recsys.tracking_uri import DEFAULT_TRACKING_URI
+from recsys.tracking_uri import DEFAULT_TRACKING_URI, TRACKING_HELP
 
 Handler = Callable[[argparse.Namespace], int]
-TRACKING_HELP = f"MLflow tracking URI (default: MLFLOW_TRACKING_URI, else {DEFAULT_TRACKING_URI})"
 
 
 def _split(text: str) -> tuple[float, float, float]:
@@ -36,10 +36,20 @@ def cmd_convert(args: argparse.Namespace) -> int:
     split_by = "time" if args.time_column else "order" if args.split_by_order else "random"
     with published(args.out, DATASET_FILE, args.overwrite) as out:  # a URI: built locally, then published
         spec = convert(
-            args.format, args.input, out, schema_path=Path(args.schema) if args.schema else None,
-            min_count=args.min_count, split=args.split, on_bad_row=args.on_bad_row, seed=args.seed,
-            overwrite=args.overwrite, presplit=presplit, split_by=split_by, time_column=args.time_column,
-            time_cuts=args.time_cuts.split(",") if args.time_cuts else None, libfm_fields=args.libfm_fields,
+            args.format,
+            args.input,
+            out,
+            schema_path=Path(args.schema) if args.schema else None,
+            min_count=args.min_count,
+            split=args.split,
+            on_bad_row=args.on_bad_row,
+            seed=args.seed,
+            overwrite=args.overwrite,
+            presplit=presplit,
+            split_by=split_by,
+            time_column=args.time_column,
+            time_cuts=args.time_cuts.split(",") if args.time_cuts else None,
+            libfm_fields=args.libfm_fields,
         )
     _print_summary(spec, args.out)
     return 0
@@ -52,8 +62,13 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
     with published(args.out, DATASET_FILE, args.overwrite) as out:
         spec = generate(
-            out, rows=args.rows, profile=args.profile, seed=args.seed, scale=args.scale,
-            min_count=args.min_count, overwrite=args.overwrite,
+            out,
+            rows=args.rows,
+            profile=args.profile,
+            seed=args.seed,
+            scale=args.scale,
+            min_count=args.min_count,
+            overwrite=args.overwrite,
         )
     _print_summary(spec, args.out)
     return 0
@@ -202,96 +217,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _comma_list(text: str) -> list[str]:
-    return [x.strip() for x in text.split(",") if x.strip()]
-
-
-def _budgets(text: str) -> list[float]:
-    try:
-        values = [float(x) for x in _comma_list(text)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--budgets {text!r}: expected compression ratios like 10,100,1000") from None
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"--budgets {text!r}: every budget is a compression ratio >= 1")
-    return values
-
-
-def cmd_bench_quality(args: argparse.Namespace) -> int:
-    from recsys.training.bench.quality import SweepSettings, run_sweep
-    from recsys.training.bench.suite import load_suite, resolve_choices, run_suite, suite_from_datasets
-
-    if bool(args.dataset) == bool(args.suite):
-        raise SystemExit("error: give --dataset (once or several times) or --suite FILE.yaml")
-    suite = load_suite(args.suite) if args.suite else (suite_from_datasets(args.dataset) if len(args.dataset) > 1 else None)
-    methods, budgets, seeds, model = resolve_choices(suite, args.methods, args.budgets, args.seeds, args.model)
-    settings = SweepSettings(
-        dataset=Path(args.dataset[0] if suite is None else suite.datasets[0].path), methods=methods, budgets=budgets, seeds=seeds,
-        model=model, config=Path(args.config) if args.config else None, sets=list(args.set or []), out=Path(args.out), quick=args.quick,
-        rerun=args.rerun, tracking_uri=args.tracking_uri, experiment=args.experiment, threads=args.threads or None,
-        report_only=args.report_only,
-    )
-    if suite is not None:
-        summary = run_suite(suite, settings)
-        print((Path(args.out) / "summary.md").read_text())
-        print(f"wrote {args.out}/summary.csv, summary.json, summary.md, pareto.png and a folder per dataset")
-        return 0 if any(r["seeds_ok"] for r in summary) else 1
-    rows = run_sweep(settings)
-    print((Path(args.out) / "results.md").read_text())
-    print(f"wrote {args.out}/results.csv, results.md, pareto.png")
-    return 0 if any(r["seeds_ok"] for r in rows) else 1
-
-
-def cmd_tune(args: argparse.Namespace) -> int:
-    from recsys.training.tune.search import TuneSettings, run_search
-
-    settings = TuneSettings(
-        dataset=Path(args.dataset), budget=args.budget, methods=args.methods, trials=args.trials, model=args.model,
-        address=args.address, quick=args.quick, out=Path(args.out), seed=args.seed, config=Path(args.config) if args.config else None,
-        sets=list(args.set or []), concurrency=args.concurrency, tracking_uri=args.tracking_uri, experiment=args.experiment,
-    )
-    best = run_search(settings)
-    print((Path(args.out) / "trials.csv").read_text())
-    if best is None:
-        print("error: no trial finished; see trials.csv and the trial folders", file=sys.stderr)
-        return 1
-    print(f"best: {best.trial} ({best.method}) valid AUC {best.metrics['valid_auc']:.4f}, test AUC {best.metrics['test_auc']:.4f}, "
-          f"{best.metrics['embedding_bytes']:,} bytes")
-    print(f"wrote {args.out}/best.yaml, trials.csv, pareto.png")
-    return 0
-
-
-def _add_tune_parser(sub: argparse._SubParsersAction) -> None:
-    tune = sub.add_parser(
-        "tune", help="budget-aware search over methods and options on Ray Tune: best.yaml, trials.csv, pareto.png",
-        description="Search methods and their key options at one memory budget on Ray Tune (seeded trials, ASHA early "
-        "stopping on validation AUC, one MLflow parent run with a child per trial). Each trial is a `recsys bench quality` "
-        "point (same defaults and --set) plus the trial's options. Rerunning the same command resumes: finished trials "
-        "are read back. Writes DIR/best.yaml (run it with `recsys train --config DIR/best.yaml`), trials.csv, pareto.png.",
-    )
-    tune.add_argument("--dataset", required=True, help="dataset folder (holds dataset.json)")
-    tune.add_argument("--budget", type=float, required=True, help="compression ratio: full fp32 bytes / budget")
-    tune.add_argument("--methods", type=_comma_list, default=None, help="comma-separated benchmark methods (default: hash,qr,unified,hybrid,dsl)")
-    tune.add_argument("--trials", type=int, default=10, help="trials, dealt evenly over the methods (default 10)")
-    tune.add_argument("--model", default="deepfm", choices=["dlrm", "dcnv2", "deepfm"])
-    tune.add_argument("--address", help="Ray cluster address (default: a local Ray)")
-    tune.add_argument("--quick", action="store_true", help="20k train rows, 1 epoch (the bench's --quick)")
-    tune.add_argument("--seed", type=int, default=0, help="seed of the trial draw and of training")
-    tune.add_argument("--concurrency", type=int, default=None, help="trials at once (default: as many as Ray has CPUs)")
-    tune.add_argument("--config", help="base experiment YAML")
-    tune.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key of every trial")
-    tune.add_argument("--out", required=True, help="output folder")
-    tune.add_argument("--tracking-uri", help=TRACKING_HELP)
-    tune.add_argument("--experiment", default="tune", help="MLflow experiment name")
-    tune.set_defaults(func=cmd_tune)
-
-
-def cmd_bench_speed(args: argparse.Namespace) -> int:
-    from recsys.training.bench.speed_report import run
-
-    run(args)
-    return 0
-
-
 def build_parser(with_speed: bool = True) -> argparse.ArgumentParser:
     """The parser; ``with_speed=False`` leaves out ``bench speed``'s own options (they import ``recsys.training``)."""
     parser = argparse.ArgumentParser(prog="recsys", description="Compressed embedding tables for TorchRec CTR models.")
@@ -300,8 +225,9 @@ def build_parser(with_speed: bool = True) -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="convert raw logs or generate synthetic data").add_subparsers(dest="data_command", required=True)
     conv = data.add_parser("convert", help="convert raw Criteo/Avazu/libFM/CSV logs to Parquet (streaming)")
     conv.add_argument("--format", required=True, choices=["criteo", "avazu", "libfm", "libffm", "csv", "parquet"])
-    conv.add_argument("--libfm-fields", choices=["bag", "positional"], default="bag",
-                      help="libfm: all features in one bag, or each position its own field")
+    conv.add_argument(
+        "--libfm-fields", choices=["bag", "positional"], default="bag", help="libfm: all features in one bag, or each position its own field"
+    )
     conv.add_argument("--input", nargs="+", help="input files or globs ('day_*.gz'), read in order; .gz/.bz2/.zst decompressed")
     for name in ("train", "valid", "test"):
         conv.add_argument(f"--{name}", nargs="+", help=f"pre-split input: the {name} files (instead of --input)")
@@ -324,7 +250,9 @@ def build_parser(with_speed: bool = True) -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--scale", type=float, default=1.0, help="multiplies the large cardinalities")
     synth.add_argument(
-        "--min-count", type=int, default=1,
+        "--min-count",
+        type=int,
+        default=1,
         help="train values seen fewer times map to OOV (criteo at >= 300k rows: 50 drops only values that carry no planted signal)",
     )
     synth.add_argument("--overwrite", action="store_true")
@@ -339,7 +267,9 @@ def build_parser(with_speed: bool = True) -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. training.epochs=3")
     train.add_argument("--out", help="run folder or URI, e.g. s3://bucket/runs/x (default runs/<model>-<method>)")
     train.add_argument("--workers", type=int, help="Ray Train workers (sets training.workers)")
-    train.add_argument("--resume", action="store_true", help="skip the phases already finished in --out (with Ray: continue from the last checkpoint)")
+    train.add_argument(
+        "--resume", action="store_true", help="skip the phases already finished in --out (with Ray: continue from the last checkpoint)"
+    )
     train.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local cluster)")
     train.add_argument("--tracking-uri", help=TRACKING_HELP)
     train.set_defaults(func=cmd_train)
@@ -355,7 +285,9 @@ def build_parser(with_speed: bool = True) -> argparse.ArgumentParser:
     replay.add_argument("--tracking-uri", help="default: the URI the run was logging to")
     replay.set_defaults(func=cmd_mlflow_replay)
 
-    qs = sub.add_parser("quickstart", help="synthetic data, then DLRM with full, hash@10x and the recommended compressed configuration@10x, and a summary table")
+    qs = sub.add_parser(
+        "quickstart", help="synthetic data, then DLRM with full, hash@10x and the recommended compressed configuration@10x, and a summary table"
+    )
     qs.add_argument("--rows", type=int, default=300_000)
     qs.add_argument("--data", default="data/quickstart")
     qs.add_argument("--out", default="runs/quickstart")
@@ -363,8 +295,14 @@ def build_parser(with_speed: bool = True) -> argparse.ArgumentParser:
     qs.set_defaults(func=cmd_quickstart)
 
     exp = sub.add_parser("export", help="write a serving artifact (manifest, tables, vocabularies, checksums) from a run")
-    exp.add_argument("--run", required=True, help="finished run folder or URI (holds config.yaml and phases/), or an MLflow run id whose artifacts hold its checkpoint")
-    exp.add_argument("--tracking-uri", dest="tracking_uri", help=f"MLflow tracking URI for a run id (default: MLFLOW_TRACKING_URI, else {DEFAULT_TRACKING_URI})")
+    exp.add_argument(
+        "--run",
+        required=True,
+        help="finished run folder or URI (holds config.yaml and phases/), or an MLflow run id whose artifacts hold its checkpoint",
+    )
+    exp.add_argument(
+        "--tracking-uri", dest="tracking_uri", help=f"MLflow tracking URI for a run id (default: MLFLOW_TRACKING_URI, else {DEFAULT_TRACKING_URI})"
+    )
     exp.add_argument("--out", required=True, help="artifact folder or URI to write (on object storage manifest.json is written last)")
     exp.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "int8", "int4"], help="table storage (fbgemm row-wise quantization)")
     exp.add_argument("--data", help="dataset folder, when not at the run's data.path")
@@ -372,88 +310,61 @@ def build_parser(with_speed: bool = True) -> argparse.ArgumentParser:
     exp.set_defaults(func=cmd_export)
 
     srv = sub.add_parser("serve", help="HTTP lookup service over an artifact or a registered model")
-    srv.add_argument("--model", required=True, help="artifact folder (or symlink), an artifact URI (s3://...), models:/NAME@ALIAS or models:/NAME/VERSION")
+    srv.add_argument(
+        "--model", required=True, help="artifact folder (or symlink), an artifact URI (s3://...), models:/NAME@ALIAS or models:/NAME/VERSION"
+    )
     srv.add_argument("--host", default="127.0.0.1")
     srv.add_argument("--port", type=int, default=8000)
     srv.add_argument("--token", help="bearer token required on /v1/* and /metrics (or env RECSYS_SERVE_TOKEN)")
     srv.add_argument("--tracking-uri", dest="tracking_uri", help="MLflow tracking/registry URI for models:/ sources")
     srv.add_argument("--poll-interval", dest="poll_interval_s", type=float, help="seconds between hot-reload polls (0 = off)")
     srv.add_argument("--load-timeout", dest="load_timeout_s", type=float, help="seconds a model load may take before it is abandoned (default 120)")
-    srv.add_argument("--allow-interface-change", dest="allow_interface_change", action="store_true", default=None,
-                     help="hot-swap to a version whose features or dimension differ (refused by default)")
+    srv.add_argument(
+        "--allow-interface-change",
+        dest="allow_interface_change",
+        action="store_true",
+        default=None,
+        help="hot-swap to a version whose features or dimension differ (refused by default)",
+    )
     srv.add_argument("--max-items", dest="max_items", type=int, help="pairs per /v1/embeddings request")
     srv.add_argument("--max-requests", dest="max_requests", type=int, help="rows per /v1/score request")
     srv.add_argument("--max-body-bytes", dest="max_body_bytes", type=int, help="larger bodies get 413")
     srv.add_argument("--workers", type=int, help="server processes (each loads the model; default 1)")
     srv.add_argument("--offload-items", dest="offload_items", type=int, help="requests this large run in a worker thread (default 512)")
     srv.add_argument("--offload-ids", dest="offload_ids", type=int, help="ids.v1 requests this large run in a worker thread (default 4096)")
-    srv.add_argument("--server", choices=["uvicorn", "granian", "granian-rsgi"],
-                     help="HTTP front: uvicorn (default), granian (Rust) or granian-rsgi (granian's RSGI: ids.v1 lookups skip the ASGI layers)")
+    srv.add_argument(
+        "--server",
+        choices=["uvicorn", "granian", "granian-rsgi"],
+        help="HTTP front: uvicorn (default), granian (Rust) or granian-rsgi (granian's RSGI: ids.v1 lookups skip the ASGI layers)",
+    )
     srv.add_argument("--header-timeout", dest="header_timeout_s", type=float, help="seconds for a request's headers (default 10; then 408)")
-    srv.add_argument("--body-timeout", dest="body_timeout_s", type=float, help="seconds for a request's body after its headers (default 10; then 408)")
+    srv.add_argument(
+        "--body-timeout", dest="body_timeout_s", type=float, help="seconds for a request's body after its headers (default 10; then 408)"
+    )
     srv.add_argument("--keep-alive", dest="keep_alive_s", type=float, help="seconds an idle keep-alive connection stays open (default 5)")
-    srv.add_argument("--max-connections", dest="max_connections", type=int, help="uvicorn: 503 beyond this many connections; granian: requests at once per worker (default 1024)")
+    srv.add_argument(
+        "--max-connections",
+        dest="max_connections",
+        type=int,
+        help="uvicorn: 503 beyond this many connections; granian: requests at once per worker (default 1024)",
+    )
     srv.add_argument("--max-inflight", dest="max_inflight", type=int, help="POST requests served at once per process, more get 503 (default 256)")
     srv.add_argument("--log-level", dest="log_level", default="info")
     srv.set_defaults(func=cmd_serve)
 
-    bench = sub.add_parser("bench", help="benchmark suite: quality at equal bytes, speed").add_subparsers(dest="bench_command", required=True)
-    quality = bench.add_parser(
-        "quality", help="every method at every budget: results table, AUC-vs-bytes Pareto plot, MLflow parent run",
-        description="Train every method at every memory budget (full once per seed, uncompressed), write results.csv, "
-        "results.md and pareto.png to --out, log a parent MLflow run with a child per (method, budget, seed). An "
-        "interrupted sweep resumes: finished points are read back. Defaults: 8 methods x 3 budgets (22 points per seed; "
-        "dsl on full below ~16x, qr and optembed at 1000x fail fast as over budget), 2 seeds, up to 3 epochs with early "
-        "stopping on every train row, 50k valid/test rows, 1 torch thread. Measured on 2 CPU cores shared with 1-3 other "
-        "jobs, synthetic criteo at 1M rows: full,hash,unified,dsl x 3 budgets x 2 seeds took 11 minutes with DLRM and 24 "
-        "with DCNv2 (a point 40-60 s, or 2-3 minutes when the cores were oversubscribed); at one epoch, all 22 points of "
-        "one seed took 10m21s. --quick (20k train rows, 1 epoch, 1 seed) took 2.5 minutes.",
-    )
-    quality.add_argument("--dataset", action="append", help="dataset folder (holds dataset.json); several: a suite, "
-                         "a folder per dataset under --out (labelled by folder name) and a summary per budget")
-    quality.add_argument("--suite", help="suite YAML: datasets (label, path, sets), optional methods, budgets, seeds, model, sets, "
-                         "bootstrap (see recsys.training.bench.suite); options given here win over the file's")
-    quality.add_argument("--methods", type=_comma_list, default=None,
-                         help="comma-separated, from: full,hash,qr,unified,hybrid,optembed,dsl,unified+optembed,unified+dsl (default: all)")
-    quality.add_argument("--budgets", type=_budgets, default=None, help="compression ratios, full bytes / budget (default 10,100,1000)")
-    quality.add_argument("--seeds", type=int, default=None, help="seeds per point (default 2; --quick: 1)")
-    quality.add_argument("--model", default=None, choices=["dlrm", "dcnv2", "deepfm"], help="default: dlrm")
-    quality.add_argument("--config", help="base experiment YAML (default: the built-in config defaults)")
-    quality.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key of every point, e.g. training.epochs=2; "
-                         "METHOD:KEY=VALUE only of that method's points, e.g. unified:embedding.options.chunk_dim=4")
-    quality.add_argument("--out", default="bench_out/quality", help="output folder (points/, results.*, pareto.png)")
-    quality.add_argument("--quick", action="store_true", help="20k train rows, 1 epoch, 1 seed, short OptEmbed search: a few minutes")
-    quality.add_argument("--rerun", action="store_true", help="retrain points that already finished")
-    quality.add_argument("--report-only", action="store_true", help="train nothing new: report the points already recorded "
-                         "(finished, or failed) with their current config, e.g. a suite stopped part way")
-    quality.add_argument("--tracking-uri", help=TRACKING_HELP)
-    quality.add_argument("--experiment", default="bench-quality", help="MLflow experiment name")
-    quality.add_argument("--threads", type=int, default=1, help="torch threads (default 1: on shared cores 2 threads per job made steps ~50x slower; 0: torch's default)")
-    quality.set_defaults(func=cmd_bench_quality)
-    _add_tune_parser(sub)
-    speed = bench.add_parser(
-        "speed", help="step-time ratios against full, TorchRec vs plain PyTorch, conversion/batch throughput (and serving)",
-        description="One speed report (speed.json, speed.md): step times per method, TorchRec against plain PyTorch, conversion; --serving also runs bench/serving_bench.py of a source checkout.",
-    )
-    if with_speed:
-        _add_speed_arguments(speed)
-    speed.set_defaults(func=cmd_bench_speed)
+    add_bench_commands(sub, with_speed)
 
     methods = sub.add_parser("methods", help="list the registered embedding methods and their options")
     methods.set_defaults(func=cmd_methods)
 
     add_feast_commands(sub, _split)
 
-    ref = sub.add_parser("config-reference", help="print the configuration reference (every key, type, default, description; method options) as Markdown")
+    ref = sub.add_parser(
+        "config-reference", help="print the configuration reference (every key, type, default, description; method options) as Markdown"
+    )
     ref.add_argument("--out", help="write it to this file (e.g. docs/configuration.md) instead of stdout")
     ref.set_defaults(func=cmd_config_reference)
     return parser
-
-
-def _add_speed_arguments(parser: argparse.ArgumentParser) -> None:
-    from recsys.training.bench.speed_report import add_arguments
-
-    add_arguments(parser)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,9 +10,9 @@ from typing import Any
 
 
 def _store(artifact: str, tracking_uri: str | None) -> Any:
+    from recsys.export.loader import load_artifact
     from recsys.serving.source import resolve_source
     from recsys.serving.store import Store
-    from recsys.export.loader import load_artifact
 
     version, folder = resolve_source(artifact, tracking_uri=tracking_uri)
     return Store(load_artifact(folder), version)
@@ -24,8 +24,17 @@ def cmd_init(args: argparse.Namespace) -> int:
     store = _store(args.artifact, args.tracking_uri)  # loaded and verified: a broken artifact stops here
     artifact = args.artifact if args.artifact.startswith("models:/") else os.path.abspath(args.artifact)  # a symlink stays one (hot reload)
     try:
-        out = init_repo(artifact, Path(args.out), artifact_fields(store), online=args.online_store, project=args.project,
-                        redis=args.redis, poll_interval_s=args.poll_interval, tracking_uri=args.tracking_uri, overwrite=args.overwrite)
+        out = init_repo(
+            artifact,
+            Path(args.out),
+            artifact_fields(store),
+            online=args.online_store,
+            project=args.project,
+            redis=args.redis,
+            poll_interval_s=args.poll_interval,
+            tracking_uri=args.tracking_uri,
+            overwrite=args.overwrite,
+        )
     except FileExistsError as exc:
         raise ValueError(str(exc)) from None  # a usage error: reported without a traceback
     print(f"wrote Feast repo {out} ({len(store.features)} feature views, online store {args.online_store}); next: cd {out} && feast apply")
@@ -38,8 +47,10 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     store = _store(args.artifact, args.tracking_uri)
     report = materialize(store, Path(args.repo), Path(args.values), batch_size=args.batch_size, progress=not args.no_progress)
     skipped = sum(report.skipped_oov.values())
-    print(f"materialized {report.total:,} vectors into {args.repo} ({len(report.written)} feature views)"
-          + (f"; {skipped:,} values out of the vocabulary skipped" if skipped else ""))
+    print(
+        f"materialized {report.total:,} vectors into {args.repo} ({len(report.written)} feature views)"
+        + (f"; {skipped:,} values out of the vocabulary skipped" if skipped else "")
+    )
     return 0
 
 
@@ -48,8 +59,7 @@ def cmd_training_data(args: argparse.Namespace) -> int:
 
     features = [f for f in args.features.split(",") if f]
     parquet = historical_to_parquet(Path(args.repo), Path(args.entities), features, Path(args.parquet))
-    spec = parquet_to_dataset(parquet, Path(args.schema), Path(args.out), min_count=args.min_count, split=args.split,
-                              overwrite=args.overwrite)
+    spec = parquet_to_dataset(parquet, Path(args.schema), Path(args.out), min_count=args.min_count, split=args.split, overwrite=args.overwrite)
     print(f"retrieved {sum(s.rows for s in spec.splits.values()):,} rows into {parquet}; dataset at {args.out}")
     return 0
 
@@ -62,8 +72,12 @@ def add_feast_commands(sub: Any, split_type: Any) -> None:
     init = cmds.add_parser("init", help="write a Feast repo whose feature views are the artifact's sparse fields")
     init.add_argument("--artifact", required=True, help="artifact folder, models:/NAME@ALIAS or models:/NAME/VERSION")
     init.add_argument("--out", required=True, help="repo folder to write")
-    init.add_argument("--online-store", choices=["recsys", "sqlite", "redis"], default="recsys",
-                      help="recsys: vectors answered from the compressed table (default); sqlite/redis: Feast's stores, filled by `recsys feast materialize`")
+    init.add_argument(
+        "--online-store",
+        choices=["recsys", "sqlite", "redis"],
+        default="recsys",
+        help="recsys: vectors answered from the compressed table (default); sqlite/redis: Feast's stores, filled by `recsys feast materialize`",
+    )
     init.add_argument("--redis", default="127.0.0.1:6379", help="Redis connection string (--online-store redis)")
     init.add_argument("--project", default="recsys", help="Feast project name")
     init.add_argument("--poll-interval", type=float, default=30.0, help="seconds between hot-reload polls of the artifact (0 = off)")

@@ -46,7 +46,8 @@ class ModelConfig(_Strict):
     dcn_low_rank_dim: int = Field(16, ge=1, description="DCNv2 low-rank dimension")
     deep_layers: list[int] = Field([256, 128], description="DeepFM deep component hidden sizes")
     field_projection: bool | None = Field(
-        None, description="a learned D×D linear map per field before the interaction (dense weights, not embedding "
+        None,
+        description="a learned D×D linear map per field before the interaction (dense weights, not embedding "
         "bytes), so that dot-product models (DLRM, DeepFM) can tell apart features that share table rows; "
         "default (null): on when the method shares rows between features (`unified`, OptEmbed/DSL over it) and the "
         "model's interaction has no weights of its own per field (DLRM, DeepFM; not DCNv2)",
@@ -91,7 +92,9 @@ class TrainingConfig(_Strict):
     batch_size: int = Field(2048, ge=1, description="train rows per step (per worker with Ray Train)")
     eval_batch_size: int = Field(8192, ge=1, description="rows per batch when evaluating valid/test")
     seed: int = Field(0, description="seed of the initial weights and of the train shuffle")
-    dense_optimizer: Literal["adam", "adagrad"] = Field("adam", description="optimizer of the dense layers (MLPs, and any method parameters outside the tables)")
+    dense_optimizer: Literal["adam", "adagrad"] = Field(
+        "adam", description="optimizer of the dense layers (MLPs, and any method parameters outside the tables)"
+    )
     dense_lr: float = Field(1e-3, gt=0, description="learning rate of the dense optimizer")
     sparse_optimizer: Literal["sgd", "adagrad", "rowwise_adagrad"] = Field(
         "rowwise_adagrad", description="fbgemm fused optimizer of the embedding tables"
@@ -111,7 +114,8 @@ class TrainingConfig(_Strict):
     checkpoint_every: int | None = Field(None, ge=1, description="steps between Ray Train checkpoints (besides one per epoch)")
     max_failures: int = Field(2, ge=-1, description="Ray Train restarts from the last checkpoint after worker failures (-1: unlimited)")
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK"] = Field(
-        "PACK", description="Ray placement of the training workers: PACK fills a node first, SPREAD puts them on different nodes when it can, "
+        "PACK",
+        description="Ray placement of the training workers: PACK fills a node first, SPREAD puts them on different nodes when it can, "
         "STRICT_PACK all on one node",
     )
     progress: bool = Field(True, description="show a tqdm progress bar per epoch")

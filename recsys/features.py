@@ -67,9 +67,7 @@ class FieldSpec(_Strict):
     num_distinct: int | None = Field(None, description="sparse: distinct raw values seen in train")
     multi_valued: bool = False
     weighted: bool = False
-    transform: str | None = Field(
-        None, description="how raw numbers were transformed: slog1p | standardize | none (dense), quantile (sparse)"
-    )
+    transform: str | None = Field(None, description="how raw numbers were transformed: slog1p | standardize | none (dense), quantile (sparse)")
     transform_params: TransformParams | None = Field(None, description="the transform's train statistics")
 
 

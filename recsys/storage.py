@@ -49,7 +49,7 @@ def is_uri(value: object) -> bool:
 def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     match = _URI.match(uri)
     assert match is not None
-    rest = uri[match.end():]
+    rest = uri[match.end() :]
     key = f"{match['scheme'].lower()}://{rest.split('/', 1)[0]}@{os.environ.get('AWS_ENDPOINT_URL', '')}"
     with _FS_LOCK:
         fs = _FS_CACHE.get(key)
@@ -200,7 +200,7 @@ def location(value: str | os.PathLike | StoragePath) -> Location:
         return value
     text = os.fspath(value)
     if text.lower().startswith("file://"):
-        return Path(text[len("file://"):])
+        return Path(text[len("file://") :])
     return StoragePath(text) if is_uri(text) else Path(text)
 
 

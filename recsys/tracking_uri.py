@@ -28,14 +28,18 @@ def absolute_uri(uri: str, cwd: Path | None = None) -> str:
     """
     base = Path.cwd() if cwd is None else Path(cwd)
     if uri.startswith("sqlite:///"):
-        path, sep, query = uri[len("sqlite:///"):].partition("?")
+        path, sep, query = uri[len("sqlite:///") :].partition("?")
         if path and not path.startswith("/") and path != ":memory:":
             return f"sqlite:///{(base / path).resolve()}{sep}{query}"
         return uri
     if uri.startswith("file:"):
-        rest = uri[len("file:"):]
+        rest = uri[len("file:") :]
         if rest.startswith("//"):  # file://host/abs or file:///abs
             return uri
         return (base / rest).resolve().as_uri() if not rest.startswith("/") else Path(rest).as_uri()
     plain = "://" not in uri and ":" not in uri.split("/", 1)[0] and not uri.startswith(("/", "databricks")) and uri != "uc"
     return (base / uri).resolve().as_uri() if plain else uri  # a relative plain path is a file store
+
+
+# The help text of every command's --tracking-uri option.
+TRACKING_HELP = f"MLflow tracking URI (default: MLFLOW_TRACKING_URI, else {DEFAULT_TRACKING_URI})"

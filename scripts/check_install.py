@@ -1,4 +1,5 @@
 """Fail the install if the pinned CPU stack is not what got installed."""
+
 import importlib.metadata as md
 import sys
 

@@ -157,8 +157,12 @@ def _validate(model: type[BaseModel], raw: bytes) -> BaseModel:
 
 def make_holder(settings: ServeSettings) -> ModelHolder:
     """The model holder of ``settings.model``, with its first version loaded (raises if unusable)."""
-    holder = ModelHolder(make_source(settings.model, settings.cache_dir, settings.tracking_uri), settings.poll_interval_s,
-                         load_timeout_s=settings.load_timeout_s, allow_interface_change=settings.allow_interface_change)
+    holder = ModelHolder(
+        make_source(settings.model, settings.cache_dir, settings.tracking_uri),
+        settings.poll_interval_s,
+        load_timeout_s=settings.load_timeout_s,
+        allow_interface_change=settings.allow_interface_change,
+    )
     holder.load_initial()
     return holder
 
@@ -233,12 +237,21 @@ def create_service(settings: ServeSettings, holder: ModelHolder | None = None, m
         errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()[:20]]
         return JSONResponse({"detail": errors}, status_code=422)
 
-    embeddings_doc = {200: {"model": EmbeddingsResponse, "description": "JSON vectors, or raw float32 rows (see the description)",
-                            "content": {BINARY: {"schema": {"type": "string", "format": "binary"}}}},
-                      415: {"description": "body not sent as application/json"}, 422: {"description": "invalid request"}}
+    embeddings_doc = {
+        200: {
+            "model": EmbeddingsResponse,
+            "description": "JSON vectors, or raw float32 rows (see the description)",
+            "content": {BINARY: {"schema": {"type": "string", "format": "binary"}}},
+        },
+        415: {"description": "body not sent as application/json"},
+        422: {"description": "invalid request"},
+    }
 
-    @app.post("/v1/embeddings", responses=embeddings_doc, description=(
-        "Vectors of `items` (feature, raw value) or of `entities` (feature -> raw value(s)). " + BINARY_DOC + " " + IDS_DOC))
+    @app.post(
+        "/v1/embeddings",
+        responses=embeddings_doc,
+        description=("Vectors of `items` (feature, raw value) or of `entities` (feature -> raw value(s)). " + BINARY_DOC + " " + IDS_DOC),
+    )
     async def embeddings(request: Request) -> Response:
         check_token(request)
         raw = await _body(request, binary_ok=True)
@@ -311,8 +324,10 @@ def create_service(settings: ServeSettings, holder: ModelHolder | None = None, m
         as_json = b"application/json" in accept and BINARY.encode() not in accept
         return (200, *_vectors_body(s.version, vectors, not as_json))
 
-    @app.post("/v1/score", responses={200: {"model": ScoreResponse}, 415: {"description": "body not sent as application/json"},
-                                      422: {"description": "invalid request"}})
+    @app.post(
+        "/v1/score",
+        responses={200: {"model": ScoreResponse}, 415: {"description": "body not sent as application/json"}, 422: {"description": "invalid request"}},
+    )
     async def score(request: Request) -> Response:
         """Click probabilities of full requests (dense + sparse raw values)."""
         check_token(request)

@@ -120,8 +120,7 @@ def _sorted_by_feature(feature: np.ndarray) -> np.ndarray | None:
 class DirectLookup:
     """``[n, D]`` float32 vectors of ``(feature, raw value)`` pairs, equal to the module's pooled output."""
 
-    def __init__(self, encoder: Encoder, module: Any, tables: list[np.ndarray], layout: _Layout, dim: int,
-                 buffer: np.ndarray | None = None) -> None:
+    def __init__(self, encoder: Encoder, module: Any, tables: list[np.ndarray], layout: _Layout, dim: int, buffer: np.ndarray | None = None) -> None:
         self.encoder = encoder
         self.tables = tables  # by feature position
         self.layout = layout
@@ -162,8 +161,12 @@ class DirectLookup:
         ordered = [tables[n] for n in encoder.sparse]
         if len({(t.dtype, t.shape[1]) for t in ordered}) != 1:
             return None
-        if type(module) is FullEmbedding and (encoder.vocabularies is None or any(  # every index must name a row of its table
-                m >= len(t) for m, t in zip(encoder.vocabularies.max_index, ordered))):
+        if type(module) is FullEmbedding and (
+            encoder.vocabularies is None
+            or any(  # every index must name a row of its table
+                m >= len(t) for m, t in zip(encoder.vocabularies.max_index, ordered)
+            )
+        ):
             return None
         return cls(encoder, module, ordered, layout, dim, buffer)
 

@@ -51,8 +51,9 @@ def _hash(texts: list[str], feature_of: Callable[[int], str] | None = None) -> n
     except UnicodeEncodeError:
         i = next(i for i, t in enumerate(texts) if not _encodable(t))
         where = f"feature {feature_of(i)!r}: " if feature_of is not None else ""
-        raise RequestError(f"{where}value {texts[i][:64]!r} is not valid Unicode text "
-                           "(it holds a lone surrogate, which UTF-8 cannot encode)") from None
+        raise RequestError(
+            f"{where}value {texts[i][:64]!r} is not valid Unicode text (it holds a lone surrogate, which UTF-8 cannot encode)"
+        ) from None
 
 
 def _encodable(text: str) -> bool:
@@ -93,7 +94,8 @@ class Encoder:
         self.transforms = {name: spec[name].transform for name in self.dense}
         self.transform_params = {name: spec[name].transform_params for name in self.dense}
         self.buckets = {  # quantile-bucketed dense columns (sparse features): their edges
-            f.name: (f.transform_params.edges or []) if f.transform_params else [] for f in manifest.dataset.fields
+            f.name: (f.transform_params.edges or []) if f.transform_params else []
+            for f in manifest.dataset.fields
             if f.kind == "sparse" and f.transform == "quantile"
         }
         bad = {n: t for n, t in self.transforms.items() if t not in DENSE_TRANSFORMS}
@@ -201,7 +203,9 @@ class Encoder:
         if not present.all():
             values = values[present[order]]
         weights = torch.ones(len(values)) if self.any_weighted else None
-        kjt = KeyedJaggedTensor(keys=self.sparse, values=torch.from_numpy(values), lengths=torch.from_numpy(lengths.ravel()), weights=weights, stride=stride)
+        kjt = KeyedJaggedTensor(
+            keys=self.sparse, values=torch.from_numpy(values), lengths=torch.from_numpy(lengths.ravel()), weights=weights, stride=stride
+        )
         return kjt, feature, slot
 
     def _build(self, cols: dict[str, _Column], batch: int) -> KeyedJaggedTensor:

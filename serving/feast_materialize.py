@@ -60,8 +60,7 @@ def read_values(path: Path, batch_size: int) -> Iterator[tuple[int, list[str | N
     else:
         with open(path, encoding="utf-8", newline="") as f:
             _check_columns(path, next(csv.reader(f), []))
-        convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in COLUMNS}, include_columns=list(COLUMNS),
-                                       strings_can_be_null=False)
+        convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in COLUMNS}, include_columns=list(COLUMNS), strings_can_be_null=False)
         batches = pacsv.open_csv(path, convert_options=convert)
     row = 1
     for batch in batches:
@@ -93,8 +92,10 @@ def _check_rows(path: Path, batch_size: int, fields: set[str]) -> int:
 def repo_views(fs: FeatureStore, store: Store) -> dict[str, str]:
     """Field -> feature view name of a repo's views, each checked against the artifact."""
     if fs.config.online_store.type == STORE_TYPE:
-        raise ValueError(f"{fs.repo_path}: the repo's online store is RecsysOnlineStore itself, which answers from the "
-                         "artifact; materialize into a repo made with `recsys feast init --online-store sqlite|redis`")
+        raise ValueError(
+            f"{fs.repo_path}: the repo's online store is RecsysOnlineStore itself, which answers from the "
+            "artifact; materialize into a repo made with `recsys feast init --online-store sqlite|redis`"
+        )
     views = {}
     for view in fs.list_feature_views():
         if view_field(view) in store.widths:
@@ -124,8 +125,9 @@ def materialize(store: Store, repo: Path, values: Path, batch_size: int = 10_000
                     pairs = [p for p, k in zip(pairs, known) if k]
                 if pairs:
                     vectors = store.embeddings(pairs)[:, : store.widths[name]]
-                    df = pd.DataFrame({name: [v for _, v in pairs], name + FEATURE_SUFFIX: list(np.ascontiguousarray(vectors)),
-                                       "event_timestamp": now})
+                    df = pd.DataFrame(
+                        {name: [v for _, v in pairs], name + FEATURE_SUFFIX: list(np.ascontiguousarray(vectors)), "event_timestamp": now}
+                    )
                     fs.write_to_online_store(views[name], df)
                     report.written[name] += len(pairs)
             bar.update(len(features))

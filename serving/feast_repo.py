@@ -29,14 +29,14 @@ from datetime import timedelta
 from feast import Entity, FeatureView, Field, FileSource, ValueType
 from feast.types import Array, Float32
 '''
-BLOCK = '''
+BLOCK = """
 entity_{i} = Entity(name={name!r}, join_keys=[{name!r}], value_type=ValueType.STRING)
 source_{i} = FileSource(name={source!r}, path={path!r}, timestamp_field="event_timestamp")
 view_{i} = FeatureView(
     name={name!r}, entities=[entity_{i}], ttl=timedelta(0), online=True, source=source_{i},
     schema=[Field(name={feature!r}, dtype=Array(Float32), vector_length={dim})],
 )
-'''
+"""
 
 
 def artifact_fields(store: Store) -> list[tuple[str, int]]:
@@ -55,14 +55,20 @@ def online_store_block(kind: OnlineKind, artifact: str, redis: str, poll_interva
 
 
 def _empty_source(path: Path, field: str) -> None:
-    schema = pa.schema([(field, pa.string()), (field + FEATURE_SUFFIX, pa.list_(pa.float32())),
-                        ("event_timestamp", pa.timestamp("us", tz="UTC"))])
+    schema = pa.schema([(field, pa.string()), (field + FEATURE_SUFFIX, pa.list_(pa.float32())), ("event_timestamp", pa.timestamp("us", tz="UTC"))])
     pq.write_table(schema.empty_table(), path)
 
 
 def init_repo(
-    artifact: str, out: Path, fields: list[tuple[str, int]], online: OnlineKind = "recsys", project: str = "recsys",
-    redis: str = "127.0.0.1:6379", poll_interval_s: float = 30.0, tracking_uri: str | None = None, overwrite: bool = False,
+    artifact: str,
+    out: Path,
+    fields: list[tuple[str, int]],
+    online: OnlineKind = "recsys",
+    project: str = "recsys",
+    redis: str = "127.0.0.1:6379",
+    poll_interval_s: float = 30.0,
+    tracking_uri: str | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write the repo at ``out`` for ``fields`` (see ``artifact_fields``); returns ``out``."""
     out = Path(out)
@@ -74,9 +80,14 @@ def init_repo(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         (tmp / "data" / "sources").mkdir(parents=True)
-        config = {"project": project, "provider": "local", "registry": "data/registry.db",
-                  "online_store": online_store_block(online, artifact, redis, poll_interval_s, tracking_uri),
-                  "offline_store": {"type": "file"}, "entity_key_serialization_version": 3}
+        config = {
+            "project": project,
+            "provider": "local",
+            "registry": "data/registry.db",
+            "online_store": online_store_block(online, artifact, redis, poll_interval_s, tracking_uri),
+            "offline_store": {"type": "file"},
+            "entity_key_serialization_version": 3,
+        }
         (tmp / "feature_store.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         blocks = []
         for i, (name, dim) in enumerate(fields):

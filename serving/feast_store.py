@@ -55,8 +55,11 @@ class RecsysOnlineStoreConfig(FeastConfigBaseModel):
     tracking_uri: StrictStr | None = Field(None, description="MLflow tracking/registry URI for models:/ sources")
     cache_dir: StrictStr | None = Field(None, description="where registry versions are downloaded")
     poll_interval_s: float = Field(30.0, ge=0, description="seconds between hot-reload polls; 0 = never")
-    gc_freeze: bool = Field(True, description="after the first load, gc.freeze() the objects alive then (Feast, torch, "
-                            "the model): full collections scanning them paused requests ~250 ms")
+    gc_freeze: bool = Field(
+        True,
+        description="after the first load, gc.freeze() the objects alive then (Feast, torch, "
+        "the model): full collections scanning them paused requests ~250 ms",
+    )
 
 
 def artifact_source(config: RepoConfig) -> str:
@@ -79,8 +82,10 @@ def check_view(view: FeatureView, store: Store) -> str:
     """Check a feature view against the artifact; returns its field. Errors name the view and the field."""
     field = view_field(view)
     if field not in store.widths:
-        raise FeastViewError(f"feature view '{view.name}': field '{field}' is not a sparse field of the artifact "
-                             f"(version {store.version}); fields: {', '.join(store.features)}")
+        raise FeastViewError(
+            f"feature view '{view.name}': field '{field}' is not a sparse field of the artifact "
+            f"(version {store.version}); fields: {', '.join(store.features)}"
+        )
     want, dim = field + FEATURE_SUFFIX, store.widths[field]
     for f in view.features:
         if f.name != want:
@@ -88,8 +93,10 @@ def check_view(view: FeatureView, store: Store) -> str:
         if f.dtype != Array(Float32):
             raise FeastViewError(f"feature view '{view.name}': feature '{f.name}' has type {f.dtype}; expected Array(Float32)")
         if f.vector_length not in (0, dim):
-            raise FeastViewError(f"feature view '{view.name}': feature '{f.name}' of field '{field}' has vector_length "
-                                 f"{f.vector_length}, the artifact's dimension is {dim}")
+            raise FeastViewError(
+                f"feature view '{view.name}': feature '{f.name}' of field '{field}' has vector_length "
+                f"{f.vector_length}, the artifact's dimension is {dim}"
+            )
     return field
 
 
@@ -162,8 +169,12 @@ class RecsysOnlineStore(OnlineStore):
 
     def field_of(self, view: FeatureView, store: Store) -> str:
         """``check_view`` once per view definition and artifact version (a re-applied view is checked again)."""
-        key = (view.name, tuple(c.name for c in view.entity_columns),
-               tuple((f.name, str(f.dtype), f.vector_length) for f in view.features), store.version)
+        key = (
+            view.name,
+            tuple(c.name for c in view.entity_columns),
+            tuple((f.name, str(f.dtype), f.vector_length) for f in view.features),
+            store.version,
+        )
         field = self._checked.get(key)
         if field is None:
             field = self._checked[key] = check_view(view, store)

@@ -72,9 +72,16 @@ def _uvicorn(settings: ServeSettings) -> None:
     from recsys.serving.transport import HeaderTimeoutProtocol
 
     HeaderTimeoutProtocol.header_timeout_s = settings.header_timeout_s
-    common = dict(host=settings.host, port=settings.port, log_level=settings.log_level, http=HeaderTimeoutProtocol,
-                  timeout_graceful_shutdown=settings.graceful_timeout_s, access_log=False,
-                  timeout_keep_alive=settings.keep_alive_s, limit_concurrency=settings.max_connections)
+    common = dict(
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        http=HeaderTimeoutProtocol,
+        timeout_graceful_shutdown=settings.graceful_timeout_s,
+        access_log=False,
+        timeout_keep_alive=settings.keep_alive_s,
+        limit_concurrency=settings.max_connections,
+    )
     if settings.workers > 1:
         os.environ[SETTINGS_ENV] = settings.model_dump_json()
         log.info("uvicorn listening on http://%s:%d with %d worker processes", settings.host, settings.port, settings.workers)
@@ -103,14 +110,24 @@ def _granian(settings: ServeSettings) -> None:
 
     os.environ[SETTINGS_ENV] = settings.model_dump_json()
     rsgi = settings.server == "granian-rsgi"
-    log.info("granian%s listening on http://%s:%d with %d worker process(es)", " (RSGI)" if rsgi else "", settings.host, settings.port,
-             settings.workers)
+    log.info(
+        "granian%s listening on http://%s:%d with %d worker process(es)", " (RSGI)" if rsgi else "", settings.host, settings.port, settings.workers
+    )
     server = Granian(
-        "recsys.serving.fronts:worker_app", factory=True, address=settings.host, port=settings.port,
+        "recsys.serving.fronts:worker_app",
+        factory=True,
+        address=settings.host,
+        port=settings.port,
         interface=Interfaces.RSGI if rsgi else Interfaces.ASGI,
-        workers=settings.workers, runtime_threads=1, loop=Loops.auto, http=HTTPModes.http1, websockets=False,
+        workers=settings.workers,
+        runtime_threads=1,
+        loop=Loops.auto,
+        http=HTTPModes.http1,
+        websockets=False,
         http1_settings=HTTP1Settings(header_read_timeout=max(1, round(settings.header_timeout_s * 1000)), keep_alive=True),
-        backpressure=settings.max_connections, log_level=LogLevels(settings.log_level.lower()), log_access=False,
+        backpressure=settings.max_connections,
+        log_level=LogLevels(settings.log_level.lower()),
+        log_access=False,
         workers_kill_timeout=max(1, round(settings.graceful_timeout_s)),
     )
     server.serve()

@@ -103,8 +103,10 @@ def decode(body: bytes, max_items: int, max_string_length: int) -> list[tuple[st
             raise FormatError(f"ids.v1 body truncated at offset {total}: block {b} needs its name length at offset {at}")
         (length,) = _LENGTH.unpack_from(data, at)
         if not 0 < length <= max_string_length or at + 2 + length + _BLOCK.size > total:
-            raise FormatError(f"ids.v1 block {b} at offset {at}: feature name of {length} bytes (1..{max_string_length}) "
-                              f"{'overruns the body' if 0 < length <= max_string_length else 'out of range'}")
+            raise FormatError(
+                f"ids.v1 block {b} at offset {at}: feature name of {length} bytes (1..{max_string_length}) "
+                f"{'overruns the body' if 0 < length <= max_string_length else 'out of range'}"
+            )
         try:
             feature = bytes(data[at + 2 : at + 2 + length]).decode("utf-8")
         except UnicodeDecodeError:

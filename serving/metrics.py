@@ -31,8 +31,12 @@ class ServingMetrics:
         self.items = Counter("recsys_lookup_items", "looked-up items: pairs, entities, scored rows", ["kind"], registry=r)
         self.model = Gauge("recsys_model_info", "the served model (value 1)", ["version", "method", "dtype"], registry=r)
         self.reloads = Counter("recsys_model_reloads", "model loads by result (loaded, refused, timeout, interface, poll)", ["result"], registry=r)
-        self.reload_failures = Counter("recsys_model_reload_failures", "versions not served, by reason (refused: unusable "
-                                       "artifact, timeout, interface: another interface; poll: the source cannot be read)", ["reason"], registry=r)
+        self.reload_failures = Counter(
+            "recsys_model_reload_failures",
+            "versions not served, by reason (refused: unusable artifact, timeout, interface: another interface; poll: the source cannot be read)",
+            ["reason"],
+            registry=r,
+        )
         self.reload_failing = Gauge("recsys_model_reload_failing", "1 while the source offers a version that could not be loaded", registry=r)
         self.last_failure = Gauge("recsys_model_last_reload_failure_timestamp_seconds", "unix time of the last failed load", registry=r)
         self.last_error = Gauge("recsys_model_last_reload_error_info", "the last failed load (value 1)", ["reason", "error"], registry=r)

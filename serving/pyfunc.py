@@ -54,10 +54,14 @@ class RecsysPyfunc(mlflow.pyfunc.PythonModel):
             raise ValueError(f"unknown feature columns {unknown[:5]}; features: {sorted(dense | sparse)}")
         out = []
         for row in frame.to_dict("records"):
-            out.append({
-                "dense": {k: None if _missing(v) else float(v) for k, v in row.items() if k in dense},
-                "sparse": {k: (list(v) if isinstance(v, (list, np.ndarray)) else None if _missing(v) else v) for k, v in row.items() if k in sparse},
-            })
+            out.append(
+                {
+                    "dense": {k: None if _missing(v) else float(v) for k, v in row.items() if k in dense},
+                    "sparse": {
+                        k: (list(v) if isinstance(v, (list, np.ndarray)) else None if _missing(v) else v) for k, v in row.items() if k in sparse
+                    },
+                }
+            )
         return out
 
     def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]  (untyped: MLflow infers no schema from hints)
@@ -78,8 +82,12 @@ def log_model(artifact_dir: str | Path, name: str = "model", registered_model_na
     """
     load_artifact(artifact_dir)
     kwargs: dict[str, Any] = dict(
-        name=name, python_model=str(ENTRY), artifacts={ARTIFACT_KEY: str(artifact_dir)},
-        registered_model_name=registered_model_name, pip_requirements=_requirements(), code_paths=code_paths,
+        name=name,
+        python_model=str(ENTRY),
+        artifacts={ARTIFACT_KEY: str(artifact_dir)},
+        registered_model_name=registered_model_name,
+        pip_requirements=_requirements(),
+        code_paths=code_paths,
     )
     if mlflow.active_run() is None:
         with mlflow.start_run():

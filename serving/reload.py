@@ -59,8 +59,14 @@ class ReloadStatus:
 class ModelHolder:
     """Holds the current ``Store`` of a source and reloads it when the source changes."""
 
-    def __init__(self, source: Source, poll_interval_s: float = 30.0, listener: Listener | None = None,
-                 load_timeout_s: float = 120.0, allow_interface_change: bool = False) -> None:
+    def __init__(
+        self,
+        source: Source,
+        poll_interval_s: float = 30.0,
+        listener: Listener | None = None,
+        load_timeout_s: float = 120.0,
+        allow_interface_change: bool = False,
+    ) -> None:
         self.source = source
         self.poll_interval_s = poll_interval_s
         self.load_timeout_s = load_timeout_s  # <= 0: unbounded
@@ -110,8 +116,12 @@ class ModelHolder:
                 if late:
                     self.status.abandoned -= 1
             if late:
-                log.warning("the abandoned load of %s ended after %.1f s (%s); its result is discarded",
-                            ref.describe(), time.monotonic() - start, "failed" if "error" in result else "loaded")
+                log.warning(
+                    "the abandoned load of %s ended after %.1f s (%s); its result is discarded",
+                    ref.describe(),
+                    time.monotonic() - start,
+                    "failed" if "error" in result else "loaded",
+                )
 
         if self.load_timeout_s <= 0:
             work()
@@ -123,8 +133,7 @@ class ModelHolder:
                     abandoned.set()
                     self.status.abandoned += 1
             if abandoned.is_set():
-                raise LoadTimeout(f"loading {ref.describe()} did not finish within {self.load_timeout_s:g} s "
-                                  "(--load-timeout); abandoned")
+                raise LoadTimeout(f"loading {ref.describe()} did not finish within {self.load_timeout_s:g} s (--load-timeout); abandoned")
         if "error" in result:
             raise result["error"]
         return result["store"], time.monotonic() - start
@@ -135,8 +144,14 @@ class ModelHolder:
             self.status.state = "ok"
         if old is not None and old.key != ref.key:
             self.source.release(old)
-        log.info("loaded version %s (method %s, dtype %s) from %s in %.2f s; serving it", store.version,
-                 store.manifest.method.name, store.manifest.dtype, ref.where or ref.label, seconds)
+        log.info(
+            "loaded version %s (method %s, dtype %s) from %s in %.2f s; serving it",
+            store.version,
+            store.manifest.method.name,
+            store.manifest.dtype,
+            ref.where or ref.label,
+            seconds,
+        )
         self.listener("loaded", store, ref.label)
 
     def _fail(self, reason: str, ref: SourceRef, error: str) -> None:
@@ -174,8 +189,12 @@ class ModelHolder:
         if self._store is not None and not self.allow_interface_change:
             diff = changes(Interface.of(self._store), Interface.of(store))
             if diff:
-                self._fail("interface", ref, f"its interface differs from the served one: {'; '.join(diff)} "
-                                             "(start the service with --allow-interface-change to accept such a swap)")
+                self._fail(
+                    "interface",
+                    ref,
+                    f"its interface differs from the served one: {'; '.join(diff)} "
+                    "(start the service with --allow-interface-change to accept such a swap)",
+                )
                 return False
         self._swap(ref, store, seconds)
         return True

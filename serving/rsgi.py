@@ -52,11 +52,19 @@ class Bridge:
     async def __call__(self, scope: Any, proto: Any) -> None:
         raw_path = scope.path
         asgi_scope = {
-            "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": scope.http_version,
-            "method": scope.method, "scheme": scope.scheme, "path": unquote(raw_path), "raw_path": raw_path.encode("latin-1", "replace"),
-            "query_string": scope.query_string.encode("latin-1", "replace"), "root_path": "",
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": scope.http_version,
+            "method": scope.method,
+            "scheme": scope.scheme,
+            "path": unquote(raw_path),
+            "raw_path": raw_path.encode("latin-1", "replace"),
+            "query_string": scope.query_string.encode("latin-1", "replace"),
+            "root_path": "",
             "headers": [(k.lower().encode("latin-1", "replace"), v.encode("latin-1", "replace")) for k, v in scope.headers.items()],
-            "client": _address(scope.client), "server": _address(scope.server), "state": {},
+            "client": _address(scope.client),
+            "server": _address(scope.server),
+            "state": {},
         }
         chunks = proto.__aiter__()
         state = {"body_done": False, "status": 500, "headers": [], "parts": [], "sent": False}
@@ -78,8 +86,9 @@ class Bridge:
         async def send(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 state["status"] = message["status"]
-                state["headers"] = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in message.get("headers", ())
-                                    if k.lower() != b"content-length"]  # set by the server from the body
+                state["headers"] = [
+                    (k.decode("latin-1"), v.decode("latin-1")) for k, v in message.get("headers", ()) if k.lower() != b"content-length"
+                ]  # set by the server from the body
             elif message["type"] == "http.response.body" and not state["sent"]:
                 state["parts"].append(message.get("body", b""))
                 if not message.get("more_body", False):

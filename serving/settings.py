@@ -13,8 +13,9 @@ class ServeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     server: Literal["uvicorn", "granian", "granian-rsgi"] = Field(
-        "uvicorn", description="HTTP front: uvicorn (Python), granian (Rust, hyper; ASGI) or granian-rsgi "
-                               "(granian's RSGI: ids.v1 lookups skip the ASGI layers)")
+        "uvicorn",
+        description="HTTP front: uvicorn (Python), granian (Rust, hyper; ASGI) or granian-rsgi (granian's RSGI: ids.v1 lookups skip the ASGI layers)",
+    )
     model: str = Field(description="artifact folder (or a symlink to one), an artifact URI (s3://...), models:/NAME@ALIAS or models:/NAME/VERSION")
     host: str = Field("127.0.0.1", description="bind address; loopback unless told otherwise")
     port: int = Field(8000, ge=0, le=65535)
@@ -32,12 +33,16 @@ class ServeSettings(BaseModel):
     max_string_length: int = Field(1024, ge=1, description="characters of one raw value or feature name")
     torch_threads: int = Field(1, ge=1, description="intra-op threads of each lookup (requests run in parallel)")
     offload_items: int = Field(512, ge=1, description="requests with at least this many items/rows run in a worker thread, smaller ones inline")
-    offload_ids: int = Field(4096, ge=1, description="ids.v1 requests with at least this many ids run in a worker thread (whole-array work, under 1 µs an id)")
+    offload_ids: int = Field(
+        4096, ge=1, description="ids.v1 requests with at least this many ids run in a worker thread (whole-array work, under 1 µs an id)"
+    )
     workers: int = Field(1, ge=1, description="server processes sharing the port, each with its own copy of the model")
     graceful_timeout_s: float = Field(10.0, ge=0, description="on shutdown, how long in-flight requests may finish")
     header_timeout_s: float = Field(10.0, gt=0, description="a request's headers must arrive within this (else 408 and close)")
     body_timeout_s: float = Field(10.0, gt=0, description="a request's body must arrive within this after its headers (else 408)")
     keep_alive_s: float = Field(5.0, gt=0, description="idle keep-alive connections are closed after this (granian: header_timeout_s)")
-    max_connections: int = Field(1024, ge=1, description="uvicorn: 503 beyond this many open connections; granian: requests handled at once per worker")
+    max_connections: int = Field(
+        1024, ge=1, description="uvicorn: 503 beyond this many open connections; granian: requests handled at once per worker"
+    )
     max_inflight: int = Field(256, ge=1, description="POST requests served at once per process; more get 503 with Retry-After")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"

@@ -20,8 +20,8 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from recsys.export.loader import LoadedArtifact, load_artifact
-from recsys.serving.direct import DirectLookup
 from recsys.hashing import hash64_strings
+from recsys.serving.direct import DirectLookup
 from recsys.serving.encode import Encoder, RequestError
 from recsys.serving.source import resolve_source
 
@@ -112,7 +112,7 @@ class Store:
         if unknown:
             raise RequestError(f"unknown sparse feature {unknown[0]!r}; features: {', '.join(self.features)}")
         if len(blocks) == 1:
-            (name, raw), = blocks
+            ((name, raw),) = blocks
             return self.lookup_ids(np.full(len(raw), position[name], np.int64), raw)
         feature = np.repeat(np.array([position[f] for f, _ in blocks], np.int64), [len(r) for _, r in blocks])
         return self.lookup_ids(feature, np.concatenate([r for _, r in blocks]) if blocks else np.zeros(0, np.int64))
@@ -178,8 +178,7 @@ class Store:
             "model": m.model.get("name"),
             "embedding_dim": m.context.embedding_dim,
             "sparse_features": [
-                {"name": f.name, "multi_valued": f.multi_valued, "weighted": f.weighted, "dim": self.widths[f.name]}
-                for f in m.context.features
+                {"name": f.name, "multi_valued": f.multi_valued, "weighted": f.weighted, "dim": self.widths[f.name]} for f in m.context.features
             ],
             "dense_features": self.dense_features,
             "memory_bytes": m.method.memory_bytes,
@@ -191,4 +190,3 @@ class Store:
         if not isinstance(name, str) or name not in self.encoder.sparse_info:
             raise RequestError(f"unknown sparse feature {name!r}; features: {', '.join(self.features)}")
         return name
-

@@ -70,8 +70,12 @@ class CoalescingHttpProtocol(_Base):  # type: ignore[misc, valid-type]
 
 
 _TIMEOUT_BODY = b'{"detail":"request headers not received in time"}'
-_TIMEOUT_408 = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: "
-                + str(len(_TIMEOUT_BODY)).encode() + b"\r\n\r\n" + _TIMEOUT_BODY)
+_TIMEOUT_408 = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: "
+    + str(len(_TIMEOUT_BODY)).encode()
+    + b"\r\n\r\n"
+    + _TIMEOUT_BODY
+)
 
 
 class HeaderTimeoutProtocol(CoalescingHttpProtocol):

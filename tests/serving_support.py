@@ -38,10 +38,18 @@ def ensure_runs(base: Path) -> tuple[Path, dict[str, Path]]:
         if not (base / "done").exists():
             generate(data, rows=ROWS, profile="small", seed=5, progress=False, overwrite=True)
             for name, extra in RUNS.items():
-                cfg = load_config(ROOT / "configs/quickstart.yaml", [
-                    f"data.path={data}", "tracking.enabled=false", "training.epochs=1",
-                    "training.batch_size=256", "training.max_steps_per_epoch=12", "training.progress=false", *extra,
-                ])
+                cfg = load_config(
+                    ROOT / "configs/quickstart.yaml",
+                    [
+                        f"data.path={data}",
+                        "tracking.enabled=false",
+                        "training.epochs=1",
+                        "training.batch_size=256",
+                        "training.max_steps_per_epoch=12",
+                        "training.progress=false",
+                        *extra,
+                    ],
+                )
                 train_experiment(cfg, runs[name])
             (base / "done").write_text("ok")
     return data, runs

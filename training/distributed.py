@@ -27,6 +27,7 @@ from recsys.config import TrainingConfig
 from recsys.embeddings.base import EmbeddingMethod
 from recsys.training.checkpoint import load_plain_state_dict, plain_state_dict
 
+
 def quiet_torchrec() -> None:
     """Silence TorchRec's planner warnings about CPU topologies (they do not apply here)."""
     for name in ("torchrec.distributed.planner", "torchrec.distributed.planner.types", "torchrec.distributed.planner.storage_reservations", "root"):
@@ -94,11 +95,14 @@ def plan_sharding(model: nn.Module, sharding_type: str, world_size: int) -> Shar
     Table widths must be multiples of 4 (TorchRec's sharding asserts it); others are refused
     here, by name, before the planner fails deep inside.
     """
-    narrow = [f"'{cfg.name}' ({cfg.embedding_dim})" for ebc in embedding_collections(model)
-              for cfg in ebc.embedding_bag_configs() if cfg.embedding_dim % 4]
+    narrow = [
+        f"'{cfg.name}' ({cfg.embedding_dim})" for ebc in embedding_collections(model) for cfg in ebc.embedding_bag_configs() if cfg.embedding_dim % 4
+    ]
     if narrow:
-        raise ValueError(f"TorchRec shards only tables whose width is a multiple of 4; not {', '.join(narrow)}: "
-                         "change model.embedding_dim or the method's widths (e.g. embedding.options.chunk_dim)")
+        raise ValueError(
+            f"TorchRec shards only tables whose width is a multiple of 4; not {', '.join(narrow)}: "
+            "change model.embedding_dim or the method's widths (e.g. embedding.options.chunk_dim)"
+        )
     constraints = {
         cfg.name: ParameterConstraints(sharding_types=[sharding_type], compute_kernels=[EmbeddingComputeKernel.FUSED.value])
         for ebc in embedding_collections(model)
@@ -143,7 +147,11 @@ def shard(model: nn.Module, embedding: nn.Module, cfg: TrainingConfig, device: t
     dense_cls = DENSE_OPTIMIZERS[cfg.dense_optimizer]
     dense_params = dict(in_backward_optimizer_filter(dmp.named_parameters()))
     separate = _separate_optimizers(embedding, dense_params)
-    dense = [KeyedOptimizerWrapper(dense_params, lambda params: dense_cls(params, lr=cfg.dense_lr, weight_decay=cfg.weight_decay))] if dense_params else []
+    dense = (
+        [KeyedOptimizerWrapper(dense_params, lambda params: dense_cls(params, lr=cfg.dense_lr, weight_decay=cfg.weight_decay))]
+        if dense_params
+        else []
+    )
     return ShardedModel(dmp, CombinedOptimizer([dmp.fused_optimizer, *separate, *dense]))
 
 

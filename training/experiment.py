@@ -50,7 +50,11 @@ class Experiment:
     """The pieces of one run that every phase rebuilds from the config."""
 
     def __init__(
-        self, cfg: ExperimentConfig, out_dir: Location, tracker: Tracker, readers: ReaderFactory | None = None,
+        self,
+        cfg: ExperimentConfig,
+        out_dir: Location,
+        tracker: Tracker,
+        readers: ReaderFactory | None = None,
         checkpointer: Checkpointer | None = None,
     ) -> None:
         self.cfg = cfg
@@ -88,8 +92,9 @@ class Experiment:
 
     def _epoch_done(self, phase: Phase, e: EpochResult) -> None:
         prefix = "" if phase.name == "train" else f"{phase.name}/"
-        self.tracker.log_metrics({f"{prefix}valid_auc": e.valid.auc, f"{prefix}valid_logloss": e.valid.logloss,
-                                  f"{prefix}epoch_train_loss": e.train_loss}, e.epoch)
+        self.tracker.log_metrics(
+            {f"{prefix}valid_auc": e.valid.auc, f"{prefix}valid_logloss": e.valid.logloss, f"{prefix}epoch_train_loss": e.train_loss}, e.epoch
+        )
         if self.epoch_hook is not None:
             self.epoch_hook(phase.name, e.epoch, e.valid.auc)
 
@@ -104,7 +109,11 @@ class Experiment:
                 self.step_hook(phase.name, step)
 
         return Trainer(
-            sharded, method, self.reader("train", method), self.reader("valid", method, eval_rows), cfg,
+            sharded,
+            method,
+            self.reader("train", method),
+            self.reader("valid", method, eval_rows),
+            cfg,
             on_step=on_step,
             on_epoch=lambda e: self._epoch_done(phase, e),
         )

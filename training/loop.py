@@ -157,8 +157,8 @@ class Trainer:
                 now = time.perf_counter()
                 rate = window_samples / max(now - window_start, 1e-9)
                 window_start, window_samples = now, 0
-                bar.set_postfix(loss=f"{np.mean(losses[-self.cfg.log_every:]):.4f}", samples_s=f"{rate:,.0f}")
-                result.step_losses.append((state.step, float(np.mean(losses[-self.cfg.log_every:]))))
+                bar.set_postfix(loss=f"{np.mean(losses[-self.cfg.log_every :]):.4f}", samples_s=f"{rate:,.0f}")
+                result.step_losses.append((state.step, float(np.mean(losses[-self.cfg.log_every :]))))
                 if self.on_step:
                     self.on_step(state.step, result.step_losses[-1][1], rate)
             if on_checkpoint is not None and every and state.step % every == 0 and state.batch < total:

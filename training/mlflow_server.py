@@ -24,9 +24,20 @@ from pathlib import Path
 
 def server_command(port: int, backend_store_uri: str, artifacts_destination: str, host: str = "127.0.0.1", workers: int = 2) -> list[str]:
     return [
-        sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port),
-        "--backend-store-uri", backend_store_uri, "--artifacts-destination", artifacts_destination,
-        "--workers", str(workers),
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        backend_store_uri,
+        "--artifacts-destination",
+        artifacts_destination,
+        "--workers",
+        str(workers),
     ]
 
 

@@ -23,8 +23,11 @@ def fit_summary(result: FitResult) -> dict[str, Any]:
     """The ``fit`` entry of a train phase's ``summary.json``."""
     best = result.best
     return {
-        "epochs": len(result.epochs), "best_epoch": best.epoch, "valid_auc": best.valid.auc,
-        "valid_logloss": best.valid.logloss, "train_samples_per_s": result.train_samples_per_s,
+        "epochs": len(result.epochs),
+        "best_epoch": best.epoch,
+        "valid_auc": best.valid.auc,
+        "valid_logloss": best.valid.logloss,
+        "train_samples_per_s": result.train_samples_per_s,
         "stopped_early": result.stopped_early,
     }
 
@@ -34,8 +37,14 @@ def oracle_auc(exp: Experiment, split: str) -> float | None:
     return oracle.auc if oracle else None
 
 
-def run_metrics(exp: Experiment, method: EmbeddingMethod, test: EvalResult, summaries: dict[str, dict[str, Any]],
-                phases: list[Phase], method_choice: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_metrics(
+    exp: Experiment,
+    method: EmbeddingMethod,
+    test: EvalResult,
+    summaries: dict[str, dict[str, Any]],
+    phases: list[Phase],
+    method_choice: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The run's metrics: the test split's, the last fit's, ``auto``'s choice and, with several phases, each phase's summary."""
     fits = [s["fit"] for s in summaries.values() if "fit" in s]
     method_bytes = method.memory_bytes()

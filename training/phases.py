@@ -27,8 +27,8 @@ from recsys.storage import load_tensors, save_tensors
 from recsys.training.checkpoint import load_weights, save_weights
 from recsys.training.collectives import barrier, broadcast_tensors, is_main, replicated_mismatches, world
 from recsys.training.experiment import Experiment
-from recsys.training.outcome import fit_summary, oracle_auc, run_metrics, write_outputs
 from recsys.training.loop import EvalResult, Trainer
+from recsys.training.outcome import fit_summary, oracle_auc, run_metrics, write_outputs
 from recsys.training.plots import learning_curve
 
 
@@ -58,8 +58,9 @@ def run_phases(exp: Experiment, resume: bool) -> dict[str, Any]:
     labels, probs = trainer.predict(exp.reader("test", method))
     test = EvalResult(auc=auc(labels, probs), logloss=logloss(labels, probs), rows=len(labels))
     if is_main():
-        save_tensors({"labels": torch.from_numpy(labels.astype(np.float32)), "probs": torch.from_numpy(probs.astype(np.float32))},
-                     exp.folder.test_scores)
+        save_tensors(
+            {"labels": torch.from_numpy(labels.astype(np.float32)), "probs": torch.from_numpy(probs.astype(np.float32))}, exp.folder.test_scores
+        )
     chosen = None if choice is None else {"method": choice.method, "options": choice.options, "reason": choice.reason}
     metrics = run_metrics(exp, method, test, summaries, phases, chosen)
     write_outputs(exp, method, phases[-1])

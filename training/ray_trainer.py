@@ -121,16 +121,24 @@ def train_distributed(cfg: ExperimentConfig, out_dir: str | Path | StoragePath, 
             scaling, threads, use_gpu = _scaling(cfg.training.workers, cfg.training.placement_strategy)
             tracker = session.tracker
             config = {
-                "cfg": cfg.model_dump(mode="json"), "out": str(out), "plans": plans, "threads": threads,
-                "run_id": tracker.run_id if cfg.tracking.enabled else None, "fail": os.environ.get(FAIL_ENV),
+                "cfg": cfg.model_dump(mode="json"),
+                "out": str(out),
+                "plans": plans,
+                "threads": threads,
+                "run_id": tracker.run_id if cfg.tracking.enabled else None,
+                "fail": os.environ.get(FAIL_ENV),
                 "uri": getattr(tracker, "uri", None),
             }
             trainer = TorchTrainer(
-                _worker, train_loop_config=config, scaling_config=scaling,
+                _worker,
+                train_loop_config=config,
+                scaling_config=scaling,
                 torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
                 run_config=RunConfig(
-                    name="train", storage_path=str(out / RAY_STORAGE),
-                    failure_config=FailureConfig(max_failures=cfg.training.max_failures), checkpoint_config=CheckpointConfig(num_to_keep=2),
+                    name="train",
+                    storage_path=str(out / RAY_STORAGE),
+                    failure_config=FailureConfig(max_failures=cfg.training.max_failures),
+                    checkpoint_config=CheckpointConfig(num_to_keep=2),
                 ),
             )
             trainer.fit()
@@ -154,7 +162,14 @@ def _record_worker(out: Location, rank: int, world: int) -> None:
 
     import ray
 
-    info = {"rank": rank, "world": world, "pid": os.getpid(), "host": socket.gethostname(), "node_id": ray.get_runtime_context().get_node_id(), "time": time.time()}
+    info = {
+        "rank": rank,
+        "world": world,
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "time": time.time(),
+    }
     (out / WORKERS / f"rank-{rank}.json").write_text(json.dumps(info))
 
 

@@ -26,8 +26,9 @@ from recsys.training.phases import run_phases
 from recsys.training.session import open_run_folder, tracking_session
 
 
-def train_experiment(cfg: ExperimentConfig, out_dir: str | Path | StoragePath, resume: bool = False,
-                     epoch_hook: EpochHook | None = None) -> dict[str, Any]:
+def train_experiment(
+    cfg: ExperimentConfig, out_dir: str | Path | StoragePath, resume: bool = False, epoch_hook: EpochHook | None = None
+) -> dict[str, Any]:
     """Train, evaluate and record one experiment; returns what ``metrics.json`` holds.
 
     ``out_dir`` is a folder or a URI (``recsys.storage``); the dataset may be either too.

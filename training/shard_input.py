@@ -99,8 +99,15 @@ class ShardReader:
     """
 
     def __init__(
-        self, folder: str | Path | StoragePath, pieces: list[Piece], layout: BatchLayout, batch_size: int, rank: int, world: int,
-        train: bool, seed: int = 0,
+        self,
+        folder: str | Path | StoragePath,
+        pieces: list[Piece],
+        layout: BatchLayout,
+        batch_size: int,
+        rank: int,
+        world: int,
+        train: bool,
+        seed: int = 0,
     ) -> None:
         self.folder: Location = location(folder)
         self.layout = layout

@@ -122,7 +122,13 @@ class MlflowTracker:
         self.run_id = run_id
         self._owns_run = run_id is None  # an attached tracker leaves ending the run to its owner
         if run_id is None:
-            record = {"op": "create_run", "pending": f"{PENDING}{uuid.uuid4().hex}", "experiment": cfg.experiment, "run_name": cfg.run_name, "tags": tags or {}}
+            record = {
+                "op": "create_run",
+                "pending": f"{PENDING}{uuid.uuid4().hex}",
+                "experiment": cfg.experiment,
+                "run_name": cfg.run_name,
+                "tags": tags or {},
+            }
             try:
                 self.run_id = self._attempt(record, BACKOFF_S)
             except _Transient as exc:
@@ -188,7 +194,9 @@ class MlflowTracker:
         self._offline = True
         self._last_probe = time.monotonic()
         where = f"spooling calls to {self._spool.path}" if self._spool is not None else "dropping calls (no spool)"
-        warnings.warn(f"MLflow at {self.uri} unreachable or without the run ({exc}); training goes on, {where} until it is back", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"MLflow at {self.uri} unreachable or without the run ({exc}); training goes on, {where} until it is back", RuntimeWarning, stacklevel=3
+        )
         if self._spool is not None:
             self._spool.append(record)
 
@@ -278,11 +286,15 @@ class MlflowTracker:
             files = ", ".join(str(p) for p in [self._spool.path, *(others or [])] if p.exists())
             warnings.warn(
                 f"MLflow at {self.uri} is still unreachable: tracking calls are kept in {files}; "
-                f"replay them with `recsys mlflow-replay {self._spool.path.parent}`", RuntimeWarning, stacklevel=2,
+                f"replay them with `recsys mlflow-replay {self._spool.path.parent}`",
+                RuntimeWarning,
+                stacklevel=2,
             )
 
 
-def make_tracker(cfg: TrackingConfig, tags: dict[str, str] | None = None, run_dir: Path | None = None, run_id: str | None = None, rank: int = 0) -> Tracker:
+def make_tracker(
+    cfg: TrackingConfig, tags: dict[str, str] | None = None, run_dir: Path | None = None, run_id: str | None = None, rank: int = 0
+) -> Tracker:
     """The tracker of one process: MLflow on the driver or rank 0 (spooling into ``run_dir``), else none."""
     if not cfg.enabled or rank != 0:
         return NullTracker()

@@ -142,9 +142,7 @@ class _Options:
     progress: bool
 
 
-def _check_args(
-    path: Path, min_count: int, split: Sequence[float], on_bad_row: str, chunk_rows: int, rows_per_file: int
-) -> None:
+def _check_args(path: Path, min_count: int, split: Sequence[float], on_bad_row: str, chunk_rows: int, rows_per_file: int) -> None:
     if min_count < 1:
         raise ConversionError(path, f"min_count must be >= 1, got {min_count}", field="min_count")
     if len(split) != 3 or any(f < 0 for f in split) or not math.isclose(sum(split), 1.0, abs_tol=1e-6):
@@ -191,9 +189,7 @@ def _build(layout: InputFormat, files: list[tuple[Path, int | None]], root: Path
     return spec
 
 
-def _build_vocabularies(
-    sparse: Sequence[SparseSource], counters: list[FrequencyCounter], root: Path, min_count: int
-) -> list[Vocabulary]:
+def _build_vocabularies(sparse: Sequence[SparseSource], counters: list[FrequencyCounter], root: Path, min_count: int) -> list[Vocabulary]:
     """Vocabularies from the train counts (each counter is released once used), written to ``vocab/``."""
     (root / VOCAB_DIR).mkdir()
 
@@ -217,17 +213,16 @@ def _first_pass(
     layout: InputFormat, files: list[tuple[Path, int | None]], stage: StageWriter, log: BadRowLog, opts: _Options
 ) -> tuple[list[FrequencyCounter | FieldCounters], dict[str, DenseStats]]:
     """Parse, check, split, count and stage every row of every file, in order."""
-    counters: list[FrequencyCounter | FieldCounters] = [
-        FieldCounters() if src.kind == "fields" else FrequencyCounter() for src in layout.sparse
-    ]
-    stats = {
-        n: DenseStats(n, opts.policy.seed, t.kind == "quantile") for n, t in layout.transforms.items() if t.needs_stats
-    }
+    counters: list[FrequencyCounter | FieldCounters] = [FieldCounters() if src.kind == "fields" else FrequencyCounter() for src in layout.sparse]
+    stats = {n: DenseStats(n, opts.policy.seed, t.kind == "quantile") for n, t in layout.transforms.items() if t.needs_stats}
     splitter = Splitter(layout, files, opts.policy)
     sizes = [path.stat().st_size for path, _ in files]
     desc = f"read {files[0][0].name}" + (f" +{len(files) - 1} files" if len(files) > 1 else "")
-    with tqdm(total=sum(sizes), unit="B", unit_scale=True, desc=desc, disable=not opts.progress, file=sys.stderr) as bar, \
-            Background() as background, ThreadPoolExecutor(PARSE_THREADS) as pool:
+    with (
+        tqdm(total=sum(sizes), unit="B", unit_scale=True, desc=desc, disable=not opts.progress, file=sys.stderr) as bar,
+        Background() as background,
+        ThreadPoolExecutor(PARSE_THREADS) as pool,
+    ):
         done = 0
         for index, (path, role) in enumerate(files):
             log.at(path, row_group_starts(path) if layout.text is None else None)
@@ -257,9 +252,7 @@ def _first_pass(
     return counters, stats
 
 
-def _second_pass(
-    out: OutputLayout, stage: StageWriter, vocabs: list[Vocabulary], root: Path, opts: _Options
-) -> dict[str, SplitSpec]:
+def _second_pass(out: OutputLayout, stage: StageWriter, vocabs: list[Vocabulary], root: Path, opts: _Options) -> dict[str, SplitSpec]:
     """Add vocabulary indices to the staged rows and write the Parquet parts of each split.
 
     Train runs beside valid and test (two threads), so both cores stay busy; the train rows'
@@ -270,8 +263,7 @@ def _second_pass(
     schema = final_schema(final.dense, final.sparse)
     dictionary = dictionary_columns(final.dense, final.sparse, vocabs)
     total = sum(stage.rows.values())
-    with tqdm(total=total, unit="row", unit_scale=True, desc="write parquet", disable=not opts.progress,
-              file=sys.stderr) as bar:
+    with tqdm(total=total, unit="row", unit_scale=True, desc="write parquet", disable=not opts.progress, file=sys.stderr) as bar:
 
         def write(names: Sequence[str]) -> dict[str, list[str]]:
             files = {}
@@ -300,5 +292,3 @@ def _second_pass(
         )
         for split in SPLITS
     }
-
-

@@ -67,13 +67,21 @@ def historical_to_parquet(repo: str | Path, entities: str | Path, features: Sequ
 
 
 def parquet_to_dataset(
-    parquet: str | Path, schema: str | Path, out: str | Path, *, min_count: int = 1,
-    split: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0, overwrite: bool = False, progress: bool = True,
+    parquet: str | Path,
+    schema: str | Path,
+    out: str | Path,
+    *,
+    min_count: int = 1,
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    seed: int = 0,
+    overwrite: bool = False,
+    progress: bool = True,
 ) -> DatasetSpec:
     """Convert a retrieval's Parquet into a dataset folder with the Parquet/CSV ``schema`` (the
     other arguments are ``recsys data convert``'s)."""
     parquet = Path(parquet)
     if not parquet.is_file():
         raise FileNotFoundError(f"{parquet}: no such Parquet file")
-    return convert("parquet", parquet, Path(out), schema_path=Path(schema), min_count=min_count, split=split, seed=seed,
-                   overwrite=overwrite, progress=progress)
+    return convert(
+        "parquet", parquet, Path(out), schema_path=Path(schema), min_count=min_count, split=split, seed=seed, overwrite=overwrite, progress=progress
+    )

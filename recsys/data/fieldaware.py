@@ -83,9 +83,11 @@ class PositionRanges:
             lo, hi = min(self.lo[k], v), max(self.hi[k], v)
             for j in range(self.fields):
                 if j != k and self.lo[j] <= self.hi[j] and lo <= self.hi[j] and self.lo[j] <= hi:
-                    return (f"index {v} at position {k} (field {field_name(k)}) overlaps the index range "
-                            f"[{self.lo[j]}, {self.hi[j]}] of position {j} (field {field_name(j)}); positional libFM "
-                            "needs each position to keep to its own index range")
+                    return (
+                        f"index {v} at position {k} (field {field_name(k)}) overlaps the index range "
+                        f"[{self.lo[j]}, {self.hi[j]}] of position {j} (field {field_name(j)}); positional libFM "
+                        "needs each position to keep to its own index range"
+                    )
         return "index ranges of positions overlap"
 
 
@@ -134,8 +136,7 @@ def parse_field_lines(text: pa.Array, positional: int | None, ranges: PositionRa
     issues = [Issue(bad_rows, "bad_feature", "features", what, pc.take(flat, pa.array(first, mask=first < 0)))]
     if positional is not None:
         wrong = (counts != positional) & ~bad_rows
-        issues.append(Issue(wrong, "wrong_field_count", "features", f"expected {positional} idx:value tokens, found",
-                            pa.array(counts)))
+        issues.append(Issue(wrong, "wrong_field_count", "features", f"expected {positional} idx:value tokens, found", pa.array(counts)))
         if ranges is not None and index is not None:
             ok = ~(bad_rows | wrong)
             grid = np.zeros((n, positional), np.int64)
@@ -169,8 +170,11 @@ class FieldCounters:
 
 def staged_field_columns(name: str) -> list[pa.Field]:
     """Staged columns of the bag of field values: ids, weights, field codes."""
-    return [pa.field(id_column(name), pa.list_(pa.int64())), pa.field(weight_column(name), pa.list_(pa.float32())),
-            pa.field(name + FIELD_CODE_SUFFIX, pa.list_(pa.int32()))]
+    return [
+        pa.field(id_column(name), pa.list_(pa.int64())),
+        pa.field(weight_column(name), pa.list_(pa.float32())),
+        pa.field(name + FIELD_CODE_SUFFIX, pa.list_(pa.int32())),
+    ]
 
 
 def split_fields(batch: pa.RecordBatch, name: str, codes: list[int]) -> dict[str, tuple[pa.Array, pa.Array]]:
@@ -187,6 +191,8 @@ def split_fields(batch: pa.RecordBatch, name: str, codes: list[int]) -> dict[str
         offsets = np.zeros(n + 1, np.int32)
         np.cumsum(np.bincount(parents[m], minlength=n), out=offsets[1:])
         off = pa.array(offsets, pa.int32())
-        out[field_name(code)] = (pa.ListArray.from_arrays(off, pa.array(flat_ids[m], pa.int64())),
-                                 pa.ListArray.from_arrays(off, pa.array(flat_w[m], pa.float32())))
+        out[field_name(code)] = (
+            pa.ListArray.from_arrays(off, pa.array(flat_ids[m], pa.int64())),
+            pa.ListArray.from_arrays(off, pa.array(flat_w[m], pa.float32())),
+        )
     return out

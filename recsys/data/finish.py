@@ -59,9 +59,7 @@ class OutputLayout:
         return vocabs
 
 
-def output_layout(
-    layout: InputFormat, counters: Sequence[FrequencyCounter | FieldCounters], stats: dict[str, DenseStats]
-) -> OutputLayout:
+def output_layout(layout: InputFormat, counters: Sequence[FrequencyCounter | FieldCounters], stats: dict[str, DenseStats]) -> OutputLayout:
     """The output layout after the first pass (``counters`` per staged sparse source, ``stats`` per dense column)."""
     sparse: list[SparseSource] = []
     counts: list[FrequencyCounter] = []
@@ -85,21 +83,20 @@ def output_layout(
 
 def field_specs(out: OutputLayout, vocabs: Sequence[Vocabulary]) -> list[FieldSpec]:
     """The ``dataset.json`` fields: dense (with transform), then sparse (bucket fields with their edges)."""
-    fields = [
-        FieldSpec(name=n, kind="dense", transform=out.kinds[n], transform_params=out.params.get(n))
-        for n in out.final.dense
-    ]
+    fields = [FieldSpec(name=n, kind="dense", transform=out.kinds[n], transform_params=out.params.get(n)) for n in out.final.dense]
     for src, vocab in zip(out.final.sparse, vocabs):
         bucket = src.kind == "bucket"
-        fields.append(FieldSpec(
-            name=src.name,
-            kind="sparse",
-            cardinality=vocab.cardinality,
-            vocabulary=f"{VOCAB_DIR}/{src.name}.parquet",
-            num_distinct=int(np.count_nonzero(vocab.counts)) if bucket else vocab.num_distinct,
-            multi_valued=src.multi_valued,
-            weighted=src.weighted,
-            transform="quantile" if bucket else None,
-            transform_params=out.params.get(src.name) if bucket else None,
-        ))
+        fields.append(
+            FieldSpec(
+                name=src.name,
+                kind="sparse",
+                cardinality=vocab.cardinality,
+                vocabulary=f"{VOCAB_DIR}/{src.name}.parquet",
+                num_distinct=int(np.count_nonzero(vocab.counts)) if bucket else vocab.num_distinct,
+                multi_valued=src.multi_valued,
+                weighted=src.weighted,
+                transform="quantile" if bucket else None,
+                transform_params=out.params.get(src.name) if bucket else None,
+            )
+        )
     return fields

@@ -27,10 +27,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from recsys.data.errors import ConversionError, Issue
-from recsys.data.parse import SparseValues, as_array, parse_labels
 from recsys.data.fieldaware import PositionRanges, parse_field_lines
 from recsys.data.inputs import read_first_line
 from recsys.data.parquet_reader import parquet_schema
+from recsys.data.parse import SparseValues, as_array, parse_labels
 from recsys.data.schema import CsvSchema, check_columns, field_name_problem, load_csv_schema
 from recsys.data.sources import derive_hour, parse_libfm_lines
 from recsys.data.splitting import parse_times
@@ -56,7 +56,6 @@ LibfmFields = Literal["bag", "positional"]
 CRITEO_DENSE = tuple(f"I{i}" for i in range(1, 14))
 CRITEO_SPARSE = tuple(f"C{i}" for i in range(1, 27))
 LIBFM_FIELD = "features"
-
 
 
 @dataclass(frozen=True)
@@ -92,7 +91,10 @@ class ParsedChunk:
 
     def take(self, keep: np.ndarray) -> "ParsedChunk":
         return ParsedChunk(
-            self.lines[keep], self.label[keep], [d[keep] for d in self.dense], [s.take(keep) for s in self.sparse],
+            self.lines[keep],
+            self.label[keep],
+            [d[keep] for d in self.dense],
+            [s.take(keep) for s in self.sparse],
             None if self.times is None else self.times[keep],
         )
 
@@ -114,9 +116,7 @@ class InputFormat:
     positional: int | None = None  # positional libFM: the number of fields
     ranges: PositionRanges | None = None  # positional libFM: each position's index range so far
 
-    def parse(
-        self, table: pa.Table, lines: np.ndarray, pool: Executor | None = None
-    ) -> tuple[ParsedChunk, list[Issue]]:
+    def parse(self, table: pa.Table, lines: np.ndarray, pool: Executor | None = None) -> tuple[ParsedChunk, list[Issue]]:
         """Parse one chunk (columns in parallel on ``pool``); failing rows become issues."""
         if self.text is not None:
             table, lines = _drop_blank(table, lines)
@@ -127,9 +127,7 @@ class InputFormat:
         label, bad, label_col = label_values(as_array(table.column(self.label)), self.label_values)
         allowed = " or ".join(f"{v:g}" for v in self.label_values)
         issues = [Issue(bad, "bad_label", self.label, f"label must be {allowed}, found", label_col)]
-        tasks: list[Callable[[], tuple[Any, Issue | None]]] = [
-            partial(_dense, table, n, self.transforms.get(n, SLOG1P_SPEC)) for n in self.dense
-        ]
+        tasks: list[Callable[[], tuple[Any, Issue | None]]] = [partial(_dense, table, n, self.transforms.get(n, SLOG1P_SPEC)) for n in self.dense]
         tasks += [partial(_sparse, table, src) for src in self.sparse]
         results = list(pool.map(_call, tasks) if pool is not None else map(_call, tasks))
         issues += [issue for _, issue in results if issue is not None]
@@ -216,16 +214,20 @@ def _libfm(fmt: str, path: Path, fields: LibfmFields) -> InputFormat:
             if len(first) < 2:
                 raise ConversionError(path, "positional libFM needs a first line 'label idx:val ...'", line=1)
             positional = len(first) - 1
-        return InputFormat(fmt, text, ["line"], "label", sparse=[SparseSource("fields", "line", "fields")],  # type: ignore[arg-type]
-                           label_values=labels, positional=positional,
-                           ranges=None if positional is None else PositionRanges(positional))
-    return InputFormat("libfm", text, ["line"], "label", sparse=[SparseSource(LIBFM_FIELD, "line", "libfm")],
-                       label_values=labels)
+        return InputFormat(
+            fmt,
+            text,
+            ["line"],
+            "label",
+            sparse=[SparseSource("fields", "line", "fields")],  # type: ignore[arg-type]
+            label_values=labels,
+            positional=positional,
+            ranges=None if positional is None else PositionRanges(positional),
+        )
+    return InputFormat("libfm", text, ["line"], "label", sparse=[SparseSource(LIBFM_FIELD, "line", "libfm")], label_values=labels)
 
 
-def open_format(
-    fmt: str, input_path: Path, schema_path: Path | None, libfm_fields: LibfmFields = "bag"
-) -> InputFormat:
+def open_format(fmt: str, input_path: Path, schema_path: Path | None, libfm_fields: LibfmFields = "bag") -> InputFormat:
     """The column layout of ``input_path`` in format ``fmt`` (reads the header or Parquet schema)."""
     if fmt not in FORMATS:
         raise ConversionError(input_path, f"unknown format '{fmt}'; formats: {', '.join(FORMATS)}", field="format")
@@ -268,8 +270,12 @@ def check_file(layout: InputFormat, path: Path, first: Path, schema_path: Path |
 def _criteo() -> InputFormat:
     names = ["label", *CRITEO_DENSE, *CRITEO_SPARSE]
     return InputFormat(
-        "criteo", TextFormat("\t", header=False, quoting=False, null_values=("",)), names, "label",
-        dense=list(CRITEO_DENSE), sparse=[SparseSource(n, n) for n in CRITEO_SPARSE],
+        "criteo",
+        TextFormat("\t", header=False, quoting=False, null_values=("",)),
+        names,
+        "label",
+        dense=list(CRITEO_DENSE),
+        sparse=[SparseSource(n, n) for n in CRITEO_SPARSE],
     )
 
 
@@ -296,10 +302,7 @@ def _avazu(path: Path) -> InputFormat:
 
 
 def _schema_sparse(schema: CsvSchema) -> list[SparseSource]:
-    return [
-        SparseSource(n, n, "multi", schema.multi_valued[n]) if n in schema.multi_valued else SparseSource(n, n)
-        for n in schema.sparse_order()
-    ]
+    return [SparseSource(n, n, "multi", schema.multi_valued[n]) if n in schema.multi_valued else SparseSource(n, n) for n in schema.sparse_order()]
 
 
 def _csv(path: Path, schema_path: Path) -> InputFormat:
@@ -307,8 +310,7 @@ def _csv(path: Path, schema_path: Path) -> InputFormat:
     text = TextFormat(schema.delimiter, header=schema.header, quoting=True)
     names = read_header(path, text) if schema.header else list(schema.columns or [])
     check_columns(schema, names, schema_path, path)
-    return InputFormat("csv", text, names, schema.label, dense=list(schema.dense), sparse=_schema_sparse(schema),
-                       transforms=schema.transform_specs())
+    return InputFormat("csv", text, names, schema.label, dense=list(schema.dense), sparse=_schema_sparse(schema), transforms=schema.transform_specs())
 
 
 def _parquet(path: Path, schema_path: Path) -> InputFormat:
@@ -317,8 +319,9 @@ def _parquet(path: Path, schema_path: Path) -> InputFormat:
         raise ConversionError(schema_path, "not used with Parquet input (names come from the Parquet schema)", field="columns")
     _check_parquet_types(schema, parquet_schema(path), schema_path, path)
     used = [n for n, role in schema.roles().items() if role != "drop"]
-    return InputFormat("parquet", None, used, schema.label, dense=list(schema.dense), sparse=_schema_sparse(schema),
-                       transforms=schema.transform_specs())
+    return InputFormat(
+        "parquet", None, used, schema.label, dense=list(schema.dense), sparse=_schema_sparse(schema), transforms=schema.transform_specs()
+    )
 
 
 def _check_parquet_types(schema: CsvSchema, arrow: pa.Schema, schema_path: Path, path: Path) -> None:

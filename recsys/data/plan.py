@@ -19,6 +19,7 @@ InputPaths = Path | str | Sequence[Path | str]
 
 def input_files(input_path: InputPaths | None, presplit: Mapping[str, InputPaths] | None) -> list[tuple[Path, int | None]]:
     """``(file, its split or None)`` in reading order."""
+
     def listed(paths: InputPaths, what: str) -> list[Path]:
         return expand_inputs([paths] if isinstance(paths, (str, Path)) else list(paths), what)
 
@@ -31,16 +32,25 @@ def input_files(input_path: InputPaths | None, presplit: Mapping[str, InputPaths
     unknown = sorted(set(presplit) - set(SPLITS))
     missing = [s for s in SPLITS if not presplit.get(s)]
     if unknown or missing:
-        raise ConversionError("--train/--valid/--test", f"pre-split input needs files for each of train, valid and test "
-                              f"(missing: {', '.join(missing) or '-'}; unknown: {', '.join(unknown) or '-'})")
+        raise ConversionError(
+            "--train/--valid/--test",
+            f"pre-split input needs files for each of train, valid and test "
+            f"(missing: {', '.join(missing) or '-'}; unknown: {', '.join(unknown) or '-'})",
+        )
     files: list[tuple[Path, int | None]] = [(p, i) for i, s in enumerate(SPLITS) for p in listed(presplit[s], f"--{s}")]
     expand_inputs([p for p, _ in files], "--train/--valid/--test")  # a file under two splits is refused
     return files
 
 
 def split_policy(
-    layout: InputFormat, first: Path, presplit: bool, split_by: str, split: tuple[float, float, float], seed: int,
-    time_column: str | None, time_cuts: Sequence[str] | None,
+    layout: InputFormat,
+    first: Path,
+    presplit: bool,
+    split_by: str,
+    split: tuple[float, float, float],
+    seed: int,
+    time_column: str | None,
+    time_cuts: Sequence[str] | None,
 ) -> tuple[SplitPolicy, InputFormat]:
     if split_by not in ("random", "order", "time"):
         raise ConversionError(first, f"split_by must be random, order or time, got '{split_by}'", field="split_by")

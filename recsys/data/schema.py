@@ -139,9 +139,7 @@ def field_name_problem(name: str) -> str | None:
     return None
 
 
-def check_columns(
-    schema: CsvSchema, header: list[str], schema_path: Path, input_path: Path, source: str = "header"
-) -> None:
+def check_columns(schema: CsvSchema, header: list[str], schema_path: Path, input_path: Path, source: str = "header") -> None:
     """Every schema column is in the file (its ``source`` of names) and every file column is in the schema."""
     roles = schema.roles()
     missing = [n for n in roles if n not in header]

@@ -40,9 +40,7 @@ class SplitPolicy:
 def assign_splits(lines: np.ndarray, seed: int, fractions: Sequence[float], file_index: int = 0) -> np.ndarray:
     """Random split of each row, from ``(seed, file index, line number)`` only."""
     key = lines.astype(np.int64) + (np.int64(file_index) << np.int64(_FILE_SHIFT))
-    u = (mix64_np(key, salt_for(f"split/{seed}")).view(np.uint64) >> np.uint64(11)).astype(np.float64) * (
-        1.0 / (1 << 53)
-    )
+    u = (mix64_np(key, salt_for(f"split/{seed}")).view(np.uint64) >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
     bounds = np.cumsum(np.asarray(fractions, np.float64))[:2]
     return np.searchsorted(bounds, u, side="right").astype(np.int8)
 

@@ -217,7 +217,10 @@ class PartWriter:
         self.files.append(name)
         stats = [c for c in self.schema.names if not c.endswith(("__id", "__w"))]  # min/max of hashes tell nothing
         self._writer = pq.ParquetWriter(
-            str(self.root / name), self.schema, compression=PARQUET_COMPRESSION, use_dictionary=self.dictionary_columns,
+            str(self.root / name),
+            self.schema,
+            compression=PARQUET_COMPRESSION,
+            use_dictionary=self.dictionary_columns,
             write_statistics=stats,
         )
         self._rows_in_file = 0

@@ -68,8 +68,8 @@ from recsys.data.stages import (
 )
 from recsys.data.teacher import (
     PROFILES,
-    STREAM_DENSE,
     STREAM_BAGS,
+    STREAM_DENSE,
     STREAM_LABELS,
     STREAM_VALUES,
     Extras,
@@ -178,8 +178,15 @@ def generate(
 
 
 def _make_run(
-    profile: str | SynthProfile, rows: int, seed: int, split: Sequence[float], chunk_rows: int, scale: float,
-    rows_per_file: int, progress: bool, min_count: int = 1,
+    profile: str | SynthProfile,
+    rows: int,
+    seed: int,
+    split: Sequence[float],
+    chunk_rows: int,
+    scale: float,
+    rows_per_file: int,
+    progress: bool,
+    min_count: int = 1,
 ) -> _Run:
     if isinstance(profile, SynthProfile):
         name, settings = "custom", profile
@@ -214,8 +221,12 @@ def _build(run: _Run, root: Path, name: str) -> DatasetSpec:
         seen.clear()
         splits = _write_splits(run, teacher, lookups, root, pool)
     spec = DatasetSpec(
-        name=name, source="synthetic", fields=_fields(run, teacher, lookups), splits=splits,
-        synthetic=_settings(run, teacher), id_scheme=IdScheme(min_count=run.min_count),
+        name=name,
+        source="synthetic",
+        fields=_fields(run, teacher, lookups),
+        splits=splits,
+        synthetic=_settings(run, teacher),
+        id_scheme=IdScheme(min_count=run.min_count),
     )
     save_dataset_spec(spec, root)
     return spec
@@ -224,11 +235,16 @@ def _build(run: _Run, root: Path, name: str) -> DatasetSpec:
 def _fields(run: _Run, teacher: Teacher, lookups: Sequence[_Lookup]) -> list[FieldSpec]:
     fields = [FieldSpec(name=n, kind="dense", transform=DENSE_TRANSFORM) for n in _dense_names(run)]
     for i, (f, lk) in enumerate(zip(teacher.sparse, lookups)):
-        fields.append(FieldSpec(
-            name=f.name, kind="sparse", cardinality=lk.vocab.cardinality,
-            vocabulary=f"{VOCAB_DIR}/{f.name}.parquet", num_distinct=lk.vocab.num_distinct,
-            multi_valued=i in teacher.multi,
-        ))
+        fields.append(
+            FieldSpec(
+                name=f.name,
+                kind="sparse",
+                cardinality=lk.vocab.cardinality,
+                vocabulary=f"{VOCAB_DIR}/{f.name}.parquet",
+                num_distinct=lk.vocab.num_distinct,
+                multi_valued=i in teacher.multi,
+            )
+        )
     return fields
 
 
@@ -239,10 +255,18 @@ def _dense_names(run: _Run) -> list[str]:
 def _settings(run: _Run, teacher: Teacher) -> dict:
     assert teacher.scales is not None
     return {
-        "generator": "recsys.data.synthetic", "profile": run.profile_name, "rows": run.rows, "seed": run.seed,
-        "scale": run.scale, "split": list(run.split), "min_count": run.min_count, "profile_settings": run.profile.model_dump(mode="json"),
+        "generator": "recsys.data.synthetic",
+        "profile": run.profile_name,
+        "rows": run.rows,
+        "seed": run.seed,
+        "scale": run.scale,
+        "split": list(run.split),
+        "min_count": run.min_count,
+        "profile_settings": run.profile.model_dump(mode="json"),
         "teacher": {
-            "alpha": teacher.alpha, "bias": teacher.bias, "kappa": teacher.kappa,
+            "alpha": teacher.alpha,
+            "bias": teacher.bias,
+            "kappa": teacher.kappa,
             "part_scales": teacher.scales.tolist(),
             "pairs": [[teacher.sparse[a].name, teacher.sparse[b].name] for a, b in teacher.pairs],
             "cardinalities": {f.name: f.cardinality for f in teacher.sparse},
@@ -311,9 +335,7 @@ def _schema(run: _Run, teacher: Teacher) -> tuple[pa.Schema, list[str]]:
     return pa.schema(fields), dictionary
 
 
-def _block_tables(
-    run: _Run, teacher: Teacher, lookups: Sequence[_Lookup], schema: pa.Schema, b: int
-) -> list[pa.Table]:
+def _block_tables(run: _Run, teacher: Teacher, lookups: Sequence[_Lookup], schema: pa.Schema, b: int) -> list[pa.Table]:
     """Pass 2: the rows of block ``b`` as one table per split (train, valid, test).
 
     Each table owns its buffers, so a split whose rows wait for a full row group holds only them.
@@ -333,8 +355,10 @@ def _block_tables(
             if i in bags:
                 offsets, flat = bags[i]
                 take = pa.array(rows)
-                arrays += [pa.ListArray.from_arrays(offsets, pa.array(lk.index[flat])).take(take),
-                           pa.ListArray.from_arrays(offsets, pa.array(lk.ids[flat])).take(take)]
+                arrays += [
+                    pa.ListArray.from_arrays(offsets, pa.array(lk.index[flat])).take(take),
+                    pa.ListArray.from_arrays(offsets, pa.array(lk.ids[flat])).take(take),
+                ]
                 continue
             arrays += [pa.array(lk.index[field_ranks]), pa.array(lk.ids[field_ranks])]
         arrays.append(pa.array(prob[rows]))
@@ -353,9 +377,7 @@ def _bag_ranks(first: np.ndarray, lengths: np.ndarray, extra: np.ndarray) -> tup
     return pa.array(offsets), flat
 
 
-def _write_splits(
-    run: _Run, teacher: Teacher, lookups: Sequence[_Lookup], root: Path, pool: ThreadPoolExecutor
-) -> dict[str, SplitSpec]:
+def _write_splits(run: _Run, teacher: Teacher, lookups: Sequence[_Lookup], root: Path, pool: ThreadPoolExecutor) -> dict[str, SplitSpec]:
     """Pass 2 over all blocks: Parquet parts per split, with label rates and oracle metrics."""
     schema, dictionary = _schema(run, teacher)
     row_group = run.chunk_blocks * BLOCK_ROWS

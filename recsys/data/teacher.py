@@ -63,20 +63,55 @@ class SynthProfile(BaseModel):
 
 PROFILES: dict[str, SynthProfile] = {
     "criteo": SynthProfile(
-        cardinalities=[1460, 583, 1_000_000, 500_000, 305, 24, 12517, 633, 3, 93145, 5683, 800_000, 3194,
-                       27, 14992, 600_000, 10, 5652, 2173, 4, 900_000, 18, 15, 286181, 105, 142572],
+        cardinalities=[
+            1460,
+            583,
+            1_000_000,
+            500_000,
+            305,
+            24,
+            12517,
+            633,
+            3,
+            93145,
+            5683,
+            800_000,
+            3194,
+            27,
+            14992,
+            600_000,
+            10,
+            5652,
+            2173,
+            4,
+            900_000,
+            18,
+            15,
+            286181,
+            105,
+            142572,
+        ],
         num_dense=13,
         interaction_max_cardinality=2000,
     ),
     "small": SynthProfile(
-        cardinalities=[3, 12, 40, 150, 600, 1500, 3000, 5000], num_dense=4, interaction_pairs=4, target_auc=0.78,
+        cardinalities=[3, 12, 40, 150, 600, 1500, 3000, 5000],
+        num_dense=4,
+        interaction_pairs=4,
+        target_auc=0.78,
         scale_from=1000,
     ),
     # Shaped like small public CTR sets (10-11 fields, 50k-100k rows, 2.7k-5.3k values): 10 sparse
     # fields of 4..1500 values (4,470 in all), steep Zipf popularity, 2 dense; use --rows 80000.
     "small_real": SynthProfile(
-        cardinalities=[4, 9, 25, 60, 120, 250, 400, 700, 1400, 1500], num_dense=2, interaction_pairs=6,
-        zipf_exponent=1.2, target_auc=0.78, signal_ref_prob=2e-3, scale_from=10**9, multi_valued=[7],
+        cardinalities=[4, 9, 25, 60, 120, 250, 400, 700, 1400, 1500],
+        num_dense=2,
+        interaction_pairs=6,
+        zipf_exponent=1.2,
+        target_auc=0.78,
+        signal_ref_prob=2e-3,
+        scale_from=10**9,
+        multi_valued=[7],
     ),
 }
 
@@ -206,9 +241,7 @@ def _bag_mean(first: np.ndarray, extra: np.ndarray, lengths: np.ndarray) -> np.n
     return total / (scale[:, None] if total.ndim == 2 else scale)
 
 
-def _sparse_teacher(
-    rng: np.random.Generator, name: str, n: int, profile: SynthProfile, interacts: bool
-) -> SparseTeacher:
+def _sparse_teacher(rng: np.random.Generator, name: str, n: int, profile: SynthProfile, interacts: bool) -> SparseTeacher:
     """Popularity law, value numbering and per-value parameters of one field."""
     exponent = profile.zipf_exponent + profile.zipf_jitter * rng.uniform(-1, 1)
     importance = rng.uniform(0.2, 1.0)

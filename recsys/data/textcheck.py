@@ -41,5 +41,7 @@ def check_text_input(path: Path) -> None:
     even, odd = head[0::2].count(0), head[1::2].count(0)
     if min(even, odd) * 8 < max(even, odd) and max(even, odd) * 4 >= len(head) // 2:
         enc = "UTF-16BE" if even > odd else "UTF-16LE"
-        raise ConversionError(path, f"input looks like {enc} text without a byte-order mark (every other byte is NUL), expected UTF-8; " + fix.format(enc=enc))
+        raise ConversionError(
+            path, f"input looks like {enc} text without a byte-order mark (every other byte is NUL), expected UTF-8; " + fix.format(enc=enc)
+        )
     raise ConversionError(path, f"input looks binary (a NUL byte at offset {nul}), expected delimited UTF-8 text")

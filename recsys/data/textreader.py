@@ -31,10 +31,10 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from recsys.data.errors import ConversionError, RaggedRow
-from recsys.data.linescan import LineIndex
 from recsys.data.excerpt import safe_message
-from recsys.data.textcheck import check_text_input
 from recsys.data.inputs import codec_of, open_stream, read_first_line, read_range
+from recsys.data.linescan import LineIndex
+from recsys.data.textcheck import check_text_input
 
 _DONE = object()
 MAX_ROW_BYTES = 16 << 20  # a longer line is a bad row (``line_too_long``): bounded memory
@@ -188,11 +188,15 @@ class _Parser:
                 source,
                 read_options=pacsv.ReadOptions(column_names=self.names, skip_rows=seg.skip, block_size=self.block_size, use_threads=False),
                 parse_options=pacsv.ParseOptions(
-                    delimiter=self.fmt.delimiter, quote_char='"' if self.fmt.quoting else False,
-                    ignore_empty_lines=False, invalid_row_handler=on_invalid,
+                    delimiter=self.fmt.delimiter,
+                    quote_char='"' if self.fmt.quoting else False,
+                    ignore_empty_lines=False,
+                    invalid_row_handler=on_invalid,
                 ),
                 convert_options=pacsv.ConvertOptions(
-                    column_types={n: pa.string() for n in self.names}, strings_can_be_null=True, check_utf8=False,
+                    column_types={n: pa.string() for n in self.names},
+                    strings_can_be_null=True,
+                    check_utf8=False,
                     **({} if self.fmt.null_values is None else {"null_values": list(self.fmt.null_values)}),
                 ),
             )

@@ -61,13 +61,17 @@ def clean_stale(out_dir: Path) -> list[Path]:
         kind, pid = match.group(1), match.group(2)
         if kind == "old" and not out_dir.exists():
             folder.rename(out_dir)
-            print(f"restored {out_dir} from {folder.name}, left by conversion pid {pid} (no longer running) "
-                  "between replacing the dataset and removing the old one", file=sys.stderr)
+            print(
+                f"restored {out_dir} from {folder.name}, left by conversion pid {pid} (no longer running) "
+                "between replacing the dataset and removing the old one",
+                file=sys.stderr,
+            )
         else:
             size = _mib(folder)
             shutil.rmtree(folder)
-            print(f"removed stale temporary folder {folder} ({size:.1f} MiB) left by conversion pid {pid}, "
-                  "which is no longer running", file=sys.stderr)
+            print(
+                f"removed stale temporary folder {folder} ({size:.1f} MiB) left by conversion pid {pid}, which is no longer running", file=sys.stderr
+            )
         found.append(folder)
     return found
 

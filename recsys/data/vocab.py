@@ -15,8 +15,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recsys.features import MISSING_INDEX, NUM_RESERVED, OOV_INDEX, DatasetSpec
 from recsys.data.parse import MISSING_ID
+from recsys.features import MISSING_INDEX, NUM_RESERVED, OOV_INDEX, DatasetSpec
 from recsys.storage import StoragePath, location, read_parquet
 
 

@@ -109,13 +109,14 @@ def choose(ctx: MethodContext) -> Choice:
         per_row = rows / max(budget // (ctx.embedding_dim * BYTES_PER_WEIGHT), 1)
         stats.update(hot_mass=mass, train_rows=rows, rows_per_row=per_row)
         if per_row < ROWS_PER_ROW:
-            return Choice("qr", reason=f"qr fits; only {per_row:.1f} train rows per budget row (< {ROWS_PER_ROW}) for hybrid's tail",
-                          stats=stats)
+            return Choice("qr", reason=f"qr fits; only {per_row:.1f} train rows per budget row (< {ROWS_PER_ROW}) for hybrid's tail", stats=stats)
         if mass < HOT_MASS:
-            return Choice("qr", reason=f"qr fits; hybrid's hot rows would serve only {mass:.2f} of the train lookups (< {HOT_MASS})",
-                          stats=stats)
-        return Choice("hybrid", reason=f"qr fits; {per_row:.0f} train rows per budget row and hybrid's hot rows serve {mass:.2f} "
-                      "of the train lookups", stats=stats)
+            return Choice("qr", reason=f"qr fits; hybrid's hot rows would serve only {mass:.2f} of the train lookups (< {HOT_MASS})", stats=stats)
+        return Choice(
+            "hybrid",
+            reason=f"qr fits; {per_row:.0f} train rows per budget row and hybrid's hot rows serve {mass:.2f} of the train lookups",
+            stats=stats,
+        )
     # unified fits wherever hash does (one row of chunk_dim per sub-table against one D-wide row per feature)
     return Choice("unified", reason="qr cannot fit the budget; unified's probes share the rows", stats=stats)
 

@@ -70,9 +70,7 @@ class MethodContext:
     value_counts: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def from_spec(
-        cls, spec: DatasetSpec, embedding_dim: int, compression: float | None = None, budget_bytes: int | None = None
-    ) -> "MethodContext":
+    def from_spec(cls, spec: DatasetSpec, embedding_dim: int, compression: float | None = None, budget_bytes: int | None = None) -> "MethodContext":
         """Context for a dataset; ``compression`` (×) or ``budget_bytes`` sets the budget."""
         features = tuple(
             FeatureInfo(
@@ -233,8 +231,11 @@ class EmbeddingMethod(nn.Module):
         dims = self.output_dims()
         return [
             EmbeddingBagConfig(
-                name=f"out_{f.name}", num_embeddings=max(f.cardinality, 1), embedding_dim=dims[f.name],
-                feature_names=[f.name], pooling=f.pooling,
+                name=f"out_{f.name}",
+                num_embeddings=max(f.cardinality, 1),
+                embedding_dim=dims[f.name],
+                feature_names=[f.name],
+                pooling=f.pooling,
             )
             for f in self.ctx.features
         ]

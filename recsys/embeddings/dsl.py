@@ -63,8 +63,22 @@ from recsys.embeddings.base import EmbeddingMethod, ExportedMethod, MethodContex
 from recsys.embeddings.dsl_schedule import Schedule
 from recsys.embeddings.registry import register_method
 from recsys.embeddings.sparse_ops import (
-    KeyGroup, Piece, Reads, Scratch, gather, key_groups, new_masks, optimizer_views, prune_to, random_mask, read, remask,
-    reset_state, scatter, split_rows, stack_offsets,
+    KeyGroup,
+    Piece,
+    Reads,
+    Scratch,
+    gather,
+    key_groups,
+    new_masks,
+    optimizer_views,
+    prune_to,
+    random_mask,
+    read,
+    remask,
+    reset_state,
+    scatter,
+    split_rows,
+    stack_offsets,
 )
 from recsys.embeddings.sparse_serving import fit_density, serve, served_bytes, served_table
 from recsys.embeddings.wrapped import WrappedMethod, WrapperOptions
@@ -80,12 +94,16 @@ class DSLOptions(WrapperOptions):
     density: float | None = Field(None, gt=0, le=1, description="share of active weights; default from the budget, else 0.5")
     mode: Literal["dynamic", "fix"] = Field("dynamic", description="'fix': a static random mask (ablation)")
     update_every: int | None = Field(
-        100, ge=1, description="ΔT: steps between mask updates; null: the planned steps / updates (measured worse on "
-        "80-step runs, docs/results/robustness.md)",
+        100,
+        ge=1,
+        description="ΔT: steps between mask updates; null: the planned steps / updates (measured worse on 80-step runs, docs/results/robustness.md)",
     )
     updates: int = Field(40, ge=1, description="mask updates planned over the run when update_every is null")
     ramp: float = Field(
-        0.0, ge=0, le=1, description="share of the planned steps over which the density falls from 1 to its target "
+        0.0,
+        ge=0,
+        le=1,
+        description="share of the planned steps over which the density falls from 1 to its target "
         "(gradual magnitude pruning); 0: a random mask at the target from the start (the paper; measured better on "
         "small data, docs/results/robustness.md)",
     )
@@ -94,8 +112,8 @@ class DSLOptions(WrapperOptions):
     zeta_min: float = Field(0.005, ge=0, le=1, description="ζ_min: update ratio at step T")
     regrow: Literal["accumulated", "batch"] = Field("accumulated", description="gradient over the interval or the last batch")
     global_budget: bool = Field(
-        True, description="prune/regrow over all tables together, so the budget moves between tables; false: "
-        "a fixed share per table (the paper's code)",
+        True,
+        description="prune/regrow over all tables together, so the budget moves between tables; false: a fixed share per table (the paper's code)",
     )
     seed: int = Field(0, description="seed of the initial masks and of tie-breaking")
 
@@ -141,8 +159,7 @@ class DSLEmbedding(WrappedMethod):
         self._tables = [_Table(p, c.name, c.num_embeddings, c.embedding_dim) for p, m in ebcs for c in m.embedding_bag_configs()]
         index = {(t.path, t.name): i for i, t in enumerate(self._tables)}
         self._keys: dict[str, dict[str, tuple[int, bool]]] = {
-            p: {f: (index[p, c.name], c.pooling == PoolingType.MEAN) for c in m.embedding_bag_configs() for f in c.feature_names}
-            for p, m in ebcs
+            p: {f: (index[p, c.name], c.pooling == PoolingType.MEAN) for c in m.embedding_bag_configs() for f in c.feature_names} for p, m in ebcs
         }
         self._offset, self._by_dim = stack_offsets([(t.rows, t.dim) for t in self._tables])
         self._dims = [t.dim for t in self._tables]
@@ -289,7 +306,9 @@ class DSLEmbedding(WrappedMethod):
         """True when DMP split the tables over several ranks: each rank then holds only its
         pieces of the weights and sees only its own batch (hence the collectives below)."""
         return (
-            dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+            dist.is_available()
+            and dist.is_initialized()
+            and dist.get_world_size() > 1
             and any(type(self.base.get_submodule(p)) is not EmbeddingBagCollection for p in self._keys)
         )
 
@@ -398,8 +417,12 @@ class DSLEmbedding(WrappedMethod):
         tables = {t.buffer: {"rows": t.rows, "dim": t.dim, "active": n} for t, n in zip(self._tables, self.active_counts())}
         out: dict[str, Any] = {"density": self._densities(), "tables": tables, "updates": self.updates, "history": self.history}
         if self.schedule is not None:
-            out["schedule"] = {"total": self.schedule.total, "every": self.schedule.every,
-                               "ramp_end": self.schedule.ramp_end, "freeze_at": self.schedule.freeze_at}
+            out["schedule"] = {
+                "total": self.schedule.total,
+                "every": self.schedule.every,
+                "ramp_end": self.schedule.ramp_end,
+                "freeze_at": self.schedule.freeze_at,
+            }
         return out | super().diagnostics()
 
     def memory_bytes(self) -> int:
@@ -412,9 +435,7 @@ class DSLEmbedding(WrappedMethod):
     def compact_state(self) -> dict[str, torch.Tensor]:
         """The served tables: ``<path>.<table>.{crow,col,val}`` (CSR) or ``.weight`` where dense is not larger."""
         return {
-            f"{t.path}.{t.name}.{part}": v
-            for i, t in enumerate(self._tables)
-            for part, v in served_table(self.full_weight(i), self.mask(i)).items()
+            f"{t.path}.{t.name}.{part}": v for i, t in enumerate(self._tables) for part, v in served_table(self.full_weight(i), self.mask(i)).items()
         }
 
     def export(self, compact: dict[str, torch.Tensor] | None = None) -> ExportedMethod:

@@ -60,8 +60,11 @@ class FullEmbedding(EmbeddingMethod):
             )
         tables = [
             EmbeddingBagConfig(
-                name=f.name, num_embeddings=max(f.cardinality, 1), embedding_dim=ctx.embedding_dim,
-                feature_names=[f.name], pooling=f.pooling,
+                name=f.name,
+                num_embeddings=max(f.cardinality, 1),
+                embedding_dim=ctx.embedding_dim,
+                feature_names=[f.name],
+                pooling=f.pooling,
             )
             for f in ctx.features
         ]

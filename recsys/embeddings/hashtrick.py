@@ -38,9 +38,7 @@ MAX_ROWS = 2**31 - 1
 class HashOptions(MethodOptions):
     """Options of ``hash``."""
 
-    rows: int | dict[str, int] | None = Field(
-        None, description="table rows: one size for every feature or one per feature; else from the budget"
-    )
+    rows: int | dict[str, int] | None = Field(None, description="table rows: one size for every feature or one per feature; else from the budget")
 
 
 def proportional_rows(cardinalities: list[int], total_rows: int) -> list[int]:
@@ -124,8 +122,11 @@ class HashEmbedding(EmbeddingMethod):
         self.register_buffer("_num_rows", torch.tensor(sizes, dtype=torch.int64), persistent=False)
         tables = [
             EmbeddingBagConfig(
-                name=f.name, num_embeddings=self.rows[f.name], embedding_dim=ctx.embedding_dim,
-                feature_names=[f.name], pooling=f.pooling,
+                name=f.name,
+                num_embeddings=self.rows[f.name],
+                embedding_dim=ctx.embedding_dim,
+                feature_names=[f.name],
+                pooling=f.pooling,
             )
             for f in ctx.features
         ]

@@ -41,7 +41,14 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from recsys.embeddings.base import (
-    BYTES_PER_WEIGHT, EmbeddingMethod, ExportedMethod, IdScheme, MethodContext, MethodOptions, ebc_bytes, table_bytes,
+    BYTES_PER_WEIGHT,
+    EmbeddingMethod,
+    ExportedMethod,
+    IdScheme,
+    MethodContext,
+    MethodOptions,
+    ebc_bytes,
+    table_bytes,
 )
 from recsys.embeddings.full import empty_output
 from recsys.embeddings.registry import register_method
@@ -54,9 +61,7 @@ TAIL = "tail"
 class HybridOptions(MethodOptions):
     """Options of ``hybrid``."""
 
-    hot_share: float | None = Field(
-        None, ge=0, lt=1, description="share of the budget's rows given to hot values; else chosen from the value counts"
-    )
+    hot_share: float | None = Field(None, ge=0, lt=1, description="share of the budget's rows given to hot values; else chosen from the value counts")
     hot_rows: dict[str, int] | None = Field(None, description="exclusive rows per feature (with tail_rows; an export sets both)")
     tail_rows: int | None = Field(None, ge=0, description="rows of the shared tail table (with hot_rows)")
 
@@ -136,13 +141,21 @@ class HybridEmbedding(EmbeddingMethod):
         self.register_buffer("_salts", torch.tensor([salt_for(n) for n in ctx.feature_names], dtype=torch.int64), persistent=False)
         self.register_buffer("_mean", torch.tensor([f.pooling == PoolingType.MEAN for f in ctx.features]), persistent=False)
         tables = [
-            EmbeddingBagConfig(name=f"{f.name}@hot", num_embeddings=h, embedding_dim=ctx.embedding_dim,
-                               feature_names=[f"{f.name}@hot"], pooling=PoolingType.SUM)
+            EmbeddingBagConfig(
+                name=f"{f.name}@hot", num_embeddings=h, embedding_dim=ctx.embedding_dim, feature_names=[f"{f.name}@hot"], pooling=PoolingType.SUM
+            )
             for f, h in zip(ctx.features, hot)
         ]
         if tail:
-            tables.append(EmbeddingBagConfig(name=TAIL, num_embeddings=tail, embedding_dim=ctx.embedding_dim,
-                                             feature_names=[f"{n}@tail" for n in ctx.feature_names], pooling=PoolingType.SUM))
+            tables.append(
+                EmbeddingBagConfig(
+                    name=TAIL,
+                    num_embeddings=tail,
+                    embedding_dim=ctx.embedding_dim,
+                    feature_names=[f"{n}@tail" for n in ctx.feature_names],
+                    pooling=PoolingType.SUM,
+                )
+            )
         self.ebc = EmbeddingBagCollection(tables=tables, is_weighted=ctx.any_weighted)
 
     @staticmethod
@@ -173,8 +186,13 @@ class HybridEmbedding(EmbeddingMethod):
         """The KJT of table rows: keys ``f@hot`` (the index) for every feature, then ``f@tail`` (its hashed row)."""
         keys, values = features.keys(), features.values()
         if not self.tail_rows:
-            return KeyedJaggedTensor(keys=[f"{k}@hot" for k in keys], values=values, weights=features.weights_or_none(),
-                                     lengths=features.lengths(), stride=features.stride())
+            return KeyedJaggedTensor(
+                keys=[f"{k}@hot" for k in keys],
+                values=values,
+                weights=features.weights_or_none(),
+                lengths=features.lengths(),
+                stride=features.stride(),
+            )
         lengths = features.lengths().long()
         counts = torch.tensor(features.length_per_key(), device=values.device)
         n, f = values.numel(), len(keys)
@@ -214,8 +232,11 @@ class HybridEmbedding(EmbeddingMethod):
         return ebc_bytes(self.ebc)
 
     def diagnostics(self) -> dict:
-        return {"hot_rows": self.hot_rows, "tail_rows": self.tail_rows,
-                "hot_share": sum(self.hot_rows.values()) / max(sum(self.hot_rows.values()) + self.tail_rows, 1)}
+        return {
+            "hot_rows": self.hot_rows,
+            "tail_rows": self.tail_rows,
+            "hot_share": sum(self.hot_rows.values()) / max(sum(self.hot_rows.values()) + self.tail_rows, 1),
+        }
 
     def export(self) -> ExportedMethod:
         """The trained tables, with the chosen sizes as explicit options (serving needs no counts)."""

@@ -88,8 +88,11 @@ class OptEmbedOptions(WrapperOptions):
     mutation_prob: float = Field(0.1, gt=0, le=1)
     seed: int = Field(0, description="seed of the dimension masks and of the search")
     search_compression: float | None = Field(None, ge=1, description="search budget as full bytes / budget (with the context's)")
-    search_fill: bool = Field(False, description="with a search budget: scale every candidate up to about the budget, "
-                              "so the search shares the budget between fields instead of also shrinking it")
+    search_fill: bool = Field(
+        False,
+        description="with a search budget: scale every candidate up to about the budget, "
+        "so the search shares the budget between fields instead of also shrinking it",
+    )
 
     @field_validator("phases")
     @classmethod
@@ -133,8 +136,10 @@ class OptEmbed(WrappedMethod):
             return list(self.widths)
         fits = [d for d in range(1, min(self.widths) + 1) if self.bytes_at((d,) * len(self.names)) <= budget]
         if not fits:
-            raise ValueError(f"method 'optembed' needs {self.bytes_at((1,) * len(self.names))} bytes unpruned at one "
-                             f"dimension per row, over the budget of {budget} bytes; use option 'search_compression'")
+            raise ValueError(
+                f"method 'optembed' needs {self.bytes_at((1,) * len(self.names))} bytes unpruned at one "
+                f"dimension per row, over the budget of {budget} bytes; use option 'search_compression'"
+            )
         return [fits[-1]] * len(self.names)
 
     def phases(self) -> list[Phase]:
@@ -260,8 +265,7 @@ class OptEmbed(WrappedMethod):
         o = self.opts
         cfg = EvolutionConfig(o.generations, o.parents, o.mutations, o.crossovers, o.mutation_prob, o.seed)
         budgets = [self.ctx.budget_bytes, int(self.ctx.full_bytes / o.search_compression) if o.search_compression else None]
-        space = SearchSpace(tuple(self.widths), self.bytes_at, min((b for b in budgets if b is not None), default=None),
-                            o.search_fill)
+        space = SearchSpace(tuple(self.widths), self.bytes_at, min((b for b in budgets if b is not None), default=None), o.search_fill)
 
         def fitness(cand: tuple[int, ...]) -> float:
             self.set_dims(cand)
@@ -271,9 +275,14 @@ class OptEmbed(WrappedMethod):
         result = evolve(space, fitness, cfg)
         self.set_dims(result.best)
         return {
-            "dims": dict(zip(self.names, result.best)), "valid_auc": result.best_fitness,
-            "memory_bytes": result.best_bytes, "sparsity": self.sparsity(), "evaluations": result.evaluations,
-            "cache_hits": result.cache_hits, "seconds": time.perf_counter() - start, "history": result.history,
+            "dims": dict(zip(self.names, result.best)),
+            "valid_auc": result.best_fitness,
+            "memory_bytes": result.best_bytes,
+            "sparsity": self.sparsity(),
+            "evaluations": result.evaluations,
+            "cache_hits": result.cache_hits,
+            "seconds": time.perf_counter() - start,
+            "history": result.history,
         }
 
     def compact_state(self) -> dict[str, torch.Tensor]:

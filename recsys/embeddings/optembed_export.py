@@ -112,9 +112,7 @@ def rank_lookup(bits: torch.Tensor, rank: torch.Tensor, ids: torch.Tensor) -> to
     return torch.where(present == 1, rank.to(torch.int64)[block] + before, torch.full_like(ids, -1))
 
 
-def compact_tables(
-    weights: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], widths: dict[str, int]
-) -> dict[str, torch.Tensor]:
+def compact_tables(weights: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], widths: dict[str, int]) -> dict[str, torch.Tensor]:
     """Compact state of tables: kept rows and the first ``widths[t]`` columns, bitmaps where pruned."""
     state: dict[str, torch.Tensor] = {}
     for name, width in widths.items():

@@ -76,8 +76,10 @@ class TableLayout:
             col_offset += list(range(s.start, s.start + s.width))
             col_segment += [i] * s.width
         return {
-            "col_feature": torch.tensor(col_feature), "col_offset": torch.tensor(col_offset),
-            "col_segment": torch.tensor(col_segment), "segment_feature": torch.tensor([s.feature for s in self.segments]),
+            "col_feature": torch.tensor(col_feature),
+            "col_offset": torch.tensor(col_offset),
+            "col_segment": torch.tensor(col_segment),
+            "segment_feature": torch.tensor([s.feature for s in self.segments]),
         }
 
     def stored_bytes(self, dims: Sequence[int], kept: Sequence[int] | None = None) -> int:
@@ -105,8 +107,6 @@ class TableLayout:
         return widths
 
 
-
-
 def drop_pruned(kjt: KeyedJaggedTensor, row_mask: torch.Tensor, key_start: dict[str, int]) -> KeyedJaggedTensor:
     """``kjt`` (table-input ids) without the ids whose row is pruned.
 
@@ -122,6 +122,9 @@ def drop_pruned(kjt: KeyedJaggedTensor, row_mask: torch.Tensor, key_start: dict[
     bags = torch.repeat_interleave(torch.arange(lengths.numel(), device=device), lengths.long())
     new_lengths = torch.bincount(bags[keep], minlength=lengths.numel()).to(lengths.dtype)
     return KeyedJaggedTensor(
-        keys=kjt.keys(), values=values[keep], lengths=new_lengths, stride=kjt.stride(),
+        keys=kjt.keys(),
+        values=values[keep],
+        lengths=new_lengths,
+        stride=kjt.stride(),
         weights=weights[keep] if weights is not None else None,
     )

@@ -78,10 +78,7 @@ def qr_divisors(cards: list[int], dim: int, combiner: Combiner, budget: int) -> 
     best = [min(range(1, math.isqrt(2 * c) + 2), key=lambda m: (qr_bytes(c, m, dim, widths), m)) for c in cards]
     floor = sum(qr_bytes(c, m, dim, widths) for c, m in zip(cards, best))
     if floor > budget:
-        raise ValueError(
-            f"method 'qr' cannot fit the budget of {budget} bytes: its smallest tables "
-            f"(m_f ≈ sqrt(card_f)) need {floor} bytes"
-        )
+        raise ValueError(f"method 'qr' cannot fit the budget of {budget} bytes: its smallest tables (m_f ≈ sqrt(card_f)) need {floor} bytes")
     divisors = best
     for shared in range(1, max(best) + 1):
         candidate = [min(shared, b) for b in best]
@@ -131,8 +128,7 @@ class QREmbedding(EmbeddingMethod):
         else:
             chosen = qr_divisors(cards, dim, combiner, ctx.budget_bytes)
         self.divisors: dict[str, int] = {
-            f.name: (m if qr_bytes(c, m, dim, widths) < qr_bytes(c, 1, dim, widths) else 0)
-            for f, c, m in zip(ctx.features, cards, chosen)
+            f.name: (m if qr_bytes(c, m, dim, widths) < qr_bytes(c, 1, dim, widths) else 0) for f, c, m in zip(ctx.features, cards, chosen)
         }
         self.combiner = combiner
         tables: list[EmbeddingBagConfig] = []
@@ -141,10 +137,7 @@ class QREmbedding(EmbeddingMethod):
             parts = [(f.name, card, dim)]
             if m:
                 parts = [(f"{f.name}@q", math.ceil(card / m), widths[0]), (f"{f.name}@r", m, widths[1])]
-            tables += [
-                EmbeddingBagConfig(name=n, num_embeddings=r, embedding_dim=d, feature_names=[n], pooling=f.pooling)
-                for n, r, d in parts
-            ]
+            tables += [EmbeddingBagConfig(name=n, num_embeddings=r, embedding_dim=d, feature_names=[n], pooling=f.pooling) for n, r, d in parts]
         self.ebc = EmbeddingBagCollection(tables=tables, is_weighted=ctx.any_weighted)
         self._table_names = [t.name for t in tables]
         self._any_qr = any(self.divisors.values())

@@ -77,7 +77,9 @@ class MethodSpec(BaseModel):
 
     method: str = Field("full", description="registered method name (a bare `NAME` instead of this mapping: its default options)")
     options: MethodOptions = Field(
-        default_factory=dict, validate_default=True, description="options of that method (the keys of its own table here)"  # type: ignore[arg-type]
+        default_factory=dict,
+        validate_default=True,
+        description="options of that method (the keys of its own table here)",  # type: ignore[arg-type]
     )
 
     @model_validator(mode="before")
@@ -124,5 +126,3 @@ def method_spec(name: str, options: MethodOptions | dict[str, Any] | None = None
     """``MethodSpec`` of a method and its options (a dict from a config, or an Options instance);
     bad options raise like ``parse_options``."""
     return MethodSpec(method=get_method(name).name, options=parse_options(name, options))
-
-

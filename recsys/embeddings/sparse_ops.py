@@ -94,11 +94,10 @@ def prune_regrow(mask: torch.Tensor, weight: torch.Tensor, growth: torch.Tensor 
     return new
 
 
-def prune_to(
-    masks: list[torch.Tensor], weights: list[torch.Tensor], keep: list[int], salt: int, together: bool
-) -> list[torch.Tensor]:
+def prune_to(masks: list[torch.Tensor], weights: list[torch.Tensor], keep: list[int], salt: int, together: bool) -> list[torch.Tensor]:
     """Masks with only the largest ``|weight|`` of each tensor's active entries left, ``keep[i]``
     of tensor ``i`` (or, ``together``, ``sum(keep)`` over all tensors as one); never adds any."""
+
     def shrink(mask: torch.Tensor, weight: torch.Tensor, k: int, s: int) -> torch.Tensor:
         new, active = mask.clone(), int(mask.sum())
         if active > k:
@@ -136,10 +135,7 @@ def _pieces(value: Any) -> list[Piece]:
     shards = value.local_shards() if hasattr(value, "local_shards") else None
     if shards is None:
         return [((slice(None),) * value.dim(), value.detach())]
-    return [
-        (tuple(slice(o, o + n) for o, n in zip(s.metadata.shard_offsets, s.metadata.shard_sizes)), s.tensor)
-        for s in shards
-    ]
+    return [(tuple(slice(o, o + n) for o, n in zip(s.metadata.shard_offsets, s.metadata.shard_sizes)), s.tensor) for s in shards]
 
 
 class Scratch(dict):
@@ -159,9 +155,7 @@ class Scratch(dict):
 def table_views(ebc: nn.Module) -> dict[str, list[Piece]]:
     """Live weight pieces of every table of a stock or sharded EBC (views, not copies)."""
     return {
-        key[len(PREFIX) : -len(SUFFIX)]: _pieces(value)
-        for key, value in ebc.state_dict().items()
-        if key.startswith(PREFIX) and key.endswith(SUFFIX)
+        key[len(PREFIX) : -len(SUFFIX)]: _pieces(value) for key, value in ebc.state_dict().items() if key.startswith(PREFIX) and key.endswith(SUFFIX)
     }
 
 
@@ -173,9 +167,7 @@ def optimizer_views(ebc: nn.Module) -> dict[str, list[Piece]]:
         state = fused.state  # built anew on every access
         owners = [(name, state.get(p, {})) for name, p in fused.params.items()]
     else:
-        owners = [
-            (name, opt.state.get(p, {})) for name, p in ebc.named_parameters() for opt in getattr(p, "_in_backward_optimizers", [])
-        ]
+        owners = [(name, opt.state.get(p, {})) for name, p in ebc.named_parameters() for opt in getattr(p, "_in_backward_optimizers", [])]
     views: dict[str, list[Piece]] = {}
     for name, values in owners:
         table = views.setdefault(name[len(PREFIX) : -len(SUFFIX)], [])
@@ -197,7 +189,7 @@ class KeyGroup:
 def stack_offsets(shapes: list[tuple[int, int]]) -> tuple[list[int], dict[int, list[int]]]:
     """Tables of one width stacked row-wise: each table's first row, and the tables of each width."""
     offsets, by_dim = [], {}
-    for i, (rows, dim) in enumerate(shapes):
+    for i, (_rows, dim) in enumerate(shapes):
         offsets.append(sum(shapes[j][0] for j in by_dim.setdefault(dim, [])))
         by_dim[dim].append(i)
     return offsets, by_dim
@@ -216,7 +208,8 @@ def key_groups(tables: list[tuple[int, bool]], dims: list[int], offsets: list[in
     """Group the keys of an EBC input, given each key's ``(table, MEAN-pooled)``, by table width."""
     return [
         KeyGroup(
-            dim, [j for j, (i, _) in enumerate(tables) if dims[i] == dim],
+            dim,
+            [j for j, (i, _) in enumerate(tables) if dims[i] == dim],
             torch.tensor([offsets[i] for i, _ in tables if dims[i] == dim]),
             torch.tensor([mean for i, mean in tables if dims[i] == dim]),
         )
@@ -236,9 +229,7 @@ class Reads:
     batch_major: bool = False  # values ordered like the pooled output's rows (one per bag, b·keys + slot)
 
 
-def read(
-    kjt: KeyedJaggedTensor, group: KeyGroup, mask: torch.Tensor, slots: torch.Tensor | None = None
-) -> tuple[Reads, torch.Tensor]:
+def read(kjt: KeyedJaggedTensor, group: KeyGroup, mask: torch.Tensor, slots: torch.Tensor | None = None) -> tuple[Reads, torch.Tensor]:
     """The group's reads, and the factor ``[keys, B, dim]``: per bag, the OR of its rows' masks
     (``mask``: the group's stacked masks as 0/1 floats). ``slots``: the group key in each
     ``dim``-wide slot of the pooled output, when the group fills it; unweighted one-value bags
@@ -304,5 +295,3 @@ def reset_state(pieces: list[Piece], before: torch.Tensor, grown: torch.Tensor) 
             state[grown[sl]] = 0
         elif state.shape[0] == revived[sl[0]].shape[0]:
             state[revived[sl[0]]] = 0
-
-

@@ -63,8 +63,7 @@ def fit_density(budget: int, other_bytes: int, shapes: list[tuple[int, int]], un
     fixed = other_bytes + sum(csr_bytes(rows, dim, 0) for rows, dim in shapes)
     if budget <= fixed:
         raise ValueError(
-            f"method 'dsl' cannot fit the budget of {budget} bytes: row offsets and the base's other "
-            f"structures alone need {fixed} bytes"
+            f"method 'dsl' cannot fit the budget of {budget} bytes: row offsets and the base's other structures alone need {fixed} bytes"
         )
     return min(1.0, (budget - fixed) / sum(rows * dim * (4 + c) for (rows, dim), c in zip(shapes, cols)))
 
@@ -124,5 +123,7 @@ class CSRBagCollection(nn.Module):
             rows = self.rows(self.table_of[key], ids)
             weights = jt.weights() if self.weighted else None
             offsets = jt.offsets().long()
-            pooled.append(F.embedding_bag(torch.arange(ids.numel()), rows, offsets, mode=self.mode[key], per_sample_weights=weights, include_last_offset=True))
+            pooled.append(
+                F.embedding_bag(torch.arange(ids.numel()), rows, offsets, mode=self.mode[key], per_sample_weights=weights, include_last_offset=True)
+            )
         return KeyedTensor(keys=features.keys(), length_per_key=[int(p.shape[1]) for p in pooled], values=torch.cat(pooled, dim=1))

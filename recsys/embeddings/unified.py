@@ -158,12 +158,10 @@ class UnifiedEmbedding(EmbeddingMethod):
         # one sub-table the sharded EBC needs no input permute and the output no gather
         in_order = [(n, j) for n in ctx.feature_names if n not in self.exact for j in range(self.chunks[n])]
         tables = [
-            (f"unified_{t}", self.rows, self.chunk_dim, [probe_key(n, j) for n, j in in_order if self.table_of[(n, j)] == t])
-            for t in range(k)
+            (f"unified_{t}", self.rows, self.chunk_dim, [probe_key(n, j) for n, j in in_order if self.table_of[(n, j)] == t]) for t in range(k)
         ] + [(f"exact_{n}", r, self.chunks[n] * self.chunk_dim, [n]) for n, r in sorted(self.exact.items())]
         configs = [
-            EmbeddingBagConfig(name=t, num_embeddings=r, embedding_dim=d, feature_names=keys, pooling=PoolingType.SUM)
-            for t, r, d, keys in tables
+            EmbeddingBagConfig(name=t, num_embeddings=r, embedding_dim=d, feature_names=keys, pooling=PoolingType.SUM) for t, r, d, keys in tables
         ]
         self.ebc = EmbeddingBagCollection(tables=configs, is_weighted=ctx.any_weighted)
         self.feature_of = {v: n for n in ctx.feature_names for v, _, _ in self._virtual(n)}
@@ -181,8 +179,10 @@ class UnifiedEmbedding(EmbeddingMethod):
             return min(MAX_ROWS, max(1, cards * ctx.embedding_dim // (k * self.chunk_dim)))
         rows = (ctx.budget_bytes - exact_bytes) // row_bytes
         if rows < 1:
-            raise ValueError(f"method 'unified' cannot fit the budget of {ctx.budget_bytes} bytes: exact tables "
-                             f"need {exact_bytes} bytes and one row of every sub-table {row_bytes}")
+            raise ValueError(
+                f"method 'unified' cannot fit the budget of {ctx.budget_bytes} bytes: exact tables "
+                f"need {exact_bytes} bytes and one row of every sub-table {row_bytes}"
+            )
         return min(MAX_ROWS, rows)
 
     def output_dims(self) -> dict[str, int]:
@@ -207,7 +207,11 @@ class UnifiedEmbedding(EmbeddingMethod):
             virtual, salts, rows = zip(*lookups)
             tensor = partial(torch.tensor, dtype=torch.int64, device=device)
             self._plans[(tuple(keys), device)] = _Plan(
-                list(permute), tensor(permute, dtype=torch.int32), list(virtual), tensor(salts), tensor(rows),
+                list(permute),
+                tensor(permute, dtype=torch.int32),
+                list(virtual),
+                tensor(salts),
+                tensor(rows),
             )
         return self._plans[(tuple(keys), device)]
 
@@ -285,7 +289,9 @@ class UnifiedEmbedding(EmbeddingMethod):
             probes = [bucket(ids, salt, size).numpy() for _, salt, size in self._virtual(name)]
             size, n = self.exact.get(name, self.rows), int(ids.numel())
             stats[name] = {
-                "values": n, "probes": len(probes), "rows_occupied": int(np.unique(np.concatenate(probes)).size),
+                "values": n,
+                "probes": len(probes),
+                "rows_occupied": int(np.unique(np.concatenate(probes)).size),
                 "rows_per_probe": [int(np.unique(p).size) for p in probes],
                 "expected_rows_per_probe": size * (1.0 - math.exp(-n / size)),
                 "intra_share": float(np.concatenate([_repeated(p) for p in probes]).mean()) if n else 0.0,
@@ -301,7 +307,9 @@ class UnifiedEmbedding(EmbeddingMethod):
         per_table = [np.bincount(owner[rows // self.rows == t]) for t in range(self.num_tables)]
         possible = sum(_squares(np.array([c.sum()])) - _squares(c) for c in per_table)
         return {
-            "rows": self.rows, "num_tables": self.num_tables, "features": stats,
+            "rows": self.rows,
+            "num_tables": self.num_tables,
+            "features": stats,
             "inter_pair_rate": (_squares(per_row) - _squares(per_row_owner)) / possible if possible else 0.0,
         }
 

@@ -31,7 +31,7 @@ from torchrec.modules.embedding_configs import PoolingType
 
 from recsys.embeddings.base import FeatureInfo, MethodContext
 from recsys.export.files import ArtifactError, artifact_path, open_regular, read_regular, sha256_of
-from recsys.export.signing import signature_problem, sign, signing_key
+from recsys.export.signing import sign, signature_problem, signing_key
 from recsys.features import FieldSpec, IdScheme
 
 FORMAT_VERSION = 1
@@ -82,16 +82,21 @@ class ContextEntry(_Strict):
     @classmethod
     def of(cls, ctx: MethodContext) -> "ContextEntry":
         features = [
-            FeatureEntry(name=f.name, cardinality=f.cardinality, num_distinct=f.num_distinct,
-                         multi_valued=f.multi_valued, weighted=f.weighted, pooling=f.pooling.name)
+            FeatureEntry(
+                name=f.name,
+                cardinality=f.cardinality,
+                num_distinct=f.num_distinct,
+                multi_valued=f.multi_valued,
+                weighted=f.weighted,
+                pooling=f.pooling.name,
+            )
             for f in ctx.features
         ]
         return cls(features=features, embedding_dim=ctx.embedding_dim, budget_bytes=ctx.budget_bytes)
 
     def context(self) -> MethodContext:
         features = tuple(
-            FeatureInfo(f.name, f.cardinality, f.num_distinct, f.multi_valued, f.weighted, PoolingType[f.pooling])
-            for f in self.features
+            FeatureInfo(f.name, f.cardinality, f.num_distinct, f.multi_valued, f.weighted, PoolingType[f.pooling]) for f in self.features
         )
         return MethodContext(features, self.embedding_dim, self.budget_bytes)
 
@@ -153,8 +158,9 @@ def write_manifest(folder: Path, manifest: Manifest, names: list[str]) -> Manife
     manifest = manifest.model_copy(update={"files": files, "signature": None})
     canonical = _canonical(manifest)
     key = signing_key()
-    manifest = manifest.model_copy(update={"manifest_sha256": hashlib.sha256(canonical).hexdigest(),
-                                           "signature": sign(canonical, key) if key else None})
+    manifest = manifest.model_copy(
+        update={"manifest_sha256": hashlib.sha256(canonical).hexdigest(), "signature": sign(canonical, key) if key else None}
+    )
     data = manifest.model_dump(mode="json")
     if data["signature"] is None:
         del data["signature"]  # unsigned manifests stay readable by loaders that predate signing
@@ -192,8 +198,10 @@ def verify_files(folder: str | Path, manifest: Manifest) -> dict[str, Path]:
     returns ``name -> real path``. ``ArtifactError`` naming the file otherwise."""
     unlisted = [n for n in required_files(manifest) if n not in manifest.files]
     if unlisted:
-        raise ArtifactError(f"{Path(folder) / unlisted[0]}: read by the loader but not listed in the manifest's files "
-                            f"(no checksum); refusing the artifact (unlisted: {', '.join(unlisted[:5])})")
+        raise ArtifactError(
+            f"{Path(folder) / unlisted[0]}: read by the loader but not listed in the manifest's files "
+            f"(no checksum); refusing the artifact (unlisted: {', '.join(unlisted[:5])})"
+        )
     paths = {}
     for name, entry in sorted(manifest.files.items()):
         path = paths[name] = artifact_path(folder, name)

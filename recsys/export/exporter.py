@@ -27,8 +27,17 @@ from recsys.config import ExperimentConfig
 from recsys.embeddings import get_method
 from recsys.embeddings.base import EmbeddingMethod
 from recsys.export.artifact import (
-    DENSE_FILE, DTYPES, EMBEDDING_FILE, VOCAB_DIR, ArtifactError, ContextEntry, DatasetContract, Manifest,
-    MethodEntry, TableEntry, write_manifest,
+    DENSE_FILE,
+    DTYPES,
+    EMBEDDING_FILE,
+    VOCAB_DIR,
+    ArtifactError,
+    ContextEntry,
+    DatasetContract,
+    Manifest,
+    MethodEntry,
+    TableEntry,
+    write_manifest,
 )
 from recsys.export.tables import quantize_tables, table_shapes
 from recsys.features import NUM_RESERVED, DatasetSpec
@@ -51,7 +60,7 @@ def load_run(run_dir: Path, data_path: str | Path | None = None) -> tuple[Experi
     method.enter_phase(last)
     model = parts.model(method)
     folder = run.phase(last.name)
-    weights = {k[len(MODEL_PREFIX):]: v for k, v in load_file(str(folder.weights)).items()}
+    weights = {k[len(MODEL_PREFIX) :]: v for k, v in load_file(str(folder.weights)).items()}
     model.load_state_dict(weights, strict=True)
     method.load_phase_state(load_file(str(folder.state)) if folder.state.exists() else {})
     return cfg, parts.spec, method, model.eval()
@@ -101,12 +110,19 @@ def quantizable_tables(name: str, served: nn.Module, state: dict[str, torch.Tens
     if dtype not in supported:
         raise ArtifactError(
             f"method '{name}' cannot be exported as {dtype}: its served tables ({type(served).__name__}) are not stock "
-            f"EmbeddingBagCollections, which fbgemm's quantized tables need; supported dtypes for '{name}': {', '.join(supported)}")
+            f"EmbeddingBagCollections, which fbgemm's quantized tables need; supported dtypes for '{name}': {', '.join(supported)}"
+        )
     return _stock_tables(served, state)[0]
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path, dtype: str = "fp32", data_path: str | Path | None = None, overwrite: bool = False,
-               source: str | None = None) -> Manifest:
+def export_run(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    dtype: str = "fp32",
+    data_path: str | Path | None = None,
+    overwrite: bool = False,
+    source: str | None = None,
+) -> Manifest:
     """Write the serving artifact of ``run_dir`` to ``out_dir``; returns its manifest.
 
     ``source`` is what the manifest names as the run (default: ``run_dir``'s absolute path;
@@ -137,8 +153,9 @@ def export_run(run_dir: str | Path, out_dir: str | Path, dtype: str = "fp32", da
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             source_run=source or str(run_dir.resolve()),
             dataset=DatasetContract(name=spec.name, fields=spec.fields, id_scheme=spec.id_scheme, hash=HASH_NAME, vocabularies=vocab),
-            method=MethodEntry(name=method.name, served=exported.name, options=exported.options,
-                               id_scheme=method.id_scheme, memory_bytes=method.memory_bytes()),
+            method=MethodEntry(
+                name=method.name, served=exported.name, options=exported.options, id_scheme=method.id_scheme, memory_bytes=method.memory_bytes()
+            ),
             context=ContextEntry.of(method.ctx),
             model=resolve_model_config(cfg.model, method).model_dump(mode="json"),  # as built: the served form may not say
             num_dense=len(spec.dense_fields),

@@ -88,8 +88,7 @@ def _rebuild(folder: Path, manifest: Manifest, ctx: MethodContext) -> CTRModel:
     with safe_open(str(embedding_file), framework="pt") as f:
         keys = list(f.keys())
         state = {
-            k: torch.empty(manifest.tables[k].rows, manifest.tables[k].dim) if quantized and k in manifest.tables else f.get_tensor(k)
-            for k in keys
+            k: torch.empty(manifest.tables[k].rows, manifest.tables[k].dim) if quantized and k in manifest.tables else f.get_tensor(k) for k in keys
         }
         with tables_uninitialised():
             served = get_method(manifest.method.served).from_export(ctx, ExportedMethod(manifest.method.served, manifest.method.options, state))
@@ -98,13 +97,17 @@ def _rebuild(folder: Path, manifest: Manifest, ctx: MethodContext) -> CTRModel:
             served = empty_quantized_tables(served, manifest.dtype)
             targets = quantized_targets(served)
             if set(targets) != set(manifest.tables):
-                raise ArtifactError(f"{folder / EMBEDDING_FILE}: quantized tables {sorted(targets)} do not match the manifest's {sorted(manifest.tables)}")
+                raise ArtifactError(
+                    f"{folder / EMBEDDING_FILE}: quantized tables {sorted(targets)} do not match the manifest's {sorted(manifest.tables)}"
+                )
             _read_tables(embedding_file, targets)
     model = build_model(ModelConfig.model_validate(manifest.model), served, manifest.num_dense)
     result = model.load_state_dict(load_file(str(dense_file)), strict=False)
     missing = [k for k in result.missing_keys if not k.startswith("embedding.")]
     if missing or result.unexpected_keys:
-        raise ArtifactError(f"{folder / DENSE_FILE}: dense weights do not match the model: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
+        raise ArtifactError(
+            f"{folder / DENSE_FILE}: dense weights do not match the model: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}"
+        )
     return model.eval()
 
 

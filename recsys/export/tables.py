@@ -18,11 +18,11 @@ from typing import Iterator
 
 import torch
 from torch import nn
+from torch.ao.quantization import PlaceholderObserver, QConfig
 from torchrec.modules.embedding_configs import DataType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
-from torchrec.quant.embedding_modules import EmbeddingBagCollection as QuantEmbeddingBagCollection
 from torchrec.quant.embedding_modules import MODULE_ATTR_ROW_ALIGNMENT_INT
-from torch.ao.quantization import PlaceholderObserver, QConfig
+from torchrec.quant.embedding_modules import EmbeddingBagCollection as QuantEmbeddingBagCollection
 
 ROW_ALIGNMENT = 1
 DATA_TYPES: dict[str, DataType] = {"fp32": DataType.FP32, "fp16": DataType.FP16, "int8": DataType.INT8, "int4": DataType.INT4}

@@ -54,5 +54,4 @@ class DCNv2(DLRM):
     def from_config(cls, cfg: ModelConfig, embedding: nn.Module, num_dense: int) -> "DCNv2":
         """Build from a ``ModelConfig``."""
         layers, rank = cfg.dcn_num_layers, cfg.dcn_low_rank_dim
-        return cls(embedding, num_dense, cfg.embedding_dim, cfg.dense_arch, cfg.over_arch, layers, rank,
-                   cfg.field_projection)
+        return cls(embedding, num_dense, cfg.embedding_dim, cfg.dense_arch, cfg.over_arch, layers, rank, cfg.field_projection)

@@ -35,9 +35,7 @@ class DeepFM(CTRModel):
         field_projection: a learned ``Linear(d_f, D)`` per field before the FM and deep parts.
     """
 
-    def __init__(
-        self, embedding: nn.Module, num_dense: int, embedding_dim: int, deep_layers: list[int], field_projection: bool = False
-    ) -> None:
+    def __init__(self, embedding: nn.Module, num_dense: int, embedding_dim: int, deep_layers: list[int], field_projection: bool = False) -> None:
         super().__init__(embedding, embedding_dim, field_projection)
         flat = self.num_sparse * embedding_dim + num_dense
         self.first_order = nn.Linear(flat, 1)

@@ -51,12 +51,10 @@ class DLRM(CTRModel):
     @classmethod
     def from_config(cls, cfg: ModelConfig, embedding: nn.Module, num_dense: int) -> "DLRM":
         """Build from a ``ModelConfig``."""
-        return cls(embedding, num_dense, cfg.embedding_dim, cfg.dense_arch, cfg.over_arch,
-                   field_projection=cfg.field_projection)
+        return cls(embedding, num_dense, cfg.embedding_dim, cfg.dense_arch, cfg.over_arch, field_projection=cfg.field_projection)
 
     def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
         """Args: dense_features: ``[B, num_dense]``; sparse_features: KJT. Returns logits ``[B]``."""
         fields = self.embed(sparse_features)
         dense = self.dense_arch(dense_features)
         return self.over_arch(self.inter_arch(dense, fields)).squeeze(-1)
-

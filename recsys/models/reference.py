@@ -56,11 +56,7 @@ class ReferenceDLRM(nn.Module):
             raise ValueError(f"every table must be {embedding_dim} wide")
         self.feature_names = [name for t in tables for name in t.feature_names]
         modes = {PoolingType.SUM: "sum", PoolingType.MEAN: "mean"}
-        self.bags = nn.ModuleList(
-            nn.EmbeddingBag(t.num_embeddings, embedding_dim, mode=modes[t.pooling])
-            for t in tables
-            for _ in t.feature_names
-        )
+        self.bags = nn.ModuleList(nn.EmbeddingBag(t.num_embeddings, embedding_dim, mode=modes[t.pooling]) for t in tables for _ in t.feature_names)
         for bag in self.bags:
             nn.init.uniform_(bag.weight, -1 / math.sqrt(bag.num_embeddings), 1 / math.sqrt(bag.num_embeddings))
         self.bottom = _mlp(num_dense, [*dense_arch, embedding_dim], last_relu=True) if num_dense else None

@@ -30,11 +30,21 @@ def free_port() -> int:
 
 def experiment(data: Path, *extra: str) -> ExperimentConfig:
     """The tests' experiment: DLRM, 2 epochs, 256 rows per worker step, log every 5 steps."""
-    return load_config(ROOT / "configs/quickstart.yaml", [
-        f"data.path={data}", "training.epochs=2", "training.batch_size=256", "training.eval_batch_size=1024",
-        "training.progress=false", "training.log_every=5", "training.checkpoint_every=10", "training.patience=5",
-        "tracking.system_metrics=false", *extra,
-    ])
+    return load_config(
+        ROOT / "configs/quickstart.yaml",
+        [
+            f"data.path={data}",
+            "training.epochs=2",
+            "training.batch_size=256",
+            "training.eval_batch_size=1024",
+            "training.progress=false",
+            "training.log_every=5",
+            "training.checkpoint_every=10",
+            "training.patience=5",
+            "tracking.system_metrics=false",
+            *extra,
+        ],
+    )
 
 
 @pytest.fixture(scope="session")
@@ -72,8 +82,12 @@ def ray_run(small_data, ray_cluster, mlflow_server, tmp_path_factory) -> dict[st
 
     out = tmp_path_factory.mktemp("ray-run") / "run"
     cfg = experiment(
-        small_data, "training.workers=2", f"tracking.tracking_uri={mlflow_server.uri}", "tracking.experiment=ray-test",
-        "tracking.register_as=ctr", "tracking.system_metrics=true",
+        small_data,
+        "training.workers=2",
+        f"tracking.tracking_uri={mlflow_server.uri}",
+        "tracking.experiment=ray-test",
+        "tracking.register_as=ctr",
+        "tracking.system_metrics=true",
     )
     os.environ.setdefault("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "2")
     metrics = train_experiment(cfg, out)
@@ -84,4 +98,3 @@ def progress(out: Path) -> list[dict[str, Any]]:
     """The run's ``progress.jsonl`` events (starts, resumes, checkpoints, injected failures)."""
     path = out / "progress.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-

@@ -25,23 +25,36 @@ def test_methods_lists_every_method_with_readable_types_and_defaults():
     assert "<class" not in out and "PydanticUndefined" not in out and "typing." not in out
     listed = [line.split()[0] for line in out.splitlines() if not line.startswith(" ")]
     assert listed == available_methods()
-    assert '    update_every: int, ≥ 1 = 100  ΔT: steps between prune/regrow updates' in out.splitlines()
+    assert "    update_every: int, ≥ 1 = 100  ΔT: steps between prune/regrow updates" in out.splitlines()
 
 
 def test_only_the_sharded_tensor_deprecation_is_dropped():
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         with sharded_tensor_access():
-            warnings.warn(DEPRECATION, FutureWarning)
-            warnings.warn("another future change", FutureWarning)
+            warnings.warn(DEPRECATION, FutureWarning, stacklevel=1)
+            warnings.warn("another future change", FutureWarning, stacklevel=1)
     assert [str(w.message) for w in seen] == ["another future change"]
 
 
 @pytest.mark.timeout(300)
 def test_a_training_run_prints_no_deprecation_or_tracing_notice(tmp_path):
     assert _cli("data", "synth", "--out", str(tmp_path / "d"), "--rows", "3000", "--profile", "small").returncode == 0
-    done = _cli("train", "--config", "quickstart", "--out", str(tmp_path / "r"), "--set", f"data.path={tmp_path / 'd'}",
-                "--set", "training.epochs=1", "--set", "tracking.enabled=false", "--set", "training.progress=false")
+    done = _cli(
+        "train",
+        "--config",
+        "quickstart",
+        "--out",
+        str(tmp_path / "r"),
+        "--set",
+        f"data.path={tmp_path / 'd'}",
+        "--set",
+        "training.epochs=1",
+        "--set",
+        "tracking.enabled=false",
+        "--set",
+        "training.progress=false",
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "test_auc" in done.stdout
     for noise in ("FutureWarning", "ShardedTensor", "is_fx_tracing"):

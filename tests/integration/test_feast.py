@@ -22,11 +22,19 @@ from recsys.serving.feast_materialize import ValuesFileError, materialize
 from recsys.serving.feast_store import FeastViewError
 from recsys.serving.store import Store
 from tests.feast_support import (
-    apply_in_process, env, feast_cli, free_port, known_values, online_vectors, redis_server, repo_objects, start_feast_serve,
-    stop_feast_serve, wait_feast_serve,
+    apply_in_process,
+    env,
+    feast_cli,
+    free_port,
+    known_values,
+    online_vectors,
+    redis_server,
+    repo_objects,
+    start_feast_serve,
+    stop_feast_serve,
+    wait_feast_serve,
 )
 from tests.serving_support import ensure_runs, raw_strings
-
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +72,7 @@ def _pairs(arts, name: str, n: int = 100) -> tuple[list, list]:
 
 def _assert_vectors(store: Store, got: dict, pairs: list) -> None:
     expected = store.embeddings(pairs)
-    for (pair, want) in zip(pairs, expected):
+    for pair, want in zip(pairs, expected):
         assert got[pair] is not None, pair
         np.testing.assert_array_equal(got[pair], want[: store.widths[pair[0]]], err_msg=str(pair))
 
@@ -79,8 +87,9 @@ def test_feast_apply_and_online_features_equal_the_lookup_layer(arts, tmp_path):
     assert sorted(v.name for v in fs.list_feature_views()) == sorted(store.features)
     known, unseen = _pairs(arts, "hash-fp32")
     _assert_vectors(store, online_vectors(fs, known + unseen), known + unseen)  # unseen: hashed like /v1/embeddings
-    both = fs.get_online_features(features=["C1:C1_embedding", "C2:C2_embedding"],
-                                  entity_rows=[{"C1": "C1_3", "C2": "zz"}, {"C1": 7, "C2": "C2_1"}]).to_dict()
+    both = fs.get_online_features(
+        features=["C1:C1_embedding", "C2:C2_embedding"], entity_rows=[{"C1": "C1_3", "C2": "zz"}, {"C1": 7, "C2": "C2_1"}]
+    ).to_dict()
     want = store.embeddings([("C1", "C1_3"), ("C1", "7"), ("C2", "zz"), ("C2", "C2_1")])
     np.testing.assert_array_equal(np.array(both["C1_embedding"] + both["C2_embedding"], np.float32), want)
 
@@ -115,8 +124,24 @@ def stores_filled(arts, redis, tmp_path_factory):
         repo = _init(arts["full"], base / kind, "--online-store", kind, *extra)
         out[kind] = apply_in_process(repo)
         if kind == "sqlite":  # the command line
-            assert recsys_main(["feast", "materialize", "--artifact", str(arts["full"]), "--repo", str(repo), "--values", str(values),
-                                "--batch-size", "37", "--no-progress"]) == 0
+            assert (
+                recsys_main(
+                    [
+                        "feast",
+                        "materialize",
+                        "--artifact",
+                        str(arts["full"]),
+                        "--repo",
+                        str(repo),
+                        "--values",
+                        str(values),
+                        "--batch-size",
+                        "37",
+                        "--no-progress",
+                    ]
+                )
+                == 0
+            )
         else:
             report = materialize(arts["stores"]["full-int8"], repo, values, batch_size=37, progress=False)
             assert report.total == len(known) and sum(report.skipped_oov.values()) == 10  # OOV values are not written
@@ -150,19 +175,28 @@ def test_bad_views_and_artifacts_are_refused(arts, tmp_path):
 
     def view(name: str, key: str, dim: int) -> list:
         entity = Entity(name=key, join_keys=[key], value_type=ValueType.STRING)
-        return [entity, src, FeatureView(name=name, entities=[entity], source=src,
-                                          schema=[Field(name=f"{key}_embedding", dtype=Array(Float32), vector_length=dim)])]
+        return [
+            entity,
+            src,
+            FeatureView(name=name, entities=[entity], source=src, schema=[Field(name=f"{key}_embedding", dtype=Array(Float32), vector_length=dim)]),
+        ]
 
     with pytest.raises(FeastViewError, match=r"feature view 'users': field 'user_id' is not a sparse field of the artifact"):
         fs.apply(view("users", "user_id", 16))
-    with pytest.raises(FeastViewError, match=r"feature view 'c1': feature 'C1_embedding' of field 'C1' has vector_length 8, the artifact's dimension is 16"):
+    with pytest.raises(
+        FeastViewError, match=r"feature view 'c1': feature 'C1_embedding' of field 'C1' has vector_length 8, the artifact's dimension is 16"
+    ):
         fs.apply(view("c1", "C1", 8))
     assert FeatureStore(repo_path=str(repo)).list_feature_views() == []  # nothing registered
 
     fs.apply(repo_objects(repo))
     with pytest.raises(NotImplementedError, match="RecsysOnlineStore serves feature view 'C1' .* stores no rows: 1 written rows refused"):
-        fs.write_to_online_store("C1", __import__("pandas").DataFrame(
-            {"C1": ["a"], "C1_embedding": [np.zeros(16, np.float32)], "event_timestamp": [__import__("pandas").Timestamp.now(tz="UTC")]}))
+        fs.write_to_online_store(
+            "C1",
+            __import__("pandas").DataFrame(
+                {"C1": ["a"], "C1_embedding": [np.zeros(16, np.float32)], "event_timestamp": [__import__("pandas").Timestamp.now(tz="UTC")]}
+            ),
+        )
 
     broken = tmp_path / "broken"  # an artifact failing its checksums: refused at init, apply and read
     assert recsys_main(["feast", "init", "--artifact", str(arts["corrupt"]), "--out", str(broken)]) == 2
@@ -225,10 +259,12 @@ def test_materialize_checks_the_values_file_first(arts, tmp_path, redis):
 
 def test_the_store_imports_no_training_code_and_freezes_the_gc_once_loaded(arts, tmp_path):
     repo = apply_in_process(_init(arts["hash"], tmp_path / "repo")).repo_path
-    code = ("import sys; from feast import FeatureStore; fs = FeatureStore(repo_path=sys.argv[1]); "
-            "fs.get_online_features(features=['C1:C1_embedding'], entity_rows=[{'C1': 'a'}]); "
-            "import gc; print(gc.get_freeze_count() > 0); "  # gc_freeze: the objects alive after the first load are frozen
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tests', 'bench') or m.startswith('recsys.training')))")
+    code = (
+        "import sys; from feast import FeatureStore; fs = FeatureStore(repo_path=sys.argv[1]); "
+        "fs.get_online_features(features=['C1:C1_embedding'], entity_rows=[{'C1': 'a'}]); "
+        "import gc; print(gc.get_freeze_count() > 0); "  # gc_freeze: the objects alive after the first load are frozen
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tests', 'bench') or m.startswith('recsys.training')))"
+    )
     done = subprocess.run([sys.executable, "-c", code, str(repo)], env=env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-2:] == ["True", "[]"]

@@ -16,7 +16,7 @@ from recsys.data.batch import BatchLayout, ParquetBatchReader
 from recsys.features import NUM_RESERVED, load_dataset_spec
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
-DEFINITIONS = '''
+DEFINITIONS = """
 from datetime import timedelta
 from feast import Entity, FeatureView, Field, FileSource, ValueType
 from feast.types import Float32, String
@@ -25,7 +25,7 @@ user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.STRING)
 stats_source = FileSource(name="user_stats_source", path="data/user_stats.parquet", timestamp_field="event_timestamp")
 user_stats = FeatureView(name="user_stats", entities=[user], ttl=timedelta(days=30), source=stats_source,
                          schema=[Field(name="age", dtype=Float32), Field(name="country", dtype=String)])
-'''
+"""
 
 
 def _repo(tmp: Path) -> Path:
@@ -33,15 +33,18 @@ def _repo(tmp: Path) -> Path:
     (repo / "data").mkdir(parents=True)
     (repo / "feature_store.yaml").write_text(
         "project: offline\nprovider: local\nregistry: data/registry.db\nonline_store: {type: sqlite, path: data/online.db}\n"
-        "offline_store: {type: file}\nentity_key_serialization_version: 3\n")
+        "offline_store: {type: file}\nentity_key_serialization_version: 3\n"
+    )
     (repo / "features.py").write_text(DEFINITIONS)
     users = [f"u{i}" for i in range(20)]
-    stats = pd.DataFrame({  # each user's age changes at T0 + 10 days, the country stays
-        "user_id": users * 2,
-        "age": [20.0 + i for i in range(20)] + [40.0 + i for i in range(20)],
-        "country": [f"c{i % 3}" for i in range(20)] * 2,
-        "event_timestamp": [T0] * 20 + [T0 + timedelta(days=10)] * 20,
-    })
+    stats = pd.DataFrame(
+        {  # each user's age changes at T0 + 10 days, the country stays
+            "user_id": users * 2,
+            "age": [20.0 + i for i in range(20)] + [40.0 + i for i in range(20)],
+            "country": [f"c{i % 3}" for i in range(20)] * 2,
+            "event_timestamp": [T0] * 20 + [T0 + timedelta(days=10)] * 20,
+        }
+    )
     stats.to_parquet(repo / "data/user_stats.parquet")
     return repo
 
@@ -55,17 +58,38 @@ def test_historical_retrieval_becomes_a_training_dataset(tmp_path):
     n = 200
     user = rng.integers(0, 20, n)
     late = rng.random(n) < 0.5  # impressions after the age change see the new age
-    entities = pd.DataFrame({
-        "user_id": [f"u{u}" for u in user], "item": [f"item{k}" for k in rng.integers(0, 15, n)],
-        "label": rng.integers(0, 2, n), "event_timestamp": [T0 + timedelta(days=15 if x else 5) for x in late],
-    })
+    entities = pd.DataFrame(
+        {
+            "user_id": [f"u{u}" for u in user],
+            "item": [f"item{k}" for k in rng.integers(0, 15, n)],
+            "label": rng.integers(0, 2, n),
+            "event_timestamp": [T0 + timedelta(days=15 if x else 5) for x in late],
+        }
+    )
     entities.to_parquet(tmp_path / "impressions.parquet")
     schema = tmp_path / "schema.yaml"
     schema.write_text("label: label\ndense: [age]\nsparse: [item, country]\ndrop: [user_id, event_timestamp]\n")
     out, parquet = tmp_path / "dataset", tmp_path / "train.parquet"
-    code = recsys_main(["feast", "training-data", "--repo", str(repo), "--entities", str(tmp_path / "impressions.parquet"),
-                        "--features", "user_stats:age,user_stats:country", "--parquet", str(parquet), "--schema", str(schema),
-                        "--out", str(out), "--split", "1,0,0"])
+    code = recsys_main(
+        [
+            "feast",
+            "training-data",
+            "--repo",
+            str(repo),
+            "--entities",
+            str(tmp_path / "impressions.parquet"),
+            "--features",
+            "user_stats:age,user_stats:country",
+            "--parquet",
+            str(parquet),
+            "--schema",
+            str(schema),
+            "--out",
+            str(out),
+            "--split",
+            "1,0,0",
+        ]
+    )
     assert code == 0
 
     got = pq.read_table(parquet).to_pandas()

@@ -38,10 +38,12 @@ def test_run_is_logged_to_the_server_and_registered_by_alias(ray_run, mlflow_ser
     spec = load_dataset_spec(small_data)
     strings = raw_strings(small_data)
     table = pq.read_table(small_data / spec.splits["test"].files[0]).slice(0, 256)
-    frame = pd.DataFrame({
-        **{f.name: np.expm1(table.column(f.name).to_numpy()) for f in spec.dense_fields},
-        **{f.name: [strings[f.name][i] for i in table.column(id_column(f.name)).to_pylist()] for f in spec.sparse_fields},
-    })
+    frame = pd.DataFrame(
+        {
+            **{f.name: np.expm1(table.column(f.name).to_numpy()) for f in spec.dense_fields},
+            **{f.name: [strings[f.name][i] for i in table.column(id_column(f.name)).to_pylist()] for f in spec.sparse_fields},
+        }
+    )
     mlflow.set_tracking_uri(mlflow_server.uri)
     try:
         model = mlflow.pyfunc.load_model("models:/ctr@champion")
@@ -108,10 +110,21 @@ def test_server_dying_mid_run_spools_and_replays(small_data, tmp_path, monkeypat
 
 def test_required_tracking_with_an_unreachable_server_fails_fast(small_data, tmp_path, capsys):
     start = time.monotonic()
-    code = main([
-        "train", "--config", str(ROOT / "configs/quickstart.yaml"), "--out", str(tmp_path / "run"),
-        "--tracking-uri", f"http://127.0.0.1:{free_port()}", "--set", f"data.path={small_data}", "--set", "tracking.required=true",
-    ])
+    code = main(
+        [
+            "train",
+            "--config",
+            str(ROOT / "configs/quickstart.yaml"),
+            "--out",
+            str(tmp_path / "run"),
+            "--tracking-uri",
+            f"http://127.0.0.1:{free_port()}",
+            "--set",
+            f"data.path={small_data}",
+            "--set",
+            "tracking.required=true",
+        ]
+    )
     assert code == 2
     assert "unreachable and tracking.required is true" in capsys.readouterr().err
     assert time.monotonic() - start < 30

@@ -14,12 +14,31 @@ def test_two_workers_log_step_metrics_to_the_default_store(small_data, ray_clust
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
-    code = main([
-        "train", "--config", str(ROOT / "configs/quickstart.yaml"), "--workers", "2", "--out", "run",
-        "--set", f"data.path={small_data}", "--set", "training.epochs=1", "--set", "training.batch_size=256",
-        "--set", "training.max_steps_per_epoch=10", "--set", "training.log_every=5", "--set", "training.progress=false",
-        "--set", "data.max_eval_rows=2000",
-    ])
+    code = main(
+        [
+            "train",
+            "--config",
+            str(ROOT / "configs/quickstart.yaml"),
+            "--workers",
+            "2",
+            "--out",
+            "run",
+            "--set",
+            f"data.path={small_data}",
+            "--set",
+            "training.epochs=1",
+            "--set",
+            "training.batch_size=256",
+            "--set",
+            "training.max_steps_per_epoch=10",
+            "--set",
+            "training.log_every=5",
+            "--set",
+            "training.progress=false",
+            "--set",
+            "data.max_eval_rows=2000",
+        ]
+    )
     assert code == 0
     assert (tmp_path / "mlflow.db").exists() and (tmp_path / "run" / "metrics.json").exists()
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from recsys.features import load_dataset_spec
-from tests.integration.conftest import experiment, progress
 from recsys.training.ray_trainer import FAIL_ENV
+from tests.integration.conftest import experiment, progress
 
 
 def test_two_workers_match_one_process_on_the_same_data(ray_run, small_data, tmp_path):
@@ -66,12 +66,17 @@ def test_resume_skips_the_finished_phase_and_continues_the_next(small_data, ray_
 
     out = tmp_path / "run"
     cfg = experiment(
-        small_data, "training.workers=2", "training.epochs=1", "training.max_failures=0", "tracking.enabled=false",
+        small_data,
+        "training.workers=2",
+        "training.epochs=1",
+        "training.max_failures=0",
+        "tracking.enabled=false",
         "data.max_eval_rows=2000",  # every train row: 32 steps per phase and worker (16 leave the AUC at ~0.59 even uninterrupted)
-        "embedding.method=optembed", "embedding.options={phases: [supernet, retrain]}",
+        "embedding.method=optembed",
+        "embedding.options={phases: [supernet, retrain]}",
     )
     monkeypatch.setenv(FAIL_ENV, f"0:retrain:15:{tmp_path / 'failed-once'}")  # rank 0 dies in the retrain phase
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 - whatever Ray raises once the retries are used up
         train_experiment(cfg, out)
     supernet = out / "phases" / "supernet" / "summary.json"
     finished = supernet.stat().st_mtime_ns
@@ -101,9 +106,16 @@ def test_dsl_masks_stay_identical_on_both_ranks_and_diagnostics_are_logged(small
 
     out, uri = tmp_path / "run", f"sqlite:///{tmp_path}/mlflow.db"
     cfg = experiment(
-        small_data, "training.workers=2", "training.epochs=1", "data.max_train_rows=8000", "data.max_eval_rows=2000",
-        "embedding.method=dsl", "embedding.compression=4", "embedding.options={update_every: 4, base: unified}",
-        f"tracking.tracking_uri={uri}", "tracking.experiment=dsl",
+        small_data,
+        "training.workers=2",
+        "training.epochs=1",
+        "data.max_train_rows=8000",
+        "data.max_eval_rows=2000",
+        "embedding.method=dsl",
+        "embedding.compression=4",
+        "embedding.options={update_every: 4, base: unified}",
+        f"tracking.tracking_uri={uri}",
+        "tracking.experiment=dsl",
     )
     train_experiment(cfg, out)
     assert json.loads((out / "phases" / "train" / "summary.json").read_text())["rank_mismatches"] == []

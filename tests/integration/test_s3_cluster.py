@@ -65,8 +65,13 @@ def _cfg(data: str, db: str, *extra: str):  # type: ignore[no-untyped-def]
 
 
 def _ray(*args: str, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--block", "--disable-usage-stats", *args],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "ray"), "start", "--block", "--disable-usage-stats", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 def _sigkill_tree(proc: subprocess.Popen) -> list[int]:
@@ -163,8 +168,13 @@ def _recovery(events: list[dict[str, Any]], killed_at: int) -> tuple[int, int]:
 
 def _serve(model: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "recsys.cli", "serve", "--model", model, "--port", str(port), "--poll-interval", "0.3"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "recsys.cli", "serve", "--model", model, "--port", str(port), "--poll-interval", "0.3"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -205,8 +215,10 @@ def test_s3_round_trip_with_a_sigkilled_worker(s3_data, cluster, baseline, track
     assert any(name.startswith("ray/train/checkpoint_") for name in out.files())
     assert abs(metrics["test_auc"] - baseline["metrics"]["test_auc"]) < 0.01, (metrics, baseline["metrics"])
     assert metrics["test_rows"] == baseline["metrics"]["test_rows"]
-    print(f"\nsingle node: SIGKILL of rank 1 (pid {killed['pid']}) after step {last}; resumed from step {resumed}; "
-          f"test AUC {metrics['test_auc']:.6f} vs uninterrupted {baseline['metrics']['test_auc']:.6f}")
+    print(
+        f"\nsingle node: SIGKILL of rank 1 (pid {killed['pid']}) after step {last}; resumed from step {resumed}; "
+        f"test AUC {metrics['test_auc']:.6f} vs uninterrupted {baseline['metrics']['test_auc']:.6f}"
+    )
 
     # --resume of the finished run: every phase is read back from s3, same metrics
     again = train_experiment(_cfg(s3_data, tracking_db, "training.placement_strategy=STRICT_PACK"), out, resume=True)
@@ -250,8 +262,14 @@ def test_two_node_run_survives_losing_a_node(s3_data, cluster, baseline, trackin
     config = tmp_path / "two-node.yaml"  # the driver is its own process, as a job on a cluster would be
     config.write_text(yaml.safe_dump(_cfg(s3_data, tracking_db, "training.placement_strategy=SPREAD").model_dump(mode="json")))
     watcher = _kill_after_checkpoint(out, 10, kill_second_node, failures)
-    driver = subprocess.run([sys.executable, "-m", "recsys.cli", "train", "--config", str(config), "--address", cluster["address"],
-                             "--out", str(out)], cwd=ROOT, env=cluster["env"], capture_output=True, text=True, timeout=600)
+    driver = subprocess.run(
+        [sys.executable, "-m", "recsys.cli", "train", "--config", str(config), "--address", cluster["address"], "--out", str(out)],
+        cwd=ROOT,
+        env=cluster["env"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     watcher.join(5)
     assert driver.returncode == 0, driver.stdout[-3000:] + driver.stderr[-5000:]
     metrics = json.loads((out / "metrics.json").read_text())
@@ -262,5 +280,7 @@ def test_two_node_run_survives_losing_a_node(s3_data, cluster, baseline, trackin
     last, resumed = _recovery(events, 10)
     assert resumed >= last >= 10
     assert abs(metrics["test_auc"] - baseline["metrics"]["test_auc"]) < 0.01, (metrics, baseline["metrics"])
-    print(f"\ntwo nodes: SIGKILL of the second node's {len(placed['pids'])} processes after step {last}; resumed from step "
-          f"{resumed}; test AUC {metrics['test_auc']:.6f} vs uninterrupted {baseline['metrics']['test_auc']:.6f}")
+    print(
+        f"\ntwo nodes: SIGKILL of the second node's {len(placed['pids'])} processes after step {last}; resumed from step "
+        f"{resumed}; test AUC {metrics['test_auc']:.6f} vs uninterrupted {baseline['metrics']['test_auc']:.6f}"
+    )

@@ -17,11 +17,20 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _cfg(data: str, tmp: Path, name: str):  # type: ignore[no-untyped-def]
-    return load_config(ROOT / "configs/quickstart.yaml", [
-        f"data.path={data}", "embedding.method=hash", "embedding.compression=4", "training.epochs=2", "training.batch_size=256",
-        "training.max_steps_per_epoch=10", "training.progress=false", "tracking.system_metrics=false",
-        f"tracking.tracking_uri=sqlite:///{tmp}/mlflow-{name}.db",
-    ])
+    return load_config(
+        ROOT / "configs/quickstart.yaml",
+        [
+            f"data.path={data}",
+            "embedding.method=hash",
+            "embedding.compression=4",
+            "training.epochs=2",
+            "training.batch_size=256",
+            "training.max_steps_per_epoch=10",
+            "training.progress=false",
+            "tracking.system_metrics=false",
+            f"tracking.tracking_uri=sqlite:///{tmp}/mlflow-{name}.db",
+        ],
+    )
 
 
 def test_in_process_run_on_s3_equals_the_local_run(s3_server, tmp_path):  # noqa: F811

@@ -25,13 +25,21 @@ from tests.serving_support import (
 
 def test_artifacts_and_the_registered_model_round_trip_through_s3(s3_server, small_data, tmp_path):  # noqa: F811
     import mlflow
+
     from recsys.training.run import train_experiment
 
     destination = f"s3://{BUCKET}/mlartifacts"
     server = Server(free_port(), tmp_path / "mlflow.db", artifacts=destination).start(timeout_s=300)  # a loaded CI box: the server imports slowly
     try:
-        cfg = experiment(small_data, "training.epochs=1", "data.max_train_rows=2048", "data.max_eval_rows=1024",
-                         f"tracking.tracking_uri={server.uri}", "tracking.experiment=s3-artifacts", "tracking.register_as=ctr-s3")
+        cfg = experiment(
+            small_data,
+            "training.epochs=1",
+            "data.max_train_rows=2048",
+            "data.max_eval_rows=1024",
+            f"tracking.tracking_uri={server.uri}",
+            "tracking.experiment=s3-artifacts",
+            "tracking.register_as=ctr-s3",
+        )
         out = tmp_path / "run"
         train_experiment(cfg, out)
         client = mlflow.MlflowClient(tracking_uri=server.uri)
@@ -48,10 +56,12 @@ def test_artifacts_and_the_registered_model_round_trip_through_s3(s3_server, sma
         spec = load_dataset_spec(small_data)
         strings = raw_strings(small_data)
         table = pq.read_table(small_data / spec.splits["test"].files[0]).slice(0, 64)
-        frame = pd.DataFrame({
-            **{f.name: np.expm1(table.column(f.name).to_numpy()) for f in spec.dense_fields},
-            **{f.name: [strings[f.name][i] for i in table.column(id_column(f.name)).to_pylist()] for f in spec.sparse_fields},
-        })
+        frame = pd.DataFrame(
+            {
+                **{f.name: np.expm1(table.column(f.name).to_numpy()) for f in spec.dense_fields},
+                **{f.name: [strings[f.name][i] for i in table.column(id_column(f.name)).to_pylist()] for f in spec.sparse_fields},
+            }
+        )
         mlflow.set_tracking_uri(server.uri)
         try:
             model = mlflow.pyfunc.load_model("models:/ctr-s3@champion")  # downloaded from s3 through the server

@@ -39,9 +39,32 @@ def server(request, tmp_path_factory):
     art = tmp_path_factory.mktemp(f"fronts-{request.param}") / "hash-fp32"
     export_run(runs["hash"], art, dtype="fp32")
     port = _free_port()
-    cmd = [sys.executable, "-m", "recsys.cli", "serve", "--model", str(art), "--port", str(port), "--server", request.param,
-           "--token", TOKEN, "--poll-interval", "0", "--header-timeout", str(HEADER_S), "--body-timeout", str(BODY_S),
-           "--keep-alive", str(KEEP_ALIVE_S), "--max-inflight", str(MAX_INFLIGHT), "--max-connections", str(MAX_CONNECTIONS)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "recsys.cli",
+        "serve",
+        "--model",
+        str(art),
+        "--port",
+        str(port),
+        "--server",
+        request.param,
+        "--token",
+        TOKEN,
+        "--poll-interval",
+        "0",
+        "--header-timeout",
+        str(HEADER_S),
+        "--body-timeout",
+        str(BODY_S),
+        "--keep-alive",
+        str(KEEP_ALIVE_S),
+        "--max-inflight",
+        str(MAX_INFLIGHT),
+        "--max-connections",
+        str(MAX_CONNECTIONS),
+    ]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
@@ -89,8 +112,10 @@ def test_token_and_ids_v1_on_the_front(server):
         np.testing.assert_array_equal(vectors(r.content, r.headers), store.lookup(feature, [f"{feature}_{k}" for k in range(20)]))
         wrong = {"content-type": IDS_V1, "authorization": "Bearer wrong"}
         assert client.post("/v1/embeddings", content=body, headers=wrong).status_code == 401
-        for pair, status in (([("authorization", "Bearer wrong"), ("authorization", f"Bearer {TOKEN}")], 401),
-                             ([("authorization", f"Bearer {TOKEN}"), ("authorization", "Bearer wrong")], 200)):
+        for pair, status in (
+            ([("authorization", "Bearer wrong"), ("authorization", f"Bearer {TOKEN}")], 401),
+            ([("authorization", f"Bearer {TOKEN}"), ("authorization", "Bearer wrong")], 200),
+        ):
             headers = [("content-type", IDS_V1), *pair]  # a repeated header counts by its first value
             assert client.post("/v1/embeddings", content=body, headers=headers).status_code == status
         assert client.get("/healthz").status_code == 200
@@ -127,8 +152,11 @@ def test_idle_and_slow_header_connections_are_closed(server):
 
 def _slow_body(port: int) -> socket.socket:
     s = _connect(port)
-    s.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode()
-              + b"\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n{\"items\"")
+    s.sendall(
+        b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+        + TOKEN.encode()
+        + b'\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n{"items"'
+    )
     return s
 
 
@@ -150,8 +178,7 @@ def test_ids_v1_bodies_keep_the_limits(server):
     """ids.v1 requests (answered without the ASGI layers on granian-rsgi): 408 for a late body, 503
     beyond the in-flight limit, 413 for a declared body over the limit, then 200 again."""
     port, feature = server["port"], server["store"].features[0]
-    head = (b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode()
-            + b"\r\nContent-Type: " + IDS_V1.encode() + b"\r\n")
+    head = b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode() + b"\r\nContent-Type: " + IDS_V1.encode() + b"\r\n"
     held = []
     for _ in range(MAX_INFLIGHT):
         s = _connect(port)

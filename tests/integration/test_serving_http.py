@@ -105,14 +105,44 @@ def service(request, tmp_path_factory):
     link = root / "current"
     _point(link, a)
     port, modules = _free_port(), root / "training-modules.json"
-    cmd = [sys.executable, "-c", WRAPPER, str(modules), "serve", "--model", str(link), "--port", str(port),
-           "--poll-interval", "0.2", "--max-items", str(MAX_ITEMS), "--max-body-bytes", str(MAX_BODY), "--log-level", "info", "--server", front]
+    cmd = [
+        sys.executable,
+        "-c",
+        WRAPPER,
+        str(modules),
+        "serve",
+        "--model",
+        str(link),
+        "--port",
+        str(port),
+        "--poll-interval",
+        "0.2",
+        "--max-items",
+        str(MAX_ITEMS),
+        "--max-body-bytes",
+        str(MAX_BODY),
+        "--log-level",
+        "info",
+        "--server",
+        front,
+    ]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     _wait_ready(url, proc, timeout=120, interval=0.2)
     stores = {_label(p): Store(load_artifact(p), _label(p)) for p in (a, b)}
-    yield {"url": url, "proc": proc, "link": link, "a": a, "b": b, "corrupt": corrupt, "fifo": fifo, "dim8": dim8,
-           "stores": stores, "modules": modules, "front": front}
+    yield {
+        "url": url,
+        "proc": proc,
+        "link": link,
+        "a": a,
+        "b": b,
+        "corrupt": corrupt,
+        "fifo": fifo,
+        "dim8": dim8,
+        "stores": stores,
+        "modules": modules,
+        "front": front,
+    }
     proc.send_signal(signal.SIGTERM)
     try:
         output = proc.communicate(timeout=30)[0]
@@ -127,15 +157,25 @@ def service(request, tmp_path_factory):
     loaded = re.findall(stamp + r"INFO recsys\.serving\.reload: loaded version (\w+) ", output, re.M)  # every load, at INFO
     assert loaded[0] == _label(a), output[-5000:]
     if str(corrupt) in output:  # the refused copy is named by its folder, not by a's id alone
-        refusal = re.search(stamp + r"ERROR recsys\.serving\.reload: not serving (\S+) \(manifest (\w+)\) \(refused\): .*checksum mismatch.*; "
-                            r"still serving version (\w+)$", output, re.M)
+        refusal = re.search(
+            stamp + r"ERROR recsys\.serving\.reload: not serving (\S+) \(manifest (\w+)\) \(refused\): .*checksum mismatch.*; "
+            r"still serving version (\w+)$",
+            output,
+            re.M,
+        )
         assert refusal and refusal[1] == str(corrupt) and refusal[3] == _label(b), output[-5000:]
     assert json.loads(modules.read_text()) == [], "the service imported training modules"
 
 
 def _items(store: Store, n: int, seed: int) -> list[dict]:
     rng = random.Random(seed)
-    return [{"feature": rng.choice(store.features), "value": rng.choice([f"C{rng.randint(1, 8)}_{rng.randint(0, 50)}", "unseen", None, rng.randint(0, 99)])} for _ in range(n)]
+    return [
+        {
+            "feature": rng.choice(store.features),
+            "value": rng.choice([f"C{rng.randint(1, 8)}_{rng.randint(0, 50)}", "unseen", None, rng.randint(0, 99)]),
+        }
+        for _ in range(n)
+    ]
 
 
 def test_endpoints_equal_the_in_process_layer(service):
@@ -261,17 +301,28 @@ def test_fuzz_surrogates_boms_and_duplicate_headers_get_no_5xx(service):
     endpoint: malformed bodies get 4xx, and nothing gets a 5xx."""
     store = service["stores"][_label(service["a"])]
     f = store.features[0]
-    valid = {"/v1/embeddings": json.dumps({"items": [{"feature": f, "value": "v"}]}).encode(),
-             "/v1/score": json.dumps({"requests": [{"sparse": {f: "v"}}]}).encode()}
+    valid = {
+        "/v1/embeddings": json.dumps({"items": [{"feature": f, "value": "v"}]}).encode(),
+        "/v1/score": json.dumps({"requests": [{"sparse": {f: "v"}}]}).encode(),
+    }
     malformed = surrogate_bodies(store.features)
     for path, body in valid.items():
         text = body.decode()
-        malformed += [(path, b"\xef\xbb\xbf" + body), (path, text.encode("utf-16")), (path, text.encode("utf-16-le")),
-                      (path, text.encode("utf-32")), (path, b"\xef\xbb\xbf"), (path, b"\xfe\xff" + text.encode("utf-16-be"))]
-    duplicated = [[("content-type", "text/plain"), ("content-type", "application/json")],
-                  [("content-type", "application/json; charset=utf-16"), ("content-type", "application/json")],
-                  [("accept", "application/octet-stream"), ("accept", "application/json")],
-                  [("authorization", "Bearer a"), ("authorization", "Bearer b")], [("x-probe", b"\xed\xa0\x80"), ("x-probe", b"\xef\xbb\xbf")]]
+        malformed += [
+            (path, b"\xef\xbb\xbf" + body),
+            (path, text.encode("utf-16")),
+            (path, text.encode("utf-16-le")),
+            (path, text.encode("utf-32")),
+            (path, b"\xef\xbb\xbf"),
+            (path, b"\xfe\xff" + text.encode("utf-16-be")),
+        ]
+    duplicated = [
+        [("content-type", "text/plain"), ("content-type", "application/json")],
+        [("content-type", "application/json; charset=utf-16"), ("content-type", "application/json")],
+        [("accept", "application/octet-stream"), ("accept", "application/json")],
+        [("authorization", "Bearer a"), ("authorization", "Bearer b")],
+        [("x-probe", b"\xed\xa0\x80"), ("x-probe", b"\xef\xbb\xbf")],
+    ]
     statuses: dict[int, int] = {}
     count = 0
 
@@ -295,10 +346,14 @@ def test_fuzz_surrogates_boms_and_duplicate_headers_get_no_5xx(service):
                 check(client.request(method, f"{path}/{lone}", content=body, headers={"content-type": "application/json"}), False, (path, lone))
             if method == "GET":
                 check(client.request("GET", path, headers={"content-type": "application/json"}, content=b"\xef\xbb\xbf" + RAW_LONE[0]), False, path)
-        duplicate_length = (b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
-                            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % (len(valid["/v1/embeddings"]), 3) + valid["/v1/embeddings"])
-        chunked_and_length = (b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
-                              b"Content-Length: 5\r\nConnection: close\r\n\r\n0\r\n\r\n")
+        duplicate_length = (
+            b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % (len(valid["/v1/embeddings"]), 3) + valid["/v1/embeddings"]
+        )
+        chunked_and_length = (
+            b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+            b"Content-Length: 5\r\nConnection: close\r\n\r\n0\r\n\r\n"
+        )
         for raw in (duplicate_length, chunked_and_length):
             status = raw_http(service["url"], raw)
             count += 1
@@ -451,8 +506,10 @@ def test_bearer_token_guards_the_api(service):
         assert client.post("/v1/embeddings", json=items).status_code == 401
         assert client.post("/v1/embeddings", json=items, headers={"authorization": "Bearer wrong"}).status_code == 401
         assert client.post("/v1/embeddings", json=items, headers={"authorization": "Bearer s3cret"}).status_code == 200
-        for pair, status in (([("authorization", "Bearer wrong"), ("authorization", "Bearer s3cret")], 401),
-                             ([("authorization", "Bearer s3cret"), ("authorization", "Bearer wrong")], 200)):
+        for pair, status in (
+            ([("authorization", "Bearer wrong"), ("authorization", "Bearer s3cret")], 401),
+            ([("authorization", "Bearer s3cret"), ("authorization", "Bearer wrong")], 200),
+        ):
             # a repeated header counts by its first value, on the fast path as on every route
             assert client.post("/v1/embeddings", json=items, headers=pair).status_code == status
             assert client.get("/v1/metadata", headers=pair).status_code == status
@@ -463,8 +520,24 @@ def test_several_worker_processes_answer_without_nagle_delays(service):
     """``--workers 2``: both processes serve the artifact; responses are not held back by Nagle's
     algorithm waiting for delayed ACKs (~40 ms each), and SIGTERM stops them gracefully."""
     port = _free_port()
-    cmd = [sys.executable, "-m", "recsys.cli", "serve", "--model", str(service["a"]), "--port", str(port), "--workers", "2",
-           "--poll-interval", "0", "--log-level", "info", "--server", service["front"]]
+    cmd = [
+        sys.executable,
+        "-m",
+        "recsys.cli",
+        "serve",
+        "--model",
+        str(service["a"]),
+        "--port",
+        str(port),
+        "--workers",
+        "2",
+        "--poll-interval",
+        "0",
+        "--log-level",
+        "info",
+        "--server",
+        service["front"],
+    ]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url, store = f"http://127.0.0.1:{port}", service["stores"][_label(service["a"])]
     lines: list[str] = []

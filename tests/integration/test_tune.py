@@ -25,9 +25,28 @@ def tiny(tmp_path_factory) -> Path:
 
 def test_tune_quick_writes_a_best_config_that_trains(tiny, ray_cluster, tmp_path, capsys) -> None:
     out, db = tmp_path / "tune", f"sqlite:///{tmp_path}/mlflow.db"
-    args = ["tune", "--dataset", str(tiny), "--budget", "10", "--methods", "hash,hybrid", "--trials", "3", "--quick",
-            "--out", str(out), "--tracking-uri", db, "--set", "training.batch_size=256", "--set", "training.epochs=2",
-            "--set", "training.patience=3"]
+    args = [
+        "tune",
+        "--dataset",
+        str(tiny),
+        "--budget",
+        "10",
+        "--methods",
+        "hash,hybrid",
+        "--trials",
+        "3",
+        "--quick",
+        "--out",
+        str(out),
+        "--tracking-uri",
+        db,
+        "--set",
+        "training.batch_size=256",
+        "--set",
+        "training.epochs=2",
+        "--set",
+        "training.patience=3",
+    ]
     assert main(args) == 0
     rows = list(csv.DictReader((out / "trials.csv").open()))
     assert [r["method"] for r in rows] == ["hash", "hybrid", "hash"]
@@ -48,8 +67,9 @@ def test_tune_quick_writes_a_best_config_that_trains(tiny, ray_cluster, tmp_path
     parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parent) == 1 and parent[0].data.metrics["trials_ok"] == len(done)
     assert parent[0].data.metrics["trials_ok"] + parent[0].data.metrics["trials_stopped"] == 3
-    assert sorted(r.data.tags["trial"] for r in runs if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id) == \
-        sorted(r["trial"] for r in rows)
+    assert sorted(r.data.tags["trial"] for r in runs if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id) == sorted(
+        r["trial"] for r in rows
+    )
 
     stamp = {p: p.stat().st_mtime_ns for p in out.glob("trials/*/metrics.json")}
     assert main(args) == 0, "a rerun resumes: finished trials are read back"

@@ -41,8 +41,12 @@ def test_pyproject_lists_every_package_folder():
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     dist = tmp_path_factory.mktemp("dist")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), str(ROOT)],
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), str(ROOT)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     (found,) = dist.glob("recsys_compress-*.whl")
     return found
 
@@ -50,8 +54,14 @@ def wheel(tmp_path_factory) -> Path:
 def test_the_wheel_has_one_top_level_name_and_ships_configs_and_the_speed_bench(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     assert {n.split("/")[0] for n in names} == {"recsys", "recsys_compress-0.1.0.dist-info"}
-    for needed in ("recsys/training/run.py", "recsys/serving/app.py", "recsys/training/tune/search.py",
-                   "recsys/training/bench/speed_report.py", "recsys/configs/quickstart.yaml", "recsys/configs/model/dlrm.yaml"):
+    for needed in (
+        "recsys/training/run.py",
+        "recsys/serving/app.py",
+        "recsys/training/tune/search.py",
+        "recsys/training/bench/speed_report.py",
+        "recsys/configs/quickstart.yaml",
+        "recsys/configs/model/dlrm.yaml",
+    ):
         assert needed in names
     assert zipfile.ZipFile(wheel).read("recsys_compress-0.1.0.dist-info/top_level.txt").decode().split() == ["recsys"]
 
@@ -60,13 +70,20 @@ def test_installed_wheel_trains_the_builtin_quickstart_config_and_runs_the_quick
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=False).create(env_dir)
     py = env_dir / "bin" / "python"
-    site = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               check=True, capture_output=True, text=True).stdout.strip())
+    site = Path(
+        subprocess.run(
+            [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], check=True, capture_output=True, text=True
+        ).stdout.strip()
+    )
     before = set(os.listdir(site))
     # This venv's dependencies (torch, ray, ...), after the fresh venv's own site-packages.
     (site / "zz_borrowed.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "--no-index", "-q", str(wheel)],
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "--no-index", "-q", str(wheel)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     added = set(os.listdir(site)) - before - {"zz_borrowed.pth"}
     assert {n for n in added if not n.endswith(".dist-info")} == {"recsys"}
 
@@ -80,13 +97,32 @@ def test_installed_wheel_trains_the_builtin_quickstart_config_and_runs_the_quick
         assert done.returncode == 0, done.stderr[-3000:]
         return done.stdout
 
-    where = subprocess.run([str(py), "-c", "import recsys, recsys.training.run as r; print(recsys.source_root(), r.__file__)"],
-                           cwd=work, env=env, capture_output=True, text=True, check=True).stdout.split()
+    where = subprocess.run(
+        [str(py), "-c", "import recsys, recsys.training.run as r; print(recsys.source_root(), r.__file__)"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     assert where[0] == "None" and where[1].startswith(str(site))
     assert "train" in run("--help")
     run("data", "synth", "--out", "data/tiny", "--rows", "3000", "--profile", "small")
-    run("train", "--config", "quickstart", "--out", "runs/tiny", "--set", "data.path=data/tiny", "--set", "training.epochs=1",
-        "--set", "tracking.enabled=false", "--set", "training.progress=false")
+    run(
+        "train",
+        "--config",
+        "quickstart",
+        "--out",
+        "runs/tiny",
+        "--set",
+        "data.path=data/tiny",
+        "--set",
+        "training.epochs=1",
+        "--set",
+        "tracking.enabled=false",
+        "--set",
+        "training.progress=false",
+    )
     assert (work / "runs" / "tiny" / "metrics.json").is_file()
     out = run("bench", "speed", "--quick", "--skip-plain", "--skip-convert", "--out", "speed")
     assert "hash" in out and (work / "speed" / "speed.json").is_file()

@@ -68,5 +68,6 @@ def test_auto_trains_and_exports_as_its_choice(compression: int, expected: str) 
     assert method.export().name == expected, "the artifact names the chosen method"
     torch.manual_seed(0)
     alone = build_method(expected, ctx)
-    assert all(torch.equal(a, b) for a, b in zip(method.chosen.state_dict().values(), alone.state_dict().values())), \
+    assert all(torch.equal(a, b) for a, b in zip(method.chosen.state_dict().values(), alone.state_dict().values())), (
         "the same initial weights as the chosen method built alone"
+    )

@@ -31,10 +31,7 @@ CRITEO_LIKE = MethodContext(tuple(FeatureInfo(f"C{i}", c) for i, c in enumerate(
 
 def kjt_for(ctx: MethodContext, batch: int, seed: int = 0, raw: bool = False) -> KeyedJaggedTensor:
     gen = torch.Generator().manual_seed(seed)
-    lengths = [
-        torch.randint(0, 4, (batch,), generator=gen) if f.multi_valued else torch.ones(batch, dtype=torch.int64)
-        for f in ctx.features
-    ]
+    lengths = [torch.randint(0, 4, (batch,), generator=gen) if f.multi_valued else torch.ones(batch, dtype=torch.int64) for f in ctx.features]
     low_high = [(-(2**62), 2**62) if raw else (0, f.cardinality) for f in ctx.features]
     values = [torch.randint(lo, hi, (int(n.sum()),), generator=gen) for (lo, hi), n in zip(low_high, lengths)]
     return KeyedJaggedTensor(keys=ctx.feature_names, values=torch.cat(values), lengths=torch.cat(lengths))

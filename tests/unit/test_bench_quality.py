@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from recsys.data.synthetic import generate
 from recsys.assembly import Assembly
+from recsys.data.synthetic import generate
 from recsys.training.bench.methods import SWEEP_METHODS
 from recsys.training.bench.quality import Point, Sweep, SweepSettings, run_sweep
-from recsys.training.bench.report import markdown, pareto_front, read_csv, summarise, PointResult
+from recsys.training.bench.report import PointResult, markdown, pareto_front, read_csv, summarise
 
 
 @pytest.fixture(scope="module")
@@ -22,9 +22,17 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _settings(tiny: Path, tmp: Path, **kw) -> SweepSettings:
-    defaults = dict(dataset=tiny, methods=["full", "hash", "dsl"], budgets=[20.0], quick=True, out=tmp / "sweep",
-                    tracking_uri=f"sqlite:///{tmp}/mlflow.db", experiment="bench-test", progress=False,
-                    sets=["training.batch_size=512"])
+    defaults = dict(
+        dataset=tiny,
+        methods=["full", "hash", "dsl"],
+        budgets=[20.0],
+        quick=True,
+        out=tmp / "sweep",
+        tracking_uri=f"sqlite:///{tmp}/mlflow.db",
+        experiment="bench-test",
+        progress=False,
+        sets=["training.batch_size=512"],
+    )
     return SweepSettings(**(defaults | kw))
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from recsys.training.bench.speed_report import markdown
-from recsys.training.bench.step_times import alternate
 from recsys.cli import main
 from recsys.data.synthetic import generate
+from recsys.training.bench.speed_report import markdown
+from recsys.training.bench.step_times import alternate
 
 
 def test_alternate_ratios_against_the_baseline() -> None:
@@ -23,8 +23,28 @@ def test_speed_command_writes_one_report(tmp_path: Path) -> None:
     data = tmp_path / "tiny"
     generate(data, rows=4000, profile="small", seed=2, progress=False)
     out = tmp_path / "speed"
-    code = main(["bench", "speed", "--data", str(data), "--methods", "hash,dsl", "--compression", "100", "--batch", "256",
-                 "--steps", "2", "--rounds", "2", "--skip-plain", "--skip-convert", "--out", str(out)])
+    code = main(
+        [
+            "bench",
+            "speed",
+            "--data",
+            str(data),
+            "--methods",
+            "hash,dsl",
+            "--compression",
+            "100",
+            "--batch",
+            "256",
+            "--steps",
+            "2",
+            "--rounds",
+            "2",
+            "--skip-plain",
+            "--skip-convert",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     report = json.loads((out / "speed.json").read_text())
     st = report["step_time"]

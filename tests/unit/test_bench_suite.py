@@ -57,7 +57,7 @@ def test_bad_suite_yaml_names_the_file_and_key(two: tuple[Path, Path], tmp_path:
         ({"datasets": [{"label": "a", "path": str(a)}, {"label": "b", "path": str(tmp_path)}]}, "datasets.1.path: no dataset.json in"),
         ({"datasets": [{"label": "a", "path": str(a)}], "methods": ["hash", "hsah"]}, "methods: unknown benchmark method 'hsah'"),
         ({"datasets": [{"label": "a", "path": str(a)}, {"label": "a", "path": str(a)}]}, "labels must be unique; repeated: a"),
-        ({"datasets": [{"label": "a", "path": str(a)}], "budgets": [10, 0.5]}, "budgets: Value error") ,
+        ({"datasets": [{"label": "a", "path": str(a)}], "budgets": [10, 0.5]}, "budgets: Value error"),
         ({"datasets": [{"label": "a b", "path": str(a)}]}, "datasets.0.label: label 'a b' must be"),
         ({"datasets": [{"label": "a", "path": str(a), "sets": ["training.epochs"]}]}, "datasets.0.sets: 'training.epochs' is not KEY=VALUE"),
         ({"datasets": []}, "datasets: List should have at least 1 item"),
@@ -80,9 +80,17 @@ def test_two_dataset_suite_summary_agrees_with_the_points(two: tuple[Path, Path]
 
     monkeypatch.chdir(tmp_path)
     a, b = two
-    suite = _write(tmp_path, {"datasets": [{"label": "alpha", "path": str(a)}, {"label": "beta", "path": str(b), "sets": ["training.dense_lr=0.002"], "budgets": [8]}],
-                              "methods": ["full", "hash"], "budgets": [4], "model": "dlrm", "sets": ["training.batch_size=512"],
-                              "bootstrap": {"resamples": 300, "seed": 1}})
+    suite = _write(
+        tmp_path,
+        {
+            "datasets": [{"label": "alpha", "path": str(a)}, {"label": "beta", "path": str(b), "sets": ["training.dense_lr=0.002"], "budgets": [8]}],
+            "methods": ["full", "hash"],
+            "budgets": [4],
+            "model": "dlrm",
+            "sets": ["training.batch_size=512"],
+            "bootstrap": {"resamples": 300, "seed": 1},
+        },
+    )
     out, uri = tmp_path / "out", f"sqlite:///{tmp_path}/mlflow.db"
     assert main(["bench", "quality", "--suite", str(suite), "--quick", "--out", str(out), "--tracking-uri", uri, "--experiment", "suite-test"]) == 0
 
@@ -91,8 +99,10 @@ def test_two_dataset_suite_summary_agrees_with_the_points(two: tuple[Path, Path]
     assert set(summary) == {(d, m) for d in ("alpha", "beta") for m in ("full", "hash")}
     for label in ("alpha", "beta"):
         budget = 4 if label == "alpha" else 8  # beta names its own budgets
-        metrics = {m: json.loads((out / label / "points" / name / "metrics.json").read_text())
-                   for m, name in (("full", "full_seed0"), ("hash", f"hash_{budget}x_seed0"))}
+        metrics = {
+            m: json.loads((out / label / "points" / name / "metrics.json").read_text())
+            for m, name in (("full", "full_seed0"), ("hash", f"hash_{budget}x_seed0"))
+        }
         full, hashed = summary[(label, "full")], summary[(label, "hash")]
         assert float(hashed["budget"]) == budget
         assert float(full["auc_mean"]) == pytest.approx(metrics["full"]["test_auc"])
@@ -110,8 +120,20 @@ def test_two_dataset_suite_summary_agrees_with_the_points(two: tuple[Path, Path]
     assert alpha_cfg["training"]["batch_size"] == 512 == beta_cfg["training"]["batch_size"]
 
     tally = json.loads((out / "summary.json").read_text())["wins_losses"]
-    assert tally == [{"budget": b, "method": "hash", "wins": 0, "losses": 0, "sure_wins": 0, "sure_losses": 0, "failed": 0,
-                      "d_full": pytest.approx(float(summary[(d, "hash")]["d_full"])), "datasets": 1} for b, d in ((4.0, "alpha"), (8.0, "beta"))]
+    assert tally == [
+        {
+            "budget": b,
+            "method": "hash",
+            "wins": 0,
+            "losses": 0,
+            "sure_wins": 0,
+            "sure_losses": 0,
+            "failed": 0,
+            "d_full": pytest.approx(float(summary[(d, "hash")]["d_full"])),
+            "datasets": 1,
+        }
+        for b, d in ((4.0, "alpha"), (8.0, "beta"))
+    ]
     md = (out / "summary.md").read_text()
     assert "### 4×: test AUC Δ against `full`" in md and "### 8×: test AUC Δ against `full`" in md and "#### alpha" in md and "#### beta" in md
     four = md.split("### 4×")[1].split("### 8×")[0]
@@ -131,8 +153,27 @@ def test_two_dataset_suite_summary_agrees_with_the_points(two: tuple[Path, Path]
 
     # --report-only: a method never trained is left out, finished points are read back, nothing is trained.
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/points/*/metrics.json")}
-    assert main(["bench", "quality", "--suite", str(suite), "--quick", "--out", str(out), "--tracking-uri", uri, "--experiment", "suite-test",
-                 "--methods", "full,hash,qr", "--report-only"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "quality",
+                "--suite",
+                str(suite),
+                "--quick",
+                "--out",
+                str(out),
+                "--tracking-uri",
+                uri,
+                "--experiment",
+                "suite-test",
+                "--methods",
+                "full,hash,qr",
+                "--report-only",
+            ]
+        )
+        == 0
+    )
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/points/*/metrics.json")} == stamps
     assert not list(out.glob("*/points/qr_*"))
     with open(out / "summary.csv", newline="") as fh:

@@ -54,16 +54,19 @@ def _tree(root: Path, files: dict[str, str]) -> Path:
 
 
 def test_the_checks_find_what_they_look_for(tmp_path: Path) -> None:
-    root = _tree(tmp_path, {
-        "recsys/__init__.py": "",
-        "recsys/a.py": "from recsys.b import thing\n",
-        "recsys/b.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from recsys import c\nfrom . import a\n",
-        "recsys/c.py": "def f():\n    from recsys.d import _hidden\n",
-        "recsys/d.py": "import recsys.c as c\n",
-        "training/__init__.py": "",
-        "training/x.py": "from ..training import y\n",
-        "training/y.py": "from recsys.training.x import value\n",
-    })
+    root = _tree(
+        tmp_path,
+        {
+            "recsys/__init__.py": "",
+            "recsys/a.py": "from recsys.b import thing\n",
+            "recsys/b.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from recsys import c\nfrom . import a\n",
+            "recsys/c.py": "def f():\n    from recsys.d import _hidden\n",
+            "recsys/d.py": "import recsys.c as c\n",
+            "training/__init__.py": "",
+            "training/x.py": "from ..training import y\n",
+            "training/y.py": "from recsys.training.x import value\n",
+        },
+    )
     roots = {"recsys": "recsys", "training": "recsys.training"}
     graph = edges(root, roots)
     top = sorted(sorted(e.source for e in c) for c in cycles(graph, top_only=True))

@@ -68,8 +68,10 @@ def test_yaml_error_in_a_file_is_one_line_with_its_position(tmp_path, capsys):
 
 def test_missing_data_path_fails_before_a_run_or_folder_exists(tmp_path, capsys):
     err = train_error(capsys, QUICKSTART, "--set", f"data.path={tmp_path / 'nowhere'}")
-    assert err == (f"--set data.path={tmp_path / 'nowhere'}: data.path: {tmp_path / 'nowhere'}: "
-                   "no dataset.json here; convert data with `recsys data convert` or `recsys data synth`")
+    assert err == (
+        f"--set data.path={tmp_path / 'nowhere'}: data.path: {tmp_path / 'nowhere'}: "
+        "no dataset.json here; convert data with `recsys data convert` or `recsys data synth`"
+    )
     err = train_error(capsys, QUICKSTART)  # data/quickstart, relative to this empty working directory
     assert err.startswith(f"{QUICKSTART}: data.path: data/quickstart: no dataset.json here")
 
@@ -91,5 +93,6 @@ def test_sources_of_keys_and_of_section_wide_checks():
     assert loaded.source_of("embedding.method") == QUICKSTART
     with pytest.raises(ConfigError) as err:
         load_config(None, ["embedding.compression=2", "embedding.budget_bytes=100"])
-    assert str(err.value) == ("--set embedding.compression=2, --set embedding.budget_bytes=100: embedding: "
-                              "set either compression or budget_bytes, not both")
+    assert str(err.value) == (
+        "--set embedding.compression=2, --set embedding.budget_bytes=100: embedding: set either compression or budget_bytes, not both"
+    )

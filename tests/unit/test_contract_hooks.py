@@ -16,7 +16,14 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from recsys.cli import main
 from recsys.config import ConfigError, load_config
 from recsys.embeddings import (
-    EmbeddingMethod, MethodContext, WrappedMethod, WrapperOptions, available_methods, build_method, get_method, method_spec,
+    EmbeddingMethod,
+    MethodContext,
+    WrappedMethod,
+    WrapperOptions,
+    available_methods,
+    build_method,
+    get_method,
+    method_spec,
     parse_options,
 )
 from tests.unit.test_method_contract import CTX, SETTINGS, Setting, random_kjt
@@ -35,9 +42,27 @@ CASES: list[tuple[str, dict[str, Any], float | None]] = [
 ]
 IDS = [f"{n}:{json.dumps(o, sort_keys=True)}" for n, o, _ in CASES]
 HOOKS = (
-    "prepare", "output_dims", "shares_rows_across_features", "aux_loss", "separate_optimizers", "on_train_begin",
-    "on_train_step", "on_train_resume", "phases", "enter_phase", "phase_state", "load_phase_state", "diagnostics",
-    "search", "collision_stats", "reports_collisions", "export", "from_export", "id_scheme", "ebc", "base",
+    "prepare",
+    "output_dims",
+    "shares_rows_across_features",
+    "aux_loss",
+    "separate_optimizers",
+    "on_train_begin",
+    "on_train_step",
+    "on_train_resume",
+    "phases",
+    "enter_phase",
+    "phase_state",
+    "load_phase_state",
+    "diagnostics",
+    "search",
+    "collision_stats",
+    "reports_collisions",
+    "export",
+    "from_export",
+    "id_scheme",
+    "ebc",
+    "base",
 )
 
 
@@ -186,8 +211,12 @@ def test_callers_use_declared_hooks_not_probes() -> None:
     probe = re.compile(r"(?:getattr|hasattr)\([^,()]+,\s*[\"'](" + "|".join(HOOKS) + r")[\"']")
     walk = re.compile(r"(?<!embeddings)\.base\b")  # an attribute ``.base`` (not the module ``recsys.embeddings.base``)
     strings = re.compile(r"([\"']).*?\1")
-    wrappers = {"recsys/embeddings/wrapped.py", "recsys/embeddings/dsl.py", "recsys/embeddings/optembed.py",
-                "recsys/embeddings/optembed_export.py"}  # a wrapper's own base, and optembed's compact served form
+    wrappers = {
+        "recsys/embeddings/wrapped.py",
+        "recsys/embeddings/dsl.py",
+        "recsys/embeddings/optembed.py",
+        "recsys/embeddings/optembed_export.py",
+    }  # a wrapper's own base, and optembed's compact served form
     problems = []
     for folder in ("recsys", "training", "serving"):
         for path in sorted((ROOT / folder).rglob("*.py")):

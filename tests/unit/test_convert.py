@@ -126,6 +126,7 @@ def test_splits_files_order_and_determinism(criteo_case: tuple[list[list[str]], 
     src = write_criteo(tmp_path / "again.txt", rows)
     same = convert("criteo", src, tmp_path / "same", min_count=3, progress=False, seed=7)
     other = convert("criteo", src, tmp_path / "other", min_count=3, progress=False, seed=8)
+    assert other.splits.keys() == spec.splits.keys()
     assert {k: s.rows for k, s in same.splits.items()} == {k: s.rows for k, s in spec.splits.items()}
     for name in ("train", "valid", "test"):
         assert read_split(tmp_path / "same", name).equals(read_split(out, name))
@@ -203,21 +204,15 @@ def test_libfm_multi_valued_weighted(tmp_path: Path) -> None:
 
 def test_csv_schema_with_multi_valued_column(tmp_path: Path) -> None:
     schema = tmp_path / "schema.yaml"
-    schema.write_text(
-        "delimiter: ';'\nlabel: clicked\ndense: [price]\nsparse: [user]\n"
-        "multi_valued: {tags: '|'}\ndrop: [request]\n"
-    )
+    schema.write_text("delimiter: ';'\nlabel: clicked\ndense: [price]\nsparse: [user]\nmulti_valued: {tags: '|'}\ndrop: [request]\n")
     lines = ["request;user;tags;price;clicked", "r1;u1;a|b;10;1", "r2;u2;;-2.5;0", "r3;u1;b||c;;1", 'r4;"u;3";a;1e2;0']
     out = tmp_path / "csv"
-    spec = convert("csv", write_lines(tmp_path / "d.csv", lines), out, schema_path=schema, split=(1, 0, 0),
-                   progress=False)
-    assert [(f.name, f.kind, f.multi_valued) for f in spec.fields] == [
-        ("price", "dense", False), ("user", "sparse", False), ("tags", "sparse", True)]
+    spec = convert("csv", write_lines(tmp_path / "d.csv", lines), out, schema_path=schema, split=(1, 0, 0), progress=False)
+    assert [(f.name, f.kind, f.multi_valued) for f in spec.fields] == [("price", "dense", False), ("user", "sparse", False), ("tags", "sparse", True)]
     table = read_split(out, "train")
     assert table.column_names == ["label", "price", "user", "user__id", "tags", "tags__id"]
     np.testing.assert_allclose(table.column("price").to_numpy(), [slog1p(10), slog1p(-2.5), 0, slog1p(100)])
-    assert table.column("tags__id").to_pylist() == [
-        hash64_strings(["a", "b"]).tolist(), [], hash64_strings(["b", "c"]).tolist(), [hash64_str("a")]]
+    assert table.column("tags__id").to_pylist() == [hash64_strings(["a", "b"]).tolist(), [], hash64_strings(["b", "c"]).tolist(), [hash64_str("a")]]
     assert table.column("user__id").to_pylist()[3] == hash64_str("u;3")
     index = {h: i + 2 for i, h in enumerate(sorted([hash64_str("a"), hash64_str("b")]))}
     index[hash64_str("c")] = 4

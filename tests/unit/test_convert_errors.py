@@ -42,9 +42,7 @@ def assert_no_output(out: Path) -> None:
         (criteo_line(label=""), 3, "label", "label must be 0 or 1"),
     ],
 )
-def test_criteo_bad_row_names_file_line_field(
-    tmp_path: Path, bad_line: str, line_no: int, field: str, text: str
-) -> None:
+def test_criteo_bad_row_names_file_line_field(tmp_path: Path, bad_line: str, line_no: int, field: str, text: str) -> None:
     src = write(tmp_path / "day_0.tsv", [criteo_line(), criteo_line(), bad_line, criteo_line()])
     out = tmp_path / "out"
     with pytest.raises(ConversionError) as info:

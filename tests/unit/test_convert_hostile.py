@@ -127,7 +127,8 @@ def test_non_utf8_ragged_line_is_named_escaped_and_skippable(tmp_path):
     assert i1_lines(converted(tmp_path / "out")) == [n for n in range(1, 401) if n != 300]
     cli = subprocess.run(  # what a terminal shows: the error alone, not pyarrow's report of the undecodable row
         [sys.executable, "-m", "recsys.cli", "data", "convert", "--format", "criteo", "--input", str(src), "--out", str(tmp_path / "o2")],
-        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}, capture_output=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+        capture_output=True,
     )
     assert cli.returncode == 2
     err = cli.stderr.decode("utf-8")  # strict: no raw input bytes
@@ -172,8 +173,12 @@ def test_binary_input_is_refused_without_echoing_it(tmp_path, capsys):
 def test_a_sigkilled_conversion_leaves_a_temp_folder_that_the_next_run_removes(tmp_path, capsys):
     src = write(tmp_path / "in.tsv", [line(n, label=str(n % 2)) for n in range(60_000)])
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "recsys.cli", "data", "convert", "--format", "criteo", "--input", str(src),
-                             "--out", str(tmp_path / "ds")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "recsys.cli", "data", "convert", "--format", "criteo", "--input", str(src), "--out", str(tmp_path / "ds")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     stale = tmp_path / f".ds.tmp-{proc.pid}"
     deadline = time.monotonic() + 120
     while not stale.exists() and proc.poll() is None and time.monotonic() < deadline:

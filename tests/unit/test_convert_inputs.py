@@ -25,14 +25,16 @@ def table(n: int, seed: int = 0) -> pa.Table:
     rng = np.random.default_rng(seed)
     price = np.round(rng.random(n) * 100, 3)
     price_list = [None if i % 17 == 0 else (float("nan") if i % 19 == 0 else float(p)) for i, p in enumerate(price)]
-    return pa.table({
-        "y": pa.array(rng.integers(0, 2, n)),
-        "price": pa.array(price_list, pa.float64()),
-        "user": pa.array([None if i % 23 == 0 else f"u{i % 37}" for i in range(n)]),
-        "item": pa.array(rng.integers(0, 50, n)),
-        "tags": pa.array([[f"t{j}" for j in range(i % 4)] for i in range(n)], pa.list_(pa.string())),
-        "ts": pa.array(np.datetime64("2024-01-01T00:00:00", "s") + np.arange(n) * 3600, pa.timestamp("s")),
-    })
+    return pa.table(
+        {
+            "y": pa.array(rng.integers(0, 2, n)),
+            "price": pa.array(price_list, pa.float64()),
+            "user": pa.array([None if i % 23 == 0 else f"u{i % 37}" for i in range(n)]),
+            "item": pa.array(rng.integers(0, 50, n)),
+            "tags": pa.array([[f"t{j}" for j in range(i % 4)] for i in range(n)], pa.list_(pa.string())),
+            "ts": pa.array(np.datetime64("2024-01-01T00:00:00", "s") + np.arange(n) * 3600, pa.timestamp("s")),
+        }
+    )
 
 
 def as_csv(t: pa.Table, path: Path) -> Path:
@@ -61,8 +63,9 @@ def parquet_case(tmp_path: Path) -> tuple[pa.Table, Path, Path]:
 def test_parquet_converts_like_the_same_rows_as_csv(parquet_case: tuple[pa.Table, Path, Path], tmp_path: Path) -> None:
     t, src, schema = parquet_case
     a = convert("parquet", src, tmp_path / "pq", schema_path=schema, progress=False, min_count=2, split_by="order")
-    b = convert("csv", as_csv(t, tmp_path / "a.csv"), tmp_path / "csv", schema_path=schema, progress=False, min_count=2,
-                split_by="order")  # the same rows in the same splits (a random split keys on lines, and CSV has a header)
+    b = convert(
+        "csv", as_csv(t, tmp_path / "a.csv"), tmp_path / "csv", schema_path=schema, progress=False, min_count=2, split_by="order"
+    )  # the same rows in the same splits (a random split keys on lines, and CSV has a header)
     assert [f.model_dump() for f in a.fields] == [f.model_dump() for f in b.fields]
     assert {k: v.rows for k, v in a.splits.items()} == {k: v.rows for k, v in b.splits.items()}
     assert rows(tmp_path / "pq").equals(rows(tmp_path / "csv"))
@@ -114,30 +117,44 @@ def test_parquet_schema_problems_are_named(parquet_case: tuple[pa.Table, Path, P
 
 def test_split_by_time_and_by_order(parquet_case: tuple[pa.Table, Path, Path], tmp_path: Path) -> None:
     t, src, schema = parquet_case  # ts: hourly from 2024-01-01 00:00
-    spec = convert("parquet", src, tmp_path / "t", schema_path=schema, progress=False, split_by="time",
-                   time_column="ts", time_cuts=["2024-01-15", "2024-01-20T12:00:00Z"])
+    spec = convert(
+        "parquet",
+        src,
+        tmp_path / "t",
+        schema_path=schema,
+        progress=False,
+        split_by="time",
+        time_column="ts",
+        time_cuts=["2024-01-15", "2024-01-20T12:00:00Z"],
+    )
     assert {k: v.rows for k, v in spec.splits.items()} == {"train": 14 * 24, "valid": 5 * 24 + 12, "test": 600 - 468}
     csv = as_csv(t, tmp_path / "a.csv")
-    by_text = convert("csv", csv, tmp_path / "tc", schema_path=schema, progress=False, split_by="time",
-                      time_column="ts", time_cuts=["2024-01-15", "2024-01-20T12:00:00Z"])
+    by_text = convert(
+        "csv",
+        csv,
+        tmp_path / "tc",
+        schema_path=schema,
+        progress=False,
+        split_by="time",
+        time_column="ts",
+        time_cuts=["2024-01-15", "2024-01-20T12:00:00Z"],
+    )
     assert {k: v.rows for k, v in by_text.splits.items()} == {k: v.rows for k, v in spec.splits.items()}
     spec = convert("parquet", src, tmp_path / "o", schema_path=schema, progress=False, split_by="order", split=(0.7, 0.2, 0.1))
     assert {k: v.rows for k, v in spec.splits.items()} == {"train": 420, "valid": 120, "test": 60}
     last = pq.read_table(tmp_path / "o" / spec.splits["test"].files[0])
     assert last.column("item__id").equals(rows_of(tmp_path / "o", t.slice(540), "item"))
     with pytest.raises(ConversionError, match="cut points must both be numbers or both ISO 8601") as info:
-        convert("parquet", src, tmp_path / "x", schema_path=schema, progress=False, split_by="time",
-                time_column="ts", time_cuts=["2024-01-15", "later"])
+        convert(
+            "parquet", src, tmp_path / "x", schema_path=schema, progress=False, split_by="time", time_column="ts", time_cuts=["2024-01-15", "later"]
+        )
     assert info.value.field == "time_cuts"
     with pytest.raises(ConversionError, match="time column holds timestamp.m?s.; with these cut points it must hold numbers"):
-        convert("parquet", src, tmp_path / "x", schema_path=schema, progress=False, split_by="time",
-                time_column="ts", time_cuts=["1", "2"])
+        convert("parquet", src, tmp_path / "x", schema_path=schema, progress=False, split_by="time", time_column="ts", time_cuts=["1", "2"])
     with pytest.raises(ConversionError, match="time column not among the columns") as info:
-        convert("csv", csv, tmp_path / "x", schema_path=schema, progress=False, split_by="time",
-                time_column="when", time_cuts=["1", "2"])
+        convert("csv", csv, tmp_path / "x", schema_path=schema, progress=False, split_by="time", time_column="when", time_cuts=["1", "2"])
     with pytest.raises(ConversionError, match="time must be a number, found '2024-01-01T00:00:00'") as info:
-        convert("csv", csv, tmp_path / "x", schema_path=schema, progress=False, split_by="time",
-                time_column="ts", time_cuts=["1", "2"])
+        convert("csv", csv, tmp_path / "x", schema_path=schema, progress=False, split_by="time", time_column="ts", time_cuts=["1", "2"])
     assert (info.value.line, info.value.field) == (2, "ts")
 
 
@@ -161,6 +178,7 @@ def test_many_compressed_files_read_in_natural_order(tmp_path: Path) -> None:
     many = convert("criteo", str(tmp_path / "day_*"), tmp_path / "many", progress=False, split_by="order", split=(0.6, 0.2, 0.2))
     one = convert("criteo", tmp_path / "all.tsv", tmp_path / "one", progress=False, split_by="order", split=(0.6, 0.2, 0.2))
     assert rows(tmp_path / "many").equals(rows(tmp_path / "one"))
+    assert {k: v.rows for k, v in one.splits.items()} == {k: v.rows for k, v in many.splits.items()}
     assert {k: v.rows for k, v in many.splits.items()} == {"train": 54, "valid": 18, "test": 18}
     test_i1 = pq.read_table(tmp_path / "many" / many.splits["test"].files[0]).column("I1").to_numpy()
     assert np.allclose(np.expm1(test_i1), np.arange(72, 90), atol=1e-3)  # the last rows, those of day_10
@@ -186,9 +204,25 @@ def test_presplit_inputs_through_the_cli(tmp_path: Path, capsys: pytest.CaptureF
         (tmp_path / f"{name}.csv").write_text("\n".join([header, *body]) + "\n")
     (tmp_path / "schema.yaml").write_text(SCHEMA)
     out = tmp_path / "ds"
-    code = main(["data", "convert", "--format", "csv", "--schema", str(tmp_path / "schema.yaml"), "--out", str(out),
-                 "--train", str(tmp_path / "tr_a.csv"), str(tmp_path / "tr_b.csv"), "--valid", str(tmp_path / "va.csv"),
-                 "--test", str(tmp_path / "te.csv")])
+    code = main(
+        [
+            "data",
+            "convert",
+            "--format",
+            "csv",
+            "--schema",
+            str(tmp_path / "schema.yaml"),
+            "--out",
+            str(out),
+            "--train",
+            str(tmp_path / "tr_a.csv"),
+            str(tmp_path / "tr_b.csv"),
+            "--valid",
+            str(tmp_path / "va.csv"),
+            "--test",
+            str(tmp_path / "te.csv"),
+        ]
+    )
     assert code == 0 and "train         70 rows" in capsys.readouterr().out
     spec = load_dataset_spec(out)
     assert {k: v.rows for k, v in spec.splits.items()} == {"train": 70, "valid": 20, "test": 10}
@@ -196,15 +230,33 @@ def test_presplit_inputs_through_the_cli(tmp_path: Path, capsys: pytest.CaptureF
     assert np.allclose(np.expm1(valid), np.arange(70, 90), rtol=1e-5)
     (tmp_path / "other.csv").write_text("y,price,user,item,tags\n1,2,a,b,c\n")
     with pytest.raises(ConversionError, match="header differs") as info:
-        convert("csv", None, tmp_path / "bad", schema_path=tmp_path / "schema.yaml", progress=False,
-                presplit={"train": [tmp_path / "tr_a.csv"], "valid": tmp_path / "other.csv", "test": tmp_path / "te.csv"})
+        convert(
+            "csv",
+            None,
+            tmp_path / "bad",
+            schema_path=tmp_path / "schema.yaml",
+            progress=False,
+            presplit={"train": [tmp_path / "tr_a.csv"], "valid": tmp_path / "other.csv", "test": tmp_path / "te.csv"},
+        )
     assert (info.value.file, info.value.line) == (str(tmp_path / "other.csv"), 1)
     with pytest.raises(ConversionError, match="needs files for each of train, valid and test"):
-        convert("csv", None, tmp_path / "bad", schema_path=tmp_path / "schema.yaml", progress=False,
-                presplit={"train": [tmp_path / "tr_a.csv"], "test": tmp_path / "te.csv"})
+        convert(
+            "csv",
+            None,
+            tmp_path / "bad",
+            schema_path=tmp_path / "schema.yaml",
+            progress=False,
+            presplit={"train": [tmp_path / "tr_a.csv"], "test": tmp_path / "te.csv"},
+        )
     with pytest.raises(ConversionError, match="named twice"):
-        convert("csv", None, tmp_path / "bad", schema_path=tmp_path / "schema.yaml", progress=False,
-                presplit={"train": [tmp_path / "tr_a.csv"], "valid": tmp_path / "te.csv", "test": tmp_path / "te.csv"})
+        convert(
+            "csv",
+            None,
+            tmp_path / "bad",
+            schema_path=tmp_path / "schema.yaml",
+            progress=False,
+            presplit={"train": [tmp_path / "tr_a.csv"], "valid": tmp_path / "te.csv", "test": tmp_path / "te.csv"},
+        )
     assert not (tmp_path / "bad").exists()
 
 
@@ -219,20 +271,62 @@ def test_parquet_to_dataset_to_recsys_train(tmp_path: Path, monkeypatch: pytest.
     price = rng.normal(0, 1, n)
     logit = np.where(user % 2 == 0, 1.5, -1.5) + np.where(item < 10, 1.0, -0.5) + price
     y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.int64)
-    t = pa.table({"y": y, "price": price, "user": pa.array([f"u{u}" for u in user]), "item": item,
-                  "tags": pa.array([[f"t{i % 3}"] for i in item]),
-                  "ts": pa.array(np.datetime64("2024-01-01T00:00:00", "s") + np.arange(n) * 60, pa.timestamp("s"))})
+    t = pa.table(
+        {
+            "y": y,
+            "price": price,
+            "user": pa.array([f"u{u}" for u in user]),
+            "item": item,
+            "tags": pa.array([[f"t{i % 3}"] for i in item]),
+            "ts": pa.array(np.datetime64("2024-01-01T00:00:00", "s") + np.arange(n) * 60, pa.timestamp("s")),
+        }
+    )
     pq.write_table(t, tmp_path / "retrieval.parquet", row_group_size=1000)
     (tmp_path / "schema.yaml").write_text(SCHEMA)
     data = tmp_path / "data"
-    assert main(["data", "convert", "--format", "parquet", "--input", str(tmp_path / "retrieval.parquet"),
-                 "--schema", str(tmp_path / "schema.yaml"), "--out", str(data)]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "convert",
+                "--format",
+                "parquet",
+                "--input",
+                str(tmp_path / "retrieval.parquet"),
+                "--schema",
+                str(tmp_path / "schema.yaml"),
+                "--out",
+                str(data),
+            ]
+        )
+        == 0
+    )
     monkeypatch.chdir(tmp_path)
     root = Path(__file__).resolve().parents[2]
-    assert main(["train", "--config", str(root / "configs/quickstart.yaml"), "--out", str(tmp_path / "run"),
-                 "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
-                 "--set", f"data.path={data}", "--set", "training.epochs=2", "--set", "training.batch_size=256",
-                 "--set", "training.progress=false", "--set", "training.sparse_eps=1e-8"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(root / "configs/quickstart.yaml"),
+                "--out",
+                str(tmp_path / "run"),
+                "--tracking-uri",
+                f"sqlite:///{tmp_path}/mlflow.db",
+                "--set",
+                f"data.path={data}",
+                "--set",
+                "training.epochs=2",
+                "--set",
+                "training.batch_size=256",
+                "--set",
+                "training.progress=false",
+                "--set",
+                "training.sparse_eps=1e-8",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["test_auc"] > 0.75, metrics
 
@@ -244,13 +338,27 @@ def test_cli_many_inputs_by_order_and_by_time(tmp_path: Path) -> None:
         (tmp_path / f"{name}.csv").write_text("\n".join([header, *body]) + "\n")
     (tmp_path / "schema.yaml").write_text(SCHEMA)
     base = ["data", "convert", "--format", "csv", "--schema", str(tmp_path / "schema.yaml")]
-    assert main([*base, "--input", str(tmp_path / "b_*.csv"), "--split-by-order", "--split", "0.6,0.2,0.2",
-                 "--out", str(tmp_path / "o")]) == 0
+    assert main([*base, "--input", str(tmp_path / "b_*.csv"), "--split-by-order", "--split", "0.6,0.2,0.2", "--out", str(tmp_path / "o")]) == 0
     spec = load_dataset_spec(tmp_path / "o")
     test = pq.read_table(tmp_path / "o" / spec.splits["test"].files[0]).column("price").to_numpy()
     assert np.allclose(np.expm1(test), np.arange(80, 100), rtol=1e-5)
-    assert main([*base, "--input", str(tmp_path / "b_9.csv"), str(tmp_path / "b_10.csv"), "--time-column", "ts",
-                 "--time-cuts", "2024-01-06,2024-01-09", "--out", str(tmp_path / "t")]) == 0
+    assert (
+        main(
+            [
+                *base,
+                "--input",
+                str(tmp_path / "b_9.csv"),
+                str(tmp_path / "b_10.csv"),
+                "--time-column",
+                "ts",
+                "--time-cuts",
+                "2024-01-06,2024-01-09",
+                "--out",
+                str(tmp_path / "t"),
+            ]
+        )
+        == 0
+    )
     spec = load_dataset_spec(tmp_path / "t")
     assert {k: v.rows for k, v in spec.splits.items()} == {"train": 50, "valid": 30, "test": 20}
 
@@ -268,8 +376,13 @@ def test_long_lines_in_a_compressed_file_recover_like_plain_text(tmp_path: Path)
         got = []
         for name in ("a.txt", "a.gz"):
             chunks = list(read_chunks(tmp_path / name, fmt, ["a", "b"], 1000, block_size=1024, max_row_bytes=limit))
-            got.append((pa.concat_tables([c.table for c in chunks]).to_pydict(),
-                        np.concatenate([c.lines for c in chunks]).tolist(), [r for c in chunks for r in c.ragged]))
+            got.append(
+                (
+                    pa.concat_tables([c.table for c in chunks]).to_pydict(),
+                    np.concatenate([c.lines for c in chunks]).tolist(),
+                    [r for c in chunks for r in c.ragged],
+                )
+            )
         assert got[0] == got[1]
         assert len(got[1][1]) == (200 if limit is None else 199)
         if limit is not None:

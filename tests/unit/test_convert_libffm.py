@@ -69,8 +69,10 @@ def test_malformed_field_aware_lines_name_file_line_and_problem(tmp_path: Path) 
     libfm, _, _, _ = write_case(tmp_path, 50)
     lines = libfm.read_text().splitlines()
     cases = {
-        "range": (lines[:20] + ["1 3:1 3:1 " + " ".join(lines[20].split()[3:])] + lines[21:],
-                  r"line 21: index 3 at position 1 \(field f1\) overlaps the index range \[0, 4\] of position 0"),
+        "range": (
+            lines[:20] + ["1 3:1 3:1 " + " ".join(lines[20].split()[3:])] + lines[21:],
+            r"line 21: index 3 at position 1 \(field f1\) overlaps the index range \[0, 4\] of position 0",
+        ),
         "count": (lines[:7] + [" ".join(lines[7].split()[:-1])] + lines[8:], "line 8, field 'features': expected 10"),
         "token": (lines[:3] + [lines[3].replace(":1", ":x", 1)] + lines[4:], "line 4, field 'features': feature must be idx:value"),
     }

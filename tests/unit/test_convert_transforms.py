@@ -53,8 +53,11 @@ def test_transforms_use_train_statistics_and_are_recorded(tmp_path: Path) -> Non
     spec = convert("csv", src, tmp_path / "ds", schema_path=schema, progress=False, split_by="order")
     train_n = spec.splits["train"].rows
     assert [(f.name, f.kind, f.transform) for f in spec.fields] == [
-        ("price", "dense", "standardize"), ("score", "dense", "none"), ("count", "dense", "slog1p"),
-        ("user", "sparse", None), ("age", "sparse", "quantile"),
+        ("price", "dense", "standardize"),
+        ("score", "dense", "none"),
+        ("count", "dense", "slog1p"),
+        ("user", "sparse", None),
+        ("age", "sparse", "quantile"),
     ]
     train_price = cols["price"][:train_n]
     params = spec.field("price").transform_params
@@ -65,17 +68,16 @@ def test_transforms_use_train_statistics_and_are_recorded(tmp_path: Path) -> Non
     raw = cols["price"][train_n + spec.splits["valid"].rows :]
     want = np.nan_to_num((raw - params.mean) / params.std, nan=0.0).astype(np.float32)
     np.testing.assert_array_equal(test.column("price").to_numpy(), want)
-    np.testing.assert_array_equal(test.column("score").to_numpy(),
-                                  np.nan_to_num(cols["score"][-len(raw):], nan=0.0).astype(np.float32))
+    np.testing.assert_array_equal(test.column("score").to_numpy(), np.nan_to_num(cols["score"][-len(raw) :], nan=0.0).astype(np.float32))
     age = spec.field("age")
     assert age.transform_params is not None and age.transform_params.edges is not None
     edges = age.transform_params.edges
     assert len(edges) == 3 and age.cardinality == 4 + NUM_RESERVED and not age.multi_valued
     np.testing.assert_allclose(edges, np.nanquantile(cols["age"][:train_n], [0.25, 0.5, 0.75]), atol=1.0)
     got = test.column("age").to_numpy()
-    buckets = np.searchsorted(edges, np.nan_to_num(cols["age"][-len(raw):]), side="right")
-    np.testing.assert_array_equal(got, np.where(np.isnan(cols["age"][-len(raw):]), 0, buckets + NUM_RESERVED))
-    np.testing.assert_array_equal(test.column(id_column("age")).to_numpy(), bucket_ids(cols["age"][-len(raw):], edges))
+    buckets = np.searchsorted(edges, np.nan_to_num(cols["age"][-len(raw) :]), side="right")
+    np.testing.assert_array_equal(got, np.where(np.isnan(cols["age"][-len(raw) :]), 0, buckets + NUM_RESERVED))
+    np.testing.assert_array_equal(test.column(id_column("age")).to_numpy(), bucket_ids(cols["age"][-len(raw) :], edges))
     vocab = pq.read_table(tmp_path / "ds" / "vocab" / "age.parquet")
     assert vocab.column("id").to_pylist() == hash64_strings(["0", "1", "2", "3"]).tolist()
     train_buckets = np.searchsorted(edges, cols["age"][:train_n][~np.isnan(cols["age"][:train_n])], side="right")
@@ -123,10 +125,17 @@ def test_served_requests_are_transformed_like_the_data(tmp_path: Path, monkeypat
     spec = convert("csv", src, tmp_path / "ds", schema_path=schema, progress=False, split_by="order")
     monkeypatch.chdir(tmp_path)
     root = Path(__file__).resolve().parents[2]
-    cfg = load_config(root / "configs/quickstart.yaml", [
-        f"data.path={tmp_path / 'ds'}", "tracking.enabled=false", "training.epochs=1", "training.batch_size=256",
-        "training.max_steps_per_epoch=4", "training.progress=false",
-    ])
+    cfg = load_config(
+        root / "configs/quickstart.yaml",
+        [
+            f"data.path={tmp_path / 'ds'}",
+            "tracking.enabled=false",
+            "training.epochs=1",
+            "training.batch_size=256",
+            "training.max_steps_per_epoch=4",
+            "training.progress=false",
+        ],
+    )
     train_experiment(cfg, tmp_path / "run")
     export_run(tmp_path / "run", tmp_path / "art", dtype="fp32")
     store = Store(load_artifact(tmp_path / "art"))

@@ -28,9 +28,9 @@ from recsys.embeddings.dsl import DSLEmbedding
 from recsys.embeddings.dsl_schedule import Schedule
 from recsys.embeddings.sparse_ops import _select, prune_regrow, random_mask, remask, table_views, update_ratio
 from recsys.embeddings.sparse_serving import csr_bytes
-from tests.unit.test_method_contract import random_kjt
 from recsys.training.checkpoint import load_plain_state_dict, plain_state_dict
 from recsys.training.distributed import embedding_collections, plan_sharding, quiet_torchrec
+from tests.unit.test_method_contract import random_kjt
 
 D = 8
 CTX = MethodContext(
@@ -133,7 +133,6 @@ def test_prune_regrow_exact_with_ties() -> None:
     magnitude = torch.arange(200, dtype=torch.float32)
     new = prune_regrow(mask, magnitude, None, 5, salt=0)
     assert (mask & ~new).nonzero().squeeze(1).tolist() != [] and int(new.sum()) == int(mask.sum())
-
 
 
 @pytest.mark.parametrize("largest", [False, True])

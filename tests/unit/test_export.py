@@ -145,7 +145,9 @@ def test_every_method_exports_its_eval_forward(name):
     exported = method.export()
     state = {k: v.clone() for k, v in exported.state.items()}
     with tables_uninitialised():
-        served = get_method(exported.name).from_export(contract_ctx(name), ExportedMethod(exported.name, json.loads(json.dumps(exported.options)), state))
+        served = get_method(exported.name).from_export(
+            contract_ctx(name), ExportedMethod(exported.name, json.loads(json.dumps(exported.options)), state)
+        )
     with torch.no_grad():
         torch.testing.assert_close(served(kjt).values(), expected, rtol=0, atol=0)
 

@@ -50,8 +50,11 @@ def test_export_by_run_id_equals_export_of_the_folder(runs, store, tmp_path, cap
         else:
             assert a.files[name].sha256 == b.files[name].sha256, name
     assert (a.method, a.dtype, a.tables, a.metrics) == (b.method, b.dtype, b.tables, b.metrics)
-    assert a.metrics == {k: float(v) for k, v in json.loads((run["hash"] / "metrics.json").read_text()).items()
-                         if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    assert a.metrics == {
+        k: float(v)
+        for k, v in json.loads((run["hash"] / "metrics.json").read_text()).items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
     # the `runs:/<id>` form names the same run; the temporary download is removed afterwards
     with resolve_run(f"runs:/{run_id}", uri) as (folder, source):
         assert (folder / "config.yaml").is_file() and source == f"mlflow-run:{run_id}@{uri}"

@@ -51,7 +51,7 @@ def test_values_are_read_in_batches_with_row_numbers(tmp_path: Path, kind: str) 
     rows = [("C1", f"v{i}") for i in range(7)] + [("C2", "12")]
     if kind == "csv":
         path = tmp_path / "v.csv"
-        path.write_text("\"feature\",value,extra\n" + "".join(f"{f},{v},x\n" for f, v in rows))
+        path.write_text('"feature",value,extra\n' + "".join(f"{f},{v},x\n" for f, v in rows))
     else:
         path = tmp_path / "v.parquet"
         pq.write_table(pa.table({"value": [v for _, v in rows], "feature": [f for f, _ in rows]}), path)
@@ -97,4 +97,4 @@ def test_a_mistyped_store_key_is_an_error_naming_the_key_and_file(tmp_path: Path
     config = repo / "feature_store.yaml"
     config.write_text(config.read_text().replace("poll_interval_s:", "poll_intervals:"))
     with pytest.raises(FeastConfigError, match=r"(?s)poll_intervals.*Extra inputs are not permitted.*feature_store.yaml"):
-        FeatureStore(repo_path=str(repo)).config.online_store
+        _ = FeatureStore(repo_path=str(repo)).config.online_store

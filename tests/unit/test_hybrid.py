@@ -50,8 +50,12 @@ def test_output_is_one_row_per_value_pooled() -> None:
     for name, jt in features.to_dict().items():
         expected = []
         for bag in jt.to_dense():
-            rows = [weights[f"{name}@hot"][i] if i < method.hot_rows[name] else
-                    weights["tail"][int(bucket(torch.tensor([i]), salt_for(name), method.tail_rows)[0])] for i in bag.tolist()]
+            rows = [
+                weights[f"{name}@hot"][i]
+                if i < method.hot_rows[name]
+                else weights["tail"][int(bucket(torch.tensor([i]), salt_for(name), method.tail_rows)[0])]
+                for i in bag.tolist()
+            ]
             vec = torch.stack(rows).sum(0) if rows else torch.zeros(DIM)
             expected.append(vec / max(len(rows), 1) if name == "B" else vec)
         torch.testing.assert_close(out[name], torch.stack(expected), rtol=1e-6, atol=1e-6)

@@ -24,10 +24,19 @@ def hybrid_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("hybrid")
     data = base / "data"
     generate(data, rows=6000, profile="small_real", seed=2, progress=False)
-    cfg = load_config(ROOT / "configs/quickstart.yaml", [
-        f"data.path={data}", "tracking.enabled=false", "training.epochs=1", "training.batch_size=256",
-        "training.max_steps_per_epoch=12", "training.progress=false", "embedding.method=hybrid", "embedding.compression=10",
-    ])
+    cfg = load_config(
+        ROOT / "configs/quickstart.yaml",
+        [
+            f"data.path={data}",
+            "tracking.enabled=false",
+            "training.epochs=1",
+            "training.batch_size=256",
+            "training.max_steps_per_epoch=12",
+            "training.progress=false",
+            "embedding.method=hybrid",
+            "embedding.compression=10",
+        ],
+    )
     train_experiment(cfg, base / "run")
     return data, base / "run"
 

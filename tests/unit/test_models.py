@@ -18,8 +18,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 from recsys.config import ModelConfig
 from recsys.data.batch import Batch
 from recsys.embeddings import EmbeddingMethod, FeatureInfo, MethodContext, MethodOptions, build_method, table_bytes
-from recsys.models import DLRM, DCNv2, DeepFM, FMInteraction, LearnedConstant, ProjectionArch, SparseArch, TrainModel
-from recsys.models import available_models, build_model
+from recsys.models import DLRM, DCNv2, DeepFM, FMInteraction, LearnedConstant, ProjectionArch, SparseArch, TrainModel, available_models, build_model
 from recsys.models.reference import ReferenceDLRM
 
 D = 8
@@ -40,10 +39,11 @@ class StandInMethod(EmbeddingMethod):
         super().__init__(ctx, MethodOptions())
         self.dims = dims or {f.name: ctx.embedding_dim for f in ctx.features}
         self.aux = aux
-        self.ebc = EmbeddingBagCollection(tables=[
-            EmbeddingBagConfig(f.cardinality, self.dims[f.name], f"t_{f.name}", feature_names=[f.name], pooling=f.pooling)
-            for f in ctx.features
-        ])
+        self.ebc = EmbeddingBagCollection(
+            tables=[
+                EmbeddingBagConfig(f.cardinality, self.dims[f.name], f"t_{f.name}", feature_names=[f.name], pooling=f.pooling) for f in ctx.features
+            ]
+        )
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
         return self.ebc(features)

@@ -16,7 +16,7 @@ from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backwa
 
 from recsys.embeddings import MethodContext, build_method
 from recsys.models import DLRM
-from tests.unit.test_models import D, FEATURES, make_batch, stand_in
+from tests.unit.test_models import FEATURES, D, make_batch, stand_in
 
 
 def _free_port() -> int:

@@ -275,11 +275,18 @@ def test_phases_resume_without_redoing_finished_ones(tmp_path: Path) -> None:
 
     data = tmp_path / "data"
     generate(data, rows=3000, profile="small", seed=1, progress=False)
-    cfg = load_config(ROOT / "configs/quickstart.yaml", [
-        f"data.path={data}", "training.epochs=1", "training.batch_size=512", "training.progress=false",
-        "tracking.enabled=false", "embedding.method=optembed",
-        "embedding.options={generations: 2, eval_rows: 400, alpha: 0.01, threshold_lr: 0.1}",
-    ])
+    cfg = load_config(
+        ROOT / "configs/quickstart.yaml",
+        [
+            f"data.path={data}",
+            "training.epochs=1",
+            "training.batch_size=512",
+            "training.progress=false",
+            "tracking.enabled=false",
+            "embedding.method=optembed",
+            "embedding.options={generations: 2, eval_rows: 400, alpha: 0.01, threshold_lr: 0.1}",
+        ],
+    )
     out = tmp_path / "run"
     first = train_experiment(cfg, out)
     phases = out / "phases"
@@ -336,7 +343,7 @@ def test_fields_of_different_widths_get_their_own_prefixes() -> None:
     method.eval()
     method.set_dims([max(1, w // 2) for w in widths])
     for n, w in zip(CTX.feature_names, widths):
-        assert (method(kjt).to_dict()[n][:, max(1, w // 2):] == 0).all()
+        assert (method(kjt).to_dict()[n][:, max(1, w // 2) :] == 0).all()
 
 
 def test_search_compression_targets_budgets_beyond_unpruned_tables() -> None:

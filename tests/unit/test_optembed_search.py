@@ -7,7 +7,13 @@ import random
 import pytest
 
 from recsys.embeddings.optembed_search import (
-    EvolutionConfig, SearchSpace, breed, crossover, evolve, mutate, random_candidate,
+    EvolutionConfig,
+    SearchSpace,
+    breed,
+    crossover,
+    evolve,
+    mutate,
+    random_candidate,
 )
 
 UNITS = (40, 4, 400, 12, 4000, 8)

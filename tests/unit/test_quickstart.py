@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from recsys.training.bench.methods import sweep_method
 from recsys.training.quickstart import RECOMMENDED, RUNS, quickstart, run_config
 
@@ -12,8 +13,10 @@ from recsys.training.quickstart import RECOMMENDED, RUNS, quickstart, run_config
 def test_quickstart_prints_full_hash_and_the_recommended_configuration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
     config = tmp_path / "tiny.yaml"
-    config.write_text("data: {path: unused}\nmodel: model/dlrm.yaml\nembedding: {method: full}\n"
-                      "training: {epochs: 1, batch_size: 256, progress: false}\ntracking: {enabled: false}\n")
+    config.write_text(
+        "data: {path: unused}\nmodel: model/dlrm.yaml\nembedding: {method: full}\n"
+        "training: {epochs: 1, batch_size: 256, progress: false}\ntracking: {enabled: false}\n"
+    )
     table = quickstart(6000, tmp_path / "data", tmp_path / "runs", config)
     assert [r["method"] for r in table] == ["full", "hash", f"{RECOMMENDED} (recommended)"]
     full_bytes = table[0]["embedding_bytes"]

@@ -26,10 +26,13 @@ def client(monkeypatch: pytest.MonkeyPatch) -> FakeClient:
 
 
 def _cfg() -> ExperimentConfig:
-    return ExperimentConfig.model_validate({
-        "data": {"path": "data/x"}, "embedding": {"method": "hash", "compression": 4},
-        "tracking": {"tracking_uri": "http://127.0.0.1:1", "system_metrics": False},
-    })
+    return ExperimentConfig.model_validate(
+        {
+            "data": {"path": "data/x"},
+            "embedding": {"method": "hash", "compression": 4},
+            "tracking": {"tracking_uri": "http://127.0.0.1:1", "system_metrics": False},
+        }
+    )
 
 
 def test_a_run_that_raises_ends_failed_with_its_params_logged(client: FakeClient, tmp_path: Path) -> None:
@@ -50,9 +53,14 @@ def test_a_finished_run_writes_and_logs_its_folder(client: FakeClient, tmp_path:
         session.finish({"test_auc": 0.75, "phases": {"train": {}}})
     run = client.runs["run0"]
     assert run["status"] == "FINISHED" and [(k, v) for k, v, *_ in run["metrics"]] == [("test_auc", 0.75)]
-    assert run["artifacts"] == [("metrics.json", None), ("config.yaml", None), ("learning_curve.png", "phases/train"),
-                                ("summary.json", "phases/train"), ("weights.safetensors", "phases/train"),
-                                ("state.safetensors", "phases/train")]
+    assert run["artifacts"] == [
+        ("metrics.json", None),
+        ("config.yaml", None),
+        ("learning_curve.png", "phases/train"),
+        ("summary.json", "phases/train"),
+        ("weights.safetensors", "phases/train"),
+        ("state.safetensors", "phases/train"),
+    ]
     folder = RunFolder(tmp_path)
     assert folder.read_metrics() == {"test_auc": 0.75, "phases": {"train": {}}} and folder.read_config() == _cfg()
 

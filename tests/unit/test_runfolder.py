@@ -52,18 +52,30 @@ def test_checkpoint_and_artifact_files_of_a_finished_run(tmp_path: Path) -> None
     _touch(run.learning_curve)
     assert run.read_config() == cfg and run.read_metrics() == {"test_auc": 0.75}
     assert run.checkpoint_files() == [
-        "config.yaml", "metrics.json", "phases/retrain/weights.safetensors", "phases/retrain/state.safetensors",
-        "phases/supernet/weights.safetensors", "phases/supernet/state.safetensors",
+        "config.yaml",
+        "metrics.json",
+        "phases/retrain/weights.safetensors",
+        "phases/retrain/state.safetensors",
+        "phases/supernet/weights.safetensors",
+        "phases/supernet/state.safetensors",
     ]
     logged = [(str(p.relative_to(tmp_path)), folder) for p, folder in run.artifacts(checkpoint=False)]
     assert logged == [
-        ("metrics.json", None), ("config.yaml", None), ("learning_curve.png", None),
-        ("phases/retrain/learning_curve.png", "phases/retrain"), ("phases/supernet/learning_curve.png", "phases/supernet"),
-        ("phases/retrain/summary.json", "phases/retrain"), ("phases/supernet/summary.json", "phases/supernet"),
+        ("metrics.json", None),
+        ("config.yaml", None),
+        ("learning_curve.png", None),
+        ("phases/retrain/learning_curve.png", "phases/retrain"),
+        ("phases/supernet/learning_curve.png", "phases/supernet"),
+        ("phases/retrain/summary.json", "phases/retrain"),
+        ("phases/supernet/summary.json", "phases/supernet"),
     ]
     with_weights = [str(p.relative_to(tmp_path)) for p, _ in run.artifacts(checkpoint=True)]
-    assert with_weights[len(logged):] == ["phases/retrain/weights.safetensors", "phases/supernet/weights.safetensors",
-                                          "phases/retrain/state.safetensors", "phases/supernet/state.safetensors"]
+    assert with_weights[len(logged) :] == [
+        "phases/retrain/weights.safetensors",
+        "phases/supernet/weights.safetensors",
+        "phases/retrain/state.safetensors",
+        "phases/supernet/state.safetensors",
+    ]
 
 
 def test_a_folder_without_config_is_not_a_run_folder(tmp_path: Path) -> None:

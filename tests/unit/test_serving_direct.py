@@ -104,4 +104,3 @@ def test_other_modules_run_the_method(stores, monkeypatch):
     monkeypatch.setattr(store, "direct", None)
     pairs = [(store.features[0], "a"), (store.features[1], None)]
     assert store.embeddings(pairs).shape == (2, store.width)
-

@@ -42,15 +42,18 @@ def test_every_truncation_is_a_format_error_naming_the_offset():
         decode(body + b"\0" * 4, 4096, 1024)
 
 
-@pytest.mark.parametrize("body, message", [
-    (b"JSON" + bytes(4), "offset 0 holds b'JSON'"),
-    (b"RIDS\x02\x00\x01\x00", "version 2"),
-    (b"RIDS\x01\x01\x01\x00", "flags 1"),
-    (b"RIDS\x01\x00\x01\x00" + struct.pack("<H", 0) + b"\x00" + struct.pack("<I", 0), "feature name of 0 bytes"),
-    (b"RIDS\x01\x00\x01\x00" + struct.pack("<H", 2) + b"\xff\xfe" + b"\x00" + struct.pack("<I", 0), "not valid UTF-8"),
-    (b"RIDS\x01\x00\x01\x00" + struct.pack("<H", 2) + b"C1" + b"\x07" + struct.pack("<I", 0), "kind 7 at offset 12"),
-    (b"RIDS\x01\x00\x01\x00" + struct.pack("<H", 2) + b"C1" + b"\x00" + struct.pack("<I", 2**32 - 1), "needs 34359738360 bytes"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (b"JSON" + bytes(4), "offset 0 holds b'JSON'"),
+        (b"RIDS\x02\x00\x01\x00", "version 2"),
+        (b"RIDS\x01\x01\x01\x00", "flags 1"),
+        (b"RIDS\x01\x00\x01\x00" + struct.pack("<H", 0) + b"\x00" + struct.pack("<I", 0), "feature name of 0 bytes"),
+        (b"RIDS\x01\x00\x01\x00" + struct.pack("<H", 2) + b"\xff\xfe" + b"\x00" + struct.pack("<I", 0), "not valid UTF-8"),
+        (b"RIDS\x01\x00\x01\x00" + struct.pack("<H", 2) + b"C1" + b"\x07" + struct.pack("<I", 0), "kind 7 at offset 12"),
+        (b"RIDS\x01\x00\x01\x00" + struct.pack("<H", 2) + b"C1" + b"\x00" + struct.pack("<I", 2**32 - 1), "needs 34359738360 bytes"),
+    ],
+)
 def test_malformed_headers_name_what_and_where(body, message):
     with pytest.raises(FormatError, match=message.replace("(", r"\(")):
         decode(body, 2**40, 1024)

@@ -163,8 +163,10 @@ def test_interface_changes_name_features_and_dense_fields():
     assert changes(old, old) == []
     new = Interface({"C1": (16, False, False), "C2": (16, True, True), "C4": (8, False, False)}, ("I1",))
     assert changes(old, new) == [
-        "sparse features removed: C3", "sparse features added: C4",
-        "single/multi-valued or weighted changed: C2", "dense features ['I1', 'I2'] -> ['I1']",
+        "sparse features removed: C3",
+        "sparse features added: C4",
+        "single/multi-valued or weighted changed: C2",
+        "dense features ['I1', 'I2'] -> ['I1']",
     ]
     wider = Interface({"C1": (32, False, False), "C2": (16, True, False), "C3": (16, False, False)}, ("I1", "I2"))
     assert changes(old, wider) == ["dimension 16 -> 32 (C1)"]
@@ -172,8 +174,10 @@ def test_interface_changes_name_features_and_dense_fields():
 
 def test_serve_logs_info_lines_with_timestamps():
     """The configured format applies although importing fbgemm_gpu has already set up logging."""
-    code = ("import logging, recsys.serving.app, fbgemm_gpu; recsys.serving.app.configure_logging('info'); "
-            "logging.getLogger('recsys.serving.reload').info('loaded version abc')")
+    code = (
+        "import logging, recsys.serving.app, fbgemm_gpu; recsys.serving.app.configure_logging('info'); "
+        "logging.getLogger('recsys.serving.reload').info('loaded version abc')"
+    )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     err = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300).stderr
     lines = [line for line in err.splitlines() if line.endswith("loaded version abc")]

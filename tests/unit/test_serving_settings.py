@@ -7,11 +7,14 @@ import pytest
 from recsys.cli import main
 
 
-@pytest.mark.parametrize("flag, value, key", [
-    ("--header-timeout", "0", "header_timeout_s"),
-    ("--max-inflight", "0", "max_inflight"),
-    ("--log-level", "loud", "log_level"),
-])
+@pytest.mark.parametrize(
+    "flag, value, key",
+    [
+        ("--header-timeout", "0", "header_timeout_s"),
+        ("--max-inflight", "0", "max_inflight"),
+        ("--log-level", "loud", "log_level"),
+    ],
+)
 def test_bad_serve_settings_name_the_setting(flag, value, key, capsys, tmp_path):
     assert main(["serve", "--model", str(tmp_path / "missing"), flag, value]) == 2
     err = capsys.readouterr().err

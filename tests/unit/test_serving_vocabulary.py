@@ -31,8 +31,9 @@ NEAR = np.array([5 << 8, (5 << 8) | 1, (5 << 8) | 3, (5 << 8) | 6], np.int64)  #
 
 
 def _sets(rng) -> list[np.ndarray]:
-    return [np.unique(np.concatenate([rng.integers(-(2**63), 2**63 - 1, 300), NEAR + k, [-(2**63), -1, 0, 2**63 - 1]]))
-            for k in range(4)] + [np.zeros(0, np.int64)]
+    return [np.unique(np.concatenate([rng.integers(-(2**63), 2**63 - 1, 300), NEAR + k, [-(2**63), -1, 0, 2**63 - 1]])) for k in range(4)] + [
+        np.zeros(0, np.int64)
+    ]
 
 
 @pytest.mark.parametrize("kind", [Vocabularies, SortedVocabularies])
@@ -60,8 +61,7 @@ def test_vocabularies_equal_a_search_per_feature(tmp_path, kind):
 def test_crowded_buckets_and_shared_ids_equal_the_sorted_search(tmp_path, load):
     rng = np.random.default_rng(1)
     shared = rng.integers(-(2**63), 2**63 - 1, 40)  # the same ids in every feature (a common value's hash)
-    sets = [np.unique(np.concatenate([shared, rng.integers(-(2**63), 2**63 - 1, 500 * (k + 1)), np.arange(k * 7, k * 7 + 30)]))
-            for k in range(3)]
+    sets = [np.unique(np.concatenate([shared, rng.integers(-(2**63), 2**63 - 1, 500 * (k + 1)), np.arange(k * 7, k * 7 + 30)])) for k in range(3)]
     paths = _files(tmp_path, sets)
     new, old = Vocabularies(paths, load=load), SortedVocabularies(paths)
     if load > 1:
@@ -69,8 +69,9 @@ def test_crowded_buckets_and_shared_ids_equal_the_sorted_search(tmp_path, load):
     if load == 64.0:
         assert new.over_run == len(sets)  # each shared id overflows in every feature: found by feature
     every = np.concatenate(sets)
-    asked = np.concatenate([every, shared, every + 1, np.arange(-5, 120), rng.integers(-(2**63), 2**63 - 1, 300),
-                            [new.empty, MISSING_ID, -(2**63), 2**63 - 1]])
+    asked = np.concatenate(
+        [every, shared, every + 1, np.arange(-5, 120), rng.integers(-(2**63), 2**63 - 1, 300), [new.empty, MISSING_ID, -(2**63), 2**63 - 1]]
+    )
     for f in range(len(sets)):
         for chunk in (asked[:3], asked[:47], asked[:48], asked):
             feature = np.full(len(chunk), f, np.int64)

@@ -11,10 +11,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from recsys.training.shard_input import Piece, ShardReader, plan_split, rank_slices
 
 from recsys.data.batch import BatchLayout
 from recsys.features import load_dataset_spec
+from recsys.training.shard_input import Piece, ShardReader, plan_split, rank_slices
 
 ROW_GROUP = 700
 

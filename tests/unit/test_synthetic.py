@@ -50,9 +50,7 @@ def test_schema_and_spec(small: Path) -> None:
     assert [f.name for f in spec.dense_fields] == [f"I{i + 1}" for i in range(profile.num_dense)]
     assert [f.name for f in spec.sparse_fields] == [f"C{i + 1}" for i in range(len(profile.cardinalities))]
     assert all(f.transform == "slog1p" for f in spec.dense_fields)
-    assert {k: spec.synthetic[k] for k in ("profile", "rows", "seed", "scale")} == {
-        "profile": "small", "rows": ROWS, "seed": 0, "scale": 1.0
-    }
+    assert {k: spec.synthetic[k] for k in ("profile", "rows", "seed", "scale")} == {"profile": "small", "rows": ROWS, "seed": 0, "scale": 1.0}
     assert sum(s.rows for s in spec.splits.values()) == ROWS
     assert abs(spec.splits["train"].rows / ROWS - 0.8) < 0.02
     table = read_split(small, "train")
@@ -171,8 +169,7 @@ def test_deterministic_bytes(tmp_path: Path, small_blocks: None) -> None:
 
 def test_independent_of_chunk_rows(tmp_path: Path, small_blocks: None) -> None:
     one = generate(tmp_path / "one" / "d", rows=ROWS, profile="small", seed=5, chunk_rows=4096, progress=False)
-    three = generate(tmp_path / "three" / "d", rows=ROWS, profile="small", seed=5, chunk_rows=12_288,
-                     rows_per_file=7000, progress=False)
+    three = generate(tmp_path / "three" / "d", rows=ROWS, profile="small", seed=5, chunk_rows=12_288, rows_per_file=7000, progress=False)
     assert one.fields == three.fields and one.synthetic == three.synthetic
     assert len(three.splits["train"].files) > 1
     for split in SPLITS:

@@ -65,13 +65,13 @@ def test_train_reaches_clearly_above_chance_and_writes_results(small_data, tmp_p
 
 
 def test_checkpoint_round_trip_through_dmp(small_data, tmp_path):
+    import torch.distributed as dist
+
     from recsys.embeddings import MethodContext, build_method
     from recsys.features import load_dataset_spec
     from recsys.models import build_model
     from recsys.models.train import TrainModel
     from recsys.training.distributed import ensure_process_group, shard
-
-    import torch.distributed as dist
 
     cfg = _cfg(small_data, tmp_path)
     spec = load_dataset_spec(small_data)
@@ -111,8 +111,13 @@ def test_a_new_run_in_a_used_folder_starts_from_its_own_weights(small_data, tmp_
     train_experiment(first, run)
     before = plain_state_dict_of(run / "initial.safetensors")
     other = _cfg(
-        small_data, tmp_path, "tracking.enabled=false", "training.epochs=1", "data.max_train_rows=2048",
-        "embedding.method=hash", "embedding.compression=4",
+        small_data,
+        tmp_path,
+        "tracking.enabled=false",
+        "training.epochs=1",
+        "data.max_train_rows=2048",
+        "embedding.method=hash",
+        "embedding.compression=4",
     )
     metrics = train_experiment(other, run)
     after = plain_state_dict_of(run / "initial.safetensors")
@@ -150,8 +155,9 @@ def test_a_tracked_run_logs_its_checkpoint_and_exports_by_run_id(small_data, tmp
 def test_tables_too_narrow_to_shard_are_named_before_training(small_data, tmp_path):
     from recsys.training.run import train_experiment
 
-    cfg = _cfg(small_data, tmp_path, "embedding.method=unified", "embedding.compression=4",
-               "embedding.options={\"chunk_dim\": 2}", "tracking.enabled=false")
+    cfg = _cfg(
+        small_data, tmp_path, "embedding.method=unified", "embedding.compression=4", 'embedding.options={"chunk_dim": 2}', "tracking.enabled=false"
+    )
     with pytest.raises(ValueError, match=r"multiple of 4; not 'unified_0' \(2\).*embedding.options.chunk_dim"):
         train_experiment(cfg, tmp_path / "run")
 
@@ -160,14 +166,13 @@ def test_tables_too_narrow_to_shard_are_named_before_training(small_data, tmp_pa
 def test_sparse_eps_reaches_the_fused_adagrad_step(small_data, tmp_path, optimizer, eps):
     """One step on one row with gradient g per column moves it by lr·g/(|g| + eps): a small gradient
     against eps moves the row little, against fbgemm's default 1e-8 a whole lr step."""
+    import torch.distributed as dist
     from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
     from recsys.embeddings import MethodContext, build_method
     from recsys.features import load_dataset_spec
-    from tests.unit.test_dsl import Holder
     from recsys.training.distributed import ensure_process_group, shard
-
-    import torch.distributed as dist
+    from tests.unit.test_dsl import Holder
 
     spec = load_dataset_spec(small_data)
     cfg = _cfg(small_data, tmp_path, f"training.sparse_optimizer={optimizer}", f"training.sparse_eps={eps}").training

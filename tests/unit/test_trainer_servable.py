@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from recsys.training.distributed import ShardedModel
-from recsys.training.loop import EvalResult, Trainer
 from torch import nn
 
 from recsys.config import TrainingConfig
+from recsys.training.distributed import ShardedModel
+from recsys.training.loop import EvalResult, Trainer
 
 
 class Ramping:

@@ -46,10 +46,7 @@ def unified(ctx: MethodContext = CTX, seed: int = 0, **options: object) -> Unifi
 def raw_kjt(ctx: MethodContext, batch: int, seed: int = 0, weighted: bool = False) -> KeyedJaggedTensor:
     """Random raw ids (multi-valued features: 0-3 per bag), optionally with weights."""
     gen = torch.Generator().manual_seed(seed)
-    lengths = [
-        torch.randint(0, 4, (batch,), generator=gen) if f.multi_valued else torch.ones(batch, dtype=torch.int64)
-        for f in ctx.features
-    ]
+    lengths = [torch.randint(0, 4, (batch,), generator=gen) if f.multi_valued else torch.ones(batch, dtype=torch.int64) for f in ctx.features]
     n = int(sum(int(x.sum()) for x in lengths))
     values = torch.randint(-(2**63), 2**63 - 1, (n,), dtype=torch.int64, generator=gen)
     weights = torch.rand(n, generator=gen) if weighted else None

@@ -22,9 +22,9 @@ from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backwa
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys.embeddings import EmbeddingMethod
-from tests.unit.test_unified import CTX, raw_kjt, unified
 from recsys.training.checkpoint import load_plain_state_dict
 from recsys.training.distributed import free_port, plan_sharding, quiet_torchrec
+from tests.unit.test_unified import CTX, raw_kjt, unified
 
 WORLD = 2
 LR = 0.1

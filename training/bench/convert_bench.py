@@ -27,8 +27,34 @@ import pyarrow.compute as pc
 
 SAMPLE = Path("..") / "shared" / "data" / "criteo_kaggle_sample_10k.tsv"  # beside the folder it runs from
 TARGETS = {"convert_rows_per_s": 250_000, "peak_rss_gib": 2.0, "batch_rows_per_s": 1_000_000}
-_FIELD_CARDINALITIES = [1_400, 550, 1_000_000, 200_000, 300, 24, 12_000, 600, 3, 90_000, 5_000, 800_000, 3_000, 27,
-                        10_000, 500_000, 10, 4_500, 2_000, 4, 700_000, 17, 15, 250_000, 100, 60_000]
+_FIELD_CARDINALITIES = [
+    1_400,
+    550,
+    1_000_000,
+    200_000,
+    300,
+    24,
+    12_000,
+    600,
+    3,
+    90_000,
+    5_000,
+    800_000,
+    3_000,
+    27,
+    10_000,
+    500_000,
+    10,
+    4_500,
+    2_000,
+    4,
+    700_000,
+    17,
+    15,
+    250_000,
+    100,
+    60_000,
+]
 
 
 def _random_column(rng: np.random.Generator, n: int, card: int, empty: float, hex_values: bool) -> pa.Array:

@@ -38,8 +38,8 @@ from recsys.features import load_dataset_spec
 from recsys.runfolder import RunFolder
 from recsys.training.bench.methods import DEFAULT_METHODS, Budget, sweep_method
 from recsys.training.bench.report import PointResult, markdown, pareto_plot, summarise, write_csv
-from recsys.training.tracking import Tracker, make_tracker
 from recsys.training.jsonfile import read_json, write_json
+from recsys.training.tracking import Tracker, make_tracker
 
 DEFAULT_BUDGETS = (10.0, 100.0, 1000.0)
 # Defaults: every train row, up to 3 epochs with early stopping (patience 1: each point keeps its best validation
@@ -160,8 +160,11 @@ class Sweep:
     def config(self, point: Point, extra: tuple[str, ...] = ()) -> ExperimentConfig:
         """The point's config; ``extra`` overrides come last (a tuning trial's options)."""
         entry = sweep_method(point.method)
-        return self._validate(self._common(), entry.spec(self.s.quick),
-                              [*self.budget_overrides(point), *self._scoped(point.method), f"training.seed={point.seed}", *extra])
+        return self._validate(
+            self._common(),
+            entry.spec(self.s.quick),
+            [*self.budget_overrides(point), *self._scoped(point.method), f"training.seed={point.seed}", *extra],
+        )
 
     def folder(self, point: Point) -> Path:
         return self.root / point.name
@@ -213,10 +216,17 @@ class Sweep:
     def _failed(self, result: PointResult, folder: Path, dump: dict[str, Any] | None, exc: BaseException) -> PointResult:
         result.error = f"{type(exc).__name__}: {exc}"
         folder.mkdir(parents=True, exist_ok=True)
-        write_json(folder / "point.json", {
-            "point": {"method": result.method, "budget": result.budget, "seed": result.seed}, "config": dump,
-            "status": "failed", "error": result.error, "wall_s": result.wall_s, "traceback": traceback.format_exc(),
-        })
+        write_json(
+            folder / "point.json",
+            {
+                "point": {"method": result.method, "budget": result.budget, "seed": result.seed},
+                "config": dump,
+                "status": "failed",
+                "error": result.error,
+                "wall_s": result.wall_s,
+                "traceback": traceback.format_exc(),
+            },
+        )
         return result
 
     def _share_phases(self, point: Point, dump: dict[str, Any]) -> None:
@@ -275,14 +285,24 @@ def _glob_escape(text: str) -> str:
 
 def _log_child(settings: SweepSettings, parent: Tracker, sweep: Sweep, point: Point, result: PointResult) -> None:
     """A child run of ``parent``: the point's params, its metrics (or its error)."""
-    tags = {"mlflow.parentRunId": str(parent.run_id), "method": point.method, "budget": f"{point.budget or 1:g}",
-            "seed": str(point.seed), "resumed": str(result.resumed).lower(), "status": "ok" if result.ok else "failed"}
+    tags = {
+        "mlflow.parentRunId": str(parent.run_id),
+        "method": point.method,
+        "budget": f"{point.budget or 1:g}",
+        "seed": str(point.seed),
+        "resumed": str(result.resumed).lower(),
+        "status": "ok" if result.ok else "failed",
+    }
     if result.error:
         tags["error"] = result.error[:4900]
     cfg = TrackingConfig(tracking_uri=settings.tracking_uri, experiment=settings.experiment, run_name=point.name)
     child = make_tracker(cfg, tags=tags)
-    params: dict[str, Any] = {"bench.method": point.method, "bench.budget": point.budget or 1, "bench.seed": point.seed,
-                              "bench.budget_bytes": result.budget_bytes}
+    params: dict[str, Any] = {
+        "bench.method": point.method,
+        "bench.budget": point.budget or 1,
+        "bench.seed": point.seed,
+        "bench.budget_bytes": result.budget_bytes,
+    }
     record = read_json(sweep.folder(point) / "point.json") or {}
     if record.get("config"):
         params |= flatten(ExperimentConfig.model_validate(record["config"]))
@@ -302,8 +322,7 @@ def write_reports(settings: SweepSettings, results: list[PointResult], oracle_au
     out = Path(settings.out)
     rows = summarise(results)
     seeds = 1 if settings.quick else settings.seeds
-    title = (f"Quality at equal bytes: {settings.model} on `{settings.dataset}`, {seeds} seed(s)"
-             f"{', quick mode' if settings.quick else ''}")
+    title = f"Quality at equal bytes: {settings.model} on `{settings.dataset}`, {seeds} seed(s){', quick mode' if settings.quick else ''}"
     if oracle_auc is not None:
         title += f"; oracle test AUC {oracle_auc:.4f}"
     paths = [out / "results.csv", out / "results.md", out / "pareto.png"]
@@ -338,14 +357,24 @@ def sweep_results(settings: SweepSettings, parent_run_id: str | None = None) -> 
     if settings.report_only:
         points = [p for p in points if sweep.recorded(p)]  # failed ones run again: a budget a method cannot meet fails fast
     write_json(out / "sweep.json", {"settings": asdict(settings), "points": [p.name for p in points], "full_bytes": sweep.full_bytes})
-    tracking = TrackingConfig(tracking_uri=settings.tracking_uri, experiment=settings.experiment,
-                              run_name=f"bench-quality {settings.model} {Path(settings.dataset).name}")
+    tracking = TrackingConfig(
+        tracking_uri=settings.tracking_uri, experiment=settings.experiment, run_name=f"bench-quality {settings.model} {Path(settings.dataset).name}"
+    )
     tags = {"bench": "quality", "model": settings.model} | ({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})
     parent = make_tracker(tracking, tags=tags, run_dir=out)
-    parent.log_params({"dataset": str(settings.dataset), "methods": ",".join(settings.methods), "model": settings.model,
-                       "budgets": ",".join(f"{b:g}" for b in settings.budgets), "seeds": 1 if settings.quick else settings.seeds,
-                       "quick": settings.quick, "set": " ".join(settings.sets), "points": len(points),
-                       "threads": settings.threads})
+    parent.log_params(
+        {
+            "dataset": str(settings.dataset),
+            "methods": ",".join(settings.methods),
+            "model": settings.model,
+            "budgets": ",".join(f"{b:g}" for b in settings.budgets),
+            "seeds": 1 if settings.quick else settings.seeds,
+            "quick": settings.quick,
+            "set": " ".join(settings.sets),
+            "points": len(points),
+            "threads": settings.threads,
+        }
+    )
     status, results = "KILLED", []
     try:
         bar = tqdm(points, desc="bench quality", unit="point", disable=not settings.progress)
@@ -353,16 +382,26 @@ def sweep_results(settings: SweepSettings, parent_run_id: str | None = None) -> 
             bar.set_postfix_str(point.name)
             result = sweep.run(point)
             results.append(result)
-            note = "read back" if result.resumed else ("failed: " + (result.error or "")[:200] if not result.ok
-                                                       else f"{result.wall_s:.0f} s, {result.cpu_s:.0f} CPU s")
-            bar.write(f"{point.name}: " + (f"test AUC {result.metrics['test_auc']:.4f}, {result.metrics['embedding_bytes']:,} bytes ({note})"
-                                          if result.metrics else note))
+            note = (
+                "read back"
+                if result.resumed
+                else ("failed: " + (result.error or "")[:200] if not result.ok else f"{result.wall_s:.0f} s, {result.cpu_s:.0f} CPU s")
+            )
+            bar.write(
+                f"{point.name}: "
+                + (f"test AUC {result.metrics['test_auc']:.4f}, {result.metrics['embedding_bytes']:,} bytes ({note})" if result.metrics else note)
+            )
             _log_child(settings, parent, sweep, point, result)
         oracle = sweep.spec.splits["test"].oracle
         rows, paths = write_reports(settings, results, oracle.auc if oracle else None)
-        parent.log_metrics({"points_ok": sum(r.ok for r in results), "points_failed": sum(not r.ok for r in results),
-                            "train_wall_s": sum(r.wall_s or 0.0 for r in results if not r.resumed),
-                            "train_cpu_s": sum(r.cpu_s or 0.0 for r in results if not r.resumed)})
+        parent.log_metrics(
+            {
+                "points_ok": sum(r.ok for r in results),
+                "points_failed": sum(not r.ok for r in results),
+                "train_wall_s": sum(r.wall_s or 0.0 for r in results if not r.resumed),
+                "train_cpu_s": sum(r.cpu_s or 0.0 for r in results if not r.resumed),
+            }
+        )
         for path in [*paths, out / "sweep.json"]:
             parent.log_artifact(path)
         status = "FINISHED"

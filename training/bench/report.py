@@ -17,8 +17,22 @@ from pathlib import Path
 from typing import Any
 
 COLUMNS = [
-    "method", "budget", "budget_bytes", "status", "seeds", "seeds_ok", "bytes", "compression", "auc_mean", "auc_std",
-    "logloss_mean", "oracle_gap", "train_samples_per_s", "wall_s", "cpu_s", "error",
+    "method",
+    "budget",
+    "budget_bytes",
+    "status",
+    "seeds",
+    "seeds_ok",
+    "bytes",
+    "compression",
+    "auc_mean",
+    "auc_std",
+    "logloss_mean",
+    "oracle_gap",
+    "train_samples_per_s",
+    "wall_s",
+    "cpu_s",
+    "error",
 ]
 
 
@@ -58,16 +72,26 @@ def summarise(results: list[PointResult]) -> list[dict[str, Any]]:
         gaps = [m["oracle_test_auc"] - m["test_auc"] for m in done if "oracle_test_auc" in m]
         errors = [p.error for p in points if p.error]
         nbytes = max((m["embedding_bytes"] for m in done), default=None)
-        rows.append({
-            "method": method, "budget": budget if budget is not None else 1.0, "budget_bytes": points[0].budget_bytes,
-            "status": "ok" if len(done) == len(points) else ("partial" if done else "failed"),
-            "seeds": len(points), "seeds_ok": len(done), "bytes": nbytes,
-            "compression": done[0]["full_embedding_bytes"] / nbytes if done else math.nan,
-            "auc_mean": _mean(aucs), "auc_std": statistics.stdev(aucs) if len(aucs) > 1 else (0.0 if aucs else math.nan),
-            "logloss_mean": _mean([m["test_logloss"] for m in done]), "oracle_gap": _mean(gaps),
-            "train_samples_per_s": _mean([m["train_samples_per_s"] for m in done]),
-            "wall_s": sum(p.wall_s or 0.0 for p in points), "cpu_s": sum(p.cpu_s or 0.0 for p in points), "error": errors[0] if errors else "",
-        })
+        rows.append(
+            {
+                "method": method,
+                "budget": budget if budget is not None else 1.0,
+                "budget_bytes": points[0].budget_bytes,
+                "status": "ok" if len(done) == len(points) else ("partial" if done else "failed"),
+                "seeds": len(points),
+                "seeds_ok": len(done),
+                "bytes": nbytes,
+                "compression": done[0]["full_embedding_bytes"] / nbytes if done else math.nan,
+                "auc_mean": _mean(aucs),
+                "auc_std": statistics.stdev(aucs) if len(aucs) > 1 else (0.0 if aucs else math.nan),
+                "logloss_mean": _mean([m["test_logloss"] for m in done]),
+                "oracle_gap": _mean(gaps),
+                "train_samples_per_s": _mean([m["train_samples_per_s"] for m in done]),
+                "wall_s": sum(p.wall_s or 0.0 for p in points),
+                "cpu_s": sum(p.cpu_s or 0.0 for p in points),
+                "error": errors[0] if errors else "",
+            }
+        )
     return rows
 
 
@@ -148,9 +172,19 @@ def draw_pareto(ax: Any, rows: list[dict[str, Any]], title: str, oracle_auc: flo
     for method in dict.fromkeys(r["method"] for r in done):
         i = order.index(method) if method in order else len(order)
         series = sorted((r for r in done if r["method"] == method), key=lambda r: r["bytes"])
-        ax.errorbar([r["bytes"] for r in series], [r["auc_mean"] for r in series], yerr=[r["auc_std"] for r in series],
-                    marker=markers[i % len(markers)], color=colors[i % len(colors)], linestyle="-", linewidth=0.8,
-                    markersize=7, capsize=3, label=method, zorder=3)
+        ax.errorbar(
+            [r["bytes"] for r in series],
+            [r["auc_mean"] for r in series],
+            yerr=[r["auc_std"] for r in series],
+            marker=markers[i % len(markers)],
+            color=colors[i % len(colors)],
+            linestyle="-",
+            linewidth=0.8,
+            markersize=7,
+            capsize=3,
+            label=method,
+            zorder=3,
+        )
     front = pareto_front([(r["bytes"], r["auc_mean"]) for r in done])
     if front:
         xs, ys = zip(*front)

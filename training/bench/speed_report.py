@@ -33,8 +33,8 @@ def step_ratios(data: Path, methods: list[str], compression: float, batch: int, 
     """Alternating step times of each method's model (``full`` first, the baseline)."""
     import torch.distributed as dist
 
-    from recsys.training.bench.step_times import alternate, config_stepper
     from recsys.training.bench.quality import Point, Sweep, SweepSettings
+    from recsys.training.bench.step_times import alternate, config_stepper
     from recsys.training.distributed import ensure_process_group
 
     sweep = Sweep(SweepSettings(dataset=data, methods=methods, budgets=[compression], sets=[f"training.batch_size={batch}"]))
@@ -75,33 +75,54 @@ def serving(out: Path, duration: float) -> dict[str, Any]:
 
 def markdown(report: dict[str, Any]) -> str:
     env = report["environment"]
-    lines = [f"# Speed report ({report['date']})", "",
-             f"{env['cpus']} CPUs, {env['threads']} torch threads, load average before {env['load_before']}, after {env['load_after']}; "
-             f"torch {env['torch']}, Python {env['python']}.", ""]
+    lines = [
+        f"# Speed report ({report['date']})",
+        "",
+        f"{env['cpus']} CPUs, {env['threads']} torch threads, load average before {env['load_before']}, after {env['load_after']}; "
+        f"torch {env['torch']}, Python {env['python']}.",
+        "",
+    ]
     st = report.get("step_time")
     if st:
-        lines += [f"## Train step time against `full` (batch {st['batch']}, methods at {st['compression']:g}×, "
-                  f"{st['rounds']} alternating rounds of {st['steps_per_round']} steps)", "",
-                  "The step takes batches as the training loader hands them over; the method's `prepare` (e.g. Unified "
-                  "Embedding's hashing) runs on the loader's thread beside the step, its cost per batch in the last column.", "",
-                  "| method | embedding bytes | median ms/step | min ms/step | ratio (median) | ratio (min) | loader prepare ms/batch |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            f"## Train step time against `full` (batch {st['batch']}, methods at {st['compression']:g}×, "
+            f"{st['rounds']} alternating rounds of {st['steps_per_round']} steps)",
+            "",
+            "The step takes batches as the training loader hands them over; the method's `prepare` (e.g. Unified "
+            "Embedding's hashing) runs on the loader's thread beside the step, its cost per batch in the last column.",
+            "",
+            "| method | embedding bytes | median ms/step | min ms/step | ratio (median) | ratio (min) | loader prepare ms/batch |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
         for name, ms in st["step_ms_median"].items():
-            lines.append(f"| {name} | {st['embedding_bytes'][name]:,} | {ms:.1f} | {st['step_ms_min'][name]:.1f} "
-                         f"| {st['ratio_median'][name]:.2f}× | {st['ratio_min'][name]:.2f}× | {st['loader_prepare_ms'][name]:.2f} |")
+            lines.append(
+                f"| {name} | {st['embedding_bytes'][name]:,} | {ms:.1f} | {st['step_ms_min'][name]:.1f} "
+                f"| {st['ratio_median'][name]:.2f}× | {st['ratio_min'][name]:.2f}× | {st['loader_prepare_ms'][name]:.2f} |"
+            )
         lines += [f"| {name} | — | — | — | failed: {msg[:200]} | | |" for name, msg in st["failed"].items()]
         lines.append("")
     ts = report.get("torchrec_vs_plain")
     if ts:
-        lines += [f"## TorchRec DLRM-full against plain PyTorch ({ts['rows']:,} train rows, batch {ts['batch']})", "",
-                  "| trainer | samples/s |", "|---|---:|"]
+        lines += [
+            f"## TorchRec DLRM-full against plain PyTorch ({ts['rows']:,} train rows, batch {ts['batch']})",
+            "",
+            "| trainer | samples/s |",
+            "|---|---:|",
+        ]
         lines += [f"| {k} | {v:,.0f} |" for k, v in ts["samples_per_s"].items()]
-        lines += ["", f"TorchRec / plain Adam: {ts['ratio_vs_plain_adam']:.2f}×; TorchRec / plain SparseAdam: {ts['ratio_vs_plain_sparse_adam']:.2f}×", ""]
+        lines += [
+            "",
+            f"TorchRec / plain Adam: {ts['ratio_vs_plain_adam']:.2f}×; TorchRec / plain SparseAdam: {ts['ratio_vs_plain_sparse_adam']:.2f}×",
+            "",
+        ]
     cv = report.get("conversion")
     if cv:
         c = cv["conversion"]
-        lines += [f"## Conversion and batches ({cv['input_rows']:,} rows, {cv['input_source']})", "",
-                  f"- convert: {c['convert_rows_per_s']:,} rows/s, peak RSS {c['peak_rss_gib']} GiB"]
+        lines += [
+            f"## Conversion and batches ({cv['input_rows']:,} rows, {cv['input_source']})",
+            "",
+            f"- convert: {c['convert_rows_per_s']:,} rows/s, peak RSS {c['peak_rss_gib']} GiB",
+        ]
         lines += [f"- Parquet → batches ({scheme} ids, batch 2048): {b['rows_per_s']:,} rows/s" for scheme, b in cv["batches"].items()]
         lines.append("")
     sv = report.get("serving")
@@ -110,11 +131,15 @@ def markdown(report: dict[str, Any]) -> str:
         if "error" in sv:
             lines.append(f"failed: {sv['error']}")
         for r in sv.get("in_process", []):
-            lines.append(f"- in process, {r['dtype']}, {r['ids']} ids: store {r['store_lookups_per_s']:,.0f} lookups/s, "
-                         f"raw fbgemm TBE {r['raw_tbe_lookups_per_s']:,.0f}")
+            lines.append(
+                f"- in process, {r['dtype']}, {r['ids']} ids: store {r['store_lookups_per_s']:,.0f} lookups/s, "
+                f"raw fbgemm TBE {r['raw_tbe_lookups_per_s']:,.0f}"
+            )
         for r in sv.get("http_vs_redis", []):
-            lines.append(f"- {r['target']}, {r['ids']} ids, {r['concurrency']} conn.{' ' + r['mode'] if r.get('mode') else ''}: "
-                         f"{r['requests_per_s']:,.0f} req/s, {r['vectors_per_s']:,.0f} vectors/s, p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms")
+            lines.append(
+                f"- {r['target']}, {r['ids']} ids, {r['concurrency']} conn.{' ' + r['mode'] if r.get('mode') else ''}: "
+                f"{r['requests_per_s']:,.0f} req/s, {r['vectors_per_s']:,.0f} vectors/s, p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms"
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -134,9 +159,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     data = Path(args.data)
-    report: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M"), "environment": {
-        "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "load_before": round(os.getloadavg()[0], 2),
-        "torch": torch.__version__, "python": platform.python_version()}}
+    report: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "environment": {
+            "cpus": os.cpu_count(),
+            "threads": torch.get_num_threads(),
+            "load_before": round(os.getloadavg()[0], 2),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+    }
     if not (data / "dataset.json").exists():
         from recsys.data.synthetic import generate
 
@@ -150,7 +182,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if not args.skip_convert:
         from recsys.training.bench.convert_bench import main as convert_bench
 
-        report["conversion"] = convert_bench(["--rows", str(args.convert_rows), "--random", "--out", str(out / "convert.json")])  # random high-cardinality rows
+        report["conversion"] = convert_bench(
+            ["--rows", str(args.convert_rows), "--random", "--out", str(out / "convert.json")]
+        )  # random high-cardinality rows
     if args.serving:
         report["serving"] = serving(out, args.serving_duration)
     report["environment"]["load_after"] = round(os.getloadavg()[0], 2)

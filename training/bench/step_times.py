@@ -85,7 +85,11 @@ def timed_steps(step: Step, batches: list[Batch], steps: int, start_at: int = 0)
 
 
 def alternate(
-    steppers: dict[str, tuple[Step, list[Batch]]], steps: int, rounds: int, warmup: int = 5, baseline: str | None = None,
+    steppers: dict[str, tuple[Step, list[Batch]]],
+    steps: int,
+    rounds: int,
+    warmup: int = 5,
+    baseline: str | None = None,
 ) -> dict[str, Any]:
     """Round-robin timing: each round runs ``steps`` steps of every stepper in turn.
 
@@ -102,7 +106,9 @@ def alternate(
     median = {k: statistics.median(v) for k, v in times.items()}
     best = {k: min(v) for k, v in times.items()}
     return {
-        "steps_per_round": steps, "rounds": rounds, "baseline": base,
+        "steps_per_round": steps,
+        "rounds": rounds,
+        "baseline": base,
         "step_ms_median": {k: 1000 * v for k, v in median.items()},
         "step_ms_min": {k: 1000 * v for k, v in best.items()},
         "ratio_median": {k: median[k] / median[base] for k in steppers},

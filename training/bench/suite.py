@@ -80,7 +80,6 @@ class SuiteDataset(_Strict):
                 raise ValueError(f"'{s}' is not KEY=VALUE")
         return sets
 
-
     @field_validator("methods")
     @classmethod
     def _methods(cls, methods: list[str] | None) -> list[str] | None:
@@ -177,8 +176,9 @@ def suite_from_datasets(paths: list[str]) -> SuiteConfig:
     return validate_suite({"datasets": [{"label": Path(p.rstrip("/")).name, "path": p} for p in paths]}, "--dataset")
 
 
-def resolve_choices(suite: SuiteConfig | None, methods: list[str] | None, budgets: list[float] | None, seeds: int | None,
-                    model: str | None) -> tuple[list[str], list[float], int, str]:
+def resolve_choices(
+    suite: SuiteConfig | None, methods: list[str] | None, budgets: list[float] | None, seeds: int | None, model: str | None
+) -> tuple[list[str], list[float], int, str]:
     """Methods, budgets, seeds and model: the command line's when given, else the suite file's, else the defaults."""
     from recsys.training.bench.methods import DEFAULT_METHODS
     from recsys.training.bench.quality import DEFAULT_BUDGETS
@@ -187,15 +187,25 @@ def resolve_choices(suite: SuiteConfig | None, methods: list[str] | None, budget
         return given if given is not None else (in_file if in_file is not None else default)
 
     s = suite or SuiteConfig.model_construct(datasets=[], methods=None, budgets=None, seeds=None, model=None)
-    return (pick(methods, s.methods, list(DEFAULT_METHODS)), pick(budgets, s.budgets, list(DEFAULT_BUDGETS)),
-            pick(seeds, s.seeds, 2), pick(model, s.model, "dlrm"))
+    return (
+        pick(methods, s.methods, list(DEFAULT_METHODS)),
+        pick(budgets, s.budgets, list(DEFAULT_BUDGETS)),
+        pick(seeds, s.seeds, 2),
+        pick(model, s.model, "dlrm"),
+    )
 
 
 def dataset_settings(suite: SuiteConfig, base: SweepSettings, dataset: SuiteDataset) -> SweepSettings:
     """The sweep of one dataset: ``base`` (methods, budgets, ...) with the dataset's path, folder, sets
     and, where it names its own, methods and budgets."""
-    return replace(base, dataset=Path(dataset.path), out=Path(base.out) / dataset.label, sets=[*suite.sets, *base.sets, *dataset.sets],
-                   methods=dataset.methods or base.methods, budgets=dataset.budgets or base.budgets)
+    return replace(
+        base,
+        dataset=Path(dataset.path),
+        out=Path(base.out) / dataset.label,
+        sets=[*suite.sets, *base.sets, *dataset.sets],
+        methods=dataset.methods or base.methods,
+        budgets=dataset.budgets or base.budgets,
+    )
 
 
 def point_folder(settings: SweepSettings, result: PointResult) -> Path:
@@ -209,12 +219,21 @@ def run_suite(suite: SuiteConfig, base: SweepSettings) -> list[dict[str, Any]]:
     first = dataset_settings(suite, base, suite.datasets[0])
     if base.tracking_uri is None:
         base = replace(base, tracking_uri=Sweep(first).base_config().tracking.tracking_uri)
-    tracking = TrackingConfig(tracking_uri=base.tracking_uri, experiment=base.experiment,
-                              run_name=f"bench-quality suite {base.model} ({len(suite.datasets)} datasets)")
+    tracking = TrackingConfig(
+        tracking_uri=base.tracking_uri, experiment=base.experiment, run_name=f"bench-quality suite {base.model} ({len(suite.datasets)} datasets)"
+    )
     parent = make_tracker(tracking, tags={"bench": "quality-suite", "model": base.model}, run_dir=out)
-    parent.log_params({"datasets": ",".join(d.label for d in suite.datasets), "methods": ",".join(base.methods),
-                       "model": base.model, "budgets": ",".join(f"{b:g}" for b in base.budgets), "seeds": base.seeds,
-                       "set": " ".join([*suite.sets, *base.sets]), "bootstrap_resamples": suite.bootstrap.resamples})
+    parent.log_params(
+        {
+            "datasets": ",".join(d.label for d in suite.datasets),
+            "methods": ",".join(base.methods),
+            "model": base.model,
+            "budgets": ",".join(f"{b:g}" for b in base.budgets),
+            "seeds": base.seeds,
+            "set": " ".join([*suite.sets, *base.sets]),
+            "bootstrap_resamples": suite.bootstrap.resamples,
+        }
+    )
     status = "KILLED"
     try:
         outcomes = []
@@ -222,8 +241,9 @@ def run_suite(suite: SuiteConfig, base: SweepSettings) -> list[dict[str, Any]]:
             settings = dataset_settings(suite, base, dataset)
             print(f"=== dataset {dataset.label}: {dataset.path}", flush=True)
             rows, results = sweep_results(settings, parent_run_id=str(parent.run_id))
-            outcomes.append(DatasetOutcome(dataset.label, rows, results, [point_folder(settings, r) for r in results],
-                                           Sweep(settings).spec.splits["test"].oracle))
+            outcomes.append(
+                DatasetOutcome(dataset.label, rows, results, [point_folder(settings, r) for r in results], Sweep(settings).spec.splits["test"].oracle)
+            )
         summary = summarise_suite(outcomes, suite.bootstrap.resamples, suite.bootstrap.seed, suite.bootstrap.level)
         paths = write_summary(summary, outcomes, out, f"{base.model}, {1 if base.quick else base.seeds} seed(s)")
         for path in paths:

@@ -32,8 +32,28 @@ from recsys.training.bench.bootstrap import bootstrap_aucs, interval
 from recsys.training.bench.report import PointResult, draw_pareto
 
 BASELINES = ("hash", "qr")
-COLUMNS = ["dataset", "budget", "method", "status", "seeds_ok", "bytes", "auc_mean", "auc_std", "auc_lo", "auc_hi", "d_full",
-           "d_full_lo", "d_full_hi", "baseline", "d_base", "d_base_lo", "d_base_hi", "best", "test_rows", "error"]
+COLUMNS = [
+    "dataset",
+    "budget",
+    "method",
+    "status",
+    "seeds_ok",
+    "bytes",
+    "auc_mean",
+    "auc_std",
+    "auc_lo",
+    "auc_hi",
+    "d_full",
+    "d_full_lo",
+    "d_full_hi",
+    "baseline",
+    "d_base",
+    "d_base_lo",
+    "d_base_hi",
+    "best",
+    "test_rows",
+    "error",
+]
 NAN = float("nan")
 
 
@@ -60,8 +80,10 @@ def _scores(outcome: DatasetOutcome) -> tuple[np.ndarray | None, dict[tuple[str,
         if labels is None:
             labels = y
         elif not np.array_equal(labels, y):
-            raise ValueError(f"{outcome.label}: point {folder.name} scored other test rows than the others; "
-                             "the paired bootstrap needs every point on the same test rows (same data.max_eval_rows)")
+            raise ValueError(
+                f"{outcome.label}: point {folder.name} scored other test rows than the others; "
+                "the paired bootstrap needs every point on the same test rows (same data.max_eval_rows)"
+            )
         probs[(result.method, result.budget if result.budget is not None else 1.0, result.seed)] = t["probs"].numpy().astype(np.float64)
     return labels, probs
 
@@ -99,14 +121,27 @@ def summarise_dataset(outcome: DatasetOutcome, resamples: int, seed: int, level:
             d_base = r["auc_mean"] - base["auc_mean"] if done and base else NAN
             both_full = samples is not None and full_boot is not None and budget != 1.0
             both_base = samples is not None and base_boot is not None
-            out.append({
-                "dataset": outcome.label, "budget": budget, "method": r["method"], "status": r["status"], "seeds_ok": r["seeds_ok"],
-                "bytes": r["bytes"], "auc_mean": r["auc_mean"], "auc_std": r["auc_std"], **_pair("auc", _ci(samples, level)),
-                "d_full": d_full, **_pair("d_full", _ci(samples - full_boot if both_full else None, level)),
-                "baseline": base["method"] if base else "", "d_base": d_base,
-                **_pair("d_base", _ci(samples - base_boot if both_base else None, level)),
-                "best": best is not None and r is best, "test_rows": len(labels) if labels is not None else 0, "error": r["error"],
-            })
+            out.append(
+                {
+                    "dataset": outcome.label,
+                    "budget": budget,
+                    "method": r["method"],
+                    "status": r["status"],
+                    "seeds_ok": r["seeds_ok"],
+                    "bytes": r["bytes"],
+                    "auc_mean": r["auc_mean"],
+                    "auc_std": r["auc_std"],
+                    **_pair("auc", _ci(samples, level)),
+                    "d_full": d_full,
+                    **_pair("d_full", _ci(samples - full_boot if both_full else None, level)),
+                    "baseline": base["method"] if base else "",
+                    "d_base": d_base,
+                    **_pair("d_base", _ci(samples - base_boot if both_base else None, level)),
+                    "best": best is not None and r is best,
+                    "test_rows": len(labels) if labels is not None else 0,
+                    "error": r["error"],
+                }
+            )
     return out
 
 
@@ -126,8 +161,10 @@ def wins_losses(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for r in summary:
         if r["budget"] == 1.0:
             continue
-        t = table.setdefault((r["budget"], r["method"]), {"budget": r["budget"], "method": r["method"], "wins": 0, "losses": 0,
-                                                          "sure_wins": 0, "sure_losses": 0, "failed": 0, "d_full": []})
+        t = table.setdefault(
+            (r["budget"], r["method"]),
+            {"budget": r["budget"], "method": r["method"], "wins": 0, "losses": 0, "sure_wins": 0, "sure_losses": 0, "failed": 0, "d_full": []},
+        )
         if r["seeds_ok"] == 0 or math.isnan(r["d_base"]):
             t["failed"] += r["seeds_ok"] == 0
             continue
@@ -156,9 +193,11 @@ def markdown(summary: list[dict[str, Any]], title: str) -> str:
     full = {r["dataset"]: r for r in summary if r["budget"] == 1.0}
     for budget in dict.fromkeys(r["budget"] for r in summary if r["budget"] != 1.0):
         at = {(r["dataset"], r["method"]): r for r in summary if r["budget"] == budget}
-        lines += [f"\n### {budget:g}×: test AUC Δ against `full` (mean over seeds; best method bold, — could not meet the budget)\n",
-                  "| dataset | full AUC [95% CI] | best baseline | best | " + " | ".join(methods) + " |",
-                  "|---|---:|---|---|" + "---:|" * len(methods)]
+        lines += [
+            f"\n### {budget:g}×: test AUC Δ against `full` (mean over seeds; best method bold, — could not meet the budget)\n",
+            "| dataset | full AUC [95% CI] | best baseline | best | " + " | ".join(methods) + " |",
+            "|---|---:|---|---|" + "---:|" * len(methods),
+        ]
         for d in (d for d in datasets if any(dd == d for dd, _ in at)):
             f = full.get(d)
             base = next((r["baseline"] for (dd, _), r in at.items() if dd == d and r["baseline"]), "")
@@ -170,15 +209,23 @@ def markdown(summary: list[dict[str, Any]], title: str) -> str:
                 cells.append(f"**{cell}**" if r is not None and r["best"] else cell)
             full_text = "—" if f is None else f"{_f(f['auc_mean'], '.4f')}{_ci_text(f['auc_lo'], f['auc_hi'])}".replace("+", "")
             lines.append(f"| {d} | {full_text} | {base} | {best} | " + " | ".join(cells) + " |")
-        lines += [f"\n{budget:g}× against the best baseline (datasets above / below it; sure: the 95% interval of the Δ excludes 0):\n",
-                  "| method | above | below | sure above | sure below | could not run | mean Δ vs full |", "|---|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            f"\n{budget:g}× against the best baseline (datasets above / below it; sure: the 95% interval of the Δ excludes 0):\n",
+            "| method | above | below | sure above | sure below | could not run | mean Δ vs full |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
         for t in (t for t in wins_losses(summary) if t["budget"] == budget):
-            lines.append(f"| {t['method']} | {t['wins']} | {t['losses']} | {t['sure_wins']} | {t['sure_losses']} | {t['failed']} | {_f(t['d_full'])} |")
+            lines.append(
+                f"| {t['method']} | {t['wins']} | {t['losses']} | {t['sure_wins']} | {t['sure_losses']} | {t['failed']} | {_f(t['d_full'])} |"
+            )
     lines.append("\n### Per dataset, with 95% bootstrap intervals over the test rows (paired)\n")
     for d in datasets:
         rows = [r for r in summary if r["dataset"] == d]
-        lines += [f"\n#### {d} ({rows[0]['test_rows']:,} test rows)\n",
-                  "| method | budget | bytes | test AUC [95% CI] | Δ vs full [95% CI] | Δ vs best baseline [95% CI] |", "|---|---:|---:|---:|---:|---:|"]
+        lines += [
+            f"\n#### {d} ({rows[0]['test_rows']:,} test rows)\n",
+            "| method | budget | bytes | test AUC [95% CI] | Δ vs full [95% CI] | Δ vs best baseline [95% CI] |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
         for r in rows:
             if not r["seeds_ok"]:
                 lines.append(f"| {r['method']} | {r['budget']:g}× | | fails: {_one_line(r['error'])} | | |")
@@ -186,7 +233,9 @@ def markdown(summary: list[dict[str, Any]], title: str) -> str:
             auc = f"{r['auc_mean']:.4f} ± {r['auc_std']:.4f}{_ci_text(r['auc_lo'], r['auc_hi'])}".replace("+", "")
             base = "" if not r["baseline"] or r["budget"] == 1.0 else f"{_f(r['d_base'])}{_ci_text(r['d_base_lo'], r['d_base_hi'])} ({r['baseline']})"
             d_full = "" if r["budget"] == 1.0 else f"{_f(r['d_full'])}{_ci_text(r['d_full_lo'], r['d_full_hi'])}"
-            lines.append(f"| {'**' + r['method'] + '**' if r['best'] else r['method']} | {r['budget']:g}× | {r['bytes']:,} | {auc} | {d_full} | {base} |")
+            lines.append(
+                f"| {'**' + r['method'] + '**' if r['best'] else r['method']} | {r['budget']:g}× | {r['bytes']:,} | {auc} | {d_full} | {base} |"
+            )
     return "\n".join(lines) + "\n"
 
 

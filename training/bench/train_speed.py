@@ -100,7 +100,10 @@ def measure(data: Path, batch: int = 2048, steps: int = 60, rows: int = 200_000)
     if started:
         dist.destroy_process_group()
     return {
-        "rows": spec.splits["train"].rows, "batch": batch, "steps": steps, "threads": torch.get_num_threads(),
+        "rows": spec.splits["train"].rows,
+        "batch": batch,
+        "steps": steps,
+        "threads": torch.get_num_threads(),
         "samples_per_s": results,
         "ratio_vs_plain_adam": results["torchrec_fused"] / results["plain_adam_dense_grads"],
         "ratio_vs_plain_sparse_adam": results["torchrec_fused"] / results["plain_sparse_adam"],

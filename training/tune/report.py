@@ -19,10 +19,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import yaml  # noqa: E402
 
-from recsys.config import ExperimentConfig, TrainingConfig, TrackingConfig  # noqa: E402
+from recsys.config import ExperimentConfig, TrackingConfig, TrainingConfig  # noqa: E402
 
-COLUMNS = ("trial", "method", "status", "valid_auc", "test_auc", "embedding_bytes", "compression", "epochs", "wall_s",
-           "options", "error")
+COLUMNS = ("trial", "method", "status", "valid_auc", "test_auc", "embedding_bytes", "compression", "epochs", "wall_s", "options", "error")
 
 
 @dataclass
@@ -42,12 +41,17 @@ class TrialResult:
         m = self.metrics
         valid = m.get("valid_auc", self.last_valid_auc)
         return {
-            "trial": self.trial, "method": self.method, "status": self.status,
+            "trial": self.trial,
+            "method": self.method,
+            "status": self.status,
             "valid_auc": "" if valid is None else f"{valid:.6f}",
             "test_auc": f"{m['test_auc']:.6f}" if "test_auc" in m else "",
-            "embedding_bytes": m.get("embedding_bytes", ""), "compression": f"{m['compression_ratio']:.3f}" if "compression_ratio" in m else "",
-            "epochs": m.get("epochs", ""), "wall_s": "" if self.wall_s is None else f"{self.wall_s:.1f}",
-            "options": json.dumps(self.options, sort_keys=True), "error": self.error or "",
+            "embedding_bytes": m.get("embedding_bytes", ""),
+            "compression": f"{m['compression_ratio']:.3f}" if "compression_ratio" in m else "",
+            "epochs": m.get("epochs", ""),
+            "wall_s": "" if self.wall_s is None else f"{self.wall_s:.1f}",
+            "options": json.dumps(self.options, sort_keys=True),
+            "error": self.error or "",
         }
 
 
@@ -82,8 +86,9 @@ def pareto_plot(results: list[TrialResult], path: Path, title: str, full_auc: fl
         ax.scatter([r.metrics["embedding_bytes"] for r in pts], [r.metrics["test_auc"] for r in pts], label=method, alpha=0.8)
     best = best_trial(results)
     if best is not None and "test_auc" in best.metrics:
-        ax.scatter([best.metrics["embedding_bytes"]], [best.metrics["test_auc"]], s=200, facecolors="none", edgecolors="black",
-                   label="best (valid AUC)")
+        ax.scatter(
+            [best.metrics["embedding_bytes"]], [best.metrics["test_auc"]], s=200, facecolors="none", edgecolors="black", label="best (valid AUC)"
+        )
     if full_auc is not None:
         ax.axhline(full_auc, color="gray", linestyle="--", label="full")
     if done:

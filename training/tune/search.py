@@ -30,10 +30,10 @@ from recsys.assembly import Assembly
 from recsys.config import TrackingConfig
 from recsys.runfolder import RunFolder
 from recsys.training.bench.quality import Point, Sweep, SweepSettings
+from recsys.training.jsonfile import read_json, write_json
 from recsys.training.tracking import make_tracker
 from recsys.training.tune.report import TrialResult, best_trial, pareto_plot, write_best, write_csv
 from recsys.training.tune.space import TrialSpec, plan_trials
-from recsys.training.jsonfile import read_json, write_json
 
 DEFAULT_METHODS = ("hash", "qr", "unified", "hybrid", "dsl")
 
@@ -64,8 +64,20 @@ class TuneSettings:
 
 
 def _sweep(s: TuneSettings, methods: list[str]) -> Sweep:
-    return Sweep(SweepSettings(dataset=s.dataset, methods=methods, budgets=[s.budget], seeds=1, model=s.model, config=s.config,
-                               sets=s.sets, out=s.out, quick=s.quick, progress=False))
+    return Sweep(
+        SweepSettings(
+            dataset=s.dataset,
+            methods=methods,
+            budgets=[s.budget],
+            seeds=1,
+            model=s.model,
+            config=s.config,
+            sets=s.sets,
+            out=s.out,
+            quick=s.quick,
+            progress=False,
+        )
+    )
 
 
 def feasible_methods(s: TuneSettings) -> list[str]:
@@ -79,8 +91,9 @@ def feasible_methods(s: TuneSettings) -> list[str]:
         try:
             parts.method()
         except ValueError as exc:
-            problems.append(f"method '{name}' cannot meet the {s.budget:g}x budget ({sweep.full_bytes // s.budget:,.0f} of "
-                            f"{sweep.full_bytes:,} bytes): {exc}")
+            problems.append(
+                f"method '{name}' cannot meet the {s.budget:g}x budget ({sweep.full_bytes // s.budget:,.0f} of {sweep.full_bytes:,} bytes): {exc}"
+            )
             continue
         ok.append(name)
     if problems and (s.methods is not None or not ok):
@@ -121,8 +134,10 @@ def _trial_fn(config: dict[str, Any], settings: TuneSettings, methods: list[str]
     try:
         metrics = train_experiment(cfg, folder, resume=True, epoch_hook=report)
     except Exception as exc:
-        write_json(folder / "trial.json", {"spec": asdict(spec), "config": dump, "status": "failed",
-                                            "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()})
+        write_json(
+            folder / "trial.json",
+            {"spec": asdict(spec), "config": dump, "status": "failed", "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()},
+        )
         raise
     write_json(folder / "trial.json", {"spec": asdict(spec), "config": dump, "status": "ok", "wall_s": time.perf_counter() - start})
     tune.report({"valid_auc": metrics["valid_auc"], "test_auc": metrics["test_auc"], "done": True})
@@ -133,8 +148,9 @@ def _collect(settings: TuneSettings, specs: list[TrialSpec], last_auc: dict[int,
     for spec in specs:
         folder = Path(settings.out) / "trials" / spec.name
         record = read_json(folder / "trial.json") or {}
-        result = TrialResult(spec.name, spec.method, spec.options, last_valid_auc=last_auc.get(spec.index),
-                             wall_s=record.get("wall_s"), error=record.get("error"))
+        result = TrialResult(
+            spec.name, spec.method, spec.options, last_valid_auc=last_auc.get(spec.index), wall_s=record.get("wall_s"), error=record.get("error")
+        )
         run = RunFolder(folder)
         if record.get("status") == "ok" and run.metrics.exists():
             result.status, result.metrics = "ok", run.read_metrics()
@@ -155,15 +171,21 @@ def _tune(settings: TuneSettings, methods: list[str], specs: list[TrialSpec], ep
     started = init_ray(settings.address, settings.concurrency)
     trainable = tune.with_parameters(_trial_fn, settings=settings, methods=methods, specs=[asdict(s) for s in specs])
     # ASHA over reported epochs (plus the final report); with no epoch past the grace period there is nothing to stop
-    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=epochs + 1, grace_period=settings.grace_epochs,
-                              reduction_factor=2) if epochs > settings.grace_epochs else None
+    scheduler = (
+        ASHAScheduler(time_attr="training_iteration", max_t=epochs + 1, grace_period=settings.grace_epochs, reduction_factor=2)
+        if epochs > settings.grace_epochs
+        else None
+    )
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": 1}),
         param_space={"trial": tune.grid_search([s.name for s in specs])},  # names show the method in the progress table
-        tune_config=tune.TuneConfig(metric="valid_auc", mode="max", scheduler=scheduler,
-                                    max_concurrent_trials=settings.concurrency),
-        run_config=tune.RunConfig(name="search", storage_path=str((Path(settings.out) / "ray").resolve()), verbose=1,
-                                  failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)),
+        tune_config=tune.TuneConfig(metric="valid_auc", mode="max", scheduler=scheduler, max_concurrent_trials=settings.concurrency),
+        run_config=tune.RunConfig(
+            name="search",
+            storage_path=str((Path(settings.out) / "ray").resolve()),
+            verbose=1,
+            failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+        ),
     )
     try:
         grid = tuner.fit()
@@ -187,13 +209,31 @@ def run_search(settings: TuneSettings) -> TrialResult | None:
     specs = plan_trials(methods, settings.trials, settings.seed, base.model.embedding_dim)
     out = settings.out
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "tune.json", {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()},
-                                    "methods": methods, "trials": [asdict(s) for s in specs]})
-    tracking = TrackingConfig(tracking_uri=settings.tracking_uri or base.tracking.tracking_uri, experiment=settings.experiment,
-                              run_name=f"tune {settings.model} {settings.dataset.name} {settings.budget:g}x")
+    write_json(
+        out / "tune.json",
+        {
+            "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()},
+            "methods": methods,
+            "trials": [asdict(s) for s in specs],
+        },
+    )
+    tracking = TrackingConfig(
+        tracking_uri=settings.tracking_uri or base.tracking.tracking_uri,
+        experiment=settings.experiment,
+        run_name=f"tune {settings.model} {settings.dataset.name} {settings.budget:g}x",
+    )
     parent = make_tracker(tracking, tags={"tune": "budget", "model": settings.model}, run_dir=out)
-    parent.log_params({"dataset": str(settings.dataset), "budget": settings.budget, "methods": ",".join(methods),
-                       "trials": settings.trials, "model": settings.model, "seed": settings.seed, "quick": settings.quick})
+    parent.log_params(
+        {
+            "dataset": str(settings.dataset),
+            "budget": settings.budget,
+            "methods": ",".join(methods),
+            "trials": settings.trials,
+            "model": settings.model,
+            "seed": settings.seed,
+            "quick": settings.quick,
+        }
+    )
     status = "FAILED"
     try:
         last = _tune(settings, methods, specs, base.training.epochs)
@@ -207,9 +247,13 @@ def run_search(settings: TuneSettings) -> TrialResult | None:
             spec = next(s for s in specs if s.name == best.trial)
             write_best(sweep.config(Point(spec.method, settings.budget, settings.seed), spec.overrides()), out / "best.yaml")
             parent.log_metrics({"best_valid_auc": best.metrics["valid_auc"], "best_test_auc": best.metrics["test_auc"]})
-        parent.log_metrics({"trials_ok": sum(r.status == "ok" for r in results),
-                            "trials_stopped": sum(r.status == "stopped" for r in results),
-                            "trials_failed": sum(r.status == "failed" for r in results)})
+        parent.log_metrics(
+            {
+                "trials_ok": sum(r.status == "ok" for r in results),
+                "trials_stopped": sum(r.status == "stopped" for r in results),
+                "trials_failed": sum(r.status == "failed" for r in results),
+            }
+        )
         for name in ("trials.csv", "pareto.png", "best.yaml", "tune.json"):
             if (out / name).exists():
                 parent.log_artifact(out / name)
