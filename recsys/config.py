@@ -63,13 +63,9 @@ class EmbeddingConfig(_Strict):
     @field_validator("method")
     @classmethod
     def _registered(cls, method: str) -> str:
-        from recsys.embeddings import get_method
+        from recsys.embeddings.registry import registered_name
 
-        try:
-            get_method(method)
-        except KeyError as exc:
-            raise ValueError(str(exc.args[0])) from None
-        return method
+        return registered_name(method)
 
     @field_validator("options")
     @classmethod

@@ -40,6 +40,16 @@ def get_method(name: str) -> type[EmbeddingMethod]:
         raise KeyError(f"unknown method '{name}'; available: {', '.join(available_methods())}") from None
 
 
+def registered_name(name: str) -> str:
+    """``name`` if a method of that name is registered, else a ValueError naming the registered
+    ones (what a pydantic field validator of a method name raises)."""
+    try:
+        get_method(name)
+    except KeyError as exc:
+        raise ValueError(str(exc.args[0])) from None
+    return name
+
+
 def parse_options(name: str, options: MethodOptions | dict[str, Any] | None) -> MethodOptions:
     """Validate a method's options (a dict from YAML, or an Options instance)."""
     cls = get_method(name)
@@ -90,11 +100,7 @@ class MethodSpec(BaseModel):
     @field_validator("method")
     @classmethod
     def _registered(cls, method: str) -> str:
-        try:
-            get_method(method)
-        except KeyError as exc:
-            raise ValueError(str(exc.args[0])) from None
-        return method
+        return registered_name(method)
 
     @field_validator("options", mode="before")
     @classmethod
