@@ -546,8 +546,9 @@ def test_several_worker_processes_answer_without_nagle_delays(service):
     try:
         _wait_ready(url, proc, timeout=180, interval=0.3)
         deadline = time.time() + 180  # the other process may still be loading: stop only once both serve
-        while sum("recsys.serving.reload: serving" in line for line in lines) < 2 and time.time() < deadline:
+        while sum("recsys.serving.reload: loaded version" in line for line in lines) < 2 and time.time() < deadline:
             time.sleep(0.2)
+        assert sum("recsys.serving.reload: loaded version" in line for line in lines) == 2, lines
         items = _items(store, 8, seed=11)
         expected = store.embeddings([(i["feature"], i["value"]) for i in items])
         took = []
