@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import fcntl
+import socket
+import subprocess
+import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import torch
 from safetensors.torch import load_file
@@ -95,3 +99,22 @@ def raw_strings(data: Path) -> dict[str, dict[int, str]]:
 
 def metadata_of(run: Path) -> dict:
     return RunFolder(run).read_metrics() or {}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float, interval: float) -> None:
+    """Poll ``/readyz`` until it answers 200 (the loop ends at ``timeout``; a dead server fails at once)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(interval)

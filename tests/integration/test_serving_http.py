@@ -12,7 +12,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -28,8 +27,8 @@ from recsys.hashing import hash64_strings
 from recsys.serving.idsv1 import CONTENT_TYPE as IDS_V1
 from recsys.serving.idsv1 import encode, vectors
 from recsys.serving.store import Store
-from tests.fuzz_bodies import ENDPOINTS, LONE, RAW_LONE, raw_http, surrogate_bodies
-from tests.serving_support import ROOT, ensure_runs
+from tests.fuzz_bodies import ENDPOINTS, LONE, RAW_LONE, malformed_request, raw_http, surrogate_bodies
+from tests.serving_support import ROOT, ensure_runs, free_port, wait_ready
 
 MAX_ITEMS = 1024
 MAX_BODY = 256 * 1024
@@ -48,25 +47,6 @@ threading.Thread(target=report, daemon=True).start()
 from recsys.cli import main
 sys.exit(main(sys.argv[1:]))
 """  # the service, plus a thread reporting which `recsys.training` modules it has imported
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_ready(url: str, proc: subprocess.Popen, timeout: float, interval: float) -> None:
-    """Poll ``/readyz`` until it answers 200 (the loop ends at ``timeout``; a dead server fails at once)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        assert proc.poll() is None, proc.stdout.read()
-        time.sleep(interval)
 
 
 def _label(folder: Path) -> str:
@@ -104,7 +84,7 @@ def service(request, tmp_path_factory):
     export_run(runs["hash-dim8"], dim8, dtype="fp32")
     link = root / "current"
     _point(link, a)
-    port, modules = _free_port(), root / "training-modules.json"
+    port, modules = free_port(), root / "training-modules.json"
     cmd = [
         sys.executable,
         "-c",
@@ -128,7 +108,7 @@ def service(request, tmp_path_factory):
     ]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
-    _wait_ready(url, proc, timeout=120, interval=0.2)
+    wait_ready(url, proc, timeout=120, interval=0.2)
     stores = {_label(p): Store(load_artifact(p), _label(p)) for p in (a, b)}
     yield {
         "url": url,
@@ -234,60 +214,13 @@ def _check_ids_v1(client: httpx.Client, store: Store) -> None:
     assert r.status_code == 422 and "unknown sparse feature 'nope'" in r.json()["detail"]
 
 
-def _malformed(rng: random.Random, features: list[str]) -> tuple[str, bytes | str, str]:
-    """(path, body, content type) of one request that must be refused with a 4xx."""
-    f = rng.choice(features)
-    junk = rng.choice([1.5, True, [1, 2], {"a": 1}, {"nested": [None, {}]}, "x" * 2000, -(2**70) * 1.0])
-    cases = [
-        ("/v1/embeddings", {"items": [{"feature": "nope", "value": "v"}]}),
-        ("/v1/embeddings", {"items": [{"feature": f, "value": junk}]}),
-        ("/v1/embeddings", {"items": [{"feature": junk, "value": "v"}]}),
-        ("/v1/embeddings", {"items": [{"feature": f}]}),
-        ("/v1/embeddings", {"items": [{"feature": f, "value": "v", "extra": 1}]}),
-        ("/v1/embeddings", {"items": [{"feature": f, "value": "v"}] * (MAX_ITEMS + rng.randint(1, 50))}),
-        ("/v1/embeddings", {"items": [], "entities": []}),
-        ("/v1/embeddings", {"entities": [{f: ["a", "b"]}]}),
-        ("/v1/embeddings", {"entities": [{"unknown": "a"}]}),
-        ("/v1/embeddings", {"entities": junk}),
-        ("/v1/score", {"requests": []}),
-        ("/v1/score", {"requests": [{"dense": {"I1": "3"}}]}),
-        ("/v1/score", {"requests": [{"dense": {"nope": 1.0}}]}),
-        ("/v1/score", {"requests": [{"sparse": {f: junk}}]}),
-        ("/v1/score", {"requests": [{"sparse": {f: [f"{i}" for i in range(rng.randint(2, 300))]}}]}),
-        ("/v1/score", {"requests": junk}),
-        ("/v1/score", {"rows": [{}]}),
-        (rng.choice(["/v1/score", "/v1/embeddings"]), junk),
-    ]
-    path, body = rng.choice(cases)
-    raw = rng.random()
-    if raw < 0.08:
-        return "/v1/score", '{"requests": [{"dense": {"I1": %s}}]}' % rng.choice(["NaN", "Infinity", "-Infinity", "1e999"]), "application/json"
-    if raw < 0.14:
-        return rng.choice(["/v1/score", "/v1/embeddings"]), rng.choice(["{", "", "null", "[1,", '{"items": [}', "\x00\xff"]), "application/json"
-    if raw < 0.17:
-        return "/v1/embeddings", b'{"items": [' + b'{"feature": "C1", "value": "v"},' * 12000 + b"]}", "application/json"
-    if raw < 0.27:  # an ids.v1 body cut short, with bytes after it, a bad magic/version/flags byte, or an unknown feature
-        body = bytearray(encode({f: np.arange(rng.randint(0, 9)), "C2": ["a", "", "bc"]}))
-        how = rng.randrange(4)
-        if how == 0:
-            body = body[: rng.randrange(len(body))]
-        elif how == 1:
-            body += bytes(rng.randint(1, 9))
-        elif how == 2:
-            body[rng.randrange(6)] ^= rng.randint(1, 255)
-        else:
-            body = bytearray(encode({"zz": ["a"]}))
-        return "/v1/embeddings", bytes(body), IDS_V1
-    return path, json.dumps(body), rng.choice(["application/json", "application/json", "text/plain"])
-
-
 def test_fuzz_malformed_requests_get_only_4xx(service):
     rng = random.Random(1234)
     features = service["stores"][_label(service["a"])].features
     statuses: dict[int, int] = {}
     with httpx.Client(base_url=service["url"], timeout=30) as client:
         for _ in range(600):  # per front
-            path, body, ctype = _malformed(rng, features)
+            path, body, ctype = malformed_request(rng, features, MAX_ITEMS)
             r = client.post(path, content=body, headers={"content-type": ctype})
             statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
             assert 400 <= r.status_code < 500, (path, str(body)[:300], r.status_code, r.text[:300])
@@ -519,7 +452,7 @@ def test_bearer_token_guards_the_api(service):
 def test_several_worker_processes_answer_without_nagle_delays(service):
     """``--workers 2``: both processes serve the artifact; responses are not held back by Nagle's
     algorithm waiting for delayed ACKs (~40 ms each), and SIGTERM stops them gracefully."""
-    port = _free_port()
+    port = free_port()
     cmd = [
         sys.executable,
         "-m",
@@ -544,7 +477,7 @@ def test_several_worker_processes_answer_without_nagle_delays(service):
     reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
     reader.start()
     try:
-        _wait_ready(url, proc, timeout=180, interval=0.3)
+        wait_ready(url, proc, timeout=180, interval=0.3)
         deadline = time.time() + 180  # the other process may still be loading: stop only once both serve
         while sum("recsys.serving.reload: loaded version" in line for line in lines) < 2 and time.time() < deadline:
             time.sleep(0.2)
