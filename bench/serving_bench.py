@@ -37,7 +37,7 @@ import httpx
 import numpy as np
 import torch
 
-from bench.serving_fixture import fake_dataset, fake_run, key_pool, wait_for_redis
+from bench.serving_fixture import fake_dataset, fake_run, key_pool, serve_command, wait_for_redis
 from recsys.export import export_run, load_artifact
 from recsys.serving.store import Store
 
@@ -196,30 +196,7 @@ def _wait(url: str, proc: subprocess.Popen, what: str) -> None:
 
 
 def _start_server(art: Path, port: int, workers: int) -> subprocess.Popen:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "recsys.cli",
-            "serve",
-            "--model",
-            str(art),
-            "--port",
-            str(port),
-            "--poll-interval",
-            "0",
-            "--max-items",
-            "4096",
-            "--log-level",
-            "warning",
-            "--workers",
-            str(workers),
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    return subprocess.Popen(serve_command(art, port, workers), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def _rss(pid: int) -> dict[str, int]:

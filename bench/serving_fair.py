@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.serving_fixture import wait_for_redis
+from bench.serving_fixture import serve_command, wait_for_redis
 from recsys.hashing import hash64_strings
 from recsys.serving.store import Store
 
@@ -71,26 +71,7 @@ def _load(target: str, port: int, keys: Path, ids: int, concurrency: int, durati
 
 
 def _start_front(art: Path, port: int, front: str) -> subprocess.Popen:
-    cmd = [
-        sys.executable,
-        "-m",
-        "recsys.cli",
-        "serve",
-        "--model",
-        str(art),
-        "--port",
-        str(port),
-        "--poll-interval",
-        "0",
-        "--max-items",
-        "4096",
-        "--log-level",
-        "warning",
-        "--workers",
-        "1",
-        "--server",
-        front,
-    ]
+    cmd = serve_command(art, port, front=front)
     return subprocess.Popen(_pinned(SERVER_CORE, cmd), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

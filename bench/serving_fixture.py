@@ -8,6 +8,7 @@ lookup speed and memory; the weights' values do not.
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -84,3 +85,9 @@ def wait_for_redis(client: Any, tries: int = 100) -> None:
         except redis.ConnectionError:
             time.sleep(0.1)
     raise RuntimeError(f"redis-server did not answer within {tries * 0.1:.1f} s")
+
+
+def serve_command(art: Path, port: int, workers: int = 1, front: str = "uvicorn") -> list[str]:
+    """The ``recsys serve`` command line of the benchmarks: no reload polling, 4096 items, quiet logs."""
+    return [sys.executable, "-m", "recsys.cli", "serve", "--model", str(art), "--port", str(port), "--poll-interval", "0",
+            "--max-items", "4096", "--log-level", "warning", "--workers", str(workers), "--server", front]  # fmt: skip
