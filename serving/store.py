@@ -21,6 +21,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from recsys.export.loader import LoadedArtifact, load_artifact
 from recsys.hashing import hash64_strings
+from recsys.serving.compiled import kernel
 from recsys.serving.direct import DirectLookup
 from recsys.serving.encode import Encoder, RequestError
 from recsys.serving.source import resolve_source
@@ -62,6 +63,7 @@ class Store:
         self.width = max(self.widths.values())
         self.uniform = len(set(self.widths.values())) == 1
         self.direct = DirectLookup.build(self.embedding, self.encoder)  # None: every lookup runs the module
+        self.kernel = kernel(self.direct)  # the compiled id path (recsys.serving.compiled); None: numpy
         self.loaded_at = time.time()
 
     @classmethod
@@ -101,6 +103,10 @@ class Store:
         """``[n, D]`` vectors of ``(feature position, raw id)`` int64 arrays (positions valid)."""
         if not len(raw):
             return np.zeros((0, self.width), np.float32)
+        if self.kernel is not None:
+            out = np.empty((len(raw), self.width), np.float32)
+            self.kernel.fill(np.ascontiguousarray(feature, np.int64), np.ascontiguousarray(raw, np.int64), out)
+            return out
         if self.direct is not None:
             return self.direct.from_ids(feature, raw)
         return self._module_vectors(*self.encoder.ids_kjt(feature, raw))
