@@ -274,6 +274,8 @@ def create_service(settings: ServeSettings, holder: ModelHolder | None = None, m
         return Response(body, media_type=media_type, headers=headers)
 
     expected_auth = f"Bearer {settings.token}".encode() if settings.token is not None else b""
+    binary_accept, json_accept = BINARY.encode(), b"application/json"
+    offload_bytes = 8 * settings.offload_ids  # an ids.v1 body this large holds about offload_ids ids or more
     pairs_counter = metrics.items.labels(kind="pairs")
 
     def fast_items(raw: bytes) -> list[tuple[str, Any]] | None:
@@ -309,7 +311,19 @@ def create_service(settings: ServeSettings, holder: ModelHolder | None = None, m
 
     async def ids_answer(raw: bytes, accept: bytes) -> tuple[int, bytes, str, dict[str, str]]:
         """The answer to an ids.v1 body: float32 rows (JSON when ``Accept`` names only JSON), 400 when
-        malformed, 422 for an unknown feature."""
+        malformed, 422 for an unknown feature. The compiled kernel (``Store.kernel``) answers the binary
+        requests it can; any other (JSON answers, errors) goes the numpy way."""
+        s = holder.store
+        kernel = s.kernel
+        if kernel is not None and (binary_accept in accept or json_accept not in accept):
+            if len(raw) < offload_bytes:
+                body = kernel.answer(raw, settings.max_items, settings.max_string_length)
+            else:  # a large body: off the event loop (the kernel lets go of the GIL)
+                body = await to_thread.run_sync(kernel.answer, raw, settings.max_items, settings.max_string_length)
+            if body is not None:
+                n = len(body) // (4 * s.width)
+                pairs_counter.inc(n)
+                return 200, body, BINARY, {"X-Model-Version": s.version, "X-Embedding-Dim": str(s.width), "X-Embedding-Count": str(n)}
         try:
             blocks = decode_ids(raw, settings.max_items, settings.max_string_length)
         except FormatError as exc:

@@ -223,10 +223,6 @@ static inline void decode(const Kernel *k, Py_ssize_t f, int64_t row, int presen
     }
 }
 
-static inline void one(const Kernel *k, Py_ssize_t f, int64_t id, float *out) {
-    decode(k, f, row_of(k, f, id), !(k->multi[f] && id == k->missing_id), out);
-}
-
 /* The feature position of a name, -1 when unknown */
 static Py_ssize_t feature_of(const Kernel *k, const uint8_t *name, Py_ssize_t len) {
     for (Py_ssize_t f = 0; f < k->nfeat; f++) {
@@ -279,26 +275,105 @@ static Py_ssize_t parse(const Kernel *k, const uint8_t *s, Py_ssize_t total, Py_
     return at == total ? seen : -1;
 }
 
-/* Pass 2: every block's vectors into out (no Python object touched: runs without the GIL) */
+/* A chunk of values resolved in passes, each issuing all its memory reads before the next uses them:
+ * ids and home buckets (prefetching the buckets), the slots (prefetching the indices), the rows
+ * (prefetching the stored rows), then the decode. The misses of a pass overlap. */
+#define CHUNK 128
+typedef struct {
+    int64_t id[CHUNK];
+    int64_t row[CHUNK];
+    uint64_t bucket[CHUNK];
+    int32_t feature[CHUNK];
+    int n;
+} Chunk;
+
+static void flush(const Kernel *k, Chunk *c, float *out) {
+    const int n = c->n;
+    if (k->hashed) {
+        for (int i = 0; i < n; i++) {
+            int32_t f = c->feature[i];
+            c->row[i] = row_of(k, f, c->id[i]);
+            __builtin_prefetch((const uint8_t *)(uintptr_t)k->table[2 * f] + (uint64_t)c->row[i] * k->table[2 * f + 1]);
+        }
+    } else {
+        for (int i = 0; i < n; i++) {
+            int32_t f = c->feature[i];
+            uint64_t h = ((uint64_t)c->id[i] * MULTIPLIER) >> 32;
+            c->bucket[i] = ((h * k->count[f]) >> 32) + (uint64_t)k->start[f];
+            __builtin_prefetch(k->ids + c->bucket[i] * BUCKET);
+        }
+        for (int i = 0; i < n; i++) { /* the slot holding the id (-1: not in its bucket) */
+            const int64_t id = c->id[i], *slots = k->ids + c->bucket[i] * BUCKET;
+            int64_t at = -1;
+            for (int s = 0; s < BUCKET; s++)
+                if (slots[s] == id) {
+                    at = (int64_t)(c->bucket[i] * BUCKET) + s;
+                    break;
+                }
+            c->row[i] = at;
+            if (at >= 0) __builtin_prefetch(k->index + at);
+        }
+        for (int i = 0; i < n; i++) {
+            const int64_t id = c->id[i];
+            int32_t f = c->feature[i];
+            int64_t row;
+            if (id == k->missing_id)
+                row = MISSING_INDEX;
+            else if (c->row[i] >= 0)
+                row = k->index[c->row[i]];
+            else if (k->n_over && k->full[c->bucket[i]])
+                row = overflow(k, f, id);
+            else
+                row = OOV_INDEX;
+            c->row[i] = row;
+            __builtin_prefetch((const uint8_t *)(uintptr_t)k->table[2 * f] + (uint64_t)row * k->table[2 * f + 1]);
+        }
+    }
+    for (int i = 0; i < n; i++) {
+        int32_t f = c->feature[i];
+        decode(k, f, c->row[i], !(k->multi[f] && c->id[i] == k->missing_id), out + (Py_ssize_t)i * k->dim);
+    }
+    c->n = 0;
+}
+
+static inline void push(const Kernel *k, Chunk *c, Py_ssize_t f, int64_t id, float **out) {
+    c->feature[c->n] = (int32_t)f;
+    c->id[c->n++] = id;
+    if (c->n == CHUNK) {
+        flush(k, c, *out);
+        *out += CHUNK * k->dim;
+    }
+}
+
+/* Pass 2: every block's vectors into out, in order (no Python object touched: runs without the GIL) */
 static void fill_blocks(const Kernel *k, const uint8_t *s, const Block *blocks, Py_ssize_t count, float *out) {
-    const int d = k->dim;
+    Chunk c;
+    c.n = 0;
     for (Py_ssize_t b = 0; b < count; b++) {
         const Block *blk = &blocks[b];
-        float *o = out + blk->out * d;
         const uint8_t *p = s + blk->at;
         if (blk->kind == 0) {
-            for (uint32_t i = 0; i < blk->n; i++) one(k, blk->feature, rd64(p + 8 * (Py_ssize_t)i), o + (Py_ssize_t)i * d);
+            for (uint32_t i = 0; i < blk->n; i++) push(k, &c, blk->feature, rd64(p + 8 * (Py_ssize_t)i), &out);
             continue;
         }
-        const uint8_t *c = p + 4 * (Py_ssize_t)blk->n;
+        const uint8_t *v = p + 4 * (Py_ssize_t)blk->n;
         for (uint32_t i = 0; i < blk->n; i++) {
             uint32_t l = rd32(p + 4 * (Py_ssize_t)i);
             uint64_t h = FNV_OFFSET;
-            for (uint32_t j = 0; j < l; j++) h = (h ^ c[j]) * FNV_PRIME;
-            c += l;
-            one(k, blk->feature, (int64_t)fmix64(h), o + (Py_ssize_t)i * d);
+            for (uint32_t j = 0; j < l; j++) h = (h ^ v[j]) * FNV_PRIME;
+            v += l;
+            push(k, &c, blk->feature, (int64_t)fmix64(h), &out);
         }
     }
+    if (c.n) flush(k, &c, out);
+}
+
+/* The vectors of (position, raw id) arrays (positions checked) */
+static void fill_pairs(const Kernel *k, const int64_t *feature, const int64_t *raw, Py_ssize_t n, float *out) {
+    Chunk c;
+    c.n = 0;
+    for (Py_ssize_t i = 0; i < n; i++) push(k, &c, feature[i], raw[i], &out);
+    if (c.n) flush(k, &c, out);
 }
 
 /* Kernel.answer(body, max_items, max_string_length) -> bytes (float32 rows) | None */
@@ -386,7 +461,7 @@ static PyObject *Kernel_fill(Kernel *k, PyObject *const *args, Py_ssize_t nargs)
         }
     }
     float *out = ov.buf;
-    Py_BEGIN_ALLOW_THREADS for (Py_ssize_t i = 0; i < n; i++) one(k, feature[i], raw[i], out + i * k->dim);
+    Py_BEGIN_ALLOW_THREADS fill_pairs(k, feature, raw, n, out);
     Py_END_ALLOW_THREADS result = Py_None;
     Py_INCREF(result);
 done:
