@@ -20,6 +20,10 @@ try:
     import torchrec  # noqa: F401
 except Exception as exc:  # the libtorch_cuda.so trap shows up here
     problems.append(f"import torchrec/fbgemm_gpu failed: {exc}")
+try:
+    from recsys.serving import idpath  # noqa: F401  (the compiled id path, serving/idpath.c, built by pip install)
+except ImportError as exc:
+    problems.append(f"the compiled id path recsys.serving.idpath is not built ({exc}); reinstall with gcc and the Python headers present")
 if problems:
     sys.exit("install check failed:\n  " + "\n  ".join(problems))
 print(f"install ok: torch {torch.__version__}, torchrec {md.version('torchrec')}, fbgemm-gpu-cpu {md.version('fbgemm-gpu-cpu')}")
