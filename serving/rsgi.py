@@ -107,7 +107,7 @@ class LeanFront:
         self.service = service
         self.bridge = Bridge(service.asgi)
         self.metrics = service.asgi  # the MetricsMiddleware: same series as the ASGI path
-        self.gauge = service.asgi.metrics.inflight
+        self.counts = service.asgi.metrics  # its in-flight count (``active``)
         self.limits = service.limits
 
     def __rsgi_init__(self, loop: Any) -> None:
@@ -132,7 +132,7 @@ class LeanFront:
 
     async def _ids(self, headers: Any, proto: Any) -> None:
         start = time.perf_counter()
-        self.gauge.inc()
+        self.counts.active += 1
         status = 500
         try:
             answer = await self._limited(headers, proto)
@@ -142,7 +142,7 @@ class LeanFront:
             status, out_headers, body = answer
             proto.response_bytes(status, out_headers, body)
         finally:
-            self.gauge.dec()
+            self.counts.active -= 1
             self.metrics.observe(_PATH, status, time.perf_counter() - start)
 
     @staticmethod
