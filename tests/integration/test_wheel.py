@@ -79,7 +79,8 @@ def test_installed_wheel_trains_the_builtin_quickstart_config_and_runs_the_quick
     # This venv's dependencies (torch, ray, ...), after the fresh venv's own site-packages.
     (site / "zz_borrowed.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "--no-index", "-q", str(wheel)],
+        # --ignore-installed: the borrowed site holds this checkout's editable install, which pip would take as installed already
+        [sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "--no-index", "--ignore-installed", "-q", str(wheel)],
         check=True,
         capture_output=True,
         timeout=300,
