@@ -16,6 +16,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "idpath_bits.h"
+
 #define BUCKET 8
 #define MISSING_INDEX 0
 #define OOV_INDEX 1
@@ -58,99 +60,6 @@ typedef struct {
     Py_ssize_t out; /* first row of the answer */
 } Block;
 
-static inline uint64_t fmix64(uint64_t h) {
-    h ^= h >> 33;
-    h *= 0xFF51AFD7ED558CCDULL;
-    h ^= h >> 33;
-    h *= 0xC4CEB9FE1A85EC53ULL;
-    h ^= h >> 33;
-    return h;
-}
-
-static inline uint32_t rd32(const uint8_t *p) {
-    uint32_t v;
-    memcpy(&v, p, 4);
-    return v;
-}
-
-static inline int64_t rd64(const uint8_t *p) {
-    int64_t v;
-    memcpy(&v, p, 8);
-    return v;
-}
-
-static inline uint16_t rd16(const uint8_t *p) {
-    uint16_t v;
-    memcpy(&v, p, 2);
-    return v;
-}
-
-/* numpy's npy_halfbits_to_floatbits: exact */
-static inline float half_to_float(uint16_t h) {
-    uint32_t f_sgn = ((uint32_t)h & 0x8000u) << 16, bits;
-    uint32_t h_exp = h & 0x7c00u;
-    if (h_exp == 0) {
-        uint32_t h_sig = h & 0x03ffu;
-        if (h_sig == 0) {
-            bits = f_sgn;
-        } else {
-            h_sig <<= 1;
-            while ((h_sig & 0x0400u) == 0) {
-                h_sig <<= 1;
-                h_exp++;
-            }
-            bits = f_sgn + (((uint32_t)(127 - 15) - h_exp) << 23) + ((h_sig & 0x03ffu) << 13);
-        }
-    } else if (h_exp == 0x7c00u) {
-        bits = f_sgn + 0x7f800000u + (((uint32_t)h & 0x03ffu) << 13);
-    } else {
-        bits = f_sgn + ((((uint32_t)h & 0x7fffu) + 0x1c000u) << 13);
-    }
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-}
-
-/* Strict UTF-8 (what Python's bytes.decode("utf-8") accepts): 1 when valid */
-static int valid_utf8(const uint8_t *s, Py_ssize_t n) {
-    Py_ssize_t i = 0;
-    while (i < n) {
-        if (i + 8 <= n) {
-            uint64_t w;
-            memcpy(&w, s + i, 8);
-            if (!(w & 0x8080808080808080ULL)) {
-                i += 8;
-                continue;
-            }
-        }
-        uint8_t c = s[i];
-        if (c < 0x80) {
-            i++;
-            continue;
-        }
-        Py_ssize_t len;
-        uint8_t lo = 0x80, hi = 0xBF;
-        if (c >= 0xC2 && c <= 0xDF) {
-            len = 2;
-        } else if (c >= 0xE0 && c <= 0xEF) {
-            len = 3;
-            if (c == 0xE0) lo = 0xA0;
-            if (c == 0xED) hi = 0x9F;
-        } else if (c >= 0xF0 && c <= 0xF4) {
-            len = 4;
-            if (c == 0xF0) lo = 0x90;
-            if (c == 0xF4) hi = 0x8F;
-        } else {
-            return 0;
-        }
-        if (i + len > n || s[i + 1] < lo || s[i + 1] > hi) return 0;
-        for (Py_ssize_t k = 2; k < len; k++)
-            if ((s[i + k] & 0xC0) != 0x80) return 0;
-        i += len;
-    }
-    return 1;
-}
-
 /* The overflow array's index of (feature f, id), OOV_INDEX when absent (Vocabularies._overflow) */
 static int64_t overflow(const Kernel *k, Py_ssize_t f, int64_t id) {
     Py_ssize_t lo = 0, hi = k->n_over;
@@ -166,20 +75,9 @@ static int64_t overflow(const Kernel *k, Py_ssize_t f, int64_t id) {
     return OOV_INDEX;
 }
 
-/* The table row of (feature f, raw id) (DirectLookup._rows) */
-static inline int64_t row_of(const Kernel *k, Py_ssize_t f, int64_t id) {
-    if (k->hashed) {
-        uint64_t x = fmix64((uint64_t)id ^ (uint64_t)k->salts[f]);
-        return (int64_t)(x % (uint64_t)k->num_rows[f]);
-    }
-    if (id == k->missing_id) return MISSING_INDEX;
-    uint64_t h = ((uint64_t)id * MULTIPLIER) >> 32;
-    uint64_t bucket = ((h * k->count[f]) >> 32) + (uint64_t)k->start[f];
-    const int64_t *slots = k->ids + bucket * BUCKET;
-    for (int s = 0; s < BUCKET; s++)
-        if (slots[s] == id) return k->index[bucket * BUCKET + s];
-    if (k->n_over && k->full[bucket]) return overflow(k, f, id);
-    return OOV_INDEX;
+/* The bucket row of (feature f, raw id) of a hashing method (bucket_per_value_np) */
+static inline int64_t hashed_row(const Kernel *k, Py_ssize_t f, int64_t id) {
+    return (int64_t)(fmix64((uint64_t)id ^ (uint64_t)k->salts[f]) % (uint64_t)k->num_rows[f]);
 }
 
 /* Row `row` of feature f decoded into out[0..dim) (DirectLookup._decode), zeros when absent */
@@ -292,7 +190,7 @@ static void flush(const Kernel *k, Chunk *c, float *out) {
     if (k->hashed) {
         for (int i = 0; i < n; i++) {
             int32_t f = c->feature[i];
-            c->row[i] = row_of(k, f, c->id[i]);
+            c->row[i] = hashed_row(k, f, c->id[i]);
             __builtin_prefetch((const uint8_t *)(uintptr_t)k->table[2 * f] + (uint64_t)c->row[i] * k->table[2 * f + 1]);
         }
     } else {

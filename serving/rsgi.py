@@ -197,13 +197,13 @@ class LeanFront:
             except asyncio.CancelledError:
                 if task not in self.expired:  # cancelled by someone else (shutdown)
                     raise
-                self.expired.discard(task)
                 task.uncancel()
                 return _error(408, f"request body not received within {limits.timeout:g} s")
             except RuntimeError:  # granian's RSGIProtocolClosed: the connection closed
                 return None
             finally:
                 del self.reading[task]
+                self.expired.discard(task)
             if raw is None:
                 return _error(413, "request body too large")
             status, body, media_type, extra = await self.service.ids_answer(raw, (headers.get("accept") or "").encode("latin-1", "replace"))
