@@ -20,7 +20,7 @@ from recsys.serving.store import Store
 from recsys.serving.vocabulary import MISSING_ID, Vocabularies
 from tests.serving_support import ensure_runs, raw_strings
 
-pytestmark = pytest.mark.skipif(compiled.idpath is None, reason="recsys.serving.idpath not built (make install builds it)")
+needs_kernel = pytest.mark.skipif(compiled.idpath is None, reason="recsys.serving.idpath not built (make install builds it)")
 WANTED = [("full", "fp32"), ("full", "fp16"), ("full", "int8"), ("full", "int4"), ("hash", "fp16"), ("hash", "int4")]
 MAX_ITEMS, MAX_LEN = 4096, 64
 
@@ -67,6 +67,7 @@ def _body(store: Store, strings: dict, rng: random.Random) -> bytes:
     return encode(blocks)
 
 
+@needs_kernel
 @pytest.mark.parametrize("key", WANTED, ids=["-".join(k) for k in WANTED])
 def test_bodies_answer_as_the_numpy_path(stores, key):
     store = stores[key]
@@ -93,6 +94,7 @@ def _raw_strings(name: str, values: list[bytes]) -> bytes:
     return head + b"".join(len(v).to_bytes(4, "little") for v in values) + b"".join(values)
 
 
+@needs_kernel
 def test_strings_split_inside_a_character_and_limits(stores):
     """A character split over two values is valid UTF-8 as a block (the numpy path decodes the
     block's bytes whole); a value or name over the limits, or too many values, is left to Python."""
@@ -110,8 +112,11 @@ def test_strings_split_inside_a_character_and_limits(stores):
     assert _numpy(store, body) is not None and store.kernel.answer(body, MAX_ITEMS, MAX_LEN) == _numpy(store, body)
     assert len(store.kernel.answer(many, MAX_ITEMS + 1, MAX_LEN)) == (MAX_ITEMS + 1) * store.width * 4
     assert store.kernel.answer(encode([]), MAX_ITEMS, MAX_LEN) == b"" == _numpy(store, encode([]))
+    blocks = encode([(store.features[b % len(store.features)], np.array([b, MISSING_ID], np.int64)) for b in range(300)])  # past the stack's 64
+    assert store.kernel.answer(blocks, MAX_ITEMS, MAX_LEN) == _numpy(store, blocks) is not None
 
 
+@needs_kernel
 def test_mutated_bodies_are_answered_alike_or_left_to_python(stores):
     store = stores[("full", "int4")]
     rng = random.Random(11)
@@ -130,6 +135,7 @@ def test_mutated_bodies_are_answered_alike_or_left_to_python(stores):
         assert got == _numpy(store, bytes(body)) or (got is None and _numpy(store, bytes(body)) is None)
 
 
+@needs_kernel
 def test_crowded_vocabularies(stores):
     """Every entry's bucket overflows: the kernel searches the overflow array as numpy does."""
     store = stores[("full", "fp32")]
@@ -144,6 +150,7 @@ def test_crowded_vocabularies(stores):
         assert store.kernel.answer(body, MAX_ITEMS, MAX_LEN) == _numpy(store, body)
 
 
+@needs_kernel
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # NaN arithmetic in the numpy path
 @pytest.mark.parametrize("key", [("full", "fp16"), ("full", "int8"), ("hash", "int4")], ids=["fp16", "int8", "int4"])
 def test_adversarial_stored_bits(stores, key):
@@ -181,3 +188,18 @@ def test_adversarial_stored_bits(stores, key):
     ref = store.direct.from_ids(feature, ids)
     assert got.view(np.uint32).tolist() == ref.view(np.uint32).tolist()
     assert np.isnan(ref).any() or key[1] != "fp16"
+
+
+def test_without_the_extension_the_numpy_path_serves_with_one_warning(stores, monkeypatch, caplog):
+    store = stores[("full", "int8")]
+    monkeypatch.setattr(compiled, "idpath", None)
+    monkeypatch.setattr(compiled, "_warned", False)
+    monkeypatch.setattr(compiled, "_MISSING", "No module named 'recsys.serving.idpath'", raising=False)
+    with caplog.at_level("WARNING", logger="recsys.serving.compiled"):
+        assert compiled.kernel(store.direct) is None and compiled.kernel(store.direct) is None
+    assert [r.getMessage() for r in caplog.records] == [
+        "recsys.serving.idpath is not built (No module named 'recsys.serving.idpath'): lookups use the numpy path; `make install` builds it"
+    ]
+    monkeypatch.setattr(store, "kernel", None)
+    feature = store.features[0]
+    assert store.lookup(feature, ["a", None]).shape == (2, store.width)  # the numpy path answers
