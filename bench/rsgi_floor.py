@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.serving_fair import SERVER_CORE, _measured, _pinned
+from bench.serving_fair import SERVER_CORE, measured, pinned
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,7 +61,7 @@ def main() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "RSGI_FLOOR_BYTES": str(64 * args.ids)}
-    cmd = _pinned(SERVER_CORE, [sys.executable, "-c", f"from bench.rsgi_floor import serve; serve({port})"])
+    cmd = pinned(SERVER_CORE, [sys.executable, "-c", f"from bench.rsgi_floor import serve; serve({port})"])
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(200):  # until the worker answers (granian binds before its worker is up)
@@ -73,7 +73,7 @@ def main() -> None:
             except OSError:
                 time.sleep(0.1)
         print(f"load average before: {Path('/proc/loadavg').read_text().strip()}")
-        rows = [_measured(proc.pid, "http", port, Path(args.keys), args.ids, 8, args.duration, "--ids-format") for _ in range(args.rounds)]
+        rows = [measured(proc.pid, "http", port, Path(args.keys), args.ids, 8, args.duration, "--ids-format") for _ in range(args.rounds)]
         cpu = statistics.median(r["server_cpu_us_per_request"] for r in rows)
         rate = statistics.median(r["requests_per_s"] for r in rows)
         print(f"RSGI floor, {args.ids} ids: {cpu:.0f} µs server CPU per request (median of {args.rounds}), {rate:,.0f} requests/s, "

@@ -38,12 +38,12 @@ CLIENT_CORE, SERVER_CORE = 0, 1
 FRONTS = ("uvicorn", "granian", "granian-rsgi")
 
 
-def _pinned(core: int, cmd: list[str]) -> list[str]:
+def pinned(core: int, cmd: list[str]) -> list[str]:
     return ["taskset", "-c", str(core), *cmd] if shutil.which("taskset") else cmd
 
 
 def _load(target: str, port: int, keys: Path, ids: int, concurrency: int, duration: float, *extra: str) -> dict:
-    cmd = _pinned(
+    cmd = pinned(
         CLIENT_CORE,
         [
             sys.executable,
@@ -72,12 +72,12 @@ def _load(target: str, port: int, keys: Path, ids: int, concurrency: int, durati
 
 def _start_front(art: Path, port: int, front: str) -> subprocess.Popen:
     cmd = serve_command(art, port, front=front)
-    return subprocess.Popen(_pinned(SERVER_CORE, cmd), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(pinned(SERVER_CORE, cmd), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def _redis(port: int) -> subprocess.Popen:
     cmd = [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    return subprocess.Popen(_pinned(SERVER_CORE, cmd), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(pinned(SERVER_CORE, cmd), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def _fill_redis(client, store: Store, pool: list[tuple[str, str]]) -> None:
@@ -103,7 +103,7 @@ def _cpu_seconds(pid: int) -> float:
     return total
 
 
-def _measured(pid: int, *load_args) -> dict:
+def measured(pid: int, *load_args) -> dict:
     """A load run and the server's CPU time per request during it (robust to a busy box: CPU, not wall)."""
     before = _cpu_seconds(pid)
     row = _load(*load_args)
@@ -190,7 +190,7 @@ def fair(
             for ids in sizes:
                 order = targets[r % len(targets) :] + targets[: r % len(targets)]  # rotate who goes first
                 for name, target, port, extra in order:
-                    row = _measured(procs[name][0].pid, target, port, keys, ids, 8, duration, *extra)
+                    row = measured(procs[name][0].pid, target, port, keys, ids, 8, duration, *extra)
                     runs.setdefault((name, ids), []).append(row)
                     print(json.dumps({"round": r, "name": name, **row}), flush=True)
         peak = {name: [_median_rows(runs[(name, ids)]) | {"name": name, "ids": ids} for ids in sizes] for name, *_ in targets}
