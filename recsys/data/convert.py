@@ -55,7 +55,7 @@ from recsys.data.stages import (
 from recsys.data.textreader import LineChunk, read_chunks
 from recsys.data.tmpdirs import dataset_folder
 from recsys.data.transforms import DenseStats
-from recsys.data.vocab import FrequencyCounter, Vocabulary
+from recsys.data.vocab import CountTable, FrequencyCounter, Vocabulary, new_counter
 from recsys.features import NUM_RESERVED, DatasetSpec, IdScheme, SplitSpec, save_dataset_spec
 
 __all__ = ["ConversionError", "SplitPolicy", "convert"]
@@ -189,7 +189,7 @@ def _build(layout: InputFormat, files: list[tuple[Path, int | None]], root: Path
     return spec
 
 
-def _build_vocabularies(sparse: Sequence[SparseSource], counters: list[FrequencyCounter], root: Path, min_count: int) -> list[Vocabulary]:
+def _build_vocabularies(sparse: Sequence[SparseSource], counters: list[CountTable], root: Path, min_count: int) -> list[Vocabulary]:
     """Vocabularies from the train counts (each counter is released once used), written to ``vocab/``."""
     (root / VOCAB_DIR).mkdir()
 
@@ -211,9 +211,9 @@ def _chunks(layout: InputFormat, path: Path, chunk_rows: int, on_bytes: Callable
 
 def _first_pass(
     layout: InputFormat, files: list[tuple[Path, int | None]], stage: StageWriter, log: BadRowLog, opts: _Options
-) -> tuple[list[FrequencyCounter | FieldCounters], dict[str, DenseStats]]:
+) -> tuple[list[CountTable | FieldCounters], dict[str, DenseStats]]:
     """Parse, check, split, count and stage every row of every file, in order."""
-    counters: list[FrequencyCounter | FieldCounters] = [FieldCounters() if src.kind == "fields" else FrequencyCounter() for src in layout.sparse]
+    counters: list[CountTable | FieldCounters] = [FieldCounters() if src.kind == "fields" else new_counter() for src in layout.sparse]
     stats = {n: DenseStats(n, opts.policy.seed, t.kind == "quantile") for n, t in layout.transforms.items() if t.needs_stats}
     splitter = Splitter(layout, files, opts.policy)
     sizes = [path.stat().st_size for path, _ in files]
@@ -242,7 +242,7 @@ def _first_pass(
                         if isinstance(counter, FieldCounters):
                             counter.count(values, train)
                         else:
-                            counter.add(*values.counts(train))
+                            counter.add_values(values, train)
                     for name, column in zip(layout.dense, parsed.dense):
                         if name in stats:
                             stats[name].add(column[train])

@@ -17,7 +17,7 @@ import pyarrow as pa
 from recsys.data.fieldaware import FieldCounters, field_name, split_fields
 from recsys.data.formats import InputFormat, SparseSource
 from recsys.data.transforms import SLOG1P_SPEC, DenseStats, TransformKind, apply_dense, bucket_ids, bucket_table
-from recsys.data.vocab import FrequencyCounter, Vocabulary
+from recsys.data.vocab import CountTable, Vocabulary
 from recsys.features import FieldSpec, TransformParams, id_column, weight_column
 
 VOCAB_DIR = "vocab"
@@ -28,7 +28,7 @@ class OutputLayout:
     """The output's fields, how staged batches become them, and the recorded transforms."""
 
     final: InputFormat  # dense and sparse fields of the output
-    counters: list[FrequencyCounter]  # train counts of each counted sparse field (not the bucket fields)
+    counters: list[CountTable]  # train counts of each counted sparse field (not the bucket fields)
     bags: dict[str, list[int]]  # staged bag of fields -> its field codes
     params: dict[str, TransformParams]  # dense or bucket field -> its train statistics
     kinds: dict[str, TransformKind]  # field -> transform name
@@ -59,10 +59,10 @@ class OutputLayout:
         return vocabs
 
 
-def output_layout(layout: InputFormat, counters: Sequence[FrequencyCounter | FieldCounters], stats: dict[str, DenseStats]) -> OutputLayout:
+def output_layout(layout: InputFormat, counters: Sequence[CountTable | FieldCounters], stats: dict[str, DenseStats]) -> OutputLayout:
     """The output layout after the first pass (``counters`` per staged sparse source, ``stats`` per dense column)."""
     sparse: list[SparseSource] = []
-    counts: list[FrequencyCounter] = []
+    counts: list[CountTable] = []
     bags: dict[str, list[int]] = {}
     for src, counter in zip(layout.sparse, counters):
         if isinstance(counter, FieldCounters):

@@ -1,8 +1,9 @@
 """Vectorised parsing of string columns: numbers, labels, dense transform, categorical ids.
 
-Sparse values become ``SparseValues``: raw 64-bit ids (``recsys.hashing.hash64_strings``)
-and, for single-valued columns, the chunk's dictionary (distinct ids and each row's entry),
-which makes frequency counting a ``bincount``.
+Sparse values become ``SparseValues``: raw 64-bit ids (``recsys.hashing.hash64_strings``, or the
+compiled ``recsys.data.kernels.hash_array`` when built) and, on the reference path, for
+single-valued columns, the chunk's dictionary (distinct ids and each row's entry), which makes
+frequency counting a ``bincount``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from recsys.data import kernels
 from recsys.hashing import hash64_distinct, hash64_str, hash64_strings
 
 MISSING_ID = hash64_str("")
@@ -119,8 +121,15 @@ def parse_labels(col: pa.Array, allowed: tuple[float, ...]) -> tuple[np.ndarray,
     return (values == 1).astype(np.float32), bad
 
 
-def hash_single(col: pa.Array) -> SparseValues:
+def hash_single(col: pa.Array | pa.ChunkedArray) -> SparseValues:
     """Raw ids of a single-valued categorical column; null and '' are the missing value."""
+    if kernels.compiled() and (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        return SparseValues(kernels.hash_array(col))
+    return hash_single_reference(as_array(col))
+
+
+def hash_single_reference(col: pa.Array) -> SparseValues:
+    """``hash_single`` by an Arrow dictionary encoding and the numpy hash of its distinct values."""
     encoded = pc.dictionary_encode(col, null_encoding="encode")
     dict_ids = hash64_distinct(encoded.dictionary)
     index = encoded.indices.to_numpy(zero_copy_only=False)
@@ -136,7 +145,8 @@ def hash_multi(col: pa.Array, separator: str) -> SparseValues:
     flat = flat.filter(pa.array(keep))
     offsets = np.zeros(len(col) + 1, np.int64)
     np.cumsum(np.bincount(parents[keep], minlength=len(col)), out=offsets[1:])
-    return SparseValues(hash64_strings(flat), offsets)
+    compiled = kernels.compiled() and (pa.types.is_string(flat.type) or pa.types.is_large_string(flat.type))
+    return SparseValues(kernels.hash_array(flat) if compiled else hash64_strings(flat), offsets)
 
 
 def constant_values(values: list[str], index: np.ndarray) -> SparseValues:

@@ -2,8 +2,10 @@
 
 ``FrequencyCounter`` keeps a table sorted by id plus a buffer of new (id, count) pairs; the
 buffer is merged in (``searchsorted`` + ``insert``, linear in the table) when it grows, so
-memory stays about 16 bytes per distinct id. ``Vocabulary`` orders ids by decreasing count,
-then increasing id, and maps ids to indices: 0 missing, 1 out of vocabulary, 2.. vocabulary.
+memory stays about 16 bytes per distinct id. ``new_counter`` gives the compiled twin
+(``recsys.data.kernels.IdCounter``) when it is built. ``Vocabulary`` orders ids by decreasing
+count, then increasing id, and maps ids to indices: 0 missing, 1 out of vocabulary, 2.. vocabulary
+(a compiled hash table when built, else a pandas index).
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recsys.data.parse import MISSING_ID
+from recsys.data import kernels
+from recsys.data.parse import MISSING_ID, SparseValues
 from recsys.features import MISSING_INDEX, NUM_RESERVED, OOV_INDEX, DatasetSpec
 from recsys.storage import StoragePath, location, read_parquet
 
@@ -41,6 +44,10 @@ class FrequencyCounter:
         if self._buffered >= max(self._merge_at, len(self.ids) // 4):
             self._merge()
 
+    def add_values(self, values: SparseValues, rows: np.ndarray) -> None:
+        """Count the values of the rows where ``rows`` is true (the missing value excluded)."""
+        self.add(*values.counts(rows))
+
     def _merge(self) -> None:
         if not self._buf_ids:
             return
@@ -61,6 +68,22 @@ class FrequencyCounter:
         return self.ids, self.counts
 
 
+class FastCounter(kernels.IdCounter):
+    """``FrequencyCounter``'s counts in the compiled hash table."""
+
+    def add_values(self, values: SparseValues, rows: np.ndarray) -> None:
+        """Count the values of the rows where ``rows`` is true (the missing value excluded)."""
+        self.add_rows(values.ids, rows if values.offsets is None else np.repeat(rows, np.diff(values.offsets)))
+
+
+CountTable = FrequencyCounter | FastCounter
+
+
+def new_counter() -> CountTable:
+    """A frequency counter: compiled when built, else the numpy reference."""
+    return FastCounter() if kernels.compiled() else FrequencyCounter()
+
+
 class Vocabulary:
     """Ids seen at least ``min_count`` times, by decreasing count then increasing id."""
 
@@ -68,8 +91,10 @@ class Vocabulary:
         self.ids = ids
         self.counts = counts
         self.num_distinct = num_distinct
-        self._index = pd.Index(ids)
-        self._index.get_indexer(ids[:1])  # build the hash table now, not concurrently in lookups
+        self._table = kernels.IdIndex(ids) if kernels.compiled() else None
+        self._index = None if self._table is not None else pd.Index(ids)
+        if self._index is not None:
+            self._index.get_indexer(ids[:1])  # build the hash table now, not concurrently in lookups
 
     @classmethod
     def from_counts(cls, ids: np.ndarray, counts: np.ndarray, min_count: int) -> "Vocabulary":
@@ -85,7 +110,14 @@ class Vocabulary:
 
     def lookup(self, ids: np.ndarray) -> np.ndarray:
         """Vocabulary index of each raw id."""
-        pos = self._index.get_indexer(ids) if len(self.ids) else np.full(len(ids), -1, np.int64)
+        if self._table is not None:
+            return self._table.lookup(ids, MISSING_INDEX, OOV_INDEX, NUM_RESERVED)
+        return self.lookup_reference(ids)
+
+    def lookup_reference(self, ids: np.ndarray) -> np.ndarray:
+        """``lookup`` by a pandas index (the reference of the compiled table)."""
+        index = self._index if self._index is not None else pd.Index(self.ids)
+        pos = index.get_indexer(ids) if len(self.ids) else np.full(len(ids), -1, np.int64)
         out = pos.astype(np.int64) + NUM_RESERVED
         out[pos < 0] = OOV_INDEX
         out[ids == MISSING_ID] = MISSING_INDEX
