@@ -24,6 +24,10 @@ try:
     from recsys.serving import idpath  # noqa: F401  (the compiled id path, serving/idpath.c, built by pip install)
 except ImportError as exc:
     problems.append(f"the compiled id path recsys.serving.idpath is not built ({exc}); reinstall with gcc and the Python headers present")
+try:
+    import recsys.data.fastcat  # noqa: F401  the converter's C extension, built by pip install
+except ImportError as exc:
+    problems.append(f"the compiled extension recsys.data.fastcat is missing ({exc}); is gcc installed? reinstall with `pip install -e .`")
 if problems:
     sys.exit("install check failed:\n  " + "\n  ".join(problems))
-print(f"install ok: torch {torch.__version__}, torchrec {md.version('torchrec')}, fbgemm-gpu-cpu {md.version('fbgemm-gpu-cpu')}")
+print(f"install ok: torch {torch.__version__}, torchrec {md.version('torchrec')}, fbgemm-gpu-cpu {md.version('fbgemm-gpu-cpu')}, recsys.data.fastcat")
