@@ -153,6 +153,8 @@ def _dense(table: pa.Table, name: str, spec: TransformSpec) -> tuple[np.ndarray,
 
 
 def _sparse(table: pa.Table, src: SparseSource) -> tuple[SparseValues, Issue | None]:
+    if src.kind == "single":
+        return sparse_single(table.column(src.column)), None  # hashed chunk by chunk (no copy into one array)
     col = as_array(table.column(src.column))
     if src.kind == "multi":
         return sparse_multi(col, src.separator), None

@@ -268,7 +268,8 @@ class _Parser:
 
 
 def _producer(parser: _Parser, chunk_rows: int, out: queue.Queue, stop: threading.Event) -> None:
-    """Parse and gather batches into tables of at least ``chunk_rows`` rows."""
+    """Parse and gather batches into tables of at least ``chunk_rows`` rows (chunked, not copied into one
+    array per column: the categorical columns are hashed chunk by chunk, the others gathered by ``as_array``)."""
     try:
         pending: list[pa.RecordBatch] = []
         rows = 0
@@ -276,11 +277,11 @@ def _producer(parser: _Parser, chunk_rows: int, out: queue.Queue, stop: threadin
             pending.append(batch)
             rows += batch.num_rows
             if rows >= chunk_rows:
-                if not _put(out, (pa.Table.from_batches(pending).combine_chunks(), parser.position), stop):
+                if not _put(out, (pa.Table.from_batches(pending), parser.position), stop):
                     return
                 pending, rows = [], 0
         if pending:
-            _put(out, (pa.Table.from_batches(pending).combine_chunks(), parser.position), stop)
+            _put(out, (pa.Table.from_batches(pending), parser.position), stop)
         _put(out, _DONE, stop)
     except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread
         _put(out, exc, stop)

@@ -17,7 +17,11 @@ from recsys.hashing import hash64_strings
 
 
 def _decoded(col: pa.Array) -> pa.Array:
-    return col.dictionary_decode() if pa.types.is_dictionary(col.type) else col
+    if not pa.types.is_dictionary(col.type):
+        return col
+    return (
+        col.dictionary_decode() if isinstance(col, pa.Array) else pa.chunked_array([c.dictionary_decode() for c in col.chunks], col.type.value_type)
+    )
 
 
 def is_text(t: pa.DataType) -> bool:
@@ -49,7 +53,7 @@ def type_problem(role: str, t: pa.DataType, separator: str | None = None) -> str
     return None if ok else f"column type {t} cannot be {role}; expected {want}"
 
 
-def as_strings(col: pa.Array) -> pa.Array:
+def as_strings(col: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
     """Categorical values as strings (integers as decimal strings; null stays null)."""
     col = _decoded(col)
     if pa.types.is_string(col.type):
@@ -78,7 +82,7 @@ def label_values(col: pa.Array, allowed: tuple[float, ...]) -> tuple[np.ndarray,
     return (values == 1).astype(np.float32), bad, col
 
 
-def sparse_single(col: pa.Array) -> SparseValues:
+def sparse_single(col: pa.Array | pa.ChunkedArray) -> SparseValues:
     """Raw ids of a single-valued categorical column of any supported type."""
     return hash_single(as_strings(col))
 

@@ -63,6 +63,7 @@ def test_the_wheel_has_one_top_level_name_and_ships_configs_and_the_speed_bench(
         "recsys/configs/model/dlrm.yaml",
     ):
         assert needed in names
+    assert any(n.startswith("recsys/data/fastcat.") and n.endswith(".so") for n in names), "the converter's C extension is not in the wheel"
     assert zipfile.ZipFile(wheel).read("recsys_compress-0.1.0.dist-info/top_level.txt").decode().split() == ["recsys"]
 
 
@@ -78,12 +79,14 @@ def test_installed_wheel_trains_the_builtin_quickstart_config_and_runs_the_quick
     before = set(os.listdir(site))
     # This venv's dependencies (torch, ray, ...), after the fresh venv's own site-packages.
     (site / "zz_borrowed.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # a checkout on it (with its egg-info) reads as installed
     subprocess.run(
         # --ignore-installed: the borrowed site holds this checkout's editable install, which pip would take as installed already
         [sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "--no-index", "--ignore-installed", "-q", str(wheel)],
         check=True,
         capture_output=True,
         timeout=300,
+        env=clean,
     )
     added = set(os.listdir(site)) - before - {"zz_borrowed.pth"}
     assert {n for n in added if not n.endswith(".dist-info")} == {"recsys"}
@@ -99,14 +102,14 @@ def test_installed_wheel_trains_the_builtin_quickstart_config_and_runs_the_quick
         return done.stdout
 
     where = subprocess.run(
-        [str(py), "-c", "import recsys, recsys.training.run as r; print(recsys.source_root(), r.__file__)"],
+        [str(py), "-c", "import recsys, recsys.training.run as r, recsys.data.fastcat as f; print(recsys.source_root(), r.__file__, f.__file__)"],
         cwd=work,
         env=env,
         capture_output=True,
         text=True,
         check=True,
     ).stdout.split()
-    assert where[0] == "None" and where[1].startswith(str(site))
+    assert where[0] == "None" and where[1].startswith(str(site)) and where[2].startswith(str(site))  # the compiled extension too
     assert "train" in run("--help")
     run("data", "synth", "--out", "data/tiny", "--rows", "3000", "--profile", "small")
     run(
