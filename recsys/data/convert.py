@@ -28,6 +28,7 @@ import shutil
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator, Literal, Mapping, Sequence
 
@@ -41,6 +42,7 @@ from recsys.data.fieldaware import FieldCounters
 from recsys.data.finish import VOCAB_DIR, OutputLayout, field_specs, output_layout
 from recsys.data.formats import InputFormat, LibfmFields, SparseSource, check_file, open_format
 from recsys.data.parquet_reader import read_parquet_chunks, row_group_starts
+from recsys.data.parse import SparseValues
 from recsys.data.plan import InputPaths, Splitter, input_files, split_policy
 from recsys.data.splitting import SPLITS, SplitPolicy
 from recsys.data.stages import (
@@ -238,11 +240,7 @@ def _first_pass(
                         continue
                     splits = splitter(parsed, index, role)
                     train = splits == 0
-                    for counter, values in zip(counters, parsed.sparse):
-                        if isinstance(counter, FieldCounters):
-                            counter.count(values, train)
-                        else:
-                            counter.add_values(values, train)
+                    list(pool.map(partial(_count, train=train), counters, parsed.sparse))  # each counter on one thread
                     for name, column in zip(layout.dense, parsed.dense):
                         if name in stats:
                             stats[name].add(column[train])
@@ -250,6 +248,14 @@ def _first_pass(
             done += size
             bar.update(max(0, done - bar.n))
     return counters, stats
+
+
+def _count(counter: CountTable | FieldCounters, values: SparseValues, train: np.ndarray) -> None:
+    """Add one field's train values to its counter."""
+    if isinstance(counter, FieldCounters):
+        counter.count(values, train)
+    else:
+        counter.add_values(values, train)
 
 
 def _second_pass(out: OutputLayout, stage: StageWriter, vocabs: list[Vocabulary], root: Path, opts: _Options) -> dict[str, SplitSpec]:

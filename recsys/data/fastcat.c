@@ -128,6 +128,10 @@ static inline uint64_t slot_of(const Table *t, int64_t key) {
     return ((uint64_t)key * 0x9E3779B97F4A7C15ULL) >> t->shift;
 }
 
+static inline void table_prefetch(const Table *t, int64_t key) {
+    __builtin_prefetch(&t->slots[slot_of(t, key)]);
+}
+
 static int table_init(Table *t, int64_t expected) {
     int64_t capacity = 16;
     int bits = 4;
@@ -159,6 +163,7 @@ static int table_grow(Table *t) {
     Table bigger;
     if (table_init(&bigger, (t->mask + 1)) < 0) return -1;
     for (int64_t i = 0; i <= t->mask; i++) {
+        if (i + PREFETCH <= t->mask && t->slots[i + PREFETCH].key != 0) table_prefetch(&bigger, t->slots[i + PREFETCH].key);
         if (t->slots[i].key != 0) *table_find(&bigger, t->slots[i].key) = t->slots[i];
     }
     free(t->slots);
@@ -167,10 +172,6 @@ static int table_grow(Table *t) {
     bigger.zero_value = t->zero_value;
     *t = bigger;
     return 0;
-}
-
-static inline void table_prefetch(const Table *t, int64_t key) {
-    __builtin_prefetch(&t->slots[slot_of(t, key)]);
 }
 
 /* Adds delta to the value of key (inserting it at 0); -1 when out of memory. */
