@@ -2,7 +2,7 @@
 
 On a shared machine absolute rows/s swing with the load; what holds is the ratio of runs made
 side by side. This writes one random high-cardinality Criteo file (``recsys.training.bench.convert_bench``),
-exports the baseline commit's ``recsys`` with ``git archive``, then converts the file ``--rounds``
+exports the baseline commit's ``recsys`` with ``git archive`` (building its C extensions, if it has any), then converts the file ``--rounds``
 times with each tree in child processes, alternating which goes first, and reports each run's
 rows/s and CPU seconds (of the conversion's threads: far steadier than wall time when other
 processes share the cores), the medians, and the median of the per-round ratios (new / baseline).
@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import tomllib
 from pathlib import Path
 
 from recsys.training.bench.convert_bench import write_random_criteo
@@ -33,13 +34,24 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def export_tree(ref: str, dest: Path) -> Path:
-    """The ``recsys`` package of commit ``ref`` under ``dest``."""
+    """The ``recsys`` package of commit ``ref`` under ``dest``, its C extensions built in place."""
     archive = dest / "base.tar"
     with open(archive, "wb") as f:
         subprocess.run(["git", "archive", ref, "recsys"], cwd=REPO, check=True, stdout=f)
     with tarfile.open(archive) as tar:
         tar.extractall(dest / "tree", filter="data")
+    pyproject = subprocess.run(["git", "show", f"{ref}:pyproject.toml"], cwd=REPO, check=True, capture_output=True, text=True).stdout
+    modules = tomllib.loads(pyproject).get("tool", {}).get("setuptools", {}).get("ext-modules", [])
+    if modules:
+        subprocess.run([sys.executable, "-c", _BUILD, json.dumps(modules)], cwd=dest / "tree", check=True, capture_output=True)
     return dest / "tree"
+
+
+_BUILD = (
+    "import json, sys; from setuptools import Extension, setup; "
+    "setup(script_args=['build_ext', '--inplace', '-q'], ext_modules=[Extension(m['name'], m['sources'], "
+    "extra_compile_args=m.get('extra-compile-args', [])) for m in json.loads(sys.argv[1])])"
+)
 
 
 def convert_once(tree: Path, input_path: Path, out_dir: Path) -> tuple[float, float]:
