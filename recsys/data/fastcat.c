@@ -400,12 +400,26 @@ static int Index_init(IndexObject *self, PyObject *args, PyObject *kwds) {
     const int64_t *key = (const int64_t *)ids.buf;
     Py_ssize_t duplicate = -1;
     Py_BEGIN_ALLOW_THREADS;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (table_get(&self->table, key[i]) >= 0) {
+    Table *t = &self->table;
+    for (Py_ssize_t i = 0; i < n; i++) { /* capacity >= 2n: never grows */
+        if (i + PREFETCH < n) table_prefetch(t, key[i + PREFETCH]);
+        if (key[i] == 0) {
+            if (t->has_zero) {
+                duplicate = i;
+                break;
+            }
+            t->has_zero = 1;
+            t->zero_value = i;
+            continue;
+        }
+        Slot *s = table_find(t, key[i]);
+        if (s->key != 0) {
             duplicate = i;
             break;
         }
-        table_add(&self->table, key[i], i); /* capacity is 2n: never grows */
+        s->key = key[i];
+        s->value = i;
+        t->size++;
     }
     Py_END_ALLOW_THREADS;
     PyBuffer_Release(&ids);
