@@ -19,8 +19,8 @@ $(VENV)/bin/python:
 # torch and fbgemm first (CPU builds, from the pins), then the project with the rest of its
 # dependencies, then torchrec last and without its `fbgemm-gpu` (CUDA) dependency: installed
 # earlier, every later pip run would print a resolver ERROR about that missing package.
-# The C sources too: an editable install builds the extensions once, so a changed .c file reinstalls.
-$(STAMP): $(VENV)/bin/python pyproject.toml $(CONSTRAINTS) $(wildcard recsys/*/*.c serving/*.c)
+# The C sources too: an editable install builds the extensions once, so a changed .c or .h file reinstalls.
+$(STAMP): $(VENV)/bin/python pyproject.toml $(CONSTRAINTS) $(wildcard recsys/*/*.[ch] serving/*.[ch])
 	$(PIP) install $(TORCH_FROM) -c $(CONSTRAINTS) torch==2.13.0 fbgemm-gpu-cpu==1.8.0
 	$(PIP) install $(TORCH_FROM) -c $(CONSTRAINTS) -e '.[train,serve,dev,feast]'
 	$(PIP) install --no-deps -c $(CONSTRAINTS) torchrec==1.8.0
