@@ -3,10 +3,15 @@
 Ids are vocabulary indices, which the train split orders by decreasing count (0 missing,
 1 out of vocabulary, 2.. values). Feature ``f`` keeps exclusive rows for its indices below
 ``hot_rows_f`` (its hottest values; the two reserved rows are always hot) in its own table
-``f@hot``; every colder index ``i`` reads row ``bucket(i, salt_for(f), tail_rows)`` of one
-``tail`` table shared by all features (salted per feature, so features collide at random).
-The pooled vector of a bag is the sum of its hot and tail parts (divided by the bag length
-for mean-pooled features), so the output equals one row per value looked up and pooled.
+``f@hot``; every colder index ``i`` reads ``P = tail_probes`` rows of one ``tail`` table
+shared by all features, ``D / P`` wide (Unified Embedding's multi-probe lookup): probe ``j``
+reads row ``bucket(i, salt_j(f), tail_rows)`` (``salt_0(f) = salt_for(f)``, the others
+``salt_for(f"{f}@tail#{j}")``, so features and probes collide at random) and the ``P`` chunks
+are concatenated. Two tail values then share a whole vector only when all ``P`` probes
+collide: with one probe (``P = 1``, the layout before the option) the long tail's ~13 values
+per row shared one vector each. The pooled vector of a bag is the sum of its hot and tail
+parts (divided by the bag length for mean-pooled features), so the output equals one
+vector per value looked up and pooled.
 
 Sizes (``hot_rows`` / ``tail_rows`` set them explicitly; an export records them):
 
@@ -17,9 +22,10 @@ Sizes (``hot_rows`` / ``tail_rows`` set them explicitly; an export records them)
   counts (``hot_by_mass``): the hottest values get exclusive rows as long as each is heavier
   than the average mass of a shared tail row, ``c_k ≥ tail_mass(k) / (R − k)``; lighter values
   lose less by sharing than the crowding of fewer tail rows would cost;
+* the tail gets the other rows' bytes: ``(R − hot) × P`` rows of ``D / P`` columns;
 * no budget: every value hot (the ``full`` tables), no tail.
 
-Bytes (the accounting rule): Σ hot rows × D × 4 + tail rows × D × 4 (the per-feature
+Bytes (the accounting rule): Σ hot rows × D × 4 + tail rows × (D / P) × 4 (the per-feature
 thresholds and salts are constants of the method, as ``hash``'s table sizes are).
 
 Example:
@@ -64,6 +70,31 @@ class HybridOptions(MethodOptions):
     hot_share: float | None = Field(None, ge=0, lt=1, description="share of the budget's rows given to hot values; else chosen from the value counts")
     hot_rows: dict[str, int] | None = Field(None, description="exclusive rows per feature (with tail_rows; an export sets both)")
     tail_rows: int | None = Field(None, ge=0, description="rows of the shared tail table (with hot_rows)")
+    tail_probes: int | None = Field(
+        None,
+        ge=1,
+        description="lookups per tail value, each D/probes wide, concatenated; default 2 (1 when D is odd, "
+        "and with explicit hot_rows/tail_rows, the layout of exports made before this option)",
+    )
+
+
+def tail_probes(options: HybridOptions, dim: int) -> int:
+    """The tail's probes: the option, else 1 for explicit sizes (older exports) or an odd ``dim``, else 2."""
+    if options.tail_probes is not None:
+        if dim % options.tail_probes:
+            raise ValueError(f"hybrid: tail_probes={options.tail_probes} must divide the embedding dim {dim}")
+        return options.tail_probes
+    return 1 if options.hot_rows is not None or dim % 2 else 2
+
+
+def tail_key(name: str, probe: int) -> str:
+    """The KJT key of probe ``probe`` of feature ``name`` in the tail table."""
+    return f"{name}@tail" if probe == 0 else f"{name}@tail#{probe}"
+
+
+def tail_salt(name: str, probe: int) -> int:
+    """Salt of probe ``probe`` of ``name``'s tail lookups (probe 0: the one-probe layout's)."""
+    return salt_for(name if probe == 0 else f"{name}@tail#{probe}")
 
 
 def _counts(ctx: MethodContext) -> list[np.ndarray]:
@@ -121,6 +152,8 @@ class HybridEmbedding(EmbeddingMethod):
         assert isinstance(options, HybridOptions)
         cards = [max(f.cardinality, 1) for f in ctx.features]
         reserved = [min(c, RESERVED) for c in cards]
+        self.tail_probes = probes = tail_probes(options, ctx.embedding_dim)
+        self.tail_dim = ctx.embedding_dim // probes
         if options.hot_rows is not None or options.tail_rows is not None:
             hot, tail = self._explicit(ctx, options, cards)
         elif ctx.budget_bytes is None:
@@ -133,12 +166,13 @@ class HybridEmbedding(EmbeddingMethod):
                     f"feature and one tail row need {table_bytes(sum(reserved) + 1, ctx.embedding_dim)} bytes"
                 )
             extra, tail = choose_hot(_counts(ctx), max(rows, 0), options.hot_share)
-            hot = [r + e for r, e in zip(reserved, extra)]
+            hot, tail = [r + e for r, e in zip(reserved, extra)], tail * probes
         self.hot_rows: dict[str, int] = dict(zip(ctx.feature_names, hot))
         self.tail_rows = tail
         self._position = {n: i for i, n in enumerate(ctx.feature_names)}
         self.register_buffer("_hot", torch.tensor(hot, dtype=torch.int64), persistent=False)
-        self.register_buffer("_salts", torch.tensor([salt_for(n) for n in ctx.feature_names], dtype=torch.int64), persistent=False)
+        salts = [[tail_salt(n, j) for j in range(probes)] for n in ctx.feature_names]
+        self.register_buffer("_salts", torch.tensor(salts, dtype=torch.int64), persistent=False)  # [F, P]
         self.register_buffer("_mean", torch.tensor([f.pooling == PoolingType.MEAN for f in ctx.features]), persistent=False)
         tables = [
             EmbeddingBagConfig(
@@ -151,8 +185,8 @@ class HybridEmbedding(EmbeddingMethod):
                 EmbeddingBagConfig(
                     name=TAIL,
                     num_embeddings=tail,
-                    embedding_dim=ctx.embedding_dim,
-                    feature_names=[f"{n}@tail" for n in ctx.feature_names],
+                    embedding_dim=self.tail_dim,
+                    feature_names=[tail_key(n, j) for j in range(probes) for n in ctx.feature_names],
                     pooling=PoolingType.SUM,
                 )
             )
@@ -183,7 +217,8 @@ class HybridEmbedding(EmbeddingMethod):
         return table[torch.tensor([self._position[k] for k in keys], device=table.device)]
 
     def split(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
-        """The KJT of table rows: keys ``f@hot`` (the index) for every feature, then ``f@tail`` (its hashed row)."""
+        """The KJT of table rows: keys ``f@hot`` (the index) for every feature, then each probe's
+        ``tail_key(f, j)`` (the hashed rows of its tail values)."""
         keys, values = features.keys(), features.values()
         if not self.tail_rows:
             return KeyedJaggedTensor(
@@ -200,15 +235,20 @@ class HybridEmbedding(EmbeddingMethod):
         is_tail = values >= self._per_key(self._hot, keys)[position]
         bag = torch.repeat_interleave(torch.arange(lengths.numel(), device=values.device), lengths, output_size=n)
         tail_len = torch.zeros_like(lengths).scatter_add_(0, bag, is_tail.long())
-        order = torch.sort(position + f * is_tail.long(), stable=True).indices
-        salts = self._per_key(self._salts, keys)[position]
-        rows = torch.where(is_tail, bucket_per_value(values, salts, torch.full_like(values, self.tail_rows)), values)
+        order = torch.sort(position + f * is_tail.long(), stable=True).indices  # hot values by feature, then tail ones
+        hot_n = n - int(is_tail.sum())
+        ordered, tail_position = values[order], position[order][hot_n:]
+        salts, size = self._per_key(self._salts, keys), torch.full_like(ordered[hot_n:], self.tail_rows)
+        probes = [bucket_per_value(ordered[hot_n:], salts[tail_position, j], size) for j in range(self.tail_probes)]
         weights = features.weights_or_none()
+        if weights is not None:
+            weights = weights[order]
+            weights = torch.cat([weights[:hot_n], *[weights[hot_n:]] * self.tail_probes])
         return KeyedJaggedTensor(
-            keys=[f"{k}@hot" for k in keys] + [f"{k}@tail" for k in keys],
-            values=rows[order],
-            weights=None if weights is None else weights[order],
-            lengths=torch.cat([lengths - tail_len, tail_len]).to(features.lengths().dtype),
+            keys=[f"{k}@hot" for k in keys] + [tail_key(k, j) for j in range(self.tail_probes) for k in keys],
+            values=torch.cat([ordered[:hot_n], *probes]),
+            weights=weights,
+            lengths=torch.cat([lengths - tail_len, *[tail_len] * self.tail_probes]).to(features.lengths().dtype),
             stride=features.stride(),
         )
 
@@ -218,7 +258,11 @@ class HybridEmbedding(EmbeddingMethod):
             return empty_output(self, features.values())
         parts = self.ebc(self.split(features)).to_dict()
         names, batch = self.ctx.feature_names, features.stride()
-        out = torch.stack([parts[f"{n}@hot"] + parts[f"{n}@tail"] if self.tail_rows else parts[f"{n}@hot"] for n in names], 1)
+        if self.tail_rows:
+            probes = range(self.tail_probes)
+            out = torch.stack([parts[f"{n}@hot"] + torch.cat([parts[tail_key(n, j)] for j in probes], 1) for n in names], 1)
+        else:
+            out = torch.stack([parts[f"{n}@hot"] for n in names], 1)
         if bool(self._mean.any()):
             keys = features.keys()
             lengths = features.lengths().view(len(keys), batch).to(out.dtype)
@@ -232,14 +276,17 @@ class HybridEmbedding(EmbeddingMethod):
         return ebc_bytes(self.ebc)
 
     def diagnostics(self) -> dict:
-        return {
-            "hot_rows": self.hot_rows,
-            "tail_rows": self.tail_rows,
-            "hot_share": sum(self.hot_rows.values()) / max(sum(self.hot_rows.values()) + self.tail_rows, 1),
-        }
+        hot, tail = sum(self.hot_rows.values()), self.tail_rows / self.tail_probes  # in D-wide rows
+        return {"hot_rows": self.hot_rows, "tail_rows": self.tail_rows, "tail_probes": self.tail_probes, "hot_share": hot / max(hot + tail, 1)}
 
     def export(self) -> ExportedMethod:
         """The trained tables, with the chosen sizes as explicit options (serving needs no counts)."""
         exported = super().export()
-        options = {**exported.options, "hot_share": None, "hot_rows": dict(self.hot_rows), "tail_rows": self.tail_rows}
+        options = {
+            **exported.options,
+            "hot_share": None,
+            "hot_rows": dict(self.hot_rows),
+            "tail_rows": self.tail_rows,
+            "tail_probes": self.tail_probes,
+        }
         return ExportedMethod(exported.name, options, exported.state)

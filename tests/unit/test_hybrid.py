@@ -39,26 +39,42 @@ def kjt(seed: int = 0) -> KeyedJaggedTensor:
     return KeyedJaggedTensor(keys=CTX.feature_names, values=torch.cat(values), lengths=torch.cat(lengths).int())
 
 
-def test_output_is_one_row_per_value_pooled() -> None:
-    """Each index reads its exclusive row when hot, else its hashed tail row; bags sum (B: mean)."""
+@pytest.mark.parametrize("probes", [1, 2, 4])
+def test_output_is_one_row_per_value_pooled(probes: int) -> None:
+    """Each index reads its exclusive row when hot, else its probes' tail chunks concatenated; bags sum (B: mean)."""
     torch.manual_seed(0)
-    method = build_method("hybrid", CTX.with_budget(compression=4).with_value_counts(COUNTS))
+    method = build_method("hybrid", CTX.with_budget(compression=4).with_value_counts(COUNTS), {"tail_probes": probes})
     assert 0 < method.tail_rows and all(h < f.cardinality for h, f in zip(method.hot_rows.values(), CTX.features))
+    assert method.ebc.embedding_bags["tail"].weight.shape == (method.tail_rows, DIM // probes)
     features = kjt()
     out = method(features).to_dict()
     weights = {t: p.weight.detach() for t, p in method.ebc.embedding_bags.items()}
+
+    def tail_vector(name: str, i: int) -> torch.Tensor:
+        salts = [salt_for(name)] + [salt_for(f"{name}@tail#{j}") for j in range(1, probes)]
+        return torch.cat([weights["tail"][int(bucket(torch.tensor([i]), salt, method.tail_rows)[0])] for salt in salts])
+
     for name, jt in features.to_dict().items():
         expected = []
         for bag in jt.to_dense():
-            rows = [
-                weights[f"{name}@hot"][i]
-                if i < method.hot_rows[name]
-                else weights["tail"][int(bucket(torch.tensor([i]), salt_for(name), method.tail_rows)[0])]
-                for i in bag.tolist()
-            ]
+            rows = [weights[f"{name}@hot"][i] if i < method.hot_rows[name] else tail_vector(name, i) for i in bag.tolist()]
             vec = torch.stack(rows).sum(0) if rows else torch.zeros(DIM)
             expected.append(vec / max(len(rows), 1) if name == "B" else vec)
         torch.testing.assert_close(out[name], torch.stack(expected), rtol=1e-6, atol=1e-6)
+
+
+def test_tail_probes_keep_the_bytes_and_default_to_two() -> None:
+    """The tail's bytes do not depend on its probes; explicit sizes (older exports) mean one probe."""
+    ctx = CTX.with_budget(compression=4).with_value_counts(COUNTS)
+    by_probes = {p: build_method("hybrid", ctx, {"tail_probes": p}) for p in (1, 2, 4)}
+    assert build_method("hybrid", ctx).tail_probes == 2
+    for p, method in by_probes.items():
+        assert method.hot_rows == by_probes[1].hot_rows and method.tail_rows == by_probes[1].tail_rows * p
+        assert method.memory_bytes() == by_probes[1].memory_bytes() <= ctx.budget_bytes
+    explicit = {"hot_rows": by_probes[1].hot_rows, "tail_rows": by_probes[1].tail_rows}
+    assert build_method("hybrid", CTX, explicit).tail_probes == 1
+    with pytest.raises(ValueError, match="tail_probes=3 must divide the embedding dim 8"):
+        build_method("hybrid", ctx, {"tail_probes": 3})
 
 
 def test_hot_values_are_the_globally_most_frequent() -> None:
@@ -75,13 +91,13 @@ def test_counts_steer_the_split_and_the_budget_holds() -> None:
     for compression in (1.5, 3, 10, 40):
         method = build_method("hybrid", ctx.with_budget(compression=compression))
         assert method.memory_bytes() <= ctx.with_budget(compression=compression).budget_bytes
-        assert method.memory_bytes() == (sum(method.hot_rows.values()) + method.tail_rows) * DIM * 4
+        assert method.memory_bytes() == (sum(method.hot_rows.values()) * DIM + method.tail_rows * DIM // method.tail_probes) * 4
     method = build_method("hybrid", ctx.with_budget(compression=3))
     prior = build_method("hybrid", CTX.with_budget(compression=3))
     assert method.hot_rows["B"] > method.hot_rows["C"], "B's values are far more frequent than C's"
     assert method.hot_rows != prior.hot_rows, "the counts, not the prior, choose the hot values"
     share = build_method("hybrid", ctx.with_budget(compression=3), {"hot_share": 0.25})
-    total = sum(share.hot_rows.values()) + share.tail_rows
+    total = sum(share.hot_rows.values()) + share.tail_rows // share.tail_probes
     assert sum(share.hot_rows.values()) - 6 == int(0.25 * (total - 6))
 
 
@@ -104,6 +120,7 @@ def test_export_serves_without_the_counts() -> None:
     method = build_method("hybrid", CTX.with_budget(compression=4).with_value_counts(COUNTS)).eval()
     exported = method.export()
     assert exported.options["hot_rows"] == method.hot_rows and exported.options["tail_rows"] == method.tail_rows
+    assert exported.options["tail_probes"] == method.tail_probes == 2
     served = get_method("hybrid").from_export(CTX.with_budget(compression=4), ExportedMethod("hybrid", exported.options, exported.state))
     features = kjt(3)
     torch.testing.assert_close(served(features).values(), method(features).values(), rtol=0, atol=0)
