@@ -23,7 +23,8 @@ Sizes (``hot_rows`` / ``tail_rows`` set them explicitly; an export records them)
   than the average mass of a shared tail row, ``c_k ≥ tail_mass(k) / (R − k)``; lighter values
   lose less by sharing than the crowding of fewer tail rows would cost;
 * the tail gets the other rows' bytes: ``(R − hot) × P`` rows of ``D / P`` columns;
-* no budget: every value hot (the ``full`` tables), no tail.
+* no budget: every value hot (the ``full`` tables), no tail;
+* init: hot rows as ``full``'s, ``U(±1/√card_f)`` (``hot_init``), the tail ``U(±1/√tail_rows)``.
 
 Bytes (the accounting rule): Σ hot rows × D × 4 + tail rows × (D / P) × 4 (the per-feature
 thresholds and salts are constants of the method, as ``hash``'s table sizes are).
@@ -85,6 +86,13 @@ def tail_probes(options: HybridOptions, dim: int) -> int:
             raise ValueError(f"hybrid: tail_probes={options.tail_probes} must divide the embedding dim {dim}")
         return options.tail_probes
     return 1 if options.hot_rows is not None or dim % 2 else 2
+
+
+def hot_init(cardinality: int) -> float:
+    """Bound of the hot rows' ``U(±b)`` init: ``full``'s for the feature, ``1/√cardinality``, not the hot table's own
+    ``1/√hot_rows``: a reserved row the train split never reads (the OOV row of a vocabulary built from it) then
+    serves ≈ 0 at unseen test values, as in ``full``, instead of a random vector up to ±0.7 wide (2 hot rows)."""
+    return cardinality**-0.5
 
 
 def tail_key(name: str, probe: int) -> str:
@@ -176,9 +184,15 @@ class HybridEmbedding(EmbeddingMethod):
         self.register_buffer("_mean", torch.tensor([f.pooling == PoolingType.MEAN for f in ctx.features]), persistent=False)
         tables = [
             EmbeddingBagConfig(
-                name=f"{f.name}@hot", num_embeddings=h, embedding_dim=ctx.embedding_dim, feature_names=[f"{f.name}@hot"], pooling=PoolingType.SUM
+                name=f"{f.name}@hot",
+                num_embeddings=h,
+                embedding_dim=ctx.embedding_dim,
+                feature_names=[f"{f.name}@hot"],
+                pooling=PoolingType.SUM,
+                weight_init_max=hot_init(c),
+                weight_init_min=-hot_init(c),
             )
-            for f, h in zip(ctx.features, hot)
+            for f, h, c in zip(ctx.features, hot, cards)
         ]
         if tail:
             tables.append(

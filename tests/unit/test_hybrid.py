@@ -77,6 +77,17 @@ def test_tail_probes_keep_the_bytes_and_default_to_two() -> None:
         build_method("hybrid", ctx, {"tail_probes": 3})
 
 
+def test_hot_rows_start_like_full_rows() -> None:
+    """Hot rows are drawn from ``U(±1/√card)`` like ``full``'s, so an untrained reserved row (OOV) starts near 0."""
+    torch.manual_seed(0)
+    method = build_method("hybrid", CTX.with_budget(compression=40).with_value_counts(COUNTS))
+    for f in CTX.features:
+        weight = method.ebc.embedding_bags[f"{f.name}@hot"].weight
+        bound = f.cardinality**-0.5
+        assert weight.shape[0] < f.cardinality and float(weight.abs().max()) <= bound
+        assert float(weight.abs().max()) > 0.8 * bound, "drawn from the whole range, not from a smaller one"
+
+
 def test_hot_values_are_the_globally_most_frequent() -> None:
     counts = [np.array([100, 50, 1, 1]), np.array([80, 70, 60, 2, 1])]
     hot, tail = choose_hot(counts, rows=7, hot_share=4 / 7)
