@@ -2,11 +2,11 @@
 
 Wraps a base method (``base``: ``full`` or ``unified``) and runs three phases (``phases``):
 
-* ``supernet`` (train): each pooled row ``e`` of field ``f`` is multiplied by ``S(‖e‖₁ − o_t − t_f)``
-  (``surrogate.binary_step``; ``o_t`` the origin of its table ``t``, below) and, in training only, by a prefix mask of ``k ~ U{1..D}`` ones
+* ``supernet`` (train): each pooled row ``e`` of field ``f`` is multiplied by ``S(‖e‖₁ − t_f)``
+  (``surrogate.binary_step``) and, in training only, by a prefix mask of ``k ~ U{1..D}`` ones
   per (sample, field); ``aux_loss = α·Σ_f exp(−t_f)``. Thresholds (init 0) have their own
   plain SGD (``threshold_lr``, no weight decay; ``shard()`` reads ``separate_optimizers()``).
-  At the end the masks ``‖row‖₁ > o_t + t_f`` are read from the live tables into ``phase_state``.
+  At the end the masks ``‖row‖₁ > t_f`` are read from the live tables into ``phase_state``.
 * ``search`` (search): the supernet frozen, row masks fixed, an evolutionary search
   (``optembed_search``) picks per-field dims by validation AUC within the budget, if any.
 * ``retrain`` (train): row masks and dims fixed; weights rewound to the initial ones
@@ -21,7 +21,7 @@ search on, masking is exact per row.
 
 On ``unified`` (shared sub-tables of ``chunk_dim``-wide rows, ``c_f`` probes per feature): the
 row mask applies per chunk row, ``S(‖chunk‖₁ − t_f)`` with the field's threshold; a shared row
-is kept when ``‖row‖₁ > o_t + min_f t_f`` over the fields probing its sub-table (kept for one field,
+is kept when ``‖row‖₁ > min_f t_f`` over the fields probing its sub-table (kept for one field,
 kept for all); ``d_f`` is a column prefix of the concatenated chunks, so ``d_f = k·chunk_dim``
 keeps ``k`` chunks; a sub-table stores the most columns any of its probes reads (all, for a
 sub-table shared by every field; a table no field reads is dropped).
@@ -31,17 +31,6 @@ rows after) plus a rank bitmap per pruned table; for ``full``: ``Σ_f kept_f·d_
 With a budget and no search yet, ``d_f`` is the largest common dim that fits (evaluation uses
 it); the search only evaluates candidates within it, or within ``search_compression`` (which,
 unlike the context's budget, may lie beyond what unpruned tables reach at one dimension).
-
-Origins (``threshold_origin``): a row that never learns keeps its initial norm, and TorchRec
-initialises a table of ``n`` rows and ``w`` columns with ``U(±1/√n)``: ``‖e‖₁ ≈ w/(2√n)``
-(1.26 at 16 columns and 40 rows, 0.025 at 100k rows). ``'init'`` (default) measures every
-threshold from that expected initial norm, ``o_t = w_t/(2√n_t)``, so a threshold that has
-risen by ``t`` prunes the rows that have not grown ``t`` beyond their start whatever the
-table's size; ``'zero'`` (``o_t = 0``, the paper's and this method's rule before the option)
-compares the raw norm with ``t_f``, which on small vocabularies never reaches the initial
-norm of the rows it should prune (docs/results/robustness.md). At the start (``t = 0``) the
-rows below their table's mean initial norm, about half, are masked; rows the data holds up
-grow past it or push ``t_f`` down through the surrogate gradient.
 
 Defaults ``α = 1e-3, threshold_lr = 2``: without task gradient ``t`` grows by
 ``lr_t·α·e^(−t)`` per step, so pruning is set by ``lr_t·α`` × steps. The authors' values
@@ -98,9 +87,6 @@ class OptEmbedOptions(WrapperOptions):
     crossovers: int = Field(10, ge=0)
     mutation_prob: float = Field(0.1, gt=0, le=1)
     seed: int = Field(0, description="seed of the dimension masks and of the search")
-    threshold_origin: Literal["init", "zero"] = Field(
-        "init", description="thresholds measured from each table's expected initial row norm w/(2√n) ('init'), or from 0 ('zero')"
-    )
     search_compression: float | None = Field(None, ge=1, description="search budget as full bytes / budget (with the context's)")
     search_fill: bool = Field(
         False,
@@ -114,11 +100,6 @@ class OptEmbedOptions(WrapperOptions):
         if not phases or phases[0] != "supernet" or phases != sorted(set(phases), key=PHASE_ORDER.index):
             raise ValueError(f"phases must start with 'supernet' and follow {list(PHASE_ORDER)}, got {phases}")
         return phases
-
-
-def table_origin(rows: int, width: int) -> float:
-    """Expected L1 norm of an untrained row of a ``rows × width`` table under TorchRec's ``U(±1/√rows)``."""
-    return width / (2.0 * rows**0.5)
 
 
 @register_method
@@ -137,9 +118,6 @@ class OptEmbed(WrappedMethod):
         self.layout = TableLayout(self.names, self.widths, self.base.ebc.embedding_bag_configs())
         for key, value in self.layout.columns().items():
             self.register_buffer(key, value, persistent=False)
-        self.origins = [table_origin(r, w) if options.threshold_origin == "init" else 0.0 for r, w in zip(self.layout.rows, self.layout.table_width)]
-        segment_origin = torch.tensor([self.origins[s.table] for s in self.layout.segments])
-        self.register_buffer("segment_origin", segment_origin, persistent=False)
         table = torch.tril(torch.ones(self.widths[0] + 1, self.widths[0]), -1) if len(set(self.widths)) == 1 else None
         self.register_buffer("prefix_table", table, persistent=False)  # row k: k ones, then zeros
         self.stage: PhaseName = "supernet"
@@ -196,7 +174,7 @@ class OptEmbed(WrappedMethod):
         if self.row_mask is not None:
             return dict(zip(names, self.row_mask.cpu().split(self.layout.rows)))
         norms = table_row_norms(self.ebc)
-        return {n: norms[n] > o + t for n, o, t in zip(names, self.origins, self.table_thresholds())}
+        return {n: norms[n] > t for n, t in zip(names, self.table_thresholds())}
 
     def set_row_masks(self, masks: dict[str, torch.Tensor]) -> None:
         flat = [masks[n].to(torch.bool).flatten() for n in self.layout.tables]
@@ -241,8 +219,8 @@ class OptEmbed(WrappedMethod):
         return KeyedTensor(keys=self.names, length_per_key=self.widths, values=x)
 
     def _row_masked(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` with each pooled table row multiplied by ``S(‖row‖₁ − o_t − t_f)`` of its table and field."""
-        t = self.threshold[self.segment_feature, 0] + self.segment_origin
+        """``x`` with each pooled table row multiplied by ``S(‖row‖₁ − t_f)`` of its field."""
+        t = self.threshold[self.segment_feature, 0]
         if self.layout.row_width:  # every row equally wide (full; unified without exact tables): a reshape
             rows = x.view(x.shape[0], len(self.layout.segments), self.layout.row_width)
             return (rows * binary_step(rows.abs().sum(-1) - t).unsqueeze(-1)).view_as(x)
@@ -325,6 +303,6 @@ class OptEmbed(WrappedMethod):
     def diagnostics(self) -> dict[str, Any]:
         """Stage, dims, thresholds, kept rows per table, sparsity and bytes."""
         kept = self.kept if self.kept is not None else [int(m.sum()) for m in self.row_masks().values()]
-        by_table = {t: {"rows": r, "kept": k, "origin": o} for t, r, k, o in zip(self.layout.tables, self.layout.rows, kept, self.origins)}
+        by_table = {t: {"rows": r, "kept": k} for t, r, k in zip(self.layout.tables, self.layout.rows, kept)}
         by_field = {n: {"dim": d, "threshold": t} for n, d, t in zip(self.names, self.dims.tolist(), self.threshold.detach()[:, 0].tolist())}
         return {"stage": self.stage, "fields": by_field, "tables": by_table, "sparsity": self.sparsity(), "memory_bytes": self.memory_bytes()}

@@ -46,11 +46,11 @@ def kjt_for(ctx: MethodContext, batch: int, raw: bool = False, seed: int = 0) ->
 
 @torch.no_grad()
 def prune_some(method: OptEmbed, quantile: float = 0.5) -> None:
-    """Thresholds (above their table's origin) at a quantile of each field's row norms, so some rows get pruned."""
+    """Thresholds at a quantile of each field's row norms, so some rows get pruned."""
     norms = table_row_norms(method.ebc)
     for f, fields in enumerate(method.layout.table_features):
         for field in fields:
-            method.threshold[field, 0] = torch.quantile(norms[method.layout.tables[f]], quantile) - method.origins[f]
+            method.threshold[field, 0] = torch.quantile(norms[method.layout.tables[f]], quantile)
 
 
 def entered(source: OptEmbed, stage: str, ctx: MethodContext = CTX, **options) -> OptEmbed:
@@ -91,7 +91,7 @@ def test_prefix_lengths_average_half_the_width() -> None:
 
 
 def test_supernet_training_masks_keep_half_the_columns_and_none_in_eval() -> None:
-    method = make(SINGLE, threshold_origin="zero")  # no row masked at the start: only the dimension masks
+    method = make(SINGLE)
     kjt = kjt_for(SINGLE, 4000)
     out = method(kjt).values().view(4000, 4, D)
     assert abs((out != 0).sum(-1).float().mean().item() - (D + 1) / 2) < 0.2
@@ -102,34 +102,14 @@ def test_supernet_training_masks_keep_half_the_columns_and_none_in_eval() -> Non
     assert torch.equal(method(kjt).values(), method.base(kjt).values())
 
 
-def test_nothing_is_pruned_at_the_start_from_origin_zero() -> None:
-    method = make(threshold_origin="zero")
-    assert (method.threshold == 0).all() and method.origins == [0.0] * len(method.layout.tables)
+def test_nothing_is_pruned_at_the_start() -> None:
+    method = make()
+    assert (method.threshold == 0).all()
     assert all(bool(m.all()) for m in method.row_masks().values())
     method.eval()
     kjt = random_kjt("optembed", 64)
     assert torch.equal(method(kjt).values(), method.base(kjt).values())
     assert method.memory_bytes() == CTX.full_bytes and method.sparsity() == 0.0
-
-
-def test_origin_init_prunes_untrained_rows_of_any_table_size() -> None:
-    """An untrained row sits at its table's origin w/(2√n): half the rows of a large table are below it at the
-    start, and a threshold of 0.6 origins above it prunes every untrained row (origin zero: none, below ~0.2)."""
-    method = make(SINGLE)
-    norms = table_row_norms(method.ebc)
-    for table, rows, origin in zip(method.layout.tables, method.layout.rows, method.origins):
-        assert origin == pytest.approx(D / (2 * rows**0.5))
-        if rows >= 300:
-            assert float(norms[table].mean()) == pytest.approx(origin, rel=0.03)
-            assert abs(float((norms[table] > origin).float().mean()) - 0.5) < 0.1
-    zero = make(SINGLE, threshold_origin="zero")
-    with torch.no_grad():
-        for m in (method, zero):
-            m.threshold.fill_(0.2)
-        method.threshold.copy_(0.6 * torch.tensor(method.origins).unsqueeze(1))
-    kept = {n: float(m.float().mean()) for n, m in method.row_masks().items()}
-    assert kept == {"S0": kept["S0"], "S1": 0.0, "S2": 0.0, "S3": 0.0} and kept["S0"] < 0.5, kept  # S0: 5 rows, a noisy mean
-    assert all(bool(m.all()) for n, m in zero.row_masks().items() if n != "S2"), "0.2 is below the initial norm of <= 300-row tables"
 
 
 def test_thresholds_rise_by_their_sgd_step_without_task_gradient(process_group: None) -> None:
@@ -275,7 +255,7 @@ def test_compact_export_reproduces_the_eval_forward(base: str) -> None:
 
 
 def test_unified_base_masks_each_chunk_row_and_keeps_its_layout() -> None:
-    method = make(**UNIFIED, threshold_origin="zero")
+    method = make(**UNIFIED)
     base = method.base
     assert method.id_scheme == "raw" and method.output_dims() == base.output_dims()
     assert len(method.layout.segments) == sum(1 if n in base.exact else base.chunks[n] for n in CTX.feature_names)
