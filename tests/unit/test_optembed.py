@@ -112,6 +112,24 @@ def test_nothing_is_pruned_at_the_start() -> None:
     assert method.memory_bytes() == CTX.full_bytes and method.sparsity() == 0.0
 
 
+def test_small_init_lets_a_short_run_threshold_prune_untrained_rows_of_any_table() -> None:
+    """Tables are redrawn from U(±init_bound): at t = 0.15 (80 steps of the defaults) every untrained row is pruned,
+    whatever the table's size; with the base's own U(±1/√n) init the 5-, 300- and 40-row tables keep every row, the 2000-row one most."""
+    method = make(SINGLE)
+    for table in method.base.ebc.parameters():
+        assert float(table.abs().max()) <= 1e-3 and float(table.abs().max()) > 0.9e-3
+    own = make(SINGLE, init_bound=None)
+    torch.manual_seed(0)
+    base = build_method("full", SINGLE)
+    assert all(torch.equal(a, b) for a, b in zip(own.base.ebc.parameters(), base.ebc.parameters())), "null keeps the base's init"
+    with torch.no_grad():
+        for m in (method, own):
+            m.threshold.fill_(0.15)
+    assert not any(bool(m.any()) for m in method.row_masks().values())
+    kept = [float(m.float().mean()) for m in own.row_masks().values()]  # 8/√n: 3.6, 0.46, 0.18, 1.26
+    assert kept[0] == kept[1] == kept[3] == 1.0 and 0 < kept[2] < 1
+
+
 def test_thresholds_rise_by_their_sgd_step_without_task_gradient(process_group: None) -> None:
     from recsys.training.distributed import shard
 
