@@ -21,13 +21,7 @@ Sizes (``hot_rows`` / ``tail_rows`` set them explicitly; an export records them)
 * ``hot_share`` sets the hot values' share of the ``R`` rows; by default it is chosen from the
   counts (``hot_by_mass``): the hottest values get exclusive rows as long as each is heavier
   than the average mass of a shared tail row, ``c_k ≥ tail_mass(k) / (R − k)``; lighter values
-  lose less by sharing than the crowding of fewer tail rows would cost; and only values the train
-  split reads at least ``hot_min_count`` times (default ``16·D``, 256 at D = 16: 16 lookups per
-  weight). The mass rule alone gave the long tail's values seen 30 times exclusive rows, which
-  DeepFM memorises within an epoch; in the multi-probe tail they are regularised, and there the
-  hybrid without hot values beat the one with them (docs/results/hybrid_small.md). 16·D lies
-  between the hot values of the sets where hybrid won (``small_real``, ``criteo_100k``: at least
-  703 and 5,076 lookups) and those where it lost (long tail, 10k samples: 24-30);
+  lose less by sharing than the crowding of fewer tail rows would cost;
 * the tail gets the other rows' bytes: ``(R − hot) × P`` rows of ``D / P`` columns;
 * no budget: every value hot (the ``full`` tables), no tail;
 * init: hot rows as ``full``'s, ``U(±1/√card_f)`` (``hot_init``), the tail ``U(±1/√tail_rows)``.
@@ -77,23 +71,12 @@ class HybridOptions(MethodOptions):
     hot_share: float | None = Field(None, ge=0, lt=1, description="share of the budget's rows given to hot values; else chosen from the value counts")
     hot_rows: dict[str, int] | None = Field(None, description="exclusive rows per feature (with tail_rows; an export sets both)")
     tail_rows: int | None = Field(None, ge=0, description="rows of the shared tail table (with hot_rows)")
-    hot_min_count: int | None = Field(
-        None, ge=0, description="train lookups a value needs for an exclusive row (besides the mass rule); default 16·D; 0: none"
-    )
     tail_probes: int | None = Field(
         None,
         ge=1,
         description="lookups per tail value, each D/probes wide, concatenated; default 2 (1 when D is odd, "
         "and with explicit hot_rows/tail_rows, the layout of exports made before this option)",
     )
-
-
-LOOKUPS_PER_WEIGHT = 16  # default hot_min_count = 16·D (see the module docstring)
-
-
-def hot_min_count(options: HybridOptions, dim: int) -> int:
-    """Train lookups a value needs for an exclusive row: the option, else ``LOOKUPS_PER_WEIGHT × dim``."""
-    return LOOKUPS_PER_WEIGHT * dim if options.hot_min_count is None else options.hot_min_count
 
 
 def tail_probes(options: HybridOptions, dim: int) -> int:
@@ -146,9 +129,8 @@ def hot_by_mass(counts: np.ndarray, rows: int, most: int) -> int:
     return most if heavy.all() else int(np.argmin(heavy))
 
 
-def choose_hot(counts: list[np.ndarray], rows: int, hot_share: float | None, min_count: float = 0) -> tuple[list[int], int]:
-    """(hot values per feature, tail rows) for ``rows`` rows beyond the reserved ones; without ``hot_share``, the
-    values ``hot_by_mass`` picks that have at least ``min_count`` lookups."""
+def choose_hot(counts: list[np.ndarray], rows: int, hot_share: float | None) -> tuple[list[int], int]:
+    """(hot values per feature, tail rows) for ``rows`` rows beyond the reserved ones."""
     values = np.concatenate(counts) if counts else np.zeros(0)
     owner = np.concatenate([np.full(len(c), i) for i, c in enumerate(counts)]) if counts else np.zeros(0, int)
     order = np.argsort(-values, kind="stable")
@@ -159,7 +141,7 @@ def choose_hot(counts: list[np.ndarray], rows: int, hot_share: float | None, min
     if hot_share is not None:
         k = min(most, math.floor(hot_share * rows))
     else:
-        k = min(hot_by_mass(values[order], rows, most), int(np.count_nonzero(values >= min_count)))
+        k = hot_by_mass(values[order], rows, most)
     hot = np.bincount(owner[order[:k]], minlength=len(counts))
     return [int(h) for h in hot], rows - k
 
@@ -191,8 +173,7 @@ class HybridEmbedding(EmbeddingMethod):
                     f"method 'hybrid' cannot fit the budget of {ctx.budget_bytes} bytes: the reserved rows of every "
                     f"feature and one tail row need {table_bytes(sum(reserved) + 1, ctx.embedding_dim)} bytes"
                 )
-            least = 0 if ctx.value_counts is None else hot_min_count(options, ctx.embedding_dim)
-            extra, tail = choose_hot(_counts(ctx), max(rows, 0), options.hot_share, least)
+            extra, tail = choose_hot(_counts(ctx), max(rows, 0), options.hot_share)
             hot, tail = [r + e for r, e in zip(reserved, extra)], tail * probes
         self.hot_rows: dict[str, int] = dict(zip(ctx.feature_names, hot))
         self.tail_rows = tail

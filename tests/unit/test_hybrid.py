@@ -114,22 +114,6 @@ def test_counts_steer_the_split_and_the_budget_holds() -> None:
     assert sum(share.hot_rows.values()) - 6 == int(0.25 * (total - 6))
 
 
-def test_values_read_too_rarely_stay_in_the_tail() -> None:
-    """Without hot_share, only values with at least hot_min_count lookups (default 16·D) get exclusive rows."""
-    counts = [np.array([900, 300, 120, 60, 30, 30, 30, 30, 20, 20, 20, 20])]
-    assert choose_hot(counts, rows=10, hot_share=None) == ([4], 6)  # the mass rule alone: down to 60
-    assert choose_hot(counts, rows=10, hot_share=None, min_count=100) == ([3], 7)
-    assert choose_hot(counts, rows=10, hot_share=0.5, min_count=100) == ([5], 5), "an explicit share is kept"
-    ctx = CTX.with_budget(compression=4).with_value_counts(COUNTS)
-    default, mass = build_method("hybrid", ctx), build_method("hybrid", ctx, {"hot_min_count": 0})
-    least = 16 * DIM
-    for f in CTX.features:
-        hot = default.hot_rows[f.name] - 2
-        assert hot == 0 or COUNTS[f.name][hot - 1] >= least
-        assert hot == len(COUNTS[f.name]) or COUNTS[f.name][hot] < least or hot == mass.hot_rows[f.name] - 2
-    assert sum(default.hot_rows.values()) < sum(mass.hot_rows.values()) and default.memory_bytes() == mass.memory_bytes()
-
-
 def test_impossible_budget_names_method_and_bytes() -> None:
     with pytest.raises(ValueError, match=r"method 'hybrid' cannot fit the budget of 100 bytes: .* need 224 bytes"):
         build_method("hybrid", CTX.with_budget(budget_bytes=100))
