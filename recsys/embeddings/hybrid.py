@@ -21,13 +21,7 @@ Sizes (``hot_rows`` / ``tail_rows`` set them explicitly; an export records them)
 * ``hot_share`` sets the hot values' share of the ``R`` rows; by default it is chosen from the
   counts (``hot_by_mass``): the hottest values get exclusive rows as long as each is heavier
   than the average mass of a shared tail row, ``c_k ≥ tail_mass(k) / (R − k)``; lighter values
-  lose less by sharing than the crowding of fewer tail rows would cost; but with fewer than
-  ``ROWS_PER_ROW = 40`` train rows per budget row (``train_rows`` from the counts) no value gets one:
-  there the exclusive rows go to values seen a few dozen times, which DeepFM memorises within an
-  epoch, and sharing them in the two-probe tail scored higher (the long tail at 10×, 4.5 rows per row: 0.7113
-  with the mass rule's 4,762 hot values, 0.7166 without; docs/results/hybrid_small.md). 40 is
-  ``auto``'s threshold between the regimes measured (2-8 rows per row: hybrid lost to ``qr``;
-  145 and more: it won);
+  lose less by sharing than the crowding of fewer tail rows would cost;
 * the tail gets the other rows' bytes: ``(R − hot) × P`` rows of ``D / P`` columns;
 * no budget: every value hot (the ``full`` tables), no tail;
 * init: hot rows as ``full``'s, ``U(±1/√card_f)`` (``hot_init``), the tail ``U(±1/√tail_rows)``.
@@ -69,7 +63,6 @@ from recsys.hashing import bucket_per_value, salt_for
 
 RESERVED = 2
 TAIL = "tail"
-ROWS_PER_ROW = 40  # hot values only with at least this many train rows per row of the budget (see the module docstring)
 
 
 class HybridOptions(MethodOptions):
@@ -126,17 +119,6 @@ def _counts(ctx: MethodContext) -> list[np.ndarray]:
     return out
 
 
-def train_rows(ctx: MethodContext) -> int | None:
-    """Train rows seen in the value counts: the largest count total of a single-valued feature (a bag
-    counts each of its values; None without counts)."""
-    counts = ctx.value_counts
-    if counts is None:
-        return None
-    single = [f for f in ctx.features if not f.multi_valued] or list(ctx.features)
-    totals = [float(np.sum(counts[f.name])) for f in single if counts.get(f.name) is not None]
-    return int(max(totals)) if totals else None
-
-
 def hot_by_mass(counts: np.ndarray, rows: int, most: int) -> int:
     """How many of ``counts`` (sorted decreasing) get exclusive rows: the longest prefix whose every
     value is heavier than the mass a shared tail row would hold on average once it is taken out,
@@ -191,10 +173,7 @@ class HybridEmbedding(EmbeddingMethod):
                     f"method 'hybrid' cannot fit the budget of {ctx.budget_bytes} bytes: the reserved rows of every "
                     f"feature and one tail row need {table_bytes(sum(reserved) + 1, ctx.embedding_dim)} bytes"
                 )
-            share, seen = options.hot_share, train_rows(ctx)
-            if share is None and seen is not None and seen < ROWS_PER_ROW * (rows + sum(reserved)):
-                share = 0.0  # too few train rows per row: no value gets an exclusive row
-            extra, tail = choose_hot(_counts(ctx), max(rows, 0), share)
+            extra, tail = choose_hot(_counts(ctx), max(rows, 0), options.hot_share)
             hot, tail = [r + e for r, e in zip(reserved, extra)], tail * probes
         self.hot_rows: dict[str, int] = dict(zip(ctx.feature_names, hot))
         self.tail_rows = tail
