@@ -7,7 +7,7 @@ budget (a compression ratio: full fp32 bytes / budget) is set (``budget``: a fun
 ``Budget`` giving ``--set`` overrides). Adding a method to the suite is adding a row here;
 nothing else in the sweep names methods.
 
-* ``hash``, ``qr``, ``unified``, ``hybrid``, ``dsl``: the method's own ``embedding.compression`` (``dsl``
+* ``hash``, ``qr``, ``unified``, ``hybrid``, ``auto``, ``dsl``: the method's own ``embedding.compression`` (``dsl``
   fits its density to the budget; on ``full`` its CSR row offsets alone cost 1/D of full, so it
   cannot go below about D× and such points fail, recorded with the method's message).
 * ``optembed``: the budget-aware search (``search_compression``); the supernet is trained
@@ -91,6 +91,7 @@ SWEEP_METHODS: dict[str, SweepMethod] = {
     "qr": SweepMethod(spec("qr")),
     "unified": SweepMethod(spec("unified")),
     "hybrid": SweepMethod(spec("hybrid")),
+    "auto": SweepMethod(spec("auto")),
     "optembed": SweepMethod(spec("optembed", **_OPTEMBED), budget=_search, shared_phases=("supernet",), quick=_OPTEMBED_QUICK),
     "dsl": SweepMethod(spec("dsl"), quick=_DSL_QUICK),
     "unified+optembed": SweepMethod(spec("optembed", **_OPTEMBED, base=spec("unified")), budget=_unified_base_rows, quick=_OPTEMBED_QUICK),

@@ -49,6 +49,7 @@ DEFAULT_BUDGETS = (10.0, 100.0, 1000.0)
 DEFAULT_OVERRIDES = ("training.epochs=3", "training.patience=1", "data.max_eval_rows=50000")
 QUICK_OVERRIDES = ("training.epochs=1", "data.max_train_rows=20000", "data.max_eval_rows=5000", "training.log_every=5")
 ALWAYS = ("tracking.enabled=false", "training.progress=false")
+TUNED = "tuned"  # the point of a tuner's pick: its best.yaml (``SweepSettings.tuned``) at the point's seed
 
 
 @dataclass
@@ -70,6 +71,7 @@ class SweepSettings:
     progress: bool = True
     threads: int | None = 1  # torch intra-op threads (None: torch's default); see run_sweep
     report_only: bool = False  # report only points already recorded (finished or failed) with their current config
+    tuned: dict[float, str] = field(default_factory=dict)  # budget -> a tuner's best.yaml: a `tuned` point per budget and seed
 
 
 @dataclass(frozen=True)
@@ -101,14 +103,14 @@ def scoped_set(assignment: str) -> tuple[str, str] | None:
 
 
 def plan(settings: SweepSettings) -> list[Point]:
-    """Every point, method by method; ``full`` (no budget function) once per seed."""
+    """Every point, method by method; ``full`` (no budget function) once per seed; then the ``tuned`` points."""
     seeds = range(1 if settings.quick else settings.seeds)
     points = []
     for method in settings.methods:
         entry = sweep_method(method)
         budgets: list[float | None] = [None] if entry.budget is None else list(settings.budgets)
         points += [Point(method, b, s) for b in budgets for s in seeds]
-    return points
+    return points + [Point(TUNED, float(b), s) for b in settings.tuned for s in seeds]
 
 
 class Sweep:
@@ -154,11 +156,20 @@ class Sweep:
         return Budget(point.budget, int(self.full_bytes // point.budget), self.full_bytes, self.embedding_dim)
 
     def budget_overrides(self, point: Point) -> list[str]:
+        if point.method == TUNED:
+            return []  # best.yaml holds them
         entry, budget = sweep_method(point.method), self.budget(point)
         return [] if entry.budget is None or budget is None else entry.budget(budget)
 
     def config(self, point: Point, extra: tuple[str, ...] = ()) -> ExperimentConfig:
-        """The point's config; ``extra`` overrides come last (a tuning trial's options)."""
+        """The point's config; ``extra`` overrides come last (a tuning trial's options). A ``tuned``
+        point is its budget's best.yaml as written, with the point's seed (and the bench's tracking off)."""
+        if point.method == TUNED:
+            path = self.s.tuned[float(point.budget or 0)]
+            raw = load_raw(path)
+            for assignment in (*ALWAYS, f"training.seed={point.seed}", *extra):
+                apply_override(raw, assignment)
+            return validate_config(raw, str(path))
         entry = sweep_method(point.method)
         return self._validate(
             self._common(),
@@ -232,7 +243,7 @@ class Sweep:
     def _share_phases(self, point: Point, dump: dict[str, Any]) -> None:
         """Copy the method's budget-independent phases from a finished sibling (same method and
         seed, another budget) whose config agrees apart from the budget's keys."""
-        phases = sweep_method(point.method).shared_phases
+        phases = () if point.method == TUNED else sweep_method(point.method).shared_phases
         if not phases:
             return
         own_keys = _keys(self.budget_overrides(point))

@@ -23,6 +23,13 @@ Suite YAML:
     model: deepfm                           # optional (default: dlrm)
     sets: [training.batch_size=1024]        # optional, every dataset
     bootstrap: {resamples: 1000, seed: 0}   # optional; resamples 0: no intervals
+    tune: {trials: 14, methods: [qr, hybrid, dsl, unified+dsl, unified]}   # optional: the `tuned` column
+
+With ``tune`` (``recsys.training.bench.tuned.SuiteTune``: trials, methods, budgets, seed,
+concurrency, grace_epochs) every dataset is first searched by ``recsys tune`` at each budget
+(train/valid only, the pick by validation AUC), and the pick's ``best.yaml`` is trained at the
+suite's seeds and scored on test like every point: the ``tuned`` column, its configuration
+named per dataset in the summary.
 
 Relative dataset paths are relative to the working directory, as with ``--dataset``.
 """
@@ -42,6 +49,7 @@ from recsys.training.bench.methods import sweep_method
 from recsys.training.bench.quality import Point, Sweep, SweepSettings, sweep_results
 from recsys.training.bench.report import PointResult
 from recsys.training.bench.summary import DatasetOutcome, summarise_suite, write_summary
+from recsys.training.bench.tuned import SuiteTune, tune_dataset
 from recsys.training.tracking import make_tracker
 
 LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -121,6 +129,7 @@ class SuiteConfig(_Strict):
     model: Literal["dlrm", "dcnv2", "deepfm"] | None = None
     sets: list[str] = Field(default_factory=list)
     bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig)
+    tune: SuiteTune | None = None  # a tuner's pick per dataset and budget: the `tuned` column
 
     @field_validator("methods")
     @classmethod
@@ -232,6 +241,7 @@ def run_suite(suite: SuiteConfig, base: SweepSettings) -> list[dict[str, Any]]:
             "seeds": base.seeds,
             "set": " ".join([*suite.sets, *base.sets]),
             "bootstrap_resamples": suite.bootstrap.resamples,
+            "tune_trials": suite.tune.trials if suite.tune else 0,
         }
     )
     status = "KILLED"
@@ -240,10 +250,11 @@ def run_suite(suite: SuiteConfig, base: SweepSettings) -> list[dict[str, Any]]:
         for dataset in suite.datasets:
             settings = dataset_settings(suite, base, dataset)
             print(f"=== dataset {dataset.label}: {dataset.path}", flush=True)
+            picks = tune_dataset(suite.tune, settings, dataset.label, base.report_only) if suite.tune else []
+            settings = replace(settings, tuned={p.budget: str(p.best_yaml) for p in picks})
             rows, results = sweep_results(settings, parent_run_id=str(parent.run_id))
-            outcomes.append(
-                DatasetOutcome(dataset.label, rows, results, [point_folder(settings, r) for r in results], Sweep(settings).spec.splits["test"].oracle)
-            )
+            oracle = Sweep(settings).spec.splits["test"].oracle
+            outcomes.append(DatasetOutcome(dataset.label, rows, results, [point_folder(settings, r) for r in results], oracle, picks))
         summary = summarise_suite(outcomes, suite.bootstrap.resamples, suite.bootstrap.seed, suite.bootstrap.level)
         paths = write_summary(summary, outcomes, out, f"{base.model}, {1 if base.quick else base.seeds} seed(s)")
         for path in paths:

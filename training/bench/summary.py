@@ -20,7 +20,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ import numpy as np
 from recsys.runfolder import RunFolder
 from recsys.storage import load_tensors
 from recsys.training.bench.bootstrap import bootstrap_aucs, interval
+from recsys.training.bench.quality import TUNED
 from recsys.training.bench.report import PointResult, draw_pareto
 
 BASELINES = ("hash", "qr")
@@ -52,6 +53,7 @@ COLUMNS = [
     "d_base_hi",
     "best",
     "test_rows",
+    "pick",
     "error",
 ]
 NAN = float("nan")
@@ -66,6 +68,7 @@ class DatasetOutcome:
     results: list[PointResult]
     folders: list[Path]
     oracle: Any = None  # the test split's oracle metrics (synthetic data) or None
+    picks: list[Any] = field(default_factory=list)  # the tuner's picks (``recsys.training.bench.tuned.Pick``), one per tuned budget
 
 
 def _scores(outcome: DatasetOutcome) -> tuple[np.ndarray | None, dict[tuple[str, float, int], np.ndarray]]:
@@ -107,6 +110,7 @@ def summarise_dataset(outcome: DatasetOutcome, resamples: int, seed: int, level:
     full = rows.get(("full", 1.0))
     full_ok = full is not None and full["seeds_ok"] > 0
     full_boot = _mean_samples(boot, "full", 1.0, full["seeds_ok"]) if full_ok else None
+    picks = {p.budget: p.describe() for p in outcome.picks}
     out = []
     for budget in [1.0, *budgets]:
         at = [r for (m, b), r in rows.items() if b == budget and (m == "full") == (budget == 1.0)]
@@ -139,6 +143,7 @@ def summarise_dataset(outcome: DatasetOutcome, resamples: int, seed: int, level:
                     **_pair("d_base", _ci(samples - base_boot if both_base else None, level)),
                     "best": best is not None and r is best,
                     "test_rows": len(labels) if labels is not None else 0,
+                    "pick": picks.get(budget, "") if r["method"] == TUNED else "",
                     "error": r["error"],
                 }
             )
@@ -218,6 +223,7 @@ def markdown(summary: list[dict[str, Any]], title: str) -> str:
             lines.append(
                 f"| {t['method']} | {t['wins']} | {t['losses']} | {t['sure_wins']} | {t['sure_losses']} | {t['failed']} | {_f(t['d_full'])} |"
             )
+    lines += _pick_table(summary)
     lines.append("\n### Per dataset, with 95% bootstrap intervals over the test rows (paired)\n")
     for d in datasets:
         rows = [r for r in summary if r["dataset"] == d]
@@ -237,6 +243,25 @@ def markdown(summary: list[dict[str, Any]], title: str) -> str:
                 f"| {'**' + r['method'] + '**' if r['best'] else r['method']} | {r['budget']:g}× | {r['bytes']:,} | {auc} | {d_full} | {base} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _pick_table(summary: list[dict[str, Any]]) -> list[str]:
+    """The tuner's pick per dataset and budget, with its Δs (none without a ``tuned`` column)."""
+    rows = [r for r in summary if r["method"] == TUNED and r["pick"]]
+    if not rows:
+        return []
+    lines = [
+        "\n### The tuner's pick (`tuned`: chosen by validation AUC, then trained at the suite's seeds)\n",
+        "| dataset | budget | pick | tuned AUC | Δ vs full [95% CI] | Δ vs best baseline [95% CI] |",
+        "|---|---:|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        base = f"{_f(r['d_base'])}{_ci_text(r['d_base_lo'], r['d_base_hi'])} ({r['baseline']})" if r["baseline"] else "—"
+        auc = _f(r["auc_mean"], ".4f") if r["seeds_ok"] else "—"
+        lines.append(
+            f"| {r['dataset']} | {r['budget']:g}× | {_one_line(r['pick'])} | {auc} | {_f(r['d_full'])}{_ci_text(r['d_full_lo'], r['d_full_hi'])} | {base} |"
+        )
+    return lines
 
 
 def _one_line(text: str, limit: int = 160) -> str:

@@ -6,8 +6,9 @@ rules) plus the trial's option overrides, trained by ``recsys.training.run.train
 ``DIR/trials/<trial>/`` inside a Ray Tune trial (one CPU, one torch thread). Each epoch's
 validation AUC is reported to Tune, whose ASHA scheduler stops the trials that trail their rung.
 Before any trial runs, each method is built at the budget: one that cannot meet it fails the
-search naming the method and the bytes (methods not named with ``--methods`` are dropped with
-that message instead). Resume: a trial folder holding ``metrics.json`` for the same config is
+search naming the method and the bytes (methods not named with ``--methods``, or all with
+``drop_infeasible``, are dropped with that message instead), and a trial's options that cannot
+meet it are drawn again (``plan_trials``' ``accept``): such a trial is skipped, not failed. Resume: a trial folder holding ``metrics.json`` for the same config is
 read back, so rerunning the same command continues a stopped search. After the search the
 driver logs one MLflow parent run with a child run per trial and writes ``trials.csv``,
 ``pareto.png`` and ``best.yaml`` (see ``recsys.training.tune.report``).
@@ -59,6 +60,7 @@ class TuneSettings:
     sets: list[str] = field(default_factory=list)
     concurrency: int | None = None  # trials at once (default: the CPUs Ray offers)
     grace_epochs: int = 1  # ASHA: epochs every trial gets before it can be stopped
+    drop_infeasible: bool = False  # methods named in `methods` that cannot meet the budget are dropped (printed), not an error
     tracking_uri: str | None = None
     experiment: str = "tune"
 
@@ -96,11 +98,20 @@ def feasible_methods(s: TuneSettings) -> list[str]:
             )
             continue
         ok.append(name)
-    if problems and (s.methods is not None or not ok):
+    if problems and ((s.methods is not None and not s.drop_infeasible) or not ok):
         raise TuneError("\n".join(problems))
     for line in problems:
         print(f"recsys tune: dropped {line}", file=sys.stderr)
     return ok
+
+
+def _fits(s: TuneSettings, sweep: Sweep, method: str, options: dict[str, Any]) -> bool:
+    """Whether ``method`` with a trial's ``options`` builds at the budget (a trial that cannot is not planned)."""
+    try:
+        Assembly.of(sweep.config(Point(method, s.budget, s.seed), TrialSpec(0, method, options).overrides()), sweep.spec).method()
+    except ValueError:
+        return False
+    return True
 
 
 def _trial_fn(config: dict[str, Any], settings: TuneSettings, methods: list[str], specs: list[dict[str, Any]]) -> None:
@@ -200,13 +211,45 @@ def _tune(settings: TuneSettings, methods: list[str], specs: list[TrialSpec], ep
     return last
 
 
-def run_search(settings: TuneSettings) -> TrialResult | None:
-    """Search, log to MLflow, write the reports; returns the best trial (None if none finished)."""
-    settings = replace(settings, dataset=Path(settings.dataset).resolve(), out=Path(settings.out).resolve())
+RUNTIME_SETTINGS = ("address", "concurrency", "tracking_uri", "experiment")  # settings that do not change a search's trials
+
+
+def _resolved(settings: TuneSettings) -> TuneSettings:
+    return replace(settings, dataset=Path(settings.dataset).resolve(), out=Path(settings.out).resolve())
+
+
+def _plan(settings: TuneSettings) -> tuple[list[str], Sweep, list[TrialSpec]]:
     methods = feasible_methods(settings)
     sweep = _sweep(settings, methods)
+    embedding_dim = sweep.base_config().model.embedding_dim
+    return methods, sweep, plan_trials(methods, settings.trials, settings.seed, embedding_dim, accept=lambda m, o: _fits(settings, sweep, m, o))
+
+
+def planned_search(settings: TuneSettings) -> dict[str, Any]:
+    """What ``run_search`` writes to ``tune.json`` (settings, methods, trials); nothing is trained."""
+    settings = _resolved(settings)
+    methods, _, specs = _plan(settings)
+    return {
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()},
+        "methods": methods,
+        "trials": [asdict(s) for s in specs],
+    }
+
+
+def same_plan(recorded: dict[str, Any] | None, planned: dict[str, Any]) -> bool:
+    """Whether a ``tune.json`` is the search ``planned`` would run (runtime settings aside)."""
+
+    def key(plan: dict[str, Any]) -> dict[str, Any]:
+        return plan | {"settings": {k: v for k, v in plan.get("settings", {}).items() if k not in RUNTIME_SETTINGS}}
+
+    return recorded is not None and key(recorded) == key(planned)
+
+
+def run_search(settings: TuneSettings) -> TrialResult | None:
+    """Search, log to MLflow, write the reports; returns the best trial (None if none finished)."""
+    settings = _resolved(settings)
+    methods, sweep, specs = _plan(settings)
     base = sweep.base_config()
-    specs = plan_trials(methods, settings.trials, settings.seed, base.model.embedding_dim)
     out = settings.out
     out.mkdir(parents=True, exist_ok=True)
     write_json(
@@ -246,6 +289,9 @@ def run_search(settings: TuneSettings) -> TrialResult | None:
         if best is not None:
             spec = next(s for s in specs if s.name == best.trial)
             write_best(sweep.config(Point(spec.method, settings.budget, settings.seed), spec.overrides()), out / "best.yaml")
+            counts = {k: sum(r.status == k for r in results) for k in ("ok", "stopped", "failed")}
+            pick = {"trial": best.trial, "method": best.method, "options": best.options, "valid_auc": best.metrics["valid_auc"], "trials": counts}
+            write_json(out / "best.json", pick)
             parent.log_metrics({"best_valid_auc": best.metrics["valid_auc"], "best_test_auc": best.metrics["test_auc"]})
         parent.log_metrics(
             {
