@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from recsys.cli import main
+from recsys.config import TrainingConfig
 from recsys.data.synthetic import generate
 from recsys.training.tune.search import TuneError, TuneSettings, feasible_methods
 
@@ -58,7 +59,7 @@ def test_tune_quick_writes_a_best_config_that_trains(tiny, ray_cluster, tmp_path
     best = max(done, key=lambda r: float(r["valid_auc"]))
     cfg = yaml.safe_load((out / "best.yaml").read_text())
     assert cfg["embedding"]["method"] == best["method"] and cfg["embedding"]["compression"] == 10
-    assert cfg["training"]["sparse_lr"] == json.loads(best["options"])["training.sparse_lr"]
+    assert cfg["training"]["sparse_lr"] == json.loads(best["options"]).get("training.sparse_lr", TrainingConfig().sparse_lr)
     assert cfg["tracking"]["enabled"] is True
 
     client = mlflow.MlflowClient(db)
@@ -102,8 +103,23 @@ def test_trials_are_seeded_distinct_and_even() -> None:
     assert a != plan_trials(["hash", "qr", "hybrid"], 9, seed=4, embedding_dim=16)
     assert [t.method for t in a] == ["hash", "qr", "hybrid"] * 3
     assert len({t.name for t in a}) == 9, "no trial repeats another"
-    assert all(set(t.options) >= {"training.sparse_lr", "training.sparse_eps"} for t in a)
-    assert {t.options["embedding.options.combiner"] for t in a if t.method == "qr"} <= {"mult", "sum", "concat"}
+    assert [t.options for t in a[:3]] == [{}, {}, {}], "each method at its defaults first"
+    assert all(set(t.options) >= {"training.sparse_lr", "training.sparse_eps"} for t in a[3:])
+    assert {t.options["embedding.options.combiner"] for t in a[3:] if t.method == "qr"} <= {"mult", "sum", "concat"}
     for t in a:
         assert [o.split("=", 1)[0] for o in t.overrides()] == list(t.options)
         assert all(o.endswith("=null") == (v is None) for o, v in zip(t.overrides(), t.options.values()))
+
+
+def test_a_draw_that_cannot_meet_the_budget_is_drawn_again() -> None:
+    from recsys.training.tune.space import plan_trials
+
+    def accept(method: str, options: dict) -> bool:  # as if qr's concat tables never fit, nor any ε of 1e-8
+        return options.get("embedding.options.combiner") != "concat" and options["training.sparse_eps"] != 1e-8
+
+    a = plan_trials(["hash", "qr"], 12, seed=1, embedding_dim=16, accept=accept)
+    assert a == plan_trials(["hash", "qr"], 12, seed=1, embedding_dim=16, accept=accept), "still seeded"
+    assert len(a) == 12 and [t.index for t in a] == list(range(12))
+    assert all(accept(t.method, t.options) for t in a[2:]) and {t.method for t in a[2:]} == {"hash", "qr"}
+    assert any(t.options.get("embedding.options.combiner") == "concat" for t in plan_trials(["qr"], 12, seed=1, embedding_dim=16))
+    assert [t.method for t in plan_trials(["qr"], 5, seed=1, embedding_dim=16, accept=lambda m, o: False)] == ["qr"], "defaults only"

@@ -61,6 +61,15 @@ def test_bad_suite_yaml_names_the_file_and_key(two: tuple[Path, Path], tmp_path:
         ({"datasets": [{"label": "a b", "path": str(a)}]}, "datasets.0.label: label 'a b' must be"),
         ({"datasets": [{"label": "a", "path": str(a), "sets": ["training.epochs"]}]}, "datasets.0.sets: 'training.epochs' is not KEY=VALUE"),
         ({"datasets": []}, "datasets: List should have at least 1 item"),
+        ({"datasets": [{"label": "a", "path": str(a)}], "tune": {"trials": 0}}, "tune.trials: Input should be greater than or equal to 1"),
+        ({"datasets": [{"label": "a", "path": str(a)}], "tune": {"trials": 4, "method": ["qr"]}}, "tune.method: Extra inputs are not permitted"),
+        (
+            {"datasets": [{"label": "a", "path": str(a)}], "tune": {"trials": 4, "methods": ["qr", "rq"]}},
+            "tune.methods: unknown benchmark method 'rq'",
+        ),
+        ({"datasets": [{"label": "a", "path": str(a)}], "tune": {"trials": 4, "methods": []}}, "tune.methods: an empty list searches nothing"),
+        ({"datasets": [{"label": "a", "path": str(a)}], "tune": {"trials": 4, "budgets": [1]}}, "tune.budgets: budget 1 must be a compression ratio"),
+        ({"datasets": [{"label": "a", "path": str(a)}], "tune": {"methods": ["qr"]}}, "tune.trials: Field required"),
         (["a"], "(root): a suite is a mapping"),
     ]
     for raw, message in cases:
