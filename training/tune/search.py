@@ -252,6 +252,7 @@ def run_search(settings: TuneSettings) -> TrialResult | None:
     base = sweep.base_config()
     out = settings.out
     out.mkdir(parents=True, exist_ok=True)
+    (out / "best.json").unlink(missing_ok=True)  # a pick of an earlier plan is not this search's (rewritten when it finishes)
     write_json(
         out / "tune.json",
         {
