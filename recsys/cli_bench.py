@@ -154,7 +154,7 @@ def add_bench_commands(sub: argparse._SubParsersAction, with_speed: bool) -> Non
         "--methods",
         type=_comma_list,
         default=None,
-        help="comma-separated, from: full,hash,qr,unified,hybrid,optembed,dsl,unified+optembed,unified+dsl (default: all)",
+        help="comma-separated, from: full,hash,qr,unified,hybrid,auto,optembed,dsl,unified+optembed,unified+dsl (default: all)",
     )
     quality.add_argument("--budgets", type=_budgets, default=None, help="compression ratios, full bytes / budget (default 10,100,1000)")
     quality.add_argument("--seeds", type=int, default=None, help="seeds per point (default 2; --quick: 1)")
