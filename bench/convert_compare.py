@@ -42,6 +42,7 @@ def export_tree(ref: str, dest: Path) -> Path:
         tar.extractall(dest / "tree", filter="data")
     pyproject = subprocess.run(["git", "show", f"{ref}:pyproject.toml"], cwd=REPO, check=True, capture_output=True, text=True).stdout
     modules = tomllib.loads(pyproject).get("tool", {}).get("setuptools", {}).get("ext-modules", [])
+    modules = [m for m in modules if all(src.startswith("recsys/") for src in m["sources"])]  # only recsys/ is exported
     if modules:
         subprocess.run([sys.executable, "-c", _BUILD, json.dumps(modules)], cwd=dest / "tree", check=True, capture_output=True)
     return dest / "tree"
@@ -50,7 +51,7 @@ def export_tree(ref: str, dest: Path) -> Path:
 _BUILD = (
     "import json, sys; from setuptools import Extension, setup; "
     "setup(script_args=['build_ext', '--inplace', '-q'], ext_modules=[Extension(m['name'], m['sources'], "
-    "extra_compile_args=m.get('extra-compile-args', [])) for m in json.loads(sys.argv[1])])"
+    "include_dirs=m.get('include-dirs', []), extra_compile_args=m.get('extra-compile-args', [])) for m in json.loads(sys.argv[1])])"
 )
 
 

@@ -21,8 +21,6 @@
 #define BUCKET 8
 #define MISSING_INDEX 0
 #define OOV_INDEX 1
-#define FNV_OFFSET 0xCBF29CE484222325ULL
-#define FNV_PRIME 0x100000001B3ULL
 #define MULTIPLIER 0x9E3779B97F4A7C15ULL
 #define STACK_BLOCKS 64
 #define RELEASE_GIL_AT 4096 /* values from which the kernel runs without the GIL */

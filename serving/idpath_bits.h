@@ -6,14 +6,7 @@
 #include <stdint.h>
 #include <string.h>
 
-static inline uint64_t fmix64(uint64_t h) {
-    h ^= h >> 33;
-    h *= 0xFF51AFD7ED558CCDULL;
-    h ^= h >> 33;
-    h *= 0xC4CEB9FE1A85EC53ULL;
-    h ^= h >> 33;
-    return h;
-}
+#include "hash64.h" /* fmix64, FNV_OFFSET, FNV_PRIME (recsys/hash64.h) */
 
 static inline uint32_t rd32(const uint8_t *p) {
     uint32_t v;

@@ -14,27 +14,9 @@
 #include <stdint.h>
 #include <string.h>
 
-#define FNV_OFFSET 0xCBF29CE484222325ULL
-#define FNV_PRIME 0x100000001B3ULL
+#include "hash64.h"
+
 #define PREFETCH 16
-
-static inline uint64_t fmix64(uint64_t h) {
-    h ^= h >> 33;
-    h *= 0xFF51AFD7ED558CCDULL;
-    h ^= h >> 33;
-    h *= 0xC4CEB9FE1A85EC53ULL;
-    h ^= h >> 33;
-    return h;
-}
-
-static inline uint64_t fnv1a(const uint8_t *p, int64_t n) {
-    uint64_t h = FNV_OFFSET;
-    for (int64_t i = 0; i < n; i++) {
-        h ^= p[i];
-        h *= FNV_PRIME;
-    }
-    return h;
-}
 
 static inline int64_t load_offset(const void *offsets, int large, int64_t i) {
     return large ? ((const int64_t *)offsets)[i] : (int64_t)((const int32_t *)offsets)[i];
