@@ -37,7 +37,7 @@ import httpx
 import numpy as np
 import torch
 
-from bench.serving_fixture import fake_dataset, fake_run, key_pool, serve_command, wait_for_redis
+from bench.serving_fixture import fake_dataset, fake_run, key_pool, load_command, serve_command, wait_for_redis
 from recsys.export import export_run, load_artifact
 from recsys.serving.store import Store
 
@@ -212,24 +212,7 @@ def _rss(pid: int) -> dict[str, int]:
 
 
 def _load(target: str, port: int, keys: Path, ids: int, concurrency: int, duration: float, *extra: str) -> dict:
-    cmd = [
-        sys.executable,
-        "-m",
-        "bench.serving_load",
-        "--target",
-        target,
-        "--port",
-        str(port),
-        "--keys",
-        str(keys),
-        "--ids",
-        str(ids),
-        "--concurrency",
-        str(concurrency),
-        "--duration",
-        str(duration),
-        *extra,
-    ]
+    cmd = load_command(target, port, keys, ids, concurrency, duration, *extra)
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
     row = json.loads(res.stdout.strip().splitlines()[-1])
     print(json.dumps(row), flush=True)

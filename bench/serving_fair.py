@@ -23,13 +23,12 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from bench.serving_fixture import serve_command, wait_for_redis
+from bench.serving_fixture import load_command, serve_command, wait_for_redis
 from recsys.hashing import hash64_strings
 from recsys.serving.store import Store
 
@@ -43,29 +42,7 @@ def pinned(core: int, cmd: list[str]) -> list[str]:
 
 
 def _load(target: str, port: int, keys: Path, ids: int, concurrency: int, duration: float, *extra: str) -> dict:
-    cmd = pinned(
-        CLIENT_CORE,
-        [
-            sys.executable,
-            "-m",
-            "bench.serving_load",
-            "--target",
-            target,
-            "--port",
-            str(port),
-            "--keys",
-            str(keys),
-            "--ids",
-            str(ids),
-            "--concurrency",
-            str(concurrency),
-            "--duration",
-            str(duration),
-            "--warmup",
-            "0.5",
-            *extra,
-        ],
-    )
+    cmd = pinned(CLIENT_CORE, load_command(target, port, keys, ids, concurrency, duration, "--warmup", "0.5", *extra))
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
     return json.loads(res.stdout.strip().splitlines()[-1])
 

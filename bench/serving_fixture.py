@@ -87,6 +87,12 @@ def wait_for_redis(client: Any, tries: int = 100) -> None:
     raise RuntimeError(f"redis-server did not answer within {tries * 0.1:.1f} s")
 
 
+def load_command(target: str, port: int, keys: Path, ids: int, concurrency: int, duration: float, *extra: str) -> list[str]:
+    """The ``bench.serving_load`` command line of one load-generator run (its last stdout line is a JSON row)."""
+    return [sys.executable, "-m", "bench.serving_load", "--target", target, "--port", str(port), "--keys", str(keys),
+            "--ids", str(ids), "--concurrency", str(concurrency), "--duration", str(duration), *extra]  # fmt: skip
+
+
 def serve_command(art: Path, port: int, workers: int = 1, front: str = "uvicorn") -> list[str]:
     """The ``recsys serve`` command line of the benchmarks: no reload polling, 4096 items, quiet logs."""
     return [sys.executable, "-m", "recsys.cli", "serve", "--model", str(art), "--port", str(port), "--poll-interval", "0",
