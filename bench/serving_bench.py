@@ -18,6 +18,8 @@
 ``--quick``: only the fair pinned comparison of ``bench.serving_fair`` (server and Redis on one
 core, the load generator on the other, alternating runs, ids.v1 requests on uvicorn and granian,
 the in-process bulk API against redis-py); it ends with ``serving vs redis at 512 ids: X.XX×``.
+Its load generator is the compiled ``bench/loadgen.c`` (built with ``cc`` into ``bench_out/``; without
+a C compiler: ``apt-get install -y gcc``) or, with ``--loadgen python``, ``bench.serving_load``.
 
 Usage: ``python -m bench.serving_bench [--quick [--rounds 3]] [--out bench_out/serving] [--duration 6] [--skip-quality] [--http-only] [--workers 1,2]``
 """
@@ -37,6 +39,7 @@ import httpx
 import numpy as np
 import torch
 
+from bench.loadgen import compiler
 from bench.serving_fixture import fake_dataset, fake_run, key_pool, load_command, serve_command, wait_for_redis
 from recsys.export import export_run, load_artifact
 from recsys.serving.store import Store
@@ -308,6 +311,12 @@ def main() -> None:
     p.add_argument("--workers", default="1,2", help="server process counts to measure, comma-separated")
     p.add_argument("--sizes", default="1,64,512", help="ids per request, comma-separated")
     p.add_argument("--fronts", default="uvicorn,granian,granian-rsgi", help="--quick: the HTTP fronts measured against Redis, comma-separated")
+    p.add_argument(
+        "--loadgen",
+        choices=["c", "python"],
+        default="c" if compiler() else "python",
+        help="--quick: the load generator, bench/loadgen.c (default when cc is found) or bench.serving_load",
+    )
     args = p.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -367,6 +376,7 @@ def _quick(out: Path, spec, art: Path, args: argparse.Namespace) -> None:
         [int(n) for n in args.sizes.split(",")],
         _port,
         tuple(args.fronts.split(",")),
+        args.loadgen,
     )
     (out / "fair.json").write_text(json.dumps(result, indent=2) + "\n")
     text = markdown(result)

@@ -2,9 +2,12 @@
 MGET of the same vectors, each server alone on one core.
 
 The server under test (``recsys serve`` with one worker process, on uvicorn, granian and granian-rsgi, or
-``redis-server``) runs pinned to core ``SERVER_CORE`` and the load generator
-(``bench.serving_load``, its own process, pre-encoded requests on raw connections) to core
-``CLIENT_CORE`` with ``taskset``, so vectors/s is per server core. Our requests are ids.v1 bodies
+``redis-server``) runs pinned to core ``SERVER_CORE`` and the load generator to core ``CLIENT_CORE``
+with ``taskset``, so vectors/s is per server core. The load generator is the compiled one
+(``bench/loadgen.c`` via ``bench.loadgen``: epoll, pre-built requests, a few µs a request, so the
+server rather than the client sets the pace) or, with ``generator="python"``, ``bench.serving_load``
+(asyncio; on 2 cores it could not keep either server's core busy). Each peak row also gives the
+server's CPU use of its core during the run. Our requests are ids.v1 bodies
 (the pairs' raw ids grouped by feature, float32 rows back); Redis gets ``MGET`` of the same keys
 ``<feature>:<value>`` holding the same float32 bytes. Runs alternate target by target (ours, Redis,
 ours, ...) for ``rounds`` rounds and the medians are reported, so a neighbour's load on a shared
@@ -28,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench import loadgen
 from bench.serving_fixture import load_command, serve_command, wait_for_redis
 from recsys.hashing import hash64_strings
 from recsys.serving.store import Store
@@ -41,10 +45,30 @@ def pinned(core: int, cmd: list[str]) -> list[str]:
     return ["taskset", "-c", str(core), *cmd] if shutil.which("taskset") else cmd
 
 
-def _load(target: str, port: int, keys: Path, ids: int, concurrency: int, duration: float, *extra: str) -> dict:
-    cmd = pinned(CLIENT_CORE, load_command(target, port, keys, ids, concurrency, duration, "--warmup", "0.5", *extra))
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
-    return json.loads(res.stdout.strip().splitlines()[-1])
+class Generator:
+    """One load generator for every target, on the client core: ``c`` (``bench/loadgen.c``) or ``python``
+    (``bench.serving_load``); ``pool`` holds ``[feature, value, raw id]`` entries, ``dim`` the vector width."""
+
+    def __init__(self, kind: str, out: Path, pool: list[list], dim: int) -> None:
+        if kind not in ("c", "python"):
+            raise ValueError(f"loadgen must be 'c' or 'python', got {kind!r}")
+        self.kind, self.out, self.pool, self.dim = kind, out, pool, dim
+        self.keys = out / "keys_ids.json"
+        self.keys.write_text(json.dumps(pool))
+        self.exe = loadgen.binary() if kind == "c" else None
+        self.files: dict[tuple[str, int, int], Path] = {}
+
+    def __call__(self, target: str, port: int, ids: int, concurrency: int, duration: float, rate: float = 0.0, warmup: float = 0.5) -> dict:
+        if self.exe is None:
+            extra = ["--warmup", f"{warmup:g}", *(["--rate", f"{rate:.0f}"] if rate else []), *(["--ids-format"] if target == "http" else [])]
+            cmd = pinned(CLIENT_CORE, load_command(target, port, self.keys, ids, concurrency, duration, *extra))
+            res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
+            return {**json.loads(res.stdout.strip().splitlines()[-1]), "generator": "python"}
+        key = (target, ids, concurrency)
+        if key not in self.files:
+            self.files[key] = loadgen.write_requests(self.out / f"requests-{target}-{ids}-{concurrency}.bin", target, self.pool, ids, concurrency)
+        cmd = loadgen.command(self.exe, target, port, self.files[key], ids, concurrency, duration, warmup, rate, self.dim)
+        return loadgen.run(pinned(CLIENT_CORE, cmd), target, ids, concurrency, rate)
 
 
 def _start_front(art: Path, port: int, front: str) -> subprocess.Popen:
@@ -80,16 +104,21 @@ def _cpu_seconds(pid: int) -> float:
     return total
 
 
-def measured(pid: int, *load_args) -> dict:
-    """A load run and the server's CPU time per request during it (robust to a busy box: CPU, not wall)."""
+def measured(pid: int, generator: Generator, target: str, port: int, ids: int, concurrency: int, duration: float, warmup: float = 0.5) -> dict:
+    """A closed-loop run, the server's CPU time per request during it (robust to a busy box: CPU, not wall)
+    and its use of its core (CPU seconds over the run's warm-up + measured seconds)."""
     before = _cpu_seconds(pid)
-    row = _load(*load_args)
+    row = generator(target, port, ids, concurrency, duration, warmup=warmup)
     spent = _cpu_seconds(pid) - before  # warm-up included, so per request of warm-up and run together
-    return {**row, "server_cpu_us_per_request": 1e6 * spent / max(row["requests"] + row["warmup_requests"], 1)}
+    return {
+        **row,
+        "server_cpu_us_per_request": 1e6 * spent / max(row["requests"] + row["warmup_requests"], 1),
+        "server_core_use": spent / (duration + warmup),
+    }
 
 
 def _median_rows(runs: list[dict]) -> dict:
-    keys = ("vectors_per_s", "requests_per_s", "p50_ms", "p99_ms", "server_cpu_us_per_request")
+    keys = ("vectors_per_s", "requests_per_s", "p50_ms", "p99_ms", "server_cpu_us_per_request", "server_core_use")
     row = {k: statistics.median(r[k] for r in runs) for k in keys}
     return {**row, "runs": len(runs), "errors": sum(r["errors"] for r in runs), "vectors_per_s_all": [r["vectors_per_s"] for r in runs]}
 
@@ -134,13 +163,14 @@ def fair(
     sizes: list[int],
     port_of,
     fronts: tuple[str, ...] = FRONTS,
+    generator: str = "c",
 ) -> dict:
-    """The pinned, alternating HTTP/Redis comparison of ``fronts``; ``port_of()`` gives a free port."""
+    """The pinned, alternating HTTP/Redis comparison of ``fronts`` driven by the ``generator`` load
+    generator (``c`` or ``python``); ``port_of()`` gives a free port."""
     import redis
 
-    keys = out / "keys_ids.json"
     raw = hash64_strings([v for _, v in pool]).tolist()
-    keys.write_text(json.dumps([[f, v, r] for (f, v), r in zip(pool, raw)]))
+    load = Generator(generator, out, [[f, v, r] for (f, v), r in zip(pool, raw)], int(store.embeddings(pool[:1]).shape[1]))
     redis_port = port_of()
     procs = {"redis": (_redis(redis_port), redis_port)}
     try:
@@ -160,22 +190,22 @@ def fair(
                         break
                 except httpx.TransportError:
                     time.sleep(0.3)
-        targets = [(front, "http", procs[front][1], ["--ids-format"]) for front in fronts] + [("redis", "redis", redis_port, [])]
+        targets = [(front, "http", procs[front][1]) for front in fronts] + [("redis", "redis", redis_port)]
         runs: dict[tuple[str, int], list[dict]] = {}
         load_before = open("/proc/loadavg").read().strip()
         for r in range(rounds):
             for ids in sizes:
                 order = targets[r % len(targets) :] + targets[: r % len(targets)]  # rotate who goes first
-                for name, target, port, extra in order:
-                    row = measured(procs[name][0].pid, target, port, keys, ids, 8, duration, *extra)
+                for name, target, port in order:
+                    row = measured(procs[name][0].pid, load, target, port, ids, 8, duration)
                     runs.setdefault((name, ids), []).append(row)
                     print(json.dumps({"round": r, "name": name, **row}), flush=True)
         peak = {name: [_median_rows(runs[(name, ids)]) | {"name": name, "ids": ids} for ids in sizes] for name, *_ in targets}
         moderate = []
         if 64 in sizes:
-            for name, target, port, extra in targets:
+            for name, target, port in targets:
                 rate = 0.25 * next(p["requests_per_s"] for p in peak[name] if p["ids"] == 64)
-                row = _load(target, port, keys, 64, 8, duration, "--rate", f"{rate:.0f}", *extra)
+                row = load(target, port, 64, 8, duration, rate=rate, warmup=1.0)
                 moderate.append({"name": name, "rate": rate, **row})
                 print(json.dumps({"moderate": name, **row}), flush=True)
         bulk = _pinned_bulk(store, pool, redis_port)
@@ -185,6 +215,7 @@ def fair(
             "moderate": moderate,
             "bulk": bulk,
             "fronts": list(fronts),
+            "generator": generator,
             "load_before": load_before,
             "load_after": load_after,
             "rounds": rounds,
@@ -212,26 +243,31 @@ def markdown(result: dict) -> str:
     """Tables of ``fair``'s result, and the closing ratio line."""
     lines = [
         f"Load average before / after: {result['load_before']} / {result['load_after']}; medians of {result['rounds']} "
-        f"alternating runs of {result['duration_s']:g} s, 8 connections, server on core {SERVER_CORE}, load generator on core {CLIENT_CORE}",
+        f"alternating runs of {result['duration_s']:g} s, 8 connections, server on core {SERVER_CORE}, "
+        f"load generator ({result.get('generator', 'python')}) on core {CLIENT_CORE}",
         "",
-        "| target | ids | vectors/s per server core | requests/s | p50 ms | p99 ms | server CPU µs/request | vectors per server CPU-second | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| target | ids | vectors/s per server core | requests/s | server core use | p50 ms | p99 ms | server CPU µs/request "
+        "| vectors per server CPU-second | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for p in result["peak"]:
         cpu = p["server_cpu_us_per_request"]
         lines.append(
-            f"| {p['name']} | {p['ids']} | {p['vectors_per_s']:,.0f} | {p['requests_per_s']:,.0f} | {p['p50_ms']:.2f} | {p['p99_ms']:.2f} | "
-            f"{cpu:,.0f} | {p['ids'] * 1e6 / cpu:,.0f} | {p['errors']} |"
+            f"| {p['name']} | {p['ids']} | {p['vectors_per_s']:,.0f} | {p['requests_per_s']:,.0f} | {p.get('server_core_use', float('nan')):.0%} | "
+            f"{p['p50_ms']:.2f} | {p['p99_ms']:.2f} | {cpu:,.0f} | {p['ids'] * 1e6 / cpu:,.0f} | {p['errors']} |"
         )
     if result["moderate"]:
         lines += [
             "",
             "Moderate load (open loop, Poisson, a quarter of each target's peak), 64 ids:",
             "",
-            "| target | requests/s | p50 ms | p99 ms |",
-            "|---|---:|---:|---:|",
+            "| target | requests/s | p50 ms | p99 ms | max ms | errors |",
+            "|---|---:|---:|---:|---:|---:|",
         ]
-        lines += [f"| {m['name']} | {m['rate']:,.0f} | {m['p50_ms']:.2f} | {m['p99_ms']:.2f} |" for m in result["moderate"]]
+        lines += [
+            f"| {m['name']} | {m['rate']:,.0f} | {m['p50_ms']:.2f} | {m['p99_ms']:.2f} | {m['max_ms']:.2f} | {m['errors']} |"
+            for m in result["moderate"]
+        ]
     b = result["bulk"]
     lines += [
         "",

@@ -39,7 +39,8 @@ Call = Callable[[int], Awaitable[bool]]  # request number -> ok
 BATCHES = 256
 
 
-def _batches(pool: list[list[str]], n: int, seed: int) -> list[list[list[str]]]:
+def batches(pool: list[list[str]], n: int, seed: int) -> list[list[list[str]]]:
+    """``BATCHES`` random batches of ``n`` pool entries (the load generators' request batches)."""
     rng = random.Random(seed)
     return [[pool[rng.randrange(len(pool))] for _ in range(n)] for _ in range(BATCHES)]
 
@@ -55,28 +56,28 @@ def ids_body(batch: list[list]) -> bytes:
     return encode({f: np.array(ids, np.int64) for f, ids in by.items()})
 
 
+def http_request(batch: list[list], ids: bool = True, binary: bool = True) -> bytes:
+    """The complete keep-alive ``POST /v1/embeddings`` of a batch: an ids.v1 body (``ids``) or JSON items."""
+    binary = binary or ids
+    accept = b"application/octet-stream" if binary else b"application/json"
+    ctype = b"application/vnd.recsys.ids.v1" if ids else b"application/json"
+    body = ids_body(batch) if ids else json.dumps({"items": [{"feature": f, "value": v} for f, v, *_ in batch]}, separators=(",", ":")).encode()
+    head = b"POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: %s\r\nAccept: %s\r\nContent-Length: %d\r\n\r\n"
+    return head % (ctype, accept, len(body)) + body
+
+
+def redis_command(batch: list[list]) -> bytes:
+    """The RESP ``MGET`` of a batch's keys ``<feature>:<value>``."""
+    keys = [f"{f}:{v}".encode() for f, v, *_ in batch]
+    return b"".join([b"*%d\r\n$4\r\nMGET\r\n" % (len(keys) + 1)] + [b"$%d\r\n%s\r\n" % (len(k), k) for k in keys])
+
+
 class RawHttp:
     """One keep-alive HTTP/1.1 connection with pre-encoded requests (JSON items, or ids.v1 with ``ids``)."""
 
     def __init__(self, port: int, batches: list[list[list[str]]], binary: bool, dim: int, ids: bool = False) -> None:
         self.port, self.binary, self.dim, self.n = port, binary or ids, dim, len(batches[0])
-        accept = b"application/octet-stream" if self.binary else b"application/json"
-        ctype = b"application/vnd.recsys.ids.v1" if ids else b"application/json"
-        self.requests = []
-        for batch in batches:
-            body = (
-                ids_body(batch) if ids else json.dumps({"items": [{"feature": f, "value": v} for f, v, *_ in batch]}, separators=(",", ":")).encode()
-            )
-            head = (
-                b"POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
-                + ctype
-                + b"\r\nAccept: "
-                + accept
-                + b"\r\nContent-Length: "
-                + str(len(body)).encode()
-                + b"\r\n\r\n"
-            )
-            self.requests.append(head + body)
+        self.requests = [http_request(batch, ids, binary) for batch in batches]
 
     async def open(self) -> None:
         self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
@@ -102,11 +103,7 @@ class RawRedis:
 
     def __init__(self, port: int, batches: list[list[list[str]]], dim: int) -> None:
         self.port, self.n = port, len(batches[0])
-        self.commands = []
-        for batch in batches:
-            keys = [f"{f}:{v}".encode() for f, v, *_ in batch]
-            parts = [b"*%d\r\n$4\r\nMGET\r\n" % (len(keys) + 1)] + [b"$%d\r\n%s\r\n" % (len(k), k) for k in keys]
-            self.commands.append(b"".join(parts))
+        self.commands = [redis_command(batch) for batch in batches]
         self.head = b"*%d\r\n" % self.n
         self.item = b"$%d\r\n" % (4 * dim)
         self.size = len(self.head) + self.n * (len(self.item) + 4 * dim + 2)
@@ -220,7 +217,7 @@ async def _open(conns: list, rate: float, until: float, lat: list[float], errors
 
 async def _run(args: argparse.Namespace) -> dict:
     pool = json.loads(open(args.keys).read())
-    conns = [_connection(args, _batches(pool, args.ids, 1000 * k + args.ids)) for k in range(args.concurrency)]
+    conns = [_connection(args, batches(pool, args.ids, 1000 * k + args.ids)) for k in range(args.concurrency)]
     for c in conns:
         await c.open()
     lat: list[float] = []
