@@ -13,7 +13,8 @@
  * strings of EXPECT bytes in all; anything else (status, error reply, null, size, closed
  * connection, TIMEOUT seconds, default 10) is an error. Requests scheduled in [WARMUP, WARMUP +
  * SECONDS) count; one JSON line on stdout: requests, errors, seconds, vectors (good answers x IDS),
- * warmup_requests, p50/p90/p99/max latency in microseconds (1 us histogram buckets up to 65 ms).
+ * warmup_requests, p50/p90/p99/max latency in microseconds (1 us histogram buckets up to 65 ms),
+ * client_cpu_s (this process's user + system CPU, getrusage) and wall_s (warm-up and drain included).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -27,6 +28,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -288,10 +290,13 @@ int main(int argc, char **argv) {
             }
         }
     }
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    double cpu = (double)ru.ru_utime.tv_sec + (double)ru.ru_stime.tv_sec + 1e-6 * (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
     printf("{\"requests\": %llu, \"errors\": %llu, \"seconds\": %.6f, \"vectors\": %llu, \"warmup_requests\": %llu, "
-           "\"p50_us\": %llu, \"p90_us\": %llu, \"p99_us\": %llu, \"max_us\": %llu}\n",
+           "\"p50_us\": %llu, \"p90_us\": %llu, \"p99_us\": %llu, \"max_us\": %llu, \"client_cpu_s\": %.6f, \"wall_s\": %.6f}\n",
            (unsigned long long)requests, (unsigned long long)errors, seconds, (unsigned long long)(good * ids), (unsigned long long)warm,
            (unsigned long long)percentile(0.50), (unsigned long long)percentile(0.90), (unsigned long long)percentile(0.99),
-           (unsigned long long)max_us);
+           (unsigned long long)max_us, cpu, now() - t0);
     return 0;
 }

@@ -75,6 +75,7 @@ def row(out: dict, target: str, ids: int, connections: int, rate: float) -> dict
         "p50_ms": out["p50_us"] / 1e3,
         "p99_ms": out["p99_us"] / 1e3,
         "max_ms": out["max_us"] / 1e3,
+        "client_core_use": out["client_cpu_s"] / out["wall_s"],
     }
 
 

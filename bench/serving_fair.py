@@ -120,6 +120,8 @@ def measured(pid: int, generator: Generator, target: str, port: int, ids: int, c
 def _median_rows(runs: list[dict]) -> dict:
     keys = ("vectors_per_s", "requests_per_s", "p50_ms", "p99_ms", "server_cpu_us_per_request", "server_core_use")
     row = {k: statistics.median(r[k] for r in runs) for k in keys}
+    if all("client_core_use" in r for r in runs):  # the compiled generator's own CPU use of its core
+        row["client_core_use"] = statistics.median(r["client_core_use"] for r in runs)
     return {**row, "runs": len(runs), "errors": sum(r["errors"] for r in runs), "vectors_per_s_all": [r["vectors_per_s"] for r in runs]}
 
 
@@ -246,14 +248,15 @@ def markdown(result: dict) -> str:
         f"alternating runs of {result['duration_s']:g} s, 8 connections, server on core {SERVER_CORE}, "
         f"load generator ({result.get('generator', 'python')}) on core {CLIENT_CORE}",
         "",
-        "| target | ids | vectors/s per server core | requests/s | server core use | p50 ms | p99 ms | server CPU µs/request "
-        "| vectors per server CPU-second | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| target | ids | vectors/s per server core | requests/s | server core use | client core use | p50 ms | p99 ms "
+        "| server CPU µs/request | vectors per server CPU-second | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for p in result["peak"]:
         cpu = p["server_cpu_us_per_request"]
         lines.append(
             f"| {p['name']} | {p['ids']} | {p['vectors_per_s']:,.0f} | {p['requests_per_s']:,.0f} | {p.get('server_core_use', float('nan')):.0%} | "
+            f"{p.get('client_core_use', float('nan')):.0%} | "
             f"{p['p50_ms']:.2f} | {p['p99_ms']:.2f} | {cpu:,.0f} | {p['ids'] * 1e6 / cpu:,.0f} | {p['errors']} |"
         )
     if result["moderate"]:

@@ -61,6 +61,7 @@ def test_closed_and_open_loop_answers_are_all_good(setup, target):
     assert closed["requests"] > 0 and closed["errors"] == 0, closed
     assert closed["vectors"] == closed["requests"] * IDS
     assert 0 < closed["p50_us"] <= closed["p90_us"] <= closed["p99_us"] <= closed["max_us"]
+    assert 0 < closed["client_cpu_s"] <= 1.1 * closed["wall_s"] and closed["wall_s"] >= 1.2  # one thread; warm-up + run
     opened = _run(setup, target, setup[target], setup["pool"], rate=200)
     assert opened["errors"] == 0, opened
     assert 120 <= opened["requests"] <= 280, opened  # Poisson arrivals at 200/s for 1 s
