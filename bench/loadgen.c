@@ -10,9 +10,9 @@
  * arrivals of RATE/s dispatched to the first free connection; a request's latency counts from its
  * scheduled time, so one that waits for a free connection shows that wait (no coordinated omission).
  * An answer is good when HTTP says 200 with Content-Length EXPECT, or RESP is an array of IDS bulk
- * strings of EXPECT bytes in all; anything else (status, error reply, null, size, closed
- * connection, TIMEOUT seconds, default 10) is an error. Requests scheduled in [WARMUP, WARMUP +
- * SECONDS) count; one JSON line on stdout: requests, errors, seconds, vectors (good answers x IDS),
+ * strings of EXPECT bytes in all; anything else (status, error reply, null, size, closed connection,
+ * no answer TIMEOUT seconds after the send, default 10) is an error. Requests scheduled in
+ * [WARMUP, WARMUP + SECONDS) count; one JSON line on stdout: requests, errors, seconds, vectors (good answers x IDS),
  * warmup_requests, p50/p90/p99/max latency in microseconds (1 us histogram buckets up to 65 ms),
  * client_cpu_s (this process's user + system CPU, getrusage) and wall_s (warm-up and drain included).
  */
@@ -45,6 +45,7 @@ typedef struct {
     int fd, busy, counted;
     size_t next;  /* index of the next request to send */
     double start; /* scheduled (open loop) or sent (closed loop) time of the request in flight */
+    double sent;  /* when it was sent (the timeout counts from there) */
     char *buf;
     size_t len, cap;
 } Conn;
@@ -179,6 +180,7 @@ static void send_request(Conn *c, const Req *reqs, size_t nreq, double start, in
     }
     c->busy = 1;
     c->start = start;
+    c->sent = now();
     c->counted = counted;
 }
 
@@ -244,7 +246,7 @@ int main(int argc, char **argv) {
         int busy = 0;
         for (int k = 0; k < nconn; k++) {
             Conn *c = &conns[k];
-            if (c->busy && t - c->start > timeout) { /* no answer in time: an error, and a fresh connection */
+            if (c->busy && t - c->sent > timeout) { /* no answer in time: an error, and a fresh connection */
                 if (c->counted) record(t - c->start, 0);
                 reconnect(epfd, c);
             }

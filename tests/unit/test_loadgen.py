@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -105,6 +106,40 @@ def test_404_answers_are_counted_as_errors(setup):
         server.shutdown()
         server.server_close()
     assert row["requests"] > 0 and row["errors"] == row["requests"] and row["vectors"] == 0, row
+
+
+class Slow(NotFound):
+    """Answers 200 with the expected bytes after ``DELAY`` s, one request at a time."""
+
+    DELAY, SIZE = 0.02, 0
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["content-length"]))
+        time.sleep(self.DELAY)
+        self.send_response(200)
+        self.send_header("Content-Length", str(self.SIZE))
+        self.end_headers()
+        self.wfile.write(b"\0" * self.SIZE)
+
+
+def test_open_loop_latency_counts_from_the_scheduled_time(setup):
+    """200 requests/s for 0.5 s on one connection to a server taking 20 ms each (50/s): the backlog
+    grows, and a request's latency includes its wait for the connection (no coordinated omission)."""
+    Slow.SIZE = 4 * setup["dim"] * IDS
+    server = http.server.HTTPServer(("127.0.0.1", 0), Slow)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        requests = loadgen.write_requests(setup["tmp"] / "slow.bin", "http", setup["pool"], IDS, 1)
+        cmd = loadgen.command(setup["exe"], "http", server.server_address[1], requests, IDS, 1, 0.5, 0, 200, setup["dim"], timeout=5)
+        row = loadgen.run(cmd, "http", IDS, 1, 200)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert row["errors"] == 0 and 60 <= row["requests"] <= 140, row
+    # the last of ~100 requests, scheduled by 0.5 s, is answered near 100 x 20 ms = 2 s: waits of ~1.5 s
+    assert row["p99_us"] > 800_000 and row["p50_us"] > 300_000, row
+    assert row["wall_s"] > 1.3 * 0.5 and row["client_cpu_s"] < 0.5 * row["wall_s"], row  # it waits in epoll, it does not spin
 
 
 def test_no_server_is_a_clear_failure(setup):
