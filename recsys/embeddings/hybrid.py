@@ -38,7 +38,6 @@ Example:
 from __future__ import annotations
 
 import math
-from functools import partial
 from typing import ClassVar
 
 import numpy as np
@@ -78,16 +77,6 @@ class HybridOptions(MethodOptions):
         description="lookups per tail value, each D/probes wide, concatenated; default 2 (1 when D is odd, "
         "and with explicit hot_rows/tail_rows, the layout of exports made before this option)",
     )
-    hot_residual: bool | None = Field(
-        None,
-        description="hot values also read the tail and their exclusive rows (init 0) add a correction, instead of "
-        "replacing it; default true (false with explicit hot_rows/tail_rows, the layout of exports made before this option)",
-    )
-
-
-def hot_residual(options: HybridOptions) -> bool:
-    """Whether hot values add their row to the tail's: the option, else False for explicit sizes (older exports), else True."""
-    return options.hot_residual if options.hot_residual is not None else options.hot_rows is None
 
 
 def tail_probes(options: HybridOptions, dim: int) -> int:
@@ -104,13 +93,6 @@ def hot_init(cardinality: int) -> float:
     ``1/√hot_rows``: a reserved row the train split never reads (the OOV row of a vocabulary built from it) then
     serves ≈ 0 at unseen test values, as in ``full``, instead of a random vector up to ±0.7 wide (2 hot rows)."""
     return cardinality**-0.5
-
-
-def init_hot(weight: torch.Tensor, bound: float, zero_from: int) -> None:
-    """``U(±bound)`` for the rows below ``zero_from`` (the reserved ones of a residual hot table), 0 for the others."""
-    with torch.no_grad():
-        weight.uniform_(-bound, bound)
-        weight[zero_from:].zero_()
 
 
 def tail_key(name: str, probe: int) -> str:
@@ -180,7 +162,6 @@ class HybridEmbedding(EmbeddingMethod):
         reserved = [min(c, RESERVED) for c in cards]
         self.tail_probes = probes = tail_probes(options, ctx.embedding_dim)
         self.tail_dim = ctx.embedding_dim // probes
-        self.hot_residual = hot_residual(options)
         if options.hot_rows is not None or options.tail_rows is not None:
             hot, tail = self._explicit(ctx, options, cards)
         elif ctx.budget_bytes is None:
@@ -208,7 +189,8 @@ class HybridEmbedding(EmbeddingMethod):
                 embedding_dim=ctx.embedding_dim,
                 feature_names=[f"{f.name}@hot"],
                 pooling=PoolingType.SUM,
-                init_fn=partial(init_hot, bound=hot_init(c), zero_from=RESERVED if self.hot_residual and tail else h),
+                weight_init_max=hot_init(c),
+                weight_init_min=-hot_init(c),
             )
             for f, h, c in zip(ctx.features, hot, cards)
         ]
@@ -264,13 +246,11 @@ class HybridEmbedding(EmbeddingMethod):
         counts = torch.tensor(features.length_per_key(), device=values.device)
         n, f = values.numel(), len(keys)
         position = torch.repeat_interleave(torch.arange(f, device=values.device), counts, output_size=n)
-        is_tail = values >= (RESERVED if self.hot_residual else self._per_key(self._hot, keys)[position])
+        is_tail = values >= self._per_key(self._hot, keys)[position]
         bag = torch.repeat_interleave(torch.arange(lengths.numel(), device=values.device), lengths, output_size=n)
         tail_len = torch.zeros_like(lengths).scatter_add_(0, bag, is_tail.long())
-        is_hot = values < self._per_key(self._hot, keys)[position] if self.hot_residual else ~is_tail
-        order = torch.cat([is_hot.nonzero().squeeze(1), is_tail.nonzero().squeeze(1)])  # hot values by feature, then tail ones
-        hot_n = int(is_hot.sum())
-        hot_len = torch.zeros_like(lengths).scatter_add_(0, bag, is_hot.long())
+        order = torch.sort(position + f * is_tail.long(), stable=True).indices  # hot values by feature, then tail ones
+        hot_n = n - int(is_tail.sum())
         ordered, tail_position = values[order], position[order][hot_n:]
         salts, size = self._per_key(self._salts, keys), torch.full_like(ordered[hot_n:], self.tail_rows)
         probes = [bucket_per_value(ordered[hot_n:], salts[tail_position, j], size) for j in range(self.tail_probes)]
@@ -282,7 +262,7 @@ class HybridEmbedding(EmbeddingMethod):
             keys=[f"{k}@hot" for k in keys] + [tail_key(k, j) for j in range(self.tail_probes) for k in keys],
             values=torch.cat([ordered[:hot_n], *probes]),
             weights=weights,
-            lengths=torch.cat([hot_len, *[tail_len] * self.tail_probes]).to(features.lengths().dtype),
+            lengths=torch.cat([lengths - tail_len, *[tail_len] * self.tail_probes]).to(features.lengths().dtype),
             stride=features.stride(),
         )
 
@@ -311,13 +291,7 @@ class HybridEmbedding(EmbeddingMethod):
 
     def diagnostics(self) -> dict:
         hot, tail = sum(self.hot_rows.values()), self.tail_rows / self.tail_probes  # in D-wide rows
-        return {
-            "hot_rows": self.hot_rows,
-            "tail_rows": self.tail_rows,
-            "tail_probes": self.tail_probes,
-            "hot_residual": self.hot_residual,
-            "hot_share": hot / max(hot + tail, 1),
-        }
+        return {"hot_rows": self.hot_rows, "tail_rows": self.tail_rows, "tail_probes": self.tail_probes, "hot_share": hot / max(hot + tail, 1)}
 
     def export(self) -> ExportedMethod:
         """The trained tables, with the chosen sizes as explicit options (serving needs no counts)."""
@@ -328,6 +302,5 @@ class HybridEmbedding(EmbeddingMethod):
             "hot_rows": dict(self.hot_rows),
             "tail_rows": self.tail_rows,
             "tail_probes": self.tail_probes,
-            "hot_residual": self.hot_residual,
         }
         return ExportedMethod(exported.name, options, exported.state)

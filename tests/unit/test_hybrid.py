@@ -39,16 +39,11 @@ def kjt(seed: int = 0) -> KeyedJaggedTensor:
     return KeyedJaggedTensor(keys=CTX.feature_names, values=torch.cat(values), lengths=torch.cat(lengths).int())
 
 
-@pytest.mark.parametrize(("probes", "residual"), [(1, False), (2, False), (4, False), (1, True), (2, True)])
-def test_output_is_one_row_per_value_pooled(probes: int, residual: bool) -> None:
-    """Each index reads its probes' tail chunks concatenated, replaced by its exclusive row when hot (``residual``:
-    a hot index adds its row to its tail vector; the reserved indices 0, 1 read their row only); bags sum (B: mean)."""
+@pytest.mark.parametrize("probes", [1, 2, 4])
+def test_output_is_one_row_per_value_pooled(probes: int) -> None:
+    """Each index reads its exclusive row when hot, else its probes' tail chunks concatenated; bags sum (B: mean)."""
     torch.manual_seed(0)
-    options = {"tail_probes": probes, "hot_residual": residual}
-    method = build_method("hybrid", CTX.with_budget(compression=4).with_value_counts(COUNTS), options)
-    with torch.no_grad():  # residual hot rows start at 0: make them count
-        for f in CTX.features:
-            method.ebc.embedding_bags[f"{f.name}@hot"].weight.uniform_(-1, 1)
+    method = build_method("hybrid", CTX.with_budget(compression=4).with_value_counts(COUNTS), {"tail_probes": probes})
     assert 0 < method.tail_rows and all(h < f.cardinality for h, f in zip(method.hot_rows.values(), CTX.features))
     assert method.ebc.embedding_bags["tail"].weight.shape == (method.tail_rows, DIM // probes)
     features = kjt()
@@ -62,11 +57,7 @@ def test_output_is_one_row_per_value_pooled(probes: int, residual: bool) -> None
     for name, jt in features.to_dict().items():
         expected = []
         for bag in jt.to_dense():
-            if residual:
-                hot = [weights[f"{name}@hot"][i] if i < method.hot_rows[name] else 0 for i in bag.tolist()]
-                rows = [h + tail_vector(name, i) if i >= 2 else h for h, i in zip(hot, bag.tolist())]
-            else:
-                rows = [weights[f"{name}@hot"][i] if i < method.hot_rows[name] else tail_vector(name, i) for i in bag.tolist()]
+            rows = [weights[f"{name}@hot"][i] if i < method.hot_rows[name] else tail_vector(name, i) for i in bag.tolist()]
             vec = torch.stack(rows).sum(0) if rows else torch.zeros(DIM)
             expected.append(vec / max(len(rows), 1) if name == "B" else vec)
         torch.testing.assert_close(out[name], torch.stack(expected), rtol=1e-6, atol=1e-6)
@@ -86,41 +77,17 @@ def test_tail_probes_keep_the_bytes_and_default_to_two() -> None:
         build_method("hybrid", ctx, {"tail_probes": 3})
 
 
-@pytest.mark.parametrize("residual", [False, True])
-def test_hot_rows_start_like_full_rows(residual: bool) -> None:
-    """Hot rows are drawn from ``U(±1/√card)`` like ``full``'s, so an untrained reserved row (OOV) starts near 0;
-    a residual table's other rows start at 0 (the tail alone at step 0)."""
+def test_hot_rows_start_like_full_rows() -> None:
+    """Hot rows are drawn from ``U(±1/√card)`` like ``full``'s, so an untrained reserved row (OOV) starts near 0."""
     torch.manual_seed(0)
-    method = build_method("hybrid", CTX.with_budget(compression=40).with_value_counts(COUNTS), {"hot_residual": residual})
-    scaled, zeros = [], 0
+    method = build_method("hybrid", CTX.with_budget(compression=40).with_value_counts(COUNTS))
+    scaled = []
     for f in CTX.features:
         weight = method.ebc.embedding_bags[f"{f.name}@hot"].weight.detach()
         assert weight.shape[0] < f.cardinality
-        if residual:
-            assert weight[2:].eq(0).all() and weight[:2].ne(0).all()
-            zeros, weight = zeros + len(weight) - 2, weight[:2]
         scaled.append(weight.abs().flatten() * f.cardinality**0.5)
     ratios = torch.cat(scaled)
-    assert zeros > 0 or not residual
-    assert float(ratios.max()) <= 1 and float(ratios.max()) > (0.8 if residual else 0.95)
-    assert abs(float(ratios.mean()) - 0.5) < (0.15 if residual else 0.05)
-
-
-def test_residual_starts_as_its_tail_and_defaults_on() -> None:
-    """At init a residual hybrid scores every value by its tail vector alone (hot values too), as the layout without
-    hot values does; it is the default, and explicit sizes (exports made before the option) mean replacement."""
-    ctx = CTX.with_budget(compression=4).with_value_counts(COUNTS)
-    method = build_method("hybrid", ctx)
-    assert method.hot_residual and not build_method("hybrid", CTX, {"hot_rows": method.hot_rows, "tail_rows": 8}).hot_residual
-    features = kjt(1)
-    no_hot = build_method("hybrid", ctx, {"hot_rows": {n: 2 for n in CTX.feature_names}, "tail_rows": method.tail_rows, "tail_probes": 2})
-    no_hot.load_state_dict({k: v for k, v in method.state_dict().items() if "tail" in k} | {
-        f"ebc.embedding_bags.{n}@hot.weight": method.ebc.embedding_bags[f"{n}@hot"].weight[:2] for n in CTX.feature_names
-    })
-    torch.testing.assert_close(method(features).values(), no_hot(features).values(), rtol=0, atol=0)
-    replaced = build_method("hybrid", ctx, {"hot_residual": False})
-    replaced.load_state_dict(method.state_dict())
-    assert not torch.equal(replaced(features).values(), method(features).values())
+    assert float(ratios.max()) <= 1 and float(ratios.max()) > 0.95 and abs(float(ratios.mean()) - 0.5) < 0.05
 
 
 def test_hot_values_are_the_globally_most_frequent() -> None:
@@ -166,7 +133,7 @@ def test_export_serves_without_the_counts() -> None:
     method = build_method("hybrid", CTX.with_budget(compression=4).with_value_counts(COUNTS)).eval()
     exported = method.export()
     assert exported.options["hot_rows"] == method.hot_rows and exported.options["tail_rows"] == method.tail_rows
-    assert exported.options["tail_probes"] == method.tail_probes == 2 and exported.options["hot_residual"] is True
+    assert exported.options["tail_probes"] == method.tail_probes == 2
     served = get_method("hybrid").from_export(CTX.with_budget(compression=4), ExportedMethod("hybrid", exported.options, exported.state))
     features = kjt(3)
     torch.testing.assert_close(served(features).values(), method(features).values(), rtol=0, atol=0)
