@@ -24,7 +24,13 @@ Sizes (``hot_rows`` / ``tail_rows`` set them explicitly; an export records them)
   lose less by sharing than the crowding of fewer tail rows would cost;
 * the tail gets the other rows' bytes: ``(R − hot) × P`` rows of ``D / P`` columns;
 * no budget: every value hot (the ``full`` tables), no tail;
-* init: hot rows as ``full``'s, ``U(±1/√card_f)`` (``hot_init``), the tail ``U(±1/√tail_rows)``.
+* init: hot rows as ``full``'s, ``U(±1/√card_f)`` (``hot_init``), the tail ``U(±1/√tail_rows)``;
+* ``hot_scale`` (default 0.5): the hot rows' vectors are multiplied by it (their init divided by it).
+  Each hot row trains on one value, and on a long tail the values given rows (seen ~30 times)
+  were memorised within an epoch; with the adaptive sparse optimizers (row-wise Adagrad by
+  default) a row's step is about ``lr`` in weight units whatever its gradient's size, so the
+  factor makes the hot rows' steps ``hot_scale × lr`` in output units, the tail's unchanged
+  (``docs/results/hybrid_small.md``: 1 → 0.5 took the long tail from 0.7108 to 0.7193).
 
 Bytes (the accounting rule): Σ hot rows × D × 4 + tail rows × (D / P) × 4 (the per-feature
 thresholds and salts are constants of the method, as ``hash``'s table sizes are).
@@ -63,6 +69,7 @@ from recsys.hashing import bucket_per_value, salt_for
 
 RESERVED = 2
 TAIL = "tail"
+HOT_SCALE = 0.5
 
 
 class HybridOptions(MethodOptions):
@@ -77,6 +84,14 @@ class HybridOptions(MethodOptions):
         description="lookups per tail value, each D/probes wide, concatenated; default 2 (1 when D is odd, "
         "and with explicit hot_rows/tail_rows, the layout of exports made before this option)",
     )
+    hot_scale: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="factor on the hot rows' vectors (their init divided by it): with the adaptive sparse optimizers the hot "
+        f"rows' learning rate times it, the tail's unchanged; default {HOT_SCALE} (1 with explicit hot_rows/tail_rows, "
+        "the layout of exports made before this option)",
+    )
 
 
 def tail_probes(options: HybridOptions, dim: int) -> int:
@@ -86,6 +101,13 @@ def tail_probes(options: HybridOptions, dim: int) -> int:
             raise ValueError(f"hybrid: tail_probes={options.tail_probes} must divide the embedding dim {dim}")
         return options.tail_probes
     return 1 if options.hot_rows is not None or dim % 2 else 2
+
+
+def hot_scale(options: HybridOptions) -> float:
+    """The hot rows' output factor: the option, else 1 for explicit sizes (older exports), else ``HOT_SCALE``."""
+    if options.hot_scale is not None:
+        return options.hot_scale
+    return 1.0 if options.hot_rows is not None else HOT_SCALE
 
 
 def hot_init(cardinality: int) -> float:
@@ -162,6 +184,7 @@ class HybridEmbedding(EmbeddingMethod):
         reserved = [min(c, RESERVED) for c in cards]
         self.tail_probes = probes = tail_probes(options, ctx.embedding_dim)
         self.tail_dim = ctx.embedding_dim // probes
+        self.hot_scale = scale = hot_scale(options)
         if options.hot_rows is not None or options.tail_rows is not None:
             hot, tail = self._explicit(ctx, options, cards)
         elif ctx.budget_bytes is None:
@@ -189,8 +212,8 @@ class HybridEmbedding(EmbeddingMethod):
                 embedding_dim=ctx.embedding_dim,
                 feature_names=[f"{f.name}@hot"],
                 pooling=PoolingType.SUM,
-                weight_init_max=hot_init(c),
-                weight_init_min=-hot_init(c),
+                weight_init_max=hot_init(c) / scale,
+                weight_init_min=-hot_init(c) / scale,
             )
             for f, h, c in zip(ctx.features, hot, cards)
         ]
@@ -271,6 +294,8 @@ class HybridEmbedding(EmbeddingMethod):
         if features.stride() == 0:
             return empty_output(self, features.values())
         parts = self.ebc(self.split(features)).to_dict()
+        if self.hot_scale != 1:
+            parts |= {f"{n}@hot": parts[f"{n}@hot"] * self.hot_scale for n in self.ctx.feature_names}
         names, batch = self.ctx.feature_names, features.stride()
         if self.tail_rows:
             probes = range(self.tail_probes)
@@ -291,7 +316,13 @@ class HybridEmbedding(EmbeddingMethod):
 
     def diagnostics(self) -> dict:
         hot, tail = sum(self.hot_rows.values()), self.tail_rows / self.tail_probes  # in D-wide rows
-        return {"hot_rows": self.hot_rows, "tail_rows": self.tail_rows, "tail_probes": self.tail_probes, "hot_share": hot / max(hot + tail, 1)}
+        return {
+            "hot_rows": self.hot_rows,
+            "tail_rows": self.tail_rows,
+            "tail_probes": self.tail_probes,
+            "hot_scale": self.hot_scale,
+            "hot_share": hot / max(hot + tail, 1),
+        }
 
     def export(self) -> ExportedMethod:
         """The trained tables, with the chosen sizes as explicit options (serving needs no counts)."""
@@ -302,5 +333,6 @@ class HybridEmbedding(EmbeddingMethod):
             "hot_rows": dict(self.hot_rows),
             "tail_rows": self.tail_rows,
             "tail_probes": self.tail_probes,
+            "hot_scale": self.hot_scale,
         }
         return ExportedMethod(exported.name, options, exported.state)

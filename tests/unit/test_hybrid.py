@@ -39,11 +39,13 @@ def kjt(seed: int = 0) -> KeyedJaggedTensor:
     return KeyedJaggedTensor(keys=CTX.feature_names, values=torch.cat(values), lengths=torch.cat(lengths).int())
 
 
-@pytest.mark.parametrize("probes", [1, 2, 4])
-def test_output_is_one_row_per_value_pooled(probes: int) -> None:
-    """Each index reads its exclusive row when hot, else its probes' tail chunks concatenated; bags sum (B: mean)."""
+@pytest.mark.parametrize(("probes", "scale"), [(1, 1.0), (2, 1.0), (4, 1.0), (2, 0.5), (1, 0.3)])
+def test_output_is_one_row_per_value_pooled(probes: int, scale: float) -> None:
+    """Each index reads its exclusive row (times ``hot_scale``) when hot, else its probes' tail chunks concatenated;
+    bags sum (B: mean)."""
     torch.manual_seed(0)
-    method = build_method("hybrid", CTX.with_budget(compression=4).with_value_counts(COUNTS), {"tail_probes": probes})
+    options = {"tail_probes": probes, "hot_scale": scale}
+    method = build_method("hybrid", CTX.with_budget(compression=4).with_value_counts(COUNTS), options)
     assert 0 < method.tail_rows and all(h < f.cardinality for h, f in zip(method.hot_rows.values(), CTX.features))
     assert method.ebc.embedding_bags["tail"].weight.shape == (method.tail_rows, DIM // probes)
     features = kjt()
@@ -57,7 +59,7 @@ def test_output_is_one_row_per_value_pooled(probes: int) -> None:
     for name, jt in features.to_dict().items():
         expected = []
         for bag in jt.to_dense():
-            rows = [weights[f"{name}@hot"][i] if i < method.hot_rows[name] else tail_vector(name, i) for i in bag.tolist()]
+            rows = [scale * weights[f"{name}@hot"][i] if i < method.hot_rows[name] else tail_vector(name, i) for i in bag.tolist()]
             vec = torch.stack(rows).sum(0) if rows else torch.zeros(DIM)
             expected.append(vec / max(len(rows), 1) if name == "B" else vec)
         torch.testing.assert_close(out[name], torch.stack(expected), rtol=1e-6, atol=1e-6)
@@ -73,19 +75,23 @@ def test_tail_probes_keep_the_bytes_and_default_to_two() -> None:
         assert method.memory_bytes() == by_probes[1].memory_bytes() <= ctx.budget_bytes
     explicit = {"hot_rows": by_probes[1].hot_rows, "tail_rows": by_probes[1].tail_rows}
     assert build_method("hybrid", CTX, explicit).tail_probes == 1
+    assert build_method("hybrid", CTX, explicit).hot_scale == 1.0, "exports made before hot_scale served unscaled hot rows"
     with pytest.raises(ValueError, match="tail_probes=3 must divide the embedding dim 8"):
         build_method("hybrid", ctx, {"tail_probes": 3})
 
 
-def test_hot_rows_start_like_full_rows() -> None:
-    """Hot rows are drawn from ``U(±1/√card)`` like ``full``'s, so an untrained reserved row (OOV) starts near 0."""
+@pytest.mark.parametrize("scale", [None, 1.0, 0.25])
+def test_hot_rows_start_like_full_rows(scale: float | None) -> None:
+    """Hot rows serve vectors drawn from ``U(±1/√card)`` like ``full``'s, so an untrained reserved row (OOV) starts
+    near 0; the weights are those divided by ``hot_scale`` (default 0.5), whose factor the lookup applies."""
     torch.manual_seed(0)
-    method = build_method("hybrid", CTX.with_budget(compression=40).with_value_counts(COUNTS))
+    method = build_method("hybrid", CTX.with_budget(compression=40).with_value_counts(COUNTS), {"hot_scale": scale})
+    assert method.hot_scale == (0.5 if scale is None else scale)
     scaled = []
     for f in CTX.features:
         weight = method.ebc.embedding_bags[f"{f.name}@hot"].weight.detach()
         assert weight.shape[0] < f.cardinality
-        scaled.append(weight.abs().flatten() * f.cardinality**0.5)
+        scaled.append(weight.abs().flatten() * method.hot_scale * f.cardinality**0.5)
     ratios = torch.cat(scaled)
     assert float(ratios.max()) <= 1 and float(ratios.max()) > 0.95 and abs(float(ratios.mean()) - 0.5) < 0.05
 
@@ -114,6 +120,12 @@ def test_counts_steer_the_split_and_the_budget_holds() -> None:
     assert sum(share.hot_rows.values()) - 6 == int(0.25 * (total - 6))
 
 
+def test_hot_scale_is_checked() -> None:
+    for bad in (0, 1.5):
+        with pytest.raises(ValueError, match="hot_scale"):
+            build_method("hybrid", CTX.with_budget(compression=4), {"hot_scale": bad})
+
+
 def test_impossible_budget_names_method_and_bytes() -> None:
     with pytest.raises(ValueError, match=r"method 'hybrid' cannot fit the budget of 100 bytes: .* need 224 bytes"):
         build_method("hybrid", CTX.with_budget(budget_bytes=100))
@@ -134,6 +146,7 @@ def test_export_serves_without_the_counts() -> None:
     exported = method.export()
     assert exported.options["hot_rows"] == method.hot_rows and exported.options["tail_rows"] == method.tail_rows
     assert exported.options["tail_probes"] == method.tail_probes == 2
+    assert exported.options["hot_scale"] == method.hot_scale == 0.5
     served = get_method("hybrid").from_export(CTX.with_budget(compression=4), ExportedMethod("hybrid", exported.options, exported.state))
     features = kjt(3)
     torch.testing.assert_close(served(features).values(), method(features).values(), rtol=0, atol=0)
