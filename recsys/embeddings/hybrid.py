@@ -25,12 +25,13 @@ Sizes (``hot_rows`` / ``tail_rows`` set them explicitly; an export records them)
 * the tail gets the other rows' bytes: ``(R − hot) × P`` rows of ``D / P`` columns;
 * no budget: every value hot (the ``full`` tables), no tail;
 * init: hot rows as ``full``'s, ``U(±1/√card_f)`` (``hot_init``), the tail ``U(±1/√tail_rows)``;
-* ``hot_scale`` (default 0.5): the hot rows' vectors are multiplied by it (their init divided by it).
-  Each hot row trains on one value, and on a long tail the values given rows (seen ~30 times)
-  were memorised within an epoch; with the adaptive sparse optimizers (row-wise Adagrad by
-  default) a row's step is about ``lr`` in weight units whatever its gradient's size, so the
-  factor makes the hot rows' steps ``hot_scale × lr`` in output units, the tail's unchanged
-  (``docs/results/hybrid_small.md``: 1 → 0.5 took the long tail from 0.7108 to 0.7193).
+* ``hot_scale``: the hot rows' vectors are multiplied by it. With the adaptive sparse optimizers
+  (row-wise Adagrad by default) a row's step is about ``lr`` in weight units whatever its
+  gradient's size, so the factor makes the hot rows' steps ``hot_scale × lr`` in output units,
+  the tail's unchanged. Default (``on_train_begin``): ``HOT_SCALE`` on a run of at least
+  ``LONG_RUN`` planned steps, where each hot row, trained by one value, memorised values seen
+  ~30 times within an epoch (the long tail); 1 on shorter runs, where the hot rows need every
+  step (the 10k-row samples: 80 steps at batch 1024); measured in ``docs/results/hybrid_small.md``.
 
 Bytes (the accounting rule): Σ hot rows × D × 4 + tail rows × (D / P) × 4 (the per-feature
 thresholds and salts are constants of the method, as ``hash``'s table sizes are).
@@ -69,7 +70,8 @@ from recsys.hashing import bucket_per_value, salt_for
 
 RESERVED = 2
 TAIL = "tail"
-HOT_SCALE = 0.5
+HOT_SCALE = 0.5  # the hot rows' output factor on a long run ...
+LONG_RUN = 400  # ... of at least this many planned steps
 
 
 class HybridOptions(MethodOptions):
@@ -88,9 +90,9 @@ class HybridOptions(MethodOptions):
         None,
         gt=0,
         le=1,
-        description="factor on the hot rows' vectors (their init divided by it): with the adaptive sparse optimizers the hot "
-        f"rows' learning rate times it, the tail's unchanged; default {HOT_SCALE} (1 with explicit hot_rows/tail_rows, "
-        "the layout of exports made before this option)",
+        description="factor on the hot rows' vectors: with the adaptive sparse optimizers the hot rows' learning rate times it, "
+        f"the tail's unchanged; default {HOT_SCALE} on a run of {LONG_RUN}+ planned steps, else 1 (1 with explicit "
+        "hot_rows/tail_rows, the layout of exports made before this option)",
     )
 
 
@@ -103,11 +105,17 @@ def tail_probes(options: HybridOptions, dim: int) -> int:
     return 1 if options.hot_rows is not None or dim % 2 else 2
 
 
-def hot_scale(options: HybridOptions) -> float:
-    """The hot rows' output factor: the option, else 1 for explicit sizes (older exports), else ``HOT_SCALE``."""
+def fixed_hot_scale(options: HybridOptions) -> float | None:
+    """The hot rows' output factor known from the options: the option, else 1 for explicit sizes (older exports);
+    None when ``on_train_begin`` chooses it (``default_hot_scale``)."""
     if options.hot_scale is not None:
         return options.hot_scale
-    return 1.0 if options.hot_rows is not None else HOT_SCALE
+    return 1.0 if options.hot_rows is not None else None
+
+
+def default_hot_scale(total_steps: int) -> float:
+    """``HOT_SCALE`` on a run of at least ``LONG_RUN`` planned steps, else 1."""
+    return HOT_SCALE if total_steps >= LONG_RUN else 1.0
 
 
 def hot_init(cardinality: int) -> float:
@@ -184,7 +192,9 @@ class HybridEmbedding(EmbeddingMethod):
         reserved = [min(c, RESERVED) for c in cards]
         self.tail_probes = probes = tail_probes(options, ctx.embedding_dim)
         self.tail_dim = ctx.embedding_dim // probes
-        self.hot_scale = scale = hot_scale(options)
+        self._fixed_scale = fixed_hot_scale(options)
+        if self._fixed_scale is None:  # chosen by on_train_begin; saved with the weights (a run's checkpoint, load_run)
+            self.register_buffer("_hot_scale", torch.tensor(1.0))
         if options.hot_rows is not None or options.tail_rows is not None:
             hot, tail = self._explicit(ctx, options, cards)
         elif ctx.budget_bytes is None:
@@ -212,8 +222,8 @@ class HybridEmbedding(EmbeddingMethod):
                 embedding_dim=ctx.embedding_dim,
                 feature_names=[f"{f.name}@hot"],
                 pooling=PoolingType.SUM,
-                weight_init_max=hot_init(c) / scale,
-                weight_init_min=-hot_init(c) / scale,
+                weight_init_max=hot_init(c),
+                weight_init_min=-hot_init(c),
             )
             for f, h, c in zip(ctx.features, hot, cards)
         ]
@@ -244,6 +254,15 @@ class HybridEmbedding(EmbeddingMethod):
         if options.tail_rows == 0 and any(h < c for h, c in zip(hot, cards)):
             raise ValueError("hybrid: tail_rows is 0 but some feature has values beyond its hot rows")
         return hot, options.tail_rows
+
+    @property
+    def hot_scale(self) -> float:
+        """The factor on the hot rows' vectors (1 until ``on_train_begin`` when the options leave it to the run)."""
+        return self._fixed_scale if self._fixed_scale is not None else float(self._hot_scale)
+
+    def on_train_begin(self, total_steps: int) -> None:
+        if self._fixed_scale is None:
+            self._hot_scale.fill_(default_hot_scale(total_steps))
 
     def shares_rows_across_features(self) -> bool:
         return self.tail_rows > 0
@@ -294,8 +313,9 @@ class HybridEmbedding(EmbeddingMethod):
         if features.stride() == 0:
             return empty_output(self, features.values())
         parts = self.ebc(self.split(features)).to_dict()
-        if self.hot_scale != 1:
-            parts |= {f"{n}@hot": parts[f"{n}@hot"] * self.hot_scale for n in self.ctx.feature_names}
+        scale = self._hot_scale if self._fixed_scale is None else self._fixed_scale
+        if self._fixed_scale != 1:
+            parts |= {f"{n}@hot": parts[f"{n}@hot"] * scale for n in self.ctx.feature_names}
         names, batch = self.ctx.feature_names, features.stride()
         if self.tail_rows:
             probes = range(self.tail_probes)
@@ -335,4 +355,5 @@ class HybridEmbedding(EmbeddingMethod):
             "tail_probes": self.tail_probes,
             "hot_scale": self.hot_scale,
         }
-        return ExportedMethod(exported.name, options, exported.state)
+        state = {k: v for k, v in exported.state.items() if k != "_hot_scale"}  # an option of the export
+        return ExportedMethod(exported.name, options, state)

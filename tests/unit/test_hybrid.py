@@ -76,22 +76,49 @@ def test_tail_probes_keep_the_bytes_and_default_to_two() -> None:
     explicit = {"hot_rows": by_probes[1].hot_rows, "tail_rows": by_probes[1].tail_rows}
     assert build_method("hybrid", CTX, explicit).tail_probes == 1
     assert build_method("hybrid", CTX, explicit).hot_scale == 1.0, "exports made before hot_scale served unscaled hot rows"
+
+
+def test_hot_scale_follows_the_planned_steps_and_travels_with_the_weights() -> None:
+    """Unset, ``hot_scale`` is 1 until ``on_train_begin``: 0.5 from 400 planned steps, 1 below; an explicit value stays.
+    The chosen factor is saved with the weights (a run reloaded for export scores as trained) and the export records
+    it as an option (served without the counts or the run's length)."""
+    ctx = CTX.with_budget(compression=4).with_value_counts(COUNTS)
+    for steps, expected in ((399, 1.0), (400, 0.5), (5000, 0.5)):
+        method = build_method("hybrid", ctx)
+        assert method.hot_scale == 1.0
+        method.on_train_begin(steps)
+        assert method.hot_scale == expected
+    fixed = build_method("hybrid", ctx, {"hot_scale": 0.8})
+    fixed.on_train_begin(5000)
+    assert fixed.hot_scale == 0.8 and "_hot_scale" not in fixed.state_dict()
+    torch.manual_seed(2)
+    trained = build_method("hybrid", ctx)
+    trained.on_train_begin(1000)
+    reloaded = build_method("hybrid", ctx)
+    reloaded.load_state_dict(trained.state_dict())
+    features = kjt(2)
+    assert reloaded.hot_scale == 0.5
+    torch.testing.assert_close(reloaded(features).values(), trained(features).values(), rtol=0, atol=0)
+    exported = reloaded.export()
+    assert exported.options["hot_scale"] == 0.5 and "_hot_scale" not in exported.state
+    served = get_method("hybrid").from_export(CTX.with_budget(compression=4), exported)
+    torch.testing.assert_close(served(features).values(), trained(features).values(), rtol=0, atol=0)
+    unscaled = build_method("hybrid", ctx, {"hot_scale": 1.0})
+    unscaled.load_state_dict({k: v for k, v in trained.state_dict().items() if k != "_hot_scale"})
+    assert not torch.equal(unscaled(features).values(), trained(features).values())
     with pytest.raises(ValueError, match="tail_probes=3 must divide the embedding dim 8"):
         build_method("hybrid", ctx, {"tail_probes": 3})
 
 
-@pytest.mark.parametrize("scale", [None, 1.0, 0.25])
-def test_hot_rows_start_like_full_rows(scale: float | None) -> None:
-    """Hot rows serve vectors drawn from ``U(±1/√card)`` like ``full``'s, so an untrained reserved row (OOV) starts
-    near 0; the weights are those divided by ``hot_scale`` (default 0.5), whose factor the lookup applies."""
+def test_hot_rows_start_like_full_rows() -> None:
+    """Hot rows are drawn from ``U(±1/√card)`` like ``full``'s, so an untrained reserved row (OOV) starts near 0."""
     torch.manual_seed(0)
-    method = build_method("hybrid", CTX.with_budget(compression=40).with_value_counts(COUNTS), {"hot_scale": scale})
-    assert method.hot_scale == (0.5 if scale is None else scale)
+    method = build_method("hybrid", CTX.with_budget(compression=40).with_value_counts(COUNTS))
     scaled = []
     for f in CTX.features:
         weight = method.ebc.embedding_bags[f"{f.name}@hot"].weight.detach()
         assert weight.shape[0] < f.cardinality
-        scaled.append(weight.abs().flatten() * method.hot_scale * f.cardinality**0.5)
+        scaled.append(weight.abs().flatten() * f.cardinality**0.5)
     ratios = torch.cat(scaled)
     assert float(ratios.max()) <= 1 and float(ratios.max()) > 0.95 and abs(float(ratios.mean()) - 0.5) < 0.05
 
@@ -146,7 +173,7 @@ def test_export_serves_without_the_counts() -> None:
     exported = method.export()
     assert exported.options["hot_rows"] == method.hot_rows and exported.options["tail_rows"] == method.tail_rows
     assert exported.options["tail_probes"] == method.tail_probes == 2
-    assert exported.options["hot_scale"] == method.hot_scale == 0.5
+    assert exported.options["hot_scale"] == method.hot_scale == 1.0, "never trained: no planned steps"
     served = get_method("hybrid").from_export(CTX.with_budget(compression=4), ExportedMethod("hybrid", exported.options, exported.state))
     features = kjt(3)
     torch.testing.assert_close(served(features).values(), method(features).values(), rtol=0, atol=0)
