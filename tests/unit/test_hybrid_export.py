@@ -37,7 +37,9 @@ def hybrid_run(tmp_path_factory):
             "embedding.compression=10",
         ],
     )
-    train_experiment(cfg, base / "run")
+    with pytest.MonkeyPatch.context() as patch:  # 12 planned steps count as a long run: the hot rows trained at 0.5
+        patch.setattr("recsys.embeddings.hybrid.LONG_RUN", 12)
+        train_experiment(cfg, base / "run")
     return data, base / "run"
 
 
@@ -45,8 +47,10 @@ def test_hybrid_exports_and_serves(hybrid_run, tmp_path):
     data, run = hybrid_run
     diagnostics = json.loads((run / "diagnostics.json").read_text())
     assert diagnostics["tail_rows"] > 0 and set(diagnostics["hot_rows"]) == {f"C{i}" for i in range(1, 11)}
+    assert diagnostics["hot_scale"] == 0.5
     _, _, method, model = load_run(run)
     assert method.hot_rows == diagnostics["hot_rows"], "export rebuilds the sizes from the same vocabulary counts"
+    assert method.hot_scale == 0.5, "the factor chosen for the run is saved with its weights"
     batches = test_batches(data, "index")
     with torch.no_grad():
         expected = np.concatenate([torch.sigmoid(model(b.dense_features, b.sparse_features)).numpy() for b in batches])
@@ -55,6 +59,7 @@ def test_hybrid_exports_and_serves(hybrid_run, tmp_path):
     for dtype in ("fp32", "int8"):
         manifest = export_run(run, tmp_path / dtype, dtype=dtype)
         assert manifest.method.options["hot_rows"] == method.hot_rows and manifest.method.options["tail_rows"] == method.tail_rows
+        assert manifest.method.options["hot_scale"] == 0.5
         store = Store(load_artifact(tmp_path / dtype))
         scores[dtype] = np.concatenate([store.score_batch(b.dense_features, b.sparse_features) for b in batches])
     np.testing.assert_array_equal(scores["fp32"], expected.astype(np.float32))
