@@ -44,7 +44,7 @@ from recsys.embeddings.base import (
     Optimizers,
     Phase,
 )
-from recsys.embeddings.hybrid import RESERVED, HybridEmbedding
+from recsys.embeddings.hybrid import RESERVED, HybridEmbedding, train_rows
 from recsys.embeddings.registry import build_method, register_method
 
 HOT_MASS = 0.5  # hybrid when its hot rows serve at least this share of the train lookups ...
@@ -82,17 +82,6 @@ def hot_mass(ctx: MethodContext) -> float | None:
         total += float(c.sum())
         hot += float(c[: max(hybrid.hot_rows[f.name] - RESERVED, 0)].sum())
     return hot / total if total else None
-
-
-def train_rows(ctx: MethodContext) -> int | None:
-    """Train rows seen in the value counts: the largest count total of a single-valued feature (a bag
-    counts each of its values; None without counts)."""
-    counts = ctx.value_counts
-    if counts is None:
-        return None
-    single = [f for f in ctx.features if not f.multi_valued] or list(ctx.features)
-    totals = [float(np.sum(counts[f.name])) for f in single if counts.get(f.name) is not None]
-    return int(max(totals)) if totals else None
 
 
 def choose(ctx: MethodContext) -> Choice:

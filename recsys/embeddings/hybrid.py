@@ -25,13 +25,14 @@ Sizes (``hot_rows`` / ``tail_rows`` set them explicitly; an export records them)
 * the tail gets the other rows' bytes: ``(R − hot) × P`` rows of ``D / P`` columns;
 * no budget: every value hot (the ``full`` tables), no tail;
 * init: hot rows as ``full``'s, ``U(±1/√card_f)`` (``hot_init``), the tail ``U(±1/√tail_rows)``;
-* ``hot_scale``: the hot rows' vectors are multiplied by it. With the adaptive sparse optimizers
-  (row-wise Adagrad by default) a row's step is about ``lr`` in weight units whatever its
-  gradient's size, so the factor makes the hot rows' steps ``hot_scale × lr`` in output units,
-  the tail's unchanged. Default (``on_train_begin``): ``HOT_SCALE`` on a run of at least
-  ``LONG_RUN`` planned steps, where each hot row, trained by one value, memorised values seen
-  ~30 times within an epoch (the long tail); 1 on shorter runs, where the hot rows need every
-  step (the 10k-row samples: 80 steps at batch 1024); measured in ``docs/results/hybrid_small.md``.
+* ``hot_scale``: the hot rows' vectors are multiplied by it, their init divided by it (the served
+  init stays ``full``'s). With the adaptive sparse optimizers (row-wise Adagrad by default) a
+  row's step is about ``lr`` in weight units whatever its gradient's size, so the factor makes
+  the hot rows' steps smaller in output units, the tail's unchanged. Default: ``HOT_SCALE`` when
+  the value counts show a train split of at least ``LONG_SPLIT`` rows (``train_rows``), where
+  each hot row, trained by one value, memorised values seen ~30 times within an epoch (the long
+  tail); else 1: on the 10k-row samples (80 steps at batch 1024) the hot rows need every step.
+  Measured in ``docs/results/hybrid_small.md``.
 
 Bytes (the accounting rule): Σ hot rows × D × 4 + tail rows × (D / P) × 4 (the per-feature
 thresholds and salts are constants of the method, as ``hash``'s table sizes are).
@@ -70,8 +71,8 @@ from recsys.hashing import bucket_per_value, salt_for
 
 RESERVED = 2
 TAIL = "tail"
-HOT_SCALE = 0.5  # the hot rows' output factor on a long run ...
-LONG_RUN = 400  # ... of at least this many planned steps
+HOT_SCALE = 0.5  # the hot rows' output factor on a train split ...
+LONG_SPLIT = 40_000  # ... of at least this many rows
 
 
 class HybridOptions(MethodOptions):
@@ -91,8 +92,8 @@ class HybridOptions(MethodOptions):
         gt=0,
         le=1,
         description="factor on the hot rows' vectors: with the adaptive sparse optimizers the hot rows' learning rate times it, "
-        f"the tail's unchanged; default {HOT_SCALE} on a run of {LONG_RUN}+ planned steps, else 1 (1 with explicit "
-        "hot_rows/tail_rows, the layout of exports made before this option)",
+        f"the tail's unchanged (their init divided by it); default {HOT_SCALE} when the value counts show {LONG_SPLIT:,}+ train "
+        "rows, else 1 (1 with explicit hot_rows/tail_rows, the layout of exports made before this option)",
     )
 
 
@@ -105,17 +106,24 @@ def tail_probes(options: HybridOptions, dim: int) -> int:
     return 1 if options.hot_rows is not None or dim % 2 else 2
 
 
-def fixed_hot_scale(options: HybridOptions) -> float | None:
-    """The hot rows' output factor known from the options: the option, else 1 for explicit sizes (older exports);
-    None when ``on_train_begin`` chooses it (``default_hot_scale``)."""
+def train_rows(ctx: MethodContext) -> int | None:
+    """Train rows seen in the value counts: the largest count total of a single-valued feature (a bag
+    counts each of its values; None without counts)."""
+    counts = ctx.value_counts
+    if counts is None:
+        return None
+    single = [f for f in ctx.features if not f.multi_valued] or list(ctx.features)
+    totals = [float(np.sum(counts[f.name])) for f in single if counts.get(f.name) is not None]
+    return int(max(totals)) if totals else None
+
+
+def hot_scale(ctx: MethodContext, options: HybridOptions) -> float:
+    """The hot rows' output factor: the option, else 1 for explicit sizes (older exports) or a train split of fewer than
+    ``LONG_SPLIT`` rows (or unknown), else ``HOT_SCALE``."""
     if options.hot_scale is not None:
         return options.hot_scale
-    return 1.0 if options.hot_rows is not None else None
-
-
-def default_hot_scale(total_steps: int) -> float:
-    """``HOT_SCALE`` on a run of at least ``LONG_RUN`` planned steps, else 1."""
-    return HOT_SCALE if total_steps >= LONG_RUN else 1.0
+    rows = None if options.hot_rows is not None else train_rows(ctx)
+    return HOT_SCALE if rows is not None and rows >= LONG_SPLIT else 1.0
 
 
 def hot_init(cardinality: int) -> float:
@@ -192,9 +200,7 @@ class HybridEmbedding(EmbeddingMethod):
         reserved = [min(c, RESERVED) for c in cards]
         self.tail_probes = probes = tail_probes(options, ctx.embedding_dim)
         self.tail_dim = ctx.embedding_dim // probes
-        self._fixed_scale = fixed_hot_scale(options)
-        if self._fixed_scale is None:  # chosen by on_train_begin; saved with the weights (a run's checkpoint, load_run)
-            self.register_buffer("_hot_scale", torch.tensor(1.0))
+        self.hot_scale = scale = hot_scale(ctx, options)
         if options.hot_rows is not None or options.tail_rows is not None:
             hot, tail = self._explicit(ctx, options, cards)
         elif ctx.budget_bytes is None:
@@ -222,8 +228,8 @@ class HybridEmbedding(EmbeddingMethod):
                 embedding_dim=ctx.embedding_dim,
                 feature_names=[f"{f.name}@hot"],
                 pooling=PoolingType.SUM,
-                weight_init_max=hot_init(c),
-                weight_init_min=-hot_init(c),
+                weight_init_max=hot_init(c) / scale,
+                weight_init_min=-hot_init(c) / scale,
             )
             for f, h, c in zip(ctx.features, hot, cards)
         ]
@@ -254,15 +260,6 @@ class HybridEmbedding(EmbeddingMethod):
         if options.tail_rows == 0 and any(h < c for h, c in zip(hot, cards)):
             raise ValueError("hybrid: tail_rows is 0 but some feature has values beyond its hot rows")
         return hot, options.tail_rows
-
-    @property
-    def hot_scale(self) -> float:
-        """The factor on the hot rows' vectors (1 until ``on_train_begin`` when the options leave it to the run)."""
-        return self._fixed_scale if self._fixed_scale is not None else float(self._hot_scale)
-
-    def on_train_begin(self, total_steps: int) -> None:
-        if self._fixed_scale is None:
-            self._hot_scale.fill_(default_hot_scale(total_steps))
 
     def shares_rows_across_features(self) -> bool:
         return self.tail_rows > 0
@@ -313,9 +310,8 @@ class HybridEmbedding(EmbeddingMethod):
         if features.stride() == 0:
             return empty_output(self, features.values())
         parts = self.ebc(self.split(features)).to_dict()
-        scale = self._hot_scale if self._fixed_scale is None else self._fixed_scale
-        if self._fixed_scale != 1:
-            parts |= {f"{n}@hot": parts[f"{n}@hot"] * scale for n in self.ctx.feature_names}
+        if self.hot_scale != 1:
+            parts |= {f"{n}@hot": parts[f"{n}@hot"] * self.hot_scale for n in self.ctx.feature_names}
         names, batch = self.ctx.feature_names, features.stride()
         if self.tail_rows:
             probes = range(self.tail_probes)
@@ -355,5 +351,4 @@ class HybridEmbedding(EmbeddingMethod):
             "tail_probes": self.tail_probes,
             "hot_scale": self.hot_scale,
         }
-        state = {k: v for k, v in exported.state.items() if k != "_hot_scale"}  # an option of the export
-        return ExportedMethod(exported.name, options, state)
+        return ExportedMethod(exported.name, options, exported.state)

@@ -12,7 +12,7 @@ from recsys.data.synthetic import generate
 from recsys.data.vocab import read_value_counts
 from recsys.embeddings import FeatureInfo, MethodContext, build_method, get_method
 from recsys.embeddings.base import ExportedMethod
-from recsys.embeddings.hybrid import choose_hot
+from recsys.embeddings.hybrid import choose_hot, train_rows
 from recsys.hashing import bucket, salt_for
 
 DIM = 8
@@ -78,49 +78,30 @@ def test_tail_probes_keep_the_bytes_and_default_to_two() -> None:
     assert build_method("hybrid", CTX, explicit).hot_scale == 1.0, "exports made before hot_scale served unscaled hot rows"
 
 
-def test_hot_scale_follows_the_planned_steps_and_travels_with_the_weights() -> None:
-    """Unset, ``hot_scale`` is 1 until ``on_train_begin``: 0.5 from 400 planned steps, 1 below; an explicit value stays.
-    The chosen factor is saved with the weights (a run reloaded for export scores as trained) and the export records
-    it as an option (served without the counts or the run's length)."""
-    ctx = CTX.with_budget(compression=4).with_value_counts(COUNTS)
-    for steps, expected in ((399, 1.0), (400, 0.5), (5000, 0.5)):
-        method = build_method("hybrid", ctx)
-        assert method.hot_scale == 1.0
-        method.on_train_begin(steps)
-        assert method.hot_scale == expected
-    fixed = build_method("hybrid", ctx, {"hot_scale": 0.8})
-    fixed.on_train_begin(5000)
-    assert fixed.hot_scale == 0.8 and "_hot_scale" not in fixed.state_dict()
-    torch.manual_seed(2)
-    trained = build_method("hybrid", ctx)
-    trained.on_train_begin(1000)
-    reloaded = build_method("hybrid", ctx)
-    reloaded.load_state_dict(trained.state_dict())
-    features = kjt(2)
-    assert reloaded.hot_scale == 0.5
-    torch.testing.assert_close(reloaded(features).values(), trained(features).values(), rtol=0, atol=0)
-    exported = reloaded.export()
-    assert exported.options["hot_scale"] == 0.5 and "_hot_scale" not in exported.state
-    served = get_method("hybrid").from_export(CTX.with_budget(compression=4), exported)
-    torch.testing.assert_close(served(features).values(), trained(features).values(), rtol=0, atol=0)
-    unscaled = build_method("hybrid", ctx, {"hot_scale": 1.0})
-    unscaled.load_state_dict({k: v for k, v in trained.state_dict().items() if k != "_hot_scale"})
-    assert not torch.equal(unscaled(features).values(), trained(features).values())
-    with pytest.raises(ValueError, match="tail_probes=3 must divide the embedding dim 8"):
-        build_method("hybrid", ctx, {"tail_probes": 3})
-
-
-def test_hot_rows_start_like_full_rows() -> None:
-    """Hot rows are drawn from ``U(±1/√card)`` like ``full``'s, so an untrained reserved row (OOV) starts near 0."""
+def test_hot_scale_follows_the_train_rows_and_is_exported() -> None:
+    """Unset, ``hot_scale`` is 0.5 when the counts show 40,000+ train rows (the largest total of a single-valued
+    feature), else 1; the hot rows' init is divided by it, so the served vectors start as ``full``'s; an explicit value
+    stays, and the export records it (served without the counts)."""
+    ctx = CTX.with_budget(compression=4)
+    rows = {"A": 39_999, "C": 40_000}
+    for name, expected in (("A", 1.0), ("C", 0.5)):
+        scaled = COUNTS[name] * rows[name] // COUNTS[name].sum()
+        scaled[0] += rows[name] - scaled.sum()
+        counts = COUNTS | {name: scaled}
+        assert train_rows(ctx.with_value_counts(counts)) == rows[name]
+        assert build_method("hybrid", ctx.with_value_counts(counts)).hot_scale == expected
+    assert build_method("hybrid", ctx).hot_scale == 1.0, "no counts: no train rows known"
+    many = {f: c * 100 for f, c in COUNTS.items()}
     torch.manual_seed(0)
-    method = build_method("hybrid", CTX.with_budget(compression=40).with_value_counts(COUNTS))
-    scaled = []
-    for f in CTX.features:
-        weight = method.ebc.embedding_bags[f"{f.name}@hot"].weight.detach()
-        assert weight.shape[0] < f.cardinality
-        scaled.append(weight.abs().flatten() * f.cardinality**0.5)
-    ratios = torch.cat(scaled)
-    assert float(ratios.max()) <= 1 and float(ratios.max()) > 0.95 and abs(float(ratios.mean()) - 0.5) < 0.05
+    method = build_method("hybrid", ctx.with_value_counts(many))
+    assert method.hot_scale == 0.5 and build_method("hybrid", ctx.with_value_counts(many), {"hot_scale": 0.8}).hot_scale == 0.8
+    weight = method.ebc.embedding_bags["C@hot"].weight.detach()
+    assert 0.95 < float(weight.abs().max()) * 0.5 * 1002**0.5 <= 1
+    exported = method.export()
+    assert exported.options["hot_scale"] == 0.5
+    served = get_method("hybrid").from_export(ctx, exported)
+    features = kjt(2)
+    torch.testing.assert_close(served(features).values(), method(features).values(), rtol=0, atol=0)
 
 
 def test_hot_values_are_the_globally_most_frequent() -> None:
@@ -173,7 +154,7 @@ def test_export_serves_without_the_counts() -> None:
     exported = method.export()
     assert exported.options["hot_rows"] == method.hot_rows and exported.options["tail_rows"] == method.tail_rows
     assert exported.options["tail_probes"] == method.tail_probes == 2
-    assert exported.options["hot_scale"] == method.hot_scale == 1.0, "never trained: no planned steps"
+    assert exported.options["hot_scale"] == method.hot_scale == 1.0, "COUNTS hold fewer than 40,000 train rows"
     served = get_method("hybrid").from_export(CTX.with_budget(compression=4), ExportedMethod("hybrid", exported.options, exported.state))
     features = kjt(3)
     torch.testing.assert_close(served(features).values(), method(features).values(), rtol=0, atol=0)

@@ -37,10 +37,10 @@ def hybrid_run(tmp_path_factory):
             "embedding.compression=10",
         ],
     )
-    with pytest.MonkeyPatch.context() as patch:  # 12 planned steps count as a long run: the hot rows trained at 0.5
-        patch.setattr("recsys.embeddings.hybrid.LONG_RUN", 12)
+    with pytest.MonkeyPatch.context() as patch:  # ~4,800 train rows count as a long split: hot rows trained at 0.5
+        patch.setattr("recsys.embeddings.hybrid.LONG_SPLIT", 1000)
         train_experiment(cfg, base / "run")
-    return data, base / "run"
+        yield data, base / "run"  # load_run rebuilds the method from the same counts: the patch must hold
 
 
 def test_hybrid_exports_and_serves(hybrid_run, tmp_path):
@@ -50,7 +50,7 @@ def test_hybrid_exports_and_serves(hybrid_run, tmp_path):
     assert diagnostics["hot_scale"] == 0.5
     _, _, method, model = load_run(run)
     assert method.hot_rows == diagnostics["hot_rows"], "export rebuilds the sizes from the same vocabulary counts"
-    assert method.hot_scale == 0.5, "the factor chosen for the run is saved with its weights"
+    assert method.hot_scale == 0.5, "export rebuilds the factor from the same counts"
     batches = test_batches(data, "index")
     with torch.no_grad():
         expected = np.concatenate([torch.sigmoid(model(b.dense_features, b.sparse_features)).numpy() for b in batches])
