@@ -29,10 +29,11 @@ Sizes (``hot_rows`` / ``tail_rows`` set them explicitly; an export records them)
   init stays ``full``'s). With the adaptive sparse optimizers (row-wise Adagrad by default) a
   row's step is about ``lr`` in weight units whatever its gradient's size, so the factor makes
   the hot rows' steps smaller in output units, the tail's unchanged. Default: ``HOT_SCALE`` when
-  the value counts show a train split of at least ``LONG_SPLIT`` rows (``train_rows``), where
-  each hot row, trained by one value, memorised values seen ~30 times within an epoch (the long
-  tail); else 1: on the 10k-row samples (80 steps at batch 1024) the hot rows need every step.
-  Measured in ``docs/results/hybrid_small.md``.
+  the lightest hot value is rare, seen in fewer than ``RARE`` of the train rows (``train_rows``;
+  the long tail at 10×: 30 of 79,878), where each hot row, trained by one value, memorised it
+  within an epoch; else 1 (the lightest hot values of the other sets of the suite are seen in
+  3e-3 to 0.5 of the rows, and halving their steps lowered the 10k-row samples and
+  ``small_real``). Measured in ``docs/results/hybrid_small.md``.
 
 Bytes (the accounting rule): Σ hot rows × D × 4 + tail rows × (D / P) × 4 (the per-feature
 thresholds and salts are constants of the method, as ``hash``'s table sizes are).
@@ -71,8 +72,8 @@ from recsys.hashing import bucket_per_value, salt_for
 
 RESERVED = 2
 TAIL = "tail"
-HOT_SCALE = 0.5  # the hot rows' output factor on a train split ...
-LONG_SPLIT = 40_000  # ... of at least this many rows
+HOT_SCALE = 0.5  # the hot rows' output factor when the lightest hot value is seen in ...
+RARE = 1e-3  # ... fewer than this share of the train rows
 
 
 class HybridOptions(MethodOptions):
@@ -92,8 +93,9 @@ class HybridOptions(MethodOptions):
         gt=0,
         le=1,
         description="factor on the hot rows' vectors: with the adaptive sparse optimizers the hot rows' learning rate times it, "
-        f"the tail's unchanged (their init divided by it); default {HOT_SCALE} when the value counts show {LONG_SPLIT:,}+ train "
-        "rows, else 1 (1 with explicit hot_rows/tail_rows, the layout of exports made before this option)",
+        f"the tail's unchanged (their init divided by it); default {HOT_SCALE} when the lightest hot value is seen in fewer than "
+        f"{RARE:g} of the train rows (value counts), else 1 (1 with explicit hot_rows/tail_rows, the layout of exports made "
+        "before this option)",
     )
 
 
@@ -117,13 +119,12 @@ def train_rows(ctx: MethodContext) -> int | None:
     return int(max(totals)) if totals else None
 
 
-def hot_scale(ctx: MethodContext, options: HybridOptions) -> float:
-    """The hot rows' output factor: the option, else 1 for explicit sizes (older exports) or a train split of fewer than
-    ``LONG_SPLIT`` rows (or unknown), else ``HOT_SCALE``."""
+def hot_scale(options: HybridOptions, lightest: float | None, rows: int | None) -> float:
+    """The hot rows' output factor: the option, else ``HOT_SCALE`` when the lightest hot value's count ``lightest`` is
+    below ``RARE × rows`` (the train rows), else 1 (also without counts, explicit sizes or no hot value)."""
     if options.hot_scale is not None:
         return options.hot_scale
-    rows = None if options.hot_rows is not None else train_rows(ctx)
-    return HOT_SCALE if rows is not None and rows >= LONG_SPLIT else 1.0
+    return HOT_SCALE if lightest is not None and rows and lightest < RARE * rows else 1.0
 
 
 def hot_init(cardinality: int) -> float:
@@ -200,7 +201,7 @@ class HybridEmbedding(EmbeddingMethod):
         reserved = [min(c, RESERVED) for c in cards]
         self.tail_probes = probes = tail_probes(options, ctx.embedding_dim)
         self.tail_dim = ctx.embedding_dim // probes
-        self.hot_scale = scale = hot_scale(ctx, options)
+        lightest = None  # the count of the least frequent hot value, when the counts chose them
         if options.hot_rows is not None or options.tail_rows is not None:
             hot, tail = self._explicit(ctx, options, cards)
         elif ctx.budget_bytes is None:
@@ -212,8 +213,12 @@ class HybridEmbedding(EmbeddingMethod):
                     f"method 'hybrid' cannot fit the budget of {ctx.budget_bytes} bytes: the reserved rows of every "
                     f"feature and one tail row need {table_bytes(sum(reserved) + 1, ctx.embedding_dim)} bytes"
                 )
-            extra, tail = choose_hot(_counts(ctx), max(rows, 0), options.hot_share)
+            counts = _counts(ctx)
+            extra, tail = choose_hot(counts, max(rows, 0), options.hot_share)
             hot, tail = [r + e for r, e in zip(reserved, extra)], tail * probes
+            known = [ctx.value_counts is not None and ctx.value_counts.get(f.name) is not None for f in ctx.features]
+            lightest = min((float(c[e - 1]) for c, e, k in zip(counts, extra, known) if e and k), default=None)
+        self.hot_scale = scale = hot_scale(options, lightest, train_rows(ctx))
         self.hot_rows: dict[str, int] = dict(zip(ctx.feature_names, hot))
         self.tail_rows = tail
         self._position = {n: i for i, n in enumerate(ctx.feature_names)}

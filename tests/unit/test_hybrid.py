@@ -12,7 +12,7 @@ from recsys.data.synthetic import generate
 from recsys.data.vocab import read_value_counts
 from recsys.embeddings import FeatureInfo, MethodContext, build_method, get_method
 from recsys.embeddings.base import ExportedMethod
-from recsys.embeddings.hybrid import choose_hot, train_rows
+from recsys.embeddings.hybrid import HybridOptions, choose_hot, hot_scale, train_rows
 from recsys.hashing import bucket, salt_for
 
 DIM = 8
@@ -78,25 +78,27 @@ def test_tail_probes_keep_the_bytes_and_default_to_two() -> None:
     assert build_method("hybrid", CTX, explicit).hot_scale == 1.0, "exports made before hot_scale served unscaled hot rows"
 
 
-def test_hot_scale_follows_the_train_rows_and_is_exported() -> None:
-    """Unset, ``hot_scale`` is 0.5 when the counts show 40,000+ train rows (the largest total of a single-valued
-    feature), else 1; the hot rows' init is divided by it, so the served vectors start as ``full``'s; an explicit value
-    stays, and the export records it (served without the counts)."""
+def test_hot_scale_rule() -> None:
+    """Unset, ``hot_scale`` is 0.5 when the lightest hot value is seen in fewer than 1/1000 of the train rows, else 1."""
+    options = HybridOptions()
+    assert hot_scale(options, lightest=79, rows=80_000) == 0.5 and hot_scale(options, lightest=80, rows=80_000) == 1.0
+    assert hot_scale(options, lightest=None, rows=80_000) == 1.0 and hot_scale(options, lightest=1, rows=None) == 1.0
+    assert hot_scale(HybridOptions(hot_scale=0.8), lightest=1, rows=80_000) == 0.8
+
+
+def test_hot_scale_follows_the_counts_and_is_exported() -> None:
+    """With one feature seen 1000 times more (95,000 train rows), the other features' hot values become rare: the hot
+    rows get 0.5, their init divided by it (served vectors start as ``full``'s); the export records the factor."""
     ctx = CTX.with_budget(compression=4)
-    rows = {"A": 39_999, "C": 40_000}
-    for name, expected in (("A", 1.0), ("C", 0.5)):
-        scaled = COUNTS[name] * rows[name] // COUNTS[name].sum()
-        scaled[0] += rows[name] - scaled.sum()
-        counts = COUNTS | {name: scaled}
-        assert train_rows(ctx.with_value_counts(counts)) == rows[name]
-        assert build_method("hybrid", ctx.with_value_counts(counts)).hot_scale == expected
-    assert build_method("hybrid", ctx).hot_scale == 1.0, "no counts: no train rows known"
-    many = {f: c * 100 for f, c in COUNTS.items()}
+    assert build_method("hybrid", ctx.with_value_counts(COUNTS)).hot_scale == 1.0
+    assert build_method("hybrid", ctx).hot_scale == 1.0, "no counts: the Zipf prior says nothing of rarity"
+    many = ctx.with_value_counts(COUNTS | {"A": COUNTS["A"] * 1000})
+    assert train_rows(many) == int(COUNTS["A"].sum()) * 1000
     torch.manual_seed(0)
-    method = build_method("hybrid", ctx.with_value_counts(many))
-    assert method.hot_scale == 0.5 and build_method("hybrid", ctx.with_value_counts(many), {"hot_scale": 0.8}).hot_scale == 0.8
+    method = build_method("hybrid", many)
+    assert method.hot_scale == 0.5 and build_method("hybrid", many, {"hot_scale": 0.8}).hot_scale == 0.8
     weight = method.ebc.embedding_bags["C@hot"].weight.detach()
-    assert 0.95 < float(weight.abs().max()) * 0.5 * 1002**0.5 <= 1
+    assert 0.9 < float(weight.abs().max()) * 0.5 * 1002**0.5 <= 1
     exported = method.export()
     assert exported.options["hot_scale"] == 0.5
     served = get_method("hybrid").from_export(ctx, exported)
@@ -154,7 +156,7 @@ def test_export_serves_without_the_counts() -> None:
     exported = method.export()
     assert exported.options["hot_rows"] == method.hot_rows and exported.options["tail_rows"] == method.tail_rows
     assert exported.options["tail_probes"] == method.tail_probes == 2
-    assert exported.options["hot_scale"] == method.hot_scale == 1.0, "COUNTS hold fewer than 40,000 train rows"
+    assert exported.options["hot_scale"] == method.hot_scale == 1.0, "COUNTS' lightest hot value is not rare"
     served = get_method("hybrid").from_export(CTX.with_budget(compression=4), ExportedMethod("hybrid", exported.options, exported.state))
     features = kjt(3)
     torch.testing.assert_close(served(features).values(), method(features).values(), rtol=0, atol=0)

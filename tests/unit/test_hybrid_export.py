@@ -37,8 +37,8 @@ def hybrid_run(tmp_path_factory):
             "embedding.compression=10",
         ],
     )
-    with pytest.MonkeyPatch.context() as patch:  # ~4,800 train rows count as a long split: hot rows trained at 0.5
-        patch.setattr("recsys.embeddings.hybrid.LONG_SPLIT", 1000)
+    with pytest.MonkeyPatch.context() as patch:  # every hot value counts as rare: the hot rows trained at 0.5
+        patch.setattr("recsys.embeddings.hybrid.RARE", 1.0)
         train_experiment(cfg, base / "run")
         yield data, base / "run"  # load_run rebuilds the method from the same counts: the patch must hold
 
