@@ -25,10 +25,10 @@ Sizes (``hot_rows`` / ``tail_rows`` set them explicitly; an export records them)
 * the tail gets the other rows' bytes: ``(R − hot) × P`` rows of ``D / P`` columns;
 * no budget: every value hot (the ``full`` tables), no tail;
 * init: hot rows as ``full``'s, ``U(±1/√card_f)`` (``hot_init``), the tail ``U(±1/√tail_rows)``;
-* ``hot_scale``: the hot rows' vectors are multiplied by it, their init divided by it (the served
-  init stays ``full``'s). With the adaptive sparse optimizers (row-wise Adagrad by default) a
-  row's step is about ``lr`` in weight units whatever its gradient's size, so the factor makes
-  the hot rows' steps smaller in output units, the tail's unchanged. Default: ``HOT_SCALE`` when
+* ``hot_scale``: the hot rows' vectors are multiplied by it. With the adaptive sparse optimizers
+  (row-wise Adagrad by default) a row's step is about ``lr`` in weight units whatever its
+  gradient's size, so the factor scales the hot rows' steps and their init in output units, the
+  tail's unchanged. Default: ``HOT_SCALE`` when
   the lightest hot value is rare, seen in fewer than ``RARE`` of the train rows (``train_rows``;
   the long tail at 10×: 30 of 79,878), where each hot row, trained by one value, memorised it
   within an epoch; else 1 (the lightest hot values of the other sets of the suite are seen in
@@ -93,7 +93,7 @@ class HybridOptions(MethodOptions):
         gt=0,
         le=1,
         description="factor on the hot rows' vectors: with the adaptive sparse optimizers the hot rows' learning rate times it, "
-        f"the tail's unchanged (their init divided by it); default {HOT_SCALE} when the lightest hot value is seen in fewer than "
+        f"the tail's unchanged; default {HOT_SCALE} when the lightest hot value is seen in fewer than "
         f"{RARE:g} of the train rows (value counts), else 1 (1 with explicit hot_rows/tail_rows, the layout of exports made "
         "before this option)",
     )
@@ -218,7 +218,7 @@ class HybridEmbedding(EmbeddingMethod):
             hot, tail = [r + e for r, e in zip(reserved, extra)], tail * probes
             known = [ctx.value_counts is not None and ctx.value_counts.get(f.name) is not None for f in ctx.features]
             lightest = min((float(c[e - 1]) for c, e, k in zip(counts, extra, known) if e and k), default=None)
-        self.hot_scale = scale = hot_scale(options, lightest, train_rows(ctx))
+        self.hot_scale = hot_scale(options, lightest, train_rows(ctx))
         self.hot_rows: dict[str, int] = dict(zip(ctx.feature_names, hot))
         self.tail_rows = tail
         self._position = {n: i for i, n in enumerate(ctx.feature_names)}
@@ -233,8 +233,8 @@ class HybridEmbedding(EmbeddingMethod):
                 embedding_dim=ctx.embedding_dim,
                 feature_names=[f"{f.name}@hot"],
                 pooling=PoolingType.SUM,
-                weight_init_max=hot_init(c) / scale,
-                weight_init_min=-hot_init(c) / scale,
+                weight_init_max=hot_init(c),
+                weight_init_min=-hot_init(c),
             )
             for f, h, c in zip(ctx.features, hot, cards)
         ]

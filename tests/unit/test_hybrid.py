@@ -88,7 +88,7 @@ def test_hot_scale_rule() -> None:
 
 def test_hot_scale_follows_the_counts_and_is_exported() -> None:
     """With one feature seen 1000 times more (95,000 train rows), the other features' hot values become rare: the hot
-    rows get 0.5, their init divided by it (served vectors start as ``full``'s); the export records the factor."""
+    rows get 0.5 (their weights drawn as ``full``'s); the export records the factor."""
     ctx = CTX.with_budget(compression=4)
     assert build_method("hybrid", ctx.with_value_counts(COUNTS)).hot_scale == 1.0
     assert build_method("hybrid", ctx).hot_scale == 1.0, "no counts: the Zipf prior says nothing of rarity"
@@ -98,7 +98,7 @@ def test_hot_scale_follows_the_counts_and_is_exported() -> None:
     method = build_method("hybrid", many)
     assert method.hot_scale == 0.5 and build_method("hybrid", many, {"hot_scale": 0.8}).hot_scale == 0.8
     weight = method.ebc.embedding_bags["C@hot"].weight.detach()
-    assert 0.9 < float(weight.abs().max()) * 0.5 * 1002**0.5 <= 1
+    assert 0.9 < float(weight.abs().max()) * 1002**0.5 <= 1
     exported = method.export()
     assert exported.options["hot_scale"] == 0.5
     served = get_method("hybrid").from_export(ctx, exported)
