@@ -28,12 +28,11 @@ Sizes (``hot_rows`` / ``tail_rows`` set them explicitly; an export records them)
 * ``hot_scale``: the hot rows' vectors are multiplied by it. With the adaptive sparse optimizers
   (row-wise Adagrad by default) a row's step is about ``lr`` in weight units whatever its
   gradient's size, so the factor scales the hot rows' steps and their init in output units, the
-  tail's unchanged. Default: ``HOT_SCALE`` when
-  the lightest hot value is rare, seen in fewer than ``RARE`` of the train rows (``train_rows``;
-  the long tail at 10×: 30 of 79,878), where each hot row, trained by one value, memorised it
-  within an epoch; else 1 (the lightest hot values of the other sets of the suite are seen in
-  3e-3 to 0.5 of the rows, and halving their steps lowered the 10k-row samples and
-  ``small_real``). Measured in ``docs/results/hybrid_small.md``.
+  tail's unchanged. Default: ``HOT_SCALE`` when the lightest hot value is rare, seen in fewer
+  than ``RARE`` of the train rows (``train_rows``; the long tail at 10×: 30 of 79,878), where
+  each hot row, trained by one value, memorised it within an epoch; else 1 (the lightest hot
+  values of the suite's other sets are seen in 3e-3 to 0.5 of the rows, and halving their steps
+  lowered the 10k-row samples and ``small_real``). Measured in ``docs/results/hybrid_small.md``.
 
 Bytes (the accounting rule): Σ hot rows × D × 4 + tail rows × (D / P) × 4 (the per-feature
 thresholds and salts are constants of the method, as ``hash``'s table sizes are).
@@ -92,7 +91,7 @@ class HybridOptions(MethodOptions):
         None,
         gt=0,
         le=1,
-        description="factor on the hot rows' vectors: with the adaptive sparse optimizers the hot rows' learning rate times it, "
+        description="factor on the hot rows' vectors: with the adaptive sparse optimizers their steps and init times it, "
         f"the tail's unchanged; default {HOT_SCALE} when the lightest hot value is seen in fewer than "
         f"{RARE:g} of the train rows (value counts), else 1 (1 with explicit hot_rows/tail_rows, the layout of exports made "
         "before this option)",
@@ -216,8 +215,9 @@ class HybridEmbedding(EmbeddingMethod):
             counts = _counts(ctx)
             extra, tail = choose_hot(counts, max(rows, 0), options.hot_share)
             hot, tail = [r + e for r, e in zip(reserved, extra)], tail * probes
-            known = [ctx.value_counts is not None and ctx.value_counts.get(f.name) is not None for f in ctx.features]
-            lightest = min((float(c[e - 1]) for c, e, k in zip(counts, extra, known) if e and k), default=None)
+            given = [None if ctx.value_counts is None else ctx.value_counts.get(f.name) for f in ctx.features]
+            known = [g is not None and len(g) == len(c) for g, c in zip(given, counts)]
+            lightest = min((float(c[e - 1]) for c, e, k in zip(counts, extra, known) if e and k), default=None)  # not the prior
         self.hot_scale = hot_scale(options, lightest, train_rows(ctx))
         self.hot_rows: dict[str, int] = dict(zip(ctx.feature_names, hot))
         self.tail_rows = tail
