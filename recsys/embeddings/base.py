@@ -312,7 +312,13 @@ class EmbeddingMethod(nn.Module):
         """
         state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
         state.update({PHASE_STATE_PREFIX + k: v.detach().cpu() for k, v in self.phase_state().items()})
-        return ExportedMethod(self.name, self.options.model_dump(mode="json"), state)
+        return ExportedMethod(self.name, self.export_options(), state)
+
+    def export_options(self) -> dict[str, Any]:
+        """The options an export records: enough to rebuild this method's served form in a context
+        without the training data's value counts. By default this method's options; a method that
+        sizes itself from the counts (``hybrid``) records the sizes it chose."""
+        return self.options.model_dump(mode="json")
 
     @classmethod
     def from_export(cls, ctx: MethodContext, exported: ExportedMethod) -> nn.Module:

@@ -443,7 +443,7 @@ class DSLEmbedding(WrappedMethod):
         state = {TABLES + k: v for k, v in (self.compact_state() if compact is None else compact).items()}
         ebcs = tuple(f"{path}." for path in self._keys)
         state.update({BASE + k: v.detach().cpu() for k, v in self.base.state_dict().items() if not k.startswith(ebcs)})
-        return ExportedMethod(self.name, self.opts.model_dump(mode="json"), state)
+        return ExportedMethod(self.name, self.export_options(), state)
 
     @classmethod
     def from_export(cls, ctx: MethodContext, exported: ExportedMethod) -> nn.Module:

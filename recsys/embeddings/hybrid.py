@@ -46,7 +46,7 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -58,7 +58,6 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 from recsys.embeddings.base import (
     BYTES_PER_WEIGHT,
     EmbeddingMethod,
-    ExportedMethod,
     IdScheme,
     MethodContext,
     MethodOptions,
@@ -345,15 +344,13 @@ class HybridEmbedding(EmbeddingMethod):
             "hot_share": hot / max(hot + tail, 1),
         }
 
-    def export(self) -> ExportedMethod:
-        """The trained tables, with the chosen sizes as explicit options (serving needs no counts)."""
-        exported = super().export()
-        options = {
-            **exported.options,
+    def export_options(self) -> dict[str, Any]:
+        """The options with the chosen sizes and factor made explicit (serving needs no counts)."""
+        return {
+            **super().export_options(),
             "hot_share": None,
             "hot_rows": dict(self.hot_rows),
             "tail_rows": self.tail_rows,
             "tail_probes": self.tail_probes,
             "hot_scale": self.hot_scale,
         }
-        return ExportedMethod(exported.name, options, exported.state)

@@ -313,7 +313,7 @@ class OptEmbed(WrappedMethod):
 
     def export(self) -> ExportedMethod:
         """The served form: the compact tables and dims (see ``compact_state``)."""
-        return ExportedMethod(self.name, self.options.model_dump(mode="json"), self.compact_state())
+        return ExportedMethod(self.name, self.export_options(), self.compact_state())
 
     @classmethod
     def from_export(cls, ctx: MethodContext, exported: ExportedMethod) -> nn.Module:

@@ -86,6 +86,10 @@ class WrappedMethod(EmbeddingMethod):
     def build(cls, ctx: MethodContext, options: MethodOptions) -> EmbeddingMethod:
         return cls(ctx, options, cls.build_base(ctx, options))
 
+    def export_options(self) -> dict[str, Any]:
+        """This wrapper's options, with ``base`` as the base records its own (e.g. a ``hybrid``'s chosen sizes)."""
+        return {**super().export_options(), "base": {"method": self.base.name, "options": self.base.export_options()}}
+
     @classmethod
     def id_scheme_for(cls, options: MethodOptions) -> IdScheme:
         spec = wrapper_options(options).base

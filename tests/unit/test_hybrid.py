@@ -162,6 +162,23 @@ def test_export_serves_without_the_counts() -> None:
     torch.testing.assert_close(served(features).values(), method(features).values(), rtol=0, atol=0)
 
 
+def test_dsl_over_hybrid_serves_without_the_counts() -> None:
+    """``dsl``'s export records its hybrid base's chosen sizes: serving (no counts) rebuilds the same tables."""
+    torch.manual_seed(2)
+    ctx = CTX.with_budget(compression=2)
+    wrapper = "dsl"
+    method = build_method(wrapper, ctx.with_value_counts(COUNTS), {"base": "hybrid", "base_compression": 2, "density": 0.3}).eval()
+    exported = method.export()
+    base = exported.options["base"]
+    assert base["method"] == "hybrid" and base["options"]["hot_rows"] and base["options"]["hot_share"] is None
+    without_counts = build_method("hybrid", CTX.with_budget(compression=2))
+    assert without_counts.hot_rows != base["options"]["hot_rows"], "the counts must change the sizes, or this test shows nothing"
+    served = get_method(wrapper).from_export(ctx, ExportedMethod(wrapper, exported.options, exported.state))
+    features = kjt(4)
+    with torch.no_grad():
+        torch.testing.assert_close(served(features).values(), method(features).values(), rtol=0, atol=0)
+
+
 def test_read_value_counts_from_a_dataset(tmp_path) -> None:
     spec = generate(tmp_path / "d", rows=3000, profile="small_real", seed=0, progress=False)
     counts = read_value_counts(spec, tmp_path / "d")
