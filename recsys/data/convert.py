@@ -36,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
+from recsys.data.allocator import held_memory
 from recsys.data.background import Background
 from recsys.data.errors import BadRowLog, BadRowMode, ConversionError
 from recsys.data.fieldaware import FieldCounters
@@ -108,7 +109,7 @@ def convert(
         check_file(layout, path, first, schema)
     policy, layout = split_policy(layout, first, presplit is not None, split_by, split, seed, time_column, time_cuts)
     opts = _Options(min_count, policy, on_bad_row, chunk_rows, rows_per_file, progress)
-    with dataset_folder(out_dir, overwrite, ConversionError) as tmp, _memory_pool():
+    with dataset_folder(out_dir, overwrite, ConversionError) as tmp, _memory_pool(), held_memory():
         return _build(layout, files, tmp, out_dir.name, opts)
 
 
