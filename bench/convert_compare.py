@@ -5,7 +5,8 @@ side by side. This writes one random high-cardinality Criteo file (``recsys.trai
 exports the baseline commit's ``recsys`` with ``git archive`` (building its C extensions, if it has any), then converts the file ``--rounds``
 times with each tree in child processes, alternating which goes first, and reports each run's
 rows/s and CPU seconds (of the conversion's threads: far steadier than wall time when other
-processes share the cores), the medians, and the median of the per-round ratios (new / baseline).
+processes share the cores; user and sys apart), minor page faults, peak RSS and the load average,
+the medians, and the median of the per-round ratios (new / baseline).
 
 With ``--instructions`` it also counts the instructions each tree executes for one conversion
 under valgrind's callgrind (minus those of the imports alone): a measure of work that other
@@ -55,19 +56,25 @@ _BUILD = (
 )
 
 
-def convert_once(tree: Path, input_path: Path, out_dir: Path) -> tuple[float, float]:
-    """(rows/s, CPU seconds of all its threads) of one conversion by the code in ``tree``, in a child process."""
+def convert_once(tree: Path, input_path: Path, out_dir: Path) -> dict[str, float]:
+    """One conversion by the code in ``tree``, in a child process: rows/s, CPU seconds of all its threads
+    (user and sys apart, ``getrusage`` over the conversion), minor page faults, the child's peak RSS and
+    the load average when it ended."""
     shutil.rmtree(out_dir, ignore_errors=True)
     code = (
-        "import json, sys, time; from pathlib import Path; from recsys.data.convert import convert; "
-        "t, c = time.perf_counter(), time.process_time(); "
+        "import json, resource, sys, time; from pathlib import Path; from recsys.data.convert import convert; "
+        "r = resource.getrusage(resource.RUSAGE_SELF); t = time.perf_counter(); "
         "s = convert('criteo', Path(sys.argv[1]), Path(sys.argv[2]), progress=False); "
-        "print(json.dumps([sum(x.rows for x in s.splits.values()) / (time.perf_counter() - t), time.process_time() - c]))"
+        "dt = time.perf_counter() - t; e = resource.getrusage(resource.RUSAGE_SELF); "
+        "print(json.dumps(dict(rows_per_s=sum(x.rows for x in s.splits.values()) / dt, user_s=e.ru_utime - r.ru_utime, "
+        "sys_s=e.ru_stime - r.ru_stime, minor_faults=e.ru_minflt - r.ru_minflt, peak_rss_gib=e.ru_maxrss / 2**20)))"
     )
     env = {**os.environ, "PYTHONPATH": str(tree)}
     out = subprocess.run([sys.executable, "-c", code, str(input_path), str(out_dir)], env=env, check=True, capture_output=True, text=True)
-    rate, cpu = json.loads(out.stdout.strip().splitlines()[-1])
-    return float(rate), float(cpu)
+    run = {k: float(v) for k, v in json.loads(out.stdout.strip().splitlines()[-1]).items()}
+    run["cpu_s"] = run["user_s"] + run["sys_s"]
+    run["load_average"] = os.getloadavg()[0]
+    return run
 
 
 _CONVERT = (
@@ -109,15 +116,18 @@ def main(argv: list[str] | None = None) -> dict:
         base = export_tree(args.base, work)
         input_path = work / "criteo.tsv"
         write_random_criteo(input_path, args.rows)
-        runs: dict[str, list[float]] = {"base": [], "new": []}
-        cpu: dict[str, list[float]] = {"base": [], "new": []}
+        runs: dict[str, list[dict[str, float]]] = {"base": [], "new": []}
         for r in range(args.rounds):
             order = [("base", base), ("new", REPO)] if r % 2 == 0 else [("new", REPO), ("base", base)]
             for name, tree in order:
-                rate, seconds = convert_once(tree, input_path, work / "out")
-                runs[name].append(rate)
-                cpu[name].append(seconds)
-                print(f"round {r + 1} {name}: {rate:,.0f} rows/s, {seconds:.1f} CPU s", flush=True)
+                run = convert_once(tree, input_path, work / "out")
+                runs[name].append(run)
+                print(
+                    f"round {r + 1} {name}: {run['rows_per_s']:,.0f} rows/s, CPU {run['cpu_s']:.2f} s (user {run['user_s']:.2f} + "
+                    f"sys {run['sys_s']:.2f}), {run['minor_faults']:,.0f} minor faults, peak RSS {run['peak_rss_gib']:.2f} GiB, "
+                    f"load {run['load_average']:.2f}",
+                    flush=True,
+                )
         counted = {}
         if args.instructions:
             for name, tree in (("base", base), ("new", REPO)):
@@ -125,21 +135,24 @@ def main(argv: list[str] | None = None) -> dict:
                 print(f"{name}: {counted[name]:,} instructions", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    ratios = [n / b for n, b in zip(runs["new"], runs["base"])]
+    rate = {name: [run["rows_per_s"] for run in runs[name]] for name in runs}
+    cpu = {name: [run["cpu_s"] for run in runs[name]] for name in runs}
+    ratios = [n / b for n, b in zip(rate["new"], rate["base"])]
     cpu_ratios = [n / b for n, b in zip(cpu["new"], cpu["base"])]
     result = {
         "base": args.base,
         "rows": args.rows,
         "rounds": args.rounds,
         "load_average": round(os.getloadavg()[0], 2),
-        "base_rows_per_s": [round(x) for x in runs["base"]],
-        "new_rows_per_s": [round(x) for x in runs["new"]],
-        "base_median": round(statistics.median(runs["base"])),
-        "new_median": round(statistics.median(runs["new"])),
+        "base_rows_per_s": [round(x) for x in rate["base"]],
+        "new_rows_per_s": [round(x) for x in rate["new"]],
+        "base_median": round(statistics.median(rate["base"])),
+        "new_median": round(statistics.median(rate["new"])),
         "median_ratio": round(statistics.median(ratios), 3),
         "base_cpu_s": [round(x, 2) for x in cpu["base"]],
         "new_cpu_s": [round(x, 2) for x in cpu["new"]],
         "median_cpu_ratio": round(statistics.median(cpu_ratios), 3),
+        "runs": {name: [{k: round(v, 3) for k, v in run.items()} for run in runs[name]] for name in runs},
     }
     if counted:
         result.update(
