@@ -7,6 +7,7 @@ A pattern with ``*``, ``?`` or ``[`` is a glob; its matches are read in natural 
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import re
 from dataclasses import dataclass
@@ -131,7 +132,15 @@ def _skip(stream: pa.NativeFile, n: int) -> None:
 
 def open_stream(path: Path, start: int = 0) -> tuple[pa.NativeFile, pa.NativeFile]:
     """``(stream, raw file)``: ``path`` decompressed, positioned at decompressed byte ``start``
-    (a compressed file is read up to there: done only to restart after a bad row)."""
+    (a compressed file is read up to there: done only to restart after a bad row).
+
+    A plain regular file is memory-mapped: the parser reads its pages in place instead of copying
+    each block into fresh memory (a tenth of the conversion's page faults)."""
+    if codec_of(path) is None and Path(path).is_file():
+        with contextlib.suppress(OSError, pa.ArrowException):  # not mappable: read it
+            mapped = pa.memory_map(str(path))
+            mapped.seek(start)
+            return mapped, mapped
     source = open_input(path)
     if source.stream is source.raw:
         source.raw.seek(start)
