@@ -66,12 +66,20 @@ def convert_once(tree: Path, input_path: Path, out_dir: Path) -> dict[str, float
         "r = resource.getrusage(resource.RUSAGE_SELF); t = time.perf_counter(); "
         "s = convert('criteo', Path(sys.argv[1]), Path(sys.argv[2]), progress=False); "
         "dt = time.perf_counter() - t; e = resource.getrusage(resource.RUSAGE_SELF); "
-        "print(json.dumps(dict(rows_per_s=sum(x.rows for x in s.splits.values()) / dt, user_s=e.ru_utime - r.ru_utime, "
+        "import recsys.data.convert as m; "
+        "print(json.dumps(dict(source=m.__file__, rows_per_s=sum(x.rows for x in s.splits.values()) / dt, user_s=e.ru_utime - r.ru_utime, "
         "sys_s=e.ru_stime - r.ru_stime, minor_faults=e.ru_minflt - r.ru_minflt, peak_rss_gib=e.ru_maxrss / 2**20)))"
     )
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    out = subprocess.run([sys.executable, "-c", code, str(input_path), str(out_dir)], env=env, check=True, capture_output=True, text=True)
-    run = {k: float(v) for k, v in json.loads(out.stdout.strip().splitlines()[-1]).items()}
+    # -P and cwd: `python -c` would put the current folder first on sys.path, and from the repository
+    # root that imports this tree's recsys for the baseline too
+    command = [sys.executable, "-P", "-c", code, str(input_path), str(out_dir)]
+    out = subprocess.run(command, env=env, cwd=tree, check=True, capture_output=True, text=True)
+    reply = json.loads(out.stdout.strip().splitlines()[-1])
+    source = Path(reply.pop("source")).resolve()
+    if not source.is_relative_to(tree.resolve()):
+        raise RuntimeError(f"the run meant for {tree} imported {source}")
+    run = {k: float(v) for k, v in reply.items()}
     run["cpu_s"] = run["user_s"] + run["sys_s"]
     run["load_average"] = os.getloadavg()[0]
     return run
@@ -89,7 +97,11 @@ def instructions(tree: Path, code: str, args: list[str], work: Path) -> int:
     out = work / "callgrind.out"
     env = {**os.environ, "PYTHONPATH": str(tree)}
     subprocess.run(
-        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, "-c", code, *args], env=env, check=True, capture_output=True
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, "-P", "-c", code, *args],
+        env=env,
+        cwd=tree,
+        check=True,
+        capture_output=True,
     )
     for line in out.read_text().splitlines():
         if line.startswith("summary:") or line.startswith("totals:"):
