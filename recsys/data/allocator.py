@@ -98,6 +98,13 @@ def _jemalloc_decay(ms: int) -> None:
             pa.jemalloc_set_decay_ms(ms)
 
 
+def trim() -> None:
+    """Hand the free memory of every glibc arena back to the OS now (between a conversion's stages:
+    the next stage's threads may not get the arenas the last one freed into)."""
+    if _state.applied is not None and _state.libc is not None:
+        _state.libc.malloc_trim(0)
+
+
 @contextlib.contextmanager
 def held_memory() -> Iterator[dict[int, int]]:
     """Keep freed memory in glibc's heap while inside; hand it back to the OS after.

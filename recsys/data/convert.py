@@ -36,7 +36,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from recsys.data.allocator import held_memory
+from recsys.data.allocator import held_memory, trim
 from recsys.data.background import Background
 from recsys.data.errors import BadRowLog, BadRowMode, ConversionError
 from recsys.data.fieldaware import FieldCounters
@@ -174,7 +174,9 @@ def _build(layout: InputFormat, files: list[tuple[Path, int | None]], root: Path
         raise ConversionError(where, "no rows in the train split (vocabularies come from train); check the split")
     out = output_layout(layout, counters, stats)
     counted = [s for s in out.final.sparse if s.kind != "bucket"]
+    trim()
     vocabs = _build_vocabularies(counted, out.counters, root, opts.min_count) + out.bucket_vocabularies()
+    trim()
     splits = _second_pass(out, stage, vocabs, root, opts)
     for src, vocab in zip(out.final.sparse[len(counted) :], vocabs[len(counted) :]):
         vocab.write(root / VOCAB_DIR / f"{src.name}.parquet")  # bucket fields: train counts known only now

@@ -68,3 +68,16 @@ def test_other_c_libraries_and_user_tuning_are_left_alone(monkeypatch: pytest.Mo
         assert settings == {}
     assert allocator.user_tuned({"GLIBC_TUNABLES": "glibc.pthread.rseq=0"}) is None
     assert allocator.user_tuned({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=0"}) == "GLIBC_TUNABLES"
+
+
+@needs_glibc
+def test_trim_hands_back_the_free_memory_while_still_held() -> None:
+    with allocator.held_memory():
+        before = _rss()
+        _touch_and_free(SIZE)
+        assert _rss() - before > SIZE * 0.9
+        allocator.trim()
+        assert _rss() - before < SIZE * 0.1
+        before = _rss()
+        _touch_and_free(SIZE)  # still held after the trim
+        assert _rss() - before > SIZE * 0.9
