@@ -337,6 +337,13 @@ def build_parser(with_speed: bool = True) -> argparse.ArgumentParser:
         choices=["uvicorn", "granian", "granian-rsgi"],
         help="HTTP front: uvicorn (default), granian (Rust) or granian-rsgi (granian's RSGI: ids.v1 lookups skip the ASGI layers)",
     )
+    srv.add_argument(
+        "--no-gc-freeze",
+        dest="gc_freeze",
+        action="store_false",
+        default=None,
+        help="do not gc.freeze() the objects alive after the model load (by default they are left out of garbage collection)",
+    )
     srv.add_argument("--header-timeout", dest="header_timeout_s", type=float, help="seconds for a request's headers (default 10; then 408)")
     srv.add_argument(
         "--body-timeout", dest="body_timeout_s", type=float, help="seconds for a request's body after its headers (default 10; then 408)"

@@ -26,6 +26,7 @@ loading the model and polling for reloads itself; the settings reach them as JSO
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
@@ -35,6 +36,20 @@ from recsys.serving.settings import ServeSettings
 
 log = logging.getLogger("recsys.serving.fronts")
 SETTINGS_ENV = "RECSYS_SERVE_SETTINGS"
+
+
+def freeze_heap(settings: ServeSettings) -> int:
+    """Once the model is loaded: collect, then move every object alive now out of the collector's
+    reach (``gc.freeze``), so that Python's full collections no longer scan torch, the model and the
+    app (~200 ms each on this service, with requests waiting). Objects made later (requests, a hot
+    reload's versions) are collected as usual. Returns the objects frozen (0 with ``gc_freeze`` off)."""
+    if not settings.gc_freeze:
+        return 0
+    gc.collect()
+    gc.freeze()
+    frozen = gc.get_freeze_count()
+    log.info("gc.freeze(): %d objects alive after the model load left out of garbage collection", frozen)
+    return frozen
 
 
 def worker_app() -> Any:
@@ -47,12 +62,15 @@ def worker_app() -> Any:
         from recsys.serving.app import create_service
         from recsys.serving.rsgi import LeanFront
 
-        return LeanFront(create_service(settings))
-    if settings.server == "uvicorn":
-        from recsys.serving.transport import HeaderTimeoutProtocol
+        app: Any = LeanFront(create_service(settings))
+    else:
+        if settings.server == "uvicorn":
+            from recsys.serving.transport import HeaderTimeoutProtocol
 
-        HeaderTimeoutProtocol.header_timeout_s = settings.header_timeout_s
-    return create_app(settings)
+            HeaderTimeoutProtocol.header_timeout_s = settings.header_timeout_s
+        app = create_app(settings)
+    freeze_heap(settings)
+    return app
 
 
 def serve(settings: ServeSettings) -> None:
@@ -98,6 +116,7 @@ def _uvicorn(settings: ServeSettings) -> None:
     from recsys.serving.app import create_app
 
     app = create_app(settings)
+    freeze_heap(settings)
     log.info("uvicorn listening on http://%s:%d", settings.host, settings.port)
     uvicorn.run(app, **common)
 

@@ -45,4 +45,9 @@ class ServeSettings(BaseModel):
         1024, ge=1, description="uvicorn: 503 beyond this many open connections; granian: requests handled at once per worker"
     )
     max_inflight: int = Field(256, ge=1, description="POST requests served at once per process; more get 503 with Retry-After")
+    gc_freeze: bool = Field(
+        True,
+        description="after the first model load, gc.freeze() the objects alive then (torch, the model, the app): "
+        "Python's full collections otherwise scan them all, pausing requests ~200 ms each",
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"

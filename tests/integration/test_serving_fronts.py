@@ -79,6 +79,7 @@ def server(request, tmp_path_factory):
     proc.send_signal(signal.SIGTERM)
     output = proc.communicate(timeout=30)[0]
     assert "stopped serving" in output, output
+    assert "gc.freeze(): " in output, output  # the model's heap is out of the collector's reach on every front
 
 
 def _connect(port: int) -> socket.socket:
