@@ -30,4 +30,6 @@ except ImportError as exc:
     problems.append(f"the compiled extension recsys.data.fastcat is missing ({exc}); is gcc installed? reinstall with `pip install -e .`")
 if problems:
     sys.exit("install check failed:\n  " + "\n  ".join(problems))
-print(f"install ok: torch {torch.__version__}, torchrec {md.version('torchrec')}, fbgemm-gpu-cpu {md.version('fbgemm-gpu-cpu')}, recsys.data.fastcat, recsys.serving.idpath")
+print(
+    f"install ok: torch {torch.__version__}, torchrec {md.version('torchrec')}, fbgemm-gpu-cpu {md.version('fbgemm-gpu-cpu')}, recsys.data.fastcat, recsys.serving.idpath"
+)
