@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import ctypes
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +22,16 @@ def _rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _in_a_fresh_process(check: str) -> None:
+    """Run ``check`` (a function of this module) in a new interpreter: resident memory depends on
+    what a process allocated before, so these measurements need one with no history."""
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    code = f"import tests.unit.test_allocator as t; t.{check}()"
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 def _touch_and_free(size: int) -> None:
     """malloc ``size`` bytes, write every page, free them."""
     libc = ctypes.CDLL(None)
@@ -32,6 +45,10 @@ def _touch_and_free(size: int) -> None:
 
 @needs_glibc
 def test_a_large_free_is_kept_inside_and_returned_after() -> None:
+    _in_a_fresh_process("check_a_large_free_is_kept_inside_and_returned_after")
+
+
+def check_a_large_free_is_kept_inside_and_returned_after() -> None:
     before = _rss()
     with allocator.held_memory() as settings:
         assert settings[allocator.M_MMAP_THRESHOLD] >= 32 << 20
@@ -47,6 +64,10 @@ def test_a_large_free_is_kept_inside_and_returned_after() -> None:
 
 @needs_glibc
 def test_nested_entries_share_one_setting_and_the_last_restores() -> None:
+    _in_a_fresh_process("check_nested_entries_share_one_setting_and_the_last_restores")
+
+
+def check_nested_entries_share_one_setting_and_the_last_restores() -> None:
     with allocator.held_memory() as outer:
         with allocator.held_memory() as inner:
             assert inner == outer != {}
@@ -72,6 +93,10 @@ def test_other_c_libraries_and_user_tuning_are_left_alone(monkeypatch: pytest.Mo
 
 @needs_glibc
 def test_trim_hands_back_the_free_memory_while_still_held() -> None:
+    _in_a_fresh_process("check_trim_hands_back_the_free_memory_while_still_held")
+
+
+def check_trim_hands_back_the_free_memory_while_still_held() -> None:
     with allocator.held_memory():
         before = _rss()
         _touch_and_free(SIZE)
