@@ -1,4 +1,5 @@
-"""glibc's malloc held open around a conversion, and handed back after it.
+"""A conversion's memory: Arrow on jemalloc (``jemalloc_pool``), glibc's malloc held open around it
+and handed back after it (``held_memory``).
 
 A conversion allocates and frees large numpy temporaries chunk after chunk. With glibc's
 defaults each of them is mmapped (or trimmed off the heap top) and unmapped when freed, and
@@ -103,6 +104,26 @@ def trim() -> None:
     the next stage's threads may not get the arenas the last one freed into)."""
     if _state.applied is not None and _state.libc is not None:
         _state.libc.malloc_trim(0)
+
+
+@contextlib.contextmanager
+def jemalloc_pool() -> Iterator[None]:
+    """Arrow allocates from jemalloc while converting (about 10% faster than mimalloc on this
+    allocation churn), unless ``ARROW_DEFAULT_MEMORY_POOL`` chooses; the old default is restored."""
+    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
+        yield
+        return
+    try:
+        pool = pa.jemalloc_memory_pool()
+    except NotImplementedError:
+        yield
+        return
+    previous = pa.default_memory_pool()
+    pa.set_memory_pool(pool)
+    try:
+        yield
+    finally:
+        pa.set_memory_pool(previous)
 
 
 @contextlib.contextmanager
