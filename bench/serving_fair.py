@@ -38,7 +38,7 @@ from recsys.serving.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIENT_CORE, SERVER_CORE = 0, 1
-FRONTS = ("uvicorn", "granian", "granian-rsgi")
+FRONTS = ("uvicorn", "uvicorn-lean", "granian", "granian-rsgi")
 
 
 def pinned(core: int, cmd: list[str]) -> list[str]:

@@ -334,8 +334,9 @@ def build_parser(with_speed: bool = True) -> argparse.ArgumentParser:
     srv.add_argument("--offload-ids", dest="offload_ids", type=int, help="ids.v1 requests this large run in a worker thread (default 4096)")
     srv.add_argument(
         "--server",
-        choices=["uvicorn", "granian", "granian-rsgi"],
-        help="HTTP front: uvicorn (default), granian (Rust) or granian-rsgi (granian's RSGI: ids.v1 lookups skip the ASGI layers)",
+        choices=["uvicorn", "uvicorn-lean", "granian", "granian-rsgi"],
+        help="HTTP front: uvicorn (default), uvicorn-lean (ids.v1 lookups answered in uvicorn's protocol, one thread), "
+        "granian (Rust) or granian-rsgi (granian's RSGI: ids.v1 lookups skip the ASGI layers)",
     )
     srv.add_argument(
         "--no-gc-freeze",

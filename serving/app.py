@@ -176,6 +176,8 @@ class Service:
     holder: ModelHolder
     limits: RequestLimits
     ids_answer: Callable[[bytes, bytes], Awaitable[tuple[int, bytes, str, dict[str, str]]]]
+    ids_now: Callable[[bytes, bytes], tuple[int, bytes, str, dict[str, str]]]  # the same answer on the calling thread
+    offload_bytes: int  # ids.v1 bodies this large are answered off the event loop
     expected_auth: bytes | None  # the Authorization header a request must carry (None: no token)
 
 
@@ -309,21 +311,21 @@ def create_service(settings: ServeSettings, holder: ModelHolder | None = None, m
         except RequestError as exc:
             return 422, json.dumps({"detail": str(exc)}).encode(), "application/json", {}
 
-    async def ids_answer(raw: bytes, accept: bytes) -> tuple[int, bytes, str, dict[str, str]]:
-        """The answer to an ids.v1 body: float32 rows (JSON when ``Accept`` names only JSON), 400 when
-        malformed, 422 for an unknown feature. The compiled kernel (``Store.kernel``) answers the binary
-        requests it can; any other (JSON answers, errors) goes the numpy way."""
+    def ids_now(raw: bytes, accept: bytes) -> tuple[int, bytes, str, dict[str, str]]:
+        """The answer to an ids.v1 body, on the calling thread: float32 rows (JSON when ``Accept`` names
+        only JSON), 400 when malformed, 422 for an unknown feature. The compiled kernel (``Store.kernel``)
+        answers the binary requests it can; any other (JSON answers, errors) goes the numpy way."""
         s = holder.store
         kernel = s.kernel
         if kernel is not None and (binary_accept in accept or json_accept not in accept):
-            if len(raw) < offload_bytes:
-                body = kernel.answer(raw, settings.max_items, settings.max_string_length)
-            else:  # a large body: off the event loop (the kernel lets go of the GIL)
-                body = await to_thread.run_sync(kernel.answer, raw, settings.max_items, settings.max_string_length)
+            body = kernel.answer(raw, settings.max_items, settings.max_string_length)
             if body is not None:
                 n = len(body) // (4 * s.width)
                 pairs_counter.inc(n)
                 return 200, body, BINARY, {"X-Model-Version": s.version, "X-Embedding-Dim": str(s.width), "X-Embedding-Count": str(n)}
+        return ids_numpy(raw, accept)
+
+    def ids_numpy(raw: bytes, accept: bytes) -> tuple[int, bytes, str, dict[str, str]]:
         try:
             blocks = decode_ids(raw, settings.max_items, settings.max_string_length)
         except FormatError as exc:
@@ -331,12 +333,19 @@ def create_service(settings: ServeSettings, holder: ModelHolder | None = None, m
         s = holder.store
         n = sum(len(ids) for _, ids in blocks)
         try:
-            vectors = s.lookup_blocks(blocks) if n < settings.offload_ids else await to_thread.run_sync(s.lookup_blocks, blocks)
+            vectors = s.lookup_blocks(blocks)
         except RequestError as exc:
             return 422, json.dumps({"detail": str(exc)}).encode(), "application/json", {}
         pairs_counter.inc(n)
         as_json = b"application/json" in accept and BINARY.encode() not in accept
         return (200, *_vectors_body(s.version, vectors, not as_json))
+
+    async def ids_answer(raw: bytes, accept: bytes) -> tuple[int, bytes, str, dict[str, str]]:
+        """``ids_now``, with a large body (at least ``offload_ids`` ids' worth) answered off the event
+        loop (the compiled kernel and numpy let go of the GIL)."""
+        if len(raw) < offload_bytes:
+            return ids_now(raw, accept)
+        return await to_thread.run_sync(ids_now, raw, accept)
 
     @app.post(
         "/v1/score",
@@ -396,7 +405,9 @@ def create_service(settings: ServeSettings, holder: ModelHolder | None = None, m
     # outside FastAPI's own stack (error and telemetry middleware, routing): the fast path costs a few
     # plain calls; what it declines goes on to FastAPI
     limits = RequestLimits(ItemsFastPath(app, items_fast), settings.max_body_bytes, settings.body_timeout_s, settings.max_inflight)
-    return Service(MetricsMiddleware(limits, metrics), holder, limits, ids_answer, expected_auth if settings.token is not None else None)
+    return Service(
+        MetricsMiddleware(limits, metrics), holder, limits, ids_answer, ids_now, offload_bytes, expected_auth if settings.token is not None else None
+    )
 
 
 def configure_logging(level: str) -> None:

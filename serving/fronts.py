@@ -1,9 +1,10 @@
 """The HTTP fronts that run the lookup app: uvicorn (Python, uvloop + httptools) or granian (Rust, hyper).
 
-``recsys serve --server uvicorn|granian|granian-rsgi`` picks one; the app, and so validation, limits,
-auth, metrics and hot reload, is the same ASGI app on all three; ``granian-rsgi`` runs granian's RSGI
-interface and answers ids.v1 lookups without the ASGI layers (``recsys.serving.rsgi``), handing every
-other request to that app. Either way SIGINT/SIGTERM stops accepting,
+``recsys serve --server uvicorn|uvicorn-lean|granian|granian-rsgi`` picks one; the app, and so
+validation, limits, auth, metrics and hot reload, is the same ASGI app on all four; ``uvicorn-lean``
+answers ids.v1 lookups inside uvicorn's protocol on its one thread (``recsys.serving.lean_uvicorn``)
+and ``granian-rsgi`` through granian's RSGI interface (``recsys.serving.rsgi``), both without the
+ASGI layers, handing every other request to that app. Either way SIGINT/SIGTERM stops accepting,
 lets in-flight requests finish (up to ``graceful_timeout_s``), then runs the app's shutdown,
 which logs ``stopped serving``.
 
@@ -63,14 +64,27 @@ def worker_app() -> Any:
         from recsys.serving.rsgi import LeanFront
 
         app: Any = LeanFront(create_service(settings))
-    else:
-        if settings.server == "uvicorn":
-            from recsys.serving.transport import HeaderTimeoutProtocol
-
-            HeaderTimeoutProtocol.header_timeout_s = settings.header_timeout_s
+    elif settings.server == "granian":
         app = create_app(settings)
+    else:
+        app = uvicorn_app(settings)
     freeze_heap(settings)
     return app
+
+
+def uvicorn_app(settings: ServeSettings) -> Any:
+    """The ASGI app for uvicorn, with the protocol class's per-process settings (header deadline;
+    on ``uvicorn-lean`` the service that answers ids.v1 lookups) set."""
+    from recsys.serving.app import create_service
+    from recsys.serving.transport import HeaderTimeoutProtocol
+
+    HeaderTimeoutProtocol.header_timeout_s = settings.header_timeout_s
+    service = create_service(settings)
+    if settings.server == "uvicorn-lean":
+        from recsys.serving.lean_uvicorn import LeanHttpProtocol
+
+        LeanHttpProtocol.service = service
+    return service.asgi
 
 
 def serve(settings: ServeSettings) -> None:
@@ -87,14 +101,14 @@ def serve(settings: ServeSettings) -> None:
 def _uvicorn(settings: ServeSettings) -> None:
     import uvicorn
 
+    from recsys.serving.lean_uvicorn import LeanHttpProtocol
     from recsys.serving.transport import HeaderTimeoutProtocol
 
-    HeaderTimeoutProtocol.header_timeout_s = settings.header_timeout_s
     common = dict(
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        http=HeaderTimeoutProtocol,
+        http=LeanHttpProtocol if settings.server == "uvicorn-lean" else HeaderTimeoutProtocol,
         timeout_graceful_shutdown=settings.graceful_timeout_s,
         access_log=False,
         timeout_keep_alive=settings.keep_alive_s,
@@ -113,11 +127,9 @@ def _uvicorn(settings: ServeSettings) -> None:
 
         Multiprocess(config, sockets=[sock]).run()
         return
-    from recsys.serving.app import create_app
-
-    app = create_app(settings)
+    app = uvicorn_app(settings)
     freeze_heap(settings)
-    log.info("uvicorn listening on http://%s:%d", settings.host, settings.port)
+    log.info("uvicorn%s listening on http://%s:%d", " (lean)" if settings.server == "uvicorn-lean" else "", settings.host, settings.port)
     uvicorn.run(app, **common)
 
 

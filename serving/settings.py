@@ -12,9 +12,10 @@ class ServeSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    server: Literal["uvicorn", "granian", "granian-rsgi"] = Field(
+    server: Literal["uvicorn", "uvicorn-lean", "granian", "granian-rsgi"] = Field(
         "uvicorn",
-        description="HTTP front: uvicorn (Python), granian (Rust, hyper; ASGI) or granian-rsgi (granian's RSGI: ids.v1 lookups skip the ASGI layers)",
+        description="HTTP front: uvicorn (Python on uvloop + httptools), uvicorn-lean (the same, ids.v1 lookups answered in the protocol, "
+        "one thread), granian (Rust, hyper; ASGI) or granian-rsgi (granian's RSGI: ids.v1 lookups skip the ASGI layers)",
     )
     model: str = Field(description="artifact folder (or a symlink to one), an artifact URI (s3://...), models:/NAME@ALIAS or models:/NAME/VERSION")
     host: str = Field("127.0.0.1", description="bind address; loopback unless told otherwise")

@@ -36,6 +36,15 @@ class _CoalescingTransport:
             self._loop.call_soon(self._flush)
         self._pending.append(bytes(data))
 
+    def write_now(self, data: bytes) -> None:
+        """Send what is pending and ``data`` at once, in one ``send()`` when nothing is pending."""
+        if self._pending:
+            self._pending.append(data)
+            data = b"".join(self._pending)
+            self._pending.clear()
+        if not self._transport.is_closing():
+            self._transport.write(data)
+
     def writelines(self, lines: Any) -> None:
         for data in lines:
             self.write(data)
@@ -103,9 +112,13 @@ class HeaderTimeoutProtocol(CoalescingHttpProtocol):
             self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_late)
 
     def on_headers_complete(self) -> None:
+        self.headers_arrived()
+        super().on_headers_complete()
+
+    def headers_arrived(self) -> None:
+        """A request's headers are all in: its header deadline no longer applies."""
         self._partial = False
         self._stop_header_timer()
-        super().on_headers_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_header_timer()

@@ -33,7 +33,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module", params=["uvicorn", "granian", "granian-rsgi"])
+@pytest.fixture(scope="module", params=["uvicorn", "uvicorn-lean", "granian", "granian-rsgi"])
 def server(request, tmp_path_factory):
     _, runs = ensure_runs(tmp_path_factory.getbasetemp() / "serving-runs")
     art = tmp_path_factory.mktemp(f"fronts-{request.param}") / "hash-fp32"
@@ -202,7 +202,7 @@ def test_ids_v1_bodies_keep_the_limits(server):
 
 
 def test_uvicorn_answers_503_beyond_the_connection_limit(server):
-    if server["front"] != "uvicorn":
+    if server["front"] not in ("uvicorn", "uvicorn-lean"):
         pytest.skip("granian queues requests beyond its backpressure limit instead of answering 503")
     port = server["port"]
     conns = [_connect(port) for _ in range(MAX_CONNECTIONS)]

@@ -62,7 +62,7 @@ def _point(link: Path, target: Path) -> None:
     os.replace(tmp, link)
 
 
-@pytest.fixture(scope="module", params=["uvicorn", "granian-rsgi"])  # granian's ASGI front: test_serving_fronts
+@pytest.fixture(scope="module", params=["uvicorn", "uvicorn-lean", "granian-rsgi"])  # granian's ASGI front: test_serving_fronts
 def service(request, tmp_path_factory):
     base = tmp_path_factory.getbasetemp() / "serving-runs"
     _, runs = ensure_runs(base)
@@ -450,8 +450,12 @@ def test_bearer_token_guards_the_api(service):
 
 
 def test_several_worker_processes_answer_without_nagle_delays(service):
-    """``--workers 2``: both processes serve the artifact; responses are not held back by Nagle's
-    algorithm waiting for delayed ACKs (~40 ms each), and SIGTERM stops them gracefully."""
+    """``--workers 2``: both processes serve the artifact (JSON and ids.v1 lookups: the lean path of
+    each worker); responses are not held back by Nagle's algorithm waiting for delayed ACKs (~40 ms
+    each), and SIGTERM stops them gracefully. uvicorn's supervisor and worker app are the same for
+    ``uvicorn`` and ``uvicorn-lean``: the lean front stands for both."""
+    if service["front"] == "uvicorn":
+        pytest.skip("the same supervisor and worker app as uvicorn-lean, which runs this test")
     port = free_port()
     cmd = [
         sys.executable,
@@ -484,13 +488,23 @@ def test_several_worker_processes_answer_without_nagle_delays(service):
         assert sum("recsys.serving.reload: loaded version" in line for line in lines) == 2, lines
         items = _items(store, 8, seed=11)
         expected = store.embeddings([(i["feature"], i["value"]) for i in items])
+        by_feature = {
+            f: [None if i["value"] is None else str(i["value"]) for i in items if i["feature"] == f]
+            for f in dict.fromkeys(i["feature"] for i in items)
+        }
+        ids_expected = np.concatenate([store.lookup(f, vals) for f, vals in by_feature.items()])
         took = []
         with httpx.Client(base_url=url, timeout=10) as client:
-            for _ in range(30):
+            for k in range(30):
                 start = time.perf_counter()
-                r = client.post("/v1/embeddings", json={"items": items})
+                if k % 2:
+                    r = client.post("/v1/embeddings", content=encode(by_feature), headers={"content-type": IDS_V1})
+                else:
+                    r = client.post("/v1/embeddings", json={"items": items})
                 took.append(time.perf_counter() - start)
-                np.testing.assert_array_equal(np.array(r.json()["vectors"], np.float32), expected)
+                assert r.status_code == 200, r.text
+                got = vectors(r.content, r.headers) if k % 2 else np.array(r.json()["vectors"], np.float32)
+                np.testing.assert_array_equal(got, ids_expected if k % 2 else expected)
         assert sorted(took)[len(took) // 2] < 0.03, took
     finally:
         proc.send_signal(signal.SIGTERM)
