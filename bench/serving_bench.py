@@ -310,7 +310,9 @@ def main() -> None:
     p.add_argument("--http-only", action="store_true", help="only the HTTP vs Redis part (artifacts from an earlier run are reused)")
     p.add_argument("--workers", default="1,2", help="server process counts to measure, comma-separated")
     p.add_argument("--sizes", default="1,64,512", help="ids per request, comma-separated")
-    p.add_argument("--fronts", default="uvicorn,uvicorn-lean,granian,granian-rsgi", help="--quick: the HTTP fronts measured against Redis, comma-separated")
+    p.add_argument(
+        "--fronts", default="uvicorn,uvicorn-lean,granian,granian-rsgi", help="--quick: the HTTP fronts measured against Redis, comma-separated"
+    )
     p.add_argument(
         "--loadgen",
         choices=["c", "python"],
