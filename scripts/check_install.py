@@ -25,11 +25,15 @@ try:
 except ImportError as exc:
     problems.append(f"the compiled id path recsys.serving.idpath is not built ({exc}); reinstall with gcc and the Python headers present")
 try:
+    from recsys.serving import httpfast  # noqa: F401  (the lean front's request recogniser, serving/httpfast.c)
+except ImportError as exc:
+    problems.append(f"the compiled extension recsys.serving.httpfast is not built ({exc}); reinstall with gcc and the Python headers present")
+try:
     import recsys.data.fastcat  # noqa: F401  the converter's C extension, built by pip install
 except ImportError as exc:
     problems.append(f"the compiled extension recsys.data.fastcat is missing ({exc}); is gcc installed? reinstall with `pip install -e .`")
 if problems:
     sys.exit("install check failed:\n  " + "\n  ".join(problems))
 print(
-    f"install ok: torch {torch.__version__}, torchrec {md.version('torchrec')}, fbgemm-gpu-cpu {md.version('fbgemm-gpu-cpu')}, recsys.data.fastcat, recsys.serving.idpath"
+    f"install ok: torch {torch.__version__}, torchrec {md.version('torchrec')}, fbgemm-gpu-cpu {md.version('fbgemm-gpu-cpu')}, recsys.data.fastcat, recsys.serving.idpath, recsys.serving.httpfast"
 )

@@ -81,9 +81,10 @@ def uvicorn_app(settings: ServeSettings) -> Any:
     HeaderTimeoutProtocol.header_timeout_s = settings.header_timeout_s
     service = create_service(settings)
     if settings.server == "uvicorn-lean":
-        from recsys.serving.lean_uvicorn import LeanHttpProtocol
+        from recsys.serving.lean_uvicorn import LeanHttpProtocol, check_built
 
         LeanHttpProtocol.service = service
+        check_built()
     return service.asgi
 
 

@@ -31,11 +31,24 @@ from recsys.serving.app import Service
 from recsys.serving.idsv1 import CONTENT_TYPE as IDS_V1
 from recsys.serving.transport import HeaderTimeoutProtocol
 
+try:
+    from recsys.serving import httpfast
+except ImportError as exc:  # a source checkout never built: every lookup takes the parser's callbacks
+    httpfast = None
+    _MISSING = str(exc)
+
 log = logging.getLogger("recsys.serving.lean_uvicorn")
 _PATH = b"/v1/embeddings"
 _LABEL = "/v1/embeddings"
 _IDS_V1 = IDS_V1.encode()
 _STATUS = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
+
+
+def check_built() -> bool:
+    """Whether the compiled recogniser is there; logs a warning when not (lookups then take the parser's callbacks)."""
+    if httpfast is None:
+        log.warning("recsys.serving.httpfast is not built (%s): ids.v1 lookups go through the HTTP parser; `make install` builds it", _MISSING)
+    return httpfast is not None
 
 
 def answer_bytes(status: int, headers: list[tuple[bytes, bytes]], body: bytes, keep_alive: bool) -> bytes:
@@ -61,9 +74,14 @@ class LeanHttpProtocol(HeaderTimeoutProtocol):
         self.lean_accept = b""
         self.lean_start = 0.0
         self.lean_timer: Any = None
+        self.in_message = False  # the parser holds part of a request
+        service = self.service
+        self.quick = service is not None and httpfast is not None
+        self.quick_max = 0 if service is None else min(service.offload_bytes - 1, service.limits.limit)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self.in_message = True
         if self.timeout_keep_alive_task is not None:  # armed by a lookup answered in this same read
             self.timeout_keep_alive_task.cancel()
             self.timeout_keep_alive_task = None
@@ -132,30 +150,68 @@ class LeanHttpProtocol(HeaderTimeoutProtocol):
             self.lean_body += body
 
     def on_message_complete(self) -> None:
+        self.in_message = False
         if self.lean_body is None:
             super().on_message_complete()
             return
+        self.finish(self.answer(bytes(self.lean_body), self.lean_accept), self.lean_keep)
+
+    def answer(self, raw: bytes, accept: bytes) -> tuple[int, bytes]:
+        """The status and HTTP bytes answering the ids.v1 body ``raw`` (``lean_keep``: keep the connection)."""
         service = self.service
         assert service is not None
         try:
-            status, body, media_type, extra = service.ids_now(bytes(self.lean_body), self.lean_accept)
+            status, body, media_type, extra = service.ids_now(raw, accept)
         except Exception:
             log.exception("ids.v1 lookup failed")
             status, body, media_type, extra, self.lean_keep = 500, b'{"detail":"Internal Server Error"}', "application/json", {}, False
         headers = [*self.server_state.default_headers, (b"content-type", media_type.encode())]
         headers.extend((k.lower().encode(), v.encode()) for k, v in extra.items())
-        self.finish(answer_bytes(status, headers, body, self.lean_keep), status)
+        return status, answer_bytes(status, headers, body, self.lean_keep)
 
-    def finish(self, data: bytes, status: int) -> None:
+    def finish(self, answer: tuple[int, bytes], keep: bool) -> None:
         """Send one answer, then keep the connection for the next request or close it."""
-        self.transport.write_now(data)
-        self.lean_end(status)
-        if self.lean_keep:
+        self.transport.write_now(answer[1])
+        self.lean_end(answer[0])
+        if keep:
             self.on_response_complete()  # uvicorn's: counts the request, arms the keep-alive timer
         else:
             self.transport.close()
 
+    def quick_answers(self, data: bytes) -> bytes:
+        """Answer the whole ids.v1 lookups at the start of ``data`` without the parser (``httpfast.match``);
+        the bytes left (from the first request it declines) go to the parser."""
+        service = self.service
+        assert service is not None
+        limits, limit = service.limits, self.limit_concurrency
+        while data:
+            found = httpfast.match(data, service.expected_auth, self.quick_max)
+            if found is None or limits.inflight >= limits.max_inflight:
+                return data  # the parser's path answers it (or 503s it)
+            if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
+                return data
+            end, start, keep, accept = found
+            self.lean_start = time.perf_counter()
+            if self.timeout_keep_alive_task is not None:
+                self.timeout_keep_alive_task.cancel()
+                self.timeout_keep_alive_task = None
+            self.headers_arrived()
+            limits.inflight += 1
+            service.asgi.metrics.active += 1
+            self.lean_keep = keep
+            answer = self.answer(data[start:end], accept)
+            self.finish(answer, self.lean_keep)
+            if not self.lean_keep or self.transport.is_closing():
+                return b""
+            data = data[end:]
+        return data
+
     def data_received(self, data: bytes) -> None:
+        if self.quick and self.lean_body is None and not self.in_message and (self.cycle is None or self.cycle.response_complete):
+            if not self.pipeline:
+                data = self.quick_answers(data)
+                if not data:
+                    return
         super().data_received(data)
         if self.lean_body is not None and self.lean_timer is None:  # a body still on its way: its deadline
             service = self.service
@@ -171,7 +227,7 @@ class LeanHttpProtocol(HeaderTimeoutProtocol):
         service = self.service
         assert service is not None
         body = b'{"detail":"request body not received within %s s"}' % f"{service.limits.timeout:g}".encode()
-        self.finish(answer_bytes(408, [(b"content-type", b"application/json")], body, False), 408)
+        self.finish((408, answer_bytes(408, [(b"content-type", b"application/json")], body, False)), False)
 
     def shutdown(self) -> None:
         if self.lean_body is not None:  # a lookup whose body is arriving: answer it, then close
