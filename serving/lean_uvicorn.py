@@ -66,6 +66,7 @@ class LeanHttpProtocol(HeaderTimeoutProtocol):
     """uvicorn's protocol with ids.v1 lookups answered in place (see the module docstring)."""
 
     service: Service | None = None
+    head: tuple[Any, tuple[str, str, str], bytes] | None = None  # (uvicorn's default headers, key, the answer's head)
 
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -75,6 +76,7 @@ class LeanHttpProtocol(HeaderTimeoutProtocol):
         self.lean_start = 0.0
         self.lean_timer: Any = None
         self.in_message = False  # the parser holds part of a request
+        self.idle_since = 0.0
         service = self.service
         self.quick = service is not None and httpfast is not None
         self.quick_max = 0 if service is None else min(service.offload_bytes - 1, service.limits.limit)
@@ -165,7 +167,21 @@ class LeanHttpProtocol(HeaderTimeoutProtocol):
         except Exception:
             log.exception("ids.v1 lookup failed")
             status, body, media_type, extra, self.lean_keep = 500, b'{"detail":"Internal Server Error"}', "application/json", {}, False
-        headers = [*self.server_state.default_headers, (b"content-type", media_type.encode())]
+        defaults = self.server_state.default_headers
+        if status == 200 and self.lean_keep and len(extra) == 3:  # the rows: one cached head per second and version
+            head = LeanHttpProtocol.head
+            key = (media_type, extra["X-Model-Version"], extra["X-Embedding-Dim"])
+            if head is None or head[0] is not defaults or head[1] != key:
+                lines = [
+                    *defaults,
+                    (b"content-type", media_type.encode()),
+                    (b"x-model-version", key[1].encode()),
+                    (b"x-embedding-dim", key[2].encode()),
+                ]
+                LeanHttpProtocol.head = head = (defaults, key, _STATUS[200] + b"".join(b"%s: %s\r\n" % pair for pair in lines))
+            count = extra["X-Embedding-Count"].encode()
+            return 200, b"%sx-embedding-count: %s\r\ncontent-length: %d\r\n\r\n%s" % (head[2], count, len(body), body)
+        headers = [*defaults, (b"content-type", media_type.encode())]
         headers.extend((k.lower().encode(), v.encode()) for k, v in extra.items())
         return status, answer_bytes(status, headers, body, self.lean_keep)
 
@@ -180,10 +196,11 @@ class LeanHttpProtocol(HeaderTimeoutProtocol):
 
     def quick_answers(self, data: bytes) -> bytes:
         """Answer the whole ids.v1 lookups at the start of ``data`` without the parser (``httpfast.match``);
-        the bytes left (from the first request it declines) go to the parser."""
+        the bytes left (from the first request it declines) go to the parser. Each is answered before
+        this returns (nothing else runs meanwhile), so the in-flight counts need no update."""
         service = self.service
         assert service is not None
-        limits, limit = service.limits, self.limit_concurrency
+        limits, limit, observe = service.limits, self.limit_concurrency, service.asgi.observe
         while data:
             found = httpfast.match(data, service.expected_auth, self.quick_max)
             if found is None or limits.inflight >= limits.max_inflight:
@@ -191,20 +208,30 @@ class LeanHttpProtocol(HeaderTimeoutProtocol):
             if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
                 return data
             end, start, keep, accept = found
-            self.lean_start = time.perf_counter()
-            if self.timeout_keep_alive_task is not None:
-                self.timeout_keep_alive_task.cancel()
-                self.timeout_keep_alive_task = None
+            started = time.perf_counter()
             self.headers_arrived()
-            limits.inflight += 1
-            service.asgi.metrics.active += 1
             self.lean_keep = keep
-            answer = self.answer(data[start:end], accept)
-            self.finish(answer, self.lean_keep)
+            status, out = self.answer(data[start:end], accept)
+            self.transport.write_now(out)
+            observe(_LABEL, status, time.perf_counter() - started)
+            self.server_state.total_requests += 1
             if not self.lean_keep or self.transport.is_closing():
+                self.transport.close()
                 return b""
+            self.idle_since = self.loop.time()
+            if self.timeout_keep_alive_task is None:  # one timer per idle spell, not one per request
+                self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.idle_check)
             data = data[end:]
         return data
+
+    def idle_check(self) -> None:
+        """The keep-alive timer of quickly answered lookups: close once idle ``timeout_keep_alive`` s."""
+        self.timeout_keep_alive_task = None
+        left = self.idle_since + self.timeout_keep_alive - self.loop.time()
+        if left > 0:
+            self.timeout_keep_alive_task = self.loop.call_later(left, self.idle_check)
+        else:
+            self.timeout_keep_alive_handler()
 
     def data_received(self, data: bytes) -> None:
         if self.quick and self.lean_body is None and not self.in_message and (self.cycle is None or self.cycle.response_complete):
