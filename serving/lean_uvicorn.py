@@ -77,6 +77,7 @@ class LeanHttpProtocol(HeaderTimeoutProtocol):
         self.lean_timer: Any = None
         self.in_message = False  # the parser holds part of a request
         self.idle_since = 0.0
+        self.quick_timer: Any = None  # the keep-alive timer idle_check runs (uvicorn's own may replace it)
         service = self.service
         self.quick = service is not None and httpfast is not None
         self.quick_max = 0 if service is None else min(service.offload_bytes - 1, service.limits.limit)
@@ -219,8 +220,11 @@ class LeanHttpProtocol(HeaderTimeoutProtocol):
                 self.transport.close()
                 return b""
             self.idle_since = self.loop.time()
-            if self.timeout_keep_alive_task is None:  # one timer per idle spell, not one per request
-                self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.idle_check)
+            task = self.timeout_keep_alive_task
+            if task is None or task is not self.quick_timer:  # one timer per idle spell, not one per request
+                if task is not None:  # uvicorn's, armed after an answer of the parser's path
+                    task.cancel()
+                self.timeout_keep_alive_task = self.quick_timer = self.loop.call_later(self.timeout_keep_alive, self.idle_check)
             data = data[end:]
         return data
 
@@ -229,7 +233,7 @@ class LeanHttpProtocol(HeaderTimeoutProtocol):
         self.timeout_keep_alive_task = None
         left = self.idle_since + self.timeout_keep_alive - self.loop.time()
         if left > 0:
-            self.timeout_keep_alive_task = self.loop.call_later(left, self.idle_check)
+            self.timeout_keep_alive_task = self.quick_timer = self.loop.call_later(left, self.idle_check)
         else:
             self.timeout_keep_alive_handler()
 

@@ -246,3 +246,45 @@ def test_a_slow_client_does_not_stall_the_others(server):
         s.close()
     assert not errors and len(took) == 20, errors
     assert sorted(took)[10] < 0.5, took
+
+
+def _answers(s: socket.socket, count: int) -> list[tuple[int, bytes]]:
+    """``count`` HTTP answers read from ``s`` in order: (status, body) each (Content-Length framed)."""
+    data, out = b"", []
+    s.settimeout(10)
+    while len(out) < count:
+        head_end = data.find(b"\r\n\r\n")
+        if head_end >= 0:
+            head = data[:head_end].decode("latin-1").lower()
+            length = int(head.split("content-length:")[1].split("\r\n")[0])
+            if len(data) >= head_end + 4 + length:
+                out.append((int(head.split()[1]), data[head_end + 4 : head_end + 4 + length]))
+                data = data[head_end + 4 + length :]
+                continue
+        chunk = s.recv(65536)
+        assert chunk, f"closed after {len(out)} answers"
+        data += chunk
+    return out
+
+
+def test_pipelined_lookups_are_answered_in_order_and_the_idle_timer_counts_from_the_last(server):
+    """Two ids.v1 lookups and a health check sent in one write come back in order, with the right
+    rows (on uvicorn-lean the lookups take the compiled recogniser, the health check the parser);
+    a lookup 0.6 s later keeps the connection, which then closes about ``keep_alive_s`` after that
+    last answer (uvicorn-lean re-arms one idle timer instead of one per request)."""
+    store, feature = server["store"], server["store"].features[2]
+    body = encode({feature: ["a", "b", None]})
+    expected = store.lookup(feature, ["a", "b", None])
+    head = f"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: {IDS_V1}\r\n".encode()
+    lookup = head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+    s = _connect(server["port"])
+    s.sendall(lookup + lookup + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    (a, ra), (b, rb), (c, _) = _answers(s, 3)
+    assert (a, b, c) == (200, 200, 200)
+    for raw in (ra, rb):
+        np.testing.assert_array_equal(np.frombuffer(raw, np.float32).reshape(expected.shape), expected)
+    time.sleep(0.6)
+    s.sendall(lookup)
+    assert _answers(s, 1)[0][0] == 200
+    took, _ = _closed_within(s, max(KEEP_ALIVE_S, HEADER_S) + 5)
+    assert took >= min(KEEP_ALIVE_S, HEADER_S) - 0.3, took
