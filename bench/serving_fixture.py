@@ -93,7 +93,7 @@ def load_command(target: str, port: int, keys: Path, ids: int, concurrency: int,
             "--ids", str(ids), "--concurrency", str(concurrency), "--duration", str(duration), *extra]  # fmt: skip
 
 
-def serve_command(art: Path, port: int, workers: int = 1, front: str = "uvicorn") -> list[str]:
+def serve_command(art: Path, port: int, workers: int = 1, front: str = "uvicorn-lean") -> list[str]:
     """The ``recsys serve`` command line of the benchmarks: no reload polling, 4096 items, quiet logs."""
     return [sys.executable, "-m", "recsys.cli", "serve", "--model", str(art), "--port", str(port), "--poll-interval", "0",
             "--max-items", "4096", "--log-level", "warning", "--workers", str(workers), "--server", front]  # fmt: skip

@@ -335,7 +335,7 @@ def build_parser(with_speed: bool = True) -> argparse.ArgumentParser:
     srv.add_argument(
         "--server",
         choices=["uvicorn", "uvicorn-lean", "granian", "granian-rsgi"],
-        help="HTTP front: uvicorn (default), uvicorn-lean (ids.v1 lookups answered in uvicorn's protocol, one thread), "
+        help="HTTP front: uvicorn-lean (default: uvicorn with ids.v1 lookups answered in its protocol, one thread), uvicorn, "
         "granian (Rust) or granian-rsgi (granian's RSGI: ids.v1 lookups skip the ASGI layers)",
     )
     srv.add_argument(

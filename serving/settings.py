@@ -13,7 +13,7 @@ class ServeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     server: Literal["uvicorn", "uvicorn-lean", "granian", "granian-rsgi"] = Field(
-        "uvicorn",
+        "uvicorn-lean",
         description="HTTP front: uvicorn (Python on uvloop + httptools), uvicorn-lean (the same, ids.v1 lookups answered in the protocol, "
         "one thread), granian (Rust, hyper; ASGI) or granian-rsgi (granian's RSGI: ids.v1 lookups skip the ASGI layers)",
     )
