@@ -7,7 +7,7 @@ ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 
 FROM ${PYTHON_IMAGE} AS source
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-# gcc and the C library headers build recsys.serving.idpath (serving/idpath.c) and recsys.data.fastcat
+# gcc and the C library headers build recsys.serving.idpath (serving/idpath.c), recsys.serving.httpfast and recsys.data.fastcat
 # (recsys/data/fastcat.c) at install time; the runtime stages copy the built venv and /app only. libc6-dev follows the image's libc6 (unpinned).
 # hadolint ignore=DL3008
 RUN apt-get update \
