@@ -1,6 +1,7 @@
 """The HTTP fronts that run the lookup app: uvicorn (Python, uvloop + httptools) or granian (Rust, hyper).
 
-``recsys serve --server uvicorn|uvicorn-lean|granian|granian-rsgi`` picks one; the app, and so
+``recsys serve --server uvicorn-lean|uvicorn|granian|granian-rsgi`` picks one (``uvicorn-lean`` by
+default); the app, and so
 validation, limits, auth, metrics and hot reload, is the same ASGI app on all four; ``uvicorn-lean``
 answers ids.v1 lookups inside uvicorn's protocol on its one thread (``recsys.serving.lean_uvicorn``)
 and ``granian-rsgi`` through granian's RSGI interface (``recsys.serving.rsgi``), both without the
