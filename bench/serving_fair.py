@@ -1,7 +1,7 @@
 """The fair serving benchmark (``python -m bench.serving_bench --quick``): our service against Redis
 MGET of the same vectors, each server alone on one core.
 
-The server under test (``recsys serve`` with one worker process, on uvicorn, granian and granian-rsgi, or
+The server under test (``recsys serve`` with one worker process, on uvicorn, uvicorn-lean, granian and granian-rsgi, or
 ``redis-server``) runs pinned to core ``SERVER_CORE`` and the load generator to core ``CLIENT_CORE``
 with ``taskset``, so vectors/s is per server core. The load generator is the compiled one
 (``bench/loadgen.c`` via ``bench.loadgen``: epoll, pre-built requests, a few µs a request, so the
