@@ -22,14 +22,17 @@ import queue
 import re
 import sys
 import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Generator, Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from recsys.data.blocks import Block, MappedText
 from recsys.data.errors import ConversionError, RaggedRow
 from recsys.data.excerpt import safe_message
 from recsys.data.inputs import codec_of, open_stream, read_first_line, read_range
@@ -38,6 +41,7 @@ from recsys.data.textcheck import check_text_input
 
 _DONE = object()
 MAX_ROW_BYTES = 16 << 20  # a longer line is a bad row (``line_too_long``): bounded memory
+PARSE_THREADS = 2  # blocks of a plain file parsed at once (``recsys.data.blocks``); 0: the streaming reader alone
 
 
 @dataclass(frozen=True)
@@ -148,12 +152,14 @@ class _Segment:
 def _quiet_undecodable(unraisable: "sys.UnraisableHookArgs") -> None:
     """Hide what pyarrow reports on stderr when it cannot hand a non-UTF-8 ragged row to our
     handler: the parse error that follows is recovered from and named (see ``_recover``)."""
-    if unraisable.exc_type is UnicodeDecodeError and getattr(unraisable.object, "__qualname__", "") == "_Parser._open.<locals>.on_invalid":
+    if unraisable.exc_type is UnicodeDecodeError and getattr(unraisable.object, "__qualname__", "") in _HANDLERS:
         return
     _PREVIOUS_HOOK(unraisable)
 
 
 _PREVIOUS_HOOK = sys.unraisablehook
+_STRADDLING = "straddling object straddles two block boundaries (try to increase block size?)"  # pyarrow's words
+_HANDLERS = ("_Parser._open.<locals>.on_invalid", "_Parser._parse_block.<locals>.on_invalid")
 
 
 class _Parser:
@@ -162,13 +168,31 @@ class _Parser:
     row's line: with a larger block for a line longer than the block (up to ``max_row_bytes``),
     or past the row, dropped as a bad row, for a longer line or a ragged line that is not UTF-8."""
 
-    def __init__(self, path: Path, fmt: TextFormat, names: list[str], lines: _Lines, block_size: int, max_row_bytes: int) -> None:
+    def __init__(self, path: Path, fmt: TextFormat, names: list[str], lines: _Lines, block_size: int, max_row_bytes: int, threads: int = 0) -> None:
         self.path, self.fmt, self.names, self.lines = path, fmt, names, lines
         self.block_size, self.max_row_bytes = block_size, max_row_bytes
         self.index = LineIndex(path)
         self.position = 0  # bytes of the input parsed so far (for progress)
         self.compressed = codec_of(path) is not None
+        self.threads = threads if not (self.compressed or fmt.quoting) else 0  # quoted values may hold a delimiter's meaning
         self._raw: pa.NativeFile | None = None  # the file under a compressed stream
+
+    def _options(self, skip: int, block_size: int, on_invalid: Callable[[pacsv.InvalidRow], str]) -> dict[str, object]:
+        return dict(
+            read_options=pacsv.ReadOptions(column_names=self.names, skip_rows=skip, block_size=block_size, use_threads=False),
+            parse_options=pacsv.ParseOptions(
+                delimiter=self.fmt.delimiter,
+                quote_char='"' if self.fmt.quoting else False,
+                ignore_empty_lines=False,
+                invalid_row_handler=on_invalid,
+            ),
+            convert_options=pacsv.ConvertOptions(
+                column_types={n: pa.string() for n in self.names},
+                strings_can_be_null=True,
+                check_utf8=False,
+                **({} if self.fmt.null_values is None else {"null_values": list(self.fmt.null_values)}),
+            ),
+        )
 
     def _open(self, seg: _Segment, dropped: list[RaggedRow]) -> tuple[pacsv.CSVStreamingReader, pa.NativeFile]:
         expected = len(self.names)
@@ -184,22 +208,7 @@ class _Parser:
         else:
             source = pa.BufferReader(read_range(self.path, seg.start, seg.end))
         try:
-            reader = pacsv.open_csv(
-                source,
-                read_options=pacsv.ReadOptions(column_names=self.names, skip_rows=seg.skip, block_size=self.block_size, use_threads=False),
-                parse_options=pacsv.ParseOptions(
-                    delimiter=self.fmt.delimiter,
-                    quote_char='"' if self.fmt.quoting else False,
-                    ignore_empty_lines=False,
-                    invalid_row_handler=on_invalid,
-                ),
-                convert_options=pacsv.ConvertOptions(
-                    column_types={n: pa.string() for n in self.names},
-                    strings_can_be_null=True,
-                    check_utf8=False,
-                    **({} if self.fmt.null_values is None else {"null_values": list(self.fmt.null_values)}),
-                ),
-            )
+            reader = pacsv.open_csv(source, **self._options(seg.skip, self.block_size, on_invalid))  # type: ignore[arg-type]
         except BaseException:
             source.close()
             raise
@@ -207,10 +216,21 @@ class _Parser:
 
     def batches(self, stop: threading.Event) -> Iterator[pa.RecordBatch]:
         """Every row of the input in file order (ragged and dropped rows go to ``lines``)."""
+        mapped = MappedText.open(self.path) if self.threads else None
+        try:
+            yield from self._segments(stop, mapped)
+        finally:
+            if mapped is not None:
+                mapped.close()
+
+    def _segments(self, stop: threading.Event, mapped: MappedText | None) -> Iterator[pa.RecordBatch]:
         pending = [_Segment(0, 1, None, 1 if self.fmt.header else 0)]
         while pending and not stop.is_set():
             seg = pending.pop(0)
             if seg.end is not None and seg.end <= seg.start or seg.end is None and seg.start and seg.start >= self.index.size:
+                continue
+            if mapped is not None and seg.end is None:  # to the end of a plain file: its blocks in parallel
+                pending[:0] = yield from self._blocks(seg, mapped, stop)
                 continue
             rows, dropped = 0, []
             try:
@@ -224,6 +244,62 @@ class _Parser:
                 if rows == 0 and not dropped and "Empty CSV file" in str(exc):
                     raise ConversionError(self.path, "empty input: no data rows") from exc
                 pending[:0] = self._recover(exc, seg, self._next_line(seg, rows, dropped), dropped)
+
+    def _blocks(self, seg: _Segment, mapped: MappedText, stop: threading.Event) -> Generator[pa.RecordBatch, None, list[_Segment]]:
+        """``seg`` (to the end of the file) as the streaming reader parses it, block by block, ``threads`` blocks
+        at a time; returns the segments that continue after a block it could not parse (as ``batches`` does)."""
+        line, rows, dropped = seg.line, 0, []  # the first line of the next block; rows and ragged rows delivered
+        blocks = mapped.blocks(seg.start, self.block_size)
+        with ThreadPoolExecutor(self.threads, thread_name_prefix="csv-block") as pool:
+            jobs: deque[tuple[Block, Future | None]] = deque()
+
+            def submit() -> None:
+                block = next(blocks, None)
+                if block is not None:
+                    skip = seg.skip if block.index == 0 else 0
+                    lead = int(block.index > 0 and mapped.bom_at(block.start))  # the reader strips a BOM at its start only
+                    job = None if block.end is None else pool.submit(self._parse_block, mapped.buffer(block, lead), skip, lead)
+                    jobs.append((block, job))
+
+            try:
+                for _ in range(self.threads + 2):
+                    submit()
+                while jobs and not stop.is_set():
+                    block, job = jobs.popleft()
+                    here = _Segment(block.start, line, None, seg.skip if block.index == 0 else 0)
+                    table, numbers, exc = (None, [], pa.ArrowInvalid(_STRADDLING)) if job is None else job.result()  # None: no line ends in the read
+                    ragged = [RaggedRow(here.line - 1 + n, len(self.names), actual) for n, actual in numbers]
+                    if exc is not None:  # recover as from the streaming reader failing on this block (from the line it would restart at)
+                        return self._recover(exc, here, self._next_line(seg, rows, dropped + ragged), dropped + ragged)
+                    assert table is not None
+                    submit()
+                    for row in ragged:
+                        self.lines.drop(row)
+                    dropped += ragged
+                    line += here.skip + table.num_rows + len(ragged)
+                    rows += table.num_rows
+                    self.position = block.end
+                    yield from table.to_batches()
+            finally:
+                for _, job in jobs:
+                    if job is not None:
+                        job.cancel()
+        return []
+
+    def _parse_block(self, data: pa.Buffer, skip: int, lead: int) -> tuple[pa.Table | None, list[tuple[int, int]], Exception | None]:
+        """Rows of one block; the (row number in the block, columns) of each ragged row; the parse error if any.
+        ``lead``: the block starts with the newline before it (an empty line: one row of nulls, taken off)."""
+        numbers: list[tuple[int, int]] = []
+
+        def on_invalid(row: pacsv.InvalidRow) -> str:
+            numbers.append((int(row.number or 0) - lead, row.actual_columns))
+            return "skip"
+
+        try:  # one block of the reader: a block size past the data
+            table = pacsv.read_csv(pa.BufferReader(data), **self._options(skip, data.size + 1, on_invalid))  # type: ignore[arg-type]
+        except pa.ArrowInvalid as exc:  # its row numbers counted from the block (the lead line taken off)
+            return None, numbers, pa.ArrowInvalid(re.sub(r"Row #(\d+)", lambda m: f"Row #{int(m.group(1)) - lead}", str(exc))) if lead else exc
+        return table.slice(lead) if lead else table, numbers, None
 
     def raw_position(self, source: pa.NativeFile, seg: _Segment) -> int:
         """Bytes of the file on disk read so far (a compressed file: its compressed bytes)."""
@@ -296,11 +372,14 @@ def read_chunks(
     block_size: int = 1 << 20,
     max_row_bytes: int | None = None,
     on_bytes: Callable[[int], None] | None = None,
+    parse_threads: int = PARSE_THREADS,
 ) -> Iterator[LineChunk]:
     """Yield chunks of about ``chunk_rows`` rows (all columns as strings) in file order.
 
     A line longer than ``block_size`` grows the block; one longer than ``max_row_bytes``
     (default ``MAX_ROW_BYTES``) is a bad row (``line_too_long``), reported with the ragged rows.
+    A plain file without quoting is parsed ``parse_threads`` blocks at a time (the same chunks, rows and
+    line numbers as the serial reader, ``parse_threads=0``).
     """
     check_text_input(path)
     _open_input(path).close()
@@ -308,7 +387,7 @@ def read_chunks(
         global _PREVIOUS_HOOK
         _PREVIOUS_HOOK, sys.unraisablehook = sys.unraisablehook, _quiet_undecodable
     lines = _Lines(2 if fmt.header else 1)
-    parser = _Parser(path, fmt, names, lines, block_size, MAX_ROW_BYTES if max_row_bytes is None else max_row_bytes)
+    parser = _Parser(path, fmt, names, lines, block_size, MAX_ROW_BYTES if max_row_bytes is None else max_row_bytes, parse_threads)
     yield from _consume(path, parser, lines, chunk_rows, on_bytes, pa.schema([(n, pa.string()) for n in names]))
 
 
