@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
+import pyarrow as pa
 from tqdm import tqdm
 
 from recsys.data.allocator import held_memory, jemalloc_pool, trim
@@ -39,7 +40,7 @@ from recsys.data.background import Background
 from recsys.data.errors import BadRowLog, BadRowMode, ConversionError
 from recsys.data.fieldaware import FieldCounters
 from recsys.data.finish import VOCAB_DIR, OutputLayout, field_specs, output_layout
-from recsys.data.formats import InputFormat, LibfmFields, SparseSource, check_file, open_format
+from recsys.data.formats import InputFormat, LibfmFields, ParsedChunk, SparseSource, check_file, open_format
 from recsys.data.parquet_reader import read_parquet_chunks, row_group_starts
 from recsys.data.parse import SparseValues
 from recsys.data.plan import InputPaths, Splitter, input_files, split_policy
@@ -63,6 +64,7 @@ __all__ = ["ConversionError", "SplitPolicy", "convert"]
 
 BLOCK_SIZE = 4 << 20
 PARSE_THREADS = 2
+PIECES = 4  # a text chunk is checked, hashed and counted in about this many pieces (staged whole)
 _STAGE_DIR = "_stage"
 
 
@@ -141,19 +143,20 @@ def _build(layout: InputFormat, files: list[tuple[Path, int | None]], root: Path
     raw_dense = [n for n, t in layout.transforms.items() if t.needs_stats]
     stage = StageWriter(root / _STAGE_DIR, staged_schema(layout.dense, layout.sparse, raw_dense))
     try:
-        counters, stats = _first_pass(layout, files, stage, log, opts)
+        with Background() as staging:  # the last staged rows are written while the vocabularies are built
+            counters, stats, rows = _first_pass(layout, files, stage, staging, log, opts)
+            where = files[0][0] if len(files) == 1 else f"{files[0][0]} and {len(files) - 1} more"
+            if sum(rows) == 0:
+                detail = f" ({log.total} bad rows skipped)" if log.total else ""
+                raise ConversionError(where, f"empty input: no data rows{detail}")
+            if rows[0] == 0:
+                raise ConversionError(where, "no rows in the train split (vocabularies come from train); check the split")
+            out = output_layout(layout, counters, stats)
+            counted = [s for s in out.final.sparse if s.kind != "bucket"]
+            trim()
+            vocabs = _build_vocabularies(counted, out.counters, root, opts.min_count) + out.bucket_vocabularies()
     finally:
         stage.close()
-    where = files[0][0] if len(files) == 1 else f"{files[0][0]} and {len(files) - 1} more"
-    if sum(stage.rows.values()) == 0:
-        detail = f" ({log.total} bad rows skipped)" if log.total else ""
-        raise ConversionError(where, f"empty input: no data rows{detail}")
-    if stage.rows["train"] == 0:
-        raise ConversionError(where, "no rows in the train split (vocabularies come from train); check the split")
-    out = output_layout(layout, counters, stats)
-    counted = [s for s in out.final.sparse if s.kind != "bucket"]
-    trim()
-    vocabs = _build_vocabularies(counted, out.counters, root, opts.min_count) + out.bucket_vocabularies()
     trim()
     splits = _second_pass(out, stage, vocabs, root, opts)
     for src, vocab in zip(out.final.sparse[len(counted) :], vocabs[len(counted) :]):
@@ -182,28 +185,30 @@ def _build_vocabularies(sparse: Sequence[SparseSource], counters: list[CountTabl
         vocab.write(root / VOCAB_DIR / f"{sparse[i].name}.parquet")
         return vocab
 
-    with ThreadPoolExecutor(PARSE_THREADS) as pool:
-        return list(pool.map(build, range(len(sparse))))
+    with ThreadPoolExecutor(PARSE_THREADS) as pool:  # the largest first: the threads end together
+        jobs = {i: pool.submit(build, i) for i in sorted(range(len(sparse)), key=lambda i: -len(counters[i]))}
+        return [jobs[i].result() for i in range(len(sparse))]
 
 
 def _chunks(layout: InputFormat, path: Path, chunk_rows: int, on_bytes: Callable[[int], None]) -> Iterator[LineChunk]:
     if layout.text is None:
         return read_parquet_chunks(path, layout.columns, chunk_rows)
-    return read_chunks(path, layout.text, layout.columns, chunk_rows, block_size=BLOCK_SIZE, on_bytes=on_bytes)
+    pieces = max(1, chunk_rows // PIECES)
+    return read_chunks(path, layout.text, layout.columns, chunk_rows, block_size=BLOCK_SIZE, on_bytes=on_bytes, piece_rows=pieces)
 
 
 def _first_pass(
-    layout: InputFormat, files: list[tuple[Path, int | None]], stage: StageWriter, log: BadRowLog, opts: _Options
-) -> tuple[list[CountTable | FieldCounters], dict[str, DenseStats]]:
-    """Parse, check, split, count and stage every row of every file, in order."""
+    layout: InputFormat, files: list[tuple[Path, int | None]], stage: StageWriter, background: Background, log: BadRowLog, opts: _Options
+) -> tuple[list[CountTable | FieldCounters], dict[str, DenseStats], list[int]]:
+    """Parse, check, split, count and stage (on ``background``) every row of every file, in order; the rows of each split."""
     counters: list[CountTable | FieldCounters] = [FieldCounters() if src.kind == "fields" else new_counter() for src in layout.sparse]
     stats = {n: DenseStats(n, opts.policy.seed, t.kind == "quantile") for n, t in layout.transforms.items() if t.needs_stats}
     splitter = Splitter(layout, files, opts.policy)
     sizes = [path.stat().st_size for path, _ in files]
     desc = f"read {files[0][0].name}" + (f" +{len(files) - 1} files" if len(files) > 1 else "")
+    rows = np.zeros(len(SPLITS), np.int64)
     with (
         tqdm(total=sum(sizes), unit="B", unit_scale=True, desc=desc, disable=not opts.progress, file=sys.stderr) as bar,
-        Background() as background,
         ThreadPoolExecutor(PARSE_THREADS) as pool,
     ):
         done = 0
@@ -211,24 +216,37 @@ def _first_pass(
             log.at(path, row_group_starts(path) if layout.text is None else None)
             size = sizes[index]
             chunks = _chunks(layout, path, opts.chunk_rows, lambda pos: bar.update(max(0, done + min(pos, size) - bar.n)))
+            pieces: list[tuple[ParsedChunk, np.ndarray]] = []  # the pieces of the current chunk, staged together
             with contextlib.closing(chunks):  # type: ignore[type-var]
                 for chunk in chunks:
                     parsed, issues = layout.parse(chunk.table, chunk.lines, pool)
                     keep = log.resolve(issues, parsed.lines, chunk.ragged)
                     if keep is not None:
                         parsed = parsed.take(keep)
-                    if len(parsed) == 0:
-                        continue
-                    splits = splitter(parsed, index, role)
-                    train = splits == 0
-                    list(pool.map(partial(_count, train=train), counters, parsed.sparse))  # each counter on one thread
-                    for name, column in zip(layout.dense, parsed.dense):
-                        if name in stats:
-                            stats[name].add(column[train])
-                    background.submit(stage.write, staged_batch(parsed, stage.schema, layout.sparse), splits)
+                    if len(parsed):
+                        splits = splitter(parsed, index, role)
+                        list(pool.map(partial(_count, train=splits == 0), counters, parsed.sparse))  # each counter on one thread
+                        pieces.append((parsed, splits))
+                        rows += np.bincount(splits, minlength=len(SPLITS))
+                    if chunk.ends_chunk and pieces:
+                        _stage_chunk(pieces, layout, stats, stage, background)
+                        pieces = []
             done += size
             bar.update(max(0, done - bar.n))
-    return counters, stats
+    return counters, stats, rows.tolist()
+
+
+def _stage_chunk(
+    pieces: list[tuple[ParsedChunk, np.ndarray]], layout: InputFormat, stats: dict[str, DenseStats], stage: StageWriter, background: Background
+) -> None:
+    """Add a chunk's train values to the dense statistics and stage its rows (one batch, as if never cut in pieces)."""
+    splits = np.concatenate([s for _, s in pieces]) if len(pieces) > 1 else pieces[0][1]
+    for i, name in enumerate(layout.dense):
+        if name in stats:
+            column = np.concatenate([p.dense[i] for p, _ in pieces]) if len(pieces) > 1 else pieces[0][0].dense[i]
+            stats[name].add(column[splits == 0])
+    batches = [staged_batch(p, stage.schema, layout.sparse) for p, _ in pieces]
+    background.submit(stage.write, batches[0] if len(batches) == 1 else pa.concat_batches(batches), splits)
 
 
 def _count(counter: CountTable | FieldCounters, values: SparseValues, train: np.ndarray) -> None:

@@ -56,11 +56,13 @@ class TextFormat:
 
 @dataclass
 class LineChunk:
-    """Rows of a chunk as strings, their 1-based line numbers, and ragged rows up to its end."""
+    """Rows of a chunk as strings, their 1-based line numbers, and ragged rows up to its end;
+    ``ends_chunk`` false: a piece of a chunk, more of it follows (see ``read_chunks``)."""
 
     table: pa.Table
     lines: np.ndarray
     ragged: list[RaggedRow]
+    ends_chunk: bool = True
 
 
 def read_header(path: Path, fmt: TextFormat) -> list[str]:
@@ -343,21 +345,24 @@ class _Parser:
         return [before, _Segment(after, skipped.line + 1, seg.end)]
 
 
-def _producer(parser: _Parser, chunk_rows: int, out: queue.Queue, stop: threading.Event) -> None:
+def _producer(parser: _Parser, chunk_rows: int, piece_rows: int, out: queue.Queue, stop: threading.Event, schema: pa.Schema) -> None:
     """Parse and gather batches into tables of at least ``chunk_rows`` rows (chunked, not copied into one
-    array per column: the categorical columns are hashed chunk by chunk, the others gathered by ``as_array``)."""
+    array per column: the categorical columns are hashed chunk by chunk, the others gathered by ``as_array``),
+    handed over in pieces of at least ``piece_rows`` rows, the last piece of each chunk marked."""
     try:
         pending: list[pa.RecordBatch] = []
-        rows = 0
+        rows = in_chunk = 0
         for batch in parser.batches(stop):
             pending.append(batch)
             rows += batch.num_rows
-            if rows >= chunk_rows:
-                if not _put(out, (pa.Table.from_batches(pending), parser.position), stop):
+            in_chunk += batch.num_rows
+            if rows >= piece_rows or in_chunk >= chunk_rows:
+                if not _put(out, (pa.Table.from_batches(pending, schema), parser.position, in_chunk >= chunk_rows), stop):
                     return
                 pending, rows = [], 0
-        if pending:
-            _put(out, (pa.Table.from_batches(pending), parser.position), stop)
+                in_chunk = 0 if in_chunk >= chunk_rows else in_chunk
+        if pending or in_chunk:
+            _put(out, (pa.Table.from_batches(pending, schema), parser.position, True), stop)
         _put(out, _DONE, stop)
     except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread
         _put(out, exc, stop)
@@ -372,14 +377,16 @@ def read_chunks(
     block_size: int = 1 << 20,
     max_row_bytes: int | None = None,
     on_bytes: Callable[[int], None] | None = None,
-    parse_threads: int = PARSE_THREADS,
+    parse_threads: int | None = None,
+    piece_rows: int | None = None,
 ) -> Iterator[LineChunk]:
     """Yield chunks of about ``chunk_rows`` rows (all columns as strings) in file order.
 
     A line longer than ``block_size`` grows the block; one longer than ``max_row_bytes``
     (default ``MAX_ROW_BYTES``) is a bad row (``line_too_long``), reported with the ragged rows.
     A plain file without quoting is parsed ``parse_threads`` blocks at a time (the same chunks, rows and
-    line numbers as the serial reader, ``parse_threads=0``).
+    line numbers as the serial reader, ``parse_threads=0``; None: ``PARSE_THREADS``). ``piece_rows``: each chunk comes in pieces of
+    at least that many rows (the consumer starts on the first rows sooner), ``ends_chunk`` on its last piece.
     """
     check_text_input(path)
     _open_input(path).close()
@@ -387,8 +394,10 @@ def read_chunks(
         global _PREVIOUS_HOOK
         _PREVIOUS_HOOK, sys.unraisablehook = sys.unraisablehook, _quiet_undecodable
     lines = _Lines(2 if fmt.header else 1)
-    parser = _Parser(path, fmt, names, lines, block_size, MAX_ROW_BYTES if max_row_bytes is None else max_row_bytes, parse_threads)
-    yield from _consume(path, parser, lines, chunk_rows, on_bytes, pa.schema([(n, pa.string()) for n in names]))
+    threads = PARSE_THREADS if parse_threads is None else parse_threads
+    parser = _Parser(path, fmt, names, lines, block_size, MAX_ROW_BYTES if max_row_bytes is None else max_row_bytes, threads)
+    schema = pa.schema([(n, pa.string()) for n in names])
+    yield from _consume(path, parser, lines, chunk_rows, min(chunk_rows, piece_rows or chunk_rows), on_bytes, schema)
 
 
 def _consume(
@@ -396,12 +405,13 @@ def _consume(
     parser: _Parser,
     lines: _Lines,
     chunk_rows: int,
+    piece_rows: int,
     on_bytes: Callable[[int], None] | None,
     schema: pa.Schema,
 ) -> Iterator[LineChunk]:
-    tables: queue.Queue = queue.Queue(maxsize=2)
+    tables: queue.Queue = queue.Queue(maxsize=2 * -(-chunk_rows // piece_rows))  # two chunks ahead
     stop = threading.Event()
-    thread = threading.Thread(target=_producer, args=(parser, chunk_rows, tables, stop), daemon=True)
+    thread = threading.Thread(target=_producer, args=(parser, chunk_rows, piece_rows, tables, stop, schema), daemon=True)
     thread.start()
     try:
         while True:
@@ -412,11 +422,11 @@ def _consume(
                 raise ConversionError(path, f"cannot parse: {safe_message(str(item))}") from item
             if item is _DONE:
                 break
-            table, position = item
+            table, position, ends_chunk = item
             line_numbers, ragged = lines.assign(table.num_rows)
             if on_bytes is not None:
                 on_bytes(position)
-            yield LineChunk(table, line_numbers, ragged)
+            yield LineChunk(table, line_numbers, ragged, ends_chunk)
         rest = lines.rest()
         if rest:
             yield LineChunk(pa.Table.from_batches([], schema), np.zeros(0, np.int64), rest)

@@ -62,6 +62,10 @@ class FrequencyCounter:
         self.ids = np.insert(self.ids, pos[new], ids[new])
         self.counts = np.insert(self.counts, pos[new], counts[new])
 
+    def __len__(self) -> int:
+        """Distinct ids counted (at most: the buffer may repeat some)."""
+        return len(self.ids) + self._buffered
+
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         """(ids sorted ascending, counts)."""
         self._merge()
