@@ -246,7 +246,7 @@ def _stage_chunk(
             column = np.concatenate([p.dense[i] for p, _ in pieces]) if len(pieces) > 1 else pieces[0][0].dense[i]
             stats[name].add(column[splits == 0])
     batches = [staged_batch(p, stage.schema, layout.sparse) for p, _ in pieces]
-    background.submit(stage.write, batches[0] if len(batches) == 1 else pa.concat_batches(batches), splits)
+    background.submit(stage.write, batches[0] if len(batches) == 1 else pa.Table.from_batches(batches), splits)
 
 
 def _count(counter: CountTable | FieldCounters, values: SparseValues, train: np.ndarray) -> None:

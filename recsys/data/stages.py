@@ -90,14 +90,16 @@ class StageWriter:
         """Whether the rows went to the stream files (past the memory budget)."""
         return self._writers is not None
 
-    def write(self, batch: pa.RecordBatch, splits: np.ndarray) -> None:
-        """Append each row of ``batch`` to its split (``splits``: 0, 1, 2)."""
+    def write(self, batch: pa.RecordBatch | pa.Table, splits: np.ndarray) -> None:
+        """Append each row of ``batch`` (a table: its batches as one) to its split (``splits``: 0, 1, 2)."""
         order = np.argsort(splits, kind="stable")
         sizes = np.bincount(splits, minlength=len(SPLITS))
         start = 0
         for split, size in zip(SPLITS, sizes.tolist()):
             if size:  # a compact batch of its own, not a slice: list columns' values hold only its rows
                 part = batch.take(pa.array(order[start : start + size]))
+                if isinstance(part, pa.Table):  # one chunk per column after take
+                    part = part.combine_chunks().to_batches()[0]
                 if self._writers is not None:
                     self._writers[split].write_batch(part)
                 else:

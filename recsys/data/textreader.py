@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import csv as pycsv
+import os
 import queue
 import re
 import sys
@@ -41,7 +42,10 @@ from recsys.data.textcheck import check_text_input
 
 _DONE = object()
 MAX_ROW_BYTES = 16 << 20  # a longer line is a bad row (``line_too_long``): bounded memory
-PARSE_THREADS = 2  # blocks of a plain file parsed at once (``recsys.data.blocks``); 0: the streaming reader alone
+# blocks of a plain file parsed at once (``recsys.data.blocks``); 0: the streaming reader alone. On 2 cores the
+# consumer's two threads keep both busy and parsing on two more only added CPU (docs/results/convert_speed.md)
+_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+PARSE_THREADS = 2 if _CORES >= 4 else 0
 
 
 @dataclass(frozen=True)
@@ -176,7 +180,7 @@ class _Parser:
         self.index = LineIndex(path)
         self.position = 0  # bytes of the input parsed so far (for progress)
         self.compressed = codec_of(path) is not None
-        self.threads = threads if not (self.compressed or fmt.quoting) else 0  # quoted values may hold a delimiter's meaning
+        self.threads = threads if not (self.compressed or fmt.quoting) else 0  # quoted text: always the streaming reader
         self._raw: pa.NativeFile | None = None  # the file under a compressed stream
 
     def _options(self, skip: int, block_size: int, on_invalid: Callable[[pacsv.InvalidRow], str]) -> dict[str, object]:
