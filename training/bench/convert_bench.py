@@ -97,11 +97,14 @@ def child_convert(input_path: Path, out_dir: Path, result_path: Path) -> None:
     from recsys.data.convert import convert
 
     rss_before = _rss_mib()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
     spec = convert("criteo", input_path, out_dir, progress=False)
     seconds = time.perf_counter() - start
+    end = resource.getrusage(resource.RUSAGE_SELF)
     rows = sum(s.rows for s in spec.splits.values())
-    result_path.write_text(json.dumps({"rows": rows, "seconds": seconds, "rss_before_convert_mib": rss_before}))
+    cpu = {"user_s": end.ru_utime - usage.ru_utime, "sys_s": end.ru_stime - usage.ru_stime}
+    result_path.write_text(json.dumps({"rows": rows, "seconds": seconds, "rss_before_convert_mib": rss_before, **cpu}))
 
 
 def _rss_mib() -> float:
@@ -125,6 +128,8 @@ def run_conversion(input_path: Path, out_dir: Path, workdir: Path) -> dict:
         "convert_seconds": round(child["seconds"], 3),
         "convert_rows_per_s": round(child["rows"] / child["seconds"]),
         "process_wall_seconds": round(wall, 3),
+        "convert_user_s": round(child["user_s"], 2),  # CPU of all the conversion's threads
+        "convert_sys_s": round(child["sys_s"], 2),
         "peak_rss_gib": round(peak_kib / 2**20, 3),
         "rss_before_convert_mib": round(child["rss_before_convert_mib"], 1),
     }
@@ -153,8 +158,8 @@ def report(result: dict) -> str:
         f"input: {result['input_rows']:,} rows ({result['input_source']}), {result['input_mib']:.0f} MiB; "
         f"{result['cpu_count']} CPUs, load average {result['load_average_before']}",
         f"convert: {c['convert_rows_per_s']:,} rows/s ({c['convert_seconds']} s; target >= "
-        f"{TARGETS['convert_rows_per_s']:,}), peak RSS {c['peak_rss_gib']} GiB (target < {TARGETS['peak_rss_gib']}; "
-        f"{c['rss_before_convert_mib']} MiB after imports)",
+        f"{TARGETS['convert_rows_per_s']:,}; CPU user {c['convert_user_s']} + sys {c['convert_sys_s']} s), peak RSS "
+        f"{c['peak_rss_gib']} GiB (target < {TARGETS['peak_rss_gib']}; {c['rss_before_convert_mib']} MiB after imports)",
     ]
     for scheme, b in result["batches"].items():
         lines.append(f"batches ({scheme} ids, 2048): {b['rows_per_s']:,} rows/s (target >= {TARGETS['batch_rows_per_s']:,})")
