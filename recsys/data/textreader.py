@@ -4,7 +4,10 @@ Every column is read as a string (empty -> null); the converters validate values
 vectorised. Rows with the wrong number of columns are dropped by the parser and reported
 with their physical line; the lines of the other rows are reconstructed from them. The
 parser runs serially (that is what makes its line numbers exact) in a background thread,
-so parsing overlaps the caller's processing of the previous chunk.
+so parsing overlaps the caller's processing of the previous chunk (handed over in pieces, so
+the caller starts early). With ``parse_threads``, a plain unquoted file is parsed several blocks
+at a time, cut where the serial parser cuts them (``recsys.data.blocks``): the same rows, lines
+and recoveries, taken in order.
 
 A line longer than the parser's block grows the block (parsing restarts at that line); a
 line longer than ``MAX_ROW_BYTES``, or a ragged line that is not UTF-8, is dropped like a
