@@ -88,6 +88,13 @@ def new_counter() -> CountTable:
     return FastCounter() if kernels.compiled() else FrequencyCounter()
 
 
+def by_decreasing_count(counts: np.ndarray) -> np.ndarray:
+    """``np.argsort(-counts, kind="stable")``; by a radix sort of 16-bit keys when the counts span at most 65,535."""
+    if len(counts) and int(counts.max()) - int(counts.min()) <= 0xFFFF:
+        return np.argsort((counts.max() - counts).astype(np.uint16), kind="stable")
+    return np.argsort(-counts, kind="stable")
+
+
 class Vocabulary:
     """Ids seen at least ``min_count`` times, by decreasing count then increasing id."""
 
@@ -105,7 +112,7 @@ class Vocabulary:
         """From ids sorted ascending (as ``FrequencyCounter.result`` gives them) and their counts."""
         keep = (counts >= min_count) & (ids != MISSING_ID)
         kept_ids, kept_counts = ids[keep], counts[keep]
-        order = np.argsort(-kept_counts, kind="stable")
+        order = by_decreasing_count(kept_counts)
         return cls(kept_ids[order], kept_counts[order], int(np.count_nonzero(ids != MISSING_ID)))
 
     @property

@@ -15,7 +15,7 @@ from recsys.data.batch import BatchLayout, ParquetBatchReader
 from recsys.data.convert import convert
 from recsys.data.stages import assign_splits
 from recsys.data.textreader import TextFormat, read_chunks
-from recsys.data.vocab import FrequencyCounter
+from recsys.data.vocab import FrequencyCounter, by_decreasing_count
 from recsys.features import load_dataset_spec
 from recsys.hashing import hash64_str, hash64_strings
 
@@ -247,6 +247,16 @@ def test_progress_bar_on_stderr(tmp_path: Path, capsys: pytest.CaptureFixture[st
     src = write_criteo(tmp_path / "in.txt", criteo_rows(20))
     convert("criteo", src, tmp_path / "o", progress=True)
     assert "in.txt" in capsys.readouterr().err
+
+
+def test_vocabulary_order_by_count_is_the_stable_argsort() -> None:
+    rng = np.random.default_rng(2)
+    for high in (1, 3, 70_000, 65_536, 65_537, 2**40):
+        counts = rng.integers(1, high + 1, 5000).astype(np.int64)
+        np.testing.assert_array_equal(by_decreasing_count(counts), np.argsort(-counts, kind="stable"))
+    counts = np.array([65_537, 2, 2, 65_537, 1], np.int64)  # a span of 65,536: the general path
+    assert by_decreasing_count(counts).tolist() == [0, 3, 1, 2, 4]
+    assert by_decreasing_count(np.zeros(0, np.int64)).tolist() == []
 
 
 def test_frequency_counter_merges_like_unique() -> None:
