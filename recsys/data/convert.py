@@ -25,6 +25,7 @@ import contextlib
 import math
 import shutil
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -260,8 +261,9 @@ def _count(counter: CountTable | FieldCounters, values: SparseValues, train: np.
 def _second_pass(out: OutputLayout, stage: StageWriter, vocabs: list[Vocabulary], root: Path, opts: _Options) -> dict[str, SplitSpec]:
     """Add vocabulary indices to the staged rows and write the Parquet parts of each split.
 
-    Train runs beside valid and test (two threads), so both cores stay busy; the train rows'
-    bucket counts fill the bucket fields' vocabularies.
+    Train (its lookups, and its Parquet writer on a thread of its own: the longest serial work) runs
+    beside valid and test (one thread, from the train writer's second table on), so both cores stay
+    busy; the train rows' bucket counts fill the bucket fields' vocabularies.
     """
     final = out.final
     buckets = [(src.name, vocab) for src, vocab in zip(final.sparse, vocabs) if src.kind == "bucket"]
@@ -269,25 +271,44 @@ def _second_pass(out: OutputLayout, stage: StageWriter, vocabs: list[Vocabulary]
     dictionary = dictionary_columns(final.dense, final.sparse, vocabs)
     total = sum(stage.rows.values())
     with tqdm(total=total, unit="row", unit_scale=True, desc="write parquet", disable=not opts.progress, file=sys.stderr) as bar:
+        started = threading.Event()  # the train writer has its first row group: valid and test may start
 
-        def write(names: Sequence[str]) -> dict[str, list[str]]:
-            files = {}
-            for split in names:
-                writer = PartWriter(root, split, schema, opts.rows_per_file, opts.chunk_rows, dictionary)
-                with Background() as background:
-                    for batch in stage.batches(split):
-                        table = final_table(out.finish_batch(batch), schema, final.dense, final.sparse, vocabs)
-                        for name, vocab in buckets if split == "train" else []:
-                            index = table.column(name).to_numpy() - NUM_RESERVED
-                            vocab.counts += np.bincount(index[index >= 0], minlength=len(vocab.counts))
+        def tables(split: str) -> Iterator[pa.Table]:
+            for batch in stage.batches(split):
+                table = final_table(out.finish_batch(batch), schema, final.dense, final.sparse, vocabs)
+                for name, vocab in buckets if split == "train" else []:
+                    index = table.column(name).to_numpy() - NUM_RESERVED
+                    vocab.counts += np.bincount(index[index >= 0], minlength=len(vocab.counts))
+                bar.update(batch.num_rows)
+                yield table
+
+        def write_train() -> dict[str, list[str]]:
+            writer = PartWriter(root, "train", schema, opts.rows_per_file, opts.chunk_rows, dictionary)
+            try:
+                with Background() as background:  # the writer: the longest serial work of the pass
+                    for i, table in enumerate(tables("train")):
                         background.submit(writer.write, table)
-                        bar.update(batch.num_rows)
+                        if i == 1:
+                            started.set()
+            finally:
+                started.set()
+            files = {"train": writer.close()}
+            stage.release("train")
+            return files
+
+        def write_rest() -> dict[str, list[str]]:
+            started.wait()
+            files = {}
+            for split in SPLITS[1:]:  # on this one thread: the train writer keeps a core
+                writer = PartWriter(root, split, schema, opts.rows_per_file, opts.chunk_rows, dictionary)
+                for table in tables(split):
+                    writer.write(table)
                 files[split] = writer.close()
                 stage.release(split)
             return files
 
         with ThreadPoolExecutor(max_workers=2) as pool:
-            jobs = [pool.submit(write, names) for names in (SPLITS[:1], SPLITS[1:])]
+            jobs = [pool.submit(write_train), pool.submit(write_rest)]
             files = {k: v for job in jobs for k, v in job.result().items()}
     return {
         split: SplitSpec(
