@@ -12,7 +12,7 @@ server's CPU use of its core during the run. Our requests are ids.v1 bodies
 ``<feature>:<value>`` holding the same float32 bytes. Runs alternate target by target (ours, Redis,
 ours, ...) for ``rounds`` rounds and the medians are reported, so a neighbour's load on a shared
 box hits every target alike. Then an open loop at a quarter of each target's peak for 64 ids
-(moderate load: p50/p99), and the in-process bulk API ``Store.lookup_blocks`` against redis-py's
+(moderate load: p50/p99), the same at one rate for all (a quarter of the slowest target's peak), and the in-process bulk API ``Store.lookup_blocks`` against redis-py's
 ``mget`` of the same keys from Python (one process on the client core).
 
 The last line printed is ``serving vs redis at 512 ids: X.XX×``: our best front's vectors/s per
@@ -203,18 +203,25 @@ def fair(
                     runs.setdefault((name, ids), []).append(row)
                     print(json.dumps({"round": r, "name": name, **row}), flush=True)
         peak = {name: [_median_rows(runs[(name, ids)]) | {"name": name, "ids": ids} for ids in sizes] for name, *_ in targets}
-        moderate = []
+        moderate: list[dict] = []
+        same_rate: list[dict] = []
         if 64 in sizes:
             for name, target, port in targets:
                 rate = 0.25 * next(p["requests_per_s"] for p in peak[name] if p["ids"] == 64)
                 row = load(target, port, 64, 8, duration, rate=rate, warmup=1.0)
                 moderate.append({"name": name, "rate": rate, **row})
                 print(json.dumps({"moderate": name, **row}), flush=True)
+            common = min(m["rate"] for m in moderate)  # the same offered load for all: a quarter of the slowest's peak
+            for name, target, port in targets:
+                row = load(target, port, 64, 8, duration, rate=common, warmup=1.0)
+                same_rate.append({"name": name, "rate": common, **row})
+                print(json.dumps({"same_rate": name, **row}), flush=True)
         bulk = _pinned_bulk(store, pool, redis_port)
         load_after = open("/proc/loadavg").read().strip()
         return {
             "peak": [p for rows in peak.values() for p in rows],
             "moderate": moderate,
+            "same_rate": same_rate,
             "bulk": bulk,
             "fronts": list(fronts),
             "generator": generator,
@@ -270,6 +277,18 @@ def markdown(result: dict) -> str:
         lines += [
             f"| {m['name']} | {m['rate']:,.0f} | {m['p50_ms']:.2f} | {m['p99_ms']:.2f} | {m['max_ms']:.2f} | {m['errors']} |"
             for m in result["moderate"]
+        ]
+    if result.get("same_rate"):
+        lines += [
+            "",
+            f"The same offered load for every target (a quarter of the slowest one's peak: {result['same_rate'][0]['rate']:,.0f} requests/s), 64 ids:",
+            "",
+            "| target | requests/s | p50 ms | p99 ms | max ms | errors |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {m['name']} | {m['requests_per_s']:,.0f} | {m['p50_ms']:.2f} | {m['p99_ms']:.2f} | {m['max_ms']:.2f} | {m['errors']} |"
+            for m in result["same_rate"]
         ]
     b = result["bulk"]
     lines += [
