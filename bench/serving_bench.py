@@ -35,12 +35,11 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import torch
 
 from bench.loadgen import compiler
-from bench.serving_fixture import fake_dataset, fake_run, key_pool, load_command, serve_command, wait_for_redis
+from bench.serving_fixture import fake_dataset, fake_run, key_pool, load_command, serve_command, wait_for_redis, wait_ready
 from recsys.export import export_run, load_artifact
 from recsys.serving.store import Store
 
@@ -185,19 +184,6 @@ def memory(artifacts: dict[str, Path]) -> list[dict]:
     return rows
 
 
-def _wait(url: str, proc: subprocess.Popen, what: str) -> None:
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited: {proc.stdout.read() if proc.stdout else ''}")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.3)
-    raise TimeoutError(what)
-
-
 def _start_server(art: Path, port: int, workers: int) -> subprocess.Popen:
     return subprocess.Popen(serve_command(art, port, workers), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -249,7 +235,7 @@ def http_vs_redis(
             http_port = _port()
             server = _start_server(art, http_port, n_workers)
             try:
-                _wait(f"http://127.0.0.1:{http_port}/readyz", server, "recsys serve")
+                wait_ready(f"http://127.0.0.1:{http_port}/readyz", server, "recsys serve")
                 tag = {"workers": n_workers}
                 for ids in sizes:
                     for concurrency in (1, 8) if n_workers == 1 else (8,):

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import loadgen
-from bench.serving_fixture import load_command, serve_command, wait_for_redis
+from bench.serving_fixture import load_command, serve_command, wait_for_redis, wait_ready
 from recsys.hashing import hash64_strings
 from recsys.serving.store import Store
 
@@ -182,16 +182,8 @@ def fair(
         for front in fronts:
             port = port_of()
             procs[front] = (_start_front(art, port, front), port)
-        import httpx
-
         for front in fronts:
-            deadline = time.time() + 180
-            while time.time() < deadline:
-                try:
-                    if httpx.get(f"http://127.0.0.1:{procs[front][1]}/readyz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.3)
+            wait_ready(f"http://127.0.0.1:{procs[front][1]}/readyz", procs[front][0], f"recsys serve --server {front}")
         targets = [(front, "http", procs[front][1]) for front in fronts] + [("redis", "redis", redis_port)]
         runs: dict[tuple[str, int], list[dict]] = {}
         load_before = open("/proc/loadavg").read().strip()

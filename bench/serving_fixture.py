@@ -8,6 +8,7 @@ lookup speed and memory; the weights' values do not.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -72,6 +73,22 @@ def key_pool(spec: DatasetSpec, n: int, seed: int = 0) -> list[tuple[str, str]]:
     sparse = spec.sparse_fields
     feats = rng.integers(0, len(sparse), n)
     return [(sparse[f].name, f"{sparse[f].name}_{rng.integers(0, sparse[f].num_distinct)}") for f in feats]
+
+
+def wait_ready(url: str, proc: subprocess.Popen, what: str, timeout: float = 180) -> None:
+    """Return once ``url`` answers 200; raise if ``proc`` exits first or ``timeout`` s pass."""
+    import httpx
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited: {proc.stdout.read() if proc.stdout else ''}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.3)
+    raise TimeoutError(what)
 
 
 def wait_for_redis(client: Any, tries: int = 100) -> None:

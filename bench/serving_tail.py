@@ -14,14 +14,11 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-import time
 from pathlib import Path
-
-import httpx
 
 from bench import loadgen
 from bench.serving_fair import CLIENT_CORE, SERVER_CORE, pinned
-from bench.serving_fixture import serve_command
+from bench.serving_fixture import serve_command, wait_ready
 
 OUT = Path(__file__).resolve().parents[1] / "bench_out" / "serving"
 
@@ -40,16 +37,7 @@ def main(argv: list[str] | None = None) -> None:
         pinned(SERVER_CORE, serve_command(art, args.port, front=args.front)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{args.port}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None or time.time() > deadline:
-                sys.exit(f"recsys serve --server {args.front} did not become ready")
-            time.sleep(0.3)
+        wait_ready(f"http://127.0.0.1:{args.port}/readyz", server, f"recsys serve --server {args.front}")
         exe = loadgen.binary()
         for rate in (float(r) for r in args.rates.split(",")):
             cmd = loadgen.command(exe, "http", args.port, requests, args.ids, 8, 3.0, 0.5, rate, 16)

@@ -29,6 +29,7 @@ from typing import Any
 
 from recsys.serving.app import Service
 from recsys.serving.idsv1 import CONTENT_TYPE as IDS_V1
+from recsys.serving.limits import error_body
 from recsys.serving.transport import HeaderTimeoutProtocol
 
 try:
@@ -102,9 +103,8 @@ class LeanHttpProtocol(HeaderTimeoutProtocol):
             return False
         if (self.cycle is not None and not self.cycle.response_complete) or self.pipeline or self.parser.should_upgrade():
             return False
-        limit = self.limit_concurrency
-        if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
-            return False  # uvicorn's 503
+        if self.over_limits(service):
+            return False  # uvicorn's or the limits' 503 on the parser's path
         ctype = length = auth = accept = None
         for name, value in self.headers:
             if name == b"content-type":
@@ -124,8 +124,6 @@ class LeanHttpProtocol(HeaderTimeoutProtocol):
         expected = service.expected_auth
         if expected is not None and not hmac.compare_digest(auth or b"", expected):
             return False  # 401 from the routes
-        if service.limits.inflight >= service.limits.max_inflight:
-            return False  # the limits' 503
         self.lean_body = bytearray()
         self.lean_keep = self.parser.should_keep_alive() and self.parser.get_http_version() == "1.1"
         self.lean_accept = accept or b""
@@ -133,6 +131,13 @@ class LeanHttpProtocol(HeaderTimeoutProtocol):
         service.limits.inflight += 1  # in flight from its headers to its answer, as on the other fronts
         service.asgi.metrics.active += 1
         return True
+
+    def over_limits(self, service: Service) -> bool:
+        """Whether uvicorn's connection limit or the app's in-flight limit is reached (a 503 either way)."""
+        limit = self.limit_concurrency
+        if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
+            return True
+        return service.limits.inflight >= service.limits.max_inflight
 
     def lean_end(self, status: int) -> None:
         """The lookup is over (answered, timed out or abandoned): out of flight, counted."""
@@ -201,13 +206,11 @@ class LeanHttpProtocol(HeaderTimeoutProtocol):
         this returns (nothing else runs meanwhile), so the in-flight counts need no update."""
         service = self.service
         assert service is not None
-        limits, limit, observe = service.limits, self.limit_concurrency, service.asgi.observe
+        observe = service.asgi.observe
         while data:
             found = httpfast.match(data, service.expected_auth, self.quick_max)
-            if found is None or limits.inflight >= limits.max_inflight:
+            if found is None or self.over_limits(service):
                 return data  # the parser's path answers it (or 503s it)
-            if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
-                return data
             end, start, keep, accept = found
             started = time.perf_counter()
             self.headers_arrived()
@@ -257,7 +260,7 @@ class LeanHttpProtocol(HeaderTimeoutProtocol):
         self.lean_keep = False
         service = self.service
         assert service is not None
-        body = b'{"detail":"request body not received within %s s"}' % f"{service.limits.timeout:g}".encode()
+        body = error_body(f"request body not received within {service.limits.timeout:g} s")
         self.finish((408, answer_bytes(408, [(b"content-type", b"application/json")], body, False)), False)
 
     def shutdown(self) -> None:

@@ -82,9 +82,14 @@ def replay_receive(body: bytes, receive: Any) -> Callable[[], Awaitable[dict[str
     return replay
 
 
+def error_body(detail: str) -> bytes:
+    """The JSON ``{"detail": ...}`` body of the limits' error answers (on every front)."""
+    return ('{"detail":"%s"}' % detail).encode()
+
+
 async def reject(send: Any, status: int, detail: str, extra: tuple[tuple[bytes, bytes], ...] = ()) -> None:
     """A JSON ``{"detail": ...}`` error answer that closes the connection."""
-    body = ('{"detail":"%s"}' % detail).encode()
+    body = error_body(detail)
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close"), *extra]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

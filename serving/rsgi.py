@@ -31,6 +31,7 @@ from urllib.parse import unquote
 
 from recsys.serving.app import Service
 from recsys.serving.idsv1 import CONTENT_TYPE as IDS_V1
+from recsys.serving.limits import error_body
 
 log = logging.getLogger("recsys.serving.rsgi")
 _PATH = "/v1/embeddings"
@@ -43,7 +44,7 @@ def _address(text: str) -> tuple[str, int] | None:
 
 def _error(status: int, detail: str, extra: tuple[tuple[str, str], ...] = ()) -> tuple[int, list[tuple[str, str]], bytes]:
     """The answer ``recsys.serving.limits.reject`` gives on the ASGI path (closes the connection)."""
-    body = ('{"detail":"%s"}' % detail).encode()
+    body = error_body(detail)
     return status, [("content-type", "application/json"), ("connection", "close"), *extra], body
 
 
