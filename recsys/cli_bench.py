@@ -14,6 +14,16 @@ def _comma_list(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number of standard errors like 1 or 0.5") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be >= 0 (0 picks the best trial by validation AUC)")
+    return value
+
+
 def _budgets(text: str) -> list[float]:
     try:
         values = [float(x) for x in _comma_list(text)]
@@ -75,6 +85,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         config=Path(args.config) if args.config else None,
         sets=list(args.set or []),
         concurrency=args.concurrency,
+        pick_margin=args.pick_margin,
         tracking_uri=args.tracking_uri,
         experiment=args.experiment,
     )
@@ -84,7 +95,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         print("error: no trial finished; see trials.csv and the trial folders", file=sys.stderr)
         return 1
     print(
-        f"best: {best.trial} ({best.method}) valid AUC {best.metrics['valid_auc']:.4f}, test AUC {best.metrics['test_auc']:.4f}, "
+        f"pick: {best.trial} ({best.method}) valid AUC {best.metrics['valid_auc']:.4f}, test AUC {best.metrics['test_auc']:.4f}, "
         f"{best.metrics['embedding_bytes']:,} bytes"
     )
     print(f"wrote {args.out}/best.yaml, trials.csv, pareto.png")
@@ -109,6 +120,13 @@ def _add_tune_parser(sub: argparse._SubParsersAction) -> None:
     tune.add_argument("--quick", action="store_true", help="20k train rows, 1 epoch (the bench's --quick)")
     tune.add_argument("--seed", type=int, default=0, help="seed of the trial draw and of training")
     tune.add_argument("--concurrency", type=int, default=None, help="trials at once (default: as many as Ray has CPUs)")
+    tune.add_argument(
+        "--pick-margin",
+        type=_non_negative,
+        default=1.0,
+        help="the pick is the best trial by validation AUC only if it beats the best baseline trial (hash, qr) by this many "
+        "bootstrap standard errors of the paired difference on the validation rows, else that baseline (default 1; 0: the best)",
+    )
     tune.add_argument("--config", help="base experiment YAML")
     tune.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key of every trial")
     tune.add_argument("--out", required=True, help="output folder")

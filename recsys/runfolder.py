@@ -7,6 +7,7 @@
     diagnostics.json         the method's diagnostics (OptEmbed dims, DSL density, collisions)
     learning_curve.png       the last phase's figure
     test_scores.safetensors  the test rows' labels and predicted probabilities
+    valid_scores.safetensors the same for the validation rows the run's valid AUC is measured on
     initial.safetensors      the run's initial weights (a rewinding phase starts from them)
     phases/<phase>/          weights.safetensors, state.safetensors, summary.json, learning_curve.png
     export/                  the fp32 artifact a registered model was exported to
@@ -45,8 +46,9 @@ WEIGHTS = "weights.safetensors"
 STATE = "state.safetensors"
 SUMMARY = "summary.json"
 TEST_SCORES = "test_scores.safetensors"  # the test rows' labels and predicted probabilities (the bench's bootstrap CIs)
+VALID_SCORES = "valid_scores.safetensors"  # the same for the validation rows (recsys tune's paired pick)
 CHECKPOINT_FILES = (WEIGHTS, STATE)  # per phase
-OUTPUTS = (PHASES, INITIAL, METRICS, DIAGNOSTICS, LEARNING_CURVE, TEST_SCORES)  # what a run writes while training
+OUTPUTS = (PHASES, INITIAL, METRICS, DIAGNOSTICS, LEARNING_CURVE, TEST_SCORES, VALID_SCORES)  # what a run writes while training
 RAY_STORAGE = "ray"  # Ray Train's storage_path (its checkpoints)
 PROGRESS = "progress.jsonl"  # starts, resumes and checkpoints of a Ray run
 WORKER_METRICS = "worker_metrics.json"  # rank 0's metrics, read by the driver
@@ -121,6 +123,10 @@ class RunFolder:
     @property
     def test_scores(self) -> Location:
         return self.root / TEST_SCORES
+
+    @property
+    def valid_scores(self) -> Location:
+        return self.root / VALID_SCORES
 
     @property
     def export(self) -> Location:

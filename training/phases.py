@@ -23,7 +23,7 @@ from recsys.embeddings import EmbeddingMethod, Phase
 from recsys.embeddings.auto import AutoEmbedding, choose
 from recsys.metrics import auc, logloss
 from recsys.runfolder import PhaseFolder
-from recsys.storage import load_tensors, save_tensors
+from recsys.storage import Location, load_tensors, save_tensors
 from recsys.training.checkpoint import load_weights, save_weights
 from recsys.training.collectives import barrier, broadcast_tensors, is_main, replicated_mismatches, world
 from recsys.training.experiment import Experiment
@@ -57,14 +57,18 @@ def run_phases(exp: Experiment, resume: bool) -> dict[str, Any]:
     method, trainer = last if last is not None else _restore(exp, phases[-1], previous)
     labels, probs = trainer.predict(exp.reader("test", method))
     test = EvalResult(auc=auc(labels, probs), logloss=logloss(labels, probs), rows=len(labels))
+    valid_labels, valid_probs = trainer.predict(trainer.valid_reader)  # the rows valid_auc is measured on (recsys tune's paired pick)
     if is_main():
-        save_tensors(
-            {"labels": torch.from_numpy(labels.astype(np.float32)), "probs": torch.from_numpy(probs.astype(np.float32))}, exp.folder.test_scores
-        )
+        _save_scores(labels, probs, exp.folder.test_scores)
+        _save_scores(valid_labels, valid_probs, exp.folder.valid_scores)
     chosen = None if choice is None else {"method": choice.method, "options": choice.options, "reason": choice.reason}
     metrics = run_metrics(exp, method, test, summaries, phases, chosen)
     write_outputs(exp, method, phases[-1])
     return metrics
+
+
+def _save_scores(labels: np.ndarray, probs: np.ndarray, loc: Location) -> None:
+    save_tensors({"labels": torch.from_numpy(labels.astype(np.float32)), "probs": torch.from_numpy(probs.astype(np.float32))}, loc)
 
 
 def run_phase(exp: Experiment, phase: Phase, previous: PhaseFolder | None) -> tuple[EmbeddingMethod, Trainer, dict[str, Any]]:

@@ -14,6 +14,8 @@ import yaml
 from recsys.cli import main
 from recsys.config import TrainingConfig
 from recsys.data.synthetic import generate
+from recsys.metrics import auc
+from recsys.storage import load_tensors
 from recsys.training.tune.search import TuneError, TuneSettings, feasible_methods
 
 
@@ -56,7 +58,14 @@ def test_tune_quick_writes_a_best_config_that_trains(tiny, ray_cluster, tmp_path
     assert done and all(0 < int(r["embedding_bytes"]) and float(r["compression"]) >= 10 and r["epochs"] == "2" for r in done)
     assert all(float(r["valid_auc"]) > 0 for r in rows)
     assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    best = max(done, key=lambda r: float(r["valid_auc"]))
+    for r in done:  # the validation rows' scores the pick compares: valid_auc is measured on them
+        scores = load_tensors(out / "trials" / r["trial"] / "valid_scores.safetensors")
+        assert abs(auc(scores["labels"].numpy(), scores["probs"].numpy()) - float(r["valid_auc"])) < 1e-5
+    top = max(done, key=lambda r: float(r["valid_auc"]))
+    record = json.loads((out / "best.json").read_text())
+    assert record["pick"]["best_by_valid_auc"] == top["trial"]
+    best = next(r for r in done if r["trial"] == record["trial"])
+    assert best is top or (best["method"] == "hash" and record["pick"]["lead"] <= record["pick"]["lead_se"]), record
     cfg = yaml.safe_load((out / "best.yaml").read_text())
     assert cfg["embedding"]["method"] == best["method"] and cfg["embedding"]["compression"] == 10
     assert cfg["training"]["sparse_lr"] == json.loads(best["options"]).get("training.sparse_lr", TrainingConfig().sparse_lr)
@@ -77,7 +86,7 @@ def test_tune_quick_writes_a_best_config_that_trains(tiny, ray_cluster, tmp_path
     assert all(p.stat().st_mtime_ns == t for p, t in stamp.items()), "finished trials are not retrained"
 
     rows = list(csv.DictReader((out / "trials.csv").open()))  # the resumed search finished the stopped trials
-    best = max((r for r in rows if r["status"] == "ok"), key=lambda r: float(r["valid_auc"]))
+    best = next(r for r in rows if r["trial"] == json.loads((out / "best.json").read_text())["trial"])
     assert yaml.safe_load((out / "best.yaml").read_text())["embedding"]["method"] == best["method"]
     run = tmp_path / "best-run"
     assert main(["train", "--config", str(out / "best.yaml"), "--out", str(run), "--tracking-uri", db]) == 0

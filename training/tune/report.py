@@ -1,7 +1,7 @@
 """The files a search writes: ``trials.csv``, ``pareto.png`` and ``best.yaml``.
 
-``best.yaml`` is the best finished trial's config (by validation AUC: the test split only
-reports) with tracking and progress back at their defaults, so ``recsys train --config
+``best.yaml`` is the picked trial's config (``recsys.training.tune.pick``: by validation AUC,
+the test split only reports) with tracking and progress back at their defaults, so ``recsys train --config
 DIR/best.yaml`` runs it as is.
 """
 
@@ -77,18 +77,17 @@ def write_best(cfg: ExperimentConfig, path: Path) -> Path:
     return path
 
 
-def pareto_plot(results: list[TrialResult], path: Path, title: str, full_auc: float | None = None) -> Path:
-    """Test AUC against embedding bytes of every finished trial, by method; the best is ringed."""
+def pareto_plot(results: list[TrialResult], path: Path, title: str, full_auc: float | None = None, picked: TrialResult | None = None) -> Path:
+    """Test AUC against embedding bytes of every finished trial, by method; the pick (default: the best
+    by validation AUC) is ringed."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     done = [r for r in results if r.status == "ok" and "test_auc" in r.metrics]
     for method in sorted({r.method for r in done}):
         pts = [r for r in done if r.method == method]
         ax.scatter([r.metrics["embedding_bytes"] for r in pts], [r.metrics["test_auc"] for r in pts], label=method, alpha=0.8)
-    best = best_trial(results)
+    best = picked or best_trial(results)
     if best is not None and "test_auc" in best.metrics:
-        ax.scatter(
-            [best.metrics["embedding_bytes"]], [best.metrics["test_auc"]], s=200, facecolors="none", edgecolors="black", label="best (valid AUC)"
-        )
+        ax.scatter([best.metrics["embedding_bytes"]], [best.metrics["test_auc"]], s=200, facecolors="none", edgecolors="black", label="pick")
     if full_auc is not None:
         ax.axhline(full_auc, color="gray", linestyle="--", label="full")
     if done:

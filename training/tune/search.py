@@ -30,10 +30,12 @@ from typing import Any
 from recsys.assembly import Assembly
 from recsys.config import TrackingConfig
 from recsys.runfolder import RunFolder
+from recsys.storage import load_tensors
 from recsys.training.bench.quality import Point, Sweep, SweepSettings
 from recsys.training.jsonfile import read_json, write_json
 from recsys.training.tracking import make_tracker
-from recsys.training.tune.report import TrialResult, best_trial, pareto_plot, write_best, write_csv
+from recsys.training.tune.pick import choose
+from recsys.training.tune.report import TrialResult, pareto_plot, write_best, write_csv
 from recsys.training.tune.space import TrialSpec, plan_trials
 
 DEFAULT_METHODS = ("hash", "qr", "unified", "hybrid", "dsl")
@@ -60,6 +62,7 @@ class TuneSettings:
     sets: list[str] = field(default_factory=list)
     concurrency: int | None = None  # trials at once (default: the CPUs Ray offers)
     grace_epochs: int = 1  # ASHA: epochs every trial gets before it can be stopped
+    pick_margin: float = 1.0  # the best beats the best baseline by this many bootstrap standard errors, else the baseline (0: best)
     drop_infeasible: bool = False  # methods named in `methods` that cannot meet the budget are dropped (printed), not an error
     tracking_uri: str | None = None
     experiment: str = "tune"
@@ -285,14 +288,17 @@ def run_search(settings: TuneSettings) -> TrialResult | None:
         for spec, result in zip(specs, results):
             _log_child(tracking, parent.run_id, spec, result)
         write_csv(results, out / "trials.csv")
-        best = best_trial(results)
-        pareto_plot(results, out / "pareto.png", f"recsys tune: {settings.dataset.name}, {settings.budget:g}x, {settings.model}")
+        pick = choose(results, lambda r: _valid_scores(settings, r), settings.pick_margin, settings.seed)
+        best = pick.trial
+        title = f"recsys tune: {settings.dataset.name}, {settings.budget:g}x, {settings.model}"
+        pareto_plot(results, out / "pareto.png", title, picked=best)
         if best is not None:
             spec = next(s for s in specs if s.name == best.trial)
             write_best(sweep.config(Point(spec.method, settings.budget, settings.seed), spec.overrides()), out / "best.yaml")
             counts = {k: sum(r.status == k for r in results) for k in ("ok", "stopped", "failed")}
-            pick = {"trial": best.trial, "method": best.method, "options": best.options, "valid_auc": best.metrics["valid_auc"], "trials": counts}
-            write_json(out / "best.json", pick)
+            record = {"trial": best.trial, "method": best.method, "options": best.options, "valid_auc": best.metrics["valid_auc"], "trials": counts}
+            write_json(out / "best.json", record | {"pick": pick.record()})
+            print(f"recsys tune: picked {best.trial}: {pick.reason}")
             parent.log_metrics({"best_valid_auc": best.metrics["valid_auc"], "best_test_auc": best.metrics["test_auc"]})
         parent.log_metrics(
             {
@@ -308,6 +314,15 @@ def run_search(settings: TuneSettings) -> TrialResult | None:
         return best
     finally:
         parent.close(status)
+
+
+def _valid_scores(settings: TuneSettings, result: TrialResult) -> tuple[Any, Any] | None:
+    """A finished trial's validation labels and probabilities (None: a run that did not write them)."""
+    loc = RunFolder(Path(settings.out) / "trials" / result.trial).valid_scores
+    if not loc.exists():
+        return None
+    t = load_tensors(loc)
+    return t["labels"].numpy(), t["probs"].numpy().astype("float64")
 
 
 def _log_child(tracking: TrackingConfig, parent_id: str | None, spec: TrialSpec, result: TrialResult) -> None:

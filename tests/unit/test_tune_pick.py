@@ -1,0 +1,77 @@
+"""``recsys tune``'s pick: the best trial by validation AUC only when its paired lead over the best
+baseline exceeds the bootstrap noise of that lead, else the baseline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from recsys.metrics import auc
+from recsys.training.tune.pick import choose
+from recsys.training.tune.report import TrialResult
+
+N = 2000
+RNG = np.random.default_rng(0)
+LABELS = (RNG.random(N) < 0.3).astype(np.float64)
+SIGNAL = LABELS + RNG.normal(0, 1.2, N)  # what every trial's scores share
+
+
+def trial(name: str, method: str, scores: np.ndarray, status: str = "ok") -> tuple[TrialResult, np.ndarray]:
+    return TrialResult(name, method, {}, status=status, metrics={"valid_auc": auc(LABELS, scores)}), scores
+
+
+def pick(trials: list[tuple[TrialResult, np.ndarray]], margin: float = 1.0):
+    scores = {r.trial: s for r, s in trials}
+    return choose([r for r, _ in trials], lambda r: (LABELS, scores[r.trial]), margin)
+
+
+def test_a_lead_within_noise_keeps_the_baseline() -> None:
+    low = SIGNAL + RNG.normal(0, 0.3, N)  # the same model twice, the second draw just ahead: its lead is noise
+    high = next(s for s in (SIGNAL + RNG.normal(0, 0.3, N) for _ in range(200)) if 0 < auc(LABELS, s) - auc(LABELS, low) < 0.002)
+    hash_, qr, unified = trial("t0_hash", "hash", SIGNAL + RNG.normal(0, 2.0, N)), trial("t1_qr", "qr", low), trial("t2_unified", "unified", high)
+    results = [hash_, qr, unified]
+    leader = unified[0]
+    p = pick(results)
+    assert p.best is leader and p.baseline is qr[0], "compared with the best baseline, not hash"
+    assert p.trial is qr[0], p.reason
+    assert 0 < p.lead <= p.lead_se and "within 1 standard error" in p.reason
+    assert pick(results, margin=0).trial is leader, "margin 0: the best by validation AUC"
+
+
+def test_a_clear_lead_keeps_the_best() -> None:
+    qr = trial("t1_qr", "qr", SIGNAL + RNG.normal(0, 1.5, N))
+    hybrid = trial("t2_hybrid", "hybrid", SIGNAL)
+    p = pick([qr, hybrid])
+    assert p.trial is hybrid[0] and p.lead > 3 * p.lead_se, p.reason
+    assert p.record() == {"rule": p.reason, "best_by_valid_auc": "t2_hybrid", "baseline": "t1_qr", "lead": p.lead, "lead_se": p.lead_se}
+
+
+def test_the_margin_is_in_standard_errors() -> None:
+    qr = trial("t1_qr", "qr", SIGNAL + RNG.normal(0, 0.9, N))
+    dsl = trial("t2_dsl", "dsl", SIGNAL + RNG.normal(0, 0.6, N))
+    p = pick([qr, dsl], margin=1.0)
+    ratio = p.lead / p.lead_se
+    assert ratio > 0
+    assert pick([qr, dsl], margin=ratio * 0.9).trial is dsl[0]
+    assert pick([qr, dsl], margin=ratio * 1.1).trial is qr[0]
+
+
+def test_no_baseline_or_no_scores_or_a_baseline_best() -> None:
+    good, weak = SIGNAL, SIGNAL + RNG.normal(0, 2.0, N)
+    only = [trial("t0_unified", "unified", good), trial("t1_dsl", "dsl", weak)]
+    assert pick(only).trial is only[0][0] and pick(only).reason == "no baseline trial finished"
+    stopped = [trial("t0_qr", "qr", good, status="stopped"), trial("t1_dsl", "dsl", weak)]
+    assert pick(stopped).trial is stopped[1][0], "a stopped trial is no pick and no baseline"
+    base_best = [trial("t0_qr", "qr", good), trial("t1_dsl", "dsl", weak)]
+    assert pick(base_best).trial is base_best[0][0] and pick(base_best).lead is None
+    close = [trial("t0_qr", "qr", weak), trial("t1_dsl", "dsl", good)]
+    no_scores = choose([r for r, _ in close], lambda r: None)
+    assert no_scores.trial is close[1][0] and no_scores.reason.startswith("no validation scores")
+    assert choose([], lambda r: None).trial is None
+
+
+def test_different_validation_rows_are_refused() -> None:
+    qr, dsl = trial("t0_qr", "qr", SIGNAL + RNG.normal(0, 2.0, N)), trial("t1_dsl", "dsl", SIGNAL)
+    rows = {"t0_qr": (LABELS, qr[1]), "t1_dsl": (LABELS[::-1].copy(), dsl[1])}
+    with pytest.raises(ValueError, match="t1_dsl and t0_qr scored different validation rows"):
+        choose([qr[0], dsl[0]], lambda r: rows[r.trial])
