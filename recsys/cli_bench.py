@@ -85,6 +85,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         config=Path(args.config) if args.config else None,
         sets=list(args.set or []),
         concurrency=args.concurrency,
+        search_rows=args.search_rows,
         pick_margin=args.pick_margin,
         tracking_uri=args.tracking_uri,
         experiment=args.experiment,
@@ -120,6 +121,12 @@ def _add_tune_parser(sub: argparse._SubParsersAction) -> None:
     tune.add_argument("--quick", action="store_true", help="20k train rows, 1 epoch (the bench's --quick)")
     tune.add_argument("--seed", type=int, default=0, help="seed of the trial draw and of training")
     tune.add_argument("--concurrency", type=int, default=None, help="trials at once (default: as many as Ray has CPUs)")
+    tune.add_argument(
+        "--search-rows",
+        type=int,
+        default=None,
+        help="trials train on the first N train rows (a cheaper search on a large set); best.yaml trains on all of them",
+    )
     tune.add_argument(
         "--pick-margin",
         type=_non_negative,

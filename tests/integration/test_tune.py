@@ -16,6 +16,7 @@ from recsys.config import TrainingConfig
 from recsys.data.synthetic import generate
 from recsys.metrics import auc
 from recsys.storage import load_tensors
+from recsys.training.bench.quality import Sweep, SweepSettings
 from recsys.training.tune.search import TuneError, TuneSettings, feasible_methods
 
 
@@ -102,6 +103,22 @@ def test_impossible_budget_names_the_method_and_bytes(tiny, tmp_path) -> None:
         feasible_methods(settings)
     assert not (tmp_path / "t").exists()
     assert main(["tune", "--dataset", str(tiny), "--budget", "1000", "--methods", "qr", "--out", str(tmp_path / "t"), "--quick"]) == 2
+
+
+def test_search_rows_limit_the_trials_not_the_best_config(tiny, tmp_path) -> None:
+    from recsys.training.tune.search import planned_search, trial_config
+    from recsys.training.tune.space import TrialSpec
+
+    settings = TuneSettings(dataset=tiny, budget=10, methods=["hash", "qr"], out=tmp_path / "t", search_rows=1500)
+    sweep = Sweep(SweepSettings(dataset=tiny, methods=["hash", "qr"], budgets=[10], seeds=1, out=tmp_path / "t", progress=False))
+    spec = TrialSpec(1, "qr", {"embedding.options.combiner": "sum"})
+    searched, best = trial_config(settings, sweep, spec), trial_config(settings, sweep, spec, search=False)
+    assert searched.data.max_train_rows == 1500 and best.data.max_train_rows is None
+    assert searched.embedding.options["combiner"] == best.embedding.options["combiner"] == "sum"
+    plan = planned_search(TuneSettings(dataset=tiny, budget=10, methods=["hash"], out=tmp_path / "t", search_rows=1500))
+    assert plan["settings"]["search_rows"] == 1500, "recorded: another row limit is another search"
+    with pytest.raises(TuneError, match="search_rows 0: trials need at least 1 train row"):
+        planned_search(TuneSettings(dataset=tiny, budget=10, methods=["hash"], out=tmp_path / "t", search_rows=0))
 
 
 def test_trials_are_seeded_distinct_and_even() -> None:

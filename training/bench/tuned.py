@@ -39,6 +39,7 @@ class SuiteTune(BaseModel):
     seed: int = 0  # seed of the trial plan and of the trials' training
     concurrency: int | None = Field(None, ge=1)  # trials at once (default: the CPUs Ray offers)
     grace_epochs: int = Field(1, ge=1)  # ASHA: epochs every trial gets before it can be stopped
+    search_rows: int | None = Field(None, ge=1)  # recsys tune --search-rows: trials on the first N train rows
     pick_margin: float = Field(1.0, ge=0)  # recsys tune --pick-margin: standard errors the pick must beat the best baseline by
 
     @field_validator("methods")
@@ -101,6 +102,7 @@ def tune_settings(tune: SuiteTune, sweep: SweepSettings, budget: float) -> TuneS
         sets=list(sweep.sets),
         concurrency=tune.concurrency,
         grace_epochs=tune.grace_epochs,
+        search_rows=tune.search_rows,
         pick_margin=tune.pick_margin,
         drop_infeasible=True,
         tracking_uri=sweep.tracking_uri,

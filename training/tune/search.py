@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from recsys.assembly import Assembly
-from recsys.config import TrackingConfig
+from recsys.config import ExperimentConfig, TrackingConfig
 from recsys.runfolder import RunFolder
 from recsys.storage import load_tensors
 from recsys.training.bench.quality import Point, Sweep, SweepSettings
@@ -62,6 +62,7 @@ class TuneSettings:
     sets: list[str] = field(default_factory=list)
     concurrency: int | None = None  # trials at once (default: the CPUs Ray offers)
     grace_epochs: int = 1  # ASHA: epochs every trial gets before it can be stopped
+    search_rows: int | None = None  # trials train on the first N train rows; best.yaml on all of them (None: all)
     pick_margin: float = 1.0  # the best beats the best baseline by this many bootstrap standard errors, else the baseline (0: best)
     drop_infeasible: bool = False  # methods named in `methods` that cannot meet the budget are dropped (printed), not an error
     tracking_uri: str | None = None
@@ -117,6 +118,13 @@ def _fits(s: TuneSettings, sweep: Sweep, method: str, options: dict[str, Any]) -
     return True
 
 
+def trial_config(settings: TuneSettings, sweep: Sweep, spec: TrialSpec, search: bool = True) -> ExperimentConfig:
+    """A trial's config: its point at the budget plus its options and, while searching (``search``),
+    ``search_rows``' row limit; ``search=False`` is what ``best.yaml`` holds."""
+    rows = (f"data.max_train_rows={settings.search_rows}",) if search and settings.search_rows is not None else ()
+    return sweep.config(Point(spec.method, settings.budget, settings.seed), (*spec.overrides(), *rows))
+
+
 def _trial_fn(config: dict[str, Any], settings: TuneSettings, methods: list[str], specs: list[dict[str, Any]]) -> None:
     """One Ray Tune trial: train (or read back) the trial's point, reporting each epoch."""
     import torch
@@ -126,8 +134,7 @@ def _trial_fn(config: dict[str, Any], settings: TuneSettings, methods: list[str]
 
     torch.set_num_threads(1)
     spec = next(TrialSpec(**s) for s in specs if TrialSpec(**s).name == config["trial"])
-    sweep = _sweep(settings, methods)
-    cfg = sweep.config(Point(spec.method, settings.budget, settings.seed), spec.overrides())
+    cfg = trial_config(settings, _sweep(settings, methods), spec)
     folder = Path(settings.out) / "trials" / spec.name
     dump = cfg.model_dump(mode="json")
     record = read_json(folder / "trial.json")
@@ -222,6 +229,8 @@ def _resolved(settings: TuneSettings) -> TuneSettings:
 
 
 def _plan(settings: TuneSettings) -> tuple[list[str], Sweep, list[TrialSpec]]:
+    if settings.search_rows is not None and settings.search_rows < 1:
+        raise TuneError(f"search_rows {settings.search_rows}: trials need at least 1 train row")
     methods = feasible_methods(settings)
     sweep = _sweep(settings, methods)
     embedding_dim = sweep.base_config().model.embedding_dim
@@ -294,7 +303,7 @@ def run_search(settings: TuneSettings) -> TrialResult | None:
         pareto_plot(results, out / "pareto.png", title, picked=best)
         if best is not None:
             spec = next(s for s in specs if s.name == best.trial)
-            write_best(sweep.config(Point(spec.method, settings.budget, settings.seed), spec.overrides()), out / "best.yaml")
+            write_best(trial_config(settings, sweep, spec, search=False), out / "best.yaml")
             counts = {k: sum(r.status == k for r in results) for k in ("ok", "stopped", "failed")}
             record = {"trial": best.trial, "method": best.method, "options": best.options, "valid_auc": best.metrics["valid_auc"], "trials": counts}
             write_json(out / "best.json", record | {"pick": pick.record()})
