@@ -86,6 +86,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         sets=list(args.set or []),
         concurrency=args.concurrency,
         search_rows=args.search_rows,
+        confirm_seeds=args.confirm_seeds,
         pick_margin=args.pick_margin,
         tracking_uri=args.tracking_uri,
         experiment=args.experiment,
@@ -128,11 +129,19 @@ def _add_tune_parser(sub: argparse._SubParsersAction) -> None:
         help="trials train on the first N train rows (a cheaper search on a large set); best.yaml trains on all of them",
     )
     tune.add_argument(
+        "--confirm-seeds",
+        type=int,
+        default=1,
+        help="retrain the best trial and the best baseline trial at this many fresh seeds; the pick compares them over all "
+        "their seeds (default 1; 0: one seed each)",
+    )
+    tune.add_argument(
         "--pick-margin",
         type=_non_negative,
         default=1.0,
         help="the pick is the best trial by validation AUC only if it beats the best baseline trial (hash, qr) by this many "
-        "bootstrap standard errors of the paired difference on the validation rows, else that baseline (default 1; 0: the best)",
+        "bootstrap standard errors of the paired difference on the validation rows (mean over seeds), else that baseline "
+        "(default 1; 0: the best, with no confirmation runs)",
     )
     tune.add_argument("--config", help="base experiment YAML")
     tune.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key of every trial")

@@ -67,6 +67,9 @@ def test_tune_quick_writes_a_best_config_that_trains(tiny, ray_cluster, tmp_path
     assert record["pick"]["best_by_valid_auc"] == top["trial"]
     best = next(r for r in done if r["trial"] == record["trial"])
     assert best is top or (best["method"] == "hash" and record["pick"]["lead"] <= record["pick"]["lead_se"]), record
+    if top["method"] != "hash":  # the leaders were retrained at a fresh seed and compared over both
+        assert record["pick"]["seeds"] == 2 and record["pick"]["baseline"].endswith(tuple(r["trial"] for r in rows if r["method"] == "hash"))
+        assert {p.parent.parent.name for p in out.glob("confirm/*/seed1/confirm.json")} == {top["trial"], record["pick"]["baseline"]}
     cfg = yaml.safe_load((out / "best.yaml").read_text())
     assert cfg["embedding"]["method"] == best["method"] and cfg["embedding"]["compression"] == 10
     assert cfg["training"]["sparse_lr"] == json.loads(best["options"]).get("training.sparse_lr", TrainingConfig().sparse_lr)

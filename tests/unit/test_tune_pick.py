@@ -22,7 +22,7 @@ def trial(name: str, method: str, scores: np.ndarray, status: str = "ok") -> tup
 
 def pick(trials: list[tuple[TrialResult, np.ndarray]], margin: float = 1.0):
     scores = {r.trial: s for r, s in trials}
-    return choose([r for r, _ in trials], lambda r: (LABELS, scores[r.trial]), margin)
+    return choose([r for r, _ in trials], lambda r: [(LABELS, scores[r.trial])], margin)
 
 
 def test_a_lead_within_noise_keeps_the_baseline() -> None:
@@ -43,7 +43,7 @@ def test_a_clear_lead_keeps_the_best() -> None:
     hybrid = trial("t2_hybrid", "hybrid", SIGNAL)
     p = pick([qr, hybrid])
     assert p.trial is hybrid[0] and p.lead > 3 * p.lead_se, p.reason
-    assert p.record() == {"rule": p.reason, "best_by_valid_auc": "t2_hybrid", "baseline": "t1_qr", "lead": p.lead, "lead_se": p.lead_se}
+    assert p.record() == {"rule": p.reason, "best_by_valid_auc": "t2_hybrid", "baseline": "t1_qr", "lead": p.lead, "lead_se": p.lead_se, "seeds": 1}
 
 
 def test_the_margin_is_in_standard_errors() -> None:
@@ -65,13 +65,29 @@ def test_no_baseline_or_no_scores_or_a_baseline_best() -> None:
     base_best = [trial("t0_qr", "qr", good), trial("t1_dsl", "dsl", weak)]
     assert pick(base_best).trial is base_best[0][0] and pick(base_best).lead is None
     close = [trial("t0_qr", "qr", weak), trial("t1_dsl", "dsl", good)]
-    no_scores = choose([r for r, _ in close], lambda r: None)
+    no_scores = choose([r for r, _ in close], lambda r: [])
     assert no_scores.trial is close[1][0] and no_scores.reason.startswith("no validation scores")
-    assert choose([], lambda r: None).trial is None
+    assert choose([], lambda r: []).trial is None
 
 
 def test_different_validation_rows_are_refused() -> None:
     qr, dsl = trial("t0_qr", "qr", SIGNAL + RNG.normal(0, 2.0, N)), trial("t1_dsl", "dsl", SIGNAL)
-    rows = {"t0_qr": (LABELS, qr[1]), "t1_dsl": (LABELS[::-1].copy(), dsl[1])}
+    rows = {"t0_qr": [(LABELS, qr[1])], "t1_dsl": [(LABELS[::-1].copy(), dsl[1])]}
     with pytest.raises(ValueError, match="t1_dsl and t0_qr scored different validation rows"):
         choose([qr[0], dsl[0]], lambda r: rows[r.trial])
+
+
+def test_a_lead_at_one_seed_that_a_fresh_seed_undoes_keeps_the_baseline() -> None:
+    qr0, qr1 = SIGNAL + RNG.normal(0, 0.8, N), SIGNAL + RNG.normal(0, 0.8, N)
+    lucky, unlucky = SIGNAL + RNG.normal(0, 0.4, N), SIGNAL + RNG.normal(0, 1.4, N)  # the same config, two training seeds
+    qr, unified = trial("t0_qr", "qr", qr0), trial("t1_unified", "unified", lucky)
+    one = pick([qr, unified])
+    assert one.trial is unified[0] and one.seeds == 1, "at its search seed the lead is clear"
+    seeds = {"t0_qr": [(LABELS, qr0), (LABELS, qr1)], "t1_unified": [(LABELS, lucky), (LABELS, unlucky)]}
+    two = choose([qr[0], unified[0]], lambda r: seeds[r.trial])
+    expect = np.mean([auc(LABELS, lucky) - auc(LABELS, qr0), auc(LABELS, unlucky) - auc(LABELS, qr1)])
+    assert two.seeds == 2 and two.lead == pytest.approx(expect) and "over 2 seeds" in two.reason
+    assert (two.trial is qr[0]) == (two.lead <= two.lead_se), two.reason
+    assert two.trial is qr[0], "the mean over both seeds is no lead"
+    uneven = {"t0_qr": [(LABELS, qr0)], "t1_unified": [(LABELS, lucky), (LABELS, unlucky)]}
+    assert choose([qr[0], unified[0]], lambda r: uneven[r.trial]).seeds == 1, "only the seeds both have"

@@ -40,6 +40,7 @@ class SuiteTune(BaseModel):
     concurrency: int | None = Field(None, ge=1)  # trials at once (default: the CPUs Ray offers)
     grace_epochs: int = Field(1, ge=1)  # ASHA: epochs every trial gets before it can be stopped
     search_rows: int | None = Field(None, ge=1)  # recsys tune --search-rows: trials on the first N train rows
+    confirm_seeds: int = Field(1, ge=0)  # recsys tune --confirm-seeds: the leaders retrained at fresh seeds
     pick_margin: float = Field(1.0, ge=0)  # recsys tune --pick-margin: standard errors the pick must beat the best baseline by
 
     @field_validator("methods")
@@ -103,6 +104,7 @@ def tune_settings(tune: SuiteTune, sweep: SweepSettings, budget: float) -> TuneS
         concurrency=tune.concurrency,
         grace_epochs=tune.grace_epochs,
         search_rows=tune.search_rows,
+        confirm_seeds=tune.confirm_seeds,
         pick_margin=tune.pick_margin,
         drop_infeasible=True,
         tracking_uri=sweep.tracking_uri,

@@ -34,7 +34,7 @@ from recsys.storage import load_tensors
 from recsys.training.bench.quality import Point, Sweep, SweepSettings
 from recsys.training.jsonfile import read_json, write_json
 from recsys.training.tracking import make_tracker
-from recsys.training.tune.pick import choose
+from recsys.training.tune.pick import choose, leaders
 from recsys.training.tune.report import TrialResult, pareto_plot, write_best, write_csv
 from recsys.training.tune.space import TrialSpec, plan_trials
 
@@ -63,6 +63,7 @@ class TuneSettings:
     concurrency: int | None = None  # trials at once (default: the CPUs Ray offers)
     grace_epochs: int = 1  # ASHA: epochs every trial gets before it can be stopped
     search_rows: int | None = None  # trials train on the first N train rows; best.yaml on all of them (None: all)
+    confirm_seeds: int = 1  # the best and the best baseline retrained at this many fresh seeds before the pick
     pick_margin: float = 1.0  # the best beats the best baseline by this many bootstrap standard errors, else the baseline (0: best)
     drop_infeasible: bool = False  # methods named in `methods` that cannot meet the budget are dropped (printed), not an error
     tracking_uri: str | None = None
@@ -118,11 +119,11 @@ def _fits(s: TuneSettings, sweep: Sweep, method: str, options: dict[str, Any]) -
     return True
 
 
-def trial_config(settings: TuneSettings, sweep: Sweep, spec: TrialSpec, search: bool = True) -> ExperimentConfig:
-    """A trial's config: its point at the budget plus its options and, while searching (``search``),
-    ``search_rows``' row limit; ``search=False`` is what ``best.yaml`` holds."""
+def trial_config(settings: TuneSettings, sweep: Sweep, spec: TrialSpec, search: bool = True, seed: int | None = None) -> ExperimentConfig:
+    """A trial's config: its point at the budget (at ``seed``, default the search's) plus its options
+    and, while searching (``search``), ``search_rows``' row limit; ``search=False`` is what ``best.yaml`` holds."""
     rows = (f"data.max_train_rows={settings.search_rows}",) if search and settings.search_rows is not None else ()
-    return sweep.config(Point(spec.method, settings.budget, settings.seed), (*spec.overrides(), *rows))
+    return sweep.config(Point(spec.method, settings.budget, settings.seed if seed is None else seed), (*spec.overrides(), *rows))
 
 
 def _trial_fn(config: dict[str, Any], settings: TuneSettings, methods: list[str], specs: list[dict[str, Any]]) -> None:
@@ -231,6 +232,8 @@ def _resolved(settings: TuneSettings) -> TuneSettings:
 def _plan(settings: TuneSettings) -> tuple[list[str], Sweep, list[TrialSpec]]:
     if settings.search_rows is not None and settings.search_rows < 1:
         raise TuneError(f"search_rows {settings.search_rows}: trials need at least 1 train row")
+    if settings.confirm_seeds < 0 or settings.pick_margin < 0:
+        raise TuneError(f"confirm_seeds {settings.confirm_seeds} and pick_margin {settings.pick_margin:g} must be >= 0")
     methods = feasible_methods(settings)
     sweep = _sweep(settings, methods)
     embedding_dim = sweep.base_config().model.embedding_dim
@@ -297,6 +300,8 @@ def run_search(settings: TuneSettings) -> TrialResult | None:
         for spec, result in zip(specs, results):
             _log_child(tracking, parent.run_id, spec, result)
         write_csv(results, out / "trials.csv")
+        if settings.pick_margin > 0:
+            _confirm(settings, sweep, specs, [r for r in leaders(results) if r is not None])
         pick = choose(results, lambda r: _valid_scores(settings, r), settings.pick_margin, settings.seed)
         best = pick.trial
         title = f"recsys tune: {settings.dataset.name}, {settings.budget:g}x, {settings.model}"
@@ -308,6 +313,7 @@ def run_search(settings: TuneSettings) -> TrialResult | None:
             record = {"trial": best.trial, "method": best.method, "options": best.options, "valid_auc": best.metrics["valid_auc"], "trials": counts}
             write_json(out / "best.json", record | {"pick": pick.record()})
             print(f"recsys tune: picked {best.trial}: {pick.reason}")
+            parent.log_params({"pick_rule": pick.reason})
             parent.log_metrics({"best_valid_auc": best.metrics["valid_auc"], "best_test_auc": best.metrics["test_auc"]})
         parent.log_metrics(
             {
@@ -325,13 +331,48 @@ def run_search(settings: TuneSettings) -> TrialResult | None:
         parent.close(status)
 
 
-def _valid_scores(settings: TuneSettings, result: TrialResult) -> tuple[Any, Any] | None:
-    """A finished trial's validation labels and probabilities (None: a run that did not write them)."""
-    loc = RunFolder(Path(settings.out) / "trials" / result.trial).valid_scores
-    if not loc.exists():
-        return None
-    t = load_tensors(loc)
-    return t["labels"].numpy(), t["probs"].numpy().astype("float64")
+def confirm_seeds(settings: TuneSettings) -> list[int]:
+    """The fresh seeds the leaders are retrained at (the trials trained at ``settings.seed``)."""
+    return [settings.seed + 1 + i for i in range(settings.confirm_seeds)]
+
+
+def _confirm_folder(settings: TuneSettings, trial: str, seed: int) -> Path:
+    return Path(settings.out) / "confirm" / trial / f"seed{seed}"
+
+
+def _confirm(settings: TuneSettings, sweep: Sweep, specs: list[TrialSpec], trials: list[TrialResult]) -> None:
+    """Retrain the best and the best baseline trial at the fresh seeds (read back when done before)."""
+    from recsys.training.run import train_experiment
+
+    if len(trials) < 2 or trials[0] is trials[1]:
+        return  # no baseline, or the best is one: nothing to compare
+    for result in trials:
+        spec = next(s for s in specs if s.name == result.trial)
+        for seed in confirm_seeds(settings):
+            cfg, folder = trial_config(settings, sweep, spec, seed=seed), _confirm_folder(settings, spec.name, seed)
+            dump = cfg.model_dump(mode="json")
+            record = read_json(folder / "confirm.json")
+            if record is not None and record.get("config") == dump and RunFolder(folder).valid_scores.exists():
+                continue
+            shutil.rmtree(folder, ignore_errors=True)
+            print(f"recsys tune: confirming {spec.name} at seed {seed}", flush=True)
+            folder.mkdir(parents=True)
+            train_experiment(cfg, folder)
+            write_json(folder / "confirm.json", {"trial": spec.name, "seed": seed, "config": dump})
+
+
+def _valid_scores(settings: TuneSettings, result: TrialResult) -> list[tuple[Any, Any]]:
+    """A finished trial's validation labels and probabilities at its seed and each confirmation seed
+    it was retrained at (stops at the first missing one)."""
+    out = []
+    folders = [Path(settings.out) / "trials" / result.trial] + [_confirm_folder(settings, result.trial, s) for s in confirm_seeds(settings)]
+    for folder in folders:
+        loc = RunFolder(folder).valid_scores
+        if not loc.exists():
+            break
+        t = load_tensors(loc)
+        out.append((t["labels"].numpy(), t["probs"].numpy().astype("float64")))
+    return out
 
 
 def _log_child(tracking: TrackingConfig, parent_id: str | None, spec: TrialSpec, result: TrialResult) -> None:
