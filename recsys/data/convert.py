@@ -195,7 +195,7 @@ def _chunks(layout: InputFormat, path: Path, chunk_rows: int, on_bytes: Callable
     if layout.text is None:
         return read_parquet_chunks(path, layout.columns, chunk_rows)
     pieces = max(1, chunk_rows // PIECES)
-    return read_chunks(path, layout.text, layout.columns, chunk_rows, block_size=BLOCK_SIZE, on_bytes=on_bytes, piece_rows=pieces)
+    return read_chunks(path, layout.text, layout.columns, chunk_rows, block_size=BLOCK_SIZE, on_bytes=on_bytes, piece_rows=pieces, fast=layout.fast())
 
 
 def _first_pass(

@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from recsys.data.errors import ConversionError, Issue
+from recsys.data.fastrows import FastLayout, FastRows, fast_layout
 from recsys.data.fieldaware import PositionRanges, parse_field_lines
 from recsys.data.inputs import read_first_line
 from recsys.data.parquet_reader import parquet_schema
@@ -116,8 +117,22 @@ class InputFormat:
     positional: int | None = None  # positional libFM: the number of fields
     ranges: PositionRanges | None = None  # positional libFM: each position's index range so far
 
-    def parse(self, table: pa.Table, lines: np.ndarray, pool: Executor | None = None) -> tuple[ParsedChunk, list[Issue]]:
+    def fast(self) -> FastLayout | None:
+        """The layout for the fast path (``recsys.data.fastrows``): unquoted text of a 0/1 label, dense columns and
+        single-valued categorical columns, only '' missing, no time column; else (or when it is not built) None."""
+        text = self.text
+        if text is None or text.quoting or text.null_values != ("",) or self.time_column is not None or self.label_values != (0.0, 1.0):
+            return None
+        if any(src.kind != "single" or src.column != src.name for src in self.sparse) or self.name in ("libfm", "libffm"):
+            return None
+        return fast_layout(self.columns, self.label, self.dense, [src.column for src in self.sparse], text.delimiter)
+
+    def parse(self, table: pa.Table | FastRows, lines: np.ndarray, pool: Executor | None = None) -> tuple[ParsedChunk, list[Issue]]:
         """Parse one chunk (columns in parallel on ``pool``); failing rows become issues."""
+        if isinstance(table, FastRows):  # parsed by the fast path: plain rows, nothing to check
+            specs = [self.transforms.get(n, SLOG1P_SPEC) for n in self.dense]
+            dense = list(pool.map(stage_dense, table.dense, specs) if pool is not None else map(stage_dense, table.dense, specs))
+            return ParsedChunk(lines, table.label, dense, [SparseValues(ids) for ids in table.sparse]), []
         if self.text is not None:
             table, lines = _drop_blank(table, lines)
         if self.name == "libffm" or self.positional is not None:

@@ -39,6 +39,7 @@ import pyarrow.csv as pacsv
 from recsys.data.blocks import Block, MappedText
 from recsys.data.errors import ConversionError, RaggedRow
 from recsys.data.excerpt import safe_message
+from recsys.data.fastrows import FastLayout, FastRows, RowBuffer
 from recsys.data.inputs import codec_of, open_stream, read_first_line, read_range
 from recsys.data.linescan import LineIndex
 from recsys.data.textcheck import check_text_input
@@ -63,10 +64,10 @@ class TextFormat:
 
 @dataclass
 class LineChunk:
-    """Rows of a chunk as strings, their 1-based line numbers, and ragged rows up to its end;
-    ``ends_chunk`` false: a piece of a chunk, more of it follows (see ``read_chunks``)."""
+    """Rows of a chunk as strings (or, from the fast path, parsed: ``FastRows``), their 1-based line numbers,
+    and ragged rows up to its end; ``ends_chunk`` false: a piece of a chunk, more of it follows (see ``read_chunks``)."""
 
-    table: pa.Table
+    table: pa.Table | FastRows
     lines: np.ndarray
     ragged: list[RaggedRow]
     ends_chunk: bool = True
@@ -177,13 +178,25 @@ class _Parser:
     row's line: with a larger block for a line longer than the block (up to ``max_row_bytes``),
     or past the row, dropped as a bad row, for a longer line or a ragged line that is not UTF-8."""
 
-    def __init__(self, path: Path, fmt: TextFormat, names: list[str], lines: _Lines, block_size: int, max_row_bytes: int, threads: int = 0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        fmt: TextFormat,
+        names: list[str],
+        lines: _Lines,
+        block_size: int,
+        max_row_bytes: int,
+        threads: int = 0,
+        fast: FastLayout | None = None,
+    ) -> None:
         self.path, self.fmt, self.names, self.lines = path, fmt, names, lines
         self.block_size, self.max_row_bytes = block_size, max_row_bytes
         self.index = LineIndex(path)
         self.position = 0  # bytes of the input parsed so far (for progress)
         self.compressed = codec_of(path) is not None
         self.threads = threads if not (self.compressed or fmt.quoting) else 0  # quoted text: always the streaming reader
+        # the fast path (``recsys.data.fastrows``) parses the blocks of a plain unquoted file in order on this thread
+        self.rows = None if fast is None or self.compressed or fmt.quoting or len(names) != len(fast.roles) else RowBuffer(fast)
         self._raw: pa.NativeFile | None = None  # the file under a compressed stream
 
     def _options(self, skip: int, block_size: int, on_invalid: Callable[[pacsv.InvalidRow], str]) -> dict[str, object]:
@@ -223,16 +236,16 @@ class _Parser:
             raise
         return reader, source
 
-    def batches(self, stop: threading.Event) -> Iterator[pa.RecordBatch]:
+    def batches(self, stop: threading.Event) -> Iterator[pa.RecordBatch | int]:
         """Every row of the input in file order (ragged and dropped rows go to ``lines``)."""
-        mapped = MappedText.open(self.path) if self.threads else None
+        mapped = MappedText.open(self.path) if self.threads or self.rows is not None else None
         try:
             yield from self._segments(stop, mapped)
         finally:
             if mapped is not None:
                 mapped.close()
 
-    def _segments(self, stop: threading.Event, mapped: MappedText | None) -> Iterator[pa.RecordBatch]:
+    def _segments(self, stop: threading.Event, mapped: MappedText | None) -> Iterator[pa.RecordBatch | int]:
         pending = [_Segment(0, 1, None, 1 if self.fmt.header else 0)]
         while pending and not stop.is_set():
             seg = pending.pop(0)
@@ -254,28 +267,38 @@ class _Parser:
                     raise ConversionError(self.path, "empty input: no data rows") from exc
                 pending[:0] = self._recover(exc, seg, self._next_line(seg, rows, dropped), dropped)
 
-    def _blocks(self, seg: _Segment, mapped: MappedText, stop: threading.Event) -> Generator[pa.RecordBatch, None, list[_Segment]]:
+    def _blocks(self, seg: _Segment, mapped: MappedText, stop: threading.Event) -> Generator[pa.RecordBatch | int, None, list[_Segment]]:
         """``seg`` (to the end of the file) as the streaming reader parses it, block by block, ``threads`` blocks
-        at a time; returns the segments that continue after a block it could not parse (as ``batches`` does)."""
+        at a time; returns the segments that continue after a block it could not parse (as ``batches`` does).
+        With the fast path, block by block on this thread: a block it parses is yielded as its number of rows
+        (held by ``self.rows``), one it declines is parsed by pyarrow."""
         line, rows, dropped = seg.line, 0, []  # the first line of the next block; rows and ragged rows delivered
         blocks = mapped.blocks(seg.start, self.block_size)
-        with ThreadPoolExecutor(self.threads, thread_name_prefix="csv-block") as pool:
+        inline = self.rows is not None
+        with ThreadPoolExecutor(max(1, self.threads), thread_name_prefix="csv-block") as pool:
             jobs: deque[tuple[Block, Future | None]] = deque()
 
             def submit() -> None:
                 block = next(blocks, None)
                 if block is not None:
-                    skip = seg.skip if block.index == 0 else 0
-                    lead = int(block.index > 0 and mapped.bom_at(block.start))  # the reader strips a BOM at its start only
-                    job = None if block.end is None else pool.submit(self._parse_block, mapped.buffer(block, lead), skip, lead)
-                    jobs.append((block, job))
+                    jobs.append(
+                        (block, None if block.end is None or inline else pool.submit(self._parse_block, *self._block_args(mapped, block, seg)))
+                    )
 
             try:
-                for _ in range(self.threads + 2):
+                for _ in range(1 if inline else self.threads + 2):
                     submit()
                 while jobs and not stop.is_set():
                     block, job = jobs.popleft()
                     here = _Segment(block.start, line, None, seg.skip if block.index == 0 else 0)
+                    if inline and block.end is not None:
+                        fast = self._parse_fast(mapped, block, here.skip)
+                        if fast is not None:
+                            submit()
+                            line, rows, self.position = line + fast, rows + fast, block.end
+                            yield fast
+                            continue
+                        job = pool.submit(self._parse_block, *self._block_args(mapped, block, seg))
                     table, numbers, exc = (None, [], pa.ArrowInvalid(_STRADDLING)) if job is None else job.result()  # None: no line ends in the read
                     ragged = [RaggedRow(here.line - 1 + n, len(self.names), actual) for n, actual in numbers]
                     if exc is not None:  # recover as from the streaming reader failing on this block (from the line it would restart at)
@@ -294,6 +317,16 @@ class _Parser:
                     if job is not None:
                         job.cancel()
         return []
+
+    def _block_args(self, mapped: MappedText, block: Block, seg: _Segment) -> tuple[pa.Buffer, int, int]:
+        """``_parse_block``'s arguments for ``block``: its bytes, the lines to skip, the lead."""
+        lead = int(block.index > 0 and mapped.bom_at(block.start))  # the reader strips a BOM at its start only
+        return mapped.buffer(block, lead), seg.skip if block.index == 0 else 0, lead
+
+    def _parse_fast(self, mapped: MappedText, block: Block, skip: int) -> int | None:
+        """The rows of ``block`` parsed into ``self.rows`` by the fast path, or None (declined: no rows added)."""
+        assert self.rows is not None
+        return None if skip else self.rows.parse(mapped.buffer(block))
 
     def _parse_block(self, data: pa.Buffer, skip: int, lead: int) -> tuple[pa.Table | None, list[tuple[int, int]], Exception | None]:
         """Rows of one block; the (row number in the block, columns) of each ragged row; the parse error if any.
@@ -355,21 +388,34 @@ class _Parser:
 def _producer(parser: _Parser, chunk_rows: int, piece_rows: int, out: queue.Queue, stop: threading.Event, schema: pa.Schema) -> None:
     """Parse and gather batches into tables of at least ``chunk_rows`` rows (chunked, not copied into one
     array per column: the categorical columns are hashed chunk by chunk, the others gathered by ``as_array``),
-    handed over in pieces of at least ``piece_rows`` rows, the last piece of each chunk marked."""
+    handed over in pieces of at least ``piece_rows`` rows, the last piece of each chunk marked. Rows of the
+    fast path (``int``: that many rows in ``parser.rows``) and of pyarrow go in separate pieces."""
+
+    def piece(pending: list[pa.RecordBatch | int]) -> pa.Table | FastRows:
+        if pending and isinstance(pending[0], int):
+            assert parser.rows is not None
+            return parser.rows.take()
+        return pa.Table.from_batches(pending, schema)
+
     try:
-        pending: list[pa.RecordBatch] = []
+        pending: list[pa.RecordBatch | int] = []
         rows = in_chunk = 0
         for batch in parser.batches(stop):
+            if pending and isinstance(batch, int) != isinstance(pending[0], int):  # a piece holds rows of one kind
+                if not _put(out, (piece(pending), parser.position, False), stop):
+                    return
+                pending, rows = [], 0
+            n = batch if isinstance(batch, int) else batch.num_rows
             pending.append(batch)
-            rows += batch.num_rows
-            in_chunk += batch.num_rows
+            rows += n
+            in_chunk += n
             if rows >= piece_rows or in_chunk >= chunk_rows:
-                if not _put(out, (pa.Table.from_batches(pending, schema), parser.position, in_chunk >= chunk_rows), stop):
+                if not _put(out, (piece(pending), parser.position, in_chunk >= chunk_rows), stop):
                     return
                 pending, rows = [], 0
                 in_chunk = 0 if in_chunk >= chunk_rows else in_chunk
         if pending or in_chunk:
-            _put(out, (pa.Table.from_batches(pending, schema), parser.position, True), stop)
+            _put(out, (piece(pending), parser.position, True), stop)
         _put(out, _DONE, stop)
     except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread
         _put(out, exc, stop)
@@ -386,6 +432,7 @@ def read_chunks(
     on_bytes: Callable[[int], None] | None = None,
     parse_threads: int | None = None,
     piece_rows: int | None = None,
+    fast: FastLayout | None = None,
 ) -> Iterator[LineChunk]:
     """Yield chunks of about ``chunk_rows`` rows (all columns as strings) in file order.
 
@@ -394,6 +441,8 @@ def read_chunks(
     A plain file without quoting is parsed ``parse_threads`` blocks at a time (the same chunks, rows and
     line numbers as the serial reader, ``parse_threads=0``; None: ``PARSE_THREADS``). ``piece_rows``: each chunk comes in pieces of
     at least that many rows (the consumer starts on the first rows sooner), ``ends_chunk`` on its last piece.
+    ``fast``: the blocks of a plain unquoted file are parsed by the fast path (``recsys.data.fastrows``) where
+    it can, in pieces of ``FastRows`` (the same chunks, rows and line numbers; declined blocks come as strings).
     """
     check_text_input(path)
     _open_input(path).close()
@@ -402,7 +451,7 @@ def read_chunks(
         _PREVIOUS_HOOK, sys.unraisablehook = sys.unraisablehook, _quiet_undecodable
     lines = _Lines(2 if fmt.header else 1)
     threads = PARSE_THREADS if parse_threads is None else parse_threads
-    parser = _Parser(path, fmt, names, lines, block_size, MAX_ROW_BYTES if max_row_bytes is None else max_row_bytes, threads)
+    parser = _Parser(path, fmt, names, lines, block_size, MAX_ROW_BYTES if max_row_bytes is None else max_row_bytes, threads, fast)
     schema = pa.schema([(n, pa.string()) for n in names])
     yield from _consume(path, parser, lines, chunk_rows, min(chunk_rows, piece_rows or chunk_rows), on_bytes, schema)
 
