@@ -32,8 +32,12 @@ try:
     import recsys.data.fastcat  # noqa: F401  the converter's C extension, built by pip install
 except ImportError as exc:
     problems.append(f"the compiled extension recsys.data.fastcat is missing ({exc}); is gcc installed? reinstall with `pip install -e .`")
+try:
+    import recsys.data.fastparse  # noqa: F401  the converter's fast text parser, built by pip install
+except ImportError as exc:
+    problems.append(f"the compiled extension recsys.data.fastparse is missing ({exc}); is gcc installed? reinstall with `pip install -e .`")
 if problems:
     sys.exit("install check failed:\n  " + "\n  ".join(problems))
 print(
-    f"install ok: torch {torch.__version__}, torchrec {md.version('torchrec')}, fbgemm-gpu-cpu {md.version('fbgemm-gpu-cpu')}, recsys.data.fastcat, recsys.serving.idpath, recsys.serving.httpfast"
+    f"install ok: torch {torch.__version__}, torchrec {md.version('torchrec')}, fbgemm-gpu-cpu {md.version('fbgemm-gpu-cpu')}, recsys.data.fastcat, recsys.data.fastparse, recsys.serving.idpath, recsys.serving.httpfast"
 )

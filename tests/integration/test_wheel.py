@@ -64,7 +64,7 @@ def test_the_wheel_has_one_top_level_name_and_ships_configs_and_the_speed_bench(
     ):
         assert needed in names
     assert any(n.startswith("recsys/data/fastcat.") and n.endswith(".so") for n in names), "the converter's C extension is not in the wheel"
-    for ext in ("recsys/serving/idpath.", "recsys/serving/httpfast."):
+    for ext in ("recsys/data/fastparse.", "recsys/serving/idpath.", "recsys/serving/httpfast."):
         assert any(n.startswith(ext) and n.endswith(".so") for n in names), f"{ext}so is not in the wheel"
     assert zipfile.ZipFile(wheel).read("recsys_compress-0.1.0.dist-info/top_level.txt").decode().split() == ["recsys"]
 

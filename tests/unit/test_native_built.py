@@ -6,7 +6,7 @@ import importlib
 import pytest
 
 
-@pytest.mark.parametrize("module", ["recsys.serving.idpath", "recsys.data.fastcat"])
+@pytest.mark.parametrize("module", ["recsys.serving.idpath", "recsys.data.fastcat", "recsys.data.fastparse"])
 def test_compiled_extension_is_built(module: str) -> None:
     try:
         importlib.import_module(module)
