@@ -41,7 +41,7 @@ static Py_ssize_t prescan(const uint8_t *p, Py_ssize_t n, uint8_t delim) {
         int dl = _mm_movemask_epi8(_mm_cmpeq_epi8(v, sep));
         int low = _mm_movemask_epi8(_mm_cmplt_epi8(v, space)); /* signed: below 0x20, or 0x80 and above */
         if (low & ~(nl | dl)) return DECLINE;
-        lines += __builtin_popcount((unsigned)nl);
+        for (unsigned m = (unsigned)nl; m; m &= m - 1) lines++; /* no popcnt instruction assumed */
     }
 #endif
     for (; i < n; i++) {

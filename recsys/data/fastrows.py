@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+import pyarrow as pa
 
 try:
     from recsys.data import fastparse as _fastparse
@@ -86,10 +87,14 @@ class RowBuffer:
         self._allocate(capacity)
 
     def _allocate(self, capacity: int) -> None:
+        """Arrays from Arrow's memory pool (while converting, jemalloc, which keeps freed pages a while: the
+        next buffers reuse them instead of faulting fresh zeroed pages in)."""
         self.capacity = capacity
-        self.label = np.empty(capacity, np.float32)
-        self.dense = np.empty((self.layout.dense, capacity), np.float64)
-        self.sparse = np.empty((self.layout.sparse, capacity), np.int64)
+        ids, values = 8 * self.layout.sparse * capacity, 8 * self.layout.dense * capacity
+        whole = np.frombuffer(pa.allocate_buffer(ids + values + 4 * capacity), np.uint8)
+        self.sparse = whole[:ids].view(np.int64).reshape(self.layout.sparse, capacity)
+        self.dense = whole[ids : ids + values].view(np.float64).reshape(self.layout.dense, capacity)
+        self.label = whole[ids + values :].view(np.float32)
 
     def _grow(self, capacity: int) -> None:
         label, dense, sparse, rows = self.label, self.dense, self.sparse, self.rows
