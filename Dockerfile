@@ -7,8 +7,9 @@ ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 
 FROM ${PYTHON_IMAGE} AS source
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-# gcc and the C library headers build recsys.serving.idpath (serving/idpath.c), recsys.serving.httpfast and recsys.data.fastcat
-# (recsys/data/fastcat.c) at install time; the runtime stages copy the built venv and /app only. libc6-dev follows the image's libc6 (unpinned).
+# gcc and the C library headers build recsys.serving.idpath (serving/idpath.c), recsys.serving.httpfast, recsys.data.fastcat
+# and recsys.data.fastparse (recsys/data/) at install time; the runtime stages copy the built venv and /app only.
+# libc6-dev follows the image's libc6 (unpinned).
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends make=4.3-4.1 gcc=4:12.2.0-3 libc6-dev \
