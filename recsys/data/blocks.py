@@ -50,6 +50,8 @@ class MappedText:
         if search.find(b"\r") >= 0:
             search.close()
             return None
+        with contextlib.suppress(AttributeError, OSError):  # the search touched every page: unmap them here (the page cache keeps them)
+            search.madvise(mmap.MADV_DONTNEED)
         try:
             data = pa.memory_map(str(path))
         except (OSError, pa.ArrowException):
