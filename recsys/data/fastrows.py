@@ -108,7 +108,7 @@ class RowBuffer:
             args = (self.layout.roles, ord(self.layout.delimiter), self.label, self.dense, self.sparse, self.rows, self.capacity)
             n = _fastparse.parse_rows(data, *args)
             if n == _TOO_SMALL:
-                self._grow(2 * self.capacity)
+                self._grow(self.capacity + self.capacity // 2 + 1)
                 continue
             if n == _DECLINED:
                 return None
@@ -116,9 +116,10 @@ class RowBuffer:
             return n
 
     def take(self) -> FastRows:
-        """The rows held, as one array per field; the buffer starts afresh (with room for as many)."""
+        """The rows held, as one array per field; the buffer starts afresh, with room for about as many (what is
+        allocated and not used stays resident when the pool hands out pages it kept)."""
         n = self.rows
         rows = FastRows(self.label[:n], [d[:n] for d in self.dense], [s[:n] for s in self.sparse])
         self.rows = 0
-        self._allocate(max(self.capacity, n + n // 2))
+        self._allocate(max(1024, n + n // 8))
         return rows

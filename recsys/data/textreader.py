@@ -465,7 +465,8 @@ def _consume(
     on_bytes: Callable[[int], None] | None,
     schema: pa.Schema,
 ) -> Iterator[LineChunk]:
-    tables: queue.Queue = queue.Queue(maxsize=2 * -(-chunk_rows // piece_rows))  # two chunks ahead
+    ahead = 1 if parser.rows is not None else 2  # chunks parsed ahead (the fast path keeps ahead with one: less memory held)
+    tables: queue.Queue = queue.Queue(maxsize=ahead * -(-chunk_rows // piece_rows))
     stop = threading.Event()
     thread = threading.Thread(target=_producer, args=(parser, chunk_rows, piece_rows, tables, stop, schema), daemon=True)
     thread.start()
