@@ -55,6 +55,7 @@ def test_tune_quick_writes_a_best_config_that_trains(tiny, ray_cluster, tmp_path
     rows = list(csv.DictReader((out / "trials.csv").open()))
     assert [r["method"] for r in rows] == ["hash", "hybrid", "hash"]
     assert {r["status"] for r in rows} <= {"ok", "stopped"}, "ASHA may stop a trailing trial after its first epoch"
+    assert rows[0]["status"] == "ok", "a baseline's default trial is never stopped: the pick compares with it"
     done = [r for r in rows if r["status"] == "ok"]
     assert done and all(0 < int(r["embedding_bytes"]) and float(r["compression"]) >= 10 and r["epochs"] == "2" for r in done)
     assert all(float(r["valid_auc"]) > 0 for r in rows)

@@ -4,7 +4,8 @@ Every trial (``recsys.training.tune.space.plan_trials``, seeded) is one ``recsys
 point at the budget (``recsys.training.bench.quality.Sweep``: the same defaults, ``--set`` and budget
 rules) plus the trial's option overrides, trained by ``recsys.training.run.train_experiment`` in
 ``DIR/trials/<trial>/`` inside a Ray Tune trial (one CPU, one torch thread). Each epoch's
-validation AUC is reported to Tune, whose ASHA scheduler stops the trials that trail their rung.
+validation AUC is reported to Tune, whose ASHA scheduler stops the trials that trail their rung
+(never the baselines' default trials, which the pick compares with: ``recsys.training.tune.asha``).
 Before any trial runs, each method is built at the budget: one that cannot meet it fails the
 search naming the method and the bytes (methods not named with ``--methods``, or all with
 ``drop_infeasible``, are dropped with that message instead), and a trial's options that cannot
@@ -186,17 +187,16 @@ def _tune(settings: TuneSettings, methods: list[str], specs: list[TrialSpec], ep
     """Run the trials on Ray Tune; returns each trial's last reported validation AUC."""
     import ray
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
     from recsys.training.ray_trainer import init_ray
+    from recsys.training.tune.asha import KeepBaselinesASHA, kept_trials
 
     started = init_ray(settings.address, settings.concurrency)
     trainable = tune.with_parameters(_trial_fn, settings=settings, methods=methods, specs=[asdict(s) for s in specs])
-    # ASHA over reported epochs (plus the final report); with no epoch past the grace period there is nothing to stop
+    # ASHA over reported epochs (plus the final report); with no epoch past the grace period there is nothing to stop;
+    # the baselines' default trials always finish (the pick compares with them)
     scheduler = (
-        ASHAScheduler(time_attr="training_iteration", max_t=epochs + 1, grace_period=settings.grace_epochs, reduction_factor=2)
-        if epochs > settings.grace_epochs
-        else None
+        KeepBaselinesASHA(kept_trials(specs), max_t=epochs + 1, grace_period=settings.grace_epochs) if epochs > settings.grace_epochs else None
     )
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": 1}),
