@@ -111,7 +111,8 @@ def _add_tune_parser(sub: argparse._SubParsersAction) -> None:
         description="Search methods and their key options at one memory budget on Ray Tune (seeded trials, ASHA early "
         "stopping on validation AUC, one MLflow parent run with a child per trial). Each trial is a `recsys bench quality` "
         "point (same defaults and --set) plus the trial's options. Rerunning the same command resumes: finished trials "
-        "are read back. Writes DIR/best.yaml (run it with `recsys train --config DIR/best.yaml`), trials.csv, pareto.png.",
+        "are read back; once every trial has ended, a rerun (with another --pick-margin or --confirm-seeds, say) redoes only "
+        "the pick. Writes DIR/best.yaml (run it with `recsys train --config DIR/best.yaml`), trials.csv, pareto.png.",
     )
     tune.add_argument("--dataset", required=True, help="dataset folder (holds dataset.json)")
     tune.add_argument("--budget", type=float, required=True, help="compression ratio: full fp32 bytes / budget")
@@ -138,10 +139,10 @@ def _add_tune_parser(sub: argparse._SubParsersAction) -> None:
     tune.add_argument(
         "--pick-margin",
         type=_non_negative,
-        default=1.0,
+        default=2.0,
         help="the pick is the best trial by validation AUC only if it beats the best baseline trial (hash, qr) by this many "
         "bootstrap standard errors of the paired difference on the validation rows (mean over seeds), else that baseline "
-        "(default 1; 0: the best, with no confirmation runs)",
+        "(default 2; 0: the best, with no confirmation runs)",
     )
     tune.add_argument("--config", help="base experiment YAML")
     tune.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key of every trial")

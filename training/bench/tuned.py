@@ -41,7 +41,7 @@ class SuiteTune(BaseModel):
     grace_epochs: int = Field(1, ge=1)  # ASHA: epochs every trial gets before it can be stopped
     search_rows: int | None = Field(None, ge=1)  # recsys tune --search-rows: trials on the first N train rows
     confirm_seeds: int = Field(1, ge=0)  # recsys tune --confirm-seeds: the leaders retrained at fresh seeds
-    pick_margin: float = Field(1.0, ge=0)  # recsys tune --pick-margin: standard errors the pick must beat the best baseline by
+    pick_margin: float = Field(2.0, ge=0)  # recsys tune --pick-margin: standard errors the pick must beat the best baseline by
 
     @field_validator("methods")
     @classmethod

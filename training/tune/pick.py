@@ -9,9 +9,11 @@ the search retrains the best trial and the best baseline trial (``BASELINES``, b
 at fresh seeds (``recsys tune --confirm-seeds``, not chosen on), and the pick compares the two on
 the same validation rows: the lead is the mean over seeds of the paired AUC difference, its
 standard error a bootstrap over the rows of that mean (``recsys.training.bench.bootstrap``). The
-best is kept only when its lead exceeds ``margin`` standard errors (the "one standard error" rule
-of model selection at ``margin=1``; ``margin=0`` is the plain best); otherwise the baseline is the
-pick.
+best is kept only when its lead exceeds ``margin`` standard errors (``recsys tune``'s default 2:
+the best of a dozen noisy trials is itself biased upward by about that much; ``margin=1`` is the
+"one standard error" rule of model selection, ``margin=0`` the plain best); otherwise the baseline
+is the pick. On the Criteo 10k sample at 10× ``dsl`` led ``qr`` by 0.0156 on validation, 1.3
+standard errors, and was 0.016 below it on test.
 
 Example:
     >>> choose([], lambda r: []).trial is None

@@ -10,7 +10,9 @@ Before any trial runs, each method is built at the budget: one that cannot meet 
 search naming the method and the bytes (methods not named with ``--methods``, or all with
 ``drop_infeasible``, are dropped with that message instead), and a trial's options that cannot
 meet it are drawn again (``plan_trials``' ``accept``): such a trial is skipped, not failed. Resume: a trial folder holding ``metrics.json`` for the same config is
-read back, so rerunning the same command continues a stopped search. After the search the
+read back, so rerunning the same command continues a stopped search; a search whose trials all
+ended (none failed) is not run again: a rerun, with another ``pick_margin`` or ``confirm_seeds``
+say, redoes only the pick (``PICK_SETTINGS``). After the search the
 driver logs one MLflow parent run with a child run per trial and writes ``trials.csv``,
 ``pareto.png`` and ``best.yaml`` (see ``recsys.training.tune.report``).
 
@@ -40,6 +42,7 @@ from recsys.training.tune.report import TrialResult, pareto_plot, write_best, wr
 from recsys.training.tune.space import TrialSpec, plan_trials
 
 DEFAULT_METHODS = ("hash", "qr", "unified", "hybrid", "dsl")
+SEARCHED = "searched.json"  # written when every trial has ended: each trial's last reported validation AUC
 
 
 class TuneError(ValueError):
@@ -65,7 +68,7 @@ class TuneSettings:
     grace_epochs: int = 1  # ASHA: epochs every trial gets before it can be stopped
     search_rows: int | None = None  # trials train on the first N train rows; best.yaml on all of them (None: all)
     confirm_seeds: int = 1  # the best and the best baseline retrained at this many fresh seeds before the pick
-    pick_margin: float = 1.0  # the best beats the best baseline by this many bootstrap standard errors, else the baseline (0: best)
+    pick_margin: float = 2.0  # the best beats the best baseline by this many bootstrap standard errors, else the baseline (0: best)
     drop_infeasible: bool = False  # methods named in `methods` that cannot meet the budget are dropped (printed), not an error
     tracking_uri: str | None = None
     experiment: str = "tune"
@@ -223,6 +226,7 @@ def _tune(settings: TuneSettings, methods: list[str], specs: list[TrialSpec], ep
 
 
 RUNTIME_SETTINGS = ("address", "concurrency", "tracking_uri", "experiment")  # settings that do not change a search's trials
+PICK_SETTINGS = ("confirm_seeds", "pick_margin")  # settings that change only the pick after the trials
 
 
 def _resolved(settings: TuneSettings) -> TuneSettings:
@@ -240,10 +244,7 @@ def _plan(settings: TuneSettings) -> tuple[list[str], Sweep, list[TrialSpec]]:
     return methods, sweep, plan_trials(methods, settings.trials, settings.seed, embedding_dim, accept=lambda m, o: _fits(settings, sweep, m, o))
 
 
-def planned_search(settings: TuneSettings) -> dict[str, Any]:
-    """What ``run_search`` writes to ``tune.json`` (settings, methods, trials); nothing is trained."""
-    settings = _resolved(settings)
-    methods, _, specs = _plan(settings)
+def _plan_record(settings: TuneSettings, methods: list[str], specs: list[TrialSpec]) -> dict[str, Any]:
     return {
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()},
         "methods": methods,
@@ -251,11 +252,18 @@ def planned_search(settings: TuneSettings) -> dict[str, Any]:
     }
 
 
-def same_plan(recorded: dict[str, Any] | None, planned: dict[str, Any]) -> bool:
-    """Whether a ``tune.json`` is the search ``planned`` would run (runtime settings aside)."""
+def planned_search(settings: TuneSettings) -> dict[str, Any]:
+    """What ``run_search`` writes to ``tune.json`` (settings, methods, trials); nothing is trained."""
+    settings = _resolved(settings)
+    methods, _, specs = _plan(settings)
+    return _plan_record(settings, methods, specs)
+
+
+def same_plan(recorded: dict[str, Any] | None, planned: dict[str, Any], ignore: tuple[str, ...] = RUNTIME_SETTINGS) -> bool:
+    """Whether a ``tune.json`` is the search ``planned`` would run (the settings in ``ignore`` aside)."""
 
     def key(plan: dict[str, Any]) -> dict[str, Any]:
-        return plan | {"settings": {k: v for k, v in plan.get("settings", {}).items() if k not in RUNTIME_SETTINGS}}
+        return plan | {"settings": {k: v for k, v in plan.get("settings", {}).items() if k not in ignore}}
 
     return recorded is not None and key(recorded) == key(planned)
 
@@ -268,14 +276,12 @@ def run_search(settings: TuneSettings) -> TrialResult | None:
     out = settings.out
     out.mkdir(parents=True, exist_ok=True)
     (out / "best.json").unlink(missing_ok=True)  # a pick of an earlier plan is not this search's (rewritten when it finishes)
-    write_json(
-        out / "tune.json",
-        {
-            "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()},
-            "methods": methods,
-            "trials": [asdict(s) for s in specs],
-        },
-    )
+    plan = _plan_record(settings, methods, specs)
+    # a finished search of the same trials is not run again: only the pick (and any confirmation it lacks) is redone
+    searched = same_plan(read_json(out / "tune.json"), plan, RUNTIME_SETTINGS + PICK_SETTINGS) and (out / SEARCHED).exists()
+    if not searched:
+        (out / SEARCHED).unlink(missing_ok=True)
+    write_json(out / "tune.json", plan)
     tracking = TrackingConfig(
         tracking_uri=settings.tracking_uri or base.tracking.tracking_uri,
         experiment=settings.experiment,
@@ -295,8 +301,14 @@ def run_search(settings: TuneSettings) -> TrialResult | None:
     )
     status = "FAILED"
     try:
-        last = _tune(settings, methods, specs, base.training.epochs)
+        if searched:
+            print(f"recsys tune: the search in {out} finished before; picking again", flush=True)
+            last = {int(k): float(v) for k, v in read_json(out / SEARCHED)["last_valid_auc"].items()}
+        else:
+            last = _tune(settings, methods, specs, base.training.epochs)
         results = _collect(settings, specs, last)
+        if not searched and not any(r.status == "failed" for r in results):  # a failed trial is retried by a rerun
+            write_json(out / SEARCHED, {"last_valid_auc": {str(k): v for k, v in last.items()}})
         for spec, result in zip(specs, results):
             _log_child(tracking, parent.run_id, spec, result)
         write_csv(results, out / "trials.csv")
