@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pyarrow as pa
 import pytest
 
 from recsys.data import kernels
-from recsys.data.convert import convert
 from recsys.data.parse import MISSING_ID, hash_multi, hash_single, hash_single_reference
 from recsys.data.vocab import FastCounter, FrequencyCounter, Vocabulary
 from recsys.features import MISSING_INDEX, OOV_INDEX
 from recsys.hashing import hash64_str, hash64_strings
+from tests.convert_support import assert_same_without
 
-ROOT = Path(__file__).resolve().parents[2]
 pytest.importorskip("recsys.data.fastcat", reason="the C extension is not built (pip install -e .); scripts/check_install.py fails then")
 
 
@@ -136,24 +129,5 @@ def test_vocabulary_lookup_equals_the_pandas_reference():
         kernels.IdIndex(np.array([5, 6, 5], np.int64))
 
 
-def _md5s(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-_WITHOUT_KERNEL = (
-    "import sys; sys.modules['recsys.data.fastcat'] = None; from pathlib import Path; from recsys.data.convert import convert; "
-    "convert('criteo', Path(sys.argv[1]), Path(sys.argv[2]), progress=False, min_count=2)"
-)
-
-
 def test_a_conversion_without_the_kernel_writes_the_same_bytes_and_warns_once(tmp_path):
-    from recsys.training.bench.convert_bench import write_random_criteo
-
-    source = tmp_path / "in.tsv"
-    write_random_criteo(source, 2000, seed=5)
-    convert("criteo", source, tmp_path / "a" / "out", progress=False, min_count=2)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    run = subprocess.run([sys.executable, "-c", _WITHOUT_KERNEL, str(source), str(tmp_path / "b" / "out")], env=env, capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
-    assert run.stderr.count("recsys.data.fastcat is not built") == 1, run.stderr
-    assert _md5s(tmp_path / "a" / "out") == _md5s(tmp_path / "b" / "out")
+    assert_same_without("recsys.data.fastcat", tmp_path, rows=2000, seed=5)

@@ -3,10 +3,6 @@ and the converter's checks: the same values bit for bit where it parses, and tod
 
 from __future__ import annotations
 
-import hashlib
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +17,9 @@ from recsys.data.formats import CRITEO_DENSE, CRITEO_SPARSE, InputFormat, open_f
 from recsys.data.textreader import TextFormat, read_chunks
 from recsys.data.typed import dense_values
 from recsys.hashing import hash64_strings
+from tests.convert_support import assert_same_without, digests
 
 pytest.importorskip("recsys.data.fastparse", reason="the C extension is not built (pip install -e .); scripts/check_install.py fails then")
-ROOT = Path(__file__).resolve().parents[2]
 NAMES = ["label", *CRITEO_DENSE, *CRITEO_SPARSE]
 ODD_LABELS = ["", "2", "-1", "1.0", "01", " 1", "+1", "0 "]
 ODD_DENSE = ["+1", "1.5", "1e5", "-", "nan", "inf", " 3", "3 ", "0x1f", "1" * 19, "-" + "9" * 19, "é", '"7"']
@@ -131,10 +127,6 @@ def test_blocks_parse_bit_for_bit_as_pyarrow_and_the_checks_or_are_declined(tmp_
     assert accepted > 100 and declined > 40
 
 
-def _digests(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
 def _write(path: Path, lines: list[bytes], end: bytes = b"\n") -> Path:
     path.write_bytes(b"\n".join(lines) + end)
     return path
@@ -158,7 +150,7 @@ def test_a_file_of_fast_and_declined_blocks_converts_to_the_same_bytes(tmp_path:
             _without_fast(monkeypatch)
         out = tmp_path / f"fast-{fast}" / "ds"
         spec = convert("criteo", src, out, on_bad_row="skip", chunk_rows=300, rows_per_file=500, progress=False)
-        results.append((_digests(out), spec.bad_rows, spec.bad_rows_by_reason))
+        results.append((digests(out), spec.bad_rows, spec.bad_rows_by_reason))
     assert results[0] == results[1] and results[0][1] > 0 and len(results[0][0]) > 30
 
 
@@ -191,7 +183,7 @@ def test_a_bad_row_after_fast_blocks_is_named_with_its_true_line(tmp_path: Path,
             _without_fast(monkeypatch)
         try:
             spec = convert("criteo", src, tmp_path / f"o-{fast}" / "ds", chunk_rows=400, progress=False)
-            outcomes.append(("ok", sum(s.rows for s in spec.splits.values()), _digests(tmp_path / f"o-{fast}" / "ds")))
+            outcomes.append(("ok", sum(s.rows for s in spec.splits.values()), digests(tmp_path / f"o-{fast}" / "ds")))
         except ConversionError as exc:
             outcomes.append(("error", str(exc), exc.line, exc.field))
     assert outcomes[0] == outcomes[1]
@@ -208,23 +200,8 @@ def test_a_carriage_return_anywhere_turns_the_fast_path_off(tmp_path: Path) -> N
     assert sum(c.table.num_rows for c in chunks) == 200 and all(isinstance(c.table, pa.Table) for c in chunks)
 
 
-_WITHOUT_PARSER = (
-    "import sys; sys.modules['recsys.data.fastparse'] = None; from pathlib import Path; from recsys.data.convert import convert; "
-    "convert('criteo', Path(sys.argv[1]), Path(sys.argv[2]), progress=False, min_count=2)"
-)
-
-
 def test_a_conversion_without_the_parser_writes_the_same_bytes_and_warns_once(tmp_path: Path) -> None:
-    from recsys.training.bench.convert_bench import write_random_criteo
-
-    source = tmp_path / "in.tsv"
-    write_random_criteo(source, 3000, seed=4)
-    convert("criteo", source, tmp_path / "a" / "out", progress=False, min_count=2)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    run = subprocess.run([sys.executable, "-c", _WITHOUT_PARSER, str(source), str(tmp_path / "b" / "out")], env=env, capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
-    assert run.stderr.count("recsys.data.fastparse is not built") == 1, run.stderr
-    assert _digests(tmp_path / "a" / "out") == _digests(tmp_path / "b" / "out")
+    assert_same_without("recsys.data.fastparse", tmp_path, rows=3000, seed=4)
 
 
 def test_without_a_label_column_a_blank_row_is_declined_and_others_parsed() -> None:
