@@ -14,6 +14,16 @@ def _comma_list(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number of epochs like 3") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be >= 1")
+    return value
+
+
 def _non_negative(text: str) -> float:
     try:
         value = float(text)
@@ -85,6 +95,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         config=Path(args.config) if args.config else None,
         sets=list(args.set or []),
         concurrency=args.concurrency,
+        grace_epochs=args.grace_epochs,
         search_rows=args.search_rows,
         confirm_seeds=args.confirm_seeds,
         pick_margin=args.pick_margin,
@@ -123,6 +134,12 @@ def _add_tune_parser(sub: argparse._SubParsersAction) -> None:
     tune.add_argument("--quick", action="store_true", help="20k train rows, 1 epoch (the bench's --quick)")
     tune.add_argument("--seed", type=int, default=0, help="seed of the trial draw and of training")
     tune.add_argument("--concurrency", type=int, default=None, help="trials at once (default: as many as Ray has CPUs)")
+    tune.add_argument(
+        "--grace-epochs",
+        type=_positive_int,
+        default=1,
+        help="epochs every trial trains before ASHA may stop it (default 1; slow starters such as dsl need 3 on small sets)",
+    )
     tune.add_argument(
         "--search-rows",
         type=int,

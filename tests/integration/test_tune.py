@@ -159,3 +159,31 @@ def test_a_draw_that_cannot_meet_the_budget_is_drawn_again() -> None:
     assert all(accept(t.method, t.options) for t in a[2:]) and {t.method for t in a[2:]} == {"hash", "qr"}
     assert any(t.options.get("embedding.options.combiner") == "concat" for t in plan_trials(["qr"], 12, seed=1, embedding_dim=16))
     assert [t.method for t in plan_trials(["qr"], 5, seed=1, embedding_dim=16, accept=lambda m, o: False)] == ["qr"], "defaults only"
+
+
+def test_cli_search_settings_reach_the_search_and_bad_ones_are_refused(tiny, tmp_path, monkeypatch, capsys) -> None:
+    import recsys.training.tune.search as search
+
+    seen: list[TuneSettings] = []
+
+    class Stop(Exception):
+        pass
+
+    def fake(settings: TuneSettings) -> None:
+        seen.append(settings)
+        raise Stop
+
+    monkeypatch.setattr(search, "run_search", fake)
+    args = ["tune", "--dataset", str(tiny), "--budget", "10", "--out", str(tmp_path / "t")]
+    with pytest.raises(Stop):
+        main([*args, "--grace-epochs", "3", "--pick-margin", "1.5", "--confirm-seeds", "2", "--search-rows", "500"])
+    (s,) = seen
+    assert (s.grace_epochs, s.pick_margin, s.confirm_seeds, s.search_rows) == (3, 1.5, 2, 500)
+    for flag, value, message in [
+        ("--grace-epochs", "0", "must be >= 1"),
+        ("--grace-epochs", "two", "expected a whole number"),
+        ("--pick-margin", "-1", "must be >= 0"),
+    ]:
+        with pytest.raises(SystemExit):
+            main([*args, flag, value])
+        assert message in capsys.readouterr().err, flag
