@@ -14,7 +14,7 @@ def _comma_list(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
-def _positive_int(text: str) -> int:
+def _epochs(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -136,7 +136,7 @@ def _add_tune_parser(sub: argparse._SubParsersAction) -> None:
     tune.add_argument("--concurrency", type=int, default=None, help="trials at once (default: as many as Ray has CPUs)")
     tune.add_argument(
         "--grace-epochs",
-        type=_positive_int,
+        type=_epochs,
         default=1,
         help="epochs every trial trains before ASHA may stop it (default 1; slow starters such as dsl need 3 on small sets)",
     )

@@ -26,7 +26,10 @@ from recsys.training.tune.space import TrialSpec
 
 def kept_trials(specs: list[TrialSpec]) -> set[str]:
     """Names of the trials ASHA must not stop: each baseline method's first planned trial."""
-    return {next(s.name for s in specs if s.method == m) for m in BASELINES if any(s.method == m for s in specs)}
+    first: dict[str, str] = {}
+    for spec in specs:
+        first.setdefault(spec.method, spec.name)
+    return {first[m] for m in BASELINES if m in first}
 
 
 class KeepBaselinesASHA(ASHAScheduler):
