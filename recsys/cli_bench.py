@@ -98,6 +98,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         grace_epochs=args.grace_epochs,
         search_rows=args.search_rows,
         confirm_seeds=args.confirm_seeds,
+        confirm_folds=args.confirm_folds,
         pick_margin=args.pick_margin,
         tracking_uri=args.tracking_uri,
         experiment=args.experiment,
@@ -122,7 +123,7 @@ def _add_tune_parser(sub: argparse._SubParsersAction) -> None:
         description="Search methods and their key options at one memory budget on Ray Tune (seeded trials, ASHA early "
         "stopping on validation AUC, one MLflow parent run with a child per trial). Each trial is a `recsys bench quality` "
         "point (same defaults and --set) plus the trial's options. Rerunning the same command resumes: finished trials "
-        "are read back; once every trial has ended, a rerun (with another --pick-margin or --confirm-seeds, say) redoes only "
+        "are read back; once every trial has ended, a rerun (with another --pick-margin, --confirm-seeds or --confirm-folds, say) redoes only "
         "the pick. Writes DIR/best.yaml (run it with `recsys train --config DIR/best.yaml`), trials.csv, pareto.png.",
     )
     tune.add_argument("--dataset", required=True, help="dataset folder (holds dataset.json)")
@@ -152,6 +153,13 @@ def _add_tune_parser(sub: argparse._SubParsersAction) -> None:
         default=1,
         help="retrain the best trial and the best baseline trial at this many fresh seeds; the pick compares them over all "
         "their seeds (default 1; 0: one seed each)",
+    )
+    tune.add_argument(
+        "--confirm-folds",
+        type=int,
+        default=0,
+        help="instead, retrain both on K folds of train+valid (the search rows) and compare them on every held-out fold: "
+        "K times the validation rows, for small sets where one split cannot tell methods apart (default 0: off; else >= 2)",
     )
     tune.add_argument(
         "--pick-margin",

@@ -96,6 +96,24 @@ def test_tune_quick_writes_a_best_config_that_trains(tiny, ray_cluster, tmp_path
     assert json.loads((out / "best.json").read_text())["trial"] == top["trial"], "margin 0 re-picks the plain best"
     assert all(p.stat().st_mtime_ns == t for p, t in stamp.items()), "another margin trains no trial"
 
+    capsys.readouterr()
+    assert main([*args, "--confirm-folds", "3"]) == 0
+    assert "finished before; picking again" in capsys.readouterr().out, "folds change only the pick"
+    folded = json.loads((out / "best.json").read_text())
+    assert folded["pick"]["ranked_by"] == "mean AUC over 3 folds" and folded["pick"]["seeds"] == 3, folded
+    held = [json.loads((out / "folds" / f"fold{i}" / "dataset.json").read_text())["splits"]["valid"]["rows"] for i in range(3)]
+    source = json.loads((tiny / "dataset.json").read_text())["splits"]
+    assert sum(held) == source["train"]["rows"] + source["valid"]["rows"], "every train and valid row is held out once"
+    runs = sorted(p.parent.parent.name for p in out.glob("confirm/*/fold*/confirm.json"))
+    methods = {r["trial"]: r["method"] for r in rows}
+    assert sorted(methods[t] for t in set(runs)) == ["hash", "hybrid"] and len(runs) == 6, "each method's leader on each fold"
+    for i in range(3):  # the fold runs are scored on their fold's held-out rows
+        assert len(load_tensors(out / "confirm" / runs[0] / f"fold{i}" / "valid_scores.safetensors")["labels"]) == held[i]
+    assert folded["trial"] in runs and folded["pick"]["best_by_valid_auc"] in runs
+    for path, t in stamp.items():  # a trial is trained again only when ASHA had stopped it and the folds picked it
+        if path.stat().st_mtime_ns != t:
+            assert path.parent.name == folded["trial"] and json.loads(path.read_text())["finished"] == "after ASHA"
+
     rows = list(csv.DictReader((out / "trials.csv").open()))
     best = next(r for r in rows if r["trial"] == json.loads((out / "best.json").read_text())["trial"])
     assert yaml.safe_load((out / "best.yaml").read_text())["embedding"]["method"] == best["method"]
@@ -113,6 +131,19 @@ def test_impossible_budget_names_the_method_and_bytes(tiny, tmp_path) -> None:
         feasible_methods(settings)
     assert not (tmp_path / "t").exists()
     assert main(["tune", "--dataset", str(tiny), "--budget", "1000", "--methods", "qr", "--out", str(tmp_path / "t"), "--quick"]) == 2
+
+
+def test_one_fold_is_refused_in_the_cli_and_the_suite(tiny, tmp_path) -> None:
+    from pydantic import ValidationError
+
+    from recsys.training.bench.tuned import SuiteTune
+    from recsys.training.tune.search import planned_search
+
+    with pytest.raises(TuneError, match="confirm_folds 1: 0 .* or at least 2 folds"):
+        planned_search(TuneSettings(dataset=tiny, budget=10, methods=["hash"], out=tmp_path / "t", quick=True, confirm_folds=1))
+    with pytest.raises(ValidationError, match="1 fold is no cross-validation"):
+        SuiteTune(trials=4, confirm_folds=1)
+    assert SuiteTune(trials=4, confirm_folds=5).confirm_folds == 5
 
 
 def test_search_rows_limit_the_trials_not_the_best_config(tiny, tmp_path) -> None:
@@ -176,9 +207,9 @@ def test_cli_search_settings_reach_the_search_and_bad_ones_are_refused(tiny, tmp
     monkeypatch.setattr(search, "run_search", fake)
     args = ["tune", "--dataset", str(tiny), "--budget", "10", "--out", str(tmp_path / "t")]
     with pytest.raises(Stop):
-        main([*args, "--grace-epochs", "3", "--pick-margin", "1.5", "--confirm-seeds", "2", "--search-rows", "500"])
+        main([*args, "--grace-epochs", "3", "--pick-margin", "1.5", "--confirm-seeds", "2", "--search-rows", "500", "--confirm-folds", "4"])
     (s,) = seen
-    assert (s.grace_epochs, s.pick_margin, s.confirm_seeds, s.search_rows) == (3, 1.5, 2, 500)
+    assert (s.grace_epochs, s.pick_margin, s.confirm_seeds, s.search_rows, s.confirm_folds) == (3, 1.5, 2, 500, 4)
     for flag, value, message in [
         ("--grace-epochs", "0", "must be >= 1"),
         ("--grace-epochs", "two", "expected a whole number"),

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from recsys.metrics import auc
-from recsys.training.tune.pick import choose
+from recsys.training.tune.pick import choose, choose_by_folds, method_leaders, paired_lead
 from recsys.training.tune.report import TrialResult
 
 N = 2000
@@ -43,7 +43,15 @@ def test_a_clear_lead_keeps_the_best() -> None:
     hybrid = trial("t2_hybrid", "hybrid", SIGNAL)
     p = pick([qr, hybrid])
     assert p.trial is hybrid[0] and p.lead > 3 * p.lead_se, p.reason
-    assert p.record() == {"rule": p.reason, "best_by_valid_auc": "t2_hybrid", "baseline": "t1_qr", "lead": p.lead, "lead_se": p.lead_se, "seeds": 1}
+    assert p.record() == {
+        "rule": p.reason,
+        "best_by_valid_auc": "t2_hybrid",
+        "baseline": "t1_qr",
+        "lead": p.lead,
+        "lead_se": p.lead_se,
+        "seeds": 1,
+        "ranked_by": "validation AUC",
+    }
 
 
 def test_the_margin_is_in_standard_errors() -> None:
@@ -91,3 +99,50 @@ def test_a_lead_at_one_seed_that_a_fresh_seed_undoes_keeps_the_baseline() -> Non
     assert two.trial is qr[0], "the mean over both seeds is no lead"
     uneven = {"t0_qr": [(LABELS, qr0)], "t1_unified": [(LABELS, lucky), (LABELS, unlucky)]}
     assert choose([qr[0], unified[0]], lambda r: uneven[r.trial]).seeds == 1, "only the seeds both have"
+
+
+def _folds(k: int, n: int, noise: dict[str, float], seed: int) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+    """Each method's (labels, scores) on k held-out folds of n rows (other rows per fold)."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {m: [] for m in noise}
+    for _ in range(k):
+        y = (rng.random(n) < 0.3).astype(np.float64)
+        signal = y + rng.normal(0, 1.2, n)
+        for m, sd in noise.items():
+            out[m].append((y, signal + rng.normal(0, sd, n)))
+    return out
+
+
+def test_folds_average_the_paired_lead_and_shrink_its_error() -> None:
+    scores = _folds(5, 600, {"qr": 0.9, "dsl": 0.7}, seed=1)
+    lead, se = paired_lead(scores["dsl"], scores["qr"], same_rows=False)
+    assert lead == pytest.approx(np.mean([auc(y, p) - auc(y, q) for (y, p), (_, q) in zip(scores["dsl"], scores["qr"])]))
+    _, one = paired_lead(scores["dsl"][:1], scores["qr"][:1])
+    assert se < 0.7 * one, "five folds of rows: a smaller standard error than one fold's"
+    with pytest.raises(ValueError, match="scored different validation rows"):
+        paired_lead(scores["dsl"], scores["qr"]), "folds are not one validation split"
+    with pytest.raises(ValueError, match="x and y scored different"):
+        paired_lead(scores["dsl"], scores["qr"][::-1], names=("x", "y"), same_rows=False)
+
+
+def test_choose_by_folds_ranks_by_the_fold_mean_and_keeps_the_margin() -> None:
+    results = {
+        "t0_hash": TrialResult("t0_hash", "hash", {}, "ok", {"valid_auc": 0.60}),
+        "t1_qr": TrialResult("t1_qr", "qr", {}, "ok", {"valid_auc": 0.75}),
+        "t2_dsl": TrialResult("t2_dsl", "dsl", {}, "stopped", last_valid_auc=0.70),
+        "t3_dsl": TrialResult("t3_dsl", "dsl", {}, "stopped", last_valid_auc=0.65),
+        "t4_unified": TrialResult("t4_unified", "unified", {}, "ok", {"valid_auc": 0.76}),
+    }
+    leaders = method_leaders(list(results.values()))
+    assert [r.trial for r in leaders] == ["t0_hash", "t1_qr", "t2_dsl", "t4_unified"], "a method ASHA stopped is its best stopped trial"
+    clear = _folds(4, 800, {"t0_hash": 2.0, "t1_qr": 1.0, "t2_dsl": 0.3, "t4_unified": 1.0}, seed=2)
+    p = choose_by_folds(leaders, lambda r: clear[r.trial])
+    assert p.trial is results["t2_dsl"] and p.baseline is results["t1_qr"] and p.seeds == 4, p.reason
+    assert "over 4 folds exceeds 2 standard error" in p.reason and p.record()["ranked_by"] == "mean AUC over 4 folds"
+    close = _folds(4, 800, {"t0_hash": 2.0, "t1_qr": 0.8, "t2_dsl": 0.8, "t4_unified": 0.78}, seed=3)  # unified just ahead
+    p = choose_by_folds(leaders, lambda r: close[r.trial])
+    assert p.best.trial == max(leaders, key=lambda r: np.mean([auc(y, s) for y, s in close[r.trial]])).trial
+    assert p.best is results["t4_unified"] and p.trial is results["t1_qr"] and "within 2 standard error" in p.reason, "equal models: the baseline"
+    missing = {**clear, "t2_dsl": clear["t2_dsl"][:3]}
+    p = choose_by_folds(leaders, lambda r: missing[r.trial])
+    assert p.best is not results["t2_dsl"] and p.seeds == 4, "a candidate missing a fold is left out"

@@ -41,6 +41,7 @@ class SuiteTune(BaseModel):
     grace_epochs: int = Field(1, ge=1)  # ASHA: epochs every trial gets before it can be stopped
     search_rows: int | None = Field(None, ge=1)  # recsys tune --search-rows: trials on the first N train rows
     confirm_seeds: int = Field(1, ge=0)  # recsys tune --confirm-seeds: the leaders retrained at fresh seeds
+    confirm_folds: int = Field(0, ge=0)  # recsys tune --confirm-folds: instead, on K folds of train+valid (0 or >= 2)
     pick_margin: float = Field(2.0, ge=0)  # recsys tune --pick-margin: standard errors the pick must beat the best baseline by
 
     @field_validator("methods")
@@ -57,6 +58,13 @@ class SuiteTune(BaseModel):
         if methods is not None and not methods:
             raise ValueError("an empty list searches nothing; leave 'methods' out for recsys tune's default")
         return methods
+
+    @field_validator("confirm_folds")
+    @classmethod
+    def _folds(cls, folds: int) -> int:
+        if folds == 1:
+            raise ValueError("1 fold is no cross-validation: 0 (off) or at least 2")
+        return folds
 
     @field_validator("budgets")
     @classmethod
@@ -105,6 +113,7 @@ def tune_settings(tune: SuiteTune, sweep: SweepSettings, budget: float) -> TuneS
         grace_epochs=tune.grace_epochs,
         search_rows=tune.search_rows,
         confirm_seeds=tune.confirm_seeds,
+        confirm_folds=tune.confirm_folds,
         pick_margin=tune.pick_margin,
         drop_infeasible=True,
         tracking_uri=sweep.tracking_uri,

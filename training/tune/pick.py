@@ -23,7 +23,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -44,18 +44,20 @@ class Pick:
     on validation AUC, its bootstrap standard error, and the rule's verdict."""
 
     trial: TrialResult | None
-    best: TrialResult | None = None  # the best trial by validation AUC
+    best: TrialResult | None = None  # the best trial by validation AUC (by mean AUC over the folds: choose_by_folds)
     baseline: TrialResult | None = None  # the best baseline trial compared with it
     lead: float | None = None  # valid AUC of best minus baseline (mean over the seeds both have)
     lead_se: float | None = None  # bootstrap standard error of that difference (paired: same rows)
-    seeds: int = 0  # seeds the lead is averaged over
+    seeds: int = 0  # seeds (or folds) the lead is averaged over
     reason: str = "no trial finished"
+    ranked_by: str = "validation AUC"  # or "mean AUC over K folds" (choose_by_folds; then `best` is the best by that)
 
     def record(self) -> dict[str, Any]:
         """What ``best.json`` keeps of the decision."""
         return {
             "rule": self.reason,
             "best_by_valid_auc": None if self.best is None else self.best.trial,
+            "ranked_by": self.ranked_by,
             "baseline": None if self.baseline is None else self.baseline.trial,
             "lead": self.lead,
             "lead_se": self.lead_se,
@@ -85,18 +87,87 @@ def choose(results: list[TrialResult], scores: Scores, margin: float = 1.0, seed
         lead = best.metrics["valid_auc"] - baseline.metrics["valid_auc"]
         why = "margin 0: the best by validation AUC" if margin <= 0 else "no validation scores to compare: the best by validation AUC"
         return Pick(best, best, baseline, lead, reason=why)
-    labels = a[0][0]
-    for x_labels, _ in (*a[:seeds], *b[:seeds]):
-        if x_labels.shape != labels.shape or not np.array_equal(x_labels, labels):
-            raise ValueError(f"trials {best.trial} and {baseline.trial} scored different validation rows; a paired comparison needs the same rows")
-    vectors = {f"best{i}": a[i][1] for i in range(seeds)} | {f"baseline{i}": b[i][1] for i in range(seeds)}
-    boot = bootstrap_aucs(labels, vectors, RESAMPLES, seed)
-    diff = np.mean([boot[f"best{i}"] - boot[f"baseline{i}"] for i in range(seeds)], axis=0)
-    lead = float(np.mean([auc(labels, a[i][1]) - auc(labels, b[i][1]) for i in range(seeds)]))
-    se = float(np.nanstd(diff, ddof=1))
-    over = f"over {seeds} seed{'s' if seeds > 1 else ''}"
+    return _verdict(best, baseline, a[:seeds], b[:seeds], margin, seed)
+
+
+def method_leaders(results: list[TrialResult]) -> list[TrialResult]:
+    """Each method's best finished trial by validation AUC, or where ASHA stopped all of its trials
+    the one with the best last reported validation AUC (what ``choose_by_folds`` retrains and ranks:
+    a slow starter stopped early gets its full run on the folds)."""
+    out = []
+    for method in dict.fromkeys(r.method for r in results):
+        mine = [r for r in results if r.method == method]
+        stopped = [r for r in mine if r.status == "stopped" and r.last_valid_auc is not None]
+        best = best_trial(mine) or max(stopped, key=lambda r: r.last_valid_auc or 0.0, default=None)
+        if best is not None:
+            out.append(best)
+    return out
+
+
+def choose_by_folds(candidates: list[TrialResult], scores: Scores, margin: float = 2.0, seed: int = 0) -> Pick:
+    """The pick among ``candidates`` (one per method, ``method_leaders``) retrained on the folds of a
+    cross-validation: ranked by mean AUC over the folds (ties: fewer bytes); the best is kept when
+    its paired lead over the best baseline, over all folds, exceeds ``margin`` standard errors.
+    ``scores(trial)`` gives a candidate's (labels, probabilities) per fold; a candidate missing
+    any fold is left out."""
+    folds = max((len(scores(r)) for r in candidates), default=0)
+    fold_scores = {r.trial: scores(r) for r in candidates}
+    done = [r for r in candidates if folds and len(fold_scores[r.trial]) == folds]
+    mean = {r.trial: float(np.mean([auc(y, p) for y, p in fold_scores[r.trial]])) for r in done}
+
+    def rank(rs: list[TrialResult]) -> TrialResult | None:
+        return max(rs, key=lambda r: (mean[r.trial], -r.metrics.get("embedding_bytes", 0)), default=None)
+
+    best, baseline = rank(done), rank([r for r in done if r.method in BASELINES])
+    ranked = f"mean AUC over {folds} folds"
+    if best is None:
+        return choose(candidates, lambda r: [], margin, seed)  # no fold finished: the best by validation AUC
+    if baseline is None or baseline is best:
+        why = "the best over the folds is a baseline" if baseline is best else "no baseline trial finished"
+        return Pick(best, best, baseline, seeds=folds, reason=why, ranked_by=ranked)
+    if margin <= 0:
+        return Pick(
+            best, best, baseline, mean[best.trial] - mean[baseline.trial], seeds=folds, reason="margin 0: the best over the folds", ranked_by=ranked
+        )
+    verdict = _verdict(best, baseline, fold_scores[best.trial], fold_scores[baseline.trial], margin, seed, folds=True)
+    return replace(verdict, ranked_by=ranked)
+
+
+def _verdict(best: TrialResult, baseline: TrialResult, a: list, b: list, margin: float, seed: int, folds: bool = False) -> Pick:
+    """Keep ``best`` when its paired lead over ``baseline`` (replicates ``a``, ``b``: seeds on one
+    validation split, or ``folds``) exceeds ``margin`` standard errors."""
+    lead, se = paired_lead(a, b, seed, (best.trial, baseline.trial), same_rows=not folds)
+    n = len(a)
+    over = f"over {n} {'fold' if folds else 'seed'}{'s' if n > 1 else ''}"
     if lead > margin * se:
         reason = f"lead {lead:+.4f} over {baseline.method} {over} exceeds {margin:g} standard error ({se:.4f})"
-        return Pick(best, best, baseline, lead, se, seeds, reason)
+        return Pick(best, best, baseline, lead, se, n, reason)
     reason = f"lead {lead:+.4f} of {best.method} {over} within {margin:g} standard error ({se:.4f}): the baseline"
-    return Pick(baseline, best, baseline, lead, se, seeds, reason)
+    return Pick(baseline, best, baseline, lead, se, n, reason)
+
+
+def paired_lead(
+    a: list[tuple[np.ndarray, np.ndarray]],
+    b: list[tuple[np.ndarray, np.ndarray]],
+    seed: int = 0,
+    names: tuple[str, str] = ("a", "b"),
+    same_rows: bool = True,
+) -> tuple[float, float]:
+    """Mean over replicates of AUC(a[i]) - AUC(b[i]) and its bootstrap standard error.
+
+    Replicate ``i`` of both must score the same rows (raises naming ``names`` otherwise), and with
+    ``same_rows`` (seeds on one validation split) all replicates must: they share one draw of
+    resamples, so the rows' noise is counted once. Otherwise (the folds of a cross-validation)
+    each replicate is resampled on its own rows, and their noise averages out over the folds."""
+    pairs = [(a[0][0], x[0]) for x in (*a, *b)] if same_rows else [(x[0], y[0]) for x, y in zip(a, b)]
+    for la, lb in pairs:
+        if la.shape != lb.shape or not np.array_equal(la, lb):
+            raise ValueError(f"trials {names[0]} and {names[1]} scored different validation rows; a paired comparison needs the same rows")
+    groups = [list(range(len(a)))] if same_rows else [[i] for i in range(len(a))]
+    diffs = []
+    for g, group in enumerate(groups):
+        vectors = {f"a{i}": a[i][1] for i in group} | {f"b{i}": b[i][1] for i in group}
+        boot = bootstrap_aucs(a[group[0]][0], vectors, RESAMPLES, seed + g)
+        diffs += [boot[f"a{i}"] - boot[f"b{i}"] for i in group]
+    lead = float(np.mean([auc(la, pa) - auc(lb, pb) for (la, pa), (lb, pb) in zip(a, b)]))
+    return lead, float(np.nanstd(np.mean(diffs, axis=0), ddof=1))

@@ -11,8 +11,8 @@ search naming the method and the bytes (methods not named with ``--methods``, or
 ``drop_infeasible``, are dropped with that message instead), and a trial's options that cannot
 meet it are drawn again (``plan_trials``' ``accept``): such a trial is skipped, not failed. Resume: a trial folder holding ``metrics.json`` for the same config is
 read back, so rerunning the same command continues a stopped search; a search whose trials all
-ended (none failed) is not run again: a rerun, with another ``pick_margin`` or ``confirm_seeds``
-say, redoes only the pick (``PICK_SETTINGS``). After the search the
+ended (none failed) is not run again: a rerun, with another ``pick_margin``, ``confirm_seeds`` or
+``confirm_folds`` say, redoes only the pick (``PICK_SETTINGS``). After the search the
 driver logs one MLflow parent run with a child run per trial and writes ``trials.csv``,
 ``pareto.png`` and ``best.yaml`` (see ``recsys.training.tune.report``).
 
@@ -26,6 +26,7 @@ import shutil
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,8 @@ from recsys.storage import load_tensors
 from recsys.training.bench.quality import Point, Sweep, SweepSettings
 from recsys.training.jsonfile import read_json, write_json
 from recsys.training.tracking import make_tracker
-from recsys.training.tune.pick import choose, leaders
+from recsys.training.tune.folds import confirm_on_folds, fold_scores
+from recsys.training.tune.pick import BASELINES, Pick, choose, choose_by_folds, leaders, method_leaders
 from recsys.training.tune.report import TrialResult, pareto_plot, write_best, write_csv
 from recsys.training.tune.space import TrialSpec, plan_trials
 
@@ -68,6 +70,7 @@ class TuneSettings:
     grace_epochs: int = 1  # ASHA: epochs every trial gets before it can be stopped
     search_rows: int | None = None  # trials train on the first N train rows; best.yaml on all of them (None: all)
     confirm_seeds: int = 1  # the best and the best baseline retrained at this many fresh seeds before the pick
+    confirm_folds: int = 0  # >= 2: instead, both retrained on this many folds of train+valid (recsys.training.tune.folds)
     pick_margin: float = 2.0  # the best beats the best baseline by this many bootstrap standard errors, else the baseline (0: best)
     drop_infeasible: bool = False  # methods named in `methods` that cannot meet the budget are dropped (printed), not an error
     tracking_uri: str | None = None
@@ -226,7 +229,7 @@ def _tune(settings: TuneSettings, methods: list[str], specs: list[TrialSpec], ep
 
 
 RUNTIME_SETTINGS = ("address", "concurrency", "tracking_uri", "experiment")  # settings that do not change a search's trials
-PICK_SETTINGS = ("confirm_seeds", "pick_margin")  # settings that change only the pick after the trials
+PICK_SETTINGS = ("confirm_seeds", "confirm_folds", "pick_margin")  # settings that change only the pick after the trials
 
 
 def _resolved(settings: TuneSettings) -> TuneSettings:
@@ -238,6 +241,8 @@ def _plan(settings: TuneSettings) -> tuple[list[str], Sweep, list[TrialSpec]]:
         raise TuneError(f"search_rows {settings.search_rows}: trials need at least 1 train row")
     if settings.confirm_seeds < 0 or settings.pick_margin < 0:
         raise TuneError(f"confirm_seeds {settings.confirm_seeds} and pick_margin {settings.pick_margin:g} must be >= 0")
+    if settings.confirm_folds == 1 or settings.confirm_folds < 0:
+        raise TuneError(f"confirm_folds {settings.confirm_folds}: 0 (confirm on the validation split) or at least 2 folds")
     methods = feasible_methods(settings)
     sweep = _sweep(settings, methods)
     embedding_dim = sweep.base_config().model.embedding_dim
@@ -309,12 +314,14 @@ def run_search(settings: TuneSettings) -> TrialResult | None:
         results = _collect(settings, specs, last)
         if not searched and not any(r.status == "failed" for r in results):  # a failed trial is retried by a rerun
             write_json(out / SEARCHED, {"last_valid_auc": {str(k): v for k, v in last.items()}})
+        pick = _pick(settings, sweep, specs, results)
+        if pick.trial is not None and pick.trial.status == "stopped":  # picked on the folds: trained to its end, then picked again
+            _finish(settings, sweep, next(s for s in specs if s.name == pick.trial.trial))
+            results = _collect(settings, specs, last)
+            pick = _pick(settings, sweep, specs, results)
         for spec, result in zip(specs, results):
             _log_child(tracking, parent.run_id, spec, result)
         write_csv(results, out / "trials.csv")
-        if settings.pick_margin > 0:
-            _confirm(settings, sweep, specs, [r for r in leaders(results) if r is not None])
-        pick = choose(results, lambda r: _valid_scores(settings, r), settings.pick_margin, settings.seed)
         best = pick.trial
         title = f"recsys tune: {settings.dataset.name}, {settings.budget:g}x, {settings.model}"
         pareto_plot(results, out / "pareto.png", title, picked=best)
@@ -371,6 +378,39 @@ def _confirm(settings: TuneSettings, sweep: Sweep, specs: list[TrialSpec], trial
             folder.mkdir(parents=True)
             train_experiment(cfg, folder)
             write_json(folder / "confirm.json", {"trial": spec.name, "seed": seed, "config": dump})
+
+
+def _pick(settings: TuneSettings, sweep: Sweep, specs: list[TrialSpec], results: list[TrialResult]) -> Pick:
+    """Confirm the leaders (at fresh seeds, or each method's best on the folds) and pick."""
+    k = settings.confirm_folds
+    if settings.pick_margin <= 0:
+        return choose(results, lambda r: [], 0.0, settings.seed)
+    if not k:
+        _confirm(settings, sweep, specs, [r for r in leaders(results) if r is not None])
+        return choose(results, lambda r: _valid_scores(settings, r), settings.pick_margin, settings.seed)
+    candidates = method_leaders(results)
+    if len({r.method in BASELINES for r in candidates}) == 2:  # a baseline and another method: compare on the folds
+        configs = {r.trial: _at_seed(settings, sweep, next(s for s in specs if s.name == r.trial)) for r in candidates}
+        confirm_on_folds(settings.out, k, settings.seed, configs)
+    return choose_by_folds(candidates, lambda r: fold_scores(settings.out, k, r), settings.pick_margin, settings.seed)
+
+
+def _finish(settings: TuneSettings, sweep: Sweep, spec: TrialSpec) -> None:
+    """Train a trial that ASHA stopped to its end, from its checkpoint, in its own folder."""
+    from recsys.training.run import train_experiment
+
+    cfg, folder = trial_config(settings, sweep, spec), Path(settings.out) / "trials" / spec.name
+    dump = cfg.model_dump(mode="json")
+    print(f"recsys tune: finishing {spec.name} (stopped by ASHA, best on the folds)", flush=True)
+    start = time.perf_counter()
+    train_experiment(cfg, folder, resume=True)
+    write_json(
+        folder / "trial.json", {"spec": asdict(spec), "config": dump, "status": "ok", "wall_s": time.perf_counter() - start, "finished": "after ASHA"}
+    )
+
+
+def _at_seed(settings: TuneSettings, sweep: Sweep, spec: TrialSpec) -> Callable[[int], ExperimentConfig]:
+    return lambda seed: trial_config(settings, sweep, spec, seed=seed)
 
 
 def _valid_scores(settings: TuneSettings, result: TrialResult) -> list[tuple[Any, Any]]:
