@@ -6,8 +6,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from recsys.tracking_uri import TRACKING_HELP
+
+if TYPE_CHECKING:
+    from recsys.training.bench.quality import SweepSettings
 
 
 def _comma_list(text: str) -> list[str]:
@@ -68,6 +72,8 @@ def cmd_bench_quality(args: argparse.Namespace) -> int:
         threads=args.threads or None,
         report_only=args.report_only,
     )
+    if args.folds:
+        return _crossval(args, suite, settings)
     if suite is not None:
         summary = run_suite(suite, settings)
         print((Path(args.out) / "summary.md").read_text())
@@ -77,6 +83,17 @@ def cmd_bench_quality(args: argparse.Namespace) -> int:
     print((Path(args.out) / "results.md").read_text())
     print(f"wrote {args.out}/results.csv, results.md, pareto.png")
     return 0 if any(r["seeds_ok"] for r in rows) else 1
+
+
+def _crossval(args: argparse.Namespace, suite: object, settings: SweepSettings) -> int:
+    from recsys.training.bench.crossval import run_crossval
+
+    if suite is not None or args.folds < 2:
+        raise SystemExit(f"error: --folds {args.folds}: cross-validation takes one --dataset and at least 2 folds")
+    rows = run_crossval(settings, args.folds)
+    print((Path(args.out) / "crossval.md").read_text())
+    print(f"wrote {args.out}/crossval.md, crossval.csv, crossval.json, crossval.png and a folder per fold")
+    return 0 if rows else 1
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -230,6 +247,14 @@ def add_bench_commands(sub: argparse._SubParsersAction, with_speed: bool) -> Non
     quality.add_argument("--out", default="bench_out/quality", help="output folder (points/, results.*, pareto.png)")
     quality.add_argument("--quick", action="store_true", help="20k train rows, 1 epoch, 1 seed, short OptEmbed search: a few minutes")
     quality.add_argument("--rerun", action="store_true", help="retrain points that already finished")
+    quality.add_argument(
+        "--folds",
+        type=int,
+        default=0,
+        help="K-fold cross-validation of one --dataset: the sweep on each of K folds of its train+valid rows (OUT/fold<i>/) "
+        "and OUT/crossval.md, .csv, .json, .png: each method's held-out AUC and paired delta against full and the best "
+        "baseline over all folds, with bootstrap intervals (for small sets, whose test split is too few rows; default 0: off)",
+    )
     quality.add_argument(
         "--report-only",
         action="store_true",

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from recsys.metrics import auc
-from recsys.training.tune.pick import choose, choose_by_folds, method_leaders, paired_lead
+from recsys.training.bench.bootstrap import paired_lead
+from recsys.training.tune.pick import choose, choose_by_folds, method_leaders
 from recsys.training.tune.report import TrialResult
 
 N = 2000
@@ -115,14 +116,14 @@ def _folds(k: int, n: int, noise: dict[str, float], seed: int) -> dict[str, list
 
 def test_folds_average_the_paired_lead_and_shrink_its_error() -> None:
     scores = _folds(5, 600, {"qr": 0.9, "dsl": 0.7}, seed=1)
-    lead, se = paired_lead(scores["dsl"], scores["qr"], same_rows=False)
+    lead, se = paired_lead(scores["dsl"], scores["qr"], rows=list(range(5)))
     assert lead == pytest.approx(np.mean([auc(y, p) - auc(y, q) for (y, p), (_, q) in zip(scores["dsl"], scores["qr"])]))
     _, one = paired_lead(scores["dsl"][:1], scores["qr"][:1])
     assert se < 0.7 * one, "five folds of rows: a smaller standard error than one fold's"
     with pytest.raises(ValueError, match="scored different validation rows"):
         paired_lead(scores["dsl"], scores["qr"]), "folds are not one validation split"
     with pytest.raises(ValueError, match="x and y scored different"):
-        paired_lead(scores["dsl"], scores["qr"][::-1], names=("x", "y"), same_rows=False)
+        paired_lead(scores["dsl"], scores["qr"][::-1], names=("x", "y"), rows=list(range(5)))
 
 
 def test_choose_by_folds_ranks_by_the_fold_mean_and_keeps_the_margin() -> None:

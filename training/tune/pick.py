@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from recsys.metrics import auc
-from recsys.training.bench.bootstrap import bootstrap_aucs
+from recsys.training.bench.bootstrap import paired_lead
 from recsys.training.tune.report import TrialResult, best_trial
 
 BASELINES = ("hash", "qr")  # what a compressed method must beat, beyond noise, to be picked
@@ -136,7 +136,7 @@ def choose_by_folds(candidates: list[TrialResult], scores: Scores, margin: float
 def _verdict(best: TrialResult, baseline: TrialResult, a: list, b: list, margin: float, seed: int, folds: bool = False) -> Pick:
     """Keep ``best`` when its paired lead over ``baseline`` (replicates ``a``, ``b``: seeds on one
     validation split, or ``folds``) exceeds ``margin`` standard errors."""
-    lead, se = paired_lead(a, b, seed, (best.trial, baseline.trial), same_rows=not folds)
+    lead, se = paired_lead(a, b, RESAMPLES, seed, (best.trial, baseline.trial), rows=list(range(len(a))) if folds else None)
     n = len(a)
     over = f"over {n} {'fold' if folds else 'seed'}{'s' if n > 1 else ''}"
     if lead > margin * se:
@@ -144,30 +144,3 @@ def _verdict(best: TrialResult, baseline: TrialResult, a: list, b: list, margin:
         return Pick(best, best, baseline, lead, se, n, reason)
     reason = f"lead {lead:+.4f} of {best.method} {over} within {margin:g} standard error ({se:.4f}): the baseline"
     return Pick(baseline, best, baseline, lead, se, n, reason)
-
-
-def paired_lead(
-    a: list[tuple[np.ndarray, np.ndarray]],
-    b: list[tuple[np.ndarray, np.ndarray]],
-    seed: int = 0,
-    names: tuple[str, str] = ("a", "b"),
-    same_rows: bool = True,
-) -> tuple[float, float]:
-    """Mean over replicates of AUC(a[i]) - AUC(b[i]) and its bootstrap standard error.
-
-    Replicate ``i`` of both must score the same rows (raises naming ``names`` otherwise), and with
-    ``same_rows`` (seeds on one validation split) all replicates must: they share one draw of
-    resamples, so the rows' noise is counted once. Otherwise (the folds of a cross-validation)
-    each replicate is resampled on its own rows, and their noise averages out over the folds."""
-    pairs = [(a[0][0], x[0]) for x in (*a, *b)] if same_rows else [(x[0], y[0]) for x, y in zip(a, b)]
-    for la, lb in pairs:
-        if la.shape != lb.shape or not np.array_equal(la, lb):
-            raise ValueError(f"trials {names[0]} and {names[1]} scored different validation rows; a paired comparison needs the same rows")
-    groups = [list(range(len(a)))] if same_rows else [[i] for i in range(len(a))]
-    diffs = []
-    for g, group in enumerate(groups):
-        vectors = {f"a{i}": a[i][1] for i in group} | {f"b{i}": b[i][1] for i in group}
-        boot = bootstrap_aucs(a[group[0]][0], vectors, RESAMPLES, seed + g)
-        diffs += [boot[f"a{i}"] - boot[f"b{i}"] for i in group]
-    lead = float(np.mean([auc(la, pa) - auc(lb, pb) for (la, pa), (lb, pb) in zip(a, b)]))
-    return lead, float(np.nanstd(np.mean(diffs, axis=0), ddof=1))
