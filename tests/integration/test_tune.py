@@ -17,6 +17,7 @@ from recsys.data.synthetic import generate
 from recsys.metrics import auc
 from recsys.storage import load_tensors
 from recsys.training.bench.quality import Sweep, SweepSettings
+from recsys.training.tune.folds import fold_runs
 from recsys.training.tune.search import TuneError, TuneSettings, feasible_methods
 
 
@@ -104,11 +105,11 @@ def test_tune_quick_writes_a_best_config_that_trains(tiny, ray_cluster, tmp_path
     held = [json.loads((out / "folds" / f"fold{i}" / "dataset.json").read_text())["splits"]["valid"]["rows"] for i in range(3)]
     source = json.loads((tiny / "dataset.json").read_text())["splits"]
     assert sum(held) == source["train"]["rows"] + source["valid"]["rows"], "every train and valid row is held out once"
-    runs = sorted(p.parent.parent.name for p in out.glob("confirm/*/fold*/confirm.json"))
+    runs = sorted(p.parent.parent.name for p in out.glob("confirm/*/fold*-seed*/confirm.json"))
     methods = {r["trial"]: r["method"] for r in rows}
     assert sorted(methods[t] for t in set(runs)) == ["hash", "hybrid"] and len(runs) == 6, "each method's leader on each fold"
-    for i in range(3):  # the fold runs are scored on their fold's held-out rows
-        assert len(load_tensors(out / "confirm" / runs[0] / f"fold{i}" / "valid_scores.safetensors")["labels"]) == held[i]
+    for i, seed in fold_runs(3, 1, seed=0):  # the fold runs are scored on their fold's held-out rows, each at a fresh seed
+        assert len(load_tensors(out / "confirm" / runs[0] / f"fold{i}-seed{seed}" / "valid_scores.safetensors")["labels"]) == held[i]
     assert folded["trial"] in runs and folded["pick"]["best_by_valid_auc"] in runs
     for path, t in stamp.items():  # a trial is trained again only when ASHA had stopped it and the folds picked it
         if path.stat().st_mtime_ns != t:

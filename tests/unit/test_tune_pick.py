@@ -147,3 +147,14 @@ def test_choose_by_folds_ranks_by_the_fold_mean_and_keeps_the_margin() -> None:
     missing = {**clear, "t2_dsl": clear["t2_dsl"][:3]}
     p = choose_by_folds(leaders, lambda r: missing[r.trial])
     assert p.best is not results["t2_dsl"] and p.seeds == 4, "a candidate missing a fold is left out"
+
+
+def test_folds_at_several_seeds_pair_each_run_with_its_fold() -> None:
+    one, rng = _folds(3, 700, {"t1_qr": 2.0, "t2_dsl": 0.3}, seed=7), np.random.default_rng(8)
+    again = {m: [(y, s + rng.normal(0, 0.3, len(y))) for y, s in one[m]] for m in one}  # a second training seed: the same rows
+    runs = {m: [x for i in range(3) for x in (one[m][i], again[m][i])] for m in one}  # fold by fold, 2 runs each
+    qr, dsl = TrialResult("t1_qr", "qr", {}, "ok", {"valid_auc": 0.7}), TrialResult("t2_dsl", "dsl", {}, "ok", {"valid_auc": 0.8})
+    p = choose_by_folds([qr, dsl], lambda r: runs[r.trial], per_fold=2)
+    assert p.trial is dsl and p.seeds == 6 and "over 3 folds x 2 seeds" in p.reason and p.record()["ranked_by"] == "mean AUC over 3 folds x 2 seeds"
+    with pytest.raises(ValueError, match="scored different validation rows"):
+        choose_by_folds([qr, dsl], lambda r: runs[r.trial], per_fold=3), "runs are paired with the fold they were scored on"

@@ -104,41 +104,46 @@ def method_leaders(results: list[TrialResult]) -> list[TrialResult]:
     return out
 
 
-def choose_by_folds(candidates: list[TrialResult], scores: Scores, margin: float = 2.0, seed: int = 0) -> Pick:
+def choose_by_folds(candidates: list[TrialResult], scores: Scores, margin: float = 2.0, seed: int = 0, per_fold: int = 1) -> Pick:
     """The pick among ``candidates`` (one per method, ``method_leaders``) retrained on the folds of a
     cross-validation: ranked by mean AUC over the folds (ties: fewer bytes); the best is kept when
     its paired lead over the best baseline, over all folds, exceeds ``margin`` standard errors.
-    ``scores(trial)`` gives a candidate's (labels, probabilities) per fold; a candidate missing
-    any fold is left out."""
-    folds = max((len(scores(r)) for r in candidates), default=0)
+    ``scores(trial)`` gives a candidate's (labels, probabilities) per run, fold by fold, ``per_fold``
+    runs (seeds) on each; a candidate missing any run is left out."""
+    runs = max((len(scores(r)) for r in candidates), default=0)
     fold_scores = {r.trial: scores(r) for r in candidates}
-    done = [r for r in candidates if folds and len(fold_scores[r.trial]) == folds]
+    done = [r for r in candidates if runs and len(fold_scores[r.trial]) == runs]
     mean = {r.trial: float(np.mean([auc(y, p) for y, p in fold_scores[r.trial]])) for r in done}
 
     def rank(rs: list[TrialResult]) -> TrialResult | None:
         return max(rs, key=lambda r: (mean[r.trial], -r.metrics.get("embedding_bytes", 0)), default=None)
 
     best, baseline = rank(done), rank([r for r in done if r.method in BASELINES])
-    ranked = f"mean AUC over {folds} folds"
+    ranked = f"mean AUC over {runs // per_fold} folds" + (f" x {per_fold} seeds" if per_fold > 1 else "")
     if best is None:
         return choose(candidates, lambda r: [], margin, seed)  # no fold finished: the best by validation AUC
     if baseline is None or baseline is best:
         why = "the best over the folds is a baseline" if baseline is best else "no baseline trial finished"
-        return Pick(best, best, baseline, seeds=folds, reason=why, ranked_by=ranked)
+        return Pick(best, best, baseline, seeds=runs, reason=why, ranked_by=ranked)
     if margin <= 0:
         return Pick(
-            best, best, baseline, mean[best.trial] - mean[baseline.trial], seeds=folds, reason="margin 0: the best over the folds", ranked_by=ranked
+            best, best, baseline, mean[best.trial] - mean[baseline.trial], seeds=runs, reason="margin 0: the best over the folds", ranked_by=ranked
         )
-    verdict = _verdict(best, baseline, fold_scores[best.trial], fold_scores[baseline.trial], margin, seed, folds=True)
+    verdict = _verdict(best, baseline, fold_scores[best.trial], fold_scores[baseline.trial], margin, seed, per_fold)
     return replace(verdict, ranked_by=ranked)
 
 
-def _verdict(best: TrialResult, baseline: TrialResult, a: list, b: list, margin: float, seed: int, folds: bool = False) -> Pick:
+def _verdict(best: TrialResult, baseline: TrialResult, a: list, b: list, margin: float, seed: int, per_fold: int | None = None) -> Pick:
     """Keep ``best`` when its paired lead over ``baseline`` (replicates ``a``, ``b``: seeds on one
-    validation split, or ``folds``) exceeds ``margin`` standard errors."""
-    lead, se = paired_lead(a, b, RESAMPLES, seed, (best.trial, baseline.trial), rows=list(range(len(a))) if folds else None)
+    validation split, or with ``per_fold`` runs on each fold of a cross-validation) exceeds
+    ``margin`` standard errors."""
+    rows = None if per_fold is None else [i // per_fold for i in range(len(a))]
+    lead, se = paired_lead(a, b, RESAMPLES, seed, (best.trial, baseline.trial), rows=rows)
     n = len(a)
-    over = f"over {n} {'fold' if folds else 'seed'}{'s' if n > 1 else ''}"
+    if per_fold is None:
+        over = f"over {n} seed{'s' if n > 1 else ''}"
+    else:
+        over = f"over {n // per_fold} folds" + (f" x {per_fold} seeds" if per_fold > 1 else "")
     if lead > margin * se:
         reason = f"lead {lead:+.4f} over {baseline.method} {over} exceeds {margin:g} standard error ({se:.4f})"
         return Pick(best, best, baseline, lead, se, n, reason)

@@ -70,7 +70,7 @@ class TuneSettings:
     grace_epochs: int = 1  # ASHA: epochs every trial gets before it can be stopped
     search_rows: int | None = None  # trials train on the first N train rows; best.yaml on all of them (None: all)
     confirm_seeds: int = 1  # the best and the best baseline retrained at this many fresh seeds before the pick
-    confirm_folds: int = 0  # >= 2: instead, both retrained on this many folds of train+valid (recsys.training.tune.folds)
+    confirm_folds: int = 0  # >= 2: instead, each method's best retrained on this many folds of train+valid, at confirm_seeds seeds each
     pick_margin: float = 2.0  # the best beats the best baseline by this many bootstrap standard errors, else the baseline (0: best)
     drop_infeasible: bool = False  # methods named in `methods` that cannot meet the budget are dropped (printed), not an error
     tracking_uri: str | None = None
@@ -388,11 +388,12 @@ def _pick(settings: TuneSettings, sweep: Sweep, specs: list[TrialSpec], results:
     if not k:
         _confirm(settings, sweep, specs, [r for r in leaders(results) if r is not None])
         return choose(results, lambda r: _valid_scores(settings, r), settings.pick_margin, settings.seed)
-    candidates = method_leaders(results)
+    candidates, per_fold = method_leaders(results), max(1, settings.confirm_seeds)
     if len({r.method in BASELINES for r in candidates}) == 2:  # a baseline and another method: compare on the folds
         configs = {r.trial: _at_seed(settings, sweep, next(s for s in specs if s.name == r.trial)) for r in candidates}
-        confirm_on_folds(settings.out, k, settings.seed, configs)
-    return choose_by_folds(candidates, lambda r: fold_scores(settings.out, k, r), settings.pick_margin, settings.seed)
+        confirm_on_folds(settings.out, k, per_fold, settings.seed, configs)
+    scores = lambda r: fold_scores(settings.out, k, per_fold, settings.seed, r)  # noqa: E731
+    return choose_by_folds(candidates, scores, settings.pick_margin, settings.seed, per_fold)
 
 
 def _finish(settings: TuneSettings, sweep: Sweep, spec: TrialSpec) -> None:
