@@ -145,8 +145,14 @@ def _add_tune_parser(sub: argparse._SubParsersAction) -> None:
     )
     tune.add_argument("--dataset", required=True, help="dataset folder (holds dataset.json)")
     tune.add_argument("--budget", type=float, required=True, help="compression ratio: full fp32 bytes / budget")
-    tune.add_argument("--methods", type=_comma_list, default=None, help="comma-separated benchmark methods (default: hash,qr,unified,hybrid,dsl)")
-    tune.add_argument("--trials", type=int, default=10, help="trials, dealt evenly over the methods (default 10)")
+    tune.add_argument(
+        "--methods",
+        type=_comma_list,
+        default=None,
+        help="comma-separated benchmark methods (default: hash,qr,unified,hybrid,dsl,optembed,unified+dsl,unified+optembed; "
+        "those that cannot meet the budget dropped)",
+    )
+    tune.add_argument("--trials", type=int, default=16, help="trials, dealt evenly over the methods, each method's defaults first (default 16)")
     tune.add_argument("--model", default="deepfm", choices=["dlrm", "dcnv2", "deepfm"])
     tune.add_argument("--address", help="Ray cluster address (default: a local Ray)")
     tune.add_argument("--quick", action="store_true", help="20k train rows, 1 epoch (the bench's --quick)")
