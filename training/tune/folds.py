@@ -41,16 +41,25 @@ def _run_folder(out: Path, trial: str, fold: int, seed: int) -> Path:
     return Path(out) / "confirm" / trial / f"fold{fold}-seed{seed}"
 
 
-def confirm_on_folds(out: Path, k: int, per_fold: int, seed: int, configs: dict[str, Callable[[int], ExperimentConfig]]) -> None:
+def confirm_on_folds(
+    out: Path,
+    k: int,
+    per_fold: int,
+    seed: int,
+    configs: dict[str, Callable[[int], ExperimentConfig]],
+    address: str | None = None,
+    concurrency: int | None = None,
+) -> None:
     """Train each trial of ``configs`` (trial name → its config at a seed; all on one dataset) on
-    each fold at ``per_fold`` seeds, with the fold as its dataset (every row of it); runs done
-    before for the same config are read back."""
-    from recsys.training.run import train_experiment
-
+    each fold at ``per_fold`` seeds, with the fold as its dataset (every row of it): one Ray task
+    of one CPU per run, on the local Ray (``concurrency`` CPUs) or the cluster at ``address``
+    (``out`` must then be shared storage, as the trials' folders are). Runs done before for the
+    same config are read back."""
     data = next(iter(configs.values()))(seed).data
     if is_uri(data.path):
         raise ValueError(f"confirm_folds: the dataset {data.path} is not a local folder; folds are written beside the search (copy it locally first)")
     folds = write_folds(Path(data.path), k, seed, Path(out) / FOLDS_DIR, data.max_train_rows, data.max_eval_rows)
+    jobs = []
     for trial, config in configs.items():
         for i, fold_seed in fold_runs(k, per_fold, seed):
             base = config(fold_seed)
@@ -58,13 +67,47 @@ def confirm_on_folds(out: Path, k: int, per_fold: int, seed: int, configs: dict[
             cfg = base.model_copy(update={"data": base.data.model_copy(update=whole)})
             folder, dump = _run_folder(out, trial, i, fold_seed), cfg.model_dump(mode="json")
             record = read_json(folder / "confirm.json")
-            if record is not None and record.get("config") == dump and RunFolder(folder).valid_scores.exists():
-                continue
-            shutil.rmtree(folder, ignore_errors=True)
-            print(f"recsys tune: confirming {trial} on fold {i + 1} of {k} at seed {fold_seed}", flush=True)
-            folder.mkdir(parents=True)
-            train_experiment(cfg, folder)
-            write_json(folder / "confirm.json", {"trial": trial, "fold": i, "seed": fold_seed, "config": dump})
+            if record is None or record.get("config") != dump or not RunFolder(folder).valid_scores.exists():
+                jobs.append((str(folder), {"trial": trial, "fold": i, "seed": fold_seed, "config": dump}))
+    if not jobs:
+        return
+    _run_jobs(jobs, address, concurrency)
+
+
+def _run_jobs(jobs: list[tuple[str, dict[str, Any]]], address: str | None, concurrency: int | None) -> None:
+    import ray
+
+    from recsys.training.ray_trainer import init_ray
+
+    print(f"recsys tune: {len(jobs)} runs on the folds", flush=True)
+    started = init_ray(address, concurrency)
+    try:
+        task = ray.remote(num_cpus=1)(train_fold_run)
+        pending = {task.remote(folder, record): record for folder, record in jobs}
+        done = 0
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            record = pending.pop(ready[0])
+            ray.get(ready[0])  # a failed run fails the search here; a rerun reads the finished ones back
+            done += 1
+            print(f"recsys tune: confirmed {record['trial']} on fold {record['fold'] + 1} at seed {record['seed']} ({done}/{len(jobs)})", flush=True)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def train_fold_run(folder: str, record: dict[str, Any]) -> None:
+    """One run on a fold (a Ray task): train ``record['config']`` in ``folder``, then record it."""
+    import torch
+
+    from recsys.training.run import train_experiment
+
+    torch.set_num_threads(1)
+    path = Path(folder)
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    train_experiment(ExperimentConfig.model_validate(record["config"]), path)
+    write_json(path / "confirm.json", record)
 
 
 def fold_scores(out: Path, k: int, per_fold: int, seed: int, result: TrialResult) -> list[tuple[Any, Any]]:

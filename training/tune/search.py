@@ -392,7 +392,7 @@ def _pick(settings: TuneSettings, sweep: Sweep, specs: list[TrialSpec], results:
     candidates, per_fold = method_leaders(results), max(1, settings.confirm_seeds)
     if len({r.method in BASELINES for r in candidates}) == 2:  # a baseline and another method: compare on the folds
         configs = {r.trial: _at_seed(settings, sweep, next(s for s in specs if s.name == r.trial)) for r in candidates}
-        confirm_on_folds(settings.out, k, per_fold, settings.seed, configs)
+        confirm_on_folds(settings.out, k, per_fold, settings.seed, configs, settings.address, settings.concurrency)
     scores = lambda r: fold_scores(settings.out, k, per_fold, settings.seed, r)  # noqa: E731
     return choose_by_folds(candidates, scores, settings.pick_margin, settings.seed, per_fold)
 
