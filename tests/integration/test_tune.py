@@ -16,8 +16,9 @@ from recsys.config import TrainingConfig
 from recsys.data.synthetic import generate
 from recsys.metrics import auc
 from recsys.storage import load_tensors
-from recsys.training.bench.quality import Sweep, SweepSettings
-from recsys.training.tune.folds import fold_runs
+from recsys.training.bench.quality import Point, Sweep, SweepSettings
+from recsys.training.tune.folds import confirm_on_folds, fold_runs, fold_scores
+from recsys.training.tune.report import TrialResult
 from recsys.training.tune.search import TuneError, TuneSettings, feasible_methods
 
 
@@ -132,6 +133,19 @@ def test_impossible_budget_names_the_method_and_bytes(tiny, tmp_path) -> None:
         feasible_methods(settings)
     assert not (tmp_path / "t").exists()
     assert main(["tune", "--dataset", str(tiny), "--budget", "1000", "--methods", "qr", "--out", str(tmp_path / "t"), "--quick"]) == 2
+
+
+def test_a_run_that_fails_on_a_fold_is_left_out_and_not_retried(tiny, ray_cluster, tmp_path, capsys) -> None:
+    sweep = Sweep(SweepSettings(dataset=tiny, methods=["hash", "qr"], budgets=[10, 1000], quick=True, out=tmp_path / "b"))
+    configs = {m: (lambda seed, m=m, b=b: sweep.config(Point(m, b, seed))) for m, b in (("hash", 10), ("qr", 1000))}  # qr cannot fit 1000x
+    failed = confirm_on_folds(tmp_path / "t", 2, 1, 0, configs)
+    assert len(failed) == 2 and all(line.startswith("qr on fold") and "cannot fit" in line for line in failed), failed
+    assert "left out of the pick" in capsys.readouterr().err
+    hashed, qr = TrialResult("hash", "hash", {}, "ok"), TrialResult("qr", "qr", {}, "ok")
+    assert len(fold_scores(tmp_path / "t", 2, 1, 0, hashed)) == 2 and fold_scores(tmp_path / "t", 2, 1, 0, qr) == []
+    stamp = {p: p.stat().st_mtime_ns for p in (tmp_path / "t" / "confirm").rglob("*.json")}
+    assert confirm_on_folds(tmp_path / "t", 2, 1, 0, configs) == failed, "the same failures, read back"
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "t" / "confirm").rglob("*.json")} == stamp, "nothing run again"
 
 
 def test_one_fold_is_refused_in_the_cli_and_the_suite(tiny, tmp_path) -> None:

@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from recsys.storage import is_uri, load_tensors
 from recsys.training.jsonfile import read_json, write_json
 from recsys.training.tune.report import TrialResult
 
+FAILED = "failed.json"  # a run on a fold that failed, with its config and error (not retried for the same config)
 FOLDS_DIR = "folds"  # DIR/folds/fold<i>: the datasets; DIR/confirm/<trial>/fold<i>: the runs
 
 
@@ -49,51 +51,67 @@ def confirm_on_folds(
     configs: dict[str, Callable[[int], ExperimentConfig]],
     address: str | None = None,
     concurrency: int | None = None,
-) -> None:
+) -> list[str]:
     """Train each trial of ``configs`` (trial name → its config at a seed; all on one dataset) on
     each fold at ``per_fold`` seeds, with the fold as its dataset (every row of it): one Ray task
     of one CPU per run, on the local Ray (``concurrency`` CPUs) or the cluster at ``address``
     (``out`` must then be shared storage, as the trials' folders are). Runs done before for the
-    same config are read back."""
+    same config are read back; returns a line per run that failed (``_run_jobs``)."""
     data = next(iter(configs.values()))(seed).data
     if is_uri(data.path):
         raise ValueError(f"confirm_folds: the dataset {data.path} is not a local folder; folds are written beside the search (copy it locally first)")
     folds = write_folds(Path(data.path), k, seed, Path(out) / FOLDS_DIR, data.max_train_rows, data.max_eval_rows)
-    jobs = []
+    jobs, known = [], []
     for trial, config in configs.items():
         for i, fold_seed in fold_runs(k, per_fold, seed):
             base = config(fold_seed)
             whole = {"path": str(folds[i]), "max_train_rows": None, "max_eval_rows": None}
             cfg = base.model_copy(update={"data": base.data.model_copy(update=whole)})
             folder, dump = _run_folder(out, trial, i, fold_seed), cfg.model_dump(mode="json")
-            record = read_json(folder / "confirm.json")
-            if record is None or record.get("config") != dump or not RunFolder(folder).valid_scores.exists():
+            record, failed = read_json(folder / "confirm.json"), read_json(folder / FAILED)
+            if failed is not None and failed.get("config") == dump:
+                known.append(f"{trial} on fold {i + 1} at seed {fold_seed}: {failed['error']}")  # not retried for the same config
+            elif record is None or record.get("config") != dump or not RunFolder(folder).valid_scores.exists():
                 jobs.append((str(folder), {"trial": trial, "fold": i, "seed": fold_seed, "config": dump}))
-    if not jobs:
-        return
-    _run_jobs(jobs, address, concurrency)
+    return known + (_run_jobs(jobs, address, concurrency) if jobs else [])
 
 
-def _run_jobs(jobs: list[tuple[str, dict[str, Any]]], address: str | None, concurrency: int | None) -> None:
+def _run_jobs(jobs: list[tuple[str, dict[str, Any]]], address: str | None, concurrency: int | None) -> list[str]:
+    """Run the jobs as Ray tasks; returns a line per run that failed (its trial is then left out
+    of the pick: a stopped trial's options may fail only past the epochs it was stopped at, as an
+    OptEmbed search over the budget does)."""
     import ray
 
     from recsys.training.ray_trainer import init_ray
 
     print(f"recsys tune: {len(jobs)} runs on the folds", flush=True)
     started = init_ray(address, concurrency)
+    failed = []
     try:
         task = ray.remote(num_cpus=1)(train_fold_run)
-        pending = {task.remote(folder, record): record for folder, record in jobs}
+        refs = [(task.remote(folder, record), folder, record) for folder, record in jobs]
+        pending, record_folder = {ref: record for ref, _, record in refs}, {ref: folder for ref, folder, _ in refs}
         done = 0
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             record = pending.pop(ready[0])
-            ray.get(ready[0])  # a failed run fails the search here; a rerun reads the finished ones back
+            where = f"{record['trial']} on fold {record['fold'] + 1} at seed {record['seed']}"
             done += 1
-            print(f"recsys tune: confirmed {record['trial']} on fold {record['fold'] + 1} at seed {record['seed']} ({done}/{len(jobs)})", flush=True)
+            try:
+                ray.get(ready[0])
+            except ray.exceptions.RayTaskError as exc:
+                cause = exc.cause if isinstance(exc.cause, Exception) else exc
+                error = f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}"
+                Path(record_folder[ready[0]]).mkdir(parents=True, exist_ok=True)
+                write_json(Path(record_folder[ready[0]]) / FAILED, record | {"error": error})
+                failed.append(f"{where}: {error}")
+                print(f"recsys tune: failed {failed[-1]} ({done}/{len(jobs)}); left out of the pick", file=sys.stderr, flush=True)
+                continue
+            print(f"recsys tune: confirmed {where} ({done}/{len(jobs)})", flush=True)
     finally:
         if started:
             ray.shutdown()
+    return failed
 
 
 def train_fold_run(folder: str, record: dict[str, Any]) -> None:
@@ -115,8 +133,9 @@ def fold_scores(out: Path, k: int, per_fold: int, seed: int, result: TrialResult
     order (stops at the first missing one)."""
     scores = []
     for i, fold_seed in fold_runs(k, per_fold, seed):
-        loc = RunFolder(_run_folder(out, result.trial, i, fold_seed)).valid_scores
-        if not loc.exists():
+        folder = _run_folder(out, result.trial, i, fold_seed)
+        loc = RunFolder(folder).valid_scores
+        if not loc.exists() or not (folder / "confirm.json").exists():  # recorded only when the run finished
             break
         t = load_tensors(loc)
         scores.append((t["labels"].numpy(), t["probs"].numpy().astype("float64")))

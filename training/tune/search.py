@@ -315,11 +315,11 @@ def run_search(settings: TuneSettings) -> TrialResult | None:
         results = _collect(settings, specs, last)
         if not searched and not any(r.status == "failed" for r in results):  # a failed trial is retried by a rerun
             write_json(out / SEARCHED, {"last_valid_auc": {str(k): v for k, v in last.items()}})
-        pick = _pick(settings, sweep, specs, results)
+        pick, failures = _pick(settings, sweep, specs, results)
         if pick.trial is not None and pick.trial.status == "stopped":  # picked on the folds: trained to its end, then picked again
             _finish(settings, sweep, next(s for s in specs if s.name == pick.trial.trial))
             results = _collect(settings, specs, last)
-            pick = _pick(settings, sweep, specs, results)
+            pick, failures = _pick(settings, sweep, specs, results)
         for spec, result in zip(specs, results):
             _log_child(tracking, parent.run_id, spec, result)
         write_csv(results, out / "trials.csv")
@@ -331,7 +331,7 @@ def run_search(settings: TuneSettings) -> TrialResult | None:
             write_best(trial_config(settings, sweep, spec, search=False), out / "best.yaml")
             counts = {k: sum(r.status == k for r in results) for k in ("ok", "stopped", "failed")}
             record = {"trial": best.trial, "method": best.method, "options": best.options, "valid_auc": best.metrics["valid_auc"], "trials": counts}
-            write_json(out / "best.json", record | {"pick": pick.record()})
+            write_json(out / "best.json", record | {"pick": pick.record()} | ({"failed_on_folds": failures} if failures else {}))
             print(f"recsys tune: picked {best.trial}: {pick.reason}")
             parent.log_params({"pick_rule": pick.reason})
             parent.log_metrics({"best_valid_auc": best.metrics["valid_auc"], "best_test_auc": best.metrics["test_auc"]})
@@ -381,20 +381,21 @@ def _confirm(settings: TuneSettings, sweep: Sweep, specs: list[TrialSpec], trial
             write_json(folder / "confirm.json", {"trial": spec.name, "seed": seed, "config": dump})
 
 
-def _pick(settings: TuneSettings, sweep: Sweep, specs: list[TrialSpec], results: list[TrialResult]) -> Pick:
-    """Confirm the leaders (at fresh seeds, or each method's best on the folds) and pick."""
+def _pick(settings: TuneSettings, sweep: Sweep, specs: list[TrialSpec], results: list[TrialResult]) -> tuple[Pick, list[str]]:
+    """Confirm the leaders (at fresh seeds, or each method's best on the folds) and pick; also
+    the runs on the folds that failed (their trials left out)."""
     k = settings.confirm_folds
     if settings.pick_margin <= 0:
-        return choose(results, lambda r: [], 0.0, settings.seed)
+        return choose(results, lambda r: [], 0.0, settings.seed), []
     if not k:
         _confirm(settings, sweep, specs, [r for r in leaders(results) if r is not None])
-        return choose(results, lambda r: _valid_scores(settings, r), settings.pick_margin, settings.seed)
-    candidates, per_fold = method_leaders(results), max(1, settings.confirm_seeds)
+        return choose(results, lambda r: _valid_scores(settings, r), settings.pick_margin, settings.seed), []
+    candidates, per_fold, failures = method_leaders(results), max(1, settings.confirm_seeds), []
     if len({r.method in BASELINES for r in candidates}) == 2:  # a baseline and another method: compare on the folds
         configs = {r.trial: _at_seed(settings, sweep, next(s for s in specs if s.name == r.trial)) for r in candidates}
-        confirm_on_folds(settings.out, k, per_fold, settings.seed, configs, settings.address, settings.concurrency)
+        failures = confirm_on_folds(settings.out, k, per_fold, settings.seed, configs, settings.address, settings.concurrency)
     scores = lambda r: fold_scores(settings.out, k, per_fold, settings.seed, r)  # noqa: E731
-    return choose_by_folds(candidates, scores, settings.pick_margin, settings.seed, per_fold)
+    return choose_by_folds(candidates, scores, settings.pick_margin, settings.seed, per_fold), failures
 
 
 def _finish(settings: TuneSettings, sweep: Sweep, spec: TrialSpec) -> None:
