@@ -180,9 +180,10 @@ def _add_tune_parser(sub: argparse._SubParsersAction) -> None:
     tune.add_argument(
         "--confirm-folds",
         type=int,
-        default=0,
-        help="instead, retrain both on K folds of train+valid (the search rows) and compare them on every held-out fold: "
-        "K times the validation rows, for small sets where one split cannot tell methods apart (default 0: off; else >= 2)",
+        default=None,
+        help="retrain each method's best trial on K folds of train+valid (the search rows), at --confirm-seeds seeds each, "
+        "rank them on the held-out folds and compare the best with the best baseline over all of them: K times the "
+        "validation rows (default: 5 when the validation split has fewer than 10,000 rows, else 0: off; else >= 2)",
     )
     tune.add_argument(
         "--pick-margin",

@@ -52,6 +52,8 @@ def test_tune_quick_writes_a_best_config_that_trains(tiny, ray_cluster, tmp_path
         "training.epochs=2",
         "--set",
         "training.patience=3",
+        "--confirm-folds",
+        "0",  # the validation split's seed confirmation first; the folds (the default on this small set) below
     ]
     assert main(args) == 0
     rows = list(csv.DictReader((out / "trials.csv").open()))
@@ -148,7 +150,7 @@ def test_a_run_that_fails_on_a_fold_is_left_out_and_not_retried(tiny, ray_cluste
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "t" / "confirm").rglob("*.json")} == stamp, "nothing run again"
 
 
-def test_one_fold_is_refused_in_the_cli_and_the_suite(tiny, tmp_path) -> None:
+def test_one_fold_is_refused_and_small_splits_get_folds_by_default(tiny, tmp_path, monkeypatch) -> None:
     from pydantic import ValidationError
 
     from recsys.training.bench.tuned import SuiteTune
@@ -156,6 +158,13 @@ def test_one_fold_is_refused_in_the_cli_and_the_suite(tiny, tmp_path) -> None:
 
     with pytest.raises(TuneError, match="confirm_folds 1: 0 .* or at least 2 folds"):
         planned_search(TuneSettings(dataset=tiny, budget=10, methods=["hash"], out=tmp_path / "t", quick=True, confirm_folds=1))
+    settings = TuneSettings(dataset=tiny, budget=10, methods=["hash"], out=tmp_path / "t", quick=True)
+    assert planned_search(settings)["settings"]["confirm_folds"] == 5, "a small validation split: folds by default"
+    assert settings.confirm_folds is None, "the caller's settings are not changed"
+    import recsys.training.tune.search as search
+
+    monkeypatch.setattr(search, "SMALL_VALID", 100)
+    assert planned_search(settings)["settings"]["confirm_folds"] == 0, "a large one: none"
     with pytest.raises(ValidationError, match="1 fold is no cross-validation"):
         SuiteTune(trials=4, confirm_folds=1)
     assert SuiteTune(trials=4, confirm_folds=5).confirm_folds == 5

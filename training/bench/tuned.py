@@ -41,7 +41,7 @@ class SuiteTune(BaseModel):
     grace_epochs: int = Field(1, ge=1)  # ASHA: epochs every trial gets before it can be stopped
     search_rows: int | None = Field(None, ge=1)  # recsys tune --search-rows: trials on the first N train rows
     confirm_seeds: int = Field(1, ge=0)  # recsys tune --confirm-seeds: the leaders retrained at fresh seeds
-    confirm_folds: int = Field(0, ge=0)  # recsys tune --confirm-folds: instead, on K folds of train+valid (0 or >= 2)
+    confirm_folds: int | None = Field(None, ge=0)  # recsys tune --confirm-folds: on K folds of train+valid (0: off; None: recsys tune's default)
     pick_margin: float = Field(2.0, ge=0)  # recsys tune --pick-margin: standard errors the pick must beat the best baseline by
 
     @field_validator("methods")
@@ -61,7 +61,7 @@ class SuiteTune(BaseModel):
 
     @field_validator("confirm_folds")
     @classmethod
-    def _folds(cls, folds: int) -> int:
+    def _folds(cls, folds: int | None) -> int | None:
         if folds == 1:
             raise ValueError("1 fold is no cross-validation: 0 (off) or at least 2")
         return folds

@@ -71,7 +71,8 @@ class TuneSettings:
     grace_epochs: int = 1  # ASHA: epochs every trial gets before it can be stopped
     search_rows: int | None = None  # trials train on the first N train rows; best.yaml on all of them (None: all)
     confirm_seeds: int = 1  # the best and the best baseline retrained at this many fresh seeds before the pick
-    confirm_folds: int = 0  # >= 2: instead, each method's best retrained on this many folds of train+valid, at confirm_seeds seeds each
+    confirm_folds: int | None = None  # >= 2: instead, each method's best retrained on this many folds of train+valid, at
+    # confirm_seeds seeds each; 0: off; None: AUTO_FOLDS when the validation split the trials read is below SMALL_VALID rows
     pick_margin: float = 2.0  # the best beats the best baseline by this many bootstrap standard errors, else the baseline (0: best)
     drop_infeasible: bool = False  # methods named in `methods` that cannot meet the budget are dropped (printed), not an error
     tracking_uri: str | None = None
@@ -231,6 +232,16 @@ def _tune(settings: TuneSettings, methods: list[str], specs: list[TrialSpec], ep
 
 RUNTIME_SETTINGS = ("address", "concurrency", "tracking_uri", "experiment")  # settings that do not change a search's trials
 PICK_SETTINGS = ("confirm_seeds", "confirm_folds", "pick_margin")  # settings that change only the pick after the trials
+AUTO_FOLDS = 5  # confirm_folds' default on a small validation split
+SMALL_VALID = 10_000  # below this many validation rows a paired AUC difference has a standard error above ~0.005
+
+
+def auto_folds(sweep: Sweep) -> int:
+    """``confirm_folds``' default: ``AUTO_FOLDS`` when the validation rows the trials read are
+    fewer than ``SMALL_VALID`` (the 10k samples' 1,050: a lead's standard error near 0.01), else 0."""
+    rows = sweep.spec.splits["valid"].rows
+    limit = sweep.base_config().data.max_eval_rows
+    return AUTO_FOLDS if min(rows, limit or rows) < SMALL_VALID else 0
 
 
 def _resolved(settings: TuneSettings) -> TuneSettings:
@@ -242,10 +253,18 @@ def _plan(settings: TuneSettings) -> tuple[list[str], Sweep, list[TrialSpec]]:
         raise TuneError(f"search_rows {settings.search_rows}: trials need at least 1 train row")
     if settings.confirm_seeds < 0 or settings.pick_margin < 0:
         raise TuneError(f"confirm_seeds {settings.confirm_seeds} and pick_margin {settings.pick_margin:g} must be >= 0")
-    if settings.confirm_folds == 1 or settings.confirm_folds < 0:
+    if settings.confirm_folds is not None and (settings.confirm_folds == 1 or settings.confirm_folds < 0):
         raise TuneError(f"confirm_folds {settings.confirm_folds}: 0 (confirm on the validation split) or at least 2 folds")
     methods = feasible_methods(settings)
     sweep = _sweep(settings, methods)
+    if settings.confirm_folds is None:  # settings is _resolved's copy: the default is decided once, here
+        settings.confirm_folds = auto_folds(sweep)
+        if settings.confirm_folds:
+            print(
+                f"recsys tune: a small validation split ({sweep.spec.splits['valid'].rows:,} rows): the pick compares each method's best "
+                f"on {settings.confirm_folds} folds of train+valid (--confirm-folds 0: off)",
+                flush=True,
+            )
     embedding_dim = sweep.base_config().model.embedding_dim
     return methods, sweep, plan_trials(methods, settings.trials, settings.seed, embedding_dim, accept=lambda m, o: _fits(settings, sweep, m, o))
 
