@@ -2,12 +2,14 @@
 
 On a small set one validation split is too few rows to tell the leader from the best baseline
 (1,050 rows on the Avazu 10k sample: a standard error near 0.01 on their AUC difference), and the
-leader was chosen on those same rows. With folds, both are retrained on each of the K
-cross-validation datasets of ``recsys.data.folds`` (the train and valid rows a trial reads, after
-``search_rows``, ``--quick`` and ``--set data.max_*_rows``, split K ways at the search's seed; fold ``i`` trained at seed ``seed + 1 + i``)
-and the pick compares them on every held-out part: K times the rows, and rows the leader was not
-chosen on except for the original valid split's share. ``recsys.training.tune.pick`` averages
-the paired differences over the folds, each resampled on its own rows.
+leader was chosen on those same rows. With folds, each method's best trial is retrained on each
+of the K cross-validation datasets of ``recsys.data.folds`` (the train and valid rows a trial
+reads, after ``search_rows``, ``--quick`` and ``--set data.max_*_rows``, split K ways at the
+search's seed), at ``--confirm-seeds`` fresh seeds per fold (``fold_runs``), and the pick
+(``recsys.training.tune.pick.choose_by_folds``) ranks them on the held-out parts and compares the
+best with the best baseline there: K times the rows, and rows the leaders were not chosen on
+except for the original valid split's share. The paired differences are averaged over the runs,
+each fold resampled on its own rows.
 
 Example:
     >>> fold_runs(3, per_fold=2, seed=0)
@@ -30,7 +32,7 @@ from recsys.training.jsonfile import read_json, write_json
 from recsys.training.tune.report import TrialResult
 
 FAILED = "failed.json"  # a run on a fold that failed, with its config and error (not retried for the same config)
-FOLDS_DIR = "folds"  # DIR/folds/fold<i>: the datasets; DIR/confirm/<trial>/fold<i>: the runs
+FOLDS_DIR = "folds"  # DIR/folds/fold<i>: the datasets; DIR/confirm/<trial>/fold<i>-seed<s>: the runs
 
 
 def fold_runs(k: int, per_fold: int, seed: int) -> list[tuple[int, int]]:

@@ -14,7 +14,9 @@ read back, so rerunning the same command continues a stopped search; a search wh
 ended (none failed) is not run again: a rerun, with another ``pick_margin``, ``confirm_seeds`` or
 ``confirm_folds`` say, redoes only the pick (``PICK_SETTINGS``). After the search the
 driver logs one MLflow parent run with a child run per trial and writes ``trials.csv``,
-``pareto.png`` and ``best.yaml`` (see ``recsys.training.tune.report``).
+``pareto.png`` and ``best.yaml`` (see ``recsys.training.tune.report``). The pick's confirmation:
+fresh seeds on the validation split (``recsys.training.tune.pick``), or below ``SMALL_VALID``
+validation rows by default K folds of train+valid (``recsys.training.tune.folds``).
 
 Example:
     >>> run_search(TuneSettings(dataset=Path("data/small"), budget=10, trials=8, out=Path("tune_out")))  # doctest: +SKIP
