@@ -30,10 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from recsys.config import ExperimentConfig
-from recsys.storage import Location, location, remove
+from recsys.storage import Location, load_tensors, location, remove
 
 CONFIG = "config.yaml"
 METRICS = "metrics.json"
@@ -153,6 +154,15 @@ class RunFolder:
 
     def write_config(self, cfg: ExperimentConfig) -> None:
         self.config.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+    def read_scores(self, split: str = "valid") -> tuple[np.ndarray, np.ndarray] | None:
+        """The labels and probabilities (float64) the run saved for ``split`` (valid or test), or
+        None when it saved none."""
+        loc = {"valid": self.valid_scores, "test": self.test_scores}[split]
+        if not loc.exists():
+            return None
+        t = load_tensors(loc)
+        return t["labels"].numpy(), t["probs"].numpy().astype(np.float64)
 
     def read_metrics(self) -> dict[str, Any] | None:
         """``metrics.json``, or None when the run has not finished."""

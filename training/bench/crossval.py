@@ -29,30 +29,16 @@ import numpy as np
 
 from recsys.config import TrackingConfig
 from recsys.data.folds import write_folds
-from recsys.storage import load_tensors
+from recsys.runfolder import RunFolder
 from recsys.training.bench.bootstrap import paired_lead
 from recsys.training.bench.quality import Sweep, SweepSettings, sweep_results
 from recsys.training.bench.report import PointResult
 from recsys.training.bench.suite import point_folder
+from recsys.training.bench.summary import BASELINES
 from recsys.training.tracking import make_tracker
 
-BASELINES = ("hash", "qr")
 WHOLE_FOLD = ("data.max_train_rows=null", "data.max_eval_rows=null")  # a fold is read whole: its rows were limited when it was cut
 Key = tuple[str, float]  # (method, budget); full's budget is 1
-
-
-def _scores(folder: Path) -> tuple[np.ndarray, np.ndarray] | None:
-    loc = folder / "valid_scores.safetensors"
-    if not loc.exists():
-        return None
-    t = load_tensors(loc)
-    return t["labels"].numpy(), t["probs"].numpy().astype("float64")
-
-
-def _delta(a: list, b: list, rows: list[int], resamples: int, seed: int, level: float) -> dict[str, float]:
-    lead, se = paired_lead(a, b, resamples, seed, rows=rows)
-    z = NormalDist().inv_cdf((1 + level) / 2)
-    return {"delta": lead, "se": se, "lo": lead - z * se, "hi": lead + z * se}
 
 
 def summarise_folds(
@@ -62,7 +48,7 @@ def summarise_folds(
     runs: dict[Key, dict[tuple[int, int], tuple[PointResult, Any]]] = {}
     for i, (settings, results) in enumerate(folds):
         for r in results:
-            scores = _scores(point_folder(settings, r)) if r.ok else None
+            scores = RunFolder(point_folder(settings, r)).read_scores() if r.ok else None
             if scores is not None:
                 runs.setdefault((r.method, r.budget or 1.0), {})[(i, r.seed)] = (r, scores)
     held = {k: float(np.mean([r.metrics["valid_auc"] for r, _ in points.values()])) for k, points in runs.items()}
@@ -84,9 +70,11 @@ def summarise_folds(
 
 
 def _paired(a: dict, b: dict, resamples: int, seed: int, level: float) -> dict[str, float]:
+    """The mean paired held-out Δ of the (fold, seed) runs both have, its standard error and normal interval."""
     both = sorted(set(a) & set(b))
-    folds = sorted({f for f, _ in both})
-    return _delta([a[k][1] for k in both], [b[k][1] for k in both], [folds.index(f) for f, _ in both], resamples, seed, level) | {"pairs": len(both)}
+    lead, se = paired_lead([a[k][1] for k in both], [b[k][1] for k in both], resamples, seed, rows=[fold for fold, _ in both])
+    z = NormalDist().inv_cdf((1 + level) / 2)
+    return {"delta": lead, "se": se, "lo": lead - z * se, "hi": lead + z * se, "pairs": len(both)}
 
 
 def _f(x: Any, spec: str = "+.4f") -> str:

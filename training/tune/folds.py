@@ -27,7 +27,7 @@ from typing import Any
 from recsys.config import ExperimentConfig
 from recsys.data.folds import write_folds
 from recsys.runfolder import RunFolder
-from recsys.storage import is_uri, load_tensors
+from recsys.storage import is_uri
 from recsys.training.jsonfile import read_json, write_json
 from recsys.training.tune.report import TrialResult
 
@@ -136,9 +136,8 @@ def fold_scores(out: Path, k: int, per_fold: int, seed: int, result: TrialResult
     scores = []
     for i, fold_seed in fold_runs(k, per_fold, seed):
         folder = _run_folder(out, result.trial, i, fold_seed)
-        loc = RunFolder(folder).valid_scores
-        if not loc.exists() or not (folder / "confirm.json").exists():  # recorded only when the run finished
+        run = RunFolder(folder).read_scores() if (folder / "confirm.json").exists() else None  # recorded only when the run finished
+        if run is None:
             break
-        t = load_tensors(loc)
-        scores.append((t["labels"].numpy(), t["probs"].numpy().astype("float64")))
+        scores.append(run)
     return scores

@@ -116,8 +116,8 @@ def choose_by_folds(candidates: list[TrialResult], scores: Scores, margin: float
     its paired lead over the best baseline, over all folds, exceeds ``margin`` standard errors.
     ``scores(trial)`` gives a candidate's (labels, probabilities) per run, fold by fold, ``per_fold``
     runs (seeds) on each; a candidate missing any run is left out."""
-    runs = max((len(scores(r)) for r in candidates), default=0)
     fold_scores = {r.trial: scores(r) for r in candidates}
+    runs = max((len(v) for v in fold_scores.values()), default=0)
     done = [r for r in candidates if runs and len(fold_scores[r.trial]) == runs]
     mean = {r.trial: float(np.mean([auc(y, p) for y, p in fold_scores[r.trial]])) for r in done}
 

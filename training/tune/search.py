@@ -36,7 +36,6 @@ from typing import Any
 from recsys.assembly import Assembly
 from recsys.config import ExperimentConfig, TrackingConfig
 from recsys.runfolder import RunFolder
-from recsys.storage import load_tensors
 from recsys.training.bench.quality import Point, Sweep, SweepSettings
 from recsys.training.jsonfile import read_json, write_json
 from recsys.training.tracking import make_tracker
@@ -443,11 +442,10 @@ def _valid_scores(settings: TuneSettings, result: TrialResult) -> list[tuple[Any
     out = []
     folders = [Path(settings.out) / "trials" / result.trial] + [_confirm_folder(settings, result.trial, s) for s in confirm_seeds(settings)]
     for folder in folders:
-        loc = RunFolder(folder).valid_scores
-        if not loc.exists():
+        scores = RunFolder(folder).read_scores()
+        if scores is None:
             break
-        t = load_tensors(loc)
-        out.append((t["labels"].numpy(), t["probs"].numpy().astype("float64")))
+        out.append(scores)
     return out
 
 
