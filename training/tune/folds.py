@@ -88,7 +88,7 @@ def _run_jobs(jobs: list[tuple[str, dict[str, Any]]], address: str | None, concu
 
     print(f"recsys tune: {len(jobs)} runs on the folds", flush=True)
     started = init_ray(address, concurrency)
-    failed = []
+    failed: dict[str, str] = {}  # by folder: returned in the jobs' order, not the order they ended in
     try:
         task = ray.remote(num_cpus=1)(train_fold_run)
         refs = [(task.remote(folder, record), folder, record) for folder, record in jobs]
@@ -106,14 +106,14 @@ def _run_jobs(jobs: list[tuple[str, dict[str, Any]]], address: str | None, concu
                 error = f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}"
                 Path(record_folder[ready[0]]).mkdir(parents=True, exist_ok=True)
                 write_json(Path(record_folder[ready[0]]) / FAILED, record | {"error": error})
-                failed.append(f"{where}: {error}")
-                print(f"recsys tune: failed {failed[-1]} ({done}/{len(jobs)}); left out of the pick", file=sys.stderr, flush=True)
+                failed[record_folder[ready[0]]] = f"{where}: {error}"
+                print(f"recsys tune: failed {where}: {error} ({done}/{len(jobs)}); left out of the pick", file=sys.stderr, flush=True)
                 continue
             print(f"recsys tune: confirmed {where} ({done}/{len(jobs)})", flush=True)
     finally:
         if started:
             ray.shutdown()
-    return failed
+    return [failed[folder] for folder, _ in jobs if folder in failed]
 
 
 def train_fold_run(folder: str, record: dict[str, Any]) -> None:
