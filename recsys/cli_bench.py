@@ -149,7 +149,7 @@ def _add_tune_parser(sub: argparse._SubParsersAction) -> None:
         "--methods",
         type=_comma_list,
         default=None,
-        help="comma-separated benchmark methods (default: hash,qr,unified,hybrid,dsl,optembed,unified+dsl,unified+optembed; "
+        help="comma-separated benchmark methods (default: hash,qr,auto,unified,hybrid,dsl,optembed,unified+dsl,unified+optembed; "
         "those that cannot meet the budget dropped)",
     )
     tune.add_argument("--trials", type=int, default=16, help="trials, dealt evenly over the methods, each method's defaults first (default 16)")

@@ -242,3 +242,27 @@ def test_cli_search_settings_reach_the_search_and_bad_ones_are_refused(tiny, tmp
         with pytest.raises(SystemExit):
             main([*args, flag, value])
         assert message in capsys.readouterr().err, flag
+
+
+def test_an_auto_trial_is_an_anchor_of_a_real_search(tiny, ray_cluster, tmp_path) -> None:
+    """``auto`` (in the default search) runs to its end like the baselines, is compared with on the folds, and a
+    ``best.yaml`` naming it trains."""
+    out, db = tmp_path / "tune", f"sqlite:///{tmp_path}/mlflow.db"
+    args = ["tune", "--dataset", str(tiny), "--budget", "10", "--methods", "hash,auto,unified", "--trials", "3", "--quick"]
+    args += ["--out", str(out), "--tracking-uri", db, "--set", "training.batch_size=256", "--set", "training.epochs=2", "--confirm-folds", "2"]
+    assert main(args) == 0
+    rows = {r["method"]: r for r in csv.DictReader((out / "trials.csv").open())}
+    assert rows["auto"]["status"] == "ok", "an anchor's default trial is never stopped"
+    record = json.loads((out / "best.json").read_text())
+    assert record["pick"]["ranked_by"] == "mean AUC over 2 folds"
+    runs = {p.parent.parent.name for p in out.glob("confirm/*/fold*-seed*/confirm.json")}
+    assert runs == {r["trial"] for r in rows.values()}, "every method's leader, auto's included, on the folds"
+    anchor = record["pick"]["baseline"]
+    assert anchor in (rows["hash"]["trial"], rows["auto"]["trial"]), record
+    if record["pick"]["best_by_valid_auc"] == rows["unified"]["trial"] and record["trial"] != rows["unified"]["trial"]:
+        assert record["trial"] == anchor and "within 2 standard error" in record["pick"]["rule"], record
+    cfg = yaml.safe_load((out / "best.yaml").read_text())
+    picked = next(r for r in rows.values() if r["trial"] == record["trial"])
+    assert cfg["embedding"]["method"] == picked["method"]
+    assert main(["train", "--config", str(out / "best.yaml"), "--out", str(tmp_path / "run"), "--tracking-uri", db]) == 0
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["embedding_bytes"] == int(picked["embedding_bytes"])

@@ -22,9 +22,11 @@ def _feed(scheduler: ASHAScheduler, trials: list[FakeTrial], auc: dict[str, floa
     return {t.trial_id: scheduler.on_trial_result(None, t, {"training_iteration": iteration, "valid_auc": auc[t.trial_id]}) for t in trials}
 
 
-def test_kept_trials_are_each_baselines_first_planned_trial() -> None:
+def test_kept_trials_are_each_anchors_first_planned_trial() -> None:
     specs = [TrialSpec(0, "hash", {}), TrialSpec(1, "qr", {}), TrialSpec(2, "unified", {}), TrialSpec(3, "hash", {"training.sparse_lr": 0.1})]
     assert kept_trials(specs) == {specs[0].name, specs[1].name}
+    with_auto = [*specs, TrialSpec(4, "auto", {}), TrialSpec(5, "auto", {"training.sparse_lr": 0.1})]
+    assert kept_trials(with_auto) == {specs[0].name, specs[1].name, with_auto[4].name}, "auto's default trial is an anchor too"
     assert kept_trials([TrialSpec(0, "unified", {})]) == set()
 
 

@@ -68,7 +68,7 @@ def test_the_margin_is_in_standard_errors() -> None:
 def test_no_baseline_or_no_scores_or_a_baseline_best() -> None:
     good, weak = SIGNAL, SIGNAL + RNG.normal(0, 2.0, N)
     only = [trial("t0_unified", "unified", good), trial("t1_dsl", "dsl", weak)]
-    assert pick(only).trial is only[0][0] and pick(only).reason == "no baseline trial finished"
+    assert pick(only).trial is only[0][0] and pick(only).reason == "no baseline or auto trial finished"
     stopped = [trial("t0_qr", "qr", good, status="stopped"), trial("t1_dsl", "dsl", weak)]
     assert pick(stopped).trial is stopped[1][0], "a stopped trial is no pick and no baseline"
     base_best = [trial("t0_qr", "qr", good), trial("t1_dsl", "dsl", weak)]
@@ -158,3 +158,26 @@ def test_folds_at_several_seeds_pair_each_run_with_its_fold() -> None:
     assert p.trial is dsl and p.seeds == 6 and "over 3 folds x 2 seeds" in p.reason and p.record()["ranked_by"] == "mean AUC over 3 folds x 2 seeds"
     with pytest.raises(ValueError, match="scored different validation rows"):
         choose_by_folds([qr, dsl], lambda r: runs[r.trial], per_fold=3), "runs are paired with the fold they were scored on"
+
+
+def test_auto_is_an_anchor_a_compressed_method_must_beat_beyond_noise() -> None:
+    """The untuned default (an ``auto`` trial) is compared with like the baselines: a method whose lead over it
+    is noise is not picked, even when it leads every baseline clearly; a clear lead over auto is kept."""
+    names = {"t0_hash": "hash", "t1_qr": "qr", "t2_auto": "auto", "t3_uo": "unified+optembed"}
+    results = [TrialResult(t, m, {}, "ok", {"valid_auc": 0.7}) for t, m in names.items()]
+
+    def mean(folds: dict, t: str) -> float:
+        return float(np.mean([auc(y, s) for y, s in folds[t]]))
+
+    draws = (_folds(5, 800, {"t0_hash": 2.0, "t1_qr": 1.5, "t2_auto": 0.6, "t3_uo": 0.6}, seed=s) for s in range(11, 100))
+    close = next(f for f in draws if 0 < mean(f, "t3_uo") - mean(f, "t2_auto") < 0.002)  # the same model twice, one just ahead
+    assert mean(close, "t3_uo") - mean(close, "t1_qr") > 0.02, "far ahead of the best baseline"
+    p = choose_by_folds(results, lambda r: close[r.trial])
+    assert p.best.trial == "t3_uo" and p.baseline.trial == "t2_auto" and p.trial.trial == "t2_auto", p.reason
+    assert "within 2 standard error" in p.reason and "the auto trial" in p.reason
+    clear = _folds(5, 800, {"t0_hash": 2.0, "t1_qr": 1.5, "t2_auto": 1.0, "t3_uo": 0.3}, seed=12)
+    p = choose_by_folds(results, lambda r: clear[r.trial])
+    assert p.trial.trial == "t3_uo" and p.baseline.trial == "t2_auto" and "over auto" in p.reason, p.reason
+    best_auto = _folds(5, 800, {"t0_hash": 2.0, "t1_qr": 1.5, "t2_auto": 0.3, "t3_uo": 1.0}, seed=13)
+    p = choose_by_folds(results, lambda r: best_auto[r.trial])
+    assert p.trial.trial == "t2_auto" and p.reason == "the best over the folds is an anchor (auto)"

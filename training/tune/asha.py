@@ -1,11 +1,11 @@
-"""ASHA that never stops the baselines' default trials.
+"""ASHA that never stops the anchors' default trials (the baselines' and ``auto``'s).
 
-The pick (``recsys.training.tune.pick``) compares the best trial with the best finished baseline
-trial (``hash``, ``qr``). Plain ASHA may stop every baseline trial after its grace period when a
-slower method's trial reached the rung first (trials in parallel finish epochs in any order): the
-search then has no baseline to compare with and keeps the best by validation AUC, the noise the
-rule is there to catch. So each baseline's first trial in the plan (its defaults) always runs to
-the end; its results still fill the rungs the other trials are judged on.
+The pick (``recsys.training.tune.pick``) compares the best trial with the best finished anchor
+trial (``hash``, ``qr``, ``auto``: ``ANCHORS``). Plain ASHA may stop every anchor trial after its
+grace period when a slower method's trial reached the rung first (trials in parallel finish epochs
+in any order): the search then has no anchor to compare with and keeps the best by validation AUC,
+the noise the rule is there to catch. So each anchor's first trial in the plan (its defaults)
+always runs to the end; its results still fill the rungs the other trials are judged on.
 
 Example:
     >>> from recsys.training.tune.space import TrialSpec
@@ -20,16 +20,16 @@ from typing import Any
 
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-from recsys.training.tune.pick import BASELINES
+from recsys.training.tune.pick import ANCHORS
 from recsys.training.tune.space import TrialSpec
 
 
 def kept_trials(specs: list[TrialSpec]) -> set[str]:
-    """Names of the trials ASHA must not stop: each baseline method's first planned trial."""
+    """Names of the trials ASHA must not stop: each anchor method's (baselines, ``auto``) first planned trial."""
     first: dict[str, str] = {}
     for spec in specs:
         first.setdefault(spec.method, spec.name)
-    return {first[m] for m in BASELINES if m in first}
+    return {first[m] for m in ANCHORS if m in first}
 
 
 class KeepBaselinesASHA(ASHAScheduler):

@@ -5,7 +5,7 @@ point at the budget (``recsys.training.bench.quality.Sweep``: the same defaults,
 rules) plus the trial's option overrides, trained by ``recsys.training.run.train_experiment`` in
 ``DIR/trials/<trial>/`` inside a Ray Tune trial (one CPU, one torch thread). Each epoch's
 validation AUC is reported to Tune, whose ASHA scheduler stops the trials that trail their rung
-(never the baselines' default trials, which the pick compares with: ``recsys.training.tune.asha``).
+(never the anchors' default trials, baselines and ``auto``, which the pick compares with: ``recsys.training.tune.asha``).
 Before any trial runs, each method is built at the budget: one that cannot meet it fails the
 search naming the method and the bytes (methods not named with ``--methods``, or all with
 ``drop_infeasible``, are dropped with that message instead), and a trial's options that cannot
@@ -40,12 +40,13 @@ from recsys.training.bench.quality import Point, Sweep, SweepSettings
 from recsys.training.jsonfile import read_json, write_json
 from recsys.training.tracking import make_tracker
 from recsys.training.tune.folds import confirm_on_folds, fold_scores
-from recsys.training.tune.pick import BASELINES, Pick, choose, choose_by_folds, leaders, method_leaders
+from recsys.training.tune.pick import ANCHORS, Pick, choose, choose_by_folds, leaders, method_leaders
 from recsys.training.tune.report import TrialResult, pareto_plot, write_best, write_csv
 from recsys.training.tune.space import TrialSpec, plan_trials
 
-# every searchable method: on the two real 10k samples, cross-validated, the OptEmbed ones led at 10x (docs/results/suite.md)
-DEFAULT_METHODS = ("hash", "qr", "unified", "hybrid", "dsl", "optembed", "unified+dsl", "unified+optembed")
+# every searchable method (on the two real 10k samples, cross-validated, the OptEmbed ones led at 10x: docs/results/suite.md),
+# and auto, the untuned default, as an anchor the pick must beat beyond noise (recsys.training.tune.pick)
+DEFAULT_METHODS = ("hash", "qr", "auto", "unified", "hybrid", "dsl", "optembed", "unified+dsl", "unified+optembed")
 SEARCHED = "searched.json"  # written when every trial has ended: each trial's last reported validation AUC
 
 
@@ -71,10 +72,10 @@ class TuneSettings:
     concurrency: int | None = None  # trials at once (default: the CPUs Ray offers)
     grace_epochs: int = 1  # ASHA: epochs every trial gets before it can be stopped
     search_rows: int | None = None  # trials train on the first N train rows; best.yaml on all of them (None: all)
-    confirm_seeds: int = 1  # the best and the best baseline retrained at this many fresh seeds before the pick
+    confirm_seeds: int = 1  # the best and the best anchor retrained at this many fresh seeds before the pick
     confirm_folds: int | None = None  # >= 2: instead, each method's best retrained on this many folds of train+valid, at
     # confirm_seeds seeds each; 0: off; None: AUTO_FOLDS when the validation split the trials read is below SMALL_VALID rows
-    pick_margin: float = 2.0  # the best beats the best baseline by this many bootstrap standard errors, else the baseline (0: best)
+    pick_margin: float = 2.0  # the best beats the best anchor (baseline or auto) by this many bootstrap standard errors, else the anchor (0: best)
     drop_infeasible: bool = False  # methods named in `methods` that cannot meet the budget are dropped (printed), not an error
     tracking_uri: str | None = None
     experiment: str = "tune"
@@ -203,7 +204,7 @@ def _tune(settings: TuneSettings, methods: list[str], specs: list[TrialSpec], ep
     started = init_ray(settings.address, settings.concurrency)
     trainable = tune.with_parameters(_trial_fn, settings=settings, methods=methods, specs=[asdict(s) for s in specs])
     # ASHA over reported epochs (plus the final report); with no epoch past the grace period there is nothing to stop;
-    # the baselines' default trials always finish (the pick compares with them)
+    # the anchors' default trials always finish (the pick compares with them)
     scheduler = (
         KeepBaselinesASHA(kept_trials(specs), max_t=epochs + 1, grace_period=settings.grace_epochs) if epochs > settings.grace_epochs else None
     )
@@ -381,7 +382,7 @@ def _confirm_folder(settings: TuneSettings, trial: str, seed: int) -> Path:
 
 
 def _confirm(settings: TuneSettings, sweep: Sweep, specs: list[TrialSpec], trials: list[TrialResult]) -> None:
-    """Retrain the best and the best baseline trial at the fresh seeds (read back when done before)."""
+    """Retrain the best and the best anchor trial at the fresh seeds (read back when done before)."""
     from recsys.training.run import train_experiment
 
     if len(trials) < 2 or trials[0] is trials[1]:
@@ -411,7 +412,7 @@ def _pick(settings: TuneSettings, sweep: Sweep, specs: list[TrialSpec], results:
         _confirm(settings, sweep, specs, [r for r in leaders(results) if r is not None])
         return choose(results, lambda r: _valid_scores(settings, r), settings.pick_margin, settings.seed), []
     candidates, per_fold, failures = method_leaders(results), max(1, settings.confirm_seeds), []
-    if len({r.method in BASELINES for r in candidates}) == 2:  # a baseline and another method: compare on the folds
+    if len({r.method in ANCHORS for r in candidates}) == 2:  # an anchor and another method: compare on the folds
         configs = {r.trial: _at_seed(settings, sweep, next(s for s in specs if s.name == r.trial)) for r in candidates}
         failures = confirm_on_folds(settings.out, k, per_fold, settings.seed, configs, settings.address, settings.concurrency)
     scores = lambda r: fold_scores(settings.out, k, per_fold, settings.seed, r)  # noqa: E731
